@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` (main job) and `make test` (tests).
+# Each creates the environment .venv/ from nothing when it is missing, else reuses it.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= outputs
+
+.PHONY: env demo test test-all lint bench clean
+
+env: $(STAMP)
+
+# torch and torchvision through plain pip (the CPU machines carry these wheels locally;
+# backpack-for-pytorch needs torchvision, and PyPI's torchvision does not match every torch).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m lapbo --output $(OUT)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/laplace_speed.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache

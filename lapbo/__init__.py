@@ -1,0 +1,1 @@
+"""lapbo: Bayesian optimization with Laplace BNN surrogates."""

@@ -1,0 +1,37 @@
+"""Laplace approximations for neural networks, with the laplace-torch public API."""
+
+from laplace.baselaplace import (
+    BaseLaplace,
+    DiagLaplace,
+    FullLaplace,
+    KronLaplace,
+    ParametricLaplace,
+)
+from laplace.laplace import Laplace
+from laplace.utils.enums import (
+    FunctionalApproximation,
+    HessianStructure,
+    Likelihood,
+    LinkApprox,
+    PredType,
+    PriorStructure,
+    SubsetOfWeights,
+    TuningMethod,
+)
+
+__all__ = [
+    "BaseLaplace",
+    "DiagLaplace",
+    "FullLaplace",
+    "FunctionalApproximation",
+    "HessianStructure",
+    "KronLaplace",
+    "Laplace",
+    "Likelihood",
+    "LinkApprox",
+    "ParametricLaplace",
+    "PredType",
+    "PriorStructure",
+    "SubsetOfWeights",
+    "TuningMethod",
+]

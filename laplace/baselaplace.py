@@ -1,0 +1,9 @@
+"""laplace-torch import path: the base classes and the all-weights variants."""
+
+from laplace.posterior.base import BaseLaplace
+from laplace.posterior.diag import DiagLaplace
+from laplace.posterior.full import FullLaplace
+from laplace.posterior.kron import KronLaplace
+from laplace.posterior.parametric import ParametricLaplace
+
+__all__ = ["BaseLaplace", "DiagLaplace", "FullLaplace", "KronLaplace", "ParametricLaplace"]

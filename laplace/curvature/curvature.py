@@ -1,0 +1,288 @@
+"""Curvature interfaces: Jacobians, gradients and GGN / empirical Fisher curvature.
+
+The interfaces compute everything natively with ``torch.func`` (per-sample Jacobians
+and gradients with ``vmap``), so they are complete backends on their own; the
+BackPACK, Curvlinops and ASDL adapters override what their library does better.
+
+Conventions (shared by every backend, as in laplace-torch):
+
+* ``factor`` is 0.5 for regression (``lossfunc`` is ``MSELoss(reduction="sum")``) and
+  1 for classification (``CrossEntropyLoss(reduction="sum")``); the returned loss is
+  ``factor * lossfunc``, and curvature is that of ``factor * lossfunc``.
+* Outputs of shape ``(n, ..., K)`` count each leading position as a data point of the
+  loss; Jacobians are ``(n, K, P)`` for plain ``(n, K)`` outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jacrev, vmap
+
+from laplace.curvature import functional as F
+from laplace.utils.data import Inputs
+from laplace.utils.enums import Likelihood
+from laplace.utils.matrix import Kron
+
+
+class CurvatureInterface:
+    """Jacobians and gradients of ``model`` w.r.t. its trainable parameters.
+
+    Args:
+        model: the network; only parameters with ``requires_grad=True`` are used.
+        likelihood: ``"regression"``, ``"classification"`` or ``"reward_modeling"``
+            (curvature of the classification loss).
+        last_layer: differentiate only the last ``nn.Linear`` layer's parameters.
+        subnetwork_indices: ``(S,)`` indices into the parameter vector to keep.
+        dict_key_x, dict_key_y: keys of dict-like batches.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: str,
+        last_layer: bool = False,
+        subnetwork_indices: Tensor | None = None,
+        dict_key_x: str = "input_ids",
+        dict_key_y: str = "labels",
+    ) -> None:
+        self.likelihood = Likelihood(likelihood)
+        self.model = model
+        self.last_layer = last_layer
+        self.subnetwork_indices = subnetwork_indices
+        self.dict_key_x = dict_key_x
+        self.dict_key_y = dict_key_y
+        if self.likelihood == Likelihood.REGRESSION:
+            self.lossfunc: nn.Module = nn.MSELoss(reduction="sum")
+            self.factor = 0.5
+        else:
+            self.lossfunc = nn.CrossEntropyLoss(reduction="sum")
+            self.factor = 1.0
+
+    # ----------------------------------------------------------------- parameters
+    @property
+    def named_params(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` pairs that curvature is taken w.r.t."""
+        if self.last_layer:
+            name, layer = find_last_layer(self.model)
+            prefix = f"{name}." if name else ""
+            return [(prefix + n, p) for n, p in layer.named_parameters()]
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_params]
+
+    def _params_dict(self, enable_backprop: bool = False) -> dict[str, Tensor]:
+        return F.detach_params(dict(self.named_params), enable_backprop)
+
+    def _select(self, M: Tensor) -> Tensor:
+        """Keep the subnetwork columns of a ``(..., P)`` tensor."""
+        if self.subnetwork_indices is None:
+            return M
+        return M[..., self.subnetwork_indices]
+
+    # ------------------------------------------------------------------ jacobians
+    def jacobians(self, x: Inputs, enable_backprop: bool = False) -> tuple[Tensor, Tensor]:
+        """Per-sample Jacobians of the outputs w.r.t. the parameters.
+
+        Args:
+            x: inputs ``(n, ...)`` or a dict-like batch.
+            enable_backprop: keep the graph to ``x`` and the parameters.
+
+        Returns:
+            ``Js`` of shape ``(n·m, K, P)`` and outputs ``f`` of shape ``(n·m, K)``,
+            where ``m`` counts extra output positions (1 for ``(n, K)`` outputs).
+        """
+        if self.last_layer:
+            return self.last_layer_jacobians(x, enable_backprop)
+        params = self._params_dict(enable_backprop)
+        names = list(params)
+
+        def fn(p: dict[str, Tensor], xi: Any) -> tuple[Tensor, Tensor]:
+            out = F.single_output(self.model, p, xi)
+            return out, out
+
+        jac_fn = vmap(jacrev(fn, has_aux=True), in_dims=(None, F.vmap_in_dims(x)))
+        jac, f = jac_fn(params, F.as_vmappable(x))
+        Js = F.concat_jacobian(jac, names, lead=3)  # (n, m, K, P)
+        Js = Js.reshape(-1, *Js.shape[2:])
+        f = f.reshape(-1, f.shape[-1])
+        if not enable_backprop:
+            Js, f = Js.detach(), f.detach()
+        return self._select(Js), f
+
+    def last_layer_jacobians(
+        self, x: Inputs, enable_backprop: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Jacobians ``φ(x)ᵀ ⊗ I`` w.r.t. the last ``nn.Linear`` layer.
+
+        Returns:
+            ``Js`` ``(n, K, K·D [+K])`` in the layer's ``(weight, bias)`` order and ``f``.
+        """
+        phi, f = features_and_outputs(self.model, x)
+        if not enable_backprop:
+            phi, f = phi.detach(), f.detach()
+        _, layer = find_last_layer(self.model)
+        phi, f = phi.reshape(-1, phi.shape[-1]), f.reshape(-1, f.shape[-1])
+        n, K = f.shape
+        eye = torch.eye(K, device=f.device, dtype=f.dtype)
+        Js = torch.einsum("kl,nd->nkld", eye, phi).reshape(n, K, -1)
+        if layer.bias is not None:
+            Js = torch.cat([Js, eye.expand(n, K, K)], dim=2)
+        return Js, f
+
+    # ------------------------------------------------------------------ gradients
+    def gradients(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample gradients of ``lossfunc`` (without ``factor``).
+
+        Returns:
+            ``Gs`` ``(n, P)`` and the summed loss ``lossfunc(f, y)`` (a scalar).
+        """
+        params = self._params_dict()
+        names = list(params)
+
+        def loss_single(p: dict[str, Tensor], xi: Any, yi: Tensor) -> tuple[Tensor, Tensor]:
+            out = F.single_output(self.model, p, xi)
+            loss = self.lossfunc(out, self._target_like(yi, out))
+            return loss, loss
+
+        grad_fn = vmap(grad(loss_single, has_aux=True), in_dims=(None, F.vmap_in_dims(x), 0))
+        g, losses = grad_fn(params, F.as_vmappable(x), y)
+        Gs = F.concat_jacobian(g, names, lead=1)
+        return self._select(Gs).detach(), losses.sum().detach()
+
+    def _target_like(self, y: Tensor, out: Tensor) -> Tensor:
+        """One sample's target shaped for ``lossfunc`` against ``out`` ``(m, K)``."""
+        if self.likelihood == Likelihood.REGRESSION:
+            return y.reshape(out.shape)
+        return y.reshape(-1)
+
+    # ------------------------------------------------------------------ curvature
+    def full(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        """Loss and dense curvature ``(P, P)`` of one batch."""
+        raise NotImplementedError(f"{type(self).__name__} has no full curvature.")
+
+    def diag(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        """Loss and diagonal curvature ``(P,)`` of one batch."""
+        raise NotImplementedError(f"{type(self).__name__} has no diagonal curvature.")
+
+    def kron(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Kron]:
+        """Loss and Kronecker-factored curvature of one batch of a data set of size N."""
+        raise NotImplementedError(f"{type(self).__name__} has no Kronecker curvature.")
+
+
+class GGNInterface(CurvatureInterface):
+    """Generalized Gauss-Newton ``Σₙ Jₙᵀ Λₙ Jₙ`` with the exact output Hessian ``Λₙ``."""
+
+    def __init__(self, *args: Any, stochastic: bool = False, num_samples: int = 1, **kw: Any):
+        super().__init__(*args, **kw)
+        if stochastic:
+            raise ValueError(
+                f"{type(self).__name__}: the stochastic (Monte Carlo) GGN is not offered "
+                "by the native backend; use stochastic=False."
+            )
+        self.stochastic = stochastic
+
+    def _sqrt_ggn_rows(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``Sₙ Jₙ`` with ``Λₙ = SₙᵀSₙ`` as ``(n·m, K, P)``, and the loss of the batch."""
+        Js, f = self.jacobians(x)
+        S = output_hessian_sqrt(f, self.likelihood, self.factor)
+        loss = self.factor * self.lossfunc(f, _targets(y, f, self.likelihood))
+        return torch.einsum("nlk,nkp->nlp", S, Js), loss.detach()
+
+    def full(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        SJ, loss = self._sqrt_ggn_rows(x, y)
+        rows = SJ.reshape(-1, SJ.shape[-1])
+        return loss, rows.T @ rows
+
+    def diag(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        SJ, loss = self._sqrt_ggn_rows(x, y)
+        return loss, SJ.square().sum(dim=(0, 1))
+
+    def kron(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Kron]:
+        from laplace.curvature.kfac import kfac
+
+        return kfac(self, x, y, N, fisher="ggn")
+
+    def sqrt_rows(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Rows ``R`` with ``RᵀR`` the batch curvature ``(rows, P)``, and the loss."""
+        SJ, loss = self._sqrt_ggn_rows(x, y)
+        return SJ.reshape(-1, SJ.shape[-1]), loss
+
+
+class EFInterface(CurvatureInterface):
+    """Empirical Fisher ``factor · Σₙ gₙ gₙᵀ`` of per-sample loss gradients."""
+
+    def full(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        Gs, loss = self.gradients(x, y)
+        return self.factor * loss, self.factor * (Gs.T @ Gs)
+
+    def diag(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        Gs, loss = self.gradients(x, y)
+        return self.factor * loss, self.factor * Gs.square().sum(0)
+
+    def kron(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Kron]:
+        from laplace.curvature.kfac import kfac
+
+        return kfac(self, x, y, N, fisher="ef")
+
+    def sqrt_rows(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor]:
+        Gs, loss = self.gradients(x, y)
+        return Gs * self.factor**0.5, self.factor * loss
+
+
+def _targets(y: Tensor, f: Tensor, likelihood: Likelihood) -> Tensor:
+    """Targets matching flattened outputs ``f`` ``(n·m, K)``."""
+    if likelihood == Likelihood.REGRESSION:
+        return y.reshape(f.shape)
+    return y.reshape(-1)
+
+
+def output_hessian_sqrt(f: Tensor, likelihood: Likelihood, factor: float) -> Tensor:
+    """``Sₙ`` ``(n, K, K)`` with ``SₙᵀSₙ`` the Hessian of ``factor·loss`` w.r.t. ``fₙ``.
+
+    Regression: ``factor·2·I = I``. Classification: ``diag(p) − ppᵀ = SᵀS`` with
+    ``S = diag(√p) − √p pᵀ``.
+    """
+    n, K = f.shape
+    if likelihood == Likelihood.REGRESSION:
+        scale = (2 * factor) ** 0.5
+        eye = torch.eye(K, device=f.device, dtype=f.dtype) * scale
+        return eye.expand(n, K, K)
+    p = torch.softmax(f, dim=-1)
+    sp = p.sqrt()
+    return torch.diag_embed(sp) - sp.unsqueeze(-1) * p.unsqueeze(-2)
+
+
+def find_last_layer(model: nn.Module) -> tuple[str, nn.Linear]:
+    """Name and module of the last ``nn.Linear`` in ``model.modules()`` order."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = (name, module)
+    if last is None:
+        raise ValueError("Last-layer Laplace needs a model with an nn.Linear output layer.")
+    return last
+
+
+def features_and_outputs(model: nn.Module, x: Inputs) -> tuple[Tensor, Tensor]:
+    """Inputs of the last ``nn.Linear`` (features ``φ``) and the model outputs."""
+    if hasattr(model, "forward_with_features"):
+        f, phi = model.forward_with_features(x)
+        return phi, f
+    _, layer = find_last_layer(model)
+    store: dict[str, Tensor] = {}
+    handle = layer.register_forward_hook(lambda m, inp, out: store.__setitem__("phi", inp[0]))
+    try:
+        f = model(x)
+    finally:
+        handle.remove()
+    return store["phi"], f
+
+
+def functional_outputs(model: nn.Module, params: dict[str, Tensor], x: Inputs) -> Tensor:
+    """Batched model outputs with parameters replaced by ``params``."""
+    return functional_call(model, params, (x,))

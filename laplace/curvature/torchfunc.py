@@ -1,0 +1,18 @@
+"""The native backend: everything with ``torch.func`` and autograd, no extra library.
+
+Jacobians and per-sample gradients come from ``vmap`` over samples (never a
+``jacrev`` over the whole batch); Kronecker factors from layer hooks
+(:mod:`laplace.curvature.kfac`). Works in float32 and float64, on any device.
+"""
+
+from __future__ import annotations
+
+from laplace.curvature.curvature import EFInterface, GGNInterface
+
+
+class TorchFuncGGN(GGNInterface):
+    """Native generalized Gauss-Newton backend (the library default)."""
+
+
+class TorchFuncEF(EFInterface):
+    """Native empirical Fisher backend."""

@@ -1,0 +1,52 @@
+"""The ``Laplace(...)`` factory: picks the variant for a weight subset and structure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from laplace.posterior.base import BaseLaplace
+from laplace.posterior.diag import DiagLaplace
+from laplace.posterior.full import FullLaplace
+from laplace.posterior.kron import KronLaplace
+from laplace.utils.enums import HessianStructure, SubsetOfWeights, parse_option
+
+_VARIANTS: dict[tuple[SubsetOfWeights, HessianStructure], type[BaseLaplace]] = {
+    (SubsetOfWeights.ALL, HessianStructure.FULL): FullLaplace,
+    (SubsetOfWeights.ALL, HessianStructure.KRON): KronLaplace,
+    (SubsetOfWeights.ALL, HessianStructure.DIAG): DiagLaplace,
+}
+
+
+def Laplace(  # noqa: N802  (the public name users know)
+    model: nn.Module,
+    likelihood: str,
+    subset_of_weights: SubsetOfWeights | str = SubsetOfWeights.LAST_LAYER,
+    hessian_structure: HessianStructure | str = HessianStructure.KRON,
+    *args: Any,
+    **kwargs: Any,
+) -> BaseLaplace:
+    """Build the Laplace approximation for ``subset_of_weights`` × ``hessian_structure``.
+
+    Args:
+        model: the trained network.
+        likelihood: ``"regression"``, ``"classification"`` or ``"reward_modeling"``.
+        subset_of_weights: ``"all"``, ``"last_layer"`` or ``"subnetwork"``.
+        hessian_structure: ``"full"``, ``"kron"``, ``"diag"``, ``"lowrank"`` or ``"gp"``.
+        *args, **kwargs: passed to the variant (``prior_precision``, ``sigma_noise``,
+            ``backend``, ...).
+
+    Raises:
+        ValueError: the combination is not supported.
+    """
+    subset = parse_option(SubsetOfWeights, subset_of_weights, "subset_of_weights")
+    structure = parse_option(HessianStructure, hessian_structure, "hessian_structure")
+    if subset == SubsetOfWeights.SUBNETWORK and structure not in (
+        HessianStructure.FULL, HessianStructure.DIAG
+    ):
+        raise ValueError("Subnetwork Laplace requires a full or diagonal Hessian approximation!")
+    cls = _VARIANTS.get((subset, structure))
+    if cls is None:
+        raise ValueError(f"Unsupported Laplace combination: {subset}, {structure}.")
+    return cls(model, likelihood, *args, **kwargs)

@@ -1,0 +1,1 @@
+"""Laplace posteriors: one variant per module, all sharing ``ParametricLaplace``."""

@@ -1,0 +1,289 @@
+"""``BaseLaplace``: hyperparameters, likelihood terms and the marginal likelihood.
+
+Everything here is shared by every Laplace variant; variants supply the curvature
+(``fit``) and the log-determinant of their posterior precision.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from laplace.curvature.curvature import CurvatureInterface
+from laplace.utils.data import Inputs
+from laplace.utils.enums import Likelihood, PriorStructure, parse_option
+from laplace.utils.parameters import expand_to_parameters, fix_prior_prec_structure
+
+
+class BaseLaplace:
+    """Common state of a Laplace approximation.
+
+    Args:
+        model: the trained (MAP) network.
+        likelihood: ``"regression"``, ``"classification"`` or ``"reward_modeling"``.
+        sigma_noise: observation noise standard deviation (regression only).
+        prior_precision: scalar, one value per parameter tensor, or per parameter.
+        prior_mean: scalar or per-parameter prior mean.
+        temperature: posterior temperature ``T`` (curvature is scaled by ``1/T``).
+        enable_backprop: keep the autograd graph in predictions (gradients w.r.t.
+            inputs flow through the network Jacobians).
+        dict_key_x, dict_key_y: keys of dict-like (Hugging Face) batches.
+        backend: a ``CurvatureInterface`` subclass; the native ``torch.func``
+            GGN backend by default.
+        backend_kwargs: extra keyword arguments for the backend.
+        asdl_fisher_kwargs: keyword arguments forwarded to ASDL's Fisher calls.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: Likelihood | str,
+        sigma_noise: float | Tensor = 1.0,
+        prior_precision: float | Tensor = 1.0,
+        prior_mean: float | Tensor = 0.0,
+        temperature: float = 1.0,
+        enable_backprop: bool = False,
+        dict_key_x: str = "input_ids",
+        dict_key_y: str = "labels",
+        backend: type[CurvatureInterface] | None = None,
+        backend_kwargs: dict[str, Any] | None = None,
+        asdl_fisher_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.likelihood = parse_option(Likelihood, likelihood, "likelihood")
+        if self.likelihood != Likelihood.REGRESSION and float(sigma_noise) != 1.0:
+            raise ValueError("sigma_noise must be 1 for classification and reward modeling.")
+        self.model = model
+        self.enable_backprop = enable_backprop
+        self.dict_key_x = dict_key_x
+        self.dict_key_y = dict_key_y
+        self.temperature = temperature
+        self.backend_kwargs = dict(backend_kwargs or {})
+        self.asdl_fisher_kwargs = dict(asdl_fisher_kwargs or {})
+        self._backend_cls = backend or self._default_backend()
+        self._backend: CurvatureInterface | None = None
+        self.loss: Tensor | float = 0.0
+        self.n_data = 0
+        self.n_outputs: int | None = None
+        self._sigma_noise = self._as_tensor(sigma_noise)
+        self.prior_precision = prior_precision
+        self.prior_mean = prior_mean
+
+    # ------------------------------------------------------------------ basics
+    def _default_backend(self) -> type[CurvatureInterface]:
+        from laplace.curvature.torchfunc import TorchFuncGGN
+
+        return TorchFuncGGN
+
+    @property
+    def _params(self) -> list[nn.Parameter]:
+        """Parameters the posterior is over (trainable ones for subset ``all``)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @property
+    def _device(self) -> torch.device:
+        params = list(self.model.parameters())
+        return params[0].device if params else torch.device("cpu")
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        params = list(self.model.parameters())
+        return params[0].dtype if params else torch.get_default_dtype()
+
+    def _as_tensor(self, value: float | Tensor) -> Tensor:
+        return torch.as_tensor(value, device=self._device, dtype=self._dtype)
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self._params)
+
+    @property
+    def n_layers(self) -> int:
+        """Number of parameter tensors (the length of a layerwise prior)."""
+        return len(self._params)
+
+    @property
+    def _layer_sizes(self) -> list[int]:
+        return [p.numel() for p in self._params]
+
+    @property
+    def backend(self) -> CurvatureInterface:
+        if self._backend is None:
+            self._backend = self._backend_cls(
+                self.model, self.likelihood, dict_key_x=self.dict_key_x,
+                dict_key_y=self.dict_key_y, **self.backend_kwargs,
+            )
+        return self._backend
+
+    # ---------------------------------------------------------- hyperparameters
+    @property
+    def sigma_noise(self) -> Tensor:
+        return self._sigma_noise
+
+    @sigma_noise.setter
+    def sigma_noise(self, value: float | Tensor) -> None:
+        value = self._as_tensor(value) if not isinstance(value, Tensor) else value
+        if self.likelihood != Likelihood.REGRESSION and not bool((value == 1).all()):
+            raise ValueError("sigma_noise must be 1 for classification and reward modeling.")
+        if value.numel() != 1:
+            raise ValueError("sigma_noise must be a scalar (one noise level for all outputs).")
+        self._sigma_noise = value
+        self._invalidate()
+
+    @property
+    def prior_precision(self) -> Tensor:
+        """``(1,)`` scalar, ``(n_layers,)`` layerwise or ``(n_params,)`` diagonal."""
+        return self._prior_precision
+
+    @prior_precision.setter
+    def prior_precision(self, value: float | Tensor) -> None:
+        if not isinstance(value, Tensor):
+            value = torch.tensor([float(value)], device=self._device, dtype=self._dtype)
+        if value.ndim == 0:
+            value = value.reshape(1)
+        if value.ndim != 1 or value.numel() not in {1, self.n_layers, self.n_params}:
+            raise ValueError(
+                f"prior_precision of shape {tuple(value.shape)} must be a scalar, one value "
+                f"per parameter tensor ({self.n_layers}) or per parameter ({self.n_params})."
+            )
+        if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
+            raise ValueError("prior_precision must be finite and non-negative.")
+        self._prior_precision = value
+        self._invalidate()
+
+    @property
+    def prior_mean(self) -> Tensor:
+        return self._prior_mean
+
+    @prior_mean.setter
+    def prior_mean(self, value: float | Tensor) -> None:
+        value = value if isinstance(value, Tensor) else self._as_tensor(value)
+        if value.numel() not in (1, self.n_params):
+            raise ValueError(
+                f"prior_mean must be a scalar or have one value per parameter ({self.n_params})."
+            )
+        self._prior_mean = value.reshape(-1) if value.numel() > 1 else value.reshape(())
+
+    @property
+    def prior_precision_diag(self) -> Tensor:
+        """Prior precision expanded to one value per parameter: ``(n_params,)``."""
+        return expand_to_parameters(self.prior_precision, self._layer_sizes)
+
+    @property
+    def _H_factor(self) -> Tensor:
+        """Scale of the curvature in the posterior precision: ``1 / (σ² T)``."""
+        return 1 / (self.sigma_noise.square() * self.temperature)
+
+    def _invalidate(self) -> None:
+        """Hook for subclasses caching factorizations that depend on hyperparameters."""
+
+    def _prepare_for_tuning(self) -> None:
+        """Hook: precompute what repeated marginal-likelihood evaluations share."""
+
+    # -------------------------------------------------------- likelihood terms
+    @property
+    def log_likelihood(self) -> Tensor:
+        """Log likelihood of the training data at the MAP (up to the Laplace terms)."""
+        factor = -self._H_factor
+        if self.likelihood == Likelihood.REGRESSION:
+            c = self.n_data * self.n_outputs * torch.log(self.sigma_noise * math.sqrt(2 * math.pi))
+            return factor * self.loss - c
+        return factor * self.loss
+
+    @property
+    def scatter(self) -> Tensor:
+        """``(θ* − μ₀)ᵀ P₀ (θ* − μ₀)``."""
+        delta = self.mean - self.prior_mean
+        if self.prior_precision.numel() == 1:
+            return (delta @ delta) * self.prior_precision[0]
+        return (delta * self.prior_precision_diag) @ delta
+
+    @property
+    def log_det_prior_precision(self) -> Tensor:
+        if self.prior_precision.numel() == 1:
+            return self.n_params * self.prior_precision[0].log()
+        return self.prior_precision_diag.log().sum()
+
+    @property
+    def log_det_posterior_precision(self) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def log_det_ratio(self) -> Tensor:
+        return self.log_det_posterior_precision - self.log_det_prior_precision
+
+    def log_marginal_likelihood(
+        self, prior_precision: Tensor | float | None = None,
+        sigma_noise: Tensor | float | None = None,
+    ) -> Tensor:
+        """Laplace log marginal likelihood, differentiable in both hyperparameters.
+
+        Given hyperparameters are stored on the object (as laplace-torch does).
+        """
+        self._require_fit()
+        if prior_precision is not None:
+            self.prior_precision = prior_precision
+        if sigma_noise is not None:
+            if self.likelihood != Likelihood.REGRESSION:
+                raise ValueError("sigma_noise can only be set for regression.")
+            self.sigma_noise = sigma_noise
+        return self.log_likelihood - 0.5 * (self.log_det_ratio + self.scatter)
+
+    def _require_fit(self) -> None:
+        if self.n_outputs is None:
+            raise ValueError(f"{type(self).__name__} is not fitted: call fit(train_loader).")
+
+    # ---------------------------------------------------------------- tuning
+    def _default_prior_structure(self) -> PriorStructure:
+        return PriorStructure.DIAG
+
+    def optimize_prior_precision(
+        self,
+        pred_type: str = "glm",
+        method: str = "marglik",
+        n_steps: int = 100,
+        lr: float = 1e-1,
+        init_prior_prec: float | Tensor = 1.0,
+        prior_structure: str | None = None,
+        val_loader: Any = None,
+        loss: Any = None,
+        log_prior_prec_min: float = -4,
+        log_prior_prec_max: float = 4,
+        grid_size: int = 100,
+        link_approx: str = "probit",
+        n_samples: int = 100,
+        verbose: bool = False,
+        progress_bar: bool = False,
+    ) -> None:
+        """Tune the prior precision.
+
+        ``method="marglik"`` maximises the log marginal likelihood with Adam on the log
+        prior precision (``n_steps`` steps of rate ``lr`` from ``init_prior_prec``);
+        ``prior_structure`` is ``"scalar"``, ``"layerwise"`` or ``"diag"`` (default:
+        ``"diag"`` where the posterior structure allows it, else ``"layerwise"``).
+        The observation noise is left unchanged (as in laplace-torch); tune it with
+        ``log_marginal_likelihood(prior_precision, sigma_noise)`` directly.
+        """
+        from laplace.posterior.tuning import gridsearch, marglik
+
+        structure = PriorStructure(prior_structure or self._default_prior_structure())
+        if method == "marglik":
+            marglik(self, n_steps, lr, init_prior_prec, structure, progress_bar, verbose)
+        elif method == "gridsearch":
+            gridsearch(
+                self, pred_type, val_loader, loss, log_prior_prec_min, log_prior_prec_max,
+                grid_size, link_approx, n_samples, progress_bar, verbose,
+            )
+        else:
+            raise ValueError(f"Unknown tuning method {method!r}; use 'marglik' or 'gridsearch'.")
+
+    def _init_prior(self, init: float | Tensor, structure: PriorStructure) -> Tensor:
+        return fix_prior_prec_structure(
+            init, structure, self.n_layers, self.n_params, self._device, self._dtype
+        )
+
+    # ------------------------------------------------------------ prediction
+    def __call__(self, x: Inputs, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError

@@ -1,0 +1,75 @@
+"""``FullLaplace``: a dense posterior precision over all (trainable) weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from laplace.posterior.parametric import ParametricLaplace
+from laplace.precision import DensePrecision, PrecisionMatrix
+from laplace.utils.data import Inputs
+
+
+class FullLaplace(ParametricLaplace):
+    """Laplace approximation with the full ``P × P`` curvature.
+
+    When the backend provides square-root rows ``R`` of its curvature
+    (``H = Σ RᵀR``) and there are fewer rows than parameters, they are kept so that
+    the spectrum of ``H`` comes from the small Gram matrix ``RRᵀ``: marginal-likelihood
+    tuning then costs one small eigendecomposition in all.
+    """
+
+    _key = ("all", "full")
+
+    def _init_H(self) -> None:
+        self.H = torch.zeros(self.n_params, self.n_params, device=self._device, dtype=self._dtype)
+        self._rows: list[Tensor] | None = []
+        self._spectrum: Tensor | None = None
+
+    def _curv_closure(self, X: Inputs, y: Tensor, N: int) -> tuple[Tensor, Any]:
+        sqrt_rows = getattr(self.backend, "sqrt_rows", None)
+        if sqrt_rows is None:
+            self._rows = None
+            return self.backend.full(X, y, N=N)
+        rows, loss = sqrt_rows(X, y)
+        if self._rows is not None:
+            self._rows.append(rows)
+            if sum(r.shape[0] for r in self._rows) > self.n_params:
+                self._rows = None
+        return loss, rows.T @ rows
+
+    def _finalize_fit(self) -> None:
+        self._spectrum = None
+
+    def _load_H_state(self, state: Any) -> None:
+        self.H = state
+        self._rows, self._spectrum = None, None
+
+    @property
+    def spectrum(self) -> Tensor:
+        """Eigenvalues of ``H`` ``(P,)`` (computed once per fit)."""
+        if self._spectrum is None:
+            if self._rows:
+                R = torch.cat(self._rows)
+                lam = torch.linalg.eigvalsh(R @ R.T).clamp(min=0)
+                pad = lam.new_zeros(self.n_params - lam.numel())
+                self._spectrum = torch.cat([pad, lam])
+            else:
+                self._spectrum = torch.linalg.eigvalsh(self.H)
+        return self._spectrum
+
+    def _prepare_for_tuning(self) -> None:
+        self.spectrum  # noqa: B018  (computed once for all tuning steps)
+
+    def _make_precision(self, scale: Tensor, prior: Tensor) -> PrecisionMatrix:
+        spectrum = self._spectrum if prior.numel() == 1 else None
+        if prior.numel() not in (1, self.n_params):
+            prior = self.prior_precision_diag
+        return DensePrecision(self.H, scale, prior, spectrum)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_rows"] = None
+        return state

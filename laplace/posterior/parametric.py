@@ -1,0 +1,333 @@
+"""``ParametricLaplace``: a Gaussian over weights ``N(θ*, Σ)`` with ``Σ⁻¹ = H/(σ²T) + P₀``.
+
+Fitting accumulates a curvature ``H``; a structure-specific ``PrecisionMatrix`` built
+from ``H`` and the hyperparameters answers every question about the Gaussian, so the
+predictive, sampling and serialization below are written once for all structures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from laplace.posterior.base import BaseLaplace
+from laplace.precision import PrecisionMatrix
+from laplace.predictive import links
+from laplace.utils.data import Inputs, batch_size, dataset_size, inputs_to, split_batch
+from laplace.utils.enums import Likelihood, LinkApprox, PredType, parse_option
+from laplace.utils.parameters import vector_of
+
+
+class ParametricLaplace(BaseLaplace):
+    """Weight-space Laplace approximation; subclasses choose the curvature structure."""
+
+    _key: tuple[str, str]
+
+    def __init__(self, model: nn.Module, likelihood: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(model, likelihood, *args, **kwargs)
+        if self.n_params == 0:
+            raise ValueError("The model has no trainable parameters (requires_grad=True).")
+        self.mean: Tensor = vector_of(p.detach() for p in self._params)
+        self._cached: tuple[tuple[Tensor, Tensor], PrecisionMatrix] | None = None
+        self._init_H()
+
+    # ------------------------------------------------------- structure hooks
+    def _init_H(self) -> None:
+        raise NotImplementedError
+
+    def _curv_closure(self, X: Inputs, y: Tensor, N: int) -> tuple[Tensor, Any]:
+        raise NotImplementedError
+
+    def _accumulate(self, H_batch: Any) -> None:
+        self.H = self.H + H_batch
+
+    def _finalize_fit(self) -> None:
+        """Post-process the accumulated curvature (e.g. decompose it)."""
+
+    def _make_precision(self, scale: Tensor, prior: Tensor) -> PrecisionMatrix:
+        raise NotImplementedError
+
+    def _H_state(self) -> Any:
+        return self.H
+
+    def _load_H_state(self, state: Any) -> None:
+        self.H = state
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False) -> None:
+        """Accumulate the curvature of the training data at the current weights.
+
+        Args:
+            train_loader: a ``DataLoader`` of ``(X, y)`` or dict-like batches.
+            override: start afresh (``False`` adds to the previous fit, e.g. for
+                continual learning).
+            progress_bar: show a tqdm bar over batches.
+        """
+        N = dataset_size(train_loader)
+        if override:
+            self._init_H()
+            self.loss, self.n_data = 0.0, 0
+        self.model.eval()
+        self.mean = vector_of(p.detach() for p in self._params)
+        batches = 0
+        for batch in tqdm(train_loader, desc="fit", disable=not progress_bar):
+            X, y = split_batch(batch, self.dict_key_x, self.dict_key_y)
+            X, y = inputs_to(X, self._device), y.to(self._device)
+            if batches == 0:
+                self._set_n_outputs(X)
+            self._check_targets(X, y, batches)
+            loss_batch, H_batch = self._curv_closure(X, y, N)
+            self.loss = self.loss + loss_batch
+            self._accumulate(H_batch)
+            batches += 1
+        if batches == 0:
+            raise ValueError("The data loader yielded no batches: nothing to fit on.")
+        self.n_data += N
+        self._finalize_fit()
+        self._invalidate()
+
+    def _set_n_outputs(self, X: Inputs) -> None:
+        with torch.no_grad():
+            out = self.model(X)
+        self._output_shape = tuple(out.shape[1:]) if out.ndim > 1 else (1,)
+        self.n_outputs = self._output_shape[-1]
+        self.model.output_size = self.n_outputs
+
+    def _check_targets(self, X: Inputs, y: Tensor, index: int) -> None:
+        n = batch_size(X, self.dict_key_x)
+        if y.shape[0] != n:
+            raise ValueError(f"Batch {index}: {y.shape[0]} targets for {n} inputs.")
+        if self.likelihood == Likelihood.REGRESSION:
+            if not bool(torch.isfinite(y).all()):
+                raise ValueError(f"Batch {index}: regression targets contain NaN or inf.")
+            expected = (n, *self._output_shape)
+            if y.numel() != n * _prod(self._output_shape) or (
+                y.ndim > 1 and tuple(y.shape) != expected
+            ):
+                raise ValueError(
+                    f"Batch {index}: targets of shape {tuple(y.shape)} do not match model "
+                    f"outputs of shape {expected}."
+                )
+        else:
+            if y.is_floating_point():
+                raise ValueError(
+                    f"Batch {index}: classification targets must be integer class indices, "
+                    f"got {y.dtype} (NaN-free integer labels expected)."
+                )
+            if y.numel() != n * _prod(self._output_shape[:-1]):
+                raise ValueError(
+                    f"Batch {index}: targets of shape {tuple(y.shape)} do not match logits "
+                    f"of shape {(n, *self._output_shape)}."
+                )
+            if bool((y < 0).any()) or bool((y >= self.n_outputs).any()):
+                raise ValueError(
+                    f"Batch {index}: class labels must lie in [0, {self.n_outputs - 1}]."
+                )
+
+    # ---------------------------------------------------------- the Gaussian
+    def _invalidate(self) -> None:
+        self._cached = None
+
+    def _precision(self) -> PrecisionMatrix:
+        """The posterior precision at the current hyperparameters (cached when constant)."""
+        self._require_fit()
+        scale, prior = self._H_factor, self.prior_precision
+        if scale.requires_grad or prior.requires_grad:
+            return self._make_precision(scale, prior)
+        if self._cached is not None:
+            (s, p), precision = self._cached
+            if torch.equal(s, scale) and p.shape == prior.shape and torch.equal(p, prior):
+                return precision
+        precision = self._make_precision(scale, prior)
+        self._cached = ((scale.clone(), prior.clone()), precision)
+        return precision
+
+    @property
+    def log_det_posterior_precision(self) -> Tensor:
+        return self._precision().logdet()
+
+    @property
+    def posterior_precision(self) -> Any:
+        return self._precision().to_matrix()
+
+    @property
+    def posterior_variance(self) -> Tensor:
+        """Marginal posterior variances of the parameters: ``(n_params,)``."""
+        return self._precision().covariance_diag()
+
+    def functional_variance(self, Js: Tensor) -> Tensor:
+        """``Jₙ Σ Jₙᵀ`` for ``Js`` ``(n, K, P)``: ``(n, K, K)``."""
+        return self._precision().inv_square_form(Js)
+
+    def functional_covariance(self, Js: Tensor) -> Tensor:
+        """Joint ``J Σ Jᵀ`` ``(n·K, n·K)``, rows ordered ``point·K + output``."""
+        return self._precision().joint_inv_square_form(Js)
+
+    def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
+        """Weight samples ``θ ~ N(θ*, Σ)``: ``(n_samples, n_params)``."""
+        return self.mean + self._precision().sample(n_samples, generator)
+
+    # ------------------------------------------------------------ predictive
+    def __call__(
+        self,
+        x: Inputs,
+        pred_type: PredType | str = PredType.GLM,
+        joint: bool = False,
+        link_approx: LinkApprox | str = LinkApprox.PROBIT,
+        n_samples: int = 100,
+        diagonal_output: bool = False,
+        generator: torch.Generator | None = None,
+        fitting: bool = False,
+        **model_kwargs: Any,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Posterior predictive at ``x``.
+
+        Regression returns ``(f_mu (n, K), f_var (n, K, K))`` — ``(n·K,)`` and
+        ``(n·K, n·K)`` with ``joint=True``, ``(n, K)`` variances with
+        ``diagonal_output=True`` — without observation noise. Classification returns
+        probabilities ``(n, K)`` under the link approximation.
+        """
+        pred_type = parse_option(PredType, pred_type, "pred_type")
+        link_approx = parse_option(LinkApprox, link_approx, "link_approx")
+        self._require_fit()
+        x = inputs_to(x, self._device)
+        regression = self.likelihood == Likelihood.REGRESSION or (
+            self.likelihood == Likelihood.REWARD_MODELING and not fitting
+        )
+        if pred_type == PredType.GP:
+            raise ValueError("pred_type='gp' needs a function-space (hessian_structure='gp') LA.")
+        if pred_type == PredType.NN:
+            return self._nn_predictive(x, regression, n_samples, generator)
+        if regression:
+            return self._glm_predictive_distribution(x, joint, diagonal_output)
+        f_mu, f_var = self._glm_predictive_distribution(x)
+        if link_approx == LinkApprox.PROBIT:
+            return links.probit(f_mu, f_var)
+        if link_approx == LinkApprox.MC:
+            return links.monte_carlo(f_mu, f_var, n_samples, generator)
+        return links.bridge(f_mu, f_var, normalize=link_approx == LinkApprox.BRIDGE_NORM)
+
+    def _glm_predictive_distribution(
+        self, X: Inputs, joint: bool = False, diagonal_output: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Linearized latent mean ``(n, K)`` and covariance ``(n, K, K)`` (or joint)."""
+        Js, f_mu = self.backend.jacobians(X, enable_backprop=self.enable_backprop)
+        if joint:
+            return f_mu.flatten(), self.functional_covariance(Js)
+        f_var = self.functional_variance(Js)
+        if diagonal_output:
+            f_var = f_var.diagonal(dim1=-2, dim2=-1)
+        return f_mu, f_var
+
+    def predictive_samples(
+        self, x: Inputs, pred_type: str = "glm", n_samples: int = 100,
+        diagonal_output: bool = False, generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Samples of the predictive: latent for regression, probabilities otherwise."""
+        pred_type = parse_option(PredType, pred_type, "pred_type")
+        x = inputs_to(x, self._device)
+        if pred_type == PredType.NN:
+            f = self._nn_samples(x, n_samples, generator)
+        else:
+            f_mu, f_var = self._glm_predictive_distribution(x)
+            if diagonal_output:
+                f_var = torch.diag_embed(f_var.diagonal(dim1=-2, dim2=-1))
+            f = links.gaussian_samples(f_mu, f_var, n_samples, generator)
+        if self.likelihood == Likelihood.CLASSIFICATION:
+            return torch.softmax(f, dim=-1)
+        return f
+
+    def _nn_samples(self, X: Inputs, n_samples: int, generator: torch.Generator | None) -> Tensor:
+        """Network outputs under weight samples: ``(n_samples, n, K)``."""
+        thetas = self.sample(n_samples, generator)
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        sizes = self._layer_sizes
+        shapes = [p.shape for p in self._params]
+        outs = []
+        for theta in thetas:
+            chunks = theta.split(sizes)
+            params = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}
+            out = functional_call(self.model, params, (X,))
+            outs.append(out.reshape(-1, out.shape[-1]) if out.ndim > 1 else out[:, None])
+        return torch.stack(outs)
+
+    def _nn_predictive(
+        self, X: Inputs, regression: bool, n_samples: int, generator: torch.Generator | None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        f = self._nn_samples(X, n_samples, generator)
+        if regression:
+            return f.mean(0), f.var(0)
+        return torch.softmax(f, dim=-1).mean(0)
+
+    # --------------------------------------------------------- serialization
+    def state_dict(self) -> dict[str, Any]:
+        """Posterior state (tensors, numbers, strings): ``torch.load(weights_only=True)``."""
+        self._require_fit()
+        return {
+            "cls_name": type(self).__name__,
+            "likelihood": str(self.likelihood),
+            "mean": self.mean,
+            "H": self._H_state(),
+            "loss": torch.as_tensor(self.loss),
+            "prior_mean": self.prior_mean,
+            "prior_precision": self.prior_precision,
+            "sigma_noise": self.sigma_noise,
+            "n_data": self.n_data,
+            "n_outputs": self.n_outputs,
+            "output_shape": list(self._output_shape),
+            "temperature": self.temperature,
+            "enable_backprop": self.enable_backprop,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a posterior saved by ``state_dict`` (the model is loaded separately)."""
+        if state_dict["cls_name"] != type(self).__name__:
+            raise ValueError(
+                f"State of a {state_dict['cls_name']} cannot be loaded into {type(self).__name__}."
+            )
+        if state_dict["likelihood"] != str(self.likelihood):
+            raise ValueError(
+                f"State has likelihood {state_dict['likelihood']!r}, this LA {self.likelihood!r}."
+            )
+        if state_dict["mean"].numel() != self.n_params:
+            raise ValueError(
+                f"State has {state_dict['mean'].numel()} parameters, the model {self.n_params}."
+            )
+        device = self._device
+        self.mean = state_dict["mean"].to(device)
+        self._load_H_state(_to_device(state_dict["H"], device))
+        self.loss = state_dict["loss"].to(device)
+        self.n_data = int(state_dict["n_data"])
+        self.n_outputs = int(state_dict["n_outputs"])
+        self._output_shape = tuple(state_dict["output_shape"])
+        self.temperature = state_dict["temperature"]
+        self.enable_backprop = state_dict["enable_backprop"]
+        self.sigma_noise = state_dict["sigma_noise"].to(device)
+        self.prior_mean = state_dict["prior_mean"].to(device)
+        self.prior_precision = state_dict["prior_precision"].to(device)
+        self.model.output_size = self.n_outputs
+        self._invalidate()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cached"] = None
+        return state
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+def _to_device(state: Any, device: torch.device) -> Any:
+    if isinstance(state, Tensor):
+        return state.to(device)
+    if isinstance(state, (list, tuple)):
+        return [_to_device(s, device) for s in state]
+    return state

@@ -1,0 +1,14 @@
+"""Posterior precision matrices, one class per storage structure."""
+
+from laplace.precision.base import NotPositiveDefiniteError, PrecisionMatrix
+from laplace.precision.dense import DensePrecision
+from laplace.precision.diag import DiagPrecision
+from laplace.precision.kron import KronPrecision
+
+__all__ = [
+    "DensePrecision",
+    "DiagPrecision",
+    "KronPrecision",
+    "NotPositiveDefiniteError",
+    "PrecisionMatrix",
+]

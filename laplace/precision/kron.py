@@ -1,0 +1,52 @@
+"""Kronecker-factored posterior precision (``KronLaplace``, ``KronLLLaplace``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from laplace.precision.base import NotPositiveDefiniteError, PrecisionMatrix, not_pd_message
+from laplace.utils.matrix import KronDecomposed
+
+
+class KronPrecision(PrecisionMatrix):
+    """``Σ⁻¹``, block-diagonal over parameter tensors, each ``s·kron(B, A) + δᵢ I``.
+
+    Args:
+        H: the eigendecomposed curvature factors (no scale, no prior).
+        scale: ``s``.
+        prior: ``(1,)`` or one value per parameter tensor ``(n_blocks,)``.
+    """
+
+    def __init__(self, H: KronDecomposed, scale: Tensor, prior: Tensor) -> None:
+        if prior.numel() not in (1, len(H)):
+            raise ValueError(
+                "A Kronecker posterior takes a scalar or layerwise prior precision "
+                f"({len(H)} values); got {prior.numel()} values (a diagonal prior does "
+                "not keep the Kronecker structure)."
+            )
+        self.matrix = H * scale + prior.expand(len(H))
+        self.n_params = sum(self.matrix._block_sizes())
+        smallest = min(float(self.matrix.block_eigenvalues(i).min()) for i in range(len(H)))
+        if smallest <= 0:
+            raise NotPositiveDefiniteError(
+                not_pd_message("Kronecker", f" (smallest eigenvalue {smallest:.3g})")
+            )
+
+    def logdet(self) -> Tensor:
+        return self.matrix.logdet()
+
+    def inv_square_form(self, Js: Tensor) -> Tensor:
+        return self.matrix.inv_square_form(Js)
+
+    def sample(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.matrix.sample(n_samples, generator)
+
+    def diag(self) -> Tensor:
+        return self.matrix.diag()
+
+    def to_matrix(self) -> Tensor:
+        return self.matrix.to_matrix()
+
+    def covariance_diag(self) -> Tensor:
+        return self.matrix.diag(exponent=-1)

@@ -1,0 +1,1 @@
+"""Predictive approximations (link functions for classification)."""

@@ -1,0 +1,60 @@
+"""Batches and data loaders: ``(X, y)`` tuples or dict-like (Hugging Face) batches."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+Inputs = Tensor | Mapping[str, Any]
+
+
+def split_batch(batch: Any, dict_key_x: str, dict_key_y: str) -> tuple[Inputs, Tensor]:
+    """Return ``(X, y)`` of one batch.
+
+    A dict-like batch (e.g. a Hugging Face ``BatchEncoding``) is passed to the model
+    whole, as the model's input, and its targets are read from ``dict_key_y``.
+    """
+    if isinstance(batch, Mapping):
+        if dict_key_y not in batch:
+            raise ValueError(
+                f"Dict-like batch has no target key {dict_key_y!r} "
+                f"(keys: {sorted(batch.keys())}); pass dict_key_y=... to Laplace."
+            )
+        return batch, batch[dict_key_y]
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise ValueError(
+        "Each batch must be an (X, y) pair or a dict-like object with keys "
+        f"{dict_key_x!r} and {dict_key_y!r}; got {type(batch).__name__}."
+    )
+
+
+def batch_size(X: Inputs, dict_key_x: str = "input_ids") -> int:
+    """Number of data points in ``X`` (its leading dimension)."""
+    if isinstance(X, Mapping):
+        return len(X[dict_key_x])
+    return X.shape[0]
+
+
+def inputs_to(X: Inputs, device: torch.device) -> Inputs:
+    """Move a tensor, or the tensors of a dict-like input, to ``device``."""
+    if isinstance(X, Mapping):
+        return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in X.items()}
+    return X.to(device)
+
+
+def dataset_size(loader: Any) -> int:
+    """``len(loader.dataset)`` with a clear error when the loader has no sized dataset."""
+    try:
+        n = len(loader.dataset)
+    except (AttributeError, TypeError):
+        raise ValueError(
+            "The data loader must expose the number of data points as "
+            "len(loader.dataset) (use a torch DataLoader)."
+        ) from None
+    if n == 0:
+        raise ValueError("The data loader is empty: it has no data points to fit on.")
+    return n

@@ -1,0 +1,244 @@
+"""Kronecker-factored matrices: ``Kron`` (raw factors) and ``KronDecomposed``.
+
+A Kronecker-factored curvature is block-diagonal over parameter tensors. Each block is
+``kron(B, A)`` for a weight of shape ``(out, in[, kh, kw])`` (``B``: ``out×out``, ``A``:
+``(in·kh·kw)×(in·kh·kw)``, acting on the row-major flattened weight), or a single
+dense factor ``F`` for any other parameter tensor (biases: ``out×out``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class Kron:
+    """Raw Kronecker factors, one list ``[B, A]`` or ``[F]`` per parameter tensor.
+
+    Args:
+        kfacs: the factors; sums of ``Kron`` objects add factor-wise (the
+            laplace-torch convention for accumulating batches).
+    """
+
+    def __init__(self, kfacs: list[list[Tensor]]) -> None:
+        self.kfacs = kfacs
+
+    @classmethod
+    def init_from_model(
+        cls, model: nn.Module | Sequence[Tensor], device: torch.device, dtype: torch.dtype
+    ) -> Kron:
+        """Zero factors shaped for the trainable parameters of ``model``."""
+        params = model.parameters() if isinstance(model, nn.Module) else model
+        kfacs = []
+        for p in params:
+            if isinstance(model, nn.Module) and not p.requires_grad:
+                continue
+            kfacs.append([torch.zeros(s, s, device=device, dtype=dtype) for s in factor_sizes(p)])
+        return cls(kfacs)
+
+    def __add__(self, other: Kron) -> Kron:
+        if not isinstance(other, Kron):
+            raise ValueError("Can only add Kron to Kron.")
+        return Kron([[a + b for a, b in zip(F, G)] for F, G in zip(self.kfacs, other.kfacs)])
+
+    def __mul__(self, scalar: float | Tensor) -> Kron:
+        """Scale the blocks by ``scalar`` (each of ``k`` factors by ``scalar^(1/k)``)."""
+        return Kron([[f * scalar ** (1 / len(F)) for f in F] for F in self.kfacs])
+
+    __rmul__ = __mul__
+
+    def __len__(self) -> int:
+        return len(self.kfacs)
+
+    def decompose(self, damping: bool = False) -> KronDecomposed:
+        """Eigendecompose each factor (eigenvalues clamped at zero)."""
+        eigvals, eigvecs = [], []
+        for F in self.kfacs:
+            ls, Qs = [], []
+            for f in F:
+                lam, Q = torch.linalg.eigh(f)
+                ls.append(lam.clamp(min=0.0))
+                Qs.append(Q)
+            eigvals.append(ls)
+            eigvecs.append(Qs)
+        return KronDecomposed(eigvecs, eigvals, damping=damping)
+
+    def to_matrix(self) -> Tensor:
+        """Dense block-diagonal matrix ``(P, P)``."""
+        return torch.block_diag(*[_kron_all(F) for F in self.kfacs])
+
+    def diag(self) -> Tensor:
+        """Diagonal ``(P,)``."""
+        return torch.cat([_kron_all([f.diagonal() for f in F], vec=True) for F in self.kfacs])
+
+    def logdet(self) -> Tensor:
+        return self.decompose().logdet()
+
+    def bmm(self, W: Tensor, exponent: float = 1) -> Tensor:
+        return self.decompose().bmm(W, exponent)
+
+    def state(self) -> list[list[Tensor]]:
+        return self.kfacs
+
+
+def factor_sizes(p: Tensor) -> list[int]:
+    """Factor sizes of a parameter: ``[out, in·kh·kw]`` for weights, ``[numel]`` else."""
+    if p.ndim >= 2:
+        return [p.shape[0], p[0].numel()]
+    return [p.numel()]
+
+
+def _kron_all(factors: Sequence[Tensor], vec: bool = False) -> Tensor:
+    out = factors[0]
+    for f in factors[1:]:
+        out = torch.outer(out, f).flatten() if vec else torch.kron(out, f)
+    return out
+
+
+class KronDecomposed:
+    """Eigendecomposed Kronecker factors plus a per-block diagonal shift ``deltas``.
+
+    Block ``i`` is ``kron(Q₁,Q₂) diag(λ₁⊗λ₂ + δᵢ) kron(Q₁,Q₂)ᵀ``; with ``damping=True``
+    it is ``kron(Q₁,Q₂) diag((λ₁+√δᵢ)⊗(λ₂+√δᵢ)) kron(Q₁,Q₂)ᵀ`` instead.
+
+    Args:
+        eigenvectors, eigenvalues: per block, one entry per factor.
+        deltas: ``(n_blocks,)`` shifts (the prior precision), or ``None`` for zero.
+        damping: shift each factor by ``√δ`` instead of the product by ``δ``.
+    """
+
+    def __init__(
+        self,
+        eigenvectors: list[list[Tensor]],
+        eigenvalues: list[list[Tensor]],
+        deltas: Tensor | None = None,
+        damping: bool = False,
+    ) -> None:
+        self.eigenvectors = eigenvectors
+        self.eigenvalues = eigenvalues
+        ref = eigenvalues[0][0]
+        self.deltas = (
+            torch.zeros(len(eigenvalues), device=ref.device, dtype=ref.dtype)
+            if deltas is None
+            else deltas
+        )
+        self.damping = damping
+
+    def __add__(self, deltas: Tensor) -> KronDecomposed:
+        """Add a scalar or per-block diagonal shift."""
+        deltas = torch.as_tensor(deltas, device=self.deltas.device, dtype=self.deltas.dtype)
+        return KronDecomposed(
+            self.eigenvectors, self.eigenvalues, self.deltas + deltas, self.damping
+        )
+
+    def __mul__(self, scalar: float | Tensor) -> KronDecomposed:
+        """Scale the curvature part (each of ``k`` factors by ``scalar^(1/k)``)."""
+        eigvals = [[lam * scalar ** (1 / len(ls)) for lam in ls] for ls in self.eigenvalues]
+        return KronDecomposed(self.eigenvectors, eigvals, self.deltas, self.damping)
+
+    __rmul__ = __mul__
+
+    def __len__(self) -> int:
+        return len(self.eigenvalues)
+
+    # -------------------------------------------------------------- block spectra
+    def block_eigenvalues(self, i: int) -> Tensor:
+        """Eigenvalues of block ``i`` shaped like the (reshaped) parameter."""
+        ls, delta = self.eigenvalues[i], self.deltas[i]
+        if len(ls) == 1:
+            return ls[0] + delta
+        l1, l2 = ls
+        if self.damping:
+            root = delta.sqrt()
+            return torch.outer(l1 + root, l2 + root)
+        return torch.outer(l1, l2) + delta
+
+    def _block_sizes(self) -> list[int]:
+        return [int(torch.tensor([q.shape[0] for q in Qs]).prod()) for Qs in self.eigenvectors]
+
+    def logdet(self) -> Tensor:
+        """``log det`` of the whole matrix."""
+        return sum(self.block_eigenvalues(i).log().sum() for i in range(len(self)))
+
+    def _apply(self, W: Tensor, power: float) -> Tensor:
+        """``M^power W`` for ``W`` of shape ``(..., P)``."""
+        outs, start = [], 0
+        for i, size in enumerate(self._block_sizes()):
+            Wi = W[..., start : start + size]
+            start += size
+            outs.append(self._apply_block(i, Wi, power))
+        return torch.cat(outs, dim=-1)
+
+    def _to_eigenbasis(self, i: int, Wi: Tensor) -> Tensor:
+        Qs = self.eigenvectors[i]
+        if len(Qs) == 1:
+            return Wi @ Qs[0]
+        Q1, Q2 = Qs
+        Wm = Wi.reshape(*Wi.shape[:-1], Q1.shape[0], Q2.shape[0])
+        return (Q1.T @ Wm @ Q2).flatten(start_dim=-2)
+
+    def _from_eigenbasis(self, i: int, Vi: Tensor) -> Tensor:
+        Qs = self.eigenvectors[i]
+        if len(Qs) == 1:
+            return Vi @ Qs[0].T
+        Q1, Q2 = Qs
+        Vm = Vi.reshape(*Vi.shape[:-1], Q1.shape[0], Q2.shape[0])
+        return (Q1 @ Vm @ Q2.T).flatten(start_dim=-2)
+
+    def _apply_block(self, i: int, Wi: Tensor, power: float) -> Tensor:
+        lam = self.block_eigenvalues(i).flatten()
+        return self._from_eigenbasis(i, self._to_eigenbasis(i, Wi) * lam.pow(power))
+
+    def bmm(self, W: Tensor, exponent: float = -1) -> Tensor:
+        """``M^exponent`` applied to ``W`` of shape ``(P,)``, ``(n, P)`` or ``(n, K, P)``."""
+        return self._apply(W, exponent)
+
+    def inv_square_form(self, W: Tensor) -> Tensor:
+        """``W M⁻¹ Wᵀ`` for ``W`` ``(n, K, P)``: ``(n, K, K)``."""
+        whitened = self.whiten(W)
+        return whitened @ whitened.transpose(-1, -2)
+
+    def whiten(self, W: Tensor) -> Tensor:
+        """``W`` in the eigenbasis scaled by ``λ^{-1/2}``, so ``W M⁻¹ Wᵀ = VVᵀ``."""
+        outs, start = [], 0
+        for i, size in enumerate(self._block_sizes()):
+            Vi = self._to_eigenbasis(i, W[..., start : start + size])
+            start += size
+            outs.append(Vi * self.block_eigenvalues(i).flatten().rsqrt())
+        return torch.cat(outs, dim=-1)
+
+    def diag(self, exponent: float = 1) -> Tensor:
+        """Diagonal of ``M^exponent``: ``(P,)``."""
+        outs = []
+        for i in range(len(self)):
+            lam = self.block_eigenvalues(i).pow(exponent)
+            Qs = self.eigenvectors[i]
+            if len(Qs) == 1:
+                outs.append((Qs[0].square() * lam).sum(-1))
+            else:
+                Q1, Q2 = Qs
+                outs.append((Q1.square() @ lam @ Q2.square().T).flatten())
+        return torch.cat(outs)
+
+    def to_matrix(self, exponent: float = 1) -> Tensor:
+        """Dense ``M^exponent`` ``(P, P)``."""
+        blocks = []
+        for i in range(len(self)):
+            lam = self.block_eigenvalues(i).flatten().pow(exponent)
+            Q = _kron_all(self.eigenvectors[i])
+            blocks.append((Q * lam) @ Q.T)
+        return torch.block_diag(*blocks)
+
+    def sample(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """``M^{-1/2} ε`` for ``ε ~ N(0, I)``: ``(n_samples, P)``."""
+        P = sum(self._block_sizes())
+        ref = self.deltas
+        eps = torch.randn(n_samples, P, device=ref.device, dtype=ref.dtype, generator=generator)
+        outs, start = [], 0
+        for i, size in enumerate(self._block_sizes()):
+            scaled = eps[:, start : start + size] * self.block_eigenvalues(i).flatten().rsqrt()
+            start += size
+            outs.append(self._from_eigenbasis(i, scaled))
+        return torch.cat(outs, dim=-1)
