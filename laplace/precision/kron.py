@@ -27,7 +27,9 @@ class KronPrecision(PrecisionMatrix):
             )
         self.matrix = H * scale + prior.expand(len(H))
         self.n_params = sum(self.matrix._block_sizes())
-        smallest = min(float(self.matrix.block_eigenvalues(i).min()) for i in range(len(H)))
+        smallest = min(
+            float(self.matrix.block_eigenvalues(i).detach().min()) for i in range(len(H))
+        )
         if smallest <= 0:
             raise NotPositiveDefiniteError(
                 not_pd_message("Kronecker", f" (smallest eigenvalue {smallest:.3g})")
