@@ -10,12 +10,16 @@ from laplace.posterior.base import BaseLaplace
 from laplace.posterior.diag import DiagLaplace
 from laplace.posterior.full import FullLaplace
 from laplace.posterior.kron import KronLaplace
+from laplace.posterior.lastlayer import DiagLLLaplace, FullLLLaplace, KronLLLaplace
 from laplace.utils.enums import HessianStructure, SubsetOfWeights, parse_option
 
 _VARIANTS: dict[tuple[SubsetOfWeights, HessianStructure], type[BaseLaplace]] = {
     (SubsetOfWeights.ALL, HessianStructure.FULL): FullLaplace,
     (SubsetOfWeights.ALL, HessianStructure.KRON): KronLaplace,
     (SubsetOfWeights.ALL, HessianStructure.DIAG): DiagLaplace,
+    (SubsetOfWeights.LAST_LAYER, HessianStructure.FULL): FullLLLaplace,
+    (SubsetOfWeights.LAST_LAYER, HessianStructure.KRON): KronLLLaplace,
+    (SubsetOfWeights.LAST_LAYER, HessianStructure.DIAG): DiagLLLaplace,
 }
 
 

@@ -1,7 +1,39 @@
-"""Curvature backends. ``TorchFuncGGN`` (native, ``torch.func``) is the default."""
+"""Curvature backends. ``TorchFuncGGN`` (native, ``torch.func``) is the default.
+
+The BackPACK, Curvlinops and ASDL adapters (see ``docs/backends.md``) are imported on
+first use, so ``import laplace`` does not import those libraries.
+"""
+
+from importlib import import_module
+from typing import Any
 
 from laplace.curvature.curvature import CurvatureInterface, EFInterface, GGNInterface
 from laplace.curvature.torchfunc import TorchFuncEF, TorchFuncGGN
+
+_ADAPTERS = {
+    "BackPackInterface": "backpack",
+    "BackPackGGN": "backpack",
+    "BackPackEF": "backpack",
+    "CurvlinopsInterface": "curvlinops",
+    "CurvlinopsGGN": "curvlinops",
+    "CurvlinopsEF": "curvlinops",
+    "CurvlinopsHessian": "curvlinops",
+    "AsdlInterface": "asdl",
+    "AsdlGGN": "asdl",
+    "AsdlEF": "asdl",
+    "AsdlHessian": "asdl",
+    "AsdfghjklInterface": "asdfghjkl",
+    "AsdfghjklGGN": "asdfghjkl",
+    "AsdfghjklEF": "asdfghjkl",
+    "AsdfghjklHessian": "asdfghjkl",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ADAPTERS:
+        return getattr(import_module(f"laplace.curvature.{_ADAPTERS[name]}"), name)
+    raise AttributeError(f"module 'laplace.curvature' has no attribute {name!r}")
+
 
 __all__ = [
     "CurvatureInterface",
@@ -9,4 +41,5 @@ __all__ = [
     "GGNInterface",
     "TorchFuncEF",
     "TorchFuncGGN",
+    *_ADAPTERS,
 ]

@@ -66,8 +66,11 @@ class CurvatureInterface:
     def named_params(self) -> list[tuple[str, nn.Parameter]]:
         """``(name, parameter)`` pairs that curvature is taken w.r.t."""
         if self.last_layer:
-            name, layer = find_last_layer(self.model)
-            prefix = f"{name}." if name else ""
+            if getattr(self.model, "last_layer", None) is not None:
+                prefix, layer = self.model.last_layer_param_prefix, self.model.last_layer
+            else:
+                name, layer = find_last_layer(self.model)
+                prefix = f"{name}." if name else ""
             return [(prefix + n, p) for n, p in layer.named_parameters()]
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 
@@ -199,8 +202,22 @@ class GGNInterface(CurvatureInterface):
         return loss, rows.T @ rows
 
     def diag(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        if self.last_layer and self.subnetwork_indices is None:
+            return self._last_layer_diag(x, y)
         SJ, loss = self._sqrt_ggn_rows(x, y)
         return loss, SJ.square().sum(dim=(0, 1))
+
+    def _last_layer_diag(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``Σₙ Λₙ[k,k] φₙ²`` without building the Jacobians ``I ⊗ φᵀ``."""
+        phi, f = features_and_outputs(self.model, x)
+        phi, f = phi.detach().reshape(-1, phi.shape[-1]), f.detach().reshape(-1, f.shape[-1])
+        S = output_hessian_sqrt(f, self.likelihood, self.factor)
+        lam = S.square().sum(1)  # (n, K): diagonal of Λₙ = SₙᵀSₙ
+        loss = self.factor * self.lossfunc(f, _targets(y, f, self.likelihood))
+        diag = [(lam.T @ phi.square()).flatten()]
+        if self.params[-1].ndim == 1:
+            diag.append(lam.sum(0))
+        return loss.detach(), torch.cat(diag)
 
     def kron(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Kron]:
         from laplace.curvature.kfac import kfac

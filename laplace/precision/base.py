@@ -59,3 +59,16 @@ class PrecisionMatrix(ABC):
     @abstractmethod
     def covariance_diag(self) -> Tensor:
         """Marginal posterior variances ``diag(Σ)``: ``(P,)``."""
+
+    @abstractmethod
+    def last_layer_variance(
+        self, phi: Tensor, n_outputs: int, bias: bool, joint: bool = False,
+        diagonal: bool = False,
+    ) -> Tensor:
+        """``J Σ Jᵀ`` for last-layer Jacobians ``[I ⊗ φᵀ, I]`` (see ``lastlayer``).
+
+        Args:
+            phi: features ``(n, D)``; ``Σ`` is over ``[vec_row(W), b]``.
+        Returns:
+            ``(n, K, K)``, ``(n, K)`` if ``diagonal``, ``(n·K, n·K)`` if ``joint``.
+        """

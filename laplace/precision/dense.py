@@ -7,6 +7,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from laplace.precision import lastlayer
 from laplace.precision.base import NotPositiveDefiniteError, PrecisionMatrix, not_pd_message
 
 
@@ -51,9 +52,9 @@ class DensePrecision(PrecisionMatrix):
     def logdet(self) -> Tensor:
         if self.spectrum is not None and self.prior.numel() == 1:
             eig = self.scale * self.spectrum + self.prior
-            if bool((eig <= 0).any()):
+            if not bool((eig > 0).all()):
                 raise NotPositiveDefiniteError(
-                    not_pd_message("dense", f" (smallest eigenvalue {float(eig.min()):.3g})")
+                    not_pd_message("dense", f" (smallest eigenvalue {eig.detach().min():.3g})")
                 )
             return eig.log().sum()
         return 2 * self.cholesky.diagonal().log().sum()
@@ -74,9 +75,16 @@ class DensePrecision(PrecisionMatrix):
                           dtype=L.dtype)
         return torch.linalg.solve_triangular(L.T, eps.T, upper=True).T
 
+    @cached_property
+    def _covariance(self) -> Tensor:
+        return torch.cholesky_inverse(self.cholesky)
+
     def covariance(self) -> Tensor:
         """Dense ``Σ``: ``(P, P)``."""
-        return torch.cholesky_inverse(self.cholesky)
+        return self._covariance
+
+    def last_layer_variance(self, phi, n_outputs, bias, joint=False, diagonal=False):
+        return lastlayer.dense(self._covariance, phi, n_outputs, bias, joint, diagonal)
 
     def covariance_diag(self) -> Tensor:
         Linv = torch.linalg.solve_triangular(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from laplace.precision import lastlayer
 from laplace.precision.base import NotPositiveDefiniteError, PrecisionMatrix, not_pd_message
 
 
@@ -15,9 +16,9 @@ class DiagPrecision(PrecisionMatrix):
         self.H = H
         self.n_params = H.shape[0]
         self.values = scale * H + prior.expand(self.n_params)
-        if bool((self.values <= 0).any()):
+        if not bool((self.values > 0).all()):
             raise NotPositiveDefiniteError(
-                not_pd_message("diagonal", f" (smallest entry {float(self.values.min()):.3g})")
+                not_pd_message("diagonal", f" (smallest entry {self.values.detach().min():.3g})")
             )
 
     def logdet(self) -> Tensor:
@@ -39,3 +40,6 @@ class DiagPrecision(PrecisionMatrix):
 
     def covariance_diag(self) -> Tensor:
         return self.values.reciprocal()
+
+    def last_layer_variance(self, phi, n_outputs, bias, joint=False, diagonal=False):
+        return lastlayer.diag(self.values.reciprocal(), phi, n_outputs, bias, joint, diagonal)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from laplace.precision import lastlayer
 from laplace.precision.base import NotPositiveDefiniteError, PrecisionMatrix, not_pd_message
 from laplace.utils.matrix import KronDecomposed
 
@@ -27,13 +28,12 @@ class KronPrecision(PrecisionMatrix):
             )
         self.matrix = H * scale + prior.expand(len(H))
         self.n_params = sum(self.matrix._block_sizes())
-        smallest = min(
-            float(self.matrix.block_eigenvalues(i).detach().min()) for i in range(len(H))
-        )
-        if smallest <= 0:
-            raise NotPositiveDefiniteError(
-                not_pd_message("Kronecker", f" (smallest eigenvalue {smallest:.3g})")
-            )
+        for i in range(len(H)):
+            eig = self.matrix.block_eigenvalues(i).detach()
+            if not bool((eig > 0).all()):
+                raise NotPositiveDefiniteError(
+                    not_pd_message("Kronecker", f" (block {i}: smallest {eig.min():.3g})")
+                )
 
     def logdet(self) -> Tensor:
         return self.matrix.logdet()
@@ -52,3 +52,13 @@ class KronPrecision(PrecisionMatrix):
 
     def covariance_diag(self) -> Tensor:
         return self.matrix.diag(exponent=-1)
+
+    def last_layer_variance(self, phi, n_outputs, bias, joint=False, diagonal=False):
+        M = self.matrix
+        Q1, Q2 = M.eigenvectors[0]
+        inv_eig = M.block_eigenvalues(0).reciprocal()
+        bias_block = None
+        if bias:
+            (Qb,) = M.eigenvectors[1]
+            bias_block = (Qb / M.block_eigenvalues(1)) @ Qb.T
+        return lastlayer.kron(Q1, Q2, inv_eig, bias_block, phi, joint, diagonal)

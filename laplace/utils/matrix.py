@@ -54,10 +54,16 @@ class Kron:
 
     def decompose(self, damping: bool = False) -> KronDecomposed:
         """Eigendecompose each factor (eigenvalues clamped at zero)."""
+        from laplace.precision.base import NotPositiveDefiniteError, not_pd_message
+
         eigvals, eigvecs = [], []
         for F in self.kfacs:
             ls, Qs = [], []
             for f in F:
+                if not bool(torch.isfinite(f).all()):
+                    raise NotPositiveDefiniteError(
+                        not_pd_message("Kronecker", " (a curvature factor is not finite)")
+                    )
                 lam, Q = torch.linalg.eigh(f)
                 ls.append(lam.clamp(min=0.0))
                 Qs.append(Q)

@@ -1,0 +1,5 @@
+"""laplace-torch import path: last-layer Laplace variants."""
+
+from laplace.posterior.lastlayer import DiagLLLaplace, FullLLLaplace, KronLLLaplace, LLLaplace
+
+__all__ = ["DiagLLLaplace", "FullLLLaplace", "KronLLLaplace", "LLLaplace"]
