@@ -11,6 +11,7 @@ from laplace.posterior.diag import DiagLaplace
 from laplace.posterior.full import FullLaplace
 from laplace.posterior.kron import KronLaplace
 from laplace.posterior.lastlayer import DiagLLLaplace, FullLLLaplace, KronLLLaplace
+from laplace.posterior.subnet import DiagSubnetLaplace, FullSubnetLaplace
 from laplace.utils.enums import HessianStructure, SubsetOfWeights, parse_option
 
 _VARIANTS: dict[tuple[SubsetOfWeights, HessianStructure], type[BaseLaplace]] = {
@@ -20,6 +21,8 @@ _VARIANTS: dict[tuple[SubsetOfWeights, HessianStructure], type[BaseLaplace]] = {
     (SubsetOfWeights.LAST_LAYER, HessianStructure.FULL): FullLLLaplace,
     (SubsetOfWeights.LAST_LAYER, HessianStructure.KRON): KronLLLaplace,
     (SubsetOfWeights.LAST_LAYER, HessianStructure.DIAG): DiagLLLaplace,
+    (SubsetOfWeights.SUBNETWORK, HessianStructure.FULL): FullSubnetLaplace,
+    (SubsetOfWeights.SUBNETWORK, HessianStructure.DIAG): DiagSubnetLaplace,
 }
 
 

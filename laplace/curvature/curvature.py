@@ -79,13 +79,36 @@ class CurvatureInterface:
         return [p for _, p in self.named_params]
 
     def _params_dict(self, enable_backprop: bool = False) -> dict[str, Tensor]:
-        return F.detach_params(dict(self.named_params), enable_backprop)
+        """Parameters to differentiate: for a subnetwork only the tensors it touches."""
+        named = self.named_params
+        if self.subnetwork_indices is not None:
+            keep = set(self._subnet_plan()[0])
+            named = [(n, p) for n, p in named if n in keep]
+        return F.detach_params(dict(named), enable_backprop)
+
+    def _subnet_plan(self) -> tuple[list[str], Tensor]:
+        """Names of the tensors holding subnetwork entries, and the entries' positions
+        within the concatenation of just those tensors."""
+        idx = self.subnetwork_indices.to(torch.long)
+        names, local, offset, kept = [], [], 0, 0
+        for name, p in self.named_params:
+            inside = idx[(idx >= offset) & (idx < offset + p.numel())]
+            if inside.numel():
+                names.append(name)
+                local.append(inside - offset + kept)
+                kept += p.numel()
+            offset += p.numel()
+        if sum(t.numel() for t in local) != idx.numel():
+            raise ValueError(
+                f"subnetwork_indices must lie in [0, {offset}) (the trainable parameters)."
+            )
+        return names, torch.cat(local)
 
     def _select(self, M: Tensor) -> Tensor:
-        """Keep the subnetwork columns of a ``(..., P)`` tensor."""
+        """Keep the subnetwork columns of a ``(..., P_touched)`` tensor."""
         if self.subnetwork_indices is None:
             return M
-        return M[..., self.subnetwork_indices]
+        return M[..., self._subnet_plan()[1].to(M.device)]
 
     # ------------------------------------------------------------------ jacobians
     def jacobians(self, x: Inputs, enable_backprop: bool = False) -> tuple[Tensor, Tensor]:

@@ -100,6 +100,15 @@ class BaseLaplace:
         return sum(p.numel() for p in self._params)
 
     @property
+    def _posterior_dim(self) -> int:
+        """Dimension of the Gaussian (``n_params`` except for subnetworks)."""
+        return self.n_params
+
+    def _posterior_part(self, v: Tensor) -> Tensor:
+        """Entries of a full parameter-length vector that the posterior covers."""
+        return v
+
+    @property
     def n_layers(self) -> int:
         """Number of parameter tensors (the length of a layerwise prior)."""
         return len(self._params)
@@ -143,10 +152,11 @@ class BaseLaplace:
             value = torch.tensor([float(value)], device=self._device, dtype=self._dtype)
         if value.ndim == 0:
             value = value.reshape(1)
-        if value.ndim != 1 or value.numel() not in {1, self.n_layers, self.n_params}:
+        if value.ndim != 1 or value.numel() not in {1, self.n_layers, self._posterior_dim}:
             raise ValueError(
                 f"prior_precision of shape {tuple(value.shape)} must be a scalar, one value "
-                f"per parameter tensor ({self.n_layers}) or per parameter ({self.n_params})."
+                f"per parameter tensor ({self.n_layers}) or per parameter "
+                f"({self._posterior_dim})."
             )
         if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
             raise ValueError("prior_precision must be finite and non-negative.")
@@ -160,16 +170,22 @@ class BaseLaplace:
     @prior_mean.setter
     def prior_mean(self, value: float | Tensor) -> None:
         value = value if isinstance(value, Tensor) else self._as_tensor(value)
-        if value.numel() not in (1, self.n_params):
+        if value.numel() not in (1, self._posterior_dim):
             raise ValueError(
-                f"prior_mean must be a scalar or have one value per parameter ({self.n_params})."
+                "prior_mean must be a scalar or have one value per parameter "
+                f"({self._posterior_dim})."
             )
         self._prior_mean = value.reshape(-1) if value.numel() > 1 else value.reshape(())
 
     @property
     def prior_precision_diag(self) -> Tensor:
-        """Prior precision expanded to one value per parameter: ``(n_params,)``."""
-        return expand_to_parameters(self.prior_precision, self._layer_sizes)
+        """Prior precision expanded to one value per posterior parameter."""
+        prior = self.prior_precision
+        if prior.numel() == 1:
+            return prior.expand(self._posterior_dim)
+        if prior.numel() == self._posterior_dim:
+            return prior
+        return self._posterior_part(expand_to_parameters(prior, self._layer_sizes))
 
     @property
     def _H_factor(self) -> Tensor:
@@ -203,7 +219,7 @@ class BaseLaplace:
     @property
     def log_det_prior_precision(self) -> Tensor:
         if self.prior_precision.numel() == 1:
-            return self.n_params * self.prior_precision[0].log()
+            return self._posterior_dim * self.prior_precision[0].log()
         return self.prior_precision_diag.log().sum()
 
     @property
@@ -281,7 +297,7 @@ class BaseLaplace:
 
     def _init_prior(self, init: float | Tensor, structure: PriorStructure) -> Tensor:
         return fix_prior_prec_structure(
-            init, structure, self.n_layers, self.n_params, self._device, self._dtype
+            init, structure, self.n_layers, self._posterior_dim, self._device, self._dtype
         )
 
     # ------------------------------------------------------------ prediction

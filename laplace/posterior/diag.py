@@ -18,7 +18,7 @@ class DiagLaplace(ParametricLaplace):
     _key = ("all", "diag")
 
     def _init_H(self) -> None:
-        self.H = torch.zeros(self.n_params, device=self._device, dtype=self._dtype)
+        self.H = torch.zeros(self._posterior_dim, device=self._device, dtype=self._dtype)
 
     def _curv_closure(self, X: Inputs, y: Tensor, N: int) -> tuple[Tensor, Any]:
         return self.backend.diag(X, y, N=N, **self.asdl_fisher_kwargs)

@@ -24,7 +24,8 @@ class FullLaplace(ParametricLaplace):
     _key = ("all", "full")
 
     def _init_H(self) -> None:
-        self.H = torch.zeros(self.n_params, self.n_params, device=self._device, dtype=self._dtype)
+        P = self._posterior_dim
+        self.H = torch.zeros(P, P, device=self._device, dtype=self._dtype)
         self._rows: list[Tensor] | None = []
         self._spectrum: Tensor | None = None
 
@@ -36,7 +37,7 @@ class FullLaplace(ParametricLaplace):
         rows, loss = sqrt_rows(X, y)
         if self._rows is not None:
             self._rows.append(rows)
-            if sum(r.shape[0] for r in self._rows) > self.n_params:
+            if sum(r.shape[0] for r in self._rows) > self._posterior_dim:
                 self._rows = None
         return loss, rows.T @ rows
 
@@ -54,7 +55,7 @@ class FullLaplace(ParametricLaplace):
             if self._rows:
                 R = torch.cat(self._rows)
                 lam = torch.linalg.eigvalsh(R @ R.T).clamp(min=0)
-                pad = lam.new_zeros(self.n_params - lam.numel())
+                pad = lam.new_zeros(self._posterior_dim - lam.numel())
                 self._spectrum = torch.cat([pad, lam])
             else:
                 self._spectrum = torch.linalg.eigvalsh(self.H)
@@ -65,7 +66,7 @@ class FullLaplace(ParametricLaplace):
 
     def _make_precision(self, scale: Tensor, prior: Tensor) -> PrecisionMatrix:
         spectrum = self._spectrum if prior.numel() == 1 else None
-        if prior.numel() not in (1, self.n_params):
+        if prior.numel() not in (1, self._posterior_dim):
             prior = self.prior_precision_diag
         return DensePrecision(self.H, scale, prior, spectrum)
 

@@ -31,9 +31,17 @@ class ParametricLaplace(BaseLaplace):
         super().__init__(model, likelihood, *args, **kwargs)
         if self.n_params == 0:
             raise ValueError("The model has no trainable parameters (requires_grad=True).")
-        self.mean: Tensor = vector_of(p.detach() for p in self._params)
+        self.mean: Tensor = self._posterior_vector()
         self._cached: tuple[tuple[Tensor, Tensor], PrecisionMatrix] | None = None
         self._init_H()
+
+    def _posterior_vector(self) -> Tensor:
+        """The MAP values of the posterior's parameters: ``(posterior_dim,)``."""
+        return self._posterior_part(vector_of(p.detach() for p in self._params))
+
+    def _full_parameters(self, theta: Tensor) -> Tensor:
+        """A full parameter vector with the posterior's entries set to ``theta``."""
+        return theta
 
     # ------------------------------------------------------- structure hooks
     def _init_H(self) -> None:
@@ -72,7 +80,7 @@ class ParametricLaplace(BaseLaplace):
             self._init_H()
             self.loss, self.n_data = 0.0, 0
         self.model.eval()
-        self.mean = vector_of(p.detach() for p in self._params)
+        self.mean = self._posterior_vector()
         batches = 0
         for batch in tqdm(train_loader, desc="fit", disable=not progress_bar):
             X, y = split_batch(batch, self.dict_key_x, self.dict_key_y)
@@ -249,7 +257,7 @@ class ParametricLaplace(BaseLaplace):
         shapes = [p.shape for p in self._params]
         outs = []
         for theta in thetas:
-            chunks = theta.split(sizes)
+            chunks = self._full_parameters(theta).split(sizes)
             params = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}
             out = functional_call(self.model, params, (X,))
             outs.append(out.reshape(-1, out.shape[-1]) if out.ndim > 1 else out[:, None])
@@ -293,9 +301,10 @@ class ParametricLaplace(BaseLaplace):
             raise ValueError(
                 f"State has likelihood {state_dict['likelihood']!r}, this LA {self.likelihood!r}."
             )
-        if state_dict["mean"].numel() != self.n_params:
+        if state_dict["mean"].numel() != self._posterior_dim:
             raise ValueError(
-                f"State has {state_dict['mean'].numel()} parameters, the model {self.n_params}."
+                f"State has {state_dict['mean'].numel()} parameters, this LA "
+                f"{self._posterior_dim}."
             )
         device = self._device
         self.mean = state_dict["mean"].to(device)

@@ -10,14 +10,39 @@ from laplace.utils.enums import (
     SubsetOfWeights,
     TuningMethod,
 )
+from laplace.utils.feature_extractor import FeatureExtractor, FeatureReduction
 from laplace.utils.matrix import Kron, KronDecomposed
 from laplace.utils.parameters import (
     expand_prior_precision,
     fix_prior_prec_structure,
     parameters_per_layer,
 )
+from laplace.utils.subnetmask import (
+    LargestMagnitudeSubnetMask,
+    LargestVarianceDiagLaplaceSubnetMask,
+    LargestVarianceSWAGSubnetMask,
+    LastLayerSubnetMask,
+    ModuleNameSubnetMask,
+    ParamNameSubnetMask,
+    RandomSubnetMask,
+    ScoreBasedSubnetMask,
+    SubnetMask,
+)
+from laplace.utils.swag import fit_diagonal_swag_var
 
 __all__ = [
+    "FeatureExtractor",
+    "FeatureReduction",
+    "LargestMagnitudeSubnetMask",
+    "LargestVarianceDiagLaplaceSubnetMask",
+    "LargestVarianceSWAGSubnetMask",
+    "LastLayerSubnetMask",
+    "ModuleNameSubnetMask",
+    "ParamNameSubnetMask",
+    "RandomSubnetMask",
+    "ScoreBasedSubnetMask",
+    "SubnetMask",
+    "fit_diagonal_swag_var",
     "FunctionalApproximation",
     "HessianStructure",
     "Kron",
