@@ -4,6 +4,8 @@ from laplace.posterior.base import BaseLaplace
 from laplace.posterior.diag import DiagLaplace
 from laplace.posterior.full import FullLaplace
 from laplace.posterior.kron import KronLaplace
+from laplace.posterior.lowrank import LowRankLaplace
 from laplace.posterior.parametric import ParametricLaplace
 
-__all__ = ["BaseLaplace", "DiagLaplace", "FullLaplace", "KronLaplace", "ParametricLaplace"]
+__all__ = ["BaseLaplace", "DiagLaplace", "FullLaplace", "KronLaplace", "LowRankLaplace",
+           "ParametricLaplace"]

@@ -11,6 +11,7 @@ from laplace.posterior.diag import DiagLaplace
 from laplace.posterior.full import FullLaplace
 from laplace.posterior.kron import KronLaplace
 from laplace.posterior.lastlayer import DiagLLLaplace, FullLLLaplace, KronLLLaplace
+from laplace.posterior.lowrank import LowRankLaplace
 from laplace.posterior.subnet import DiagSubnetLaplace, FullSubnetLaplace
 from laplace.utils.enums import HessianStructure, SubsetOfWeights, parse_option
 
@@ -18,6 +19,7 @@ _VARIANTS: dict[tuple[SubsetOfWeights, HessianStructure], type[BaseLaplace]] = {
     (SubsetOfWeights.ALL, HessianStructure.FULL): FullLaplace,
     (SubsetOfWeights.ALL, HessianStructure.KRON): KronLaplace,
     (SubsetOfWeights.ALL, HessianStructure.DIAG): DiagLaplace,
+    (SubsetOfWeights.ALL, HessianStructure.LOWRANK): LowRankLaplace,
     (SubsetOfWeights.LAST_LAYER, HessianStructure.FULL): FullLLLaplace,
     (SubsetOfWeights.LAST_LAYER, HessianStructure.KRON): KronLLLaplace,
     (SubsetOfWeights.LAST_LAYER, HessianStructure.DIAG): DiagLLLaplace,

@@ -1,0 +1,73 @@
+"""``LowRankLaplace``: the top-``k`` eigenpairs of the curvature plus the prior."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from laplace.curvature.lowrank import top_eigenpairs
+from laplace.posterior.parametric import ParametricLaplace
+from laplace.precision.lowrank import LowRankPrecision
+from laplace.utils.data import dataset_size, inputs_to, split_batch
+
+
+class LowRankLaplace(ParametricLaplace):
+    """Laplace approximation with ``Σ⁻¹ = s·U diag(λ) Uᵀ + P₀``.
+
+    Args:
+        n_eigenvalues: the rank ``k`` (default ``min(100, n_params)``); with
+            ``k = n_params`` the posterior equals ``FullLaplace``'s.
+        Other arguments as for ``BaseLaplace``.
+
+    The eigenpairs come from GGN-vector products (ARPACK) without forming the
+    curvature, or from the dense curvature when ``k`` is a large share of ``P``.
+    """
+
+    _key = ("all", "lowrank")
+
+    def __init__(self, model: nn.Module, likelihood: str, *args: Any,
+                 n_eigenvalues: int | None = None, **kwargs: Any) -> None:
+        self.n_eigenvalues = n_eigenvalues
+        super().__init__(model, likelihood, *args, **kwargs)
+
+    def _init_H(self) -> None:
+        self.H: tuple[Tensor, Tensor] | None = None
+
+    def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False) -> None:
+        if not override:
+            raise ValueError("LowRankLaplace cannot add to a previous fit (override=False).")
+        N = dataset_size(train_loader)
+        self.model.eval()
+        self.mean = self._posterior_vector()
+        first = next(iter(train_loader), None)
+        if first is None:
+            raise ValueError("The data loader yielded no batches: nothing to fit on.")
+        X, y = split_batch(first, self.dict_key_x, self.dict_key_y)
+        X = inputs_to(X, self._device)
+        self._set_n_outputs(X)
+        self._check_targets(X, y.to(self._device), 0)
+        k = self.n_eigenvalues or min(100, self.n_params)
+        U, lam, loss = top_eigenpairs(
+            self.backend, train_loader, k, self._device, self._dtype, self.n_params
+        )
+        self.H, self.loss, self.n_data = (U, lam), loss, N
+        self._invalidate()
+
+    def _make_precision(self, scale: Tensor, prior: Tensor) -> LowRankPrecision:
+        U, lam = self.H
+        return LowRankPrecision(U, lam, scale, self.prior_precision_diag)
+
+    @property
+    def posterior_precision(self) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        """``((U, s·λ), prior_precision_diag)`` as laplace-torch returns it."""
+        U, lam = self.H
+        return (U, self._H_factor * lam), self.prior_precision_diag
+
+    def _H_state(self) -> Any:
+        return list(self.H)
+
+    def _load_H_state(self, state: Any) -> None:
+        self.H = (state[0], state[1])
+
+

@@ -1,0 +1,81 @@
+"""Low-rank plus diagonal posterior precision (``LowRankLaplace``)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from laplace.precision.base import NotPositiveDefiniteError, PrecisionMatrix, not_pd_message
+
+
+class LowRankPrecision(PrecisionMatrix):
+    """``Σ⁻¹ = s·U diag(λ) Uᵀ + diag(δ)`` for the top-``k`` eigenpairs ``(U, λ)`` of ``H``.
+
+    With ``W = U·√(sλ)`` every operation goes through the ``k×k`` capacitance matrix
+    ``C = I + Wᵀ D⁻¹ W`` (Woodbury and the matrix determinant lemma).
+
+    Args:
+        U: orthonormal eigenvectors ``(P, k)``.
+        eigenvalues: ``λ`` ``(k,)`` (clamped at zero).
+        scale: ``s``.
+        prior: ``(1,)`` or ``(P,)``.
+    """
+
+    def __init__(self, U: Tensor, eigenvalues: Tensor, scale: Tensor, prior: Tensor) -> None:
+        self.U = U
+        self.n_params = U.shape[0]
+        self.D = prior.expand(self.n_params)
+        if not bool((self.D > 0).all()):
+            raise NotPositiveDefiniteError(
+                not_pd_message("low-rank", " (the prior precision must be positive)")
+            )
+        self.W = U * (scale * eigenvalues.clamp(min=0)).sqrt()
+
+    @cached_property
+    def _DinvW(self) -> Tensor:
+        return self.W / self.D.unsqueeze(-1)
+
+    @cached_property
+    def _capacitance_cholesky(self) -> Tensor:
+        k = self.W.shape[1]
+        C = torch.eye(k, dtype=self.W.dtype, device=self.W.device) + self.W.T @ self._DinvW
+        return torch.linalg.cholesky(C)
+
+    def logdet(self) -> Tensor:
+        return self.D.log().sum() + 2 * self._capacitance_cholesky.diagonal().log().sum()
+
+    def _project(self, Js: Tensor) -> Tensor:
+        """``C^{-1/2} Wᵀ D⁻¹ Jᵀ`` rows: the low-rank correction of ``J Σ Jᵀ``."""
+        A = Js @ self._DinvW  # (..., K, k)
+        return torch.linalg.solve_triangular(
+            self._capacitance_cholesky, A.transpose(-1, -2), upper=False
+        ).transpose(-1, -2)
+
+    def inv_square_form(self, Js: Tensor) -> Tensor:
+        base = torch.einsum("...kp,p,...lp->...kl", Js, self.D.reciprocal(), Js)
+        V = self._project(Js)
+        return base - V @ V.transpose(-1, -2)
+
+    def sample(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """``D^{-1/2}(I + VVᵀ)^{-1/2} ε`` with ``V = D^{-1/2} W`` (thin SVD of ``V``)."""
+        eps = torch.randn(n_samples, self.n_params, generator=generator, dtype=self.W.dtype,
+                          device=self.W.device)
+        Q, S, _ = torch.linalg.svd(self.W / self.D.sqrt().unsqueeze(-1), full_matrices=False)
+        shrink = 1 - (1 + S.square()).rsqrt()
+        eps = eps - ((eps @ Q) * shrink) @ Q.T
+        return eps / self.D.sqrt()
+
+    def diag(self) -> Tensor:
+        return self.W.square().sum(-1) + self.D
+
+    def to_matrix(self) -> Tensor:
+        return self.W @ self.W.T + torch.diag(self.D)
+
+    def covariance_diag(self) -> Tensor:
+        V = torch.linalg.solve_triangular(self._capacitance_cholesky, self._DinvW.T, upper=False)
+        return self.D.reciprocal() - V.square().sum(0)
+
+    def last_layer_variance(self, phi, n_outputs, bias, joint=False, diagonal=False):
+        raise NotImplementedError("Low-rank Laplace is not offered for the last layer.")
