@@ -1,0 +1,599 @@
+"""``LaplaceBNN``: a BoTorch ``Model`` backed by a linearized Laplace posterior.
+
+The linearized network ``f_lin(x; θ) = f(x; θ*) + J(x)(θ − θ*)`` with a Gaussian weight
+posterior is a Gaussian process with mean ``f(x; θ*)`` and kernel ``J(x) Σ J(x')ᵀ``.
+Everything below works with one representation of that Gaussian
+(:class:`LinearizedGaussian`) in *whitened* weight coordinates ``z = Lᵀ(θ − θ*)``:
+
+    θ − θ* = L⁻ᵀ z,    z ~ N(m, M),    M = I − Σᵢ Wᵢ Wᵢᵀ,
+
+where ``L`` is a base factor of a precision (``√δ·I`` for the scalar prior, or a dense
+Cholesky factor) and each ``Wᵢ`` ``(…, P, rᵢ)`` is a low-rank downdate left by
+conditioning on ``rᵢ`` observations. With ``V = J L⁻ᵀ`` (whitened Jacobians):
+
+    mean = f + V m,        cov = V Vᵀ − Σᵢ (V Wᵢ)(V Wᵢ)ᵀ.
+
+For the default full GGN with fewer observations than weights, the Laplace posterior
+itself is the prior ``N(θ*, I/δ)`` conditioned on the training Jacobians (one downdate,
+Woodbury), so predictions cost ``O(q·P·n)`` instead of ``O(q·P²)`` and no ``P × P``
+matrix is ever factorised. ``condition_on_observations`` adds a downdate (batched for
+fantasies) and moves ``m``: an exact Bayesian update of the linearized model.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from botorch.acquisition.objective import PosteriorTransform
+from botorch.exceptions.errors import UnsupportedError
+from botorch.models.gpytorch import GPyTorchModel
+from botorch.models.model import FantasizeMixin, Model
+from botorch.models.transforms.input import InputTransform
+from botorch.models.transforms.outcome import OutcomeTransform, Standardize
+from botorch.posteriors.gpytorch import GPyTorchPosterior
+from botorch.utils.datasets import SupervisedDataset
+from botorch.utils.types import DEFAULT, _DefaultType
+from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
+from linear_operator.operators import DenseLinearOperator
+from linear_operator.utils.cholesky import psd_safe_cholesky
+from torch import Tensor, nn
+
+from lapbo import training
+from laplace.baselaplace import ParametricLaplace
+
+
+class LinearizedGaussian:
+    """``z ~ N(m, I − Σ WᵢWᵢᵀ)`` in whitened weights ``z = Lᵀ(θ − θ*)`` (module docstring).
+
+    Args:
+        n_params: ``P``.
+        scale: ``√δ`` when ``L = √δ·I`` (scalar tensor), else ``None``.
+        chol: dense lower-triangular ``L`` ``(P, P)`` when ``scale`` is ``None``.
+        shift: ``m`` ``(*batch, P)`` or ``None`` (zero).
+        downdates: ``Wᵢ`` ``(*batch_i, P, rᵢ)``.
+    """
+
+    def __init__(
+        self, n_params: int, scale: Tensor | None = None, chol: Tensor | None = None,
+        shift: Tensor | None = None, downdates: list[Tensor] | None = None,
+    ) -> None:
+        if (scale is None) == (chol is None):
+            raise ValueError("Give exactly one of scale and chol.")
+        self.n_params = n_params
+        self.scale, self.chol, self.shift = scale, chol, shift
+        self.downdates = list(downdates or [])
+
+    @classmethod
+    def from_rows(
+        cls, rows: Tensor, noise_var: Tensor, prior_precision: Tensor
+    ) -> LinearizedGaussian:
+        """Posterior of ``N(0, I/δ)`` given Jacobian rows ``(r, P)`` with noise ``(r,)``.
+
+        Low rank (one downdate) when ``r < P``; a dense Cholesky factor of
+        ``δI + Rᵀ diag(1/noise) R`` otherwise. The mean shift is zero: the Laplace mean is
+        the MAP ``θ*``.
+        """
+        r, P = rows.shape
+        if r >= P:
+            prec = (rows.mT / noise_var) @ rows
+            prec.diagonal().add_(prior_precision)
+            return cls(P, chol=psd_safe_cholesky(0.5 * (prec + prec.mT)))
+        scale = prior_precision.sqrt()
+        V = rows / scale
+        A = V @ V.mT
+        A.diagonal().add_(noise_var)
+        C = psd_safe_cholesky(A)
+        W = torch.linalg.solve_triangular(C, V, upper=False).mT
+        return cls(P, scale=scale, downdates=[W])
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        shapes = [W.shape[:-2] for W in self.downdates]
+        if self.shift is not None:
+            shapes.append(self.shift.shape[:-1])
+        return torch.broadcast_shapes(*shapes) if shapes else torch.Size()
+
+    def whiten(self, J: Tensor) -> Tensor:
+        """``V = J L⁻ᵀ`` for ``J`` ``(..., k, P)``."""
+        if self.scale is not None:
+            return J / self.scale
+        return torch.linalg.solve_triangular(self.chol.mT, J, upper=True, left=False)
+
+    def unwhiten(self, z: Tensor) -> Tensor:
+        """Weight offsets ``θ − θ* = L⁻ᵀ z`` for rows ``z`` ``(..., P)``."""
+        if self.scale is not None:
+            return z / self.scale
+        return torch.linalg.solve_triangular(
+            self.chol.mT, z.unsqueeze(-1), upper=True
+        ).squeeze(-1)
+
+    def _apply_M(self, V: Tensor) -> Tensor:
+        """Rows of ``V M`` for ``V`` ``(..., k, P)``."""
+        out = V
+        for W in self.downdates:
+            out = out - (V @ W) @ W.mT
+        return out
+
+    def predict(self, J: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean ``(*b, k)`` and covariance ``(*b, k, k)`` of ``f_lin`` at ``J`` ``(*bx, k, P)``.
+
+        ``*b`` broadcasts the input batch ``*bx`` with the batch shape of the Gaussian.
+        """
+        V = self.whiten(J)
+        mean = f
+        if self.shift is not None:
+            mean = f + (V @ self.shift.unsqueeze(-1)).squeeze(-1)
+        cov = V @ V.mT
+        for W in self.downdates:
+            U = V @ W
+            cov = cov - U @ U.mT
+        cov = 0.5 * (cov + cov.mT)
+        k = f.shape[-1]
+        batch = torch.broadcast_shapes(mean.shape[:-1], cov.shape[:-2])
+        return mean.expand(*batch, k), cov.expand(*batch, k, k)
+
+    def condition(self, J: Tensor, resid: Tensor, noise_var: Tensor) -> LinearizedGaussian:
+        """Exact update on observations ``y = f + J(θ − θ*) + ε``.
+
+        Args:
+            J: ``(*bx, k, P)`` Jacobians of the observations.
+            resid: ``y − f(x; θ*)`` ``(*by, k)``.
+            noise_var: ``(*bn, k)`` noise variances.
+        """
+        V = self.whiten(J)
+        VM = self._apply_M(V)
+        A = VM @ V.mT + torch.diag_embed(noise_var)
+        C = psd_safe_cholesky(0.5 * (A + A.mT))
+        W = torch.linalg.solve_triangular(C, VM, upper=False).mT  # (*b, P, k)
+        if self.shift is not None:
+            resid = resid - (V @ self.shift.unsqueeze(-1)).squeeze(-1)
+        batch = torch.broadcast_shapes(C.shape[:-2], resid.shape[:-1])
+        C = C.expand(*batch, *C.shape[-2:])
+        alpha = torch.linalg.solve_triangular(
+            C, resid.expand(*batch, resid.shape[-1]).unsqueeze(-1), upper=False
+        )
+        shift = (W @ alpha).squeeze(-1)
+        if self.shift is not None:
+            shift = shift + self.shift
+        return LinearizedGaussian(
+            self.n_params, self.scale, self.chol, shift, self.downdates + [W]
+        )
+
+    def sample_offsets(
+        self, n_samples: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Weight offsets ``θ_s − θ*`` ``(n_samples, *batch, P)`` of posterior draws.
+
+        ``M^{1/2} = I − W E diag(1/(1+√(1−μ))) Eᵀ Wᵀ`` with ``WᵀW = E diag(μ) Eᵀ``.
+        """
+        ref = self.chol if self.chol is not None else self.scale
+        batch = self.batch_shape
+        eps = torch.randn(
+            n_samples, *batch, self.n_params, generator=generator, device=ref.device,
+            dtype=ref.dtype,
+        )
+        z = eps
+        if self.downdates:
+            W = torch.cat([W.expand(*batch, *W.shape[-2:]) for W in self.downdates], dim=-1)
+            mu, E = torch.linalg.eigh(W.mT @ W)
+            coef = 1.0 / (1.0 + (1.0 - mu.clamp(0.0, 1.0)).sqrt())
+            proj = (eps.unsqueeze(-2) @ W @ E).squeeze(-2) * coef  # (S, *batch, R)
+            z = eps - (W @ (E @ proj.unsqueeze(-1))).squeeze(-1)
+        if self.shift is not None:
+            z = z + self.shift
+        return self.unwhiten(z)
+
+
+class _LinearizedModel(Model, FantasizeMixin):
+    """Shared BoTorch interface of ``LaplaceBNN`` and its conditioned (fantasy) models.
+
+    Subclasses provide ``net`` (transformed ``(n, d)`` inputs to ``(n, K)`` standardized
+    outputs), ``_gaussian()``, ``_noise_var`` ``(K,)`` (transformed space),
+    ``_outputs`` (indices into the network outputs) and ``_train_X``.
+    """
+
+    net: nn.Module
+    _noise_var: Tensor
+    _outputs: list[int]
+    _num_net_outputs: int
+    likelihood: Any = None  # FantasizeMixin: no GPyTorch likelihood
+
+    def _gaussian(self) -> LinearizedGaussian:
+        raise NotImplementedError
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self._outputs)
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self._gaussian().batch_shape
+
+    @property
+    def train_inputs(self) -> tuple[Tensor]:
+        """Original (untransformed) training inputs ``((n, d),)``; used by qMES."""
+        return (self._train_X,)
+
+    def _set_transformed_inputs(self) -> None:
+        """No-op: the network transforms inputs on every call."""
+
+    def _revert_to_original_inputs(self) -> None:
+        """No-op: the network transforms inputs on every call."""
+
+    @property
+    def _compute_dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+    def _outcome_transform_for(self, idx: list[int]) -> OutcomeTransform | None:
+        ot = getattr(self, "outcome_transform", None)
+        if ot is None or idx == list(range(self._num_net_outputs)):
+            return ot
+        sub = ot.subset_output(idx)
+        sub.eval()
+        return sub
+
+    def _features(self, X_tf: Tensor, idx: list[int]) -> tuple[Tensor, Tensor]:
+        """``J`` ``(*b, q·k, P)`` and ``f`` ``(*b, q·k)`` (rows point-major) at ``(*b, q, d)``."""
+        batch, q, d = X_tf.shape[:-2], X_tf.shape[-2], X_tf.shape[-1]
+        Xf = X_tf.reshape(-1, d).to(self._compute_dtype)
+        Js, f = training.network_jacobians(self.net, Xf)
+        Js, f = Js[:, idx], f[:, idx]
+        return Js.reshape(*batch, q * len(idx), -1), f.reshape(*batch, q * len(idx))
+
+    def posterior(
+        self, X: Tensor, output_indices: list[int] | None = None,
+        observation_noise: bool | Tensor = False,
+        posterior_transform: PosteriorTransform | None = None, **kwargs: Any,
+    ) -> GPyTorchPosterior:
+        """Joint Gaussian over ``q`` points and the outputs.
+
+        Args:
+            X: ``(*batch, q, d)`` (a 2-D input is one joint batch of ``q`` points).
+            output_indices: outputs to return (default: all).
+            observation_noise: ``True`` adds ``σ²``; a ``(*batch, q, m)`` tensor adds
+                those variances (outcome-transformed space).
+            posterior_transform: applied last.
+
+        Returns:
+            ``GPyTorchPosterior`` over ``MultivariateNormal`` (mean ``(*b, q)``) for one
+            output, interleaved ``MultitaskMultivariateNormal`` (mean ``(*b, q, m)``,
+            covariance ``(*b, q·m, q·m)``) for several.
+        """
+        self.eval()
+        sel = list(range(self.num_outputs)) if output_indices is None else list(output_indices)
+        idx = [self._outputs[i] for i in sel]
+        k = len(idx)
+        X_tf = self.transform_inputs(X)
+        J, f = self._features(X_tf, idx)
+        mean, cov = self._gaussian().predict(J, f)
+        q = X.shape[-2]
+        if observation_noise is True:
+            cov = cov + torch.diag_embed(self._noise_var[idx].repeat(q).to(cov))
+        elif isinstance(observation_noise, Tensor):
+            noise = observation_noise.to(cov).expand(*observation_noise.shape[:-2], q, k)
+            cov = cov + torch.diag_embed(noise.reshape(*noise.shape[:-2], q * k))
+        jitter = 1e-10 * cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-6)
+        cov = cov + jitter[..., None, None] * torch.eye(q * k, dtype=cov.dtype, device=cov.device)
+        mean, cov = mean.to(X.dtype), cov.to(X.dtype)
+        batch = torch.broadcast_shapes(mean.shape[:-1], cov.shape[:-2])
+        mean, cov = mean.expand(*batch, q * k), cov.expand(*batch, q * k, q * k)
+        if k == 1:
+            mvn: MultivariateNormal = MultivariateNormal(mean, DenseLinearOperator(cov))
+        else:
+            mvn = MultitaskMultivariateNormal(
+                mean.reshape(*batch, q, k), DenseLinearOperator(cov), interleaved=True
+            )
+        posterior: Any = GPyTorchPosterior(mvn)
+        ot = self._outcome_transform_for(idx)
+        if ot is not None:
+            posterior = ot.untransform_posterior(posterior, X=X)
+        if posterior_transform is not None:
+            posterior = posterior_transform(posterior)
+        return posterior
+
+    def condition_on_observations(
+        self, X: Tensor, Y: Tensor, noise: Tensor | None = None, **kwargs: Any
+    ) -> ConditionedLaplaceBNN:
+        """Exact Bayesian update of the linearized weight posterior (no retraining).
+
+        Args:
+            X: ``(*bx, n', d)`` inputs.
+            Y: ``(*by, n', m)`` observations (original scale); ``*by`` may carry extra
+                leading (fantasy) dimensions.
+            noise: ``(*b, n', m)`` noise variances in the outcome-transformed space
+                (default: the model's noise).
+
+        Returns:
+            A model with batch shape ``broadcast(*bx, *by, self.batch_shape)``.
+        """
+        self.eval()
+        idx = self._outputs
+        k, n_new = len(idx), X.shape[-2]
+        X_tf = self.transform_inputs(X)
+        ot = self._outcome_transform_for(idx)
+        if ot is not None:
+            Y, _ = ot(Y, X=X_tf)
+        J, f = self._features(X_tf, idx)
+        dtype = self._compute_dtype
+        y = Y.to(dtype).reshape(*Y.shape[:-2], n_new * k)
+        if noise is None:
+            noise_var = self._noise_var[idx].to(dtype).repeat(n_new)
+        else:
+            noise = noise.to(dtype).expand(*noise.shape[:-2], n_new, k)
+            noise_var = noise.reshape(*noise.shape[:-2], n_new * k)
+        gaussian = self._gaussian().condition(J, y - f, noise_var.clamp_min(1e-12))
+        train_X = self._train_X
+        if X.ndim == 2:
+            train_X = torch.cat([train_X, X.to(train_X)], dim=0)
+        return ConditionedLaplaceBNN(self, gaussian, train_X)
+
+    def subset_output(self, idcs: list[int]) -> _LinearizedModel:
+        """The model restricted to outputs ``idcs`` (exact: a row selection of ``J``)."""
+        return ConditionedLaplaceBNN(
+            self, self._gaussian(), self._train_X, outputs=[self._outputs[i] for i in idcs]
+        )
+
+
+class ConditionedLaplaceBNN(_LinearizedModel):
+    """A ``LaplaceBNN`` after conditioning or output subsetting (shares the network).
+
+    Args:
+        parent: the model it derives from (network and transforms are shared).
+        gaussian: its (possibly batched) weight posterior.
+        train_X: ``(n, d)`` original inputs reported as ``train_inputs``.
+        outputs: network output indices (default: the parent's).
+    """
+
+    def __init__(
+        self, parent: _LinearizedModel, gaussian: LinearizedGaussian, train_X: Tensor,
+        outputs: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = parent.net
+        for name in ("input_transform", "outcome_transform"):
+            if getattr(parent, name, None) is not None:
+                setattr(self, name, getattr(parent, name))
+        self._noise_var = parent._noise_var
+        self._outputs = list(parent._outputs if outputs is None else outputs)
+        self._num_net_outputs = parent._num_net_outputs
+        self._train_X = train_X
+        self._post = gaussian
+        self.eval()
+
+    def _gaussian(self) -> LinearizedGaussian:
+        return self._post
+
+
+class LaplaceBNN(_LinearizedModel):
+    r"""A neural network surrogate with a linearized Laplace posterior.
+
+    ``model = LaplaceBNN(X, Y); model.fit()`` trains the MAP network, fits the Laplace
+    posterior and refits prior precision and noise by the marginal likelihood.
+
+    Args:
+        train_X: ``(n, d)`` training inputs.
+        train_Y: ``(n, m)`` training observations.
+        train_Yvar: optional ``(n, m)`` known noise variances (then ``σ`` is not refit).
+        net: an ``nn.Module`` mapping ``(n, d)`` transformed inputs to ``(n, m)``, a
+            zero-argument factory, or ``None`` for ``default_network`` (tanh MLP).
+        likelihood: only ``"regression"``.
+        subset_of_weights: only ``"all"``.
+        hessian_structure: ``"full"`` (default: exact GGN, low-rank Woodbury form),
+            ``"kron"`` or ``"diag"`` (dense Cholesky of the Laplace precision).
+        backend: curvature backend class for the Laplace object (default native GGN).
+        input_transform: a BoTorch input transform (learned on ``train_X``).
+        outcome_transform: default ``Standardize(m)``; ``None`` for none.
+        n_epochs: full-batch iterations of MAP training from scratch.
+        lr: Adam learning rate (used when ``optimizer="adam"``).
+        optimizer: ``"lbfgs"`` (default: converges far better on BO-sized data sets)
+            or ``"adam"``.
+        warm_start: a fitted ``LaplaceBNN`` whose weights and hyperparameters seed this
+            one; training then runs ``n_epochs_warm_start`` epochs.
+        n_epochs_warm_start: epochs of a warm-started fit.
+        width, depth, activation: the default network.
+        prior_precision, sigma_noise: initial ``δ`` and ``σ`` (standardized units).
+        tune_noise: refit ``σ`` by the marginal likelihood.
+        min_noise_std: lower bound of ``σ`` (standardized units).
+        marglik_every, marglik_steps, final_marglik_steps, marglik_lr: see
+            ``lapbo.training.TrainingOptions``.
+        compute_dtype: dtype of the network and all linear algebra (posteriors are
+            returned in the dtype of the query ``X``).
+        seed: seed of the network initialisation.
+    """
+
+    def __init__(
+        self, train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | None = None, *,
+        net: nn.Module | Any = None, likelihood: str = "regression",
+        subset_of_weights: str = "all", hessian_structure: str = "full", backend: Any = None,
+        input_transform: InputTransform | None = None,
+        outcome_transform: OutcomeTransform | _DefaultType | None = DEFAULT,
+        n_epochs: int = 300, lr: float = 1e-2, optimizer: str = "lbfgs",
+        warm_start: LaplaceBNN | None = None, n_epochs_warm_start: int = 100,
+        width: int = 50, depth: int = 2, activation: str = "tanh",
+        prior_precision: float = 1.0, sigma_noise: float = 0.1,
+        tune_noise: bool = True, min_noise_std: float = 1e-3, marglik_every: int = 50,
+        marglik_steps: int = 20, final_marglik_steps: int = 100, marglik_lr: float = 0.1,
+        compute_dtype: torch.dtype = torch.float64, seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        if likelihood != "regression":
+            raise UnsupportedError("LaplaceBNN supports likelihood='regression' only.")
+        if subset_of_weights != "all":
+            raise UnsupportedError("LaplaceBNN supports subset_of_weights='all' only.")
+        if hessian_structure not in ("full", "kron", "diag"):
+            raise UnsupportedError(f"Unsupported hessian_structure {hessian_structure!r}.")
+        if train_X.ndim != 2:
+            raise UnsupportedError("LaplaceBNN takes unbatched (n, d) training inputs.")
+        GPyTorchModel._validate_tensor_args(X=train_X, Y=train_Y, Yvar=train_Yvar)
+        m = train_Y.shape[-1]
+        if outcome_transform is DEFAULT:
+            outcome_transform = Standardize(m=m)
+        with torch.no_grad():
+            X_tf = self.transform_inputs(train_X, input_transform=input_transform)
+        if outcome_transform is not None:
+            outcome_transform.train()
+            outcome_transform(Y=train_Y, Yvar=train_Yvar, X=X_tf)
+            self.outcome_transform = outcome_transform
+        if input_transform is not None:
+            self.input_transform = input_transform
+        self._train_X, self._train_Y, self._train_Yvar = train_X, train_Y, train_Yvar
+        self._outputs = list(range(m))
+        self._num_net_outputs = m
+        self.hessian_structure, self.backend = hessian_structure, backend
+        self.options = training.TrainingOptions(
+            n_epochs=n_epochs, n_epochs_warm_start=n_epochs_warm_start, lr=lr,
+            optimizer=optimizer,
+            marglik_every=marglik_every, marglik_steps=marglik_steps,
+            final_marglik_steps=final_marglik_steps, marglik_lr=marglik_lr,
+            tune_noise=tune_noise, min_noise_std=min_noise_std,
+        )
+        device = train_X.device
+        self.net = self._make_net(net, warm_start, X_tf.shape[-1], m, width, depth, activation,
+                                  compute_dtype, device, seed)
+        dtype = self._compute_dtype
+        if warm_start is not None:
+            prior_precision = float(warm_start.prior_precision)
+            sigma_noise = float(warm_start.sigma_noise)
+        self.register_buffer("sigma_noise", torch.tensor(sigma_noise, dtype=dtype, device=device))
+        self.register_buffer(
+            "prior_precision", torch.tensor(prior_precision, dtype=dtype, device=device)
+        )
+        self.register_buffer("is_fitted", torch.tensor(False, device=device))
+        self._warm = warm_start is not None
+        self._la: ParametricLaplace | None = None
+        self._post: LinearizedGaussian | None = None
+        self._noise_cache: Tensor | None = None
+
+    @staticmethod
+    def _make_net(
+        net: Any, warm_start: LaplaceBNN | None, d: int, m: int, width: int, depth: int,
+        activation: str, dtype: torch.dtype, device: torch.device, seed: int | None,
+    ) -> nn.Module:
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            if net is None:
+                module = (copy.deepcopy(warm_start.net) if warm_start is not None
+                          else training.default_network(d, m, width, depth, activation))
+            elif isinstance(net, nn.Module):
+                module = net
+            elif callable(net):
+                module = net()
+            else:
+                raise TypeError("net must be an nn.Module, a zero-argument factory or None.")
+        if warm_start is not None and module is not warm_start.net and net is not None:
+            module.load_state_dict(warm_start.net.state_dict())
+        return module.to(dtype=dtype, device=device)
+
+    @classmethod
+    def construct_inputs(
+        cls, training_data: SupervisedDataset, **kwargs: Any
+    ) -> dict[str, Any]:
+        """``train_X``, ``train_Y`` (and ``train_Yvar``) from the dataset, plus ``kwargs``."""
+        inputs = super().construct_inputs(training_data=training_data)
+        inputs.update(kwargs)
+        return inputs
+
+    @property
+    def batch_shape(self) -> torch.Size:  # one network, also before fitting
+        return torch.Size()
+
+    # ----------------------------------------------------------------- data
+    def _training_data(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Transformed ``X (n, d)``, ``Y (n, m)``, ``Yvar (n, m) | None`` in compute dtype."""
+        self.eval()
+        dtype, device = self._compute_dtype, self.sigma_noise.device
+        with torch.no_grad():
+            X = self.transform_inputs(self._train_X.to(device))
+            Y, Yvar = self._train_Y.to(device), self._train_Yvar
+            Yvar = Yvar.to(device) if Yvar is not None else None
+            ot = getattr(self, "outcome_transform", None)
+            if ot is not None:
+                Y, Yvar = ot(Y, Yvar, X=X)
+        return X.to(dtype), Y.to(dtype), (Yvar.to(dtype) if Yvar is not None else None)
+
+    @property
+    def _noise_var(self) -> Tensor:
+        """Default observation noise ``(m,)`` in the transformed space."""
+        if self._train_Yvar is None:
+            return self.sigma_noise.square().expand(len(self._outputs))
+        if self._noise_cache is None:
+            self._noise_cache = self._training_data()[2].mean(0)
+        return self._noise_cache
+
+    # ------------------------------------------------------------------ fit
+    def fit(self) -> LaplaceBNN:
+        """Train the MAP network, fit the Laplace posterior, refit ``δ`` and ``σ``."""
+        X, Y, Yvar = self._training_data()
+        n_epochs = self.options.n_epochs_warm_start if self._warm else self.options.n_epochs
+        la, sigma, prior = training.fit_network_and_laplace(
+            self.net, X, Y, Yvar, self.sigma_noise, self.prior_precision, n_epochs,
+            self.options, hessian_structure=self.hessian_structure, backend=self.backend,
+        )
+        self.sigma_noise.copy_(sigma)
+        self.prior_precision.copy_(prior)
+        self.is_fitted.fill_(True)
+        self._invalidate()
+        self._la = la
+        self.eval()
+        return self
+
+    def _invalidate(self) -> None:
+        self._la, self._post, self._noise_cache = None, None, None
+
+    @property
+    def la(self) -> ParametricLaplace:
+        """The Laplace object at the current weights and hyperparameters."""
+        self._require_fitted()
+        if self._la is None:
+            X, Y, _ = self._training_data()
+            self._la = training.fit_laplace(
+                self.net, X, Y, self.sigma_noise, self.prior_precision,
+                hessian_structure=self.hessian_structure, backend=self.backend,
+            )
+        return self._la
+
+    def _require_fitted(self) -> None:
+        if not bool(self.is_fitted):
+            raise RuntimeError("LaplaceBNN is not fitted: call model.fit() (or load a state).")
+
+    def _gaussian(self) -> LinearizedGaussian:
+        self._require_fitted()
+        if self._post is None:
+            with torch.no_grad():
+                self._post = self._build_gaussian()
+        return self._post
+
+    def _build_gaussian(self) -> LinearizedGaussian:
+        X, _, Yvar = self._training_data()
+        prior = self.prior_precision.to(self._compute_dtype)
+        if self.hessian_structure == "full":
+            Js, _ = training.network_jacobians(self.net, X)
+            rows = Js.reshape(-1, Js.shape[-1])
+            if Yvar is None:
+                noise = self.sigma_noise.square().to(rows).expand(rows.shape[0])
+            else:
+                noise = Yvar.reshape(-1).clamp_min(1e-12)
+            return LinearizedGaussian.from_rows(rows, noise, prior)
+        precision = self.la._precision().to_matrix()  # dense (P, P) for every structure
+        chol = psd_safe_cholesky(0.5 * (precision + precision.mT))
+        return LinearizedGaussian(chol.shape[-1], chol=chol)
+
+    # --------------------------------------------------------- module state
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Load weights, hyperparameters and transforms; the posterior is rebuilt lazily
+        from this model's own training data (no retraining)."""
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._invalidate()
+        return out
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> LaplaceBNN:
+        out = super()._apply(fn, *args, **kwargs)
+        self._train_X, self._train_Y = fn(self._train_X), fn(self._train_Y)
+        if self._train_Yvar is not None:
+            self._train_Yvar = fn(self._train_Yvar)
+        self._invalidate()
+        return out

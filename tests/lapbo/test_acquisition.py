@@ -1,0 +1,161 @@
+"""``LaplaceBNN`` through BoTorch acquisition functions and ``optimize_acqf``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from botorch.acquisition import (
+    LogExpectedImprovement,
+    PosteriorMean,
+    UpperConfidenceBound,
+    qKnowledgeGradient,
+    qLogExpectedImprovement,
+    qLogNoisyExpectedImprovement,
+    qMaxValueEntropy,
+    qUpperConfidenceBound,
+)
+from botorch.acquisition.acquisition import AcquisitionFunction
+from botorch.acquisition.multi_objective.logei import (
+    qLogNoisyExpectedHypervolumeImprovement,
+)
+from botorch.acquisition.objective import GenericMCObjective, ScalarizedPosteriorTransform
+from botorch.optim import optimize_acqf
+from botorch.sampling import SobolQMCNormalSampler
+from torch import Tensor
+
+from lapbo import LaplaceBNN, draw_pathwise_samples
+
+SMALL = {"width": 16, "n_epochs": 100, "marglik_every": 50, "marglik_steps": 10,
+         "final_marglik_steps": 30}
+BOUNDS = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+OPT = {"num_restarts": 2, "raw_samples": 16, "options": {"maxiter": 20}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def objective(X: Tensor) -> Tensor:
+    """``(n, 2) → (n, 2)``."""
+    y1 = torch.sin(5 * X[:, :1]) + X[:, 1:2].square()
+    y2 = torch.cos(3 * X.sum(-1, keepdim=True))
+    return torch.cat([y1, y2], dim=-1)
+
+
+@pytest.fixture(scope="module")
+def train() -> tuple[Tensor, Tensor]:
+    X = torch.rand(10, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    return X, objective(X)
+
+
+@pytest.fixture(scope="module")
+def model1(train: tuple[Tensor, Tensor]) -> LaplaceBNN:
+    X, Y = train
+    return LaplaceBNN(X, Y[:, :1], seed=0, **SMALL).fit()
+
+
+@pytest.fixture(scope="module")
+def model2(train: tuple[Tensor, Tensor]) -> LaplaceBNN:
+    X, Y = train
+    return LaplaceBNN(X, Y, seed=0, **SMALL).fit()
+
+
+def check(acqf: AcquisitionFunction, q: int = 1, compare_raw: bool = True) -> Tensor:
+    """Optimise ``acqf``; assert candidates inside the box and a finite value."""
+    cand, value = optimize_acqf(acqf, bounds=BOUNDS, q=q, **OPT)
+    assert cand.shape == (q, 2)
+    assert torch.isfinite(cand).all() and torch.isfinite(value).all()
+    assert (cand >= BOUNDS[0] - 1e-9).all() and (cand <= BOUNDS[1] + 1e-9).all()
+    if compare_raw:  # the optimum is no worse than a typical random point
+        raw = torch.rand(16, q, 2, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            assert float(value) >= float(acqf(raw).median()) - 1e-6
+    return cand
+
+
+def test_analytic(model1: LaplaceBNN, train: tuple[Tensor, Tensor]) -> None:
+    best = train[1][:, 0].max()
+    check(LogExpectedImprovement(model1, best_f=best))
+    check(UpperConfidenceBound(model1, beta=2.0))
+    cand = check(PosteriorMean(model1))
+    # PosteriorMean's optimum beats the best training prediction (it can only improve)
+    assert model1.posterior(cand).mean.item() >= model1.posterior(train[0]).mean.max() - 1e-6
+
+
+def test_mc_single_output(model1: LaplaceBNN, train: tuple[Tensor, Tensor]) -> None:
+    X, Y = train
+    sampler = SobolQMCNormalSampler(torch.Size([32]), seed=0)
+    check(qLogExpectedImprovement(model1, best_f=Y[:, 0].max(), sampler=sampler), q=2)
+    check(qLogNoisyExpectedImprovement(model1, X_baseline=X, sampler=sampler,
+                                       prune_baseline=True), q=2)
+    check(qUpperConfidenceBound(model1, beta=2.0, sampler=sampler), q=2)
+
+
+def test_knowledge_gradient(model1: LaplaceBNN) -> None:
+    acqf = qKnowledgeGradient(model1, num_fantasies=4)
+    cand = check(acqf, compare_raw=False)  # one-shot: values are over q + fantasies
+    X_full = torch.cat([cand, torch.rand(4, 2, dtype=torch.float64)]).unsqueeze(0)
+    value = acqf(X_full.expand(3, 5, 2))
+    assert value.shape == (3,) and torch.isfinite(value).all() and (value >= -1e-9).all()
+
+
+def test_max_value_entropy_with_pending(model1: LaplaceBNN) -> None:
+    candidate_set = torch.rand(64, 2, dtype=torch.float64,
+                               generator=torch.Generator().manual_seed(3))
+    X_pending = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    acqf = qMaxValueEntropy(model1, candidate_set, num_fantasies=4, X_pending=X_pending)
+    assert acqf.model.batch_shape == torch.Size([4])  # fantasies at the pending point
+    assert acqf.posterior_max_values.shape == (10, 1)
+    assert torch.isfinite(acqf.posterior_max_values).all()
+    check(acqf)
+    value = acqf(torch.rand(3, 1, 2, dtype=torch.float64))
+    assert value.shape == (3,) and torch.isfinite(value).all()
+
+
+def test_multi_objective_nehvi(model2: LaplaceBNN, train: tuple[Tensor, Tensor]) -> None:
+    X, Y = train
+    ref_point = Y.min(0).values - 0.1
+    acqf = qLogNoisyExpectedHypervolumeImprovement(
+        model2, ref_point=ref_point.tolist(), X_baseline=X, prune_baseline=True,
+        sampler=SobolQMCNormalSampler(torch.Size([16]), seed=0),
+    )
+    check(acqf, q=2)
+
+
+def test_scalarized_and_constrained(model2: LaplaceBNN, train: tuple[Tensor, Tensor]) -> None:
+    X, Y = train
+    weights = torch.tensor([0.7, 0.3], dtype=torch.float64)
+    transform = ScalarizedPosteriorTransform(weights=weights)
+    post = model2.posterior(X[:3], posterior_transform=transform)
+    full = model2.posterior(X[:3])
+    assert torch.allclose(post.mean[..., 0], full.mean @ weights, atol=1e-10)
+    check(UpperConfidenceBound(model2, beta=1.0, posterior_transform=transform))
+    check(qLogExpectedImprovement(model2, best_f=(Y @ weights).max(),
+                                  posterior_transform=transform), q=2)
+    # maximise output 0 subject to output 1 <= 0 (feasible iff the constraint is <= 0)
+    feasible = Y[:, 1] <= 0
+    best = Y[feasible, 0].max() if feasible.any() else Y[:, 0].min()
+    acqf = qLogExpectedImprovement(
+        model2, best_f=best, objective=GenericMCObjective(lambda Z, X=None: Z[..., 0]),
+        constraints=[lambda Z: Z[..., 1]],
+        sampler=SobolQMCNormalSampler(torch.Size([32]), seed=0),
+    )
+    cand = check(acqf, q=2)
+    # the constrained candidates are predicted (mostly) feasible
+    assert model2.posterior(cand).mean[:, 1].min() < 0.5
+
+
+def test_thompson_sampling_paths(model1: LaplaceBNN) -> None:
+    paths = draw_pathwise_samples(model1, 3, generator=torch.Generator().manual_seed(0))
+    X = torch.rand(64, 1, 2, dtype=torch.float64, requires_grad=True)
+    values = paths(X)
+    assert values.shape == (3, 64, 1, 1)
+    values[0].sum().backward()
+    assert torch.isfinite(X.grad).all()
