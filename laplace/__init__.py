@@ -8,6 +8,7 @@ from laplace.baselaplace import (
     ParametricLaplace,
 )
 from laplace.laplace import Laplace
+from laplace.marglik_training import marglik_training
 from laplace.utils.enums import (
     FunctionalApproximation,
     HessianStructure,
@@ -34,4 +35,5 @@ __all__ = [
     "PriorStructure",
     "SubsetOfWeights",
     "TuningMethod",
+    "marglik_training",
 ]

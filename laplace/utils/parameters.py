@@ -27,8 +27,7 @@ def expand_to_parameters(prior_prec: Tensor, sizes: list[int]) -> Tensor:
     if prior_prec.ndim == 0 or prior_prec.numel() == 1:
         return prior_prec.reshape(1).expand(n_params)
     if prior_prec.numel() == len(sizes):
-        counts = torch.tensor(sizes, device=prior_prec.device)
-        return torch.repeat_interleave(prior_prec, counts)
+        return torch.cat([prior_prec[i].expand(n) for i, n in enumerate(sizes)])
     if prior_prec.numel() == n_params:
         return prior_prec
     raise ValueError(

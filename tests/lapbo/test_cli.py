@@ -1,0 +1,40 @@
+"""The main job's entry point on a tiny budget: plot and summary are written and sane."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from lapbo.__main__ import main, parse_args
+from lapbo.problems import get_problem
+
+
+def test_main_job_writes_plot_and_summary(tmp_path, capsys):
+    assert main(["--iterations", "2", "--surrogates", "laplace,gp,sobol",
+                 "--output", str(tmp_path)]) == 0
+    png = tmp_path / "convergence.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["results"]) == {"laplace", "gp", "sobol"}
+    for result in summary["results"].values():
+        regret = result["regret"]
+        assert len(regret) == 3 and all(r >= 0 for r in regret)
+        assert all(a >= b for a, b in zip(regret, regret[1:]))  # best-so-far regret
+        assert math.isfinite(result["final_log10_regret"])
+        assert len(result["best_x"]) == 2
+    assert "Wrote" in capsys.readouterr().out
+
+
+def test_problem_optima_are_consistent():
+    for name, dim in (("branin", 2), ("hartmann", 6), ("ackley", 10)):
+        problem = get_problem(name)
+        assert problem.dim == dim
+        X = problem.function.optimizers.to(problem.bounds)
+        assert abs(problem(X).max().item() - problem.optimum) < 1e-4
+
+
+def test_cli_rejects_unknown_surrogate():
+    with pytest.raises(SystemExit):
+        parse_args(["--surrogates", "laplace,forest"])
