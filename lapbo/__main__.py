@@ -13,7 +13,6 @@ import math
 import sys
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from lapbo.loop import SURROGATES, BORun, run_bo
@@ -69,7 +68,6 @@ def plot(runs: list[BORun], title: str, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_default_dtype(torch.float64)
     problem = get_problem(args.problem)
     args.output.mkdir(parents=True, exist_ok=True)
     runs = []

@@ -8,7 +8,11 @@ from laplace.baselaplace import (
     ParametricLaplace,
 )
 from laplace.laplace import Laplace
+from laplace.lllaplace import DiagLLLaplace, FullLLLaplace, KronLLLaplace, LLLaplace
 from laplace.marglik_training import marglik_training
+from laplace.posterior.functional import FunctionalLaplace, FunctionalLLLaplace
+from laplace.posterior.lowrank import LowRankLaplace
+from laplace.subnetlaplace import DiagSubnetLaplace, FullSubnetLaplace, SubnetLaplace
 from laplace.utils.enums import (
     FunctionalApproximation,
     HessianStructure,
@@ -21,6 +25,16 @@ from laplace.utils.enums import (
 )
 
 __all__ = [
+    "DiagLLLaplace",
+    "DiagSubnetLaplace",
+    "FullLLLaplace",
+    "FullSubnetLaplace",
+    "FunctionalLLLaplace",
+    "FunctionalLaplace",
+    "KronLLLaplace",
+    "LLLaplace",
+    "LowRankLaplace",
+    "SubnetLaplace",
     "BaseLaplace",
     "DiagLaplace",
     "FullLaplace",

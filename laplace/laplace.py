@@ -9,6 +9,7 @@ from torch import nn
 from laplace.posterior.base import BaseLaplace
 from laplace.posterior.diag import DiagLaplace
 from laplace.posterior.full import FullLaplace
+from laplace.posterior.functional import FunctionalLaplace, FunctionalLLLaplace
 from laplace.posterior.kron import KronLaplace
 from laplace.posterior.lastlayer import DiagLLLaplace, FullLLLaplace, KronLLLaplace
 from laplace.posterior.lowrank import LowRankLaplace
@@ -20,6 +21,8 @@ _VARIANTS: dict[tuple[SubsetOfWeights, HessianStructure], type[BaseLaplace]] = {
     (SubsetOfWeights.ALL, HessianStructure.KRON): KronLaplace,
     (SubsetOfWeights.ALL, HessianStructure.DIAG): DiagLaplace,
     (SubsetOfWeights.ALL, HessianStructure.LOWRANK): LowRankLaplace,
+    (SubsetOfWeights.ALL, HessianStructure.GP): FunctionalLaplace,
+    (SubsetOfWeights.LAST_LAYER, HessianStructure.GP): FunctionalLLLaplace,
     (SubsetOfWeights.LAST_LAYER, HessianStructure.FULL): FullLLLaplace,
     (SubsetOfWeights.LAST_LAYER, HessianStructure.KRON): KronLLLaplace,
     (SubsetOfWeights.LAST_LAYER, HessianStructure.DIAG): DiagLLLaplace,

@@ -98,7 +98,9 @@ class AsdlInterface(CurvatureInterface):
         if self.last_layer:
             with torch.no_grad():
                 phi, f = features_and_outputs(self.model, x)
-                _, layer = find_last_layer(self.model)
+                layer = getattr(self.model, "last_layer", None)  # a FeatureExtractor's
+                if not isinstance(layer, nn.Linear):
+                    _, layer = find_last_layer(self.model)
                 out = layer(phi)
             if out.shape == f.shape and torch.equal(out, f):
                 return layer, phi.detach()
@@ -293,6 +295,11 @@ class AsdlGGN(AsdlInterface, GGNInterface):
     @property
     def _fisher_type(self) -> str:  # type: ignore[override]
         return FISHER_MC if self.stochastic else FISHER_EXACT
+
+    def _scale(self) -> float:
+        # ASDL's fisher_mc backpropagates loss / num_samples per sample and squares it:
+        # its estimate is the Fisher / num_samples.
+        return float(self.num_samples) if self.stochastic else 1.0
 
     @property
     def sqrt_rows(self):  # type: ignore[override]

@@ -73,6 +73,7 @@ from laplace.curvature.curvature import (
     find_last_layer,
 )
 from laplace.utils.data import Inputs
+from laplace.utils.feature_extractor import FeatureExtractor
 from laplace.utils.matrix import Kron
 
 
@@ -99,10 +100,14 @@ class BackPackInterface(CurvatureInterface):
         if self.last_layer:
             with torch.no_grad():
                 phi, f = features_and_outputs(self.model, x)
-                _, layer = find_last_layer(self.model)
+                layer = getattr(self.model, "last_layer", None)  # a FeatureExtractor's
+                if not isinstance(layer, nn.Linear):
+                    _, layer = find_last_layer(self.model)
                 out = layer(phi)
             if out.shape == f.shape and torch.equal(out, f):
                 return layer, phi.detach()
+        if isinstance(self.model, FeatureExtractor) and self.model.feature_reduction is None:
+            return self.model.model, x  # the wrapped network (LLLaplace's wrapper)
         return self.model, x
 
     def _run(

@@ -72,7 +72,8 @@ def top_eigenpairs(
     if not batches:
         raise ValueError("The data loader yielded no batches: nothing to fit on.")
     N = len(loader.dataset)
-    use_products = hasattr(iface, "_sqrt_ggn_rows") and k < dense_fraction * n_params
+    exact_ggn = hasattr(iface, "_sqrt_ggn_rows") and not getattr(iface, "stochastic", False)
+    use_products = exact_ggn and k < dense_fraction * n_params
     if not use_products:
         H = torch.zeros(n_params, n_params, device=device, dtype=dtype)
         loss = 0.0

@@ -300,6 +300,33 @@ class BaseLaplace:
             init, structure, self.n_layers, self._posterior_dim, self._device, self._dtype
         )
 
+    # ------------------------------------------------------------ devices
+    def to(self, device: torch.device | str) -> BaseLaplace:
+        """Move the model and every fitted tensor (curvature included) to ``device``."""
+        self.model.to(device)
+        for name, value in list(vars(self).items()):
+            if name not in ("model", "_backend"):
+                setattr(self, name, move_to(value, torch.device(device)))
+        self._invalidate()
+        return self
+
     # ------------------------------------------------------------ prediction
     def __call__(self, x: Inputs, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
+
+
+def move_to(value: Any, device: torch.device) -> Any:
+    """``value`` with its tensors on ``device`` (tensors, lists/tuples, Kron matrices)."""
+    from laplace.utils.matrix import Kron, KronDecomposed
+
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(move_to(v, device) for v in value)
+    if isinstance(value, Kron):
+        return Kron(move_to(value.kfacs, device))
+    if isinstance(value, KronDecomposed):
+        return KronDecomposed(move_to(value.eigenvectors, device),
+                              move_to(value.eigenvalues, device),
+                              move_to(value.deltas, device), value.damping)
+    return value

@@ -74,7 +74,21 @@ class LLLaplace(ParametricLaplace):
             self._confirm_last_layer = False
             # Re-validate hyperparameter shapes against the confirmed layer.
             self.prior_precision, self.prior_mean = self.prior_precision, self.prior_mean
+        self._check_output_is_last_layer(_first_inputs(train_loader, self))
         super().fit(train_loader, override=override, progress_bar=progress_bar)
+
+    def _check_output_is_last_layer(self, X: Inputs) -> None:
+        """The Jacobian ``I ⊗ φᵀ`` holds only if the output *is* ``last_layer(φ)``."""
+        with torch.no_grad():
+            f, phi = self.model.forward_with_features(X)
+            expected = self.model.last_layer(phi)
+        if f.shape != expected.shape or not torch.allclose(f, expected, rtol=1e-5, atol=1e-6):
+            raise ValueError(
+                f"The model output is not the output of its last layer "
+                f"{self.model.last_layer_name!r} (an operation follows it); last-layer "
+                "Laplace needs f = last_layer(φ). Pass last_layer_name or use "
+                "subset_of_weights='all'."
+            )
 
     def _glm_predictive_distribution(
         self, X: Inputs, joint: bool = False, diagonal_output: bool = False

@@ -70,13 +70,19 @@ def gridsearch(
     la: BaseLaplace, pred_type: str, val_loader: Any, loss: Any, log_min: float,
     log_max: float, grid_size: int, link_approx: str, n_samples: int,
     progress_bar: bool = False, verbose: bool = False,
-) -> None:
+) -> tuple[Tensor, Tensor]:
     """Pick the prior precision on ``logspace(log_min, log_max, grid_size)`` minimising
-    the validation loss (evaluated afresh at every grid point)."""
+    the validation loss, evaluated afresh at every grid point (laplace-torch carries one
+    running metric across grid points, so its choice depends on the grid order).
+
+    Returns:
+        The grid ``(grid_size,)`` and the validation loss at each point (``inf`` where
+        the predictive failed).
+    """
     if val_loader is None:
         raise ValueError("gridsearch needs a val_loader.")
     loss = loss or default_loss(la)
-    grid = torch.logspace(log_min, log_max, grid_size)
+    grid = torch.logspace(log_min, log_max, grid_size, dtype=torch.float64)
     results = []
     for prior_prec in tqdm(grid, desc="grid search", disable=not progress_bar):
         la.prior_precision = float(prior_prec)
@@ -85,6 +91,8 @@ def gridsearch(
         except (RuntimeError, ValueError):
             result = float("inf")
         results.append(result if result == result else float("inf"))
-    la.prior_precision = float(grid[int(torch.tensor(results).argmin())])
+    losses = torch.tensor(results, dtype=torch.float64)
+    la.prior_precision = float(grid[int(losses.argmin())])
     if verbose:
         print(f"Grid search chose prior precision {la.prior_precision.item():.4g}")
+    return grid, losses

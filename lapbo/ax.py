@@ -1,0 +1,281 @@
+"""``LaplaceBNN`` inside Ax experiments (``Generators.BOTORCH_MODULAR``).
+
+Importing this module registers three things with Ax 1.3:
+
+* a ``submodel_input_constructor`` for ``LaplaceBNN``: builds the model's keyword
+  arguments from the ``ModelConfig`` (``model_options``, input/outcome transform
+  classes) and checks Ax's search-space digest, so that choice, task and fidelity
+  parameters fail with a clear message instead of a ``TypeError`` deep inside Ax;
+* a ``fit_botorch_model`` handler for ``LaplaceBNN``: Ax fits every model through this
+  dispatcher with an MLL class (``ExactMarginalLogLikelihood`` is filled in when the
+  config has none). A ``LaplaceBNN`` has no GPyTorch likelihood and is fitted by its
+  own marginal likelihood, so the handler ignores the MLL class, builds no MLL and
+  calls ``lapbo.training.fit_laplace_bnn`` (MAP training, Laplace posterior, refit of
+  prior precision and noise). Ax calls it whenever the data changed, i.e. at every
+  generation; cross-validation folds load the full model's ``state_dict`` instead;
+* ``LaplaceBNN`` in Ax's storage registries, so experiments and generation strategies
+  that use it save to and load from JSON (import ``lapbo.ax`` before loading).
+
+``laplace_generation_strategy`` is the one-call entry point::
+
+    from ax.api.client import Client
+    from lapbo.ax import laplace_generation_strategy
+
+    client = Client()
+    client.configure_experiment(...)
+    client.configure_optimization(objective="-loss")
+    client.set_generation_strategy(laplace_generation_strategy(n_sobol=5, width=32))
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import torch
+from ax.adapter.registry import Generators
+from ax.api.utils.generation_strategy_dispatch import choose_generation_strategy
+from ax.api.utils.structs import GenerationStrategyDispatchStruct
+from ax.core.search_space import SearchSpaceDigest
+from ax.exceptions.core import UserInputError
+from ax.generation_strategy.generation_strategy import GenerationStrategy
+from ax.generators.torch.botorch_modular.surrogate import (
+    Surrogate,
+    _make_botorch_input_transform,
+    _make_botorch_outcome_transform,
+    submodel_input_constructor,
+)
+from ax.generators.torch.botorch_modular.utils import ModelConfig, fit_botorch_model
+from ax.storage.botorch_modular_registry import register_model
+from botorch.acquisition.acquisition import AcquisitionFunction
+from botorch.utils.datasets import MultiTaskDataset, SupervisedDataset
+
+from lapbo import training
+from lapbo.model import LaplaceBNN
+
+__all__ = [
+    "LAPLACE_MODEL_OPTIONS",
+    "check_search_space_digest",
+    "laplace_generation_strategy",
+    "laplace_model_config",
+    "validate_model_options",
+]
+
+#: ``LaplaceBNN`` keyword options that can go in ``ModelConfig.model_options``: those
+#: with JSON-serialisable values (numbers, strings, booleans, ``None``, torch dtypes).
+#: ``net``, ``warm_start`` and ``backend`` take Python objects and are excluded;
+#: transforms are set through ``ModelConfig.input/outcome_transform_classes``.
+LAPLACE_MODEL_OPTIONS: frozenset[str] = frozenset(
+    name
+    for name, p in inspect.signature(LaplaceBNN.__init__).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+    and name not in ("net", "warm_start", "backend", "input_transform", "outcome_transform")
+)
+
+_OPTION_TYPES = (bool, int, float, str, type(None), torch.dtype)
+
+_CHOICE_HELP = (
+    "LaplaceBNN models numeric inputs only, but the search space reached the model with "
+    "categorical features {names}. Ax's default transforms for BOTORCH_MODULAR one-hot "
+    "encode unordered choice parameters (keep OneHot in the generation strategy's "
+    "transforms); otherwise encode the choice numerically yourself: an ordered choice of "
+    "numbers (ChoiceParameterConfig(..., is_ordered=True) with int/float values) or an "
+    "integer range parameter becomes an ordinal input, and a choice among k unordered "
+    "values can be written as k range parameters on [0, 1] (one-hot)."
+)
+
+
+# ----------------------------------------------------------------- options
+def validate_model_options(model_options: dict[str, Any]) -> dict[str, Any]:
+    """Check ``model_options`` for a ``LaplaceBNN`` ``ModelConfig``; returns a copy.
+
+    Raises:
+        ValueError: an unknown option, or an option whose value Ax's JSON storage
+            cannot save (e.g. an ``nn.Module`` for ``net``).
+    """
+    options = dict(model_options)
+    unknown = sorted(set(options) - LAPLACE_MODEL_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"Unknown or unsupported LaplaceBNN model_options {unknown}; allowed: "
+            f"{sorted(LAPLACE_MODEL_OPTIONS)}. Network objects, warm starts and "
+            "curvature backends cannot be stored in an Ax experiment; transforms go in "
+            "ModelConfig.input_transform_classes / outcome_transform_classes."
+        )
+    for name, value in options.items():
+        if not isinstance(value, _OPTION_TYPES):
+            raise ValueError(
+                f"LaplaceBNN model option {name}={value!r} is not JSON-serialisable; "
+                "use numbers, strings, booleans, None or a torch dtype."
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"LaplaceBNN model option {name}={value!r} must be finite.")
+    return options
+
+
+def laplace_model_config(name: str = "LaplaceBNN", **model_options: Any) -> ModelConfig:
+    """``ModelConfig(botorch_model_class=LaplaceBNN, model_options=...)`` with checked
+    options (see ``LAPLACE_MODEL_OPTIONS``)."""
+    return ModelConfig(
+        botorch_model_class=LaplaceBNN,
+        model_options=validate_model_options(model_options),
+        name=name,
+    )
+
+
+def laplace_generation_strategy(
+    n_sobol: int = 5, *, sobol_seed: int | None = None,
+    botorch_acqf_class: type[AcquisitionFunction] | None = None,
+    optimizer_options: dict[str, Any] | None = None, refit_on_cv: bool = False,
+    **model_options: Any,
+) -> GenerationStrategy:
+    """Sobol initialisation, then ``BOTORCH_MODULAR`` with a ``LaplaceBNN`` surrogate.
+
+    Use with ``Client.set_generation_strategy``. The strategy is Ax's own "custom"
+    dispatch (the same nodes and transition criteria as ``method="fast"``, without a
+    center point): ``n_sobol`` Sobol trials, at least ``max(1, n_sobol // 2)`` of them
+    completed, then one ``LaplaceBNN`` per metric refit at every generation with the
+    acquisition function Ax chooses (qLogNEI, qLogNEHVI for several objectives).
+
+    Args:
+        n_sobol: number of Sobol trials (``0``: Bayesian optimisation from the start;
+            Ax needs at least one observation to fit the model).
+        sobol_seed: seed of the Sobol sequence.
+        botorch_acqf_class: optional BoTorch acquisition function class.
+        optimizer_options: optional ``optimize_acqf`` keyword arguments for the BO
+            step, e.g. ``{"num_restarts": 4, "raw_samples": 128}`` to make it cheaper.
+        refit_on_cv: refit every cross-validation fold model (warm-started from the
+            full model, ``n_epochs_warm_start`` epochs). Ax's default (``False``) only
+            loads the full model's ``state_dict`` into each fold model: fast, but the
+            network weights have seen the held-out point, so the fold means are
+            optimistic (near-interpolating) while the fold variances come from the fold
+            data; diagnostics such as the cross-validation plot then overstate the fit.
+            ``True`` gives honest leave-one-out diagnostics at one warm refit per fold
+            and metric each time Ax cross-validates (analyses, best-point checks).
+        **model_options: ``LaplaceBNN`` keyword options (``n_epochs``, ``width``,
+            ``depth``, ``hessian_structure``, ``seed``, ...; see
+            ``LAPLACE_MODEL_OPTIONS``).
+    """
+    if n_sobol < 0:
+        raise ValueError(f"n_sobol must be >= 0, got {n_sobol}.")
+    struct = GenerationStrategyDispatchStruct(
+        method="custom", initialization_budget=n_sobol,
+        initialization_random_seed=sobol_seed, initialize_with_center=False,
+    )
+    gs = choose_generation_strategy(
+        struct, model_config=laplace_model_config(**model_options),
+        botorch_acqf_class=botorch_acqf_class,
+    )
+    for node in gs.nodes_by_name.values():
+        for spec in node.generator_specs:
+            if spec.generator_enum != Generators.BOTORCH_MODULAR:
+                continue
+            if refit_on_cv:
+                spec.generator_kwargs["refit_on_cv"] = True
+            if optimizer_options:
+                spec.generator_gen_kwargs = {
+                    "model_gen_options": {"optimizer_kwargs": dict(optimizer_options)}
+                }
+    return gs
+
+
+# ------------------------------------------------------- Ax dispatchers
+def check_search_space_digest(ssd: SearchSpaceDigest) -> None:
+    """Raise ``ValueError`` for search-space features a ``LaplaceBNN`` cannot model."""
+    names = ssd.feature_names
+
+    def _named(idx: list[int]) -> list[str]:
+        return [names[i] if 0 <= i < len(names) else str(i) for i in idx]
+
+    if ssd.categorical_features:
+        raise ValueError(_CHOICE_HELP.format(names=_named(ssd.categorical_features)))
+    if ssd.task_features:
+        raise ValueError(
+            f"LaplaceBNN is not a multi-task model (task features "
+            f"{_named(ssd.task_features)}); use a multi-task GP for this experiment."
+        )
+    if ssd.fidelity_features:
+        raise ValueError(
+            f"LaplaceBNN is not a multi-fidelity model (fidelity features "
+            f"{_named(ssd.fidelity_features)}); remove is_fidelity from the parameters."
+        )
+    if ssd.hierarchical_dependencies:
+        raise ValueError(
+            "LaplaceBNN does not support hierarchical search spaces; flatten the "
+            "search space (all parameters always active)."
+        )
+
+
+@submodel_input_constructor.register(LaplaceBNN)
+def _laplace_bnn_inputs(
+    botorch_model_class: type[LaplaceBNN], model_config: ModelConfig,
+    dataset: SupervisedDataset, search_space_digest: SearchSpaceDigest, surrogate: Surrogate,
+) -> dict[str, Any]:
+    """``LaplaceBNN`` keyword arguments from an Ax ``ModelConfig``.
+
+    Replaces Ax's generic constructor, which looks the transform arguments up among the
+    positional parameters of ``__init__`` (``LaplaceBNN`` takes them keyword-only) and
+    passes search-space kwargs (``categorical_features``, ...) the model does not take.
+    Without ``outcome_transform_classes`` the model keeps its default ``Standardize``.
+    """
+    check_search_space_digest(search_space_digest)
+    if isinstance(dataset, MultiTaskDataset):
+        raise ValueError("LaplaceBNN does not support multi-task datasets.")
+    for attr in ("covar_module_class", "likelihood_class"):
+        if getattr(model_config, attr) is not None:
+            raise UserInputError(
+                f"LaplaceBNN has no GP kernel or GPyTorch likelihood: leave "
+                f"ModelConfig.{attr} unset."
+            )
+    if model_config.mll_options:
+        raise UserInputError(
+            "LaplaceBNN is fitted by its own marginal likelihood and takes no "
+            "mll_options; put training options (n_epochs, marglik_steps, ...) in "
+            "ModelConfig.model_options."
+        )
+    inputs = botorch_model_class.construct_inputs(
+        training_data=dataset, **validate_model_options(model_config.model_options)
+    )
+    if model_config.input_transform_classes is not None:
+        inputs["input_transform"] = _make_botorch_input_transform(
+            input_transform_classes=model_config.input_transform_classes,
+            input_transform_options=model_config.input_transform_options or {},
+            dataset=dataset, search_space_digest=search_space_digest,
+        )
+    if model_config.outcome_transform_classes is not None:
+        inputs["outcome_transform"] = _make_botorch_outcome_transform(
+            outcome_transform_classes=model_config.outcome_transform_classes,
+            outcome_transform_options=model_config.outcome_transform_options,
+            dataset=dataset, search_space_digest=search_space_digest,
+        )
+    return inputs
+
+
+@fit_botorch_model.register(LaplaceBNN)
+def _fit_laplace_bnn(
+    model: LaplaceBNN, mll_class: Any = None, mll_options: dict[str, Any] | None = None,
+) -> None:
+    """Ax's fit step for ``LaplaceBNN``: ``lapbo.training.fit_laplace_bnn(model)``.
+
+    ``mll_class`` (Ax fills in ``ExactMarginalLogLikelihood``) is ignored: no GPyTorch
+    MLL is built. The Laplace marginal likelihood refits prior precision and noise.
+
+    At every generation Ax builds a fresh model (``state_dict=None``) and this trains it
+    from scratch with ``n_epochs``. A model that already holds a fitted state was loaded
+    by Ax from a previous model (cross-validation with ``refit_on_cv=True``, the only
+    warm-started refit Ax does): it is refit as a warm start, ``n_epochs_warm_start``
+    epochs from the loaded weights and hyperparameters.
+    """
+    warm = bool(getattr(model, "is_fitted", False)) and hasattr(model, "_warm")
+    if warm:
+        was_warm, model._warm = model._warm, True
+        try:
+            training.fit_laplace_bnn(model)
+        finally:
+            model._warm = was_warm
+    else:
+        training.fit_laplace_bnn(model)
+
+
+register_model(LaplaceBNN)
