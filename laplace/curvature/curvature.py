@@ -227,6 +227,12 @@ class GGNInterface(CurvatureInterface):
     def diag(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
         if self.last_layer and self.subnetwork_indices is None:
             return self._last_layer_diag(x, y)
+        if self.subnetwork_indices is None:
+            from laplace.curvature.kfac import diagonal
+
+            result = diagonal(self, x, y, fisher="ggn")
+            if result is not None:
+                return result
         SJ, loss = self._sqrt_ggn_rows(x, y)
         return loss, SJ.square().sum(dim=(0, 1))
 
@@ -261,6 +267,12 @@ class EFInterface(CurvatureInterface):
         return self.factor * loss, self.factor * (Gs.T @ Gs)
 
     def diag(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        if self.subnetwork_indices is None and not self.last_layer:
+            from laplace.curvature.kfac import diagonal
+
+            result = diagonal(self, x, y, fisher="ef")
+            if result is not None:
+                return result
         Gs, loss = self.gradients(x, y)
         return self.factor * loss, self.factor * Gs.square().sum(0)
 

@@ -1,18 +1,26 @@
-"""Native Kronecker-factored curvature (KFAC) for ``nn.Linear`` and ``nn.Conv2d``.
+"""Layer-wise curvature from forward hooks on ``nn.Linear`` and ``nn.Conv2d`` layers.
 
-For a layer with inputs ``a`` and outputs ``s`` the block of weight ``W`` is
-approximated by ``kron(B, A)`` with ``B = Σ g gᵀ`` over backpropagated output
-vectors ``g`` and ``A = Σ a aᵀ / N``; the bias block is ``B``. Convolutions treat
-every output position as an extra data point of its inputs (the "expand" convention
-of Curvlinops and ASDL): ``A`` averages the unfolded patches over positions as well.
-Factors are returned per batch and add up over batches (laplace-torch's convention).
+One forward pass records each layer's input ``a`` and output ``s``; backpropagating
+output vectors gives the per-sample gradients ``g`` w.r.t. ``s``:
 
-GGN: ``g`` are the columns of ``Sₙᵀ`` (``Λₙ = SₙᵀSₙ``) backpropagated to ``s``.
-EF: ``g`` is the gradient of the per-sample loss w.r.t. ``s``.
+* GGN: the columns of ``Sₙᵀ`` (``Λₙ = SₙᵀSₙ``), one backward pass per output;
+* EF: the gradient of the per-sample loss, one backward pass.
+
+From ``(a, g)`` two curvatures follow without per-sample Jacobians:
+
+* **KFAC** (``kfac``): the weight block ``kron(B, A)`` with ``B = Σ g gᵀ`` and
+  ``A = Σ a aᵀ / N``; the bias block is ``B``. Convolutions treat every output position
+  as an extra data point (the "expand" convention of Curvlinops and ASDL): ``A``
+  averages the unfolded patches over positions too. Factors are returned per batch and
+  add up over batches (laplace-torch's convention).
+* **the exact diagonal** (``diagonal``): per sample, the weight gradient is
+  ``Σ_positions g aᵀ``, so its square needs only ``(n, out, in)`` tensors per output —
+  for ``nn.Linear`` directly ``(g²)ᵀ(a²)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,11 +35,14 @@ if TYPE_CHECKING:
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
 
-def kfac_modules(iface: CurvatureInterface) -> list[tuple[nn.Module, list[str]]]:
+def kfac_modules(
+    iface: CurvatureInterface, strict: bool = True
+) -> list[tuple[nn.Module, list[str]]] | None:
     """Modules owning the trainable parameters, in parameter order.
 
     Raises:
-        ValueError: a trainable parameter belongs to a module KFAC cannot factor.
+        ValueError: a trainable parameter belongs to another kind of module (with
+            ``strict``; otherwise ``None`` is returned).
     """
     wanted = {id(p) for p in iface.params}
     found: list[tuple[nn.Module, list[str]]] = []
@@ -39,11 +50,17 @@ def kfac_modules(iface: CurvatureInterface) -> list[tuple[nn.Module, list[str]]]
         own = [(n, p) for n, p in module.named_parameters(recurse=False) if id(p) in wanted]
         if not own:
             continue
-        if not isinstance(module, SUPPORTED):
+        conv_unsupported = isinstance(module, nn.Conv2d) and (
+            module.groups != 1 or isinstance(module.padding, str)
+        )
+        if not isinstance(module, SUPPORTED) or conv_unsupported:
+            if not strict:
+                return None
             raise ValueError(
-                f"KFAC (hessian_structure='kron') supports nn.Linear and nn.Conv2d only; "
-                f"module {name!r} of type {type(module).__name__} has trainable parameters. "
-                "Use 'full' or 'diag', or freeze that module (requires_grad=False)."
+                f"KFAC (hessian_structure='kron') supports nn.Linear and nn.Conv2d only "
+                f"(numeric padding, groups=1); module {name!r} of type "
+                f"{type(module).__name__} has trainable parameters. Use 'full' or 'diag', "
+                "or freeze that module (requires_grad=False)."
             )
         found.append((module, [n for n, _ in own]))
     return found
@@ -51,10 +68,6 @@ def kfac_modules(iface: CurvatureInterface) -> list[tuple[nn.Module, list[str]]]
 
 def _unfold(module: nn.Conv2d, a: Tensor) -> Tensor:
     """Patches ``(n, in·kh·kw, positions)`` of a convolution's input."""
-    if module.groups != 1:
-        raise ValueError("KFAC does not support grouped convolutions (groups > 1).")
-    if isinstance(module.padding, str):
-        raise ValueError("KFAC needs numeric Conv2d padding, not 'same'/'valid'.")
     return nn.functional.unfold(
         a, module.kernel_size, dilation=module.dilation, padding=module.padding,
         stride=module.stride,
@@ -63,64 +76,101 @@ def _unfold(module: nn.Conv2d, a: Tensor) -> Tensor:
 
 def _as_rows(module: nn.Module, t: Tensor, is_input: bool) -> tuple[Tensor, int]:
     """Inputs or output gradients as rows ``(n·positions, features)`` and positions."""
+    t = _per_sample(module, t, is_input)  # (n, positions, features)
+    return t.reshape(-1, t.shape[-1]), t.shape[1]
+
+
+def _per_sample(module: nn.Module, t: Tensor, is_input: bool) -> Tensor:
+    """Inputs or output gradients as ``(n, positions, features)``."""
     if isinstance(module, nn.Conv2d):
-        if is_input:
-            t = _unfold(module, t)  # (n, in·kh·kw, positions)
+        t = _unfold(module, t) if is_input else t.flatten(start_dim=2)
+        return t.transpose(1, 2)
+    return t.reshape(t.shape[0], -1, t.shape[-1])
+
+
+class _Recording:
+    """Inputs and outputs of the hooked layers during one forward pass."""
+
+    def __init__(self, iface: CurvatureInterface, x: Inputs, y: Tensor,
+                 modules: list[tuple[nn.Module, list[str]]]) -> None:
+        from laplace.curvature.curvature import _targets
+
+        self.iface, self.modules = iface, modules
+        inputs: dict[int, Tensor] = {}
+        outputs: dict[int, Tensor] = {}
+
+        def hook(m: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
+            inputs[id(m)] = inp[0].detach()
+            outputs[id(m)] = out
+
+        handles = [m.register_forward_hook(hook) for m, _ in modules]
+        try:
+            with torch.enable_grad():
+                f = iface.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        self.f = f.reshape(-1, f.shape[-1]) if f.ndim > 1 else f.unsqueeze(-1)
+        self.loss = iface.lossfunc(self.f, _targets(y, self.f, iface.likelihood))
+        self.inputs = [inputs[id(m)] for m, _ in modules]
+        self.outputs = [outputs[id(m)] for m, _ in modules]
+
+    def output_gradients(self, fisher: str) -> Iterator[tuple[Tensor, ...]]:
+        """Per-sample gradients w.r.t. each layer output, scaled so that their outer
+        products sum to the curvature (one tuple per backpropagated vector)."""
+        from laplace.curvature.curvature import output_hessian_sqrt
+
+        iface = self.iface
+        if fisher == "ggn":
+            S = output_hessian_sqrt(self.f.detach(), iface.likelihood, iface.factor)
+            for c in range(self.f.shape[-1]):
+                yield torch.autograd.grad(
+                    (self.f * S[:, c, :]).sum(), self.outputs, retain_graph=True
+                )
         else:
-            t = t.flatten(start_dim=2)  # (n, out, positions)
-        positions = t.shape[-1]
-        return t.transpose(1, 2).reshape(-1, t.shape[1]), positions
-    positions = t[0].numel() // t.shape[-1]
-    return t.reshape(-1, t.shape[-1]), positions
+            grads = torch.autograd.grad(self.loss, self.outputs)
+            yield tuple(g * iface.factor**0.5 for g in grads)
 
 
 def kfac(
     iface: CurvatureInterface, x: Inputs, y: Tensor, N: int, fisher: str
 ) -> tuple[Tensor, Kron]:
     """Loss and KFAC factors of one batch (see the module docstring)."""
-    from laplace.curvature.curvature import _targets, output_hessian_sqrt
-
-    modules = kfac_modules(iface)
-    inputs: dict[int, Tensor] = {}
-    outputs: dict[int, Tensor] = {}
-
-    def hook(m: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
-        inputs[id(m)] = inp[0].detach()
-        outputs[id(m)] = out
-
-    handles = [m.register_forward_hook(hook) for m, _ in modules]
-    try:
-        with torch.enable_grad():
-            f = iface.model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    f = f.reshape(-1, f.shape[-1]) if f.ndim > 1 else f.unsqueeze(-1)
-    targets = _targets(y, f, iface.likelihood)
-    loss = iface.lossfunc(f, targets)
-    outs = [outputs[id(m)] for m, _ in modules]
-    Bs = [0.0] * len(modules)
-
-    if fisher == "ggn":
-        S = output_hessian_sqrt(f.detach(), iface.likelihood, iface.factor)
-        for c in range(f.shape[-1]):
-            grads = torch.autograd.grad((f * S[:, c, :]).sum(), outs, retain_graph=True)
-            for i, (m, _) in enumerate(modules):
-                g, _ = _as_rows(m, grads[i], is_input=False)
-                Bs[i] = Bs[i] + g.T @ g
-    else:
-        grads = torch.autograd.grad(loss, outs)
-        for i, (m, _) in enumerate(modules):
+    rec = _Recording(iface, x, y, kfac_modules(iface))
+    Bs = [0.0] * len(rec.modules)
+    for grads in rec.output_gradients(fisher):
+        for i, (m, _) in enumerate(rec.modules):
             g, _ = _as_rows(m, grads[i], is_input=False)
-            Bs[i] = Bs[i] + iface.factor * (g.T @ g)
-
+            Bs[i] = Bs[i] + g.T @ g
     kfacs: list[list[Tensor]] = []
-    for i, (m, names) in enumerate(modules):
-        a, positions = _as_rows(m, inputs[id(m)], is_input=True)
+    for i, (m, names) in enumerate(rec.modules):
+        a, positions = _as_rows(m, rec.inputs[i], is_input=True)
         for name in names:
-            if name == "weight":
-                A = a.T @ a / (N * positions)
-                kfacs.append([Bs[i], A])
-            else:
-                kfacs.append([Bs[i]])
-    return iface.factor * loss.detach(), Kron(kfacs)
+            kfacs.append([Bs[i], a.T @ a / (N * positions)] if name == "weight" else [Bs[i]])
+    return iface.factor * rec.loss.detach(), Kron(kfacs)
+
+
+def diagonal(
+    iface: CurvatureInterface, x: Inputs, y: Tensor, fisher: str
+) -> tuple[Tensor, Tensor] | None:
+    """Loss and the exact curvature diagonal ``(P,)`` of one batch, or ``None`` when a
+    trainable parameter lives outside ``nn.Linear``/``nn.Conv2d`` layers."""
+    modules = kfac_modules(iface, strict=False)
+    if modules is None:
+        return None
+    rec = _Recording(iface, x, y, modules)
+    acts = [_per_sample(m, a, is_input=True) for (m, _), a in zip(modules, rec.inputs)]
+    diag: list[list[Tensor]] = [[0.0] * len(names) for _, names in modules]
+    for grads in rec.output_gradients(fisher):
+        for i, (m, names) in enumerate(modules):
+            g = _per_sample(m, grads[i], is_input=False)  # (n, positions, out)
+            for j, name in enumerate(names):
+                if name == "bias":
+                    d = g.sum(1).square().sum(0)
+                elif g.shape[1] == 1:
+                    d = g[:, 0].square().T @ acts[i][:, 0].square()
+                else:
+                    d = torch.einsum("npo,npi->noi", g, acts[i]).square().sum(0)
+                diag[i][j] = diag[i][j] + d
+    flat = [d.reshape(-1) for (m, names), ds in zip(modules, diag) for d in ds]
+    return iface.factor * rec.loss.detach(), torch.cat(flat)
