@@ -103,11 +103,14 @@ def test_posterior_precision(case):
     close(la.log_det_posterior_precision, ref["logdet"])
 
 
-def test_kron_factor_products(case):
+KRON_CASES = [c for c in CASES if c[1] == "kron"]
+
+
+@pytest.mark.parametrize("name,structure,backend", KRON_CASES,
+                         ids=["-".join(c) for c in KRON_CASES])
+def test_kron_factor_products(name, structure, backend):
     """``kron(B, A)`` per parameter tensor (BackPACK's Conv2d convention included)."""
-    name, structure, _, rec, la = case
-    if structure != "kron":
-        pytest.skip("Kronecker factors only")
+    rec, la = R.combo(name, f"all.{structure}.{backend}"), fit(name, structure, backend)
     for ours, theirs in zip(la.H_facs.kfacs, rec["posterior"]["kron_factors"], strict=True):
         mats = [R.decode(name, t["matrix"]) if t["matrix"] is not None else None for t in theirs]
         actual = ours[0] if len(ours) == 1 else torch.kron(ours[0], ours[1])
