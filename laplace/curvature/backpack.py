@@ -182,26 +182,6 @@ class BackPackGGN(BackPackInterface, GGNInterface):
         num_samples: Monte Carlo samples (``stochastic=True`` only).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        likelihood: str,
-        last_layer: bool = False,
-        subnetwork_indices: Tensor | None = None,
-        dict_key_x: str = "input_ids",
-        dict_key_y: str = "labels",
-        stochastic: bool = False,
-        num_samples: int = 1,
-    ) -> None:
-        super().__init__(
-            model, likelihood, last_layer=last_layer, subnetwork_indices=subnetwork_indices,
-            dict_key_x=dict_key_x, dict_key_y=dict_key_y,
-        )
-        if num_samples < 1:
-            raise ValueError(f"{type(self).__name__}: num_samples must be >= 1.")
-        self.stochastic = stochastic
-        self.num_samples = num_samples
-
     def sqrt_rows(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor]:
         """Rows ``R`` ``(K·n, P)`` of BackPACK's GGN square root, ``RᵀR`` = batch GGN."""
         ext = SqrtGGNMC(mc_samples=self.num_samples) if self.stochastic else SqrtGGNExact()

@@ -203,14 +203,25 @@ class CurvatureInterface:
 class GGNInterface(CurvatureInterface):
     """Generalized Gauss-Newton ``Σₙ Jₙᵀ Λₙ Jₙ`` with the exact output Hessian ``Λₙ``."""
 
-    def __init__(self, *args: Any, stochastic: bool = False, num_samples: int = 1, **kw: Any):
-        super().__init__(*args, **kw)
-        if stochastic:
-            raise ValueError(
-                f"{type(self).__name__}: the stochastic (Monte Carlo) GGN is not offered "
-                "by the native backend; use stochastic=False."
-            )
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: str,
+        last_layer: bool = False,
+        subnetwork_indices: Tensor | None = None,
+        dict_key_x: str = "input_ids",
+        dict_key_y: str = "labels",
+        stochastic: bool = False,
+        num_samples: int = 1,
+    ) -> None:
+        """``stochastic``: a Monte Carlo GGN (``num_samples`` label draws per point),
+        where the backend offers one."""
+        super().__init__(model, likelihood, last_layer, subnetwork_indices, dict_key_x,
+                         dict_key_y)
+        if num_samples < 1:
+            raise ValueError(f"{type(self).__name__}: num_samples must be >= 1.")
         self.stochastic = stochastic
+        self.num_samples = num_samples
 
     def _sqrt_ggn_rows(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor]:
         """``Sₙ Jₙ`` with ``Λₙ = SₙᵀSₙ`` as ``(n·m, K, P)``, and the loss of the batch."""

@@ -144,26 +144,6 @@ class CurvlinopsGGN(CurvlinopsInterface, GGNInterface):
         num_samples: Monte Carlo samples per data point.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        likelihood: str,
-        last_layer: bool = False,
-        subnetwork_indices: Tensor | None = None,
-        dict_key_x: str = "input_ids",
-        dict_key_y: str = "labels",
-        stochastic: bool = False,
-        num_samples: int = 1,
-    ) -> None:
-        super().__init__(
-            model, likelihood, last_layer=last_layer, subnetwork_indices=subnetwork_indices,
-            dict_key_x=dict_key_x, dict_key_y=dict_key_y,
-        )
-        if num_samples < 1:
-            raise ValueError(f"{type(self).__name__}: num_samples must be >= 1.")
-        self.stochastic = stochastic
-        self.num_samples = num_samples
-
     @property
     def _kfac_fisher_type(self) -> str:  # type: ignore[override]
         return FisherType.MC if self.stochastic else FisherType.TYPE2
