@@ -10,8 +10,10 @@ from laplace.baselaplace import (
 from laplace.laplace import Laplace
 from laplace.lllaplace import DiagLLLaplace, FullLLLaplace, KronLLLaplace, LLLaplace
 from laplace.marglik_training import marglik_training
+from laplace.posterior.ella import ELLA
 from laplace.posterior.functional import FunctionalLaplace, FunctionalLLLaplace
 from laplace.posterior.lowrank import LowRankLaplace
+from laplace.posterior.valla import VaLLA
 from laplace.subnetlaplace import DiagSubnetLaplace, FullSubnetLaplace, SubnetLaplace
 from laplace.utils.enums import (
     FunctionalApproximation,
@@ -25,6 +27,8 @@ from laplace.utils.enums import (
 )
 
 __all__ = [
+    "ELLA",
+    "VaLLA",
     "DiagLLLaplace",
     "DiagSubnetLaplace",
     "FullLLLaplace",

@@ -8,13 +8,20 @@ from torch import nn
 
 from laplace.posterior.base import BaseLaplace
 from laplace.posterior.diag import DiagLaplace
+from laplace.posterior.ella import ELLA
 from laplace.posterior.full import FullLaplace
 from laplace.posterior.functional import FunctionalLaplace, FunctionalLLLaplace
 from laplace.posterior.kron import KronLaplace
 from laplace.posterior.lastlayer import DiagLLLaplace, FullLLLaplace, KronLLLaplace
 from laplace.posterior.lowrank import LowRankLaplace
 from laplace.posterior.subnet import DiagSubnetLaplace, FullSubnetLaplace
-from laplace.utils.enums import HessianStructure, SubsetOfWeights, parse_option
+from laplace.posterior.valla import VaLLA
+from laplace.utils.enums import (
+    FunctionalApproximation,
+    HessianStructure,
+    SubsetOfWeights,
+    parse_option,
+)
 
 _VARIANTS: dict[tuple[SubsetOfWeights, HessianStructure], type[BaseLaplace]] = {
     (SubsetOfWeights.ALL, HessianStructure.FULL): FullLaplace,
@@ -30,6 +37,11 @@ _VARIANTS: dict[tuple[SubsetOfWeights, HessianStructure], type[BaseLaplace]] = {
     (SubsetOfWeights.SUBNETWORK, HessianStructure.DIAG): DiagSubnetLaplace,
 }
 
+_FUNCTIONAL_APPROXIMATIONS: dict[FunctionalApproximation, type[BaseLaplace]] = {
+    FunctionalApproximation.NYSTROM: ELLA,
+    FunctionalApproximation.VARIATIONAL: VaLLA,
+}
+
 
 def Laplace(  # noqa: N802  (the public name users know)
     model: nn.Module,
@@ -37,6 +49,7 @@ def Laplace(  # noqa: N802  (the public name users know)
     subset_of_weights: SubsetOfWeights | str = SubsetOfWeights.LAST_LAYER,
     hessian_structure: HessianStructure | str = HessianStructure.KRON,
     *args: Any,
+    functional_approximation: FunctionalApproximation | str | None = None,
     **kwargs: Any,
 ) -> BaseLaplace:
     """Build the Laplace approximation for ``subset_of_weights`` × ``hessian_structure``.
@@ -46,6 +59,9 @@ def Laplace(  # noqa: N802  (the public name users know)
         likelihood: ``"regression"``, ``"classification"`` or ``"reward_modeling"``.
         subset_of_weights: ``"all"``, ``"last_layer"`` or ``"subnetwork"``.
         hessian_structure: ``"full"``, ``"kron"``, ``"diag"``, ``"lowrank"`` or ``"gp"``.
+        functional_approximation: for ``"all"`` × ``"gp"`` only: ``None`` (subset-of-data
+            ``FunctionalLaplace``), ``"nystrom"`` (``ELLA``) or ``"variational"``
+            (``VaLLA``).
         *args, **kwargs: passed to the variant (``prior_precision``, ``sigma_noise``,
             ``backend``, ...).
 
@@ -59,6 +75,13 @@ def Laplace(  # noqa: N802  (the public name users know)
     ):
         raise ValueError("Subnetwork Laplace requires a full or diagonal Hessian approximation!")
     cls = _VARIANTS.get((subset, structure))
+    if functional_approximation is not None:
+        approx = parse_option(FunctionalApproximation, functional_approximation,
+                              "functional_approximation")
+        if (subset, structure) != (SubsetOfWeights.ALL, HessianStructure.GP):
+            raise ValueError("functional_approximation applies to subset_of_weights='all' "
+                             "with hessian_structure='gp' only.")
+        cls = _FUNCTIONAL_APPROXIMATIONS[approx]
     if cls is None:
         raise ValueError(f"Unsupported Laplace combination: {subset}, {structure}.")
     return cls(model, likelihood, *args, **kwargs)

@@ -1,0 +1,297 @@
+"""ELLA: the linearized Laplace approximation on Nyström features of the NTK.
+
+Deng, Zhou & Zhu (2022), "Accelerated Linearized Laplace Approximation for Bayesian
+Deep Learning".
+
+With the stacked Jacobians ``J_M`` (``MC × P``) of a random subset of ``M`` training
+points, ``K_MM = J_M J_Mᵀ = V diag(λ) Vᵀ`` and its top-``K`` eigenpairs, the Nyström
+feature map of the NTK ``κ(x, x') = J(x) J(x')ᵀ`` is
+
+    φ(x) = κ(x, M) V_K λ_K^{-1/2} = J(x) Ψ,    Ψ = J_Mᵀ V_K λ_K^{-1/2}   (P × K).
+
+``ΨᵀΨ = I_K``: the columns of ``Ψ`` are the top-``K`` right singular vectors of ``J_M``
+(they are computed as such, from the thin SVD ``J_M = U diag(√λ) Ψ_allᵀ``, which equals
+the eigen-route above without squaring the condition number). ``φ(x)`` is thus
+``J(x)`` in orthonormal coordinates of the top-``K`` NTK directions, and ELLA is the
+linearized Laplace approximation restricted to ``θ = θ* + Ψ z``: the prior
+``N(0, δ⁻¹ I)`` restricts to ``z ~ N(0, δ⁻¹ I_K)`` and, over *all* ``N`` training points,
+
+    G = Σₙ φₙᵀ Λₙ φₙ   (K × K),      Σ_K = (s·G + δ I_K)⁻¹,     s = 1 / (σ² T),
+
+with ``Λₙ`` the Hessian of the per-point loss w.r.t. the outputs (``I`` for regression,
+``diag(p) − ppᵀ`` for classification, full ``C × C`` blocks). The predictive is
+``f(x; θ*)`` with covariance ``φ(x) Σ_K φ(x)ᵀ``, and the marginal likelihood is the
+Laplace one with the curvature restricted to the ``K`` directions:
+
+    log p(D) ≈ log p(D | θ*) − ½ (logdet(I_K + s G / δ) + δ ‖θ* − μ₀‖²).
+
+Exactness: with ``M = N`` and ``K = rank(J)``, ``Ψ`` is an orthonormal basis of the
+row space of the full Jacobian ``J``; since ``Jᵀ Λ J`` lives there, the full-GGN
+posterior covariance is ``Ψ Σ_K Ψᵀ + δ⁻¹ (I − ΨΨᵀ)``. So the full-GGN predictive
+variance is ELLA's plus ``δ⁻¹ ‖(I − ΨΨᵀ) J(x)ᵀ‖²``: they agree wherever the rows of
+``J(x)`` lie in the row space of ``J`` (at every training input, and at every ``x`` when
+``rank(J) = P``), and the marginal likelihoods agree exactly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from laplace.curvature.curvature import output_hessian_sqrt
+from laplace.posterior.functional import FunctionalLaplace
+from laplace.utils.data import Inputs, dataset_size, inputs_to, split_batch
+from laplace.utils.enums import Likelihood
+from laplace.utils.parameters import vector_of
+
+_GP_ONLY = ("independent_outputs", "diagonal_kernel", "output_hessian")
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as an ``int >= 1`` or a ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def reject_gp_options(cls_name: str, kwargs: dict[str, Any]) -> None:
+    """The full-kernel approximations take none of ``FunctionalLaplace``'s kernel options."""
+    given = sorted(set(_GP_ONLY) & set(kwargs))
+    if given:
+        raise ValueError(f"{cls_name} does not support {given} (it keeps the full "
+                         "output-by-output kernel and per-point output Hessians).")
+
+
+def batches(la: FunctionalLaplace, loader: Any, progress_bar: bool = False, desc: str = "fit"):
+    """``(X, y)`` of each batch on the model's device, with target checks."""
+    for i, batch in enumerate(tqdm(loader, desc=desc, disable=not progress_bar)):
+        X, y = split_batch(batch, la.dict_key_x, la.dict_key_y)
+        X, y = inputs_to(X, la._device), y.to(la._device)
+        if not bool(torch.isfinite(y.float()).all()):
+            raise ValueError(f"Batch {i}: targets contain NaN or inf.")
+        yield X, y
+
+
+def loss_and_target(la: FunctionalLaplace, f: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``factor · lossfunc`` of one batch and the targets shaped like the flat outputs."""
+    if la.likelihood == Likelihood.REGRESSION:
+        if y.numel() != f.numel():
+            raise ValueError(f"Targets of shape {tuple(y.shape)} do not match the model "
+                             f"outputs {tuple(f.shape)}.")
+        target = y.reshape(f.shape)
+    else:
+        target = y.reshape(-1).long()
+        if target.numel() != f.shape[0]:
+            raise ValueError(f"{target.numel()} class labels for {f.shape[0]} outputs.")
+    return la.backend.factor * la.backend.lossfunc(f, target), target
+
+
+def subset_jacobians(la: FunctionalLaplace, loader: Any, indices: np.ndarray) -> Tensor:
+    """Jacobians ``(m, C, P)`` of the training points ``indices`` (in that order)."""
+    subset = DataLoader(Subset(loader.dataset, indices.tolist()),
+                        batch_size=loader.batch_size or len(indices), shuffle=False)
+    return torch.cat([la._jacobians(X)[0] for X, _ in batches(la, subset)])
+
+
+def row_basis(J: Tensor, n_keep: int | None = None) -> tuple[Tensor, Tensor]:
+    """Singular values ``(r,)`` and orthonormal right singular vectors ``(P, r)`` of the
+    ``(m, P)`` matrix ``J``: the top ``n_keep`` (all by default) above the numerical-rank
+    tolerance ``σ_max · max(m, P) · eps``. ``K = J Jᵀ`` has eigenvalues ``σ²`` and
+    ``Jᵀ V_K λ_K^{-1/2}`` equals the returned basis."""
+    _, sv, Vh = torch.linalg.svd(J, full_matrices=False)
+    n_keep = len(sv) if n_keep is None else n_keep
+    if len(sv) == 0 or float(sv[0]) == 0.0:
+        raise ValueError("The Jacobians of the chosen training points are all zero.")
+    tol = float(sv[0]) * max(J.shape) * torch.finfo(J.dtype).eps
+    rank = int((sv > tol).sum())
+    if n_keep > rank:
+        warnings.warn(
+            f"Only {rank} kernel eigenvalues are numerically nonzero; keeping {rank} "
+            f"directions instead of {n_keep}.", RuntimeWarning, stacklevel=3,
+        )
+        n_keep = rank
+    V = Vh[:n_keep].T
+    # Fix each singular vector's sign (largest entry positive) so that the basis, and the
+    # coordinates built on it, do not depend on the LAPACK / cuSOLVER sign choice.
+    peak = V.gather(0, V.abs().argmax(0, keepdim=True))
+    return sv[:n_keep], (V * torch.where(peak < 0, -1.0, 1.0).to(V.dtype)).contiguous()
+
+
+class ELLA(FunctionalLaplace):
+    """Accelerated linearized Laplace (``hessian_structure="gp"``,
+    ``functional_approximation="nystrom"``).
+
+    Args:
+        n_subset: ``M``, the number of training points whose NTK Gram matrix gives the
+            Nyström features (drawn with ``numpy.random.default_rng(seed)``, as
+            ``FunctionalLaplace`` draws its subset).
+        n_eigenvalues: ``K``, the number of features (top eigenpairs of ``K_MM``);
+            at most ``M·C``. If fewer eigenvalues are numerically nonzero, only those
+            are kept (with a ``RuntimeWarning``); ``n_features`` says how many.
+        seed: seed of the subset draw.
+        Other arguments as for ``BaseLaplace``; only scalar prior precisions.
+
+    The feature map is the ``P × K`` matrix ``Ψ`` (``φ(x) = J(x) Ψ``); no ``P × P``
+    matrix is formed. See the module docstring for the math.
+    """
+
+    _key = ("all", "gp")
+
+    def __init__(self, model: nn.Module, likelihood: str, n_subset: int, *args: Any,
+                 n_eigenvalues: int = 20, seed: int = 0, **kwargs: Any) -> None:
+        reject_gp_options(type(self).__name__, kwargs)
+        super().__init__(model, likelihood, positive_int(n_subset, "n_subset"), *args,
+                         output_hessian="block", seed=seed, **kwargs)
+        self.n_eigenvalues = positive_int(n_eigenvalues, "n_eigenvalues")
+        self._Psi: Tensor | None = None
+        self.G: Tensor | None = None
+
+    # ----------------------------------------------------------------- fit
+    def fit(self, train_loader: Any, progress_bar: bool = False) -> None:
+        """Features from the subset, then ``G`` and the loss over all training data."""
+        N = dataset_size(train_loader)
+        if self.n_subset > N:
+            raise ValueError(f"n_subset={self.n_subset} exceeds the {N} training points.")
+        self.model.eval()
+        self.mean = vector_of(p.detach() for p in self._params)
+        self.sod_indices = np.random.default_rng(self.seed).choice(
+            list(range(N)), self.n_subset, replace=False
+        )
+        J_M = subset_jacobians(self, train_loader, self.sod_indices)
+        J_M = J_M.reshape(-1, J_M.shape[-1])
+        if self.n_eigenvalues > J_M.shape[0]:
+            raise ValueError(
+                f"n_eigenvalues={self.n_eigenvalues} exceeds the size M·C = {J_M.shape[0]} "
+                "of the subset's kernel matrix K_MM."
+            )
+        sv, self._Psi = row_basis(J_M, self.n_eigenvalues)
+        self.eigenvalues = sv.square()  # top eigenvalues of K_MM
+        del J_M
+        K = self._Psi.shape[1]
+        G = torch.zeros(K, K, dtype=self._dtype, device=self._device)
+        loss = 0.0
+        for i, (X, y) in enumerate(batches(self, train_loader, progress_bar)):
+            J, f = self._jacobians(X)
+            if i == 0:
+                self.n_outputs = f.shape[-1]
+            batch_loss, _ = loss_and_target(self, f, y)
+            loss = loss + batch_loss
+            phi = output_hessian_sqrt(f, self.likelihood, self.backend.factor) @ (J @ self._Psi)
+            G = G + torch.einsum("nck,ncl->kl", phi, phi)
+        self.G = (G + G.T) / 2
+        self.loss, self.n_data = loss, N
+        self._decompose()
+
+    def _decompose(self) -> None:
+        g, self._G_vecs = torch.linalg.eigh(self.G)
+        self._G_vals = g.clamp(min=0)
+
+    @property
+    def n_features(self) -> int:
+        self._require_fit()
+        return self._Psi.shape[1]
+
+    def features(self, X: Inputs) -> tuple[Tensor, Tensor]:
+        """``φ(x) = J(x) Ψ`` ``(n, C, K)`` and the MAP outputs ``f(x; θ*)`` ``(n, C)``."""
+        self._require_fit()
+        J, f = self._jacobians(inputs_to(X, self._device), self.enable_backprop)
+        return J @ self._Psi, f
+
+    # ---------------------------------------------------- hyperparameters
+    def _delta(self) -> Tensor:
+        if self.prior_precision.numel() != 1:
+            raise ValueError(f"{type(self).__name__} supports a scalar prior precision only.")
+        return self.prior_precision[0]
+
+    @property
+    def prior_factor_sod(self) -> float:
+        return 1.0  # G sums over all N training points: no subset-of-data rescaling
+
+    @property
+    def posterior_covariance(self) -> Tensor:
+        """``Σ_K = (s G + δ I)⁻¹`` ``(K, K)`` over the feature coordinates ``z``."""
+        self._require_fit()
+        Q = self._G_vecs
+        return (Q / (self._H_factor * self._G_vals + self._delta())) @ Q.T
+
+    # ----------------------------------------------------- marginal lik.
+    @property
+    def log_det_ratio(self) -> Tensor:
+        """``logdet(I_K + s G / δ)``: ``logdet`` of the posterior over the prior precision
+        in the ``K`` feature directions (the other directions keep the prior)."""
+        self._require_fit()
+        return torch.log1p(self._H_factor * self._G_vals / self._delta()).sum()
+
+    @property
+    def scatter(self) -> Tensor:
+        """``δ ‖θ* − μ₀‖²``."""
+        diff = self.mean - self.prior_mean
+        return self._delta() * (diff @ diff)
+
+    def _require_fit(self) -> None:
+        if getattr(self, "_Psi", None) is None:
+            raise ValueError(f"{type(self).__name__} is not fitted: call fit(train_loader).")
+
+    # ----------------------------------------------------------- predictive
+    def predictive_moments(self, X: Inputs, joint: bool = False) -> tuple[Tensor, Tensor]:
+        """``f(x; θ*)`` ``(n, C)`` and ``φ Σ_K φᵀ`` ``(n, C, C)`` (``(nC, nC)`` if ``joint``)."""
+        phi, f_mu = self.features(X)
+        scale = (self._H_factor * self._G_vals + self._delta()).rsqrt()
+        U = (phi @ self._G_vecs) * scale  # φ Σ_K φᵀ = U Uᵀ
+        if joint:
+            U = U.reshape(-1, U.shape[-1])
+            return f_mu.reshape(-1), U @ U.T
+        return f_mu, U @ U.transpose(-1, -2)
+
+    # --------------------------------------------------------- serialization
+    def state_dict(self) -> dict[str, Any]:
+        self._require_fit()
+        return {
+            "cls_name": type(self).__name__, "likelihood": str(self.likelihood),
+            "mean": self.mean, "loss": torch.as_tensor(self.loss), "n_data": self.n_data,
+            "n_outputs": self.n_outputs, "prior_precision": self.prior_precision,
+            "prior_mean": self.prior_mean, "sigma_noise": self.sigma_noise,
+            "temperature": self.temperature, "sod_indices": torch.as_tensor(self.sod_indices),
+            "n_eigenvalues": self.n_eigenvalues, "eigenvalues": self.eigenvalues,
+            "Psi": self._Psi, "G": self.G,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_state(self, state)
+        if state["Psi"].shape[0] != self.n_params:
+            raise ValueError(f"The state's features are over {state['Psi'].shape[0]} "
+                             f"parameters, the model has {self.n_params}.")
+        device = self._device
+        load_common(self, state)
+        self.n_eigenvalues = int(state["n_eigenvalues"])
+        self.eigenvalues = state["eigenvalues"].to(device)
+        self._Psi, self.G = state["Psi"].to(device), state["G"].to(device)
+        self._decompose()
+
+
+def check_state(la: FunctionalLaplace, state: dict[str, Any]) -> None:
+    if state.get("cls_name") != type(la).__name__:
+        raise ValueError(f"State of a {state.get('cls_name')} cannot be loaded into a "
+                         f"{type(la).__name__}.")
+    if state["likelihood"] != str(la.likelihood):
+        raise ValueError(f"State of a {state['likelihood']} fit cannot be loaded into a "
+                         f"{la.likelihood} Laplace.")
+
+
+def load_common(la: FunctionalLaplace, state: dict[str, Any]) -> None:
+    """The hyperparameters and training summary every functional state carries."""
+    device = la._device
+    la.mean, la.loss = state["mean"].to(device), state["loss"].to(device)
+    la.n_data, la.n_outputs = int(state["n_data"]), int(state["n_outputs"])
+    la.temperature = state["temperature"]
+    la.prior_precision = state["prior_precision"].to(device)
+    la.prior_mean = state["prior_mean"].to(device)
+    la.sigma_noise = state["sigma_noise"].to(device)
+    la.sod_indices = state["sod_indices"].cpu().numpy()
+    la.n_subset = len(la.sod_indices)
