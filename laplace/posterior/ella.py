@@ -46,9 +46,8 @@ from tqdm.auto import tqdm
 
 from laplace.curvature.curvature import output_hessian_sqrt
 from laplace.posterior.functional import FunctionalLaplace
-from laplace.utils.data import Inputs, dataset_size, inputs_to, split_batch
+from laplace.utils.data import Inputs, inputs_to, split_batch
 from laplace.utils.enums import Likelihood
-from laplace.utils.parameters import vector_of
 
 _GP_ONLY = ("independent_outputs", "diagonal_kernel", "output_hessian")
 
@@ -155,14 +154,7 @@ class ELLA(FunctionalLaplace):
     # ----------------------------------------------------------------- fit
     def fit(self, train_loader: Any, progress_bar: bool = False) -> None:
         """Features from the subset, then ``G`` and the loss over all training data."""
-        N = dataset_size(train_loader)
-        if self.n_subset > N:
-            raise ValueError(f"n_subset={self.n_subset} exceeds the {N} training points.")
-        self.model.eval()
-        self.mean = vector_of(p.detach() for p in self._params)
-        self.sod_indices = np.random.default_rng(self.seed).choice(
-            list(range(N)), self.n_subset, replace=False
-        )
+        N = self._begin_fit(train_loader)
         J_M = subset_jacobians(self, train_loader, self.sod_indices)
         J_M = J_M.reshape(-1, J_M.shape[-1])
         if self.n_eigenvalues > J_M.shape[0]:
@@ -251,47 +243,16 @@ class ELLA(FunctionalLaplace):
 
     # --------------------------------------------------------- serialization
     def state_dict(self) -> dict[str, Any]:
-        self._require_fit()
-        return {
-            "cls_name": type(self).__name__, "likelihood": str(self.likelihood),
-            "mean": self.mean, "loss": torch.as_tensor(self.loss), "n_data": self.n_data,
-            "n_outputs": self.n_outputs, "prior_precision": self.prior_precision,
-            "prior_mean": self.prior_mean, "sigma_noise": self.sigma_noise,
-            "temperature": self.temperature, "sod_indices": torch.as_tensor(self.sod_indices),
-            "n_eigenvalues": self.n_eigenvalues, "eigenvalues": self.eigenvalues,
-            "Psi": self._Psi, "G": self.G,
-        }
+        return {**self._common_state(), "n_eigenvalues": self.n_eigenvalues,
+                "eigenvalues": self.eigenvalues, "Psi": self._Psi, "G": self.G}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_state(self, state)
+        self._load_common_state(state)
         if state["Psi"].shape[0] != self.n_params:
             raise ValueError(f"The state's features are over {state['Psi'].shape[0]} "
                              f"parameters, the model has {self.n_params}.")
         device = self._device
-        load_common(self, state)
         self.n_eigenvalues = int(state["n_eigenvalues"])
         self.eigenvalues = state["eigenvalues"].to(device)
         self._Psi, self.G = state["Psi"].to(device), state["G"].to(device)
         self._decompose()
-
-
-def check_state(la: FunctionalLaplace, state: dict[str, Any]) -> None:
-    if state.get("cls_name") != type(la).__name__:
-        raise ValueError(f"State of a {state.get('cls_name')} cannot be loaded into a "
-                         f"{type(la).__name__}.")
-    if state["likelihood"] != str(la.likelihood):
-        raise ValueError(f"State of a {state['likelihood']} fit cannot be loaded into a "
-                         f"{la.likelihood} Laplace.")
-
-
-def load_common(la: FunctionalLaplace, state: dict[str, Any]) -> None:
-    """The hyperparameters and training summary every functional state carries."""
-    device = la._device
-    la.mean, la.loss = state["mean"].to(device), state["loss"].to(device)
-    la.n_data, la.n_outputs = int(state["n_data"]), int(state["n_outputs"])
-    la.temperature = state["temperature"]
-    la.prior_precision = state["prior_precision"].to(device)
-    la.prior_mean = state["prior_mean"].to(device)
-    la.sigma_noise = state["sigma_noise"].to(device)
-    la.sod_indices = state["sod_indices"].cpu().numpy()
-    la.n_subset = len(la.sod_indices)

@@ -45,6 +45,7 @@ class FunctionalLaplace(BaseLaplace):
     """
 
     _key = ("all", "gp")
+    _subset_arg = "n_subset"  # the constructor argument naming the subset size
 
     def __init__(
         self, model: nn.Module, likelihood: str, n_subset: int, *args: Any,
@@ -84,11 +85,7 @@ class FunctionalLaplace(BaseLaplace):
     # ----------------------------------------------------------------- fit
     def fit(self, train_loader: Any, progress_bar: bool = False) -> None:
         """Loss over all data; Jacobians, ``L`` and ``μ`` on a subset of ``n_subset``."""
-        N = dataset_size(train_loader)
-        if self.n_subset > N:
-            raise ValueError(f"n_subset={self.n_subset} exceeds the {N} training points.")
-        self.model.eval()
-        self.mean = vector_of(p.detach() for p in self._params)
+        N = self._begin_fit(train_loader)
         self.loss, self.n_data = 0.0, N
         for i, batch in enumerate(train_loader):
             X, y = split_batch(batch, self.dict_key_x, self.dict_key_y)
@@ -102,9 +99,6 @@ class FunctionalLaplace(BaseLaplace):
             if not bool(torch.isfinite(y.float()).all()):
                 raise ValueError(f"Batch {i}: targets contain NaN or inf.")
             self.loss = self.loss + self.backend.factor * self.backend.lossfunc(f, target)
-        self.sod_indices = np.random.default_rng(self.seed).choice(
-            list(range(N)), self.n_subset, replace=False
-        )
         subset = DataLoader(Subset(train_loader.dataset, self.sod_indices.tolist()),
                             batch_size=train_loader.batch_size or self.n_subset, shuffle=False)
         Js, fs, ys, Xs = [], [], [], []
@@ -128,6 +122,23 @@ class FunctionalLaplace(BaseLaplace):
             self._Lambda = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
         self.L = self._Lambda.diagonal(dim1=-2, dim2=-1).reshape(-1)
         self.K_MM = self._kernel(self._J_M, self._J_M).reshape(self.mu.numel(), -1)
+
+    def _begin_fit(self, train_loader: Any) -> int:
+        """Check the subset size, take the MAP and draw the subset; returns ``N``.
+
+        The subset is ``numpy.random.default_rng(seed).choice(N, n_subset)`` in that
+        order (laplace-torch's subset-of-data draw)."""
+        N = dataset_size(train_loader)
+        if self.n_subset > N:
+            raise ValueError(
+                f"{self._subset_arg}={self.n_subset} exceeds the {N} training points."
+            )
+        self.model.eval()
+        self.mean = vector_of(p.detach() for p in self._params)
+        self.sod_indices = np.random.default_rng(self.seed).choice(
+            list(range(N)), self.n_subset, replace=False
+        )
+        return N
 
     # ---------------------------------------------------- shared algebra
     def _prior_var(self) -> Tensor:
@@ -247,7 +258,8 @@ class FunctionalLaplace(BaseLaplace):
         return torch.softmax(f, -1) if self.likelihood == Likelihood.CLASSIFICATION else f
 
     # --------------------------------------------------------- serialization
-    def state_dict(self) -> dict[str, Any]:
+    def _common_state(self) -> dict[str, Any]:
+        """Hyperparameters and training summary every function-space state carries."""
         self._require_fit()
         return {
             "cls_name": type(self).__name__, "likelihood": str(self.likelihood),
@@ -255,12 +267,15 @@ class FunctionalLaplace(BaseLaplace):
             "n_outputs": self.n_outputs, "prior_precision": self.prior_precision,
             "prior_mean": self.prior_mean, "sigma_noise": self.sigma_noise,
             "temperature": self.temperature, "sod_indices": torch.as_tensor(self.sod_indices),
-            "J_M": self._J_M, "mu": self.mu, "Lambda": self._Lambda, "K_MM": self.K_MM,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["cls_name"] != type(self).__name__:
-            raise ValueError(f"State of a {state['cls_name']} cannot be loaded here.")
+    def _load_common_state(self, state: dict[str, Any]) -> None:
+        if state.get("cls_name") != type(self).__name__:
+            raise ValueError(f"State of a {state.get('cls_name')} cannot be loaded into a "
+                             f"{type(self).__name__}.")
+        if state["likelihood"] != str(self.likelihood):
+            raise ValueError(f"State of a {state['likelihood']} fit cannot be loaded into a "
+                             f"{self.likelihood} Laplace.")
         device = self._device
         self.mean, self.loss = state["mean"].to(device), state["loss"].to(device)
         self.n_data, self.n_outputs = int(state["n_data"]), int(state["n_outputs"])
@@ -268,7 +283,16 @@ class FunctionalLaplace(BaseLaplace):
         self.prior_precision = state["prior_precision"].to(device)
         self.prior_mean = state["prior_mean"].to(device)
         self.sigma_noise = state["sigma_noise"].to(device)
-        self.sod_indices = state["sod_indices"].numpy()
+        self.sod_indices = state["sod_indices"].cpu().numpy()
+        self.n_subset = len(self.sod_indices)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self._common_state(), "J_M": self._J_M, "mu": self.mu,
+                "Lambda": self._Lambda, "K_MM": self.K_MM}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._load_common_state(state)
+        device = self._device
         self._J_M, self.mu = state["J_M"].to(device), state["mu"].to(device)
         self._Lambda, self.K_MM = state["Lambda"].to(device), state["K_MM"].to(device)
         self.L = self._Lambda.diagonal(dim1=-2, dim2=-1).reshape(-1)

@@ -66,8 +66,6 @@ from torch import Tensor, nn
 from laplace.curvature.curvature import output_hessian_sqrt
 from laplace.posterior.ella import (
     batches,
-    check_state,
-    load_common,
     loss_and_target,
     positive_int,
     reject_gp_options,
@@ -75,9 +73,8 @@ from laplace.posterior.ella import (
     subset_jacobians,
 )
 from laplace.posterior.functional import FunctionalLaplace
-from laplace.utils.data import Inputs, dataset_size, inputs_to
+from laplace.utils.data import Inputs, inputs_to
 from laplace.utils.enums import Likelihood
-from laplace.utils.parameters import vector_of
 
 _REGRESSION_STATE = ("beta", "rr", "trace_res", "n_obs")
 _CLASSIFICATION_STATE = ("m_w", "L_w", "A_train", "D_sqrt", "f_train", "y_train", "eps_u",
@@ -99,6 +96,8 @@ class VaLLA(FunctionalLaplace):
 
     See the module docstring for the math.
     """
+
+    _subset_arg = "n_inducing"
 
     _key = ("all", "gp")
 
@@ -128,14 +127,7 @@ class VaLLA(FunctionalLaplace):
     def fit(self, train_loader: Any, progress_bar: bool = False) -> None:
         """Inducing basis from the subset, then one pass over all training data (and,
         for classification, ``n_iter`` Adam steps on the ELBO)."""
-        N = dataset_size(train_loader)
-        if self.n_subset > N:
-            raise ValueError(f"n_inducing={self.n_subset} exceeds the {N} training points.")
-        self.model.eval()
-        self.mean = vector_of(p.detach() for p in self._params)
-        self.sod_indices = np.random.default_rng(self.seed).choice(
-            list(range(N)), self.n_subset, replace=False
-        )
+        N = self._begin_fit(train_loader)
         J_Z = subset_jacobians(self, train_loader, self.sod_indices)
         J_Z = J_Z.reshape(-1, J_Z.shape[-1])
         self._sv, self._V = row_basis(J_Z)
@@ -321,15 +313,8 @@ class VaLLA(FunctionalLaplace):
 
     # --------------------------------------------------------- serialization
     def state_dict(self) -> dict[str, Any]:
-        self._require_fit()
-        state = {
-            "cls_name": type(self).__name__, "likelihood": str(self.likelihood),
-            "mean": self.mean, "loss": torch.as_tensor(self.loss), "n_data": self.n_data,
-            "n_outputs": self.n_outputs, "prior_precision": self.prior_precision,
-            "prior_mean": self.prior_mean, "sigma_noise": self.sigma_noise,
-            "temperature": self.temperature, "sod_indices": torch.as_tensor(self.sod_indices),
-            "V": self._V, "sv": self._sv, "U": self._U, "W": self.W,
-        }
+        state = {**self._common_state(), "V": self._V, "sv": self._sv, "U": self._U,
+                 "W": self.W}
         names = _REGRESSION_STATE if self._regression else _CLASSIFICATION_STATE
         for name in names:
             value = getattr(self, name)
@@ -342,12 +327,11 @@ class VaLLA(FunctionalLaplace):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_state(self, state)
+        self._load_common_state(state)
         if state["V"].shape[0] != self.n_params:
             raise ValueError(f"The state's inducing basis is over {state['V'].shape[0]} "
                              f"parameters, the model has {self.n_params}.")
         device = self._device
-        load_common(self, state)
         self._V, self._sv, self._U = (state[k].to(device) for k in ("V", "sv", "U"))
         self.W = state["W"].to(device)
         self._decompose()
