@@ -314,6 +314,24 @@ class BaseLaplace:
     def __call__(self, x: Inputs, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
 
+    def functional_samples(self, x: Inputs, pred_type: str, n_samples: int = 100,
+                           diagonal_output: bool = False,
+                           generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def predictive_samples(
+        self, x: Inputs, pred_type: str | None = None, n_samples: int = 100,
+        diagonal_output: bool = False, generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Draws ``(n_samples, n, K)`` of the predictive: latent function values for
+        regression, class probabilities (softmax of the latent draws) otherwise."""
+        kwargs = {} if pred_type is None else {"pred_type": pred_type}
+        f = self.functional_samples(x, n_samples=n_samples, diagonal_output=diagonal_output,
+                                    generator=generator, **kwargs)
+        if self.likelihood == Likelihood.CLASSIFICATION:
+            return torch.softmax(f, dim=-1)
+        return f
+
 
 def move_to(value: Any, device: torch.device) -> Any:
     """``value`` with its tensors on ``device`` (tensors, lists/tuples, Kron matrices)."""

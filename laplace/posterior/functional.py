@@ -246,16 +246,16 @@ class FunctionalLaplace(BaseLaplace):
             return links.monte_carlo(f_mu, f_var, n_samples, generator)
         return links.bridge(f_mu, f_var, normalize=link_approx == LinkApprox.BRIDGE_NORM)
 
-    def predictive_samples(self, x: Inputs, pred_type: str = "gp", n_samples: int = 100,
+    def functional_samples(self, x: Inputs, pred_type: str = "gp", n_samples: int = 100,
                            diagonal_output: bool = False,
                            generator: torch.Generator | None = None) -> Tensor:
-        """Draws ``(n_samples, n, C)`` of the GP predictive (probabilities for
-        classification)."""
+        """Draws ``(n_samples, n, C)`` of the GP posterior over the latent function."""
+        if parse_option(PredType, pred_type, "pred_type") != PredType.GP:
+            raise ValueError("Only gp is supported as a functional prediction type.")
         f_mu, f_var = self.predictive_moments(x)
         if diagonal_output:
             f_var = torch.diag_embed(f_var.diagonal(dim1=-2, dim2=-1))
-        f = links.gaussian_samples(f_mu, f_var, n_samples, generator)
-        return torch.softmax(f, -1) if self.likelihood == Likelihood.CLASSIFICATION else f
+        return links.gaussian_samples(f_mu, f_var, n_samples, generator)
 
     # --------------------------------------------------------- serialization
     def _common_state(self) -> dict[str, Any]:

@@ -231,23 +231,20 @@ class ParametricLaplace(BaseLaplace):
             f_var = f_var.diagonal(dim1=-2, dim2=-1)
         return f_mu, f_var
 
-    def predictive_samples(
+    def functional_samples(
         self, x: Inputs, pred_type: str = "glm", n_samples: int = 100,
         diagonal_output: bool = False, generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Samples of the predictive: latent for regression, probabilities otherwise."""
+        """Draws of the latent function ``(n_samples, n, K)``: of the linearized model
+        (``"glm"``) or of the network under weight samples (``"nn"``)."""
         pred_type = parse_option(PredType, pred_type, "pred_type")
         x = inputs_to(x, self._device)
         if pred_type == PredType.NN:
-            f = self._nn_samples(x, n_samples, generator)
-        else:
-            f_mu, f_var = self._glm_predictive_distribution(x)
-            if diagonal_output:
-                f_var = torch.diag_embed(f_var.diagonal(dim1=-2, dim2=-1))
-            f = links.gaussian_samples(f_mu, f_var, n_samples, generator)
-        if self.likelihood == Likelihood.CLASSIFICATION:
-            return torch.softmax(f, dim=-1)
-        return f
+            return self._nn_samples(x, n_samples, generator)
+        f_mu, f_var = self._glm_predictive_distribution(x)
+        if diagonal_output:
+            f_var = torch.diag_embed(f_var.diagonal(dim1=-2, dim2=-1))
+        return links.gaussian_samples(f_mu, f_var, n_samples, generator)
 
     def _nn_samples(self, X: Inputs, n_samples: int, generator: torch.Generator | None) -> Tensor:
         """Network outputs under weight samples: ``(n_samples, n, K)``."""
