@@ -251,8 +251,7 @@ class GGNInterface(CurvatureInterface):
         """``Σₙ Λₙ[k,k] φₙ²`` without building the Jacobians ``I ⊗ φᵀ``."""
         phi, f = features_and_outputs(self.model, x)
         phi, f = phi.detach().reshape(-1, phi.shape[-1]), f.detach().reshape(-1, f.shape[-1])
-        S = output_hessian_sqrt(f, self.likelihood, self.factor)
-        lam = S.square().sum(1)  # (n, K): diagonal of Λₙ = SₙᵀSₙ
+        lam = output_hessian_diag(f, self.likelihood, self.factor)  # (n, K)
         loss = self.factor * self.lossfunc(f, _targets(y, f, self.likelihood))
         diag = [(lam.T @ phi.square()).flatten()]
         if self.params[-1].ndim == 1:
@@ -318,6 +317,26 @@ def output_hessian_sqrt(f: Tensor, likelihood: Likelihood, factor: float) -> Ten
     p = torch.softmax(f, dim=-1)
     sp = p.sqrt()
     return torch.diag_embed(sp) - sp.unsqueeze(-1) * p.unsqueeze(-2)
+
+
+def output_hessian_diag(f: Tensor, likelihood: Likelihood, factor: float) -> Tensor:
+    """Diagonal of the output Hessian ``Λₙ``: ``(n, K)`` (``p(1 − p)`` or ``2·factor``)."""
+    if likelihood == Likelihood.REGRESSION:
+        return torch.full_like(f, 2 * factor)
+    p = torch.softmax(f, dim=-1)
+    return factor * p * (1 - p)
+
+
+def output_hessian_sqrt_row(f: Tensor, likelihood: Likelihood, factor: float, c: int) -> Tensor:
+    """Row ``c`` of ``Sₙ`` for every point, ``(n, K)``, without forming ``(n, K, K)``."""
+    if likelihood == Likelihood.REGRESSION:
+        row = torch.zeros_like(f)
+        row[:, c] = (2 * factor) ** 0.5
+        return row
+    p = torch.softmax(f, dim=-1)
+    row = -p * p[:, c : c + 1].sqrt()
+    row[:, c] += p[:, c].sqrt()
+    return row * factor**0.5
 
 
 def find_last_layer(model: nn.Module) -> tuple[str, nn.Linear]:

@@ -118,15 +118,14 @@ class _Recording:
     def output_gradients(self, fisher: str) -> Iterator[tuple[Tensor, ...]]:
         """Per-sample gradients w.r.t. each layer output, scaled so that their outer
         products sum to the curvature (one tuple per backpropagated vector)."""
-        from laplace.curvature.curvature import output_hessian_sqrt
+        from laplace.curvature.curvature import output_hessian_sqrt_row
 
         iface = self.iface
         if fisher == "ggn":
-            S = output_hessian_sqrt(self.f.detach(), iface.likelihood, iface.factor)
+            f = self.f.detach()
             for c in range(self.f.shape[-1]):
-                yield torch.autograd.grad(
-                    (self.f * S[:, c, :]).sum(), self.outputs, retain_graph=True
-                )
+                row = output_hessian_sqrt_row(f, iface.likelihood, iface.factor, c)
+                yield torch.autograd.grad((self.f * row).sum(), self.outputs, retain_graph=True)
         else:
             grads = torch.autograd.grad(self.loss, self.outputs)
             yield tuple(g * iface.factor**0.5 for g in grads)
@@ -137,17 +136,38 @@ def kfac(
 ) -> tuple[Tensor, Kron]:
     """Loss and KFAC factors of one batch (see the module docstring)."""
     rec = _Recording(iface, x, y, kfac_modules(iface))
-    Bs = [0.0] * len(rec.modules)
-    for grads in rec.output_gradients(fisher):
-        for i, (m, _) in enumerate(rec.modules):
-            g, _ = _as_rows(m, grads[i], is_input=False)
-            Bs[i] = Bs[i] + g.T @ g
+    Bs: list[Tensor | float] = [0.0] * len(rec.modules)
+    if fisher == "ggn" and _is_output_layer(rec):
+        Bs[0] = _summed_output_hessian(rec)  # no backward pass per output needed
+    else:
+        for grads in rec.output_gradients(fisher):
+            for i, (m, _) in enumerate(rec.modules):
+                g, _ = _as_rows(m, grads[i], is_input=False)
+                Bs[i] = Bs[i] + g.T @ g
     kfacs: list[list[Tensor]] = []
     for i, (m, names) in enumerate(rec.modules):
         a, positions = _as_rows(m, rec.inputs[i], is_input=True)
         for name in names:
             kfacs.append([Bs[i], a.T @ a / (N * positions)] if name == "weight" else [Bs[i]])
     return iface.factor * rec.loss.detach(), Kron(kfacs)
+
+
+def _is_output_layer(rec: _Recording) -> bool:
+    """One hooked layer whose output *is* the model output (last-layer Laplace)."""
+    out = rec.outputs[0]
+    return (len(rec.modules) == 1 and out.numel() == rec.f.numel()
+            and torch.equal(out.detach().reshape(rec.f.shape), rec.f.detach()))
+
+
+def _summed_output_hessian(rec: _Recording) -> Tensor:
+    """``Σₙ Λₙ`` ``(K, K)``: the ``B`` factor of the output layer under the GGN."""
+    from laplace.curvature.curvature import Likelihood
+
+    iface, f = rec.iface, rec.f.detach()
+    if iface.likelihood == Likelihood.REGRESSION:
+        return 2 * iface.factor * len(f) * torch.eye(f.shape[-1], dtype=f.dtype, device=f.device)
+    p = torch.softmax(f, dim=-1)
+    return iface.factor * (torch.diag(p.sum(0)) - p.T @ p)
 
 
 def diagonal(

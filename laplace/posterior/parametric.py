@@ -212,10 +212,16 @@ class ParametricLaplace(BaseLaplace):
             return self._nn_predictive(x, regression, n_samples, generator)
         if regression:
             return self._glm_predictive_distribution(x, joint, diagonal_output)
-        f_mu, f_var = self._glm_predictive_distribution(x)
+        # Probit needs only the variances: never form K×K blocks for it.
+        only_diag = link_approx == LinkApprox.PROBIT or (
+            diagonal_output and link_approx == LinkApprox.MC
+        )
+        f_mu, f_var = self._glm_predictive_distribution(x, diagonal_output=only_diag)
         if link_approx == LinkApprox.PROBIT:
             return links.probit(f_mu, f_var)
         if link_approx == LinkApprox.MC:
+            if only_diag:
+                f_var = torch.diag_embed(f_var)
             return links.monte_carlo(f_mu, f_var, n_samples, generator)
         return links.bridge(f_mu, f_var, normalize=link_approx == LinkApprox.BRIDGE_NORM)
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from laplace.utils.data import inputs_to, split_batch
 from laplace.utils.enums import Likelihood, PriorStructure
 
 if TYPE_CHECKING:
@@ -38,32 +36,13 @@ def marglik(
         print(f"Optimized prior precision: {la.prior_precision.tolist()}")
 
 
-def default_loss(la: BaseLaplace) -> Callable[[Tensor, Tensor], Tensor]:
-    """Validation loss per batch: summed NLL for classification, SSE for regression."""
+def default_metric(la: BaseLaplace) -> Any:
+    """A fresh validation metric: mean NLL (classification) or summed per-output MSE."""
+    from laplace.utils.metrics import MeanSquaredErrorMetric, RunningNLLMetric
+
     if la.likelihood == Likelihood.REGRESSION:
-        return lambda pred, y: (pred[0] - y.reshape(pred[0].shape)).square().sum()
-    return lambda probs, y: -torch.log(probs.gather(-1, y.reshape(-1, 1)).clamp_min(1e-300)).sum()
-
-
-def validate(
-    la: BaseLaplace, val_loader: Any, loss: Callable[..., Tensor], pred_type: str,
-    link_approx: str, n_samples: int,
-) -> float:
-    """Mean validation loss of the current posterior (a fresh accumulation per call)."""
-    total, count = 0.0, 0
-    for batch in val_loader:
-        X, y = split_batch(batch, la.dict_key_x, la.dict_key_y)
-        X, y = inputs_to(X, la._device), y.to(la._device)
-        with torch.no_grad():
-            pred = la(X, pred_type=pred_type, link_approx=link_approx, n_samples=n_samples)
-        value = loss(pred, y)
-        if hasattr(value, "item"):
-            value = value.item()
-        total += float(value)
-        count += len(y)
-    if count == 0:
-        raise ValueError("The validation loader is empty.")
-    return total / count
+        return MeanSquaredErrorMetric()
+    return RunningNLLMetric()
 
 
 def gridsearch(
@@ -81,13 +60,15 @@ def gridsearch(
     """
     if val_loader is None:
         raise ValueError("gridsearch needs a val_loader.")
-    loss = loss or default_loss(la)
+    from laplace.utils.metrics import validate
+
     grid = torch.logspace(log_min, log_max, grid_size, dtype=torch.float64)
     results = []
     for prior_prec in tqdm(grid, desc="grid search", disable=not progress_bar):
         la.prior_precision = float(prior_prec)
         try:
-            result = validate(la, val_loader, loss, pred_type, link_approx, n_samples)
+            result = validate(la, val_loader, loss or default_metric(la), pred_type,
+                              link_approx, n_samples, dict_key_y=la.dict_key_y)
         except (RuntimeError, ValueError):
             result = float("inf")
         results.append(result if result == result else float("inf"))

@@ -60,5 +60,8 @@ class KronPrecision(PrecisionMatrix):
         bias_block = None
         if bias:
             (Qb,) = M.eigenvectors[1]
-            bias_block = (Qb / M.block_eigenvalues(1)) @ Qb.T
+            inv_b = M.block_eigenvalues(1).reciprocal()
+            # Only its diagonal when that is all the caller wants (K³ → K²).
+            bias_block = (Qb.square() @ inv_b if diagonal and not joint
+                          else (Qb * inv_b) @ Qb.T)
         return lastlayer.kron(Q1, Q2, inv_eig, bias_block, phi, joint, diagonal)

@@ -79,7 +79,7 @@ def kron(
     if diagonal:
         out = s @ Q1.square().T
         if bias_block is not None:
-            out = out + bias_block.diagonal()
+            out = out + (bias_block if bias_block.ndim == 1 else bias_block.diagonal())
         return out
     cov = torch.einsum("ki,ni,li->nkl", Q1, s, Q1)
     if bias_block is not None:

@@ -12,6 +12,7 @@ from laplace.utils.enums import (
 )
 from laplace.utils.feature_extractor import FeatureExtractor, FeatureReduction
 from laplace.utils.matrix import Kron, KronDecomposed
+from laplace.utils.metrics import RunningNLLMetric, get_nll, validate
 from laplace.utils.parameters import (
     expand_prior_precision,
     fix_prior_prec_structure,
@@ -29,6 +30,15 @@ from laplace.utils.subnetmask import (
     SubnetMask,
 )
 from laplace.utils.swag import fit_diagonal_swag_var
+from laplace.utils.utils import (
+    SoDSampler,
+    block_diag,
+    diagonal_add_scalar,
+    invsqrt_precision,
+    kron,
+    normal_samples,
+    symeig,
+)
 
 __all__ = [
     "FeatureExtractor",
@@ -56,4 +66,14 @@ __all__ = [
     "expand_prior_precision",
     "fix_prior_prec_structure",
     "parameters_per_layer",
+    "RunningNLLMetric",
+    "SoDSampler",
+    "block_diag",
+    "diagonal_add_scalar",
+    "get_nll",
+    "invsqrt_precision",
+    "kron",
+    "normal_samples",
+    "symeig",
+    "validate",
 ]
