@@ -115,6 +115,24 @@ class LaplaceContract:
         torch.testing.assert_close(f_var.cpu(), expected[1], rtol=1e-9, atol=1e-12)
 
 
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_fit_on_device(self, device):
+        """Fitting on ``device`` gives the CPU posterior (float64)."""
+        expected, X = self.make()
+        model, loader, _ = regression_problem(torch.float64)
+        model.to(device)
+        moved = DataLoader(TensorDataset(*(t.to(device) for t in loader.dataset.tensors)),
+                           batch_size=8)
+        la = self.cls(model, "regression", sigma_noise=0.3, prior_precision=2.0, **self.kwargs)
+        la.fit(moved)
+        f_mu, f_var = self.predict(la, X.to(device))
+        assert f_var.device.type == device
+        torch.testing.assert_close(f_var.cpu(), self.predict(expected, X)[1], rtol=1e-8,
+                                   atol=1e-10)
+        torch.testing.assert_close(la.log_marginal_likelihood().cpu(),
+                                   expected.log_marginal_likelihood(), rtol=1e-8, atol=0)
+
+
 class TestFullLaplace(LaplaceContract):
     cls = laplace.FullLaplace
 
