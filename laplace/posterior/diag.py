@@ -27,6 +27,11 @@ class DiagLaplace(ParametricLaplace):
         return DiagPrecision(self.H, scale, self.prior_precision_diag)
 
     @property
+    def posterior_scale(self) -> Tensor:
+        """Posterior standard deviations: ``(n_params,)``."""
+        return self.posterior_variance.sqrt()
+
+    @property
     def posterior_precision(self) -> Tensor:
         """Diagonal of the posterior precision: ``(n_params,)``."""
         return self._precision().diag()

@@ -65,10 +65,25 @@ class FullLaplace(ParametricLaplace):
         self.spectrum  # noqa: B018  (computed once for all tuning steps)
 
     def _make_precision(self, scale: Tensor, prior: Tensor) -> PrecisionMatrix:
-        spectrum = self._spectrum if prior.numel() == 1 else None
+        spectrum = None
+        if prior.numel() == 1:
+            # Hyperparameters with gradients mean a tuning loop: one eigendecomposition
+            # then serves every step. A one-off evaluation uses a Cholesky factor.
+            tuning = prior.requires_grad or scale.requires_grad
+            spectrum = self.spectrum if tuning else self._spectrum
         if prior.numel() not in (1, self._posterior_dim):
             prior = self.prior_precision_diag
         return DensePrecision(self.H, scale, prior, spectrum)
+
+    @property
+    def posterior_covariance(self) -> Tensor:
+        """Dense posterior covariance ``Σ``: ``(P, P)``."""
+        return self._precision().covariance()
+
+    @property
+    def posterior_scale(self) -> Tensor:
+        """Lower-triangular ``S`` with ``S Sᵀ = Σ``: ``(P, P)``."""
+        return torch.linalg.cholesky(self.posterior_covariance)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()

@@ -228,3 +228,28 @@ def test_sample_covariance_is_posterior_covariance(structure):
     # every covariance within 5% of the scale √(ΣᵢᵢΣⱼⱼ) (about 5 standard errors)
     assert float(((C - Sigma) / torch.outer(std, std)).abs().max()) < 0.05
     torch.testing.assert_close(la.posterior_variance, Sigma.diagonal(), rtol=1e-8, atol=1e-14)
+
+
+def test_posterior_covariance_and_scale():
+    """``posterior_covariance``/``posterior_scale`` (full) and ``posterior_scale`` (diag)
+    agree with the inverse of the posterior precision."""
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from laplace import Laplace
+
+    torch.manual_seed(0)
+    X = torch.randn(20, 3, dtype=torch.float64)
+    y = X.sum(-1, keepdim=True).sin()
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    loader = DataLoader(TensorDataset(X, y), batch_size=7)
+    full = Laplace(model, "regression", "all", "full", sigma_noise=0.2, prior_precision=0.5)
+    full.fit(loader)
+    cov = torch.linalg.inv(full.posterior_precision)
+    torch.testing.assert_close(full.posterior_covariance, cov, rtol=1e-9, atol=1e-12)
+    S = full.posterior_scale
+    torch.testing.assert_close(S @ S.T, cov, rtol=1e-9, atol=1e-12)
+    assert torch.equal(S, S.tril())
+    diag = Laplace(model, "regression", "all", "diag", sigma_noise=0.2, prior_precision=0.5)
+    diag.fit(loader)
+    torch.testing.assert_close(diag.posterior_scale, diag.posterior_precision.rsqrt())
