@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= outputs
 
-.PHONY: env demo test test-all lint bench clean
+.PHONY: env demo test test-slow test-all lint bench clean
 
 env: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# Long-running tests (layerwise marglik parity of every backend, Ax analyses): CI runs them too.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 test-all: $(STAMP)
 	$(VENV)/bin/ruff check .
