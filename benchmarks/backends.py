@@ -5,7 +5,7 @@ One command::
     .venv/bin/python benchmarks/backends.py [--quick] [--out benchmarks/results]
 
 Two classification problems on scikit-learn's bundled digits (pixels / 16), float64 on
-the CPU: an MLP 64→50→50→10 (tanh) and a small CNN (Conv2d(1,8,3) → ReLU →
+the CPU: an MLP 64→32→32→10 (tanh) and a small CNN (Conv2d(1,8,3) → ReLU →
 Conv2d(8,8,3) → ReLU → Flatten → Linear(128,10)), each trained briefly. For every
 backend and structure the script times ``la.fit`` over 1,797 points (batch size 256) and
 the GLM probit predictive on 200 points (median of 3 after a warm-up), and reports the
@@ -51,7 +51,7 @@ def digits(image: bool) -> tuple[torch.Tensor, torch.Tensor]:
 def make_model(kind: str) -> nn.Module:
     torch.manual_seed(0)
     if kind == "mlp":
-        layers = [nn.Linear(64, 50), nn.Tanh(), nn.Linear(50, 50), nn.Tanh(), nn.Linear(50, 10)]
+        layers = [nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 10)]
     else:
         layers = [nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
                   nn.Linear(128, 10)]
