@@ -39,7 +39,12 @@ class FullLaplace(ParametricLaplace):
             self._rows.append(rows)
             if sum(r.shape[0] for r in self._rows) > self._posterior_dim:
                 self._rows = None
-        return loss, rows.T @ rows
+        self.H.addmm_(rows.T, rows)  # in place: no P×P temporary per batch
+        return loss, None
+
+    def _accumulate(self, H_batch: Tensor | None) -> None:
+        if H_batch is not None:
+            self.H += H_batch
 
     def _finalize_fit(self) -> None:
         self._spectrum = None
