@@ -91,3 +91,47 @@ def combo(name: str, key: str) -> dict[str, Any]:
 
 def probe_vector(n: int) -> torch.Tensor:
     return torch.tensor(np.sin(1.0 + 0.6180339887498949 * np.arange(n)))
+
+
+def close(actual: Any, expected: Any, rtol: float = 1e-6) -> None:
+    """Relative closeness scaled by the largest reference magnitude (the README's rule)."""
+    actual = torch.as_tensor(actual, dtype=torch.float64).detach()
+    expected = torch.as_tensor(expected, dtype=torch.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = expected.abs().max().clamp_min(1e-300)
+    err = ((actual - expected).abs().max() / scale).item()
+    assert err <= rtol, f"relative error {err:.3g} > {rtol}"
+
+
+def check_glm_predictive(name: str, pred: dict[str, Any], la: Any) -> None:
+    """A record's predictive: regression moments (also joint) or classification links."""
+    X = data(name)["X_test"]
+    if likelihood(name) == "regression":
+        f_mu, f_var = la(X, pred_type="glm")
+        close(f_mu, decode(name, pred["f_mu"]))
+        close(f_var, decode(name, pred["f_var"]))
+        jm, jc = la(X[:6], pred_type="glm", joint=True)
+        close(jm, decode(name, pred["joint_f_mu"]))
+        close(jc, decode(name, pred["joint_f_cov"]))
+        return
+    f_mu, f_var = la._glm_predictive_distribution(X)
+    close(f_mu, decode(name, pred["f_mu"]))
+    close(f_var, decode(name, pred["f_var"]))
+    for link in ("probit", "bridge", "bridge_norm"):
+        close(la(X, pred_type="glm", link_approx=link), decode(name, pred[f"probs_{link}"]))
+
+
+def check_kron_factors(name: str, record: dict[str, Any], la: Any) -> None:
+    """``kron(B, A)`` per parameter tensor (only the product is convention-free)."""
+    for ours, theirs in zip(la.H_facs.kfacs, record["posterior"]["kron_factors"], strict=True):
+        mats = [decode(name, t["matrix"]) if t["matrix"] is not None else None for t in theirs]
+        actual = ours[0] if len(ours) == 1 else torch.kron(ours[0], ours[1])
+        if any(m is None for m in mats):  # large factors: diag and Frobenius norm stored
+            diag = decode(name, theirs[0]["diag"])
+            for t in theirs[1:]:
+                diag = torch.outer(diag, decode(name, t["diag"])).flatten()
+            close(actual.diagonal(), diag)
+            close(torch.linalg.matrix_norm(actual),
+                  torch.tensor([t["frobenius_norm"] for t in theirs]).prod())
+            continue
+        close(actual, mats[0] if len(mats) == 1 else torch.kron(mats[0], mats[1]))

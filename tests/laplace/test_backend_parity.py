@@ -31,7 +31,7 @@ from laplace.curvature import (
 )
 from laplace.precision import NotPositiveDefiniteError
 from tests.laplace import reference as R
-from tests.laplace.test_reference_parity import close
+from tests.laplace.reference import close
 
 BACKENDS = {
     cls.__name__: cls
@@ -110,44 +110,20 @@ KRON_CASES = [c for c in CASES if c[1] == "kron"]
                          ids=["-".join(c) for c in KRON_CASES])
 def test_kron_factor_products(name, structure, backend):
     """``kron(B, A)`` per parameter tensor (BackPACK's Conv2d convention included)."""
-    rec, la = R.combo(name, f"all.{structure}.{backend}"), fit(name, structure, backend)
-    for ours, theirs in zip(la.H_facs.kfacs, rec["posterior"]["kron_factors"], strict=True):
-        mats = [R.decode(name, t["matrix"]) if t["matrix"] is not None else None for t in theirs]
-        actual = ours[0] if len(ours) == 1 else torch.kron(ours[0], ours[1])
-        if any(m is None for m in mats):  # large factors: diag and Frobenius norm stored
-            diag = R.decode(name, theirs[0]["diag"])
-            for t in theirs[1:]:
-                diag = torch.outer(diag, R.decode(name, t["diag"])).flatten()
-            norm = torch.tensor([t["frobenius_norm"] for t in theirs]).prod()
-            close(actual.diagonal(), diag)
-            close(torch.linalg.matrix_norm(actual), norm)
-            continue
-        close(actual, mats[0] if len(mats) == 1 else torch.kron(mats[0], mats[1]))
+    R.check_kron_factors(name, R.combo(name, f"all.{structure}.{backend}"),
+                         fit(name, structure, backend))
 
 
 def test_predictive(case):
     name, _, backend, rec, la = case
     pred = rec.get("predictive", {})
     X = R.data(name)["X_test"]
-    regression = R.likelihood(name) == "regression"
     if "Hessian" in backend and not is_pd(la):
         assert rec["errors"].keys() & {"predictive", "functional_moments"}
         with pytest.raises(NotPositiveDefiniteError):
             la(X, pred_type="glm")
         return
-    if regression:
-        f_mu, f_var = la(X, pred_type="glm")
-        close(f_mu, R.decode(name, pred["f_mu"]))
-        close(f_var, R.decode(name, pred["f_var"]))
-        jm, jc = la(X[:6], pred_type="glm", joint=True)
-        close(jm, R.decode(name, pred["joint_f_mu"]))
-        close(jc, R.decode(name, pred["joint_f_cov"]))
-        return
-    f_mu, f_var = la._glm_predictive_distribution(X)
-    close(f_mu, R.decode(name, pred["f_mu"]))
-    close(f_var, R.decode(name, pred["f_var"]))
-    for link in ("probit", "bridge", "bridge_norm"):
-        close(la(X, pred_type="glm", link_approx=link), R.decode(name, pred[f"probs_{link}"]))
+    R.check_glm_predictive(name, pred, la)
 
 
 def test_log_marginal_likelihood(case):

@@ -13,7 +13,7 @@ import torch
 
 from laplace import Laplace
 from tests.laplace import reference as R
-from tests.laplace.test_reference_parity import close
+from tests.laplace.reference import close
 
 CASES = [(p, s) for p in R.PROBLEMS for s in ("all", "last_layer")]
 

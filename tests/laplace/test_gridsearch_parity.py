@@ -13,7 +13,7 @@ import torch
 from laplace import Laplace
 from laplace.posterior.tuning import gridsearch
 from tests.laplace import reference as R
-from tests.laplace.test_reference_parity import close
+from tests.laplace.reference import close
 
 CASES = [(p, sub, s) for p in R.PROBLEMS for sub in ("all", "last_layer")
          for s in ("full", "kron", "diag")]

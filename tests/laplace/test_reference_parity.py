@@ -13,6 +13,7 @@ import torch
 from laplace import Laplace
 from laplace.curvature import TorchFuncEF
 from tests.laplace import reference as R
+from tests.laplace.reference import close
 
 RTOL = 1e-6
 STRUCTURES = ("full", "kron", "diag")
@@ -33,16 +34,6 @@ CASES = [
     for b in ("default", _ef_key(s))
     if not (sub == "subnetwork" and s == "kron")
 ]
-
-
-def close(actual, expected, rtol: float = RTOL) -> None:
-    """Relative closeness scaled by the largest reference magnitude (the README's rule)."""
-    actual = torch.as_tensor(actual, dtype=torch.float64).detach()
-    expected = torch.as_tensor(expected, dtype=torch.float64)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    scale = expected.abs().max().clamp_min(1e-300)
-    err = ((actual - expected).abs().max() / scale).item()
-    assert err <= rtol, f"relative error {err:.3g} > {rtol}"
 
 
 def fitted(name: str, structure: str, backend: str = "default", subset: str = "all"):
@@ -98,39 +89,12 @@ def test_posterior_precision(case):
 @pytest.mark.parametrize("name", R.PROBLEMS)
 def test_kron_factor_products(name):
     """Only ``kron(B, A)`` is convention-free; compare those products block by block."""
-    rec, la = R.combo(name, "all.kron.default"), fitted(name, "kron")
-    for ours, theirs in zip(la.H_facs.kfacs, rec["posterior"]["kron_factors"]):
-        mats = [R.decode(name, t["matrix"]) if t["matrix"] is not None else None for t in theirs]
-        if any(m is None for m in mats):
-            # Large factors are stored by diag and Frobenius norm only.
-            norm = 1.0
-            for t in theirs:
-                norm *= t["frobenius_norm"]
-            close(torch.tensor([float(torch.linalg.matrix_norm(f)) for f in ours]).prod(), norm)
-            continue
-        expected = mats[0] if len(mats) == 1 else torch.kron(mats[0], mats[1])
-        actual = ours[0] if len(ours) == 1 else torch.kron(ours[0], ours[1])
-        close(actual, expected)
+    R.check_kron_factors(name, R.combo(name, "all.kron.default"), fitted(name, "kron"))
 
 
 def test_predictive(case):
     name, _, rec, la = case
-    pred = rec["predictive"]
-    X = R.data(name)["X_test"]
-    if R.likelihood(name) == "regression":
-        f_mu, f_var = la(X, pred_type="glm")
-        close(f_mu, R.decode(name, pred["f_mu"]))
-        close(f_var, R.decode(name, pred["f_var"]))
-        jm, jc = la(X[:6], pred_type="glm", joint=True)
-        close(jm, R.decode(name, pred["joint_f_mu"]))
-        close(jc, R.decode(name, pred["joint_f_cov"]))
-        return
-    f_mu, f_var = la._glm_predictive_distribution(X)
-    close(f_mu, R.decode(name, pred["f_mu"]))
-    close(f_var, R.decode(name, pred["f_var"]))
-    for link in ("probit", "bridge", "bridge_norm"):
-        close(la(X, pred_type="glm", link_approx=link), R.decode(name, pred[f"probs_{link}"]))
-
+    R.check_glm_predictive(name, rec["predictive"], la)
 
 def test_log_marginal_likelihood(case):
     name, _, rec, la = case
