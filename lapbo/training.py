@@ -6,17 +6,21 @@ The objective trained here is the negative log joint of the Laplace model,
 
 so weight decay and the prior precision ``δ`` of the Laplace posterior are the same
 number, and the observation noise ``σ²`` weights the data term exactly as it weights the
-curvature ``H/σ²``. The weights are trained full-batch with L-BFGS (BO data sets are
-small; Adam is an option). Online marginal likelihood (Immer et al., 2021): every
+curvature ``H/σ²``. The prior may be centred on ``θ₀`` (``‖θ − θ₀‖²``; ``LaplaceBNN``
+uses the initial weights). The weights are trained full-batch with L-BFGS (BO data sets
+are small; Adam is an option). Online marginal likelihood (Immer et al., 2021): every
 ``marglik_every`` epochs a Laplace posterior is fitted at the current weights and
-``(log δ, log σ)`` take a few Adam steps on its log marginal likelihood; the training
-loss then uses the new values. A final refit after the last epoch sets the values the
-posterior is built with.
+``(log δ, log σ)`` take a few Adam steps on its log marginal likelihood (plus an optional
+log-normal hyperprior on ``σ²``); the training loss then uses the new values. A final
+refit after the last epoch sets the values the posterior is built with. For the full
+GGN with the native backend the refits never build a Laplace object: the evidence
+comes from the ``n × n`` Gram matrix of the Jacobians (``GramMarglik``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,51 +35,144 @@ from laplace.baselaplace import ParametricLaplace
 if TYPE_CHECKING:
     from lapbo.model import LaplaceBNN
 
+class Gaussian(nn.Module):
+    """``exp(−z²)``: a bounded, localised activation (a ridge bump on the first layer)."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.exp(-z.square())
+
+
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid,
+    "gauss": Gaussian,
 }
 
 
+class InputMap(nn.Module):
+    """A fixed (weightless) map of inputs in the unit box ``[0, 1]^d`` to the network.
+
+    ``"box"``: identity. ``"centered"``: ``z = 2x − 1``. ``"circle"``: each coordinate to
+    a half circle, ``(cos(πz/2), sin(πz/2))``, so every input has the same norm ``√d``.
+    ``"sphere"``: ``√(d+1)·(z, 1)/‖(z, 1)‖``, the box onto a cap of a sphere. With a
+    constant input norm the (linearized) prior variance of a network's first layer is the
+    same everywhere in the box instead of growing towards the corners.
+    """
+
+    kinds = ("box", "centered", "circle", "sphere")
+
+    def __init__(self, kind: str = "box") -> None:
+        super().__init__()
+        if kind not in self.kinds:
+            raise ValueError(f"Unknown input map {kind!r}; choose from {self.kinds}.")
+        self.kind = kind
+
+    def out_features(self, d: int) -> int:
+        return {"circle": 2 * d, "sphere": d + 1}.get(self.kind, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "box":
+            return x
+        z = 2 * x - 1
+        if self.kind == "centered":
+            return z
+        if self.kind == "circle":
+            angle = 0.5 * math.pi * z
+            return torch.cat([angle.cos(), angle.sin()], dim=-1)
+        u = torch.cat([z, torch.ones_like(z[..., :1])], dim=-1)
+        return u * (math.sqrt(u.shape[-1]) / u.norm(dim=-1, keepdim=True))
+
+    def extra_repr(self) -> str:
+        return repr(self.kind)
+
+
 def default_network(
-    d: int, m: int, width: int = 50, depth: int = 2, activation: str = "tanh",
+    d: int, m: int, width: int = 50, depth: int = 2, activation: str | Sequence[str] = "tanh",
     dtype: torch.dtype = torch.float64, device: torch.device | None = None,
+    input_map: str = "box", init_scale: float | None = None,
 ) -> nn.Sequential:
-    """MLP ``d → width (× depth hidden layers) → m`` with a bounded activation by default.
+    """MLP ``d → width (× depth hidden layers) → m`` with bounded activations by default.
 
     Bounded activations keep the linearized variance from growing without bound towards
     the corners of the box (design note 6).
+
+    Args:
+        activation: one name for every hidden layer or one per hidden layer (keys of
+            ``_ACTIVATIONS``: ``"tanh"``, ``"gauss"`` = ``exp(−z²)``, ``"relu"``, ...).
+        input_map: a fixed, weightless map of ``[0, 1]^d`` inputs prepended to the MLP
+            (``InputMap``; anything but ``"box"`` shifts the layer indices in the state
+            dict keys).
+        init_scale: ``c`` for the first layer: weights ``N(0, c²)`` per input coordinate,
+            biases ``U(−c√fan_in, c√fan_in)`` (an inverse length scale per coordinate of
+            the unit box); ``None``: PyTorch's default initialisation.
     """
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"Unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}.")
+    acts = [activation] * depth if isinstance(activation, str) else list(activation)
+    if len(acts) != depth:
+        raise ValueError(f"Give one activation or {depth} (one per hidden layer), not {acts}.")
+    for act in acts:
+        if act not in _ACTIVATIONS:
+            raise ValueError(f"Unknown activation {act!r}; choose from {sorted(_ACTIVATIONS)}.")
     layers: list[nn.Module] = []
     fan_in = d
-    for _ in range(depth):
-        layers += [nn.Linear(fan_in, width), _ACTIVATIONS[activation]()]
+    if input_map != "box":
+        layers.append(InputMap(input_map))
+        fan_in = layers[0].out_features(d)
+    for i, act in enumerate(acts):
+        linear = nn.Linear(fan_in, width)
+        if i == 0 and init_scale is not None:
+            with torch.no_grad():
+                linear.weight.normal_(0.0, init_scale)
+                bound = init_scale * math.sqrt(fan_in)
+                linear.bias.uniform_(-bound, bound)
+        layers += [linear, _ACTIVATIONS[act]()]
         fan_in = width
     layers.append(nn.Linear(fan_in, m))
     return nn.Sequential(*layers).to(dtype=dtype, device=device)
 
 
-def network_jacobians(net: nn.Module, X: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-point Jacobians w.r.t. all weights, differentiable w.r.t. ``X``.
+def network_jacobians(
+    net: nn.Module, X: Tensor, names: list[str] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per-point Jacobians w.r.t. the weights, differentiable w.r.t. ``X``.
 
     Args:
         net: maps ``(n, d)`` to ``(n, K)``.
         X: ``(n, d)``.
+        names: the parameters to differentiate (``net.named_parameters()`` names, in
+            that order; default all). The others are held fixed, so for the last layer
+            the reverse pass stops at the features.
 
     Returns:
         ``Js`` ``(n, K, P)`` (parameters in ``net.parameters()`` order, as ``la.mean``)
         and outputs ``f`` ``(n, K)``.
     """
-    params = {k: v.detach() for k, v in net.named_parameters()}
+    all_params = {k: v.detach() for k, v in net.named_parameters()}
+    keys = list(all_params) if names is None else list(names)
+    params = {k: all_params[k] for k in keys}
+    fixed = {k: v for k, v in all_params.items() if k not in params}
 
     def fn(p: dict[str, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
-        out = functional_call(net, p, (x.unsqueeze(0),)).reshape(-1)
+        out = functional_call(net, {**fixed, **p}, (x.unsqueeze(0),)).reshape(-1)
         return out, out
 
     jac, f = vmap(jacrev(fn, has_aux=True), in_dims=(None, 0))(params, X)
-    Js = torch.cat([jac[k].flatten(start_dim=2) for k in params], dim=2)
+    Js = torch.cat([jac[k].flatten(start_dim=2) for k in keys], dim=2)
     return Js, f
+
+
+def last_layer_name(net: nn.Module) -> str:
+    """Name of the last ``nn.Linear`` registered in ``net`` (its output layer)."""
+    names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise ValueError("Last-layer Laplace needs a network with an nn.Linear output layer.")
+    return names[-1]
+
+
+def posterior_parameter_names(net: nn.Module, subset_of_weights: str) -> list[str] | None:
+    """Parameter names the Laplace posterior covers (``None``: all of them)."""
+    if subset_of_weights == "all":
+        return None
+    prefix = last_layer_name(net) + "."
+    return [n for n, p in net.named_parameters() if n.startswith(prefix) and p.requires_grad]
 
 
 @dataclass
@@ -94,6 +191,8 @@ class TrainingOptions:
         tune_noise: refit ``σ`` (off when the noise is given as ``train_Yvar``).
         min_noise_std, max_noise_std: bounds of ``σ`` in standardized units.
         min_prior_precision, max_prior_precision: bounds of ``δ``.
+        noise_prior: ``(loc, scale)`` of a log-normal hyperprior on ``σ²`` added to the
+            marginal likelihood when ``σ`` is refit (``None``: none).
     """
 
     n_epochs: int = 300
@@ -109,6 +208,7 @@ class TrainingOptions:
     max_noise_std: float = 10.0
     min_prior_precision: float = 1e-6
     max_prior_precision: float = 1e6
+    noise_prior: tuple[float, float] | None = None
 
 
 def make_loader(X: Tensor, Y: Tensor) -> DataLoader:
@@ -119,16 +219,27 @@ def make_loader(X: Tensor, Y: Tensor) -> DataLoader:
 def fit_laplace(
     net: nn.Module, X: Tensor, Y: Tensor, sigma_noise: Tensor, prior_precision: Tensor,
     subset_of_weights: str = "all", hessian_structure: str = "full", backend: Any = None,
+    prior_mean: list[Tensor] | None = None,
 ) -> ParametricLaplace:
     """Laplace posterior of ``net`` at its current weights on ``(X (n, d), Y (n, K))``.
 
-    ``sigma_noise`` and ``prior_precision`` are scalar tensors.
+    ``sigma_noise`` and ``prior_precision`` are scalar tensors; ``prior_mean`` one tensor
+    per parameter of ``net`` (default zero).
     """
     net.eval()
+    extra = {}
+    if subset_of_weights == "last_layer":
+        extra["last_layer_name"] = last_layer_name(net)
+    if prior_mean is not None:
+        names = posterior_parameter_names(net, subset_of_weights)
+        keys = [k for k, _ in net.named_parameters()]
+        sel = [m for k, m in zip(keys, prior_mean) if names is None or k in names]
+        extra["prior_mean"] = torch.cat([m.detach().reshape(-1) for m in sel])
     la = Laplace(
         net, "regression", subset_of_weights=subset_of_weights,
         hessian_structure=hessian_structure, sigma_noise=sigma_noise.detach().clone(),
         prior_precision=prior_precision.detach().reshape(1).clone(), backend=backend,
+        **extra,
     )
     la.fit(make_loader(X, Y))
     return la
@@ -143,48 +254,170 @@ def refit_hyperparameters(
     Returns the new ``(σ, δ)`` as detached scalar tensors, which are also stored on ``la``.
     """
     la._prepare_for_tuning()
-    log_prior = prior_precision.detach().reshape(()).log().clone().requires_grad_(True)
-    log_sigma = sigma_noise.detach().reshape(()).log().clone().requires_grad_(tune_noise)
-    params = [log_prior, log_sigma] if tune_noise else [log_prior]
-    optimizer = torch.optim.Adam(params, lr=options.marglik_lr)
-    bounds_prior = (math.log(options.min_prior_precision), math.log(options.max_prior_precision))
-    bounds_sigma = (math.log(options.min_noise_std), math.log(options.max_noise_std))
-    best = (-math.inf, log_sigma.detach().clone(), log_prior.detach().clone())
-    for _ in range(n_steps):
-        optimizer.zero_grad()
-        lml = la.log_marginal_likelihood(
-            prior_precision=log_prior.exp().reshape(1), sigma_noise=log_sigma.exp()
-        )
-        if not torch.isfinite(lml):
-            break
-        if float(lml.detach()) > best[0]:
-            best = (float(lml.detach()), log_sigma.detach().clone(), log_prior.detach().clone())
-        (-lml).backward()
-        optimizer.step()
-        with torch.no_grad():
-            log_prior.clamp_(*bounds_prior)
-            log_sigma.clamp_(*bounds_sigma)
-    with torch.no_grad():  # the last step is evaluated too
-        lml = la.log_marginal_likelihood(log_prior.exp().reshape(1), log_sigma.exp())
-        if torch.isfinite(lml) and float(lml) > best[0]:
-            best = (float(lml), log_sigma.clone(), log_prior.clone())
-    sigma, prior = best[1].exp(), best[2].exp()
+
+    def lml(prior: Tensor, sigma: Tensor) -> Tensor:
+        return la.log_marginal_likelihood(prior_precision=prior.reshape(1), sigma_noise=sigma)
+
+    sigma, prior = maximize_marglik(lml, sigma_noise, prior_precision, n_steps, options,
+                                    tune_noise)
     la.sigma_noise = sigma
     la.prior_precision = prior.reshape(1)
     return sigma, prior
 
 
+def maximize_marglik(
+    lml: Any, sigma_noise: Tensor, prior_precision: Tensor, n_steps: int,
+    options: TrainingOptions, tune_noise: bool,
+) -> tuple[Tensor, Tensor]:
+    """Adam on ``(log δ, log σ)`` of ``lml(δ, σ)`` within the bounds of ``options``.
+
+    Returns the best ``(σ, δ)`` visited (detached scalar tensors).
+    """
+    log_prior = prior_precision.detach().reshape(()).log().clone().requires_grad_(True)
+    log_sigma = sigma_noise.detach().reshape(()).log().clone().requires_grad_(tune_noise)
+    if tune_noise and options.noise_prior is not None:
+        loc, scale = options.noise_prior
+        objective = lml
+
+        def lml(prior: Tensor, sigma: Tensor) -> Tensor:  # + log LogNormal(σ²; loc, scale)
+            log_var = 2 * sigma.log()
+            return objective(prior, sigma) - log_var - 0.5 * ((log_var - loc) / scale) ** 2
+
+    params = [log_prior, log_sigma] if tune_noise else [log_prior]
+    optimizer = torch.optim.Adam(params, lr=options.marglik_lr)
+    bounds_prior = (math.log(options.min_prior_precision), math.log(options.max_prior_precision))
+    bounds_sigma = (math.log(options.min_noise_std), math.log(options.max_noise_std))
+    with torch.no_grad():
+        log_prior.clamp_(*bounds_prior)
+        log_sigma.clamp_(*bounds_sigma)
+    best = (-math.inf, log_sigma.detach().clone(), log_prior.detach().clone())
+    for _ in range(n_steps):
+        optimizer.zero_grad()
+        value = lml(log_prior.exp(), log_sigma.exp())
+        if not torch.isfinite(value):
+            break
+        if float(value.detach()) > best[0]:
+            best = (float(value.detach()), log_sigma.detach().clone(), log_prior.detach().clone())
+        (-value).backward()
+        optimizer.step()
+        with torch.no_grad():
+            log_prior.clamp_(*bounds_prior)
+            log_sigma.clamp_(*bounds_sigma)
+    with torch.no_grad():  # the last step is evaluated too
+        value = lml(log_prior.exp(), log_sigma.exp())
+        if torch.isfinite(value) and float(value) > best[0]:
+            best = (float(value), log_sigma.clone(), log_prior.clone())
+    return best[1].exp(), best[2].exp()
+
+
+class GramMarglik:
+    """Laplace log marginal likelihood of the exact GGN from its square-root rows.
+
+    With Jacobian rows ``R`` ``(N, P)`` (``N = n·K``) at ``θ*``, residuals ``r = f − y``
+    and a scalar prior ``N(0, I/δ)``, the curvature ``RᵀR/σ²`` has the nonzero spectrum
+    of the ``N × N`` Gram matrix ``RRᵀ/σ²``, so
+
+        log p(y | δ, σ) ≈ −½‖r‖²/σ² − N log σ − ½N log 2π
+                          − ½ Σᵢ log(1 + λᵢ/(σ²δ)) − ½ δ‖θ*‖²
+
+    costs one ``N × N`` eigendecomposition, and no ``P × P`` matrix is formed. With known
+    noise variances ``v`` the Gram matrix is ``D^{-½}RRᵀD^{-½}`` (``D = diag v``) and
+    ``σ`` is not a free parameter. Equal to ``FullLaplace.log_marginal_likelihood`` (and
+    its last-layer variant, with the last-layer rows and weights).
+
+    ``linearized=True`` gives instead the exact evidence of the linearized model
+    ``y = f(θ*) + R(θ − θ*) + ε``, ``θ ~ N(θ₀, I/δ)``: with ``e = y − f(θ*) + R(θ* − θ₀)``
+    and ``RRᵀ = U diag(λ) Uᵀ``,
+
+        log p(y | δ, σ) = −½ Σᵢ (Uᵀe)ᵢ² / (λᵢ/δ + σ²) − ½ Σᵢ log(λᵢ/δ + σ²) − ½N log 2π,
+
+    the same number at an exact MAP, and the right one for the linearized predictive
+    mean when the MAP is not converged (``LaplaceBNN(mean="linearized")``).
+
+    Args:
+        rows: ``R`` ``(N, P)``.
+        resid: ``r`` ``(N,)``.
+        theta_sq: ``‖θ* − θ₀‖²`` over the weights of the posterior (scalar tensor).
+        noise_var: known ``v`` ``(N,)`` or ``None``.
+        offset: ``R(θ* − θ₀)`` ``(N,)`` (required with ``linearized``).
+        linearized: the evidence of the linearized model (above).
+    """
+
+    def __init__(self, rows: Tensor, resid: Tensor, theta_sq: Tensor,
+                 noise_var: Tensor | None = None, offset: Tensor | None = None,
+                 linearized: bool = False) -> None:
+        rows, resid = rows.detach(), resid.detach()
+        self.n = resid.numel()
+        self.theta_sq = theta_sq.detach()
+        self.noise_var = noise_var
+        self.linearized = linearized
+        if noise_var is None:
+            scaled, e = rows, -resid
+            self.sse = resid.square().sum()
+        else:
+            scale = noise_var.sqrt()
+            scaled, e = rows / scale.unsqueeze(-1), -resid / scale
+            self.sse = (resid.square() / noise_var).sum()
+            self.log_noise = noise_var.log().sum()
+        gram = scaled @ scaled.mT
+        if linearized:
+            if offset is None:
+                raise ValueError("The linearized evidence needs offset = R(θ* − θ₀).")
+            if noise_var is not None:
+                offset = offset / noise_var.sqrt()
+            lam, U = torch.linalg.eigh(0.5 * (gram + gram.mT))
+            self.lam = lam.clamp_min(0.0)
+            self.proj_sq = (U.mT @ (e + offset.detach())).square()
+        else:
+            self.lam = torch.linalg.eigvalsh(0.5 * (gram + gram.mT)).clamp_min(0.0)
+
+    def __call__(self, prior: Tensor, sigma: Tensor) -> Tensor:
+        c = self.n * math.log(2 * math.pi)
+        if self.linearized:
+            var = self.lam / prior + (sigma.square() if self.noise_var is None else 1.0)
+            out = -0.5 * ((self.proj_sq / var).sum() + var.log().sum() + c)
+            return out if self.noise_var is None else out - 0.5 * self.log_noise
+        if self.noise_var is None:
+            s2 = sigma.square()
+            loglik = -0.5 * self.sse / s2 - self.n * sigma.log() - 0.5 * c
+            logdet = torch.log1p(self.lam / (s2 * prior)).sum()
+        else:
+            loglik = -0.5 * self.sse - 0.5 * self.log_noise - 0.5 * c
+            logdet = torch.log1p(self.lam / prior).sum()
+        return loglik - 0.5 * (logdet + prior * self.theta_sq)
+
+
+def gram_marglik(net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None,
+                 names: list[str] | None, prior_mean: list[Tensor] | None = None,
+                 linearized: bool = False) -> GramMarglik:
+    """``GramMarglik`` of ``net`` at its current weights on ``X (n, d)``, ``Y (n, K)``,
+    with the prior ``N(θ₀, I/δ)`` (``θ₀ = prior_mean``, one tensor per parameter)."""
+    with torch.no_grad():
+        Js, f = network_jacobians(net, X, names)
+    rows = Js.reshape(-1, Js.shape[-1])
+    params = dict(net.named_parameters())
+    keys = list(params) if names is None else names
+    means = dict(zip(params, prior_mean)) if prior_mean is not None else {}
+    delta = torch.cat([(params[k].detach() - means.get(k, 0.0)).reshape(-1) for k in keys])
+    noise = None if Yvar is None else Yvar.reshape(-1).clamp_min(1e-12)
+    return GramMarglik(rows, (f - Y).reshape(-1), delta.square().sum(), noise,
+                       offset=rows @ delta, linearized=linearized)
+
+
 def _map_loss(net: nn.Module, X: Tensor, Y: Tensor, noise_var: Tensor,
-              prior_precision: Tensor) -> Tensor:
-    """``(½ Σ (f − y)²/noise_var + ½ δ‖θ‖²) / n``."""
+              prior_precision: Tensor, prior_mean: list[Tensor] | None = None) -> Tensor:
+    """``(½ Σ (f − y)²/noise_var + ½ δ‖θ − θ₀‖²) / n`` (``θ₀ = prior_mean``, default 0)."""
     data = 0.5 * ((net(X) - Y).square() / noise_var).sum()
-    prior = 0.5 * prior_precision * sum(p.square().sum() for p in net.parameters())
-    return (data + prior) / max(X.shape[0], 1)
+    if prior_mean is None:
+        sq = sum(p.square().sum() for p in net.parameters())
+    else:
+        sq = sum((p - m).square().sum() for p, m in zip(net.parameters(), prior_mean))
+    return (data + 0.5 * prior_precision * sq) / max(X.shape[0], 1)
 
 
 def train_map(
     net: nn.Module, X: Tensor, Y: Tensor, noise_var: Tensor, prior_precision: Tensor,
-    n_epochs: int, lr: float, optimizer: str = "lbfgs",
+    n_epochs: int, lr: float, optimizer: str = "lbfgs", prior_mean: list[Tensor] | None = None,
 ) -> None:
     """Minimise ``½ Σ (f − y)²/noise_var + ½ δ‖θ‖²`` over the full batch, in place.
 
@@ -197,6 +430,7 @@ def train_map(
         lr: the Adam learning rate (L-BFGS uses a strong-Wolfe line search).
         optimizer: ``"lbfgs"`` (default; falls back to Adam if it produces non-finite
             weights) or ``"adam"``.
+        prior_mean: ``θ₀``, one tensor per parameter (default zero).
     """
     if n_epochs <= 0:
         return
@@ -210,14 +444,15 @@ def train_map(
 
         def closure() -> Tensor:
             opt.zero_grad()
-            loss = _map_loss(net, X, Y, noise_var, prior_precision)
+            loss = _map_loss(net, X, Y, noise_var, prior_precision, prior_mean)
             loss.backward()
             return loss
 
         opt.step(closure)
         with torch.no_grad():
             ok = all(bool(torch.isfinite(p).all()) for p in net.parameters())
-            ok = ok and bool(torch.isfinite(_map_loss(net, X, Y, noise_var, prior_precision)))
+            loss = _map_loss(net, X, Y, noise_var, prior_precision, prior_mean)
+            ok = ok and bool(torch.isfinite(loss))
         if ok:
             net.eval()
             return
@@ -229,7 +464,7 @@ def train_map(
     adam = torch.optim.Adam(net.parameters(), lr=lr)
     for _ in range(n_epochs):
         adam.zero_grad()
-        _map_loss(net, X, Y, noise_var, prior_precision).backward()
+        _map_loss(net, X, Y, noise_var, prior_precision, prior_mean).backward()
         adam.step()
     net.eval()
 
@@ -238,30 +473,41 @@ def fit_network_and_laplace(
     net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None, sigma_noise: Tensor,
     prior_precision: Tensor, n_epochs: int, options: TrainingOptions,
     subset_of_weights: str = "all", hessian_structure: str = "full", backend: Any = None,
-) -> tuple[ParametricLaplace, Tensor, Tensor]:
+    prior_mean: list[Tensor] | None = None, linearized: bool = False,
+) -> tuple[ParametricLaplace | None, Tensor, Tensor]:
     """MAP training with online marginal-likelihood refits, then the final Laplace fit.
 
     Args:
         X: ``(n, d)`` transformed inputs; ``Y``: ``(n, K)`` standardized targets.
         Yvar: ``(n, K)`` known noise variances (then ``σ`` is fixed to their RMS for the
             Laplace object and only ``δ`` is refit), or ``None``.
+        prior_mean: ``θ₀`` of the prior ``N(θ₀, I/δ)``, one tensor per parameter of
+            ``net`` (default zero); weight decay pulls towards it.
+        linearized: refit on the evidence of the linearized model (``GramMarglik``;
+            full GGN with the native backend only).
 
     Returns:
-        The fitted Laplace object and the final ``(σ, δ)``.
+        The fitted Laplace object (``None`` for the full GGN with the native backend:
+        its refits use ``GramMarglik`` and the model builds its posterior from the
+        Jacobians; ``LaplaceBNN.la`` builds the object on demand) and the final
+        ``(σ, δ)``.
     """
     tune_noise = options.tune_noise and Yvar is None
+    if hessian_structure == "full" and backend is None:
+        return _fit_full_ggn(net, X, Y, Yvar, sigma_noise, prior_precision, n_epochs, options,
+                             subset_of_weights, tune_noise, prior_mean, linearized)
     if Yvar is not None:
         sigma_noise = Yvar.mean().clamp_min(options.min_noise_std**2).sqrt()
     sigma, prior = sigma_noise.detach().clone(), prior_precision.detach().clone()
     lik_var = Yvar.clamp_min(1e-12) if Yvar is not None else None
     la_kwargs = {"subset_of_weights": subset_of_weights, "hessian_structure": hessian_structure,
-                 "backend": backend}
+                 "backend": backend, "prior_mean": prior_mean}
     every = options.marglik_every if options.marglik_every > 0 else n_epochs + 1
     done = 0
     while done < n_epochs:
         steps = min(every, n_epochs - done)
         noise_var = lik_var if lik_var is not None else sigma.square()
-        train_map(net, X, Y, noise_var, prior, steps, options.lr, options.optimizer)
+        train_map(net, X, Y, noise_var, prior, steps, options.lr, options.optimizer, prior_mean)
         done += steps
         if done < n_epochs and options.marglik_steps > 0:
             la = fit_laplace(net, X, Y, sigma, prior, **la_kwargs)
@@ -274,6 +520,36 @@ def fit_network_and_laplace(
             la, sigma, prior, options.final_marglik_steps, options, tune_noise
         )
     return la, sigma, prior
+
+
+def _fit_full_ggn(
+    net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None, sigma_noise: Tensor,
+    prior_precision: Tensor, n_epochs: int, options: TrainingOptions,
+    subset_of_weights: str, tune_noise: bool, prior_mean: list[Tensor] | None = None,
+    linearized: bool = False,
+) -> tuple[None, Tensor, Tensor]:
+    """``fit_network_and_laplace`` for the exact GGN: refits on the Gram spectrum."""
+    names = posterior_parameter_names(net, subset_of_weights)
+    sigma, prior = sigma_noise.detach().clone(), prior_precision.detach().clone()
+    if Yvar is not None:
+        sigma = Yvar.mean().clamp_min(options.min_noise_std**2).sqrt()
+    lik_var = Yvar.clamp_min(1e-12) if Yvar is not None else None
+    every = options.marglik_every if options.marglik_every > 0 else n_epochs + 1
+    done = 0
+    while done < n_epochs:
+        steps = min(every, n_epochs - done)
+        noise_var = lik_var if lik_var is not None else sigma.square()
+        train_map(net, X, Y, noise_var, prior, steps, options.lr, options.optimizer, prior_mean)
+        done += steps
+        if done < n_epochs and options.marglik_steps > 0:
+            lml = gram_marglik(net, X, Y, Yvar, names, prior_mean, linearized)
+            sigma, prior = maximize_marglik(lml, sigma, prior, options.marglik_steps, options,
+                                            tune_noise)
+    if options.final_marglik_steps > 0:
+        lml = gram_marglik(net, X, Y, Yvar, names, prior_mean, linearized)
+        sigma, prior = maximize_marglik(lml, sigma, prior, options.final_marglik_steps,
+                                        options, tune_noise)
+    return None, sigma, prior
 
 
 def fit_laplace_bnn(model: LaplaceBNN, **kwargs: Any) -> LaplaceBNN:
