@@ -421,8 +421,9 @@ class LaplaceBNN(_LinearizedModel):
     - *Warm starts*: 300 L-BFGS epochs from scratch, 100 when warm-started, online
       refits every 50.
     - Tried and not adopted (3-seed medians, noisy: see ``bo.md``): centred, circle and
-      sphere input maps; last-layer-only posterior as the default; ``mean="linearized"``;
-      zero-initialised output layer; fewer warm epochs; a 3-member ensemble (steadier on
+      sphere input maps; sine activations; one hidden layer; last-layer-only posterior
+      as the default; ``mean="linearized"`` (also with 30 warm epochs); 300 warm
+      epochs; no noise prior or a small-noise one; a 3-member ensemble (steadier on
       Hartmann but 3× the fit cost, beyond the 2× GP CPU budget).
 
     Args:

@@ -101,9 +101,13 @@ def test_mc_single_output(model1: LaplaceBNN, train: tuple[Tensor, Tensor]) -> N
 def test_knowledge_gradient(model1: LaplaceBNN) -> None:
     acqf = qKnowledgeGradient(model1, num_fantasies=4)
     cand = check(acqf, compare_raw=False)  # one-shot: values are over q + fantasies
-    X_full = torch.cat([cand, torch.rand(4, 2, dtype=torch.float64)]).unsqueeze(0)
+    points = torch.rand(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    X_full = torch.cat([cand, points]).unsqueeze(0)
     value = acqf(X_full.expand(3, 5, 2))
-    assert value.shape == (3,) and torch.isfinite(value).all() and (value >= -1e-9).all()
+    # The one-shot value is a fantasy-averaged posterior mean (it may be negative); it
+    # must be finite and the same for every copy of the same batch.
+    assert value.shape == (3,) and torch.isfinite(value).all()
+    torch.testing.assert_close(value, acqf(X_full).expand(3), rtol=1e-9, atol=1e-12)
 
 
 def test_max_value_entropy_with_pending(model1: LaplaceBNN) -> None:
