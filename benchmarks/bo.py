@@ -55,7 +55,11 @@ from botorch.acquisition import qLogExpectedImprovement  # noqa: E402
 from botorch.fit import fit_gpytorch_mll  # noqa: E402
 from botorch.models import SingleTaskGP  # noqa: E402
 from botorch.models.transforms.input import Normalize  # noqa: E402
-from botorch.models.transforms.outcome import Standardize  # noqa: E402
+from botorch.models.transforms.outcome import (  # noqa: E402
+    Bilog,
+    ChainedOutcomeTransform,
+    Standardize,
+)
 from botorch.optim import optimize_acqf  # noqa: E402
 from botorch.test_functions import Ackley, Branin, Hartmann  # noqa: E402
 from gpytorch.mlls import ExactMarginalLogLikelihood  # noqa: E402
@@ -106,6 +110,10 @@ def fit_model(method: str, options: dict[str, Any], X: Tensor, Y: Tensor, proble
         return model
     kwargs = dict(options)
     kwargs.setdefault("seed", seed)
+    warp = kwargs.pop("warp", None)
+    if warp == "bilog":
+        kwargs["outcome_transform"] = ChainedOutcomeTransform(bilog=Bilog(),
+                                                              standardize=Standardize(m=1))
     warm = kwargs.pop("warm", True)
     model = LaplaceBNN(X, Y, input_transform=Normalize(d=d, bounds=bounds),
                        warm_start=previous if warm else None, **kwargs)
@@ -160,7 +168,7 @@ def run_bo(problem_name: str, method: str, options: dict[str, Any], seed: int,
         "X_boundary_fraction": boundary_fraction(X[n_init:], bounds),
     }
     if model is not None and isinstance(model, LaplaceBNN):
-        out["final_prior_precision"] = float(model.prior_precision)
+        out["final_prior_precision"] = model.prior_precision.tolist()
         out["final_sigma_noise"] = float(model.sigma_noise)
     return out
 

@@ -453,6 +453,9 @@ class LaplaceBNN(_LinearizedModel):
         width, depth, activation: the default network (``activation``: one name or one
             per hidden layer, see ``training.default_network``).
         prior_precision, sigma_noise: initial ``δ`` and ``σ`` (standardized units).
+        prior_structure: ``"scalar"`` (one ``δ``) or ``"layerwise"`` (one ``δ`` per
+            parameter tensor, all refit by the marginal likelihood; full GGN over all
+            weights only).
         tune_noise: refit ``σ`` by the marginal likelihood.
         min_noise_std: lower bound of ``σ`` (standardized units).
         marglik_every, marglik_steps, final_marglik_steps, marglik_lr: see
@@ -467,6 +470,8 @@ class LaplaceBNN(_LinearizedModel):
             ``"zero"``.
         noise_prior: ``(loc, scale)`` of a log-normal hyperprior on ``σ²`` for the
             refit, or ``None``.
+        trend: ``None`` or ``"quadratic"``: the default network plus a learned separable
+            quadratic in the inputs (``training.QuadraticTrend``).
         init_scale: first-layer initialisation of the default network (weights
             ``N(0, c²)`` per input coordinate); ``None``: PyTorch's default.
         mean: ``"map"`` (default: ``f(x; θ*)``) or ``"linearized"``: the exact posterior
@@ -491,7 +496,7 @@ class LaplaceBNN(_LinearizedModel):
         compute_dtype: torch.dtype = torch.float64, seed: int | None = None,
         input_map: str = "box", prior_mean: str = "init",
         noise_prior: tuple[float, float] | None = (-4.0, 1.0), init_scale: float | None = 1.25,
-        mean: str = "map",
+        mean: str = "map", trend: str | None = None, prior_structure: str = "scalar",
     ) -> None:
         super().__init__()
         if likelihood != "regression":
@@ -536,16 +541,30 @@ class LaplaceBNN(_LinearizedModel):
         )
         device = train_X.device
         self.net = self._make_net(net, warm_start, X_tf.shape[-1], m, width, depth, activation,
-                                  compute_dtype, device, seed, input_map, init_scale)
+                                  compute_dtype, device, seed, input_map, init_scale,
+                                  trend)
         self._param_names = training.posterior_parameter_names(self.net, subset_of_weights)
         dtype = self._compute_dtype
+        if prior_structure not in ("scalar", "layerwise"):
+            raise ValueError(
+                f"prior_structure must be 'scalar' or 'layerwise', not {prior_structure!r}."
+            )
+        if prior_structure == "layerwise" and (
+            subset_of_weights != "all" or hessian_structure != "full" or backend is not None
+        ):
+            raise UnsupportedError(
+                "prior_structure='layerwise' needs subset_of_weights='all' and the full GGN "
+                "(native backend)."
+            )
+        self.prior_structure = prior_structure
+        shape = (len(list(self.net.parameters())),) if prior_structure == "layerwise" else ()
+        prior = torch.full(shape, prior_precision, dtype=dtype, device=device)
         if warm_start is not None:
-            prior_precision = float(warm_start.prior_precision)
             sigma_noise = float(warm_start.sigma_noise)
+            old = warm_start.prior_precision.detach().to(prior)
+            prior = old.clone() if old.shape == prior.shape else prior.fill_(float(old.mean()))
         self.register_buffer("sigma_noise", torch.tensor(sigma_noise, dtype=dtype, device=device))
-        self.register_buffer(
-            "prior_precision", torch.tensor(prior_precision, dtype=dtype, device=device)
-        )
+        self.register_buffer("prior_precision", prior)
         self.register_buffer("is_fitted", torch.tensor(False, device=device))
         if prior_mean not in ("zero", "init"):
             raise ValueError(f"prior_mean must be 'zero' or 'init', not {prior_mean!r}.")
@@ -565,7 +584,7 @@ class LaplaceBNN(_LinearizedModel):
     def _make_net(
         net: Any, warm_start: LaplaceBNN | None, d: int, m: int, width: int, depth: int,
         activation: str, dtype: torch.dtype, device: torch.device, seed: int | None,
-        input_map: str = "box", init_scale: float | None = None,
+        input_map: str = "box", init_scale: float | None = None, trend: str | None = None,
     ) -> nn.Module:
         cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
         with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
@@ -575,7 +594,8 @@ class LaplaceBNN(_LinearizedModel):
                 module = (copy.deepcopy(warm_start.net) if warm_start is not None
                           else training.default_network(d, m, width, depth, activation,
                                                         input_map=input_map,
-                                                        init_scale=init_scale))
+                                                        init_scale=init_scale,
+                                                        trend=trend))
             elif isinstance(net, nn.Module):
                 module = net
             elif callable(net):
@@ -691,6 +711,8 @@ class LaplaceBNN(_LinearizedModel):
         X, Y, Yvar = self._training_data()
         prior = self.prior_precision.to(self._compute_dtype)
         if self.hessian_structure == "full":
+            if self.prior_structure == "layerwise":
+                prior = training.expand_prior(prior, [p.numel() for p in self.net.parameters()])
             Js, f = training.network_jacobians(self.net, X, self._param_names)
             rows = Js.reshape(-1, Js.shape[-1])
             if Yvar is None:

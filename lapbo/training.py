@@ -85,11 +85,44 @@ class InputMap(nn.Module):
         return repr(self.kind)
 
 
+class QuadraticTrend(nn.Module):
+    """An MLP whose output layer also sees a separable quadratic of the inputs.
+
+    ``f(x) = W [φ(x); z; z²] + b`` with ``φ`` the MLP's last hidden layer and
+    ``z = 2x − 1`` for ``x`` in the unit box, i.e. the MLP plus a learned trend
+    ``Σᵢ bₖᵢ zᵢ + aₖᵢ zᵢ²``. The trend lives in the output layer, so a last-layer
+    posterior covers it (Bayesian linear regression on ``[φ(x), z, z²]``) and the model
+    stays ``last_layer(features)`` for the Laplace library.
+
+    Args:
+        mlp: an ``nn.Sequential`` ending in an ``nn.Linear`` ``(width → m)``; its hidden
+            part becomes ``features`` and its output layer initialises ``head`` (the trend
+            weights start at zero, so the initial function is the MLP's).
+        d: input size.
+    """
+
+    def __init__(self, mlp: nn.Sequential, d: int) -> None:
+        super().__init__()
+        last = mlp[-1]
+        if not isinstance(last, nn.Linear):
+            raise ValueError("QuadraticTrend needs an MLP ending in an nn.Linear layer.")
+        self.features = mlp[:-1]
+        self.head = nn.Linear(last.in_features + 2 * d, last.out_features)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.weight[:, : last.in_features] = last.weight
+            self.head.bias.copy_(last.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = 2 * x - 1
+        return self.head(torch.cat([self.features(x), z, z.square()], dim=-1))
+
+
 def default_network(
     d: int, m: int, width: int = 50, depth: int = 2, activation: str | Sequence[str] = "tanh",
     dtype: torch.dtype = torch.float64, device: torch.device | None = None,
-    input_map: str = "box", init_scale: float | None = None,
-) -> nn.Sequential:
+    input_map: str = "box", init_scale: float | None = None, trend: str | None = None,
+) -> nn.Module:
     """MLP ``d → width (× depth hidden layers) → m`` with bounded activations by default.
 
     Bounded activations keep the linearized variance from growing without bound towards
@@ -126,7 +159,12 @@ def default_network(
         layers += [linear, _ACTIVATIONS[act]()]
         fan_in = width
     layers.append(nn.Linear(fan_in, m))
-    return nn.Sequential(*layers).to(dtype=dtype, device=device)
+    net: nn.Module = nn.Sequential(*layers)
+    if trend == "quadratic":
+        net = QuadraticTrend(net, d)
+    elif trend is not None:
+        raise ValueError(f"Unknown trend {trend!r}; use None or 'quadratic'.")
+    return net.to(dtype=dtype, device=device)
 
 
 def network_jacobians(
@@ -159,6 +197,17 @@ def network_jacobians(
     return Js, f
 
 
+def expand_prior(prior: Tensor, sizes: Sequence[int]) -> Tensor:
+    """Per-weight precisions ``(P,)`` from a per-tensor prior ``(G,)``, or ``prior``
+    unchanged (a scalar tensor) when it has one entry; ``sizes``: ``G`` tensor sizes."""
+    if prior.numel() == 1:
+        return prior.reshape(())
+    if prior.numel() != len(sizes):
+        raise ValueError(f"{prior.numel()} prior precisions for {len(sizes)} weight tensors.")
+    counts = torch.tensor(list(sizes), device=prior.device)
+    return torch.repeat_interleave(prior.reshape(-1), counts)
+
+
 def last_layer_name(net: nn.Module) -> str:
     """Name of the last ``nn.Linear`` registered in ``net`` (its output layer)."""
     names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
@@ -187,7 +236,8 @@ class TrainingOptions:
         marglik_every: epochs between online marginal-likelihood refits (0: none).
         marglik_steps: Adam steps on ``(log δ, log σ)`` per online refit.
         final_marglik_steps: Adam steps of the refit after training.
-        marglik_lr: Adam learning rate of the hyperparameters.
+        marglik_lr: Adam learning rate of the hyperparameters (``marglik_optimizer="adam"``).
+        marglik_optimizer: ``"lbfgs"`` (default) or ``"adam"`` for the refits.
         tune_noise: refit ``σ`` (off when the noise is given as ``train_Yvar``).
         min_noise_std, max_noise_std: bounds of ``σ`` in standardized units.
         min_prior_precision, max_prior_precision: bounds of ``δ``.
@@ -203,6 +253,7 @@ class TrainingOptions:
     marglik_steps: int = 20
     final_marglik_steps: int = 100
     marglik_lr: float = 0.1
+    marglik_optimizer: str = "lbfgs"
     tune_noise: bool = True
     min_noise_std: float = 1e-3
     max_noise_std: float = 10.0
@@ -238,7 +289,7 @@ def fit_laplace(
     la = Laplace(
         net, "regression", subset_of_weights=subset_of_weights,
         hessian_structure=hessian_structure, sigma_noise=sigma_noise.detach().clone(),
-        prior_precision=prior_precision.detach().reshape(1).clone(), backend=backend,
+        prior_precision=prior_precision.detach().reshape(-1).clone(), backend=backend,
         **extra,
     )
     la.fit(make_loader(X, Y))
@@ -269,11 +320,15 @@ def maximize_marglik(
     lml: Any, sigma_noise: Tensor, prior_precision: Tensor, n_steps: int,
     options: TrainingOptions, tune_noise: bool,
 ) -> tuple[Tensor, Tensor]:
-    """Adam on ``(log δ, log σ)`` of ``lml(δ, σ)`` within the bounds of ``options``.
+    """Maximise ``lml(δ, σ)`` over ``(log δ, log σ)`` within the bounds of ``options``.
 
-    Returns the best ``(σ, δ)`` visited (detached scalar tensors).
+    ``options.marglik_optimizer``: ``"lbfgs"`` (at most ``n_steps`` iterations, strong-Wolfe
+    line search; the bounds clamp the arguments, so the gradient vanishes beyond them)
+    or ``"adam"`` (``n_steps`` steps of rate ``options.marglik_lr``, clamped after each).
+    ``δ`` is a scalar tensor or one precision per weight tensor ``(G,)``.
+    Returns the best ``(σ, δ)`` visited (detached tensors of the input shapes).
     """
-    log_prior = prior_precision.detach().reshape(()).log().clone().requires_grad_(True)
+    log_prior = prior_precision.detach().log().clone().requires_grad_(True)
     log_sigma = sigma_noise.detach().reshape(()).log().clone().requires_grad_(tune_noise)
     if tune_noise and options.noise_prior is not None:
         loc, scale = options.noise_prior
@@ -284,13 +339,18 @@ def maximize_marglik(
             return objective(prior, sigma) - log_var - 0.5 * ((log_var - loc) / scale) ** 2
 
     params = [log_prior, log_sigma] if tune_noise else [log_prior]
-    optimizer = torch.optim.Adam(params, lr=options.marglik_lr)
     bounds_prior = (math.log(options.min_prior_precision), math.log(options.max_prior_precision))
     bounds_sigma = (math.log(options.min_noise_std), math.log(options.max_noise_std))
     with torch.no_grad():
         log_prior.clamp_(*bounds_prior)
         log_sigma.clamp_(*bounds_sigma)
     best = (-math.inf, log_sigma.detach().clone(), log_prior.detach().clone())
+    if options.marglik_optimizer == "lbfgs":
+        return _maximize_lbfgs(lml, log_prior, log_sigma, params, n_steps, bounds_prior,
+                               bounds_sigma, best)
+    if options.marglik_optimizer != "adam":
+        raise ValueError(f"Unknown marglik_optimizer {options.marglik_optimizer!r}.")
+    optimizer = torch.optim.Adam(params, lr=options.marglik_lr)
     for _ in range(n_steps):
         optimizer.zero_grad()
         value = lml(log_prior.exp(), log_sigma.exp())
@@ -308,6 +368,33 @@ def maximize_marglik(
         if torch.isfinite(value) and float(value) > best[0]:
             best = (float(value), log_sigma.clone(), log_prior.clone())
     return best[1].exp(), best[2].exp()
+
+
+def _maximize_lbfgs(
+    lml: Any, log_prior: Tensor, log_sigma: Tensor, params: list[Tensor], n_steps: int,
+    bounds_prior: tuple[float, float], bounds_sigma: tuple[float, float], best: tuple,
+) -> tuple[Tensor, Tensor]:
+    """The L-BFGS branch of ``maximize_marglik`` (same arguments and result)."""
+    if n_steps <= 0:
+        return best[1].exp(), best[2].exp()
+    optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=n_steps, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-7, tolerance_change=1e-10)
+    state = {"best": best}
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        lp, ls = log_prior.clamp(*bounds_prior), log_sigma.clamp(*bounds_sigma)
+        value = lml(lp.exp(), ls.exp())
+        if not torch.isfinite(value):  # steers the line search back
+            return torch.tensor(math.inf, dtype=value.dtype)
+        if float(value.detach()) > state["best"][0]:
+            state["best"] = (float(value.detach()), ls.detach().clone(), lp.detach().clone())
+        (-value).backward()
+        return -value.detach()
+
+    optimizer.step(closure)
+    _, log_s, log_p = state["best"]
+    return log_s.exp(), log_p.exp()
 
 
 class GramMarglik:
@@ -334,21 +421,29 @@ class GramMarglik:
     the same number at an exact MAP, and the right one for the linearized predictive
     mean when the MAP is not converged (``LaplaceBNN(mean="linearized")``).
 
+    With one precision per weight tensor (``groups``: the sizes ``P_g`` of the ``G``
+    tensors, columns of ``R`` in that order) the prior is ``N(θ₀, D⁻¹)``, ``D`` block
+    constant; ``RD⁻¹Rᵀ = Σ_g R_gR_gᵀ/δ_g`` is no longer a rescaled fixed matrix, so each
+    call factorises that ``N × N`` sum (Cholesky) instead of reusing one spectrum.
+
     Args:
         rows: ``R`` ``(N, P)``.
         resid: ``r`` ``(N,)``.
-        theta_sq: ``‖θ* − θ₀‖²`` over the weights of the posterior (scalar tensor).
+        theta_sq: ``‖θ* − θ₀‖²`` over the weights of the posterior (scalar tensor), or
+            per weight tensor ``(G,)`` with ``groups``.
         noise_var: known ``v`` ``(N,)`` or ``None``.
         offset: ``R(θ* − θ₀)`` ``(N,)`` (required with ``linearized``).
         linearized: the evidence of the linearized model (above).
+        groups: sizes of the weight tensors for a per-tensor prior, or ``None``.
     """
 
     def __init__(self, rows: Tensor, resid: Tensor, theta_sq: Tensor,
                  noise_var: Tensor | None = None, offset: Tensor | None = None,
-                 linearized: bool = False) -> None:
+                 linearized: bool = False, groups: Sequence[int] | None = None) -> None:
         rows, resid = rows.detach(), resid.detach()
         self.n = resid.numel()
         self.theta_sq = theta_sq.detach()
+        self.groups = None if groups is None else list(groups)
         self.noise_var = noise_var
         self.linearized = linearized
         if noise_var is None:
@@ -359,12 +454,17 @@ class GramMarglik:
             scaled, e = rows / scale.unsqueeze(-1), -resid / scale
             self.sse = (resid.square() / noise_var).sum()
             self.log_noise = noise_var.log().sum()
+        if linearized and offset is None:
+            raise ValueError("The linearized evidence needs offset = R(θ* − θ₀).")
+        if linearized and noise_var is not None:
+            offset = offset / noise_var.sqrt()
+        if self.groups is not None:
+            blocks = scaled.split(self.groups, dim=-1)
+            self.grams = torch.stack([B @ B.mT for B in blocks])  # (G, N, N)
+            self.target = e + offset.detach() if linearized else None
+            return
         gram = scaled @ scaled.mT
         if linearized:
-            if offset is None:
-                raise ValueError("The linearized evidence needs offset = R(θ* − θ₀).")
-            if noise_var is not None:
-                offset = offset / noise_var.sqrt()
             lam, U = torch.linalg.eigh(0.5 * (gram + gram.mT))
             self.lam = lam.clamp_min(0.0)
             self.proj_sq = (U.mT @ (e + offset.detach())).square()
@@ -373,6 +473,8 @@ class GramMarglik:
 
     def __call__(self, prior: Tensor, sigma: Tensor) -> Tensor:
         c = self.n * math.log(2 * math.pi)
+        if self.groups is not None:
+            return self._grouped(prior, sigma, c)
         if self.linearized:
             var = self.lam / prior + (sigma.square() if self.noise_var is None else 1.0)
             out = -0.5 * ((self.proj_sq / var).sum() + var.log().sum() + c)
@@ -387,32 +489,58 @@ class GramMarglik:
         return loglik - 0.5 * (logdet + prior * self.theta_sq)
 
 
+    def _grouped(self, prior: Tensor, sigma: Tensor, c: float) -> Tensor:
+        """The evidence with a per-tensor prior ``(G,)`` (class docstring)."""
+        s2 = sigma.square() if self.noise_var is None else sigma.new_ones(())
+        K = (self.grams / prior.reshape(-1, 1, 1)).sum(0)
+        eye = torch.eye(self.n, dtype=K.dtype, device=K.device)
+        if self.linearized:
+            L = torch.linalg.cholesky(K + s2 * eye)
+            alpha = torch.linalg.solve_triangular(L, self.target.unsqueeze(-1), upper=False)
+            logdet = 2 * L.diagonal().log().sum()
+            out = -0.5 * (alpha.square().sum() + logdet + c)
+            return out if self.noise_var is None else out - 0.5 * self.log_noise
+        L = torch.linalg.cholesky(eye + K / s2)
+        logdet = 2 * L.diagonal().log().sum()
+        if self.noise_var is None:
+            loglik = -0.5 * self.sse / s2 - self.n * sigma.log() - 0.5 * c
+        else:
+            loglik = -0.5 * self.sse - 0.5 * self.log_noise - 0.5 * c
+        return loglik - 0.5 * (logdet + (prior.reshape(-1) * self.theta_sq).sum())
+
+
 def gram_marglik(net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None,
                  names: list[str] | None, prior_mean: list[Tensor] | None = None,
-                 linearized: bool = False) -> GramMarglik:
+                 linearized: bool = False, layerwise: bool = False) -> GramMarglik:
     """``GramMarglik`` of ``net`` at its current weights on ``X (n, d)``, ``Y (n, K)``,
-    with the prior ``N(θ₀, I/δ)`` (``θ₀ = prior_mean``, one tensor per parameter)."""
+    with the prior ``N(θ₀, I/δ)`` (``θ₀ = prior_mean``, one tensor per parameter;
+    ``layerwise``: one ``δ`` per weight tensor of the posterior)."""
     with torch.no_grad():
         Js, f = network_jacobians(net, X, names)
     rows = Js.reshape(-1, Js.shape[-1])
     params = dict(net.named_parameters())
     keys = list(params) if names is None else names
     means = dict(zip(params, prior_mean)) if prior_mean is not None else {}
-    delta = torch.cat([(params[k].detach() - means.get(k, 0.0)).reshape(-1) for k in keys])
+    diffs = [(params[k].detach() - means.get(k, 0.0)).reshape(-1) for k in keys]
+    delta = torch.cat(diffs)
     noise = None if Yvar is None else Yvar.reshape(-1).clamp_min(1e-12)
-    return GramMarglik(rows, (f - Y).reshape(-1), delta.square().sum(), noise,
-                       offset=rows @ delta, linearized=linearized)
+    if layerwise:
+        theta_sq, groups = torch.stack([v.square().sum() for v in diffs]), [len(v) for v in diffs]
+    else:
+        theta_sq, groups = delta.square().sum(), None
+    return GramMarglik(rows, (f - Y).reshape(-1), theta_sq, noise, offset=rows @ delta,
+                       linearized=linearized, groups=groups)
 
 
 def _map_loss(net: nn.Module, X: Tensor, Y: Tensor, noise_var: Tensor,
               prior_precision: Tensor, prior_mean: list[Tensor] | None = None) -> Tensor:
-    """``(½ Σ (f − y)²/noise_var + ½ δ‖θ − θ₀‖²) / n`` (``θ₀ = prior_mean``, default 0)."""
+    """``(½ Σ (f − y)²/noise_var + ½ Σ δ_g‖θ_g − θ₀_g‖²) / n`` over the parameter tensors
+    ``θ_g`` (``θ₀ = prior_mean``, default 0; ``prior_precision``: scalar or one per tensor)."""
     data = 0.5 * ((net(X) - Y).square() / noise_var).sum()
-    if prior_mean is None:
-        sq = sum(p.square().sum() for p in net.parameters())
-    else:
-        sq = sum((p - m).square().sum() for p, m in zip(net.parameters(), prior_mean))
-    return (data + 0.5 * prior_precision * sq) / max(X.shape[0], 1)
+    params = list(net.parameters())
+    means = prior_mean if prior_mean is not None else [0.0] * len(params)
+    sq = torch.stack([(p - m).square().sum() for p, m in zip(params, means)])
+    return (data + 0.5 * (prior_precision.reshape(-1) * sq).sum()) / max(X.shape[0], 1)
 
 
 def train_map(
@@ -425,7 +553,7 @@ def train_map(
         net: the network (trained in place).
         X: ``(n, d)`` inputs; ``Y``: ``(n, K)`` targets.
         noise_var: ``σ²`` broadcastable to ``(n, K)``.
-        prior_precision: ``δ`` (scalar tensor).
+        prior_precision: ``δ`` (scalar tensor, or one per parameter tensor of ``net``).
         n_epochs: L-BFGS iterations or Adam steps.
         lr: the Adam learning rate (L-BFGS uses a strong-Wolfe line search).
         optimizer: ``"lbfgs"`` (default; falls back to Adam if it produces non-finite
@@ -496,6 +624,8 @@ def fit_network_and_laplace(
     if hessian_structure == "full" and backend is None:
         return _fit_full_ggn(net, X, Y, Yvar, sigma_noise, prior_precision, n_epochs, options,
                              subset_of_weights, tune_noise, prior_mean, linearized)
+    if prior_precision.numel() > 1:
+        raise ValueError("A per-tensor prior precision needs the full GGN (native backend).")
     if Yvar is not None:
         sigma_noise = Yvar.mean().clamp_min(options.min_noise_std**2).sqrt()
     sigma, prior = sigma_noise.detach().clone(), prior_precision.detach().clone()
@@ -530,6 +660,9 @@ def _fit_full_ggn(
 ) -> tuple[None, Tensor, Tensor]:
     """``fit_network_and_laplace`` for the exact GGN: refits on the Gram spectrum."""
     names = posterior_parameter_names(net, subset_of_weights)
+    layerwise = prior_precision.numel() > 1
+    if layerwise and names is not None:
+        raise ValueError("A per-tensor prior precision needs subset_of_weights='all'.")
     sigma, prior = sigma_noise.detach().clone(), prior_precision.detach().clone()
     if Yvar is not None:
         sigma = Yvar.mean().clamp_min(options.min_noise_std**2).sqrt()
@@ -542,11 +675,11 @@ def _fit_full_ggn(
         train_map(net, X, Y, noise_var, prior, steps, options.lr, options.optimizer, prior_mean)
         done += steps
         if done < n_epochs and options.marglik_steps > 0:
-            lml = gram_marglik(net, X, Y, Yvar, names, prior_mean, linearized)
+            lml = gram_marglik(net, X, Y, Yvar, names, prior_mean, linearized, layerwise)
             sigma, prior = maximize_marglik(lml, sigma, prior, options.marglik_steps, options,
                                             tune_noise)
     if options.final_marglik_steps > 0:
-        lml = gram_marglik(net, X, Y, Yvar, names, prior_mean, linearized)
+        lml = gram_marglik(net, X, Y, Yvar, names, prior_mean, linearized, layerwise)
         sigma, prior = maximize_marglik(lml, sigma, prior, options.final_marglik_steps,
                                         options, tune_noise)
     return None, sigma, prior

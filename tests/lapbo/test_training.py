@@ -1,0 +1,148 @@
+"""The refit machinery of ``LaplaceBNN``: the Gram-spectrum evidence against the Laplace
+library, per-tensor priors, the hyperparameter optimisers, and the quadratic trend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lapbo import LaplaceBNN, training
+from laplace import Laplace
+
+SMALL = {"width": 16, "n_epochs": 100, "marglik_every": 50, "marglik_steps": 10,
+         "final_marglik_steps": 30, "n_epochs_warm_start": 30}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def problem(n: int = 15, d: int = 2) -> tuple[nn.Module, Tensor, Tensor, list[Tensor]]:
+    """A trained small network, data ``(n, d)``/``(n, 1)`` and a prior mean per tensor."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.rand(n, d, generator=g, dtype=torch.float64)
+    Y = torch.sin(4 * X[:, :1]) + X[:, 1:].square()
+    torch.manual_seed(0)
+    net = training.default_network(d, 1, width=8, activation=("gauss", "tanh"), init_scale=1.0)
+    theta0 = [p.detach().clone() for p in net.parameters()]
+    training.train_map(net, X, Y, torch.tensor(0.05), torch.tensor(1.0), 60, 1e-2,
+                       prior_mean=theta0)
+    return net, X, Y, theta0
+
+
+def laplace_lml(net: nn.Module, X: Tensor, Y: Tensor, theta0: list[Tensor],
+                prior: Tensor, sigma: float) -> float:
+    la = Laplace(net, "regression", subset_of_weights="all", hessian_structure="full",
+                 sigma_noise=sigma,
+                 prior_precision=prior, prior_mean=torch.cat([t.reshape(-1) for t in theta0]))
+    la.fit(training.make_loader(X, Y))
+    return float(la.log_marginal_likelihood())
+
+
+@pytest.mark.parametrize("prior", [[0.7], [0.3, 2.0, 1.1, 0.5, 4.0, 0.9]])
+def test_gram_evidence_equals_full_laplace(prior: list[float]) -> None:
+    """Scalar and per-tensor priors: ``GramMarglik`` = ``FullLaplace`` evidence."""
+    net, X, Y, theta0 = problem()
+    prior_t = torch.tensor(prior, dtype=torch.float64)
+    layerwise = len(prior) > 1
+    lml = training.gram_marglik(net, X, Y, None, None, theta0, layerwise=layerwise)
+    sigma = torch.tensor(0.2, dtype=torch.float64)
+    ours = float(lml(prior_t if layerwise else prior_t.reshape(()), sigma))
+    ref = laplace_lml(net, X, Y, theta0, prior_t, 0.2)
+    assert ours == pytest.approx(ref, rel=1e-10)
+
+
+@pytest.mark.parametrize("linearized", [False, True])
+def test_grouped_evidence_with_equal_precisions_is_scalar(linearized: bool) -> None:
+    net, X, Y, theta0 = problem()
+    scalar = training.gram_marglik(net, X, Y, None, None, theta0, linearized)
+    grouped = training.gram_marglik(net, X, Y, None, None, theta0, linearized, layerwise=True)
+    sigma, delta = torch.tensor(0.15, dtype=torch.float64), torch.tensor(1.7, dtype=torch.float64)
+    assert float(grouped(delta.repeat(6), sigma)) == pytest.approx(
+        float(scalar(delta, sigma)), rel=1e-11)
+
+
+def test_lbfgs_and_adam_reach_the_same_optimum() -> None:
+    net, X, Y, theta0 = problem()
+    lml = training.gram_marglik(net, X, Y, None, None, theta0)
+    start = (torch.tensor(0.5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+    lbfgs = training.TrainingOptions(marglik_optimizer="lbfgs")
+    adam = training.TrainingOptions(marglik_optimizer="adam", marglik_lr=0.05)
+    s1, p1 = training.maximize_marglik(lml, *start, 50, lbfgs, tune_noise=True)
+    s2, p2 = training.maximize_marglik(lml, *start, 1500, adam, tune_noise=True)
+    assert float(s1) == pytest.approx(float(s2), rel=1e-3)
+    assert float(p1) == pytest.approx(float(p2), rel=1e-3)
+    assert float(lml(p1, s1)) >= float(lml(p2, s2)) - 1e-8
+    # the gradient vanishes at the L-BFGS optimum (an interior point here)
+    lp, ls = p1.log().requires_grad_(), s1.log().requires_grad_()
+    grads = torch.autograd.grad(lml(lp.exp(), ls.exp()), [lp, ls])
+    assert max(abs(float(g)) for g in grads) < 1e-4
+    with pytest.raises(ValueError, match="marglik_optimizer"):
+        training.maximize_marglik(lml, *start, 5, training.TrainingOptions(
+            marglik_optimizer="sgd"), tune_noise=True)
+
+
+def test_lbfgs_respects_bounds() -> None:
+    """An evidence that increases with ``δ`` forever stops at the upper bound."""
+    opts = training.TrainingOptions(max_prior_precision=100.0)
+    sigma, prior = training.maximize_marglik(
+        lambda p, s: p.log() - s.square(), torch.tensor(1.0, dtype=torch.float64),
+        torch.tensor(1.0, dtype=torch.float64), 30, opts, True)
+    assert float(prior) == pytest.approx(100.0, rel=1e-9)
+    assert float(sigma) == pytest.approx(opts.min_noise_std, rel=1e-9)
+
+
+def test_layerwise_model_matches_laplace_predictive() -> None:
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(12, 2, generator=g, dtype=torch.float64)
+    Y = torch.sin(5 * X[:, :1]) + X[:, 1:]
+    model = LaplaceBNN(X, Y, prior_structure="layerwise", seed=0, outcome_transform=None,
+                       **SMALL).fit()
+    assert model.prior_precision.shape == (6,)
+    assert bool((model.prior_precision > 0).all())
+    assert len(set(model.prior_precision.tolist())) > 1  # refit per tensor
+    Xt = torch.rand(5, 2, generator=g, dtype=torch.float64)
+    f_mu, f_var = model.la(Xt, joint=True)
+    post = model.posterior(Xt)
+    assert torch.allclose(post.mean.reshape(-1), f_mu.reshape(-1), atol=1e-9)
+    cov = post.distribution.covariance_matrix
+    assert torch.allclose(cov, f_var.reshape(cov.shape), rtol=1e-6, atol=1e-9)
+    warm = LaplaceBNN(X, Y, prior_structure="layerwise", warm_start=model, **SMALL)
+    assert torch.equal(warm.prior_precision, model.prior_precision)
+    with pytest.raises(Exception, match="layerwise"):
+        LaplaceBNN(X, Y, prior_structure="layerwise", subset_of_weights="last_layer")
+    with pytest.raises(ValueError, match="prior_structure"):
+        LaplaceBNN(X, Y, prior_structure="diag")
+
+
+def test_quadratic_trend() -> None:
+    body = training.default_network(3, 2, width=4)
+    net = training.QuadraticTrend(body, 3).double()
+    X = torch.rand(7, 3, dtype=torch.float64)
+    assert torch.allclose(net(X), body(X), atol=1e-14)  # the MLP at initialisation
+    with torch.no_grad():
+        net.head.weight[0, 4] = 1.0  # b₀₀
+        net.head.weight[1, 4 + 3 + 1] = 2.0  # a₁₁
+    z = 2 * X - 1
+    expected = body(X) + torch.stack([z[:, 0], 2 * z[:, 1].square()], dim=-1)
+    assert torch.allclose(net(X), expected, atol=1e-12)
+    # a concave quadratic is learned and moves the predicted maximiser inside the box
+    g = torch.Generator().manual_seed(1)
+    Xtr = torch.rand(20, 2, generator=g, dtype=torch.float64)
+    Ytr = -((Xtr - 0.4).square().sum(-1, keepdim=True))
+    model = LaplaceBNN(Xtr, Ytr, trend="quadratic", seed=0, **SMALL).fit()
+    assert bool((model.net.head.weight[0, -2:] < 0).all())  # the zᵢ² coefficients
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(0, 1, 21, dtype=torch.float64)] * 2,
+                                      indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        best = grid[model.posterior(grid.unsqueeze(-2)).mean.reshape(-1).argmax()]
+    assert torch.allclose(best, torch.tensor([0.4, 0.4], dtype=torch.float64), atol=0.1)
+    with pytest.raises(ValueError, match="trend"):
+        training.default_network(2, 1, trend="cubic")
