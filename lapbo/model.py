@@ -391,40 +391,44 @@ class LaplaceBNN(_LinearizedModel):
     loop, warm-start each round from the last: ``LaplaceBNN(X, Y, warm_start=old).fit()``.
 
     **Defaults, and why** (measured with ``benchmarks/bo.py``: qLogEI on Branin-2,
-    Hartmann-6 and Ackley-10, 15 iterations; see ``benchmarks/results/bo.md``):
+    Hartmann-6 and Ackley-10, 15 iterations; see ``benchmarks/results/bo.md``; medians
+    below are over 6 seeds, which the 3-seed table cannot resolve):
 
     - *Network*: 2 × 50 MLP with Gaussian activations ``exp(−z²)`` in both hidden
-      layers and a first layer initialised at ``init_scale = 1.25`` per input coordinate
-      of the unit box (use ``Normalize`` with the box bounds). The former tanh default
-      extrapolated its fitted trends to the corners of the box: on Hartmann-6 78–89 % of
-      proposed coordinates lay on the boundary and no seed improved on its initial
-      design (median final log10 regret 0.33). Localised (bounded, decaying) features keep
-      the mean from overshooting away from the data (Hartmann −0.17/−0.18 in two
-      3-seed tuning runs, −0.02 in the final one). Smoother choices (tanh, smaller
-      scales) did better on Branin and got stuck on Hartmann; the marginal likelihood
-      preferred Gaussian activations on every initial design but did not pick the
-      scale usefully.
+      layers, first layer initialised at ``init_scale = 1.25`` per input coordinate of
+      the unit box (use ``Normalize`` with the box bounds), and a learned quadratic trend
+      (``trend="quadratic"``): the output layer sees ``[φ(x), z, z²]``, ``z = 2x − 1``.
+      Tanh networks extrapolated their fitted trends to the corners (78–89 % of
+      Hartmann proposals on the boundary, no progress); localised Gaussian features fix
+      that but revert to the prior mean between data, and the trend gives back a smooth
+      global shape whose maximiser can lie inside the box.
+    - *Last-layer posterior* (``subset_of_weights="last_layer"``): Bayesian linear
+      regression on ``[φ(x), z, z²]`` with the whole network MAP-trained. Its variance is
+      bounded in the box (features in ``[0, 1]``), so the acquisition stops chasing
+      corners: 2–10 % of proposed coordinates on the boundary against 13–43 % for the
+      all-weights posterior, and ``posterior`` on ``2048 × 4`` points is ~20× cheaper.
+    - *Noise hyperprior* ``LogNormal(−8, 2)`` on ``σ²`` (standardized units), starting at
+      ``σ = 0.01``: the benchmark functions are noiseless, and with BoTorch's
+      ``LogNormal(−4, 1)`` the refit held ``σ`` near 0.08, i.e. ±6 Branin units, so the
+      model could not tell points near the optimum apart and crept towards it in tiny
+      steps. Without any prior the refit drifts into "all noise" on some seeds.
     - *Prior mean* ``"init"``: the prior is ``N(θ₀, I/δ)`` with ``θ₀`` the initial
       weights (weight decay pulls towards them; ``θ₀`` is a buffer carried by warm
       starts and the state dict). With a zero mean the unidentified directions of the
-      randomly initialised weights count as "signal" in ``‖θ*‖²``, so the refit ``δ``
-      is ~10× too small (``δ ≈ 0.5``) and the posterior variance away from the data is
-      huge; anchored at ``θ₀`` only the learned movement counts (``δ ≈ 2–12``).
-    - *Noise hyperprior* ``LogNormal(−4, 1)`` on ``σ²`` (standardized units, the one
-      BoTorch's ``SingleTaskGP`` uses): without it the refit drifts into an "everything is
-      noise" mode (``σ ≈ 0.6–1``) on several seeds; a prior favouring much smaller noise
-      (``loc = −8``) was worse on both Branin and Hartmann.
-    - *Full GGN* over all weights, low-rank (Woodbury) form, with ``δ`` and ``σ`` refit
-      on the ``n × n`` Gram spectrum of the Jacobians (``training.GramMarglik``): a
-      warm-started fit costs ~0.1 s at these sizes (0.42 s with a dense ``P × P``
-      curvature).
-    - *Warm starts*: 300 L-BFGS epochs from scratch, 100 when warm-started, online
-      refits every 50.
-    - Tried and not adopted (3-seed medians, noisy: see ``bo.md``): centred, circle and
-      sphere input maps; sine activations; one hidden layer; last-layer-only posterior
-      as the default; ``mean="linearized"`` (also with 30 warm epochs); 300 warm
-      epochs; no noise prior or a small-noise one; a 3-member ensemble (steadier on
-      Hartmann but 3× the fit cost, beyond the 2× GP CPU budget).
+      randomly initialised weights count as "signal" in ``‖θ*‖²`` and the refit ``δ`` is
+      ~10× too small.
+    - *Refits*: ``δ`` and ``σ`` maximise the Laplace evidence, computed from the
+      ``n × n`` Gram spectrum of the Jacobians (``training.GramMarglik``), by L-BFGS.
+    - *Warm starts*: 300 L-BFGS epochs from scratch, 100 when warm-started (50 halved
+      the fit time but lost on Hartmann), online refits every 50.
+    - 6-seed medians (Branin / Hartmann / Ackley; GP: −1.49 / −0.35 / 1.26): these
+      defaults −0.41 / −0.28 / 1.26; the former defaults (all weights, no trend,
+      ``LogNormal(−4, 1)``) −0.12 / −0.14 / 1.31; all weights with the trend −0.45 /
+      0.00 / 1.27; the trend kept out of the posterior (MAP only) −0.33 / −0.33 / 1.28.
+      Also tried and not adopted: a per-tensor prior precision
+      (``prior_structure="layerwise"``), centred/circle/sphere input maps, sine
+      activations, one hidden layer, ``mean="linearized"``, more warm epochs, and a
+      3-member ensemble (3× the cost).
 
     Args:
         train_X: ``(n, d)`` training inputs.
@@ -433,9 +437,9 @@ class LaplaceBNN(_LinearizedModel):
         net: an ``nn.Module`` mapping ``(n, d)`` transformed inputs to ``(n, m)``, a
             zero-argument factory, or ``None`` for ``training.default_network``.
         likelihood: only ``"regression"``.
-        subset_of_weights: ``"all"`` (default) or ``"last_layer"`` (the Gaussian over the
-            output layer only, i.e. Bayesian linear regression on the learned features;
-            the whole network is still MAP-trained).
+        subset_of_weights: ``"last_layer"`` (default: the Gaussian over the output layer
+            only, i.e. Bayesian linear regression on the learned features; the whole
+            network is still MAP-trained) or ``"all"``.
         hessian_structure: ``"full"`` (default: exact GGN, low-rank Woodbury form),
             ``"kron"`` or ``"diag"`` (dense Cholesky of the Laplace precision).
         backend: curvature backend class for the Laplace object (default native GGN).
@@ -470,8 +474,8 @@ class LaplaceBNN(_LinearizedModel):
             ``"zero"``.
         noise_prior: ``(loc, scale)`` of a log-normal hyperprior on ``σ²`` for the
             refit, or ``None``.
-        trend: ``None`` or ``"quadratic"``: the default network plus a learned separable
-            quadratic in the inputs (``training.QuadraticTrend``).
+        trend: ``"quadratic"`` (default: the default network's output layer also sees
+            ``z`` and ``z²``, ``training.QuadraticTrend``) or ``None``.
         init_scale: first-layer initialisation of the default network (weights
             ``N(0, c²)`` per input coordinate); ``None``: PyTorch's default.
         mean: ``"map"`` (default: ``f(x; θ*)``) or ``"linearized"``: the exact posterior
@@ -483,20 +487,22 @@ class LaplaceBNN(_LinearizedModel):
     def __init__(
         self, train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | None = None, *,
         net: nn.Module | Any = None, likelihood: str = "regression",
-        subset_of_weights: str = "all", hessian_structure: str = "full", backend: Any = None,
+        subset_of_weights: str = "last_layer", hessian_structure: str = "full",
+        backend: Any = None,
         input_transform: InputTransform | None = None,
         outcome_transform: OutcomeTransform | _DefaultType | None = DEFAULT,
         n_epochs: int = 300, lr: float = 1e-2, optimizer: str = "lbfgs",
         warm_start: LaplaceBNN | None = None, n_epochs_warm_start: int = 100,
         width: int = 50, depth: int = 2,
         activation: str | Sequence[str] = ("gauss", "gauss"),
-        prior_precision: float = 1.0, sigma_noise: float = 0.1,
+        prior_precision: float = 1.0, sigma_noise: float = 0.01,
         tune_noise: bool = True, min_noise_std: float = 1e-3, marglik_every: int = 50,
         marglik_steps: int = 20, final_marglik_steps: int = 100, marglik_lr: float = 0.1,
         compute_dtype: torch.dtype = torch.float64, seed: int | None = None,
         input_map: str = "box", prior_mean: str = "init",
-        noise_prior: tuple[float, float] | None = (-4.0, 1.0), init_scale: float | None = 1.25,
-        mean: str = "map", trend: str | None = None, prior_structure: str = "scalar",
+        noise_prior: tuple[float, float] | None = (-8.0, 2.0),
+        init_scale: float | None = 1.25, mean: str = "map", trend: str | None = "quadratic",
+        prior_structure: str = "scalar",
     ) -> None:
         super().__init__()
         if likelihood != "regression":

@@ -384,7 +384,7 @@ def test_input_constructor_builds_transforms_and_rejects_gp_options() -> None:
     assert set(inputs) == {"train_X", "train_Y", "width", "input_transform"}
     assert inputs["input_transform"] is None  # bounds are already [0, 1]
     model = LaplaceBNN(**inputs)
-    assert model.net[0].out_features == 8
+    assert model.net.features[0].out_features == 8
     config = ModelConfig(botorch_model_class=LaplaceBNN, mll_options={"x": 1})
     with pytest.raises(UserInputError, match="model_options"):
         _inputs(config)

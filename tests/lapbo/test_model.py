@@ -49,10 +49,12 @@ def model1() -> LaplaceBNN:
     return LaplaceBNN(X, Y[:, :1], seed=0, **SMALL).fit()
 
 
-@pytest.fixture(scope="module")
-def model2() -> LaplaceBNN:
+@pytest.fixture(scope="module", params=["last_layer", "all"])
+def model2(request: pytest.FixtureRequest) -> LaplaceBNN:
+    """Two outputs; the default last-layer posterior and the all-weights one."""
     X, Y = data()
-    return LaplaceBNN(X, Y, seed=0, input_transform=Normalize(d=2), **SMALL).fit()
+    return LaplaceBNN(X, Y, seed=0, input_transform=Normalize(d=2),
+                      subset_of_weights=request.param, **SMALL).fit()
 
 
 def test_fit_sets_hyperparameters(model1: LaplaceBNN) -> None:
@@ -105,11 +107,12 @@ def test_output_indices_and_subset(model2: LaplaceBNN) -> None:
     assert torch.allclose(sub.posterior(X).mean, full.mean[..., 1:], atol=1e-10)
 
 
+@pytest.mark.parametrize("subset", ["last_layer", "all"])
 @pytest.mark.parametrize("structure", ["full", "kron", "diag"])
-def test_matches_laplace_predictive(structure: str) -> None:
+def test_matches_laplace_predictive(structure: str, subset: str) -> None:
     X, Y = data()
     model = LaplaceBNN(X, Y, outcome_transform=None, hessian_structure=structure, seed=1,
-                       **SMALL).fit()
+                       subset_of_weights=subset, **SMALL).fit()
     Xt = torch.rand(6, 2, dtype=torch.float64)
     f_mu, f_var = model.la(Xt)
     post = model.posterior(Xt)
@@ -174,7 +177,7 @@ def test_conditioning_interpolates(model1: LaplaceBNN) -> None:
     x0 = torch.tensor([[0.37, 0.81]], dtype=torch.float64)
     before = model1.posterior(x0)
     y0 = before.mean + 3.0 * before.variance.sqrt()  # a surprising observation
-    noise = torch.full_like(y0, 1e-8)
+    noise = torch.full_like(y0, 1e-12)
     cond = model1.condition_on_observations(x0, y0, noise=noise)
     assert isinstance(cond, ConditionedLaplaceBNN) and cond.batch_shape == torch.Size()
     after = cond.posterior(x0)

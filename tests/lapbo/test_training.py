@@ -103,8 +103,8 @@ def test_layerwise_model_matches_laplace_predictive() -> None:
     g = torch.Generator().manual_seed(0)
     X = torch.rand(12, 2, generator=g, dtype=torch.float64)
     Y = torch.sin(5 * X[:, :1]) + X[:, 1:]
-    model = LaplaceBNN(X, Y, prior_structure="layerwise", seed=0, outcome_transform=None,
-                       **SMALL).fit()
+    model = LaplaceBNN(X, Y, prior_structure="layerwise", subset_of_weights="all", seed=0,
+                       outcome_transform=None, **SMALL).fit()
     assert model.prior_precision.shape == (6,)
     assert bool((model.prior_precision > 0).all())
     assert len(set(model.prior_precision.tolist())) > 1  # refit per tensor
@@ -114,7 +114,8 @@ def test_layerwise_model_matches_laplace_predictive() -> None:
     assert torch.allclose(post.mean.reshape(-1), f_mu.reshape(-1), atol=1e-9)
     cov = post.distribution.covariance_matrix
     assert torch.allclose(cov, f_var.reshape(cov.shape), rtol=1e-6, atol=1e-9)
-    warm = LaplaceBNN(X, Y, prior_structure="layerwise", warm_start=model, **SMALL)
+    warm = LaplaceBNN(X, Y, prior_structure="layerwise", subset_of_weights="all",
+                      warm_start=model, **SMALL)
     assert torch.equal(warm.prior_precision, model.prior_precision)
     with pytest.raises(Exception, match="layerwise"):
         LaplaceBNN(X, Y, prior_structure="layerwise", subset_of_weights="last_layer")
@@ -146,3 +147,24 @@ def test_quadratic_trend() -> None:
     assert torch.allclose(best, torch.tensor([0.4, 0.4], dtype=torch.float64), atol=0.1)
     with pytest.raises(ValueError, match="trend"):
         training.default_network(2, 1, trend="cubic")
+
+
+@pytest.mark.parametrize("trend", [None, "quadratic"])
+def test_output_layer_jacobians_equal_autodiff(trend: str | None) -> None:
+    """The closed-form output-layer Jacobian equals ``vmap(jacrev)``, gradients w.r.t. X
+    included; a network that transforms the layer's output falls back to autodiff."""
+    net = training.default_network(3, 2, width=5, activation="gauss", trend=trend)
+    names = training.posterior_parameter_names(net, "last_layer")
+    X = torch.rand(4, 3, dtype=torch.float64, requires_grad=True)
+    J, f = training.network_jacobians(net, X, names)
+    J_ref, f_ref = training._jacobians_by_autodiff(net, X, names)
+    assert J.shape == J_ref.shape == (4, 2, 2 * (5 + (6 if trend else 0) + 1))
+    assert torch.allclose(J, J_ref, atol=1e-14) and torch.allclose(f, f_ref, atol=1e-14)
+    g, = torch.autograd.grad((J.square().sum() + f.sum()), X)
+    g_ref, = torch.autograd.grad((J_ref.square().sum() + f_ref.sum()), X)
+    assert torch.allclose(g, g_ref, atol=1e-12)
+    squashed = nn.Sequential(net, nn.Tanh())
+    names = [f"0.{n}" for n in names]
+    assert training._output_layer_jacobians(squashed, X, names) is None
+    J2, _ = training.network_jacobians(squashed, X, names)
+    assert torch.allclose(J2, training._jacobians_by_autodiff(squashed, X, names)[0])
