@@ -43,7 +43,7 @@ from linear_operator.operators import DenseLinearOperator
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor, nn
 
-from lapbo import training
+from lapbo import networks, training
 from laplace.baselaplace import ParametricLaplace
 
 
@@ -396,18 +396,25 @@ class LaplaceBNN(_LinearizedModel):
 
     - *Network*: 2 × 50 MLP with Gaussian activations ``exp(−z²)`` in both hidden
       layers, first layer initialised at ``init_scale = 1.25`` per input coordinate of
-      the unit box (use ``Normalize`` with the box bounds), and a learned quadratic trend
-      (``trend="quadratic"``): the output layer sees ``[φ(x), z, z²]``, ``z = 2x − 1``.
-      Tanh networks extrapolated their fitted trends to the corners (78–89 % of
-      Hartmann proposals on the boundary, no progress); localised Gaussian features fix
-      that but revert to the prior mean between data, and the trend gives back a smooth
-      global shape whose maximiser can lie inside the box.
+      the unit box (use ``Normalize`` with the box bounds), whose output layer also sees
+      fixed bases of the input: a quadratic trend ``[z, z²]``, ``z = 2x − 1``
+      (``trend="quadratic"``), and 100 random Fourier features of a squared-exponential
+      kernel with length scale 0.3 and variance 3/δ (``random_features``). Tanh networks
+      extrapolated their fitted trends to the corners (78–89 % of Hartmann proposals on
+      the boundary, no progress); localised Gaussian features fix that, and the trend
+      gives back a smooth global shape whose maximiser can lie inside the box.
     - *Last-layer posterior* (``subset_of_weights="last_layer"``): Bayesian linear
-      regression on ``[φ(x), z, z²]`` with the whole network MAP-trained. Its variance is
-      bounded in the box (features in ``[0, 1]``), so the acquisition chases corners
-      less: median 25 / 10 / 6 % of proposed coordinates on the boundary (Branin /
-      Hartmann / Ackley) against 35 / 24 / 29 % for the former all-weights default, and
-      ``posterior`` on ``2048 × 4`` points is ~20× cheaper.
+      regression on ``[φ(x), z, z², ψ(x)]`` with the whole network MAP-trained. Its
+      variance is bounded in the box, so the acquisition chases corners less (median
+      25 / 10 / 6 % of proposed coordinates on the boundary for Branin / Hartmann /
+      Ackley against 35 / 24 / 29 % for the former all-weights default), and
+      ``posterior`` on ``2048 × 4`` points is ~20× cheaper. On its own it is
+      overconfident: the MAP-trained features ``φ`` collapse onto the data, and on two
+      Branin seeds it sampled one point next to the minimum for ten rounds (predicted
+      ±0.4 where it was off by 3.5). The random features ``ψ`` are not trained, so
+      their part of the variance returns to its prior level away from the data, as a
+      GP's does; with them no seed got stuck (Branin −0.41 → −1.06, Hartmann −0.28 →
+      −0.39, six-seed medians).
     - *Noise hyperprior* ``LogNormal(−8, 2)`` on ``σ²`` (standardized units), starting at
       ``σ = 0.01``: the benchmark functions are noiseless, and with BoTorch's
       ``LogNormal(−4, 1)`` the refit held ``σ`` near 0.08, i.e. ±6 Branin units, so the
@@ -422,10 +429,11 @@ class LaplaceBNN(_LinearizedModel):
       ``n × n`` Gram spectrum of the Jacobians (``training.GramMarglik``), by L-BFGS.
     - *Warm starts*: 300 L-BFGS epochs from scratch, 100 when warm-started (50 halved
       the fit time but lost on Hartmann), online refits every 50.
-    - 6-seed medians (Branin / Hartmann / Ackley; GP: −1.49 / −0.35 / 1.26): these
-      defaults −0.41 / −0.28 / 1.26; the former defaults (all weights, no trend,
-      ``LogNormal(−4, 1)``) −0.12 / −0.14 / 1.31; all weights with the trend −0.45 /
-      0.00 / 1.27; the trend kept out of the posterior (MAP only) −0.33 / −0.33 / 1.28.
+    - 6-seed medians (Branin / Hartmann; GP: −1.49 / −0.35): these defaults −1.06 /
+      −0.39; length scale 0.2 / 0.4: −0.68 / −0.44, −1.13 / −0.29; 50 / 200 features:
+      −0.51 / −0.33, −0.62 / −0.32; variance 1 / 10: −0.71 / −0.31, −0.64 / −0.35; with
+      BoTorch's noise prior −0.32 / −0.41; without random features −0.41 / −0.28; the
+      former defaults (all weights, no bases, ``LogNormal(−4, 1)``) −0.12 / −0.14.
       Also tried and not adopted: a per-tensor prior precision
       (``prior_structure="layerwise"``), centred/circle/sphere input maps, sine
       activations, one hidden layer, ``mean="linearized"``, more warm epochs, and a
@@ -436,7 +444,7 @@ class LaplaceBNN(_LinearizedModel):
         train_Y: ``(n, m)`` training observations.
         train_Yvar: optional ``(n, m)`` known noise variances (then ``σ`` is not refit).
         net: an ``nn.Module`` mapping ``(n, d)`` transformed inputs to ``(n, m)``, a
-            zero-argument factory, or ``None`` for ``training.default_network``.
+            zero-argument factory, or ``None`` for ``networks.default_network``.
         likelihood: only ``"regression"``.
         subset_of_weights: ``"last_layer"`` (default: the Gaussian over the output layer
             only, i.e. Bayesian linear regression on the learned features; the whole
@@ -456,7 +464,7 @@ class LaplaceBNN(_LinearizedModel):
             epochs.
         n_epochs_warm_start: epochs of a warm-started fit.
         width, depth, activation: the default network (``activation``: one name or one
-            per hidden layer, see ``training.default_network``).
+            per hidden layer, see ``networks.default_network``).
         prior_precision, sigma_noise: initial ``δ`` and ``σ`` (standardized units).
         prior_structure: ``"scalar"`` (one ``δ``) or ``"layerwise"`` (one ``δ`` per
             parameter tensor, all refit by the marginal likelihood; full GGN over all
@@ -470,13 +478,17 @@ class LaplaceBNN(_LinearizedModel):
         seed: seed of the network initialisation.
         input_map: a fixed map of the unit box in front of the default network
             (``"box"``: none; ``"centered"``, ``"circle"``, ``"sphere"``: see
-            ``training.InputMap``).
+            ``networks.InputMap``).
         prior_mean: ``"init"`` (the prior is centred on the initial weights) or
             ``"zero"``.
         noise_prior: ``(loc, scale)`` of a log-normal hyperprior on ``σ²`` for the
             refit, or ``None``.
         trend: ``"quadratic"`` (default: the default network's output layer also sees
-            ``z`` and ``z²``, ``training.QuadraticTrend``) or ``None``.
+            ``z`` and ``z²``, ``networks.QuadraticFeatures``) or ``None``.
+        random_features, random_feature_lengthscale, random_feature_variance: ``N``
+            random Fourier features of a squared-exponential kernel (length scale in the
+            unit box, variance relative to ``1/δ``) in the default network's output layer
+            (``networks.RandomFourierFeatures``; ``0``: none).
         init_scale: first-layer initialisation of the default network (weights
             ``N(0, c²)`` per input coordinate); ``None``: PyTorch's default.
         mean: ``"map"`` (default: ``f(x; θ*)``) or ``"linearized"``: the exact posterior
@@ -503,7 +515,8 @@ class LaplaceBNN(_LinearizedModel):
         input_map: str = "box", prior_mean: str = "init",
         noise_prior: tuple[float, float] | None = (-8.0, 2.0),
         init_scale: float | None = 1.25, mean: str = "map", trend: str | None = "quadratic",
-        prior_structure: str = "scalar",
+        random_features: int = 100, random_feature_lengthscale: float = 0.3,
+        random_feature_variance: float = 3.0, prior_structure: str = "scalar",
     ) -> None:
         super().__init__()
         if likelihood != "regression":
@@ -547,9 +560,14 @@ class LaplaceBNN(_LinearizedModel):
             noise_prior=None if noise_prior is None else tuple(noise_prior),
         )
         device = train_X.device
-        self.net = self._make_net(net, warm_start, X_tf.shape[-1], m, width, depth, activation,
-                                  compute_dtype, device, seed, input_map, init_scale,
-                                  trend)
+        net_options = {
+            "width": width, "depth": depth, "activation": activation, "input_map": input_map,
+            "init_scale": init_scale, "trend": trend, "random_features": random_features,
+            "random_feature_lengthscale": random_feature_lengthscale,
+            "random_feature_variance": random_feature_variance,
+        }
+        self.net = self._make_net(net, warm_start, X_tf.shape[-1], m, net_options,
+                                  compute_dtype, device, seed)
         self._param_names = training.posterior_parameter_names(self.net, subset_of_weights)
         dtype = self._compute_dtype
         if prior_structure not in ("scalar", "layerwise"):
@@ -589,20 +607,18 @@ class LaplaceBNN(_LinearizedModel):
 
     @staticmethod
     def _make_net(
-        net: Any, warm_start: LaplaceBNN | None, d: int, m: int, width: int, depth: int,
-        activation: str, dtype: torch.dtype, device: torch.device, seed: int | None,
-        input_map: str = "box", init_scale: float | None = None, trend: str | None = None,
+        net: Any, warm_start: LaplaceBNN | None, d: int, m: int, options: dict[str, Any],
+        dtype: torch.dtype, device: torch.device, seed: int | None,
     ) -> nn.Module:
+        """The network: a copy of the warm start's, ``net`` (module or factory) or
+        ``networks.default_network(d, m, **options)``, seeded by ``seed``."""
         cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
         with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             if net is None:
                 module = (copy.deepcopy(warm_start.net) if warm_start is not None
-                          else training.default_network(d, m, width, depth, activation,
-                                                        input_map=input_map,
-                                                        init_scale=init_scale,
-                                                        trend=trend))
+                          else networks.default_network(d, m, **options))
             elif isinstance(net, nn.Module):
                 module = net
             elif callable(net):

@@ -29,143 +29,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
+from lapbo.networks import last_layer_name
 from laplace import Laplace
 from laplace.baselaplace import ParametricLaplace
 
 if TYPE_CHECKING:
     from lapbo.model import LaplaceBNN
-
-class Gaussian(nn.Module):
-    """``exp(−z²)``: a bounded, localised activation (a ridge bump on the first layer)."""
-
-    def forward(self, z: Tensor) -> Tensor:
-        return torch.exp(-z.square())
-
-
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid,
-    "gauss": Gaussian,
-}
-
-
-class InputMap(nn.Module):
-    """A fixed (weightless) map of inputs in the unit box ``[0, 1]^d`` to the network.
-
-    ``"box"``: identity. ``"centered"``: ``z = 2x − 1``. ``"circle"``: each coordinate to
-    a half circle, ``(cos(πz/2), sin(πz/2))``, so every input has the same norm ``√d``.
-    ``"sphere"``: ``√(d+1)·(z, 1)/‖(z, 1)‖``, the box onto a cap of a sphere. With a
-    constant input norm the (linearized) prior variance of a network's first layer is the
-    same everywhere in the box instead of growing towards the corners.
-    """
-
-    kinds = ("box", "centered", "circle", "sphere")
-
-    def __init__(self, kind: str = "box") -> None:
-        super().__init__()
-        if kind not in self.kinds:
-            raise ValueError(f"Unknown input map {kind!r}; choose from {self.kinds}.")
-        self.kind = kind
-
-    def out_features(self, d: int) -> int:
-        return {"circle": 2 * d, "sphere": d + 1}.get(self.kind, d)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.kind == "box":
-            return x
-        z = 2 * x - 1
-        if self.kind == "centered":
-            return z
-        if self.kind == "circle":
-            angle = 0.5 * math.pi * z
-            return torch.cat([angle.cos(), angle.sin()], dim=-1)
-        u = torch.cat([z, torch.ones_like(z[..., :1])], dim=-1)
-        return u * (math.sqrt(u.shape[-1]) / u.norm(dim=-1, keepdim=True))
-
-    def extra_repr(self) -> str:
-        return repr(self.kind)
-
-
-class QuadraticTrend(nn.Module):
-    """An MLP whose output layer also sees a separable quadratic of the inputs.
-
-    ``f(x) = W [φ(x); z; z²] + b`` with ``φ`` the MLP's last hidden layer and
-    ``z = 2x − 1`` for ``x`` in the unit box, i.e. the MLP plus a learned trend
-    ``Σᵢ bₖᵢ zᵢ + aₖᵢ zᵢ²``. The trend lives in the output layer, so a last-layer
-    posterior covers it (Bayesian linear regression on ``[φ(x), z, z²]``) and the model
-    stays ``last_layer(features)`` for the Laplace library.
-
-    Args:
-        mlp: an ``nn.Sequential`` ending in an ``nn.Linear`` ``(width → m)``; its hidden
-            part becomes ``features`` and its output layer initialises ``head`` (the trend
-            weights start at zero, so the initial function is the MLP's).
-        d: input size.
-    """
-
-    def __init__(self, mlp: nn.Sequential, d: int) -> None:
-        super().__init__()
-        last = mlp[-1]
-        if not isinstance(last, nn.Linear):
-            raise ValueError("QuadraticTrend needs an MLP ending in an nn.Linear layer.")
-        self.features = mlp[:-1]
-        self.head = nn.Linear(last.in_features + 2 * d, last.out_features)
-        with torch.no_grad():
-            self.head.weight.zero_()
-            self.head.weight[:, : last.in_features] = last.weight
-            self.head.bias.copy_(last.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = 2 * x - 1
-        return self.head(torch.cat([self.features(x), z, z.square()], dim=-1))
-
-
-def default_network(
-    d: int, m: int, width: int = 50, depth: int = 2, activation: str | Sequence[str] = "tanh",
-    dtype: torch.dtype = torch.float64, device: torch.device | None = None,
-    input_map: str = "box", init_scale: float | None = None, trend: str | None = None,
-) -> nn.Module:
-    """MLP ``d → width (× depth hidden layers) → m`` with bounded activations by default.
-
-    Bounded activations keep the linearized variance from growing without bound towards
-    the corners of the box (design note 6).
-
-    Args:
-        activation: one name for every hidden layer or one per hidden layer (keys of
-            ``_ACTIVATIONS``: ``"tanh"``, ``"gauss"`` = ``exp(−z²)``, ``"relu"``, ...).
-        input_map: a fixed, weightless map of ``[0, 1]^d`` inputs prepended to the MLP
-            (``InputMap``; anything but ``"box"`` shifts the layer indices in the state
-            dict keys).
-        init_scale: ``c`` for the first layer: weights ``N(0, c²)`` per input coordinate,
-            biases ``U(−c√fan_in, c√fan_in)`` (an inverse length scale per coordinate of
-            the unit box); ``None``: PyTorch's default initialisation.
-    """
-    acts = [activation] * depth if isinstance(activation, str) else list(activation)
-    if len(acts) != depth:
-        raise ValueError(f"Give one activation or {depth} (one per hidden layer), not {acts}.")
-    for act in acts:
-        if act not in _ACTIVATIONS:
-            raise ValueError(f"Unknown activation {act!r}; choose from {sorted(_ACTIVATIONS)}.")
-    layers: list[nn.Module] = []
-    fan_in = d
-    if input_map != "box":
-        layers.append(InputMap(input_map))
-        fan_in = layers[0].out_features(d)
-    for i, act in enumerate(acts):
-        linear = nn.Linear(fan_in, width)
-        if i == 0 and init_scale is not None:
-            with torch.no_grad():
-                linear.weight.normal_(0.0, init_scale)
-                bound = init_scale * math.sqrt(fan_in)
-                linear.bias.uniform_(-bound, bound)
-        layers += [linear, _ACTIVATIONS[act]()]
-        fan_in = width
-    layers.append(nn.Linear(fan_in, m))
-    net: nn.Module = nn.Sequential(*layers)
-    if trend == "quadratic":
-        net = QuadraticTrend(net, d)
-    elif trend is not None:
-        raise ValueError(f"Unknown trend {trend!r}; use None or 'quadratic'.")
-    return net.to(dtype=dtype, device=device)
-
 
 def network_jacobians(
     net: nn.Module, X: Tensor, names: list[str] | None = None
@@ -252,14 +121,6 @@ def expand_prior(prior: Tensor, sizes: Sequence[int]) -> Tensor:
         raise ValueError(f"{prior.numel()} prior precisions for {len(sizes)} weight tensors.")
     counts = torch.tensor(list(sizes), device=prior.device)
     return torch.repeat_interleave(prior.reshape(-1), counts)
-
-
-def last_layer_name(net: nn.Module) -> str:
-    """Name of the last ``nn.Linear`` registered in ``net`` (its output layer)."""
-    names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
-    if not names:
-        raise ValueError("Last-layer Laplace needs a network with an nn.Linear output layer.")
-    return names[-1]
 
 
 def posterior_parameter_names(net: nn.Module, subset_of_weights: str) -> list[str] | None:

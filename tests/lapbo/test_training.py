@@ -1,5 +1,6 @@
 """The refit machinery of ``LaplaceBNN``: the Gram-spectrum evidence against the Laplace
-library, per-tensor priors, the hyperparameter optimisers, and the quadratic trend."""
+library, per-tensor priors, the hyperparameter optimisers and the output-layer
+Jacobians."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lapbo import LaplaceBNN, training
+from lapbo import LaplaceBNN, networks, training
 from laplace import Laplace
 
 SMALL = {"width": 16, "n_epochs": 100, "marglik_every": 50, "marglik_steps": 10,
@@ -30,7 +31,7 @@ def problem(n: int = 15, d: int = 2) -> tuple[nn.Module, Tensor, Tensor, list[Te
     X = torch.rand(n, d, generator=g, dtype=torch.float64)
     Y = torch.sin(4 * X[:, :1]) + X[:, 1:].square()
     torch.manual_seed(0)
-    net = training.default_network(d, 1, width=8, activation=("gauss", "tanh"), init_scale=1.0)
+    net = networks.default_network(d, 1, width=8, activation=("gauss", "tanh"), init_scale=1.0)
     theta0 = [p.detach().clone() for p in net.parameters()]
     training.train_map(net, X, Y, torch.tensor(0.05), torch.tensor(1.0), 60, 1e-2,
                        prior_mean=theta0)
@@ -123,42 +124,16 @@ def test_layerwise_model_matches_laplace_predictive() -> None:
         LaplaceBNN(X, Y, prior_structure="diag")
 
 
-def test_quadratic_trend() -> None:
-    body = training.default_network(3, 2, width=4)
-    net = training.QuadraticTrend(body, 3).double()
-    X = torch.rand(7, 3, dtype=torch.float64)
-    assert torch.allclose(net(X), body(X), atol=1e-14)  # the MLP at initialisation
-    with torch.no_grad():
-        net.head.weight[0, 4] = 1.0  # b₀₀
-        net.head.weight[1, 4 + 3 + 1] = 2.0  # a₁₁
-    z = 2 * X - 1
-    expected = body(X) + torch.stack([z[:, 0], 2 * z[:, 1].square()], dim=-1)
-    assert torch.allclose(net(X), expected, atol=1e-12)
-    # a concave quadratic is learned and moves the predicted maximiser inside the box
-    g = torch.Generator().manual_seed(1)
-    Xtr = torch.rand(20, 2, generator=g, dtype=torch.float64)
-    Ytr = -((Xtr - 0.4).square().sum(-1, keepdim=True))
-    model = LaplaceBNN(Xtr, Ytr, trend="quadratic", seed=0, **SMALL).fit()
-    assert bool((model.net.head.weight[0, -2:] < 0).all())  # the zᵢ² coefficients
-    grid = torch.stack(torch.meshgrid(*[torch.linspace(0, 1, 21, dtype=torch.float64)] * 2,
-                                      indexing="ij"), -1).reshape(-1, 2)
-    with torch.no_grad():
-        best = grid[model.posterior(grid.unsqueeze(-2)).mean.reshape(-1).argmax()]
-    assert torch.allclose(best, torch.tensor([0.4, 0.4], dtype=torch.float64), atol=0.1)
-    with pytest.raises(ValueError, match="trend"):
-        training.default_network(2, 1, trend="cubic")
-
-
-@pytest.mark.parametrize("trend", [None, "quadratic"])
-def test_output_layer_jacobians_equal_autodiff(trend: str | None) -> None:
+@pytest.mark.parametrize("bases", [{}, {"trend": "quadratic", "random_features": 7}])
+def test_output_layer_jacobians_equal_autodiff(bases: dict) -> None:
     """The closed-form output-layer Jacobian equals ``vmap(jacrev)``, gradients w.r.t. X
     included; a network that transforms the layer's output falls back to autodiff."""
-    net = training.default_network(3, 2, width=5, activation="gauss", trend=trend)
+    net = networks.default_network(3, 2, width=5, activation="gauss", **bases)
     names = training.posterior_parameter_names(net, "last_layer")
     X = torch.rand(4, 3, dtype=torch.float64, requires_grad=True)
     J, f = training.network_jacobians(net, X, names)
     J_ref, f_ref = training._jacobians_by_autodiff(net, X, names)
-    assert J.shape == J_ref.shape == (4, 2, 2 * (5 + (6 if trend else 0) + 1))
+    assert J.shape == J_ref.shape == (4, 2, 2 * (5 + (6 + 7 if bases else 0) + 1))
     assert torch.allclose(J, J_ref, atol=1e-14) and torch.allclose(f, f_ref, atol=1e-14)
     g, = torch.autograd.grad((J.square().sum() + f.sum()), X)
     g_ref, = torch.autograd.grad((J_ref.square().sum() + f_ref.sum()), X)

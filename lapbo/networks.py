@@ -1,0 +1,209 @@
+"""The default surrogate network of ``LaplaceBNN`` and its building blocks.
+
+``default_network`` builds an MLP with bounded activations whose output layer may also
+see fixed basis functions of the input (``AugmentedMLP``): a separable quadratic
+(``QuadraticFeatures``) and random Fourier features (``RandomFourierFeatures``). These
+bases have no trainable parameters of their own; their coefficients are ordinary
+output-layer weights, so a last-layer Laplace posterior is Bayesian linear regression on
+``[φ(x), basis(x)]`` and the network stays ``last_layer(features)`` for the Laplace
+library.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class Gaussian(nn.Module):
+    """``exp(−z²)``: a bounded, localised activation (a ridge bump on the first layer)."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.exp(-z.square())
+
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid,
+    "gauss": Gaussian,
+}
+
+
+class InputMap(nn.Module):
+    """A fixed (weightless) map of inputs in the unit box ``[0, 1]^d`` to the network.
+
+    ``"box"``: identity. ``"centered"``: ``z = 2x − 1``. ``"circle"``: each coordinate to
+    a half circle, ``(cos(πz/2), sin(πz/2))``, so every input has the same norm ``√d``.
+    ``"sphere"``: ``√(d+1)·(z, 1)/‖(z, 1)‖``, the box onto a cap of a sphere. With a
+    constant input norm the (linearized) prior variance of a network's first layer is the
+    same everywhere in the box instead of growing towards the corners.
+    """
+
+    kinds = ("box", "centered", "circle", "sphere")
+
+    def __init__(self, kind: str = "box") -> None:
+        super().__init__()
+        if kind not in self.kinds:
+            raise ValueError(f"Unknown input map {kind!r}; choose from {self.kinds}.")
+        self.kind = kind
+
+    def out_features(self, d: int) -> int:
+        return {"circle": 2 * d, "sphere": d + 1}.get(self.kind, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "box":
+            return x
+        z = 2 * x - 1
+        if self.kind == "centered":
+            return z
+        if self.kind == "circle":
+            angle = 0.5 * math.pi * z
+            return torch.cat([angle.cos(), angle.sin()], dim=-1)
+        u = torch.cat([z, torch.ones_like(z[..., :1])], dim=-1)
+        return u * (math.sqrt(u.shape[-1]) / u.norm(dim=-1, keepdim=True))
+
+    def extra_repr(self) -> str:
+        return repr(self.kind)
+
+
+class QuadraticFeatures(nn.Module):
+    """``x ↦ [z, z²]`` with ``z = 2x − 1`` for ``x`` in the unit box: ``(n, d) → (n, 2d)``.
+
+    With learned coefficients, a separable quadratic trend whose maximiser can lie
+    inside the box.
+    """
+
+    def out_features(self, d: int) -> int:
+        return 2 * d
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = 2 * x - 1
+        return torch.cat([z, z.square()], dim=-1)
+
+
+class RandomFourierFeatures(nn.Module):
+    """Fixed random cosine features of a squared-exponential kernel: ``(n, d) → (n, N)``.
+
+    ``ψ(x) = √(2v/N) · cos(xΩ + b)`` with ``Ω`` ``(d, N)`` ``~ N(0, 1/ℓ²)`` and ``b ~
+    U(0, 2π)`` drawn once (buffers: saved in the state dict, copied by warm starts).
+    With coefficients ``~ N(0, 1/δ)``, ``ψ(x)ᵀw`` has covariance ``≈ (v/δ)
+    exp(−‖x − x'‖²/(2ℓ²))``: a component whose posterior variance returns to its prior
+    level away from the data at length scale ``ℓ``, which learned features do not do.
+
+    Args:
+        d: input size; n_features: ``N``; lengthscale: ``ℓ`` (unit-box units);
+        variance: ``v``.
+    """
+
+    def __init__(self, d: int, n_features: int, lengthscale: float, variance: float) -> None:
+        super().__init__()
+        if n_features <= 0 or lengthscale <= 0 or variance <= 0:
+            raise ValueError("Random features need n_features, lengthscale and variance > 0.")
+        self.register_buffer("omega", torch.randn(d, n_features) / lengthscale)
+        self.register_buffer("phase", 2 * math.pi * torch.rand(n_features))
+        self.amplitude = math.sqrt(2 * variance / n_features)
+
+    def out_features(self, d: int) -> int:
+        return self.omega.shape[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.amplitude * torch.cos(x @ self.omega + self.phase)
+
+
+class AugmentedMLP(nn.Module):
+    """An MLP whose output layer also sees fixed bases of the input.
+
+    ``f(x) = W [φ(x); ψ₁(x); …] + b`` with ``φ`` the MLP's last hidden layer.
+
+    Args:
+        mlp: an ``nn.Sequential`` ending in an ``nn.Linear`` ``(width → m)``; its hidden
+            part becomes ``features`` and its output layer initialises ``head`` (the
+            basis coefficients start at zero, so the initial function is the MLP's).
+        d: input size.
+        bases: weightless modules ``(n, d) → (n, ·)`` with ``out_features(d)``.
+    """
+
+    def __init__(self, mlp: nn.Sequential, d: int, bases: Sequence[nn.Module]) -> None:
+        super().__init__()
+        last = mlp[-1]
+        if not isinstance(last, nn.Linear):
+            raise ValueError("AugmentedMLP needs an MLP ending in an nn.Linear layer.")
+        self.features = mlp[:-1]
+        self.bases = nn.ModuleList(bases)
+        extra = sum(b.out_features(d) for b in self.bases)
+        self.head = nn.Linear(last.in_features + extra, last.out_features)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.weight[:, : last.in_features] = last.weight
+            self.head.bias.copy_(last.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.cat([self.features(x), *(b(x) for b in self.bases)], dim=-1))
+
+
+def default_network(
+    d: int, m: int, width: int = 50, depth: int = 2, activation: str | Sequence[str] = "tanh",
+    dtype: torch.dtype = torch.float64, device: torch.device | None = None,
+    input_map: str = "box", init_scale: float | None = None, trend: str | None = None,
+    random_features: int = 0, random_feature_lengthscale: float = 0.3,
+    random_feature_variance: float = 3.0,
+) -> nn.Module:
+    """MLP ``d → width (× depth hidden layers) → m`` with bounded activations by default,
+    optionally with bases in its output layer (``AugmentedMLP``).
+
+    Args:
+        activation: one name for every hidden layer or one per hidden layer (keys of
+            ``_ACTIVATIONS``: ``"tanh"``, ``"gauss"`` = ``exp(−z²)``, ``"relu"``, ...).
+        input_map: a fixed, weightless map of ``[0, 1]^d`` inputs prepended to the MLP
+            (``InputMap``; anything but ``"box"`` shifts the layer indices in the state
+            dict keys).
+        init_scale: ``c`` for the first layer: weights ``N(0, c²)`` per input coordinate,
+            biases ``U(−c√fan_in, c√fan_in)`` (an inverse length scale per coordinate of
+            the unit box); ``None``: PyTorch's default initialisation.
+        trend: ``"quadratic"`` adds ``QuadraticFeatures`` to the output layer, or ``None``.
+        random_features: ``N`` random Fourier features in the output layer (0: none),
+            with ``random_feature_lengthscale`` and ``random_feature_variance``.
+    """
+    acts = [activation] * depth if isinstance(activation, str) else list(activation)
+    if len(acts) != depth:
+        raise ValueError(f"Give one activation or {depth} (one per hidden layer), not {acts}.")
+    for act in acts:
+        if act not in _ACTIVATIONS:
+            raise ValueError(f"Unknown activation {act!r}; choose from {sorted(_ACTIVATIONS)}.")
+    if trend not in (None, "quadratic"):
+        raise ValueError(f"Unknown trend {trend!r}; use None or 'quadratic'.")
+    layers: list[nn.Module] = []
+    fan_in = d
+    if input_map != "box":
+        layers.append(InputMap(input_map))
+        fan_in = layers[0].out_features(d)
+    for i, act in enumerate(acts):
+        linear = nn.Linear(fan_in, width)
+        if i == 0 and init_scale is not None:
+            with torch.no_grad():
+                linear.weight.normal_(0.0, init_scale)
+                bound = init_scale * math.sqrt(fan_in)
+                linear.bias.uniform_(-bound, bound)
+        layers += [linear, _ACTIVATIONS[act]()]
+        fan_in = width
+    layers.append(nn.Linear(fan_in, m))
+    net: nn.Module = nn.Sequential(*layers)
+    bases: list[nn.Module] = []
+    if trend == "quadratic":
+        bases.append(QuadraticFeatures())
+    if random_features:
+        bases.append(RandomFourierFeatures(d, random_features, random_feature_lengthscale,
+                                           random_feature_variance))
+    if bases:
+        net = AugmentedMLP(net, d, bases)
+    return net.to(dtype=dtype, device=device)
+
+
+def last_layer_name(net: nn.Module) -> str:
+    """Name of the last ``nn.Linear`` registered in ``net`` (its output layer)."""
+    names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise ValueError("Last-layer Laplace needs a network with an nn.Linear output layer.")
+    return names[-1]

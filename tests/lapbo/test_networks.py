@@ -1,0 +1,79 @@
+"""The default network's building blocks: the quadratic trend, random Fourier features
+and the output layer that sees them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lapbo import LaplaceBNN, networks
+
+SMALL = {"width": 16, "n_epochs": 100, "marglik_every": 50, "marglik_steps": 10,
+         "final_marglik_steps": 30, "n_epochs_warm_start": 30}
+
+
+def test_quadratic_trend() -> None:
+    body = networks.default_network(3, 2, width=4)
+    net = networks.AugmentedMLP(body, 3, [networks.QuadraticFeatures()]).double()
+    X = torch.rand(7, 3, dtype=torch.float64)
+    assert torch.allclose(net(X), body(X), atol=1e-14)  # the MLP at initialisation
+    with torch.no_grad():
+        net.head.weight[0, 4] = 1.0  # b₀₀
+        net.head.weight[1, 4 + 3 + 1] = 2.0  # a₁₁
+    z = 2 * X - 1
+    expected = body(X) + torch.stack([z[:, 0], 2 * z[:, 1].square()], dim=-1)
+    assert torch.allclose(net(X), expected, atol=1e-12)
+    # a concave quadratic is learned and moves the predicted maximiser inside the box
+    g = torch.Generator().manual_seed(1)
+    Xtr = torch.rand(20, 2, generator=g, dtype=torch.float64)
+    Ytr = -((Xtr - 0.4).square().sum(-1, keepdim=True))
+    model = LaplaceBNN(Xtr, Ytr, trend="quadratic", random_features=0, seed=0, **SMALL).fit()
+    assert bool((model.net.head.weight[0, -2:] < 0).all())  # the zᵢ² coefficients
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(0, 1, 21, dtype=torch.float64)] * 2,
+                                      indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        best = grid[model.posterior(grid.unsqueeze(-2)).mean.reshape(-1).argmax()]
+    assert torch.allclose(best, torch.tensor([0.4, 0.4], dtype=torch.float64), atol=0.1)
+    with pytest.raises(ValueError, match="trend"):
+        networks.default_network(2, 1, trend="cubic")
+
+
+
+
+def test_random_features_approximate_the_squared_exponential_kernel() -> None:
+    torch.manual_seed(0)
+    rff = networks.RandomFourierFeatures(3, 40_000, lengthscale=0.3, variance=2.0).double()
+    X = torch.rand(6, 3, dtype=torch.float64)
+    K = rff(X) @ rff(X).mT
+    exact = 2.0 * torch.exp(-torch.cdist(X, X).square() / (2 * 0.3**2))
+    assert torch.allclose(K, exact, atol=0.05)
+    assert rff.out_features(3) == 40_000
+    with pytest.raises(ValueError, match="> 0"):
+        networks.RandomFourierFeatures(3, 10, lengthscale=0.0, variance=1.0)
+
+
+def test_random_features_travel_with_state_and_warm_starts() -> None:
+    g = torch.Generator().manual_seed(2)
+    X = torch.rand(10, 2, generator=g, dtype=torch.float64)
+    Y = torch.sin(6 * X[:, :1])
+    model = LaplaceBNN(X, Y, seed=0, random_features=12, **SMALL).fit()
+    net = model.net
+    assert isinstance(net, networks.AugmentedMLP)
+    assert net.head.in_features == 16 + 4 + 12
+    omega = net.bases[1].omega
+    assert omega.shape == (2, 12) and not omega.requires_grad
+    assert "net.bases.1.omega" in model.state_dict()
+    # the prior mean covers trainable weights only; coefficients start at zero
+    n_trainable = sum(p.numel() for p in net.parameters())
+    assert model.prior_mean.numel() == n_trainable
+    warm = LaplaceBNN(X, Y, warm_start=model, **SMALL)
+    assert torch.equal(warm.net.bases[1].omega, omega)
+    other = LaplaceBNN(X, Y, seed=1, random_features=12, **SMALL)
+    assert not torch.equal(other.net.bases[1].omega, omega)
+    fresh = LaplaceBNN(X, Y, seed=5, random_features=12, **SMALL)
+    fresh.load_state_dict(model.state_dict())
+    Xt = torch.rand(4, 1, 2, generator=g, dtype=torch.float64)
+    assert torch.allclose(fresh.posterior(Xt).mean, model.posterior(Xt).mean, atol=1e-12)
+    assert math.isfinite(float(model.posterior(Xt).variance.sum()))
