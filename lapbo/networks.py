@@ -86,22 +86,28 @@ class QuadraticFeatures(nn.Module):
 class RandomFourierFeatures(nn.Module):
     """Fixed random cosine features of a squared-exponential kernel: ``(n, d) → (n, N)``.
 
-    ``ψ(x) = √(2v/N) · cos(xΩ + b)`` with ``Ω`` ``(d, N)`` ``~ N(0, 1/ℓ²)`` and ``b ~
-    U(0, 2π)`` drawn once (buffers: saved in the state dict, copied by warm starts).
-    With coefficients ``~ N(0, 1/δ)``, ``ψ(x)ᵀw`` has covariance ``≈ (v/δ)
-    exp(−‖x − x'‖²/(2ℓ²))``: a component whose posterior variance returns to its prior
-    level away from the data at length scale ``ℓ``, which learned features do not do.
+    ``ψ(x) = √(2v/N) · cos(xΩ + b)`` with column ``j`` of ``Ω`` ``(d, N)`` ``~ N(0,
+    I/ℓⱼ²)`` and ``b ~ U(0, 2π)``, drawn once (buffers: saved in the state dict, copied by
+    warm starts). With coefficients ``~ N(0, 1/δ)``, ``ψ(x)ᵀw`` has covariance ``≈ (v/δ)
+    · mean_j exp(−‖x − x'‖²/(2ℓⱼ²))``: a component whose posterior variance returns to
+    its prior level away from the data, which learned features do not do. One ``ℓ``
+    gives a squared-exponential kernel; a range ``(ℓ_min, ℓ_max)`` spreads the ``ℓⱼ``
+    log-uniformly over it (a scale mixture, for problems whose length scale is unknown).
 
     Args:
-        d: input size; n_features: ``N``; lengthscale: ``ℓ`` (unit-box units);
-        variance: ``v``.
+        d: input size; n_features: ``N``; lengthscale: ``ℓ`` or ``(ℓ_min, ℓ_max)``
+            (unit-box units); variance: ``v``.
     """
 
-    def __init__(self, d: int, n_features: int, lengthscale: float, variance: float) -> None:
+    def __init__(self, d: int, n_features: int, lengthscale: float | tuple[float, float],
+                 variance: float) -> None:
         super().__init__()
-        if n_features <= 0 or lengthscale <= 0 or variance <= 0:
+        single = isinstance(lengthscale, (int, float))
+        lo, hi = (lengthscale, lengthscale) if single else lengthscale
+        if n_features <= 0 or min(lo, hi) <= 0 or variance <= 0:
             raise ValueError("Random features need n_features, lengthscale and variance > 0.")
-        self.register_buffer("omega", torch.randn(d, n_features) / lengthscale)
+        scales = torch.logspace(math.log10(lo), math.log10(hi), n_features)
+        self.register_buffer("omega", torch.randn(d, n_features) / scales)
         self.register_buffer("phase", 2 * math.pi * torch.rand(n_features))
         self.amplitude = math.sqrt(2 * variance / n_features)
 
@@ -147,7 +153,7 @@ def default_network(
     d: int, m: int, width: int = 50, depth: int = 2, activation: str | Sequence[str] = "tanh",
     dtype: torch.dtype = torch.float64, device: torch.device | None = None,
     input_map: str = "box", init_scale: float | None = None, trend: str | None = None,
-    random_features: int = 0, random_feature_lengthscale: float = 0.3,
+    random_features: int = 0, random_feature_lengthscale: float | tuple[float, float] = 0.3,
     random_feature_variance: float = 3.0,
 ) -> nn.Module:
     """MLP ``d → width (× depth hidden layers) → m`` with bounded activations by default,

@@ -50,6 +50,14 @@ def test_random_features_approximate_the_squared_exponential_kernel() -> None:
     exact = 2.0 * torch.exp(-torch.cdist(X, X).square() / (2 * 0.3**2))
     assert torch.allclose(K, exact, atol=0.05)
     assert rff.out_features(3) == 40_000
+    # a range of length scales: the kernel is the mean of the squared exponentials
+    mix = networks.RandomFourierFeatures(3, 40_000, lengthscale=(0.2, 1.0), variance=1.0)
+    mix = mix.double()
+    scales = torch.logspace(math.log10(0.2), 0.0, 40_000, dtype=torch.float64)
+    d2 = torch.cdist(X, X).square().unsqueeze(-1)
+    exact_mix = torch.exp(-d2 / (2 * scales.square())).mean(-1)
+    assert torch.allclose(mix(X) @ mix(X).mT, exact_mix, atol=0.05)
+    assert not torch.allclose(exact_mix, torch.exp(-d2[..., 0] / (2 * 0.3**2)), atol=0.05)
     with pytest.raises(ValueError, match="> 0"):
         networks.RandomFourierFeatures(3, 10, lengthscale=0.0, variance=1.0)
 
