@@ -259,7 +259,9 @@ class LaplaceBNN(_LinearizedModel):
       −0.39 / 1.23, the single 0.3 −0.90 / −0.38 / 1.28 and the range 0.3–1.0 −1.46 /
       −0.24 / 1.19. The range 0.3–1.0 had looked best on seeds 0–5 (Branin −1.96) and
       fell to −0.34 on seeds 6–11: choices between these variants are within seed noise
-      on Branin.
+      on Branin. Over 18 seeds (12–17 run once, after the choice) the defaults reach
+      −0.97 / −0.43 / 1.23 against the GP's −1.35 / −0.35 / 1.25
+      (``benchmarks/results/bo_18_seeds.md``).
     - *Noise hyperprior* ``LogNormal(−8, 2)`` on ``σ²`` (standardized units), starting at
       ``σ = 0.01``: the benchmark functions are noiseless, and with BoTorch's
       ``LogNormal(−4, 1)`` the refit held ``σ`` near 0.08, i.e. ±6 Branin units, so the
