@@ -23,7 +23,7 @@ peak memory is the growth of ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` acros
 call (resident memory, page granularity), next to the size of the largest tensor the
 linearized predictive must hold (the whitened Jacobians ``b·4 × P`` in float64).
 
-    .venv/bin/python benchmarks/bo.py                  # full run (~1 h on 2 shared cores)
+    .venv/bin/python benchmarks/bo.py                  # the issue protocol (~5 min on this machine)
     .venv/bin/python benchmarks/bo.py --quick          # smoke test: 1 seed, 3 iterations
     .venv/bin/python benchmarks/bo.py --problems hartmann --seeds 0 1 --iterations 5 \\
         --methods gp laplace --variant wide='{"width": 100}'
