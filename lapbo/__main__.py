@@ -41,6 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.surrogates) - set(SURROGATES)
     if unknown:
         parser.error(f"unknown surrogates {sorted(unknown)}; choose from {SURROGATES}")
+    if not args.surrogates:
+        parser.error(f"--surrogates is empty; choose from {SURROGATES}")
+    repeated = sorted({s for s in args.surrogates if args.surrogates.count(s) > 1})
+    if repeated:
+        parser.error(f"--surrogates repeats {repeated}")
+    if args.iterations < 1:
+        parser.error(f"--iterations must be at least 1, not {args.iterations}")
     return args
 
 

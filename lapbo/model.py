@@ -14,7 +14,7 @@ those, i.e. the features and a one).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ from linear_operator.operators import DenseLinearOperator
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor, nn
 
-from lapbo import networks, training
+from lapbo import networks, selection, training, validation
 from lapbo.gaussian import LinearizedGaussian
 from laplace.baselaplace import ParametricLaplace
 
@@ -114,6 +114,9 @@ class _LinearizedModel(Model, FantasizeMixin):
             covariance ``(*b, q·m, q·m)``) for several.
         """
         self.eval()
+        validation.check_query("X", X, self._train_X.shape[-1])
+        if isinstance(observation_noise, Tensor):
+            validation.check_non_negative("observation_noise", observation_noise)
         sel = list(range(self.num_outputs)) if output_indices is None else list(output_indices)
         idx = [self._outputs[i] for i in sel]
         k = len(idx)
@@ -161,6 +164,12 @@ class _LinearizedModel(Model, FantasizeMixin):
             A model with batch shape ``broadcast(*bx, *by, self.batch_shape)``.
         """
         self.eval()
+        validation.check_query("X", X, self._train_X.shape[-1])
+        validation.check_finite("Y", Y)
+        validation.check_non_negative("noise", noise)
+        if Y.shape[-2] != X.shape[-2] or Y.shape[-1] != self.num_outputs:
+            raise ValueError(f"Y must have shape (*batch, {X.shape[-2]}, {self.num_outputs}) to "
+                             f"match X {tuple(X.shape)}; got {tuple(Y.shape)}.")
         idx = self._outputs
         k, n_new = len(idx), X.shape[-2]
         X_tf = self.transform_inputs(X)
@@ -186,6 +195,16 @@ class _LinearizedModel(Model, FantasizeMixin):
         return ConditionedLaplaceBNN(
             self, self._gaussian(), self._train_X, outputs=[self._outputs[i] for i in idcs]
         )
+
+
+def _check_warm_start(warm_start: Any, d: int, m: int) -> None:
+    """``warm_start`` is a fitted ``LaplaceBNN`` on ``d`` inputs and ``m`` outputs."""
+    if not isinstance(warm_start, LaplaceBNN):
+        raise ValueError(f"warm_start must be a LaplaceBNN, not {type(warm_start).__name__}.")
+    d_old, m_old = warm_start._train_X.shape[-1], warm_start._num_net_outputs
+    if (d_old, m_old) != (d, m):
+        raise ValueError(f"warm_start was trained on {d_old} inputs and {m_old} outputs; "
+                         f"this model has {d} inputs and {m} outputs.")
 
 
 class ConditionedLaplaceBNN(_LinearizedModel):
@@ -330,6 +349,16 @@ class LaplaceBNN(_LinearizedModel):
             ``"zero"``.
         noise_prior: ``(loc, scale)`` of a log-normal hyperprior on ``σ²`` for the
             refit, or ``None``.
+        candidates: ``None`` (one network) or a list of dicts of options, each one
+            candidate surrogate on top of these options; ``fit()`` trains each and keeps
+            the one of highest Laplace evidence (``lapbo.selection``; the scores are in
+            ``model.selection``). Options that change what the evidence measures
+            (``subset_of_weights``, ``hessian_structure``, ...) cannot vary.
+        prior_precision_prior: scale of a log-normal hyperprior on ``δ`` centred where
+            the prior function variance at the data equals the outcome variance
+            (``lapbo.training.TrainingOptions``; full GGN only), or ``None``. Without it
+            one or two observations send ``δ`` to its bound and the posterior variance
+            to ~0 everywhere, so an acquisition function has no reason to explore.
         trend: ``"quadratic"`` (default: the default network's output layer also sees
             ``z`` and ``z²``, ``networks.QuadraticFeatures``) or ``None``.
         random_features, random_feature_lengthscale, random_feature_variance: ``N``
@@ -361,11 +390,15 @@ class LaplaceBNN(_LinearizedModel):
         compute_dtype: torch.dtype = torch.float64, seed: int | None = None,
         input_map: str = "box", prior_mean: str = "init",
         noise_prior: tuple[float, float] | None = (-8.0, 2.0),
+        prior_precision_prior: float | None = 1.0,
         init_scale: float | None = 1.25, mean: str = "map", trend: str | None = "quadratic",
         random_features: int = 100,
         random_feature_lengthscale: float | tuple[float, float] = (0.2, 1.0),
         random_feature_variance: float = 3.0, prior_structure: str = "scalar",
+        candidates: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
+        init_options = {k: v for k, v in locals().items()  # the candidates' base options
+                        if k not in ("self", "train_X", "train_Y", "train_Yvar", "__class__")}
         super().__init__()
         if likelihood != "regression":
             raise UnsupportedError("LaplaceBNN supports likelihood='regression' only.")
@@ -377,7 +410,19 @@ class LaplaceBNN(_LinearizedModel):
             raise UnsupportedError(f"Unsupported hessian_structure {hessian_structure!r}.")
         if train_X.ndim != 2:
             raise UnsupportedError("LaplaceBNN takes unbatched (n, d) training inputs.")
+        validation.check_training_data(train_X, train_Y, train_Yvar)
         GPyTorchModel._validate_tensor_args(X=train_X, Y=train_Y, Yvar=train_Yvar)
+        for name, value in (("prior_precision", prior_precision), ("sigma_noise", sigma_noise),
+                            ("min_noise_std", min_noise_std), ("lr", lr),
+                            ("marglik_lr", marglik_lr)):
+            validation.check_positive(name, value)
+        if prior_precision_prior is not None:
+            validation.check_positive("prior_precision_prior", prior_precision_prior)
+        for name, value in (("n_epochs", n_epochs), ("n_epochs_warm_start", n_epochs_warm_start),
+                            ("width", width), ("depth", depth)):
+            validation.check_positive(name, value, integer=True)
+        if warm_start is not None:
+            _check_warm_start(warm_start, train_X.shape[-1], train_Y.shape[-1])
         m = train_Y.shape[-1]
         if outcome_transform is DEFAULT:
             outcome_transform = Standardize(m=m)
@@ -406,6 +451,7 @@ class LaplaceBNN(_LinearizedModel):
             final_marglik_steps=final_marglik_steps, marglik_lr=marglik_lr,
             tune_noise=tune_noise, min_noise_std=min_noise_std,
             noise_prior=None if noise_prior is None else tuple(noise_prior),
+            prior_precision_prior=prior_precision_prior,
         )
         device = train_X.device
         net_options = {
@@ -449,6 +495,16 @@ class LaplaceBNN(_LinearizedModel):
                 theta0 = torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
             self.register_buffer("prior_mean", theta0)
         self._warm = warm_start is not None
+        self._init_options = init_options
+        self.candidates = selection.check_candidates(candidates)
+        if self.candidates and isinstance(net, nn.Module):
+            raise ValueError("candidates need net=None or a network factory, not one module "
+                             "instance that every candidate would share.")
+        previous = getattr(warm_start, "_candidate_models", None)
+        self._warm_candidates = (previous if previous is not None
+                                 and len(previous) == len(self.candidates) else None)
+        self._candidate_models: list[LaplaceBNN] | None = None
+        self.selection: list[selection.CandidateScore] = []
         self._la: ParametricLaplace | None = None
         self._post: LinearizedGaussian | None = None
         self._noise_cache: Tensor | None = None
@@ -515,7 +571,10 @@ class LaplaceBNN(_LinearizedModel):
 
     # ------------------------------------------------------------------ fit
     def fit(self) -> LaplaceBNN:
-        """Train the MAP network, fit the Laplace posterior, refit ``δ`` and ``σ``."""
+        """Train the MAP network, fit the Laplace posterior, refit ``δ`` and ``σ``; with
+        ``candidates``, do so for each and keep the one of highest evidence."""
+        if self.candidates:
+            return selection.fit_by_evidence(self)
         X, Y, Yvar = self._training_data()
         n_epochs = self.options.n_epochs_warm_start if self._warm else self.options.n_epochs
         la, sigma, prior = training.fit_network_and_laplace(
@@ -534,6 +593,38 @@ class LaplaceBNN(_LinearizedModel):
 
     def _invalidate(self) -> None:
         self._la, self._post, self._noise_cache = None, None, None
+
+    def _adopt(self, child: LaplaceBNN) -> None:
+        """Become the fitted candidate ``child`` (network, prior, hyperparameters)."""
+        self.net = child.net
+        self._param_names = child._param_names
+        self.options = child.options
+        for name in ("sigma_noise", "prior_precision", "is_fitted"):
+            self.register_buffer(name, getattr(child, name).clone())
+        if self.prior_mean_kind == "init":
+            self.register_buffer("prior_mean", child.prior_mean.clone())
+        self._invalidate()
+        self._la = child._la
+        self.eval()
+
+    def log_marginal_likelihood(self) -> Tensor:
+        """The Laplace evidence ``log p(y | δ, σ)`` of the fitted model (scalar tensor).
+
+        Over the weights of the posterior, at the current hyperparameters, for the
+        standardized outcomes: the quantity the refits maximise (without hyperpriors) and
+        candidates are compared by; equal to the ``laplace`` object's
+        ``log_marginal_likelihood()`` (``model.la``).
+        """
+        self._require_fitted()
+        if self.hessian_structure != "full" or self.backend is not None:
+            return self.la.log_marginal_likelihood().detach()
+        X, Y, Yvar = self._training_data()
+        lml = training.gram_marglik(
+            self.net, X, Y, Yvar, self._param_names, self._prior_mean_list(),
+            linearized=self.mean_kind == "linearized",
+            layerwise=self.prior_structure == "layerwise",
+        )
+        return lml(self.prior_precision, self.sigma_noise).detach()
 
     @property
     def la(self) -> ParametricLaplace:

@@ -150,6 +150,14 @@ class TrainingOptions:
         min_prior_precision, max_prior_precision: bounds of ``δ``.
         noise_prior: ``(loc, scale)`` of a log-normal hyperprior on ``σ²`` added to the
             marginal likelihood when ``σ`` is refit (``None``: none).
+        prior_precision_prior: scale ``s`` of a log-normal hyperprior on ``δ`` centred on
+            ``δ_ref = mean_i ‖rᵢ‖²``, the mean squared norm of the Jacobian rows at the
+            training points, i.e. the precision at which the prior function variance
+            ``‖r‖²/δ`` at the data is 1 (the outcome variance in standardized units).
+            With one or two observations the evidence alone sends ``δ`` to its upper
+            bound (an observed standardized 0 is best explained by no signal at all)
+            and the posterior variance collapses everywhere; the hyperprior keeps it at
+            the outcome scale. ``None``: none. Full GGN only (it needs the rows).
     """
 
     n_epochs: int = 300
@@ -167,6 +175,7 @@ class TrainingOptions:
     min_prior_precision: float = 1e-6
     max_prior_precision: float = 1e6
     noise_prior: tuple[float, float] | None = None
+    prior_precision_prior: float | None = None
 
 
 def make_loader(X: Tensor, Y: Tensor) -> DataLoader:
@@ -349,6 +358,7 @@ class GramMarglik:
                  linearized: bool = False, groups: Sequence[int] | None = None) -> None:
         rows, resid = rows.detach(), resid.detach()
         self.n = resid.numel()
+        self.reference_precision = float(rows.square().sum(-1).mean()) if self.n else 1.0
         self.theta_sq = theta_sq.detach()
         self.groups = None if groups is None else list(groups)
         self.noise_var = noise_var
@@ -583,13 +593,29 @@ def _fit_full_ggn(
         done += steps
         if done < n_epochs and options.marglik_steps > 0:
             lml = gram_marglik(net, X, Y, Yvar, names, prior_mean, linearized, layerwise)
-            sigma, prior = maximize_marglik(lml, sigma, prior, options.marglik_steps, options,
-                                            tune_noise)
+            sigma, prior = maximize_marglik(with_prior_hyperprior(lml, options), sigma, prior,
+                                            options.marglik_steps, options, tune_noise)
     if options.final_marglik_steps > 0:
         lml = gram_marglik(net, X, Y, Yvar, names, prior_mean, linearized, layerwise)
-        sigma, prior = maximize_marglik(lml, sigma, prior, options.final_marglik_steps,
-                                        options, tune_noise)
+        sigma, prior = maximize_marglik(with_prior_hyperprior(lml, options), sigma, prior,
+                                        options.final_marglik_steps, options, tune_noise)
     return None, sigma, prior
+
+
+def with_prior_hyperprior(lml: GramMarglik, options: TrainingOptions) -> Any:
+    """``lml(δ, σ)`` plus ``Σ_g log LogNormal(δ_g; log δ_ref, s²)`` with ``s =
+    options.prior_precision_prior`` and ``δ_ref = lml.reference_precision`` (see
+    ``TrainingOptions``), or ``lml`` itself when ``s`` is ``None``."""
+    scale = options.prior_precision_prior
+    if scale is None:
+        return lml
+    loc = math.log(max(lml.reference_precision, options.min_prior_precision))
+
+    def objective(prior: Tensor, sigma: Tensor) -> Tensor:
+        log_prior = prior.log()
+        return lml(prior, sigma) - (log_prior + 0.5 * ((log_prior - loc) / scale) ** 2).sum()
+
+    return objective
 
 
 def fit_laplace_bnn(model: LaplaceBNN, **kwargs: Any) -> LaplaceBNN:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -38,3 +39,15 @@ def test_problem_optima_are_consistent():
 def test_cli_rejects_unknown_surrogate():
     with pytest.raises(SystemExit):
         parse_args(["--surrogates", "laplace,forest"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--surrogates", ","], "--surrogates is empty"),
+     (["--surrogates", "gp,laplace,gp"], r"--surrogates repeats \['gp'\]"),
+     (["--iterations", "0"], "--iterations must be at least 1")],
+)
+def test_cli_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert re.search(message, capsys.readouterr().err)

@@ -1,0 +1,79 @@
+"""Model selection by the Laplace evidence (``LaplaceBNN(candidates=...)``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from lapbo import LaplaceBNN
+from lapbo.selection import selection_table
+
+FAST = {"width": 20, "n_epochs": 150, "n_epochs_warm_start": 30, "subset_of_weights": "all"}
+LONG = {"init_scale": 0.5, "random_feature_lengthscale": (0.5, 2.0)}
+SHORT = {"init_scale": 4.0, "random_feature_lengthscale": (0.05, 0.25)}
+
+
+def inputs(n: int = 30) -> Tensor:
+    return torch.rand(n, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [(lambda x: 2 * x.square(), LONG),                       # smooth: long length scales
+     (lambda x: torch.sin(2 * math.pi * x / 0.3), SHORT)],   # period 0.3: short ones
+)
+def test_selection_picks_the_candidate_of_highest_evidence(target, expected) -> None:
+    X = inputs()
+    model = LaplaceBNN(X, target(X), seed=0, candidates=[LONG, SHORT], **FAST).fit()
+    scores = model.selection
+    assert len(scores) == 2 and sum(s.chosen for s in scores) == 1
+    chosen = next(s for s in scores if s.chosen)
+    assert chosen.options == expected
+    assert chosen.log_marginal_likelihood == max(s.log_marginal_likelihood for s in scores)
+    # the parent is the chosen candidate: same evidence, same predictions
+    assert float(model.log_marginal_likelihood()) == pytest.approx(
+        chosen.log_marginal_likelihood, rel=1e-10)
+    best = model._candidate_models[scores.index(chosen)]
+    Xt = torch.linspace(0, 1, 7, dtype=torch.float64).unsqueeze(-1)
+    assert torch.allclose(model.posterior(Xt).mean, best.posterior(Xt).mean, atol=1e-12)
+    assert "*" in selection_table(scores)
+
+
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+def test_evidence_equals_laplace_log_marginal_likelihood(subset: str) -> None:
+    X = inputs(12)
+    model = LaplaceBNN(X, torch.sin(6 * X), seed=0, **{**FAST, "subset_of_weights": subset,
+                                                       "n_epochs": 40}).fit()
+    expected = model.la.log_marginal_likelihood()
+    assert float(model.log_marginal_likelihood()) == pytest.approx(float(expected), rel=1e-8)
+
+
+def test_every_round_refits_each_candidate_from_its_own_previous_model() -> None:
+    X = inputs(20)
+    first = LaplaceBNN(X, torch.sin(6 * X), seed=0, candidates=[LONG, SHORT], **FAST).fit()
+    X2 = torch.cat([X, torch.tensor([[0.5]], dtype=torch.float64)])
+    second = LaplaceBNN(X2, torch.sin(6 * X2), warm_start=first, candidates=[LONG, SHORT],
+                        **FAST)
+    assert second._warm_candidates is first._candidate_models
+    second.fit()
+    for old, new in zip(first._candidate_models, second._candidate_models):
+        assert new._warm  # warm-started (shorter schedule) from its own previous model
+        assert torch.equal(new.prior_mean, old.prior_mean)
+        assert not torch.equal(new.prior_precision, old.prior_precision)  # refit this round
+    assert len(second.selection) == 2
+
+
+@pytest.mark.parametrize(
+    ("candidates", "message"),
+    [([], "candidates is empty"),
+     ({"width": 3}, "candidates must be a sequence of dicts"),
+     ([{"width": 3}, 5], r"candidates\[1\] must be a dict"),
+     ([{"subset_of_weights": "last_layer"}], r"candidates\[0\] sets \['subset_of_weights'\]")],
+)
+def test_bad_candidates_are_rejected(candidates, message) -> None:
+    X = inputs(5)
+    with pytest.raises(ValueError, match=message):
+        LaplaceBNN(X, X, candidates=candidates)

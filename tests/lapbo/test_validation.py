@@ -1,0 +1,104 @@
+"""Bad input to ``LaplaceBNN`` gets a ``ValueError`` naming the argument, never a silently
+wrong posterior: one parametrised place per entry point, so a new case is one line."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from lapbo import LaplaceBNN
+
+SMALL = {"width": 8, "n_epochs": 20, "marglik_every": 10, "marglik_steps": 5,
+         "final_marglik_steps": 10, "n_epochs_warm_start": 5, "random_features": 10}
+
+
+def data(n: int = 8, d: int = 2, m: int = 1) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(n, d, generator=g, dtype=torch.float64)
+    Y = torch.sin(4 * X.sum(-1, keepdim=True)).expand(n, m).clone()
+    return X, Y
+
+
+@pytest.fixture(scope="module")
+def fitted() -> LaplaceBNN:
+    X, Y = data()
+    return LaplaceBNN(X, Y, seed=0, **SMALL).fit()
+
+
+def _with(tensor: Tensor, index: tuple, value: float) -> Tensor:
+    out = tensor.clone()
+    out[index] = value
+    return out
+
+
+X0, Y0 = data()
+
+CONSTRUCTOR_CASES = [
+    ({"train_X": _with(X0, (0, 0), math.nan)}, "train_X contains 1 NaN or infinite"),
+    ({"train_X": _with(X0, (1, 1), math.inf)}, "train_X contains 1 NaN or infinite"),
+    ({"train_Y": _with(Y0, (2, 0), math.nan)}, "train_Y contains 1 NaN or infinite"),
+    ({"train_Y": Y0[:5]}, "train_X has 8 points but train_Y has 5"),
+    ({"train_Y": Y0.squeeze(-1)}, r"train_Y must be \(n, m\)"),
+    ({"train_X": X0[:0], "train_Y": Y0[:0]}, "train_X is empty"),
+    ({"train_Yvar": -torch.ones_like(Y0)}, "train_Yvar must be non-negative"),
+    ({"train_Yvar": torch.full_like(Y0, math.nan)}, "train_Yvar contains 8 NaN"),
+    ({"train_Yvar": torch.ones(8, 2, dtype=torch.float64)}, "train_Yvar has shape"),
+    ({"prior_precision": 0.0}, "prior_precision must be a positive"),
+    ({"prior_precision": -1.0}, "prior_precision must be a positive"),
+    ({"sigma_noise": 0.0}, "sigma_noise must be a positive"),
+    ({"sigma_noise": math.nan}, "sigma_noise must be a positive"),
+    ({"min_noise_std": -1e-3}, "min_noise_std must be a positive"),
+    ({"n_epochs": 0}, "n_epochs must be a positive integer"),
+    ({"n_epochs": 2.5}, "n_epochs must be a positive integer"),
+    ({"n_epochs_warm_start": -1}, "n_epochs_warm_start must be a positive integer"),
+    ({"width": 0}, "width must be a positive integer"),
+    ({"lr": 0.0}, "lr must be a positive"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), CONSTRUCTOR_CASES)
+def test_constructor_rejects(change: dict, message: str) -> None:
+    kwargs = {"train_X": X0, "train_Y": Y0, **SMALL, **change}
+    with pytest.raises(ValueError, match=message):
+        LaplaceBNN(**kwargs)
+
+
+def test_warm_start_of_another_shape_is_rejected(fitted: LaplaceBNN) -> None:
+    X3, Y3 = data(d=3)
+    with pytest.raises(ValueError, match="warm_start was trained on 2 inputs and 1 outputs"):
+        LaplaceBNN(X3, Y3, warm_start=fitted, **SMALL)
+    X, Y2 = data(m=2)
+    with pytest.raises(ValueError, match="this model has 2 inputs and 2 outputs"):
+        LaplaceBNN(X, Y2, warm_start=fitted, **SMALL)
+    with pytest.raises(ValueError, match="warm_start must be a LaplaceBNN"):
+        LaplaceBNN(X0, Y0, warm_start="model", **SMALL)
+
+
+def test_query_checks(fitted: LaplaceBNN) -> None:
+    with pytest.raises(ValueError, match=r"X has no points \(q = 0\)"):
+        fitted.posterior(torch.zeros(0, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="X contains 1 NaN"):
+        fitted.posterior(_with(X0[:3], (0, 1), math.nan))
+    with pytest.raises(ValueError, match=r"X must have shape \(\*batch, q, 2\)"):
+        fitted.posterior(torch.zeros(4, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="observation_noise must be non-negative"):
+        fitted.posterior(X0[:3], observation_noise=-torch.ones(3, 1, dtype=torch.float64))
+
+
+def test_conditioning_checks(fitted: LaplaceBNN) -> None:
+    X, Y = X0[:2] + 0.01, Y0[:2]
+    with pytest.raises(ValueError, match="Y contains 1 NaN"):
+        fitted.condition_on_observations(X, _with(Y, (0, 0), math.nan))
+    with pytest.raises(ValueError, match="X contains 1 NaN"):
+        fitted.condition_on_observations(_with(X, (0, 0), math.nan), Y)
+    with pytest.raises(ValueError, match="noise must be non-negative"):
+        fitted.condition_on_observations(X, Y, noise=-torch.ones_like(Y))
+    with pytest.raises(ValueError, match=r"Y must have shape \(\*batch, 2, 1\)"):
+        fitted.condition_on_observations(X, Y[:1])
+    # a zero noise variance is legal (exact observations): the update still interpolates
+    cond = fitted.condition_on_observations(X, Y, noise=torch.zeros_like(Y))
+    mean = cond.posterior(X).mean
+    assert torch.allclose(mean, Y, atol=1e-4)
