@@ -7,6 +7,7 @@ predictive, sampling and serialization below are written once for all structures
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from laplace.posterior.base import BaseLaplace
 from laplace.precision import PrecisionMatrix
 from laplace.predictive import links
+from laplace.utils import checks
 from laplace.utils.data import Inputs, batch_size, dataset_size, inputs_to, split_batch
 from laplace.utils.enums import Likelihood, LinkApprox, PredType, parse_option
 from laplace.utils.parameters import vector_of
@@ -34,6 +36,12 @@ class ParametricLaplace(BaseLaplace):
         self.mean: Tensor = self._posterior_vector()
         self._cached: tuple[tuple[Tensor, Tensor], PrecisionMatrix] | None = None
         self._init_H()
+
+    def _prior_precision_lengths(self) -> tuple[list[tuple[int, str]], str]:
+        lengths, note = super()._prior_precision_lengths()
+        if self._key[1] == "kron":  # refused at assignment, not at first use
+            return lengths[:2], " (a Kronecker posterior takes no per-parameter prior)"
+        return lengths, note
 
     def _posterior_vector(self) -> Tensor:
         """The MAP values of the posterior's parameters: ``(posterior_dim,)``."""
@@ -101,6 +109,9 @@ class ParametricLaplace(BaseLaplace):
     def _set_n_outputs(self, X: Inputs) -> None:
         with torch.no_grad():
             out = self.model(X)
+        checks.batch_output(X, out, self.dict_key_x)
+        if self.likelihood == Likelihood.REWARD_MODELING:
+            checks.pair_output(X, out)
         self._output_shape = tuple(out.shape[1:]) if out.ndim > 1 else (1,)
         self.n_outputs = self._output_shape[-1]
         self.model.output_size = self.n_outputs
@@ -177,7 +188,42 @@ class ParametricLaplace(BaseLaplace):
 
     def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
         """Weight samples ``θ ~ N(θ*, Σ)``: ``(n_samples, n_params)``."""
+        n_samples = checks.positive_int(n_samples, "n_samples")
         return self.mean + self._precision().sample(n_samples, generator)
+
+    @property
+    def _posterior_mean(self) -> Tensor:
+        """The Gaussian's mean over the posterior's parameters: ``(posterior_dim,)``."""
+        if self.mean.numel() == self._posterior_dim:
+            return self.mean
+        return self._posterior_part(self.mean)
+
+    def square_norm(self, value: Tensor) -> Tensor:
+        """``Δᵀ Σ⁻¹ Δ`` with ``Δ = value − mean``.
+
+        Args:
+            value: ``(P,)`` or a batch ``(..., P)`` of points in the posterior's
+                parameter space (``P = n_params_subnet`` for subnetworks).
+        Returns:
+            ``()`` or ``(...)``.
+        """
+        P = self._posterior_dim
+        if not isinstance(value, Tensor) or value.ndim == 0 or value.shape[-1] != P:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"value of shape {shape} must be a tensor (..., {P}).")
+        delta = value.to(device=self._device, dtype=self._dtype) - self._posterior_mean
+        return self._precision().square_form(delta)
+
+    def log_prob(self, value: Tensor, normalized: bool = True) -> Tensor:
+        """Log density of ``value`` ``(..., P)`` under ``N(mean, Σ)``: ``()`` or ``(...)``.
+
+        ``normalized=False`` gives only the term that depends on ``value``, ``−Δᵀ Σ⁻¹ Δ / 2``.
+        """
+        log_prob = -self.square_norm(value) / 2
+        if not normalized:
+            return log_prob
+        P = self._posterior_dim
+        return log_prob + (self.log_det_posterior_precision - P * math.log(2 * math.pi)) / 2
 
     # ------------------------------------------------------------ predictive
     def __call__(
@@ -202,7 +248,7 @@ class ParametricLaplace(BaseLaplace):
         pred_type = parse_option(PredType, pred_type, "pred_type")
         link_approx = parse_option(LinkApprox, link_approx, "link_approx")
         self._require_fit()
-        x = inputs_to(x, self._device)
+        x = self._prediction_inputs(x)
         regression = self.likelihood == Likelihood.REGRESSION or (
             self.likelihood == Likelihood.REWARD_MODELING and not fitting
         )
@@ -244,7 +290,7 @@ class ParametricLaplace(BaseLaplace):
         """Draws of the latent function ``(n_samples, n, K)``: of the linearized model
         (``"glm"``) or of the network under weight samples (``"nn"``)."""
         pred_type = parse_option(PredType, pred_type, "pred_type")
-        x = inputs_to(x, self._device)
+        x = self._prediction_inputs(x)
         if pred_type == PredType.NN:
             return self._nn_samples(x, n_samples, generator)
         f_mu, f_var = self._glm_predictive_distribution(x)
