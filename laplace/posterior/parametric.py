@@ -107,6 +107,7 @@ class ParametricLaplace(BaseLaplace):
         self._invalidate()
 
     def _set_n_outputs(self, X: Inputs) -> None:
+        batch_size(X, self.dict_key_x)  # a dict batch must hold dict_key_x
         with torch.no_grad():
             out = self.model(X)
         checks.batch_output(X, out, self.dict_key_x)
@@ -336,6 +337,7 @@ class ParametricLaplace(BaseLaplace):
             "n_data": self.n_data,
             "n_outputs": self.n_outputs,
             "output_shape": list(self._output_shape),
+            "param_shapes": [list(p.shape) for p in self._params],
             "temperature": self.temperature,
             "enable_backprop": self.enable_backprop,
         }
@@ -355,6 +357,13 @@ class ParametricLaplace(BaseLaplace):
                 f"State has {state_dict['mean'].numel()} parameters, this LA "
                 f"{self._posterior_dim}."
             )
+        shapes = [list(p.shape) for p in self._params]
+        if state_dict.get("param_shapes", shapes) != shapes:
+            raise ValueError(
+                f"State was saved for parameter tensors of shapes {state_dict['param_shapes']}, "
+                f"this model has {shapes}: a different architecture."
+            )
+        self._check_H_state(state_dict["H"])
         device = self._device
         self.mean = state_dict["mean"].to(device)
         self._load_H_state(_to_device(state_dict["H"], device))
@@ -370,6 +379,16 @@ class ParametricLaplace(BaseLaplace):
         self.model.output_size = self.n_outputs
         self._invalidate()
 
+    def _check_H_state(self, state: Any) -> None:
+        """The saved curvature must have this architecture's shapes (the same parameter
+        count is not enough: Kronecker factors follow the layer shapes)."""
+        expected, got = _shapes(self._H_state()), _shapes(state)
+        if got != expected:
+            raise ValueError(
+                f"State's curvature H has shapes {got}, this {type(self).__name__} expects "
+                f"{expected}: it was saved for a different architecture."
+            )
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cached"] = None
@@ -381,6 +400,15 @@ def _prod(shape: tuple[int, ...]) -> int:
     for s in shape:
         out *= s
     return out
+
+
+def _shapes(state: Any) -> Any:
+    """The nested shapes of a curvature state (tensors in lists/tuples)."""
+    if isinstance(state, Tensor):
+        return tuple(state.shape)
+    if isinstance(state, (list, tuple)):
+        return [_shapes(s) for s in state]
+    return None
 
 
 def _to_device(state: Any, device: torch.device) -> Any:
