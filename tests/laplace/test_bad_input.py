@@ -410,3 +410,47 @@ def test_model_without_trainable_parameters():
     model = mlp().requires_grad_(False)
     with pytest.raises(ValueError, match=r"no trainable parameters"):
         make_la(model)
+
+
+# ------------------------------------------------------------- state dicts
+@pytest.mark.parametrize("structure", ["full", "kron", "diag", "lowrank"])
+def test_state_dict_of_another_architecture_with_the_same_parameter_count(structure):
+    """3→8→1 and 6→5→1 both have 41 parameters in 4 tensors: the count agrees, the
+    shapes do not (for kron the Kronecker factors would be silently misread)."""
+    torch.manual_seed(0)
+    other = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1)).to(DT)
+    kwargs = {"n_eigenvalues": 3} if structure == "lowrank" else {}
+    la = make_la(mlp(), structure=structure, **kwargs)
+    la.fit(reg_loader())
+    state = la.state_dict()
+    target = make_la(other, structure=structure, **kwargs)
+    assert target.n_params == la.n_params == 41
+    with pytest.raises(ValueError, match=r"State was saved for parameter tensors of shapes "
+                                         r"\[\[8, 3\], \[8\], \[1, 8\], \[1\]\], this model has "
+                                         r"\[\[5, 6\], \[5\], \[1, 5\], \[1\]\]"):
+        target.load_state_dict(state)
+
+
+def test_kron_state_dict_checks_factor_shapes():
+    """Without the parameter shapes (a state saved by an older version) the Kronecker
+    factor shapes are still checked."""
+    torch.manual_seed(0)
+    other = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1)).to(DT)
+    la = make_la(mlp(), structure="kron")
+    la.fit(reg_loader())
+    state = la.state_dict()
+    del state["param_shapes"]
+    with pytest.raises(ValueError, match=r"State's curvature H has shapes \[\[\(8, 8\), "
+                                         r"\(3, 3\)\].* this KronLaplace expects \[\[\(5, 5\), "
+                                         r"\(6, 6\)\]"):
+        make_la(other, structure="kron").load_state_dict(state)
+
+
+def test_zero_prior_precision_is_a_flat_prior():
+    # accepted as in laplace-torch: with a full-rank curvature the posterior is proper
+    la = make_la(mlp(), prior_precision=0.0)
+    la.fit(reg_loader(60))
+    assert float(la.prior_precision) == 0.0
+    _, f_var = la(inputs(3))
+    assert bool((f_var > 0).all())
+    assert float(la.log_marginal_likelihood()) == float("-inf")  # an improper prior
