@@ -33,10 +33,16 @@ class BaseLaplace:
     Args:
         model: the trained (MAP) network.
         likelihood: ``"regression"``, ``"classification"`` or ``"reward_modeling"``.
-        sigma_noise: observation noise standard deviation (regression only).
-        prior_precision: scalar, one value per parameter tensor, or per parameter.
-        prior_mean: scalar or per-parameter prior mean.
-        temperature: posterior temperature ``T`` (curvature is scaled by ``1/T``).
+        sigma_noise: observation noise standard deviation, a positive float or 0-d /
+            one-element tensor (stored 0-d); must be 1 unless ``likelihood`` is
+            ``"regression"``.
+        prior_precision: non-negative float or tensor ``(1,)``, ``(n_layers,)`` (one
+            per parameter tensor) or ``(n_params,)`` (stored 1-d).
+        prior_mean: a scalar or a vector ``(n_params,)``.
+        temperature: posterior temperature ``T > 0`` (curvature is scaled by ``1/T``).
+
+    The constructor assigns the hyperparameters through their setters, so both run
+    the same checks (``ValueError`` naming the argument).
         enable_backprop: keep the autograd graph in predictions (gradients w.r.t.
             inputs flow through the network Jacobians).
         dict_key_x, dict_key_y: keys of dict-like (Hugging Face) batches.
@@ -255,12 +261,18 @@ class BaseLaplace:
         Given hyperparameters are stored on the object (as laplace-torch does).
         """
         self._require_fit()
-        if prior_precision is not None:
-            self.prior_precision = prior_precision
-        if sigma_noise is not None:
-            if self.likelihood != Likelihood.REGRESSION:
-                raise ValueError("sigma_noise can only be set for regression.")
-            self.sigma_noise = sigma_noise
+        if sigma_noise is not None and self.likelihood != Likelihood.REGRESSION:
+            raise ValueError("sigma_noise can only be set for regression.")
+        previous = self._prior_precision, self._sigma_noise
+        try:  # both or neither: a refused value leaves the other unchanged too
+            if prior_precision is not None:
+                self.prior_precision = prior_precision
+            if sigma_noise is not None:
+                self.sigma_noise = sigma_noise
+        except ValueError:
+            self._prior_precision, self._sigma_noise = previous
+            self._invalidate()
+            raise
         return self.log_likelihood - 0.5 * (self.log_det_ratio + self.scatter)
 
     def _require_fit(self) -> None:
