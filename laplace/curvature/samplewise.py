@@ -2,7 +2,8 @@
 
 ``torch.func`` has no batching rule for the fused recurrent kernels of ``nn.RNN``,
 ``nn.GRU`` and ``nn.LSTM``; for models containing them the per-sample Jacobians and
-gradients are computed one sample at a time (same numbers, slower).
+gradients are computed one sample at a time (same numbers, slower), with cuDNN off
+(its fused RNN kernels have no backward pass in eval mode).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def per_sample(fn: Callable[..., Any], in_dims: tuple[Any, ...], model: nn.Modul
 
     def looped(*args: Any) -> Any:
         n = _batch_size(args, in_dims)
-        outs = [fn(*(_take(a, d, i) for a, d in zip(args, in_dims))) for i in range(n)]
+        # cuDNN's fused RNN has no backward in eval mode: use the native kernels.
+        with torch.backends.cudnn.flags(enabled=False):
+            outs = [fn(*(_take(a, d, i) for a, d in zip(args, in_dims))) for i in range(n)]
         leaves, spec = zip(*(tree_flatten(o) for o in outs))
         return tree_unflatten([torch.stack(ls) for ls in zip(*leaves)], spec[0])
 
