@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jacrev, vmap
+from torch.func import functional_call, grad, jacrev
 
 from laplace.curvature import functional as F
+from laplace.curvature.samplewise import per_sample
 from laplace.utils.data import Inputs
 from laplace.utils.enums import Likelihood
 from laplace.utils.matrix import Kron
@@ -131,7 +132,7 @@ class CurvatureInterface:
             out = F.single_output(self.model, p, xi)
             return out, out
 
-        jac_fn = vmap(jacrev(fn, has_aux=True), in_dims=(None, F.vmap_in_dims(x)))
+        jac_fn = per_sample(jacrev(fn, has_aux=True), (None, F.vmap_in_dims(x)), self.model)
         jac, f = jac_fn(params, F.as_vmappable(x))
         Js = F.concat_jacobian(jac, names, lead=3)  # (n, m, K, P)
         Js = Js.reshape(-1, *Js.shape[2:])
@@ -175,7 +176,8 @@ class CurvatureInterface:
             loss = self.lossfunc(out, self._target_like(yi, out))
             return loss, loss
 
-        grad_fn = vmap(grad(loss_single, has_aux=True), in_dims=(None, F.vmap_in_dims(x), 0))
+        grad_fn = per_sample(grad(loss_single, has_aux=True), (None, F.vmap_in_dims(x), 0),
+                             self.model)
         g, losses = grad_fn(params, F.as_vmappable(x), y)
         Gs = F.concat_jacobian(g, names, lead=1)
         return self._select(Gs).detach(), losses.sum().detach()

@@ -7,14 +7,23 @@ Everything here is shared by every Laplace variant; variants supply the curvatur
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from laplace.curvature.curvature import CurvatureInterface
-from laplace.utils.data import Inputs
-from laplace.utils.enums import Likelihood, PriorStructure, parse_option
+from laplace.utils import checks
+from laplace.utils.data import Inputs, inputs_to
+from laplace.utils.enums import (
+    Likelihood,
+    LinkApprox,
+    PredType,
+    PriorStructure,
+    TuningMethod,
+    parse_option,
+)
 from laplace.utils.parameters import expand_to_parameters, fix_prior_prec_structure
 
 
@@ -24,10 +33,16 @@ class BaseLaplace:
     Args:
         model: the trained (MAP) network.
         likelihood: ``"regression"``, ``"classification"`` or ``"reward_modeling"``.
-        sigma_noise: observation noise standard deviation (regression only).
-        prior_precision: scalar, one value per parameter tensor, or per parameter.
-        prior_mean: scalar or per-parameter prior mean.
-        temperature: posterior temperature ``T`` (curvature is scaled by ``1/T``).
+        sigma_noise: observation noise standard deviation, a positive float or 0-d /
+            one-element tensor (stored 0-d); must be 1 unless ``likelihood`` is
+            ``"regression"``.
+        prior_precision: non-negative float or tensor ``(1,)``, ``(n_layers,)`` (one
+            per parameter tensor) or ``(n_params,)`` (stored 1-d).
+        prior_mean: a scalar or a vector ``(n_params,)``.
+        temperature: posterior temperature ``T > 0`` (curvature is scaled by ``1/T``).
+
+    The constructor assigns the hyperparameters through their setters, so both run
+    the same checks (``ValueError`` naming the argument).
         enable_backprop: keep the autograd graph in predictions (gradients w.r.t.
             inputs flow through the network Jacobians).
         dict_key_x, dict_key_y: keys of dict-like (Hugging Face) batches.
@@ -53,13 +68,10 @@ class BaseLaplace:
         asdl_fisher_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.likelihood = parse_option(Likelihood, likelihood, "likelihood")
-        if self.likelihood != Likelihood.REGRESSION and float(sigma_noise) != 1.0:
-            raise ValueError("sigma_noise must be 1 for classification and reward modeling.")
         self.model = model
         self.enable_backprop = enable_backprop
         self.dict_key_x = dict_key_x
         self.dict_key_y = dict_key_y
-        self.temperature = temperature
         self.backend_kwargs = dict(backend_kwargs or {})
         self.asdl_fisher_kwargs = dict(asdl_fisher_kwargs or {})
         self._backend_cls = backend or self._default_backend()
@@ -67,7 +79,9 @@ class BaseLaplace:
         self.loss: Tensor | float = 0.0
         self.n_data = 0
         self.n_outputs: int | None = None
-        self._sigma_noise = self._as_tensor(sigma_noise)
+        # The setters below validate: the constructor takes no shortcut past them.
+        self.sigma_noise = sigma_noise
+        self.temperature = temperature
         self.prior_precision = prior_precision
         self.prior_mean = prior_mean
 
@@ -129,17 +143,37 @@ class BaseLaplace:
     # ---------------------------------------------------------- hyperparameters
     @property
     def sigma_noise(self) -> Tensor:
+        """Observation noise standard deviation: a positive 0-d tensor."""
         return self._sigma_noise
 
     @sigma_noise.setter
     def sigma_noise(self, value: float | Tensor) -> None:
-        value = self._as_tensor(value) if not isinstance(value, Tensor) else value
-        if self.likelihood != Likelihood.REGRESSION and not bool((value == 1).all()):
-            raise ValueError("sigma_noise must be 1 for classification and reward modeling.")
-        if value.numel() != 1:
-            raise ValueError("sigma_noise must be a scalar (one noise level for all outputs).")
+        value = checks.positive_scalar(value, "sigma_noise", self._device, self._dtype)
+        if self.likelihood != Likelihood.REGRESSION and float(value) != 1.0:
+            raise ValueError(
+                "sigma_noise must be 1 for classification and reward modeling "
+                f"(got {float(value):.4g}); it is the regression noise level."
+            )
         self._sigma_noise = value
         self._invalidate()
+
+    @property
+    def temperature(self) -> float:
+        """Posterior temperature ``T > 0`` (the curvature is scaled by ``1/T``)."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float | Tensor) -> None:
+        self._temperature = checks.positive_float(value, "temperature")
+        self._invalidate()
+
+    def _prior_precision_lengths(self) -> tuple[list[tuple[int, str]], str]:
+        """Allowed ``(length, meaning)`` of the prior precision, and a note on the rest."""
+        return [
+            (1, "a scalar"),
+            (self.n_layers, "one value per parameter tensor"),
+            (self._posterior_dim, "per parameter"),
+        ], ""
 
     @property
     def prior_precision(self) -> Tensor:
@@ -148,34 +182,22 @@ class BaseLaplace:
 
     @prior_precision.setter
     def prior_precision(self, value: float | Tensor) -> None:
-        if not isinstance(value, Tensor):
-            value = torch.tensor([float(value)], device=self._device, dtype=self._dtype)
-        if value.ndim == 0:
-            value = value.reshape(1)
-        if value.ndim != 1 or value.numel() not in {1, self.n_layers, self._posterior_dim}:
-            raise ValueError(
-                f"prior_precision of shape {tuple(value.shape)} must be a scalar, one value "
-                f"per parameter tensor ({self.n_layers}) or per parameter "
-                f"({self._posterior_dim})."
-            )
-        if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
-            raise ValueError("prior_precision must be finite and non-negative.")
-        self._prior_precision = value
+        lengths, note = self._prior_precision_lengths()
+        self._prior_precision = checks.precision_vector(
+            value, "prior_precision", lengths, self._device, self._dtype, note
+        )
         self._invalidate()
 
     @property
     def prior_mean(self) -> Tensor:
+        """A 0-d scalar or one value per posterior parameter ``(n_params,)``."""
         return self._prior_mean
 
     @prior_mean.setter
     def prior_mean(self, value: float | Tensor) -> None:
-        value = value if isinstance(value, Tensor) else self._as_tensor(value)
-        if value.numel() not in (1, self._posterior_dim):
-            raise ValueError(
-                "prior_mean must be a scalar or have one value per parameter "
-                f"({self._posterior_dim})."
-            )
-        self._prior_mean = value.reshape(-1) if value.numel() > 1 else value.reshape(())
+        self._prior_mean = checks.mean_vector(
+            value, "prior_mean", self._posterior_dim, self._device, self._dtype
+        )
 
     @property
     def prior_precision_diag(self) -> Tensor:
@@ -239,12 +261,18 @@ class BaseLaplace:
         Given hyperparameters are stored on the object (as laplace-torch does).
         """
         self._require_fit()
-        if prior_precision is not None:
-            self.prior_precision = prior_precision
-        if sigma_noise is not None:
-            if self.likelihood != Likelihood.REGRESSION:
-                raise ValueError("sigma_noise can only be set for regression.")
-            self.sigma_noise = sigma_noise
+        if sigma_noise is not None and self.likelihood != Likelihood.REGRESSION:
+            raise ValueError("sigma_noise can only be set for regression.")
+        previous = self._prior_precision, self._sigma_noise
+        try:  # both or neither: a refused value leaves the other unchanged too
+            if prior_precision is not None:
+                self.prior_precision = prior_precision
+            if sigma_noise is not None:
+                self.sigma_noise = sigma_noise
+        except ValueError:
+            self._prior_precision, self._sigma_noise = previous
+            self._invalidate()
+            raise
         return self.log_likelihood - 0.5 * (self.log_det_ratio + self.scatter)
 
     def _require_fit(self) -> None:
@@ -252,50 +280,68 @@ class BaseLaplace:
             raise ValueError(f"{type(self).__name__} is not fitted: call fit(train_loader).")
 
     # ---------------------------------------------------------------- tuning
-    def _default_prior_structure(self) -> PriorStructure:
-        return PriorStructure.DIAG
-
     def optimize_prior_precision(
         self,
-        pred_type: str = "glm",
-        method: str = "marglik",
+        pred_type: PredType | str = PredType.GLM,
+        method: TuningMethod | str = TuningMethod.MARGLIK,
         n_steps: int = 100,
         lr: float = 1e-1,
         init_prior_prec: float | Tensor = 1.0,
-        prior_structure: str | None = None,
+        prior_structure: PriorStructure | str = PriorStructure.SCALAR,
         val_loader: Any = None,
         loss: Any = None,
         log_prior_prec_min: float = -4,
         log_prior_prec_max: float = 4,
         grid_size: int = 100,
-        link_approx: str = "probit",
+        link_approx: LinkApprox | str = LinkApprox.PROBIT,
         n_samples: int = 100,
         verbose: bool = False,
         progress_bar: bool = False,
+        log_prior_prec_base: float = 10.0,
     ) -> None:
-        """Tune the prior precision.
+        """Tune the prior precision (laplace-torch 0.3's signature and defaults).
 
         ``method="marglik"`` maximises the log marginal likelihood with Adam on the log
-        prior precision (``n_steps`` steps of rate ``lr`` from ``init_prior_prec``);
-        ``prior_structure`` is ``"scalar"``, ``"layerwise"`` or ``"diag"`` (default:
-        ``"diag"`` where the posterior structure allows it, else ``"layerwise"``).
-        The observation noise is left unchanged (as in laplace-torch); tune it with
-        ``log_marginal_likelihood(prior_precision, sigma_noise)`` directly.
+        prior precision (``n_steps`` steps of rate ``lr`` from ``init_prior_prec``). A
+        scalar ``init_prior_prec`` is expanded to ``prior_structure`` (``"scalar"``,
+        ``"layerwise"`` or ``"diag"``); a vector keeps its own structure.
+        ``method="gridsearch"`` picks the value on ``log_prior_prec_base **
+        linspace(log_prior_prec_min, log_prior_prec_max, grid_size)`` with the lowest
+        validation ``loss`` on ``val_loader``. The observation noise is left unchanged
+        (as in laplace-torch); tune it with ``log_marginal_likelihood(prior_precision,
+        sigma_noise)`` directly.
         """
         from laplace.posterior.tuning import gridsearch, marglik
 
-        structure = PriorStructure(prior_structure or self._default_prior_structure())
-        if method == "marglik":
+        pred_type = parse_option(PredType, pred_type, "pred_type")
+        method = parse_option(TuningMethod, method, "method")
+        structure = parse_option(PriorStructure, prior_structure or "scalar", "prior_structure")
+        if self.likelihood != Likelihood.REGRESSION:
+            warnings.warn(
+                "By default `link_approx` is `probit`. Make sure to set it equals to the way "
+                "you want to call `la(test_data, pred_type=..., link_approx=...)`.",
+                stacklevel=2,
+            )
+        if method == TuningMethod.MARGLIK:
+            if val_loader is not None:
+                warnings.warn(
+                    "`val_loader` will be ignored when `method` == 'marglik'. Do you mean to "
+                    "set `method = 'gridsearch'`?",
+                    stacklevel=2,
+                )
+            n_steps = checks.positive_int(n_steps, "n_steps")
             marglik(self, n_steps, lr, init_prior_prec, structure, progress_bar, verbose)
-        elif method == "gridsearch":
+        else:
+            grid_size = checks.positive_int(grid_size, "grid_size")
             gridsearch(
                 self, pred_type, val_loader, loss, log_prior_prec_min, log_prior_prec_max,
-                grid_size, link_approx, n_samples, progress_bar, verbose,
+                grid_size, link_approx, n_samples, progress_bar, verbose, log_prior_prec_base,
             )
-        else:
-            raise ValueError(f"Unknown tuning method {method!r}; use 'marglik' or 'gridsearch'.")
 
     def _init_prior(self, init: float | Tensor, structure: PriorStructure) -> Tensor:
+        """The first prior of a tuning run: a vector ``init`` keeps its own structure."""
+        if isinstance(init, Tensor) and init.numel() > 1:
+            return init.detach().to(device=self._device, dtype=self._dtype).flatten()
         return fix_prior_prec_structure(
             init, structure, self.n_layers, self._posterior_dim, self._device, self._dtype
         )
@@ -311,6 +357,18 @@ class BaseLaplace:
         return self
 
     # ------------------------------------------------------------ prediction
+    def _prediction_inputs(self, x: Inputs) -> Inputs:
+        """``x`` on the model's device, checked: finite, and its first dimension the batch.
+
+        A 1-D ``x`` ``(n,)`` is ``n`` scalar inputs; the model must then give ``n``
+        outputs (one network pass checks it), else a ``ValueError`` names ``x``.
+        """
+        x = inputs_to(x, self._device)
+        if isinstance(x, Tensor) and x.ndim == 1:
+            with torch.no_grad():
+                checks.batch_output(x, self.model(x), self.dict_key_x)
+        return x
+
     def __call__(self, x: Inputs, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
 

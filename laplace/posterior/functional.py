@@ -206,7 +206,7 @@ class FunctionalLaplace(BaseLaplace):
     def predictive_moments(self, X: Inputs, joint: bool = False) -> tuple[Tensor, Tensor]:
         """GP mean ``(n, C)`` and covariance ``(n, C, C)`` (``(nC, nC)`` if ``joint``)."""
         self._require_fit()
-        J, f_mu = self._jacobians(inputs_to(X, self._device), self.enable_backprop)
+        J, f_mu = self._jacobians(self._prediction_inputs(X), self.enable_backprop)
         v = self._prior_var()
         n, C = f_mu.shape
         K_sM = self._kernel(J, self._J_M).reshape(n * C, -1) * v

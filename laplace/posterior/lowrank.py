@@ -67,6 +67,16 @@ class LowRankLaplace(ParametricLaplace):
     def _H_state(self) -> Any:
         return list(self.H)
 
+    def _check_H_state(self, state: Any) -> None:
+        """``U`` must be ``(n_params, k)`` and ``λ`` ``(k,)`` (any rank ``k``)."""
+        U, lam = state
+        if U.ndim != 2 or U.shape[0] != self.n_params or tuple(lam.shape) != (U.shape[1],):
+            raise ValueError(
+                f"State's low-rank curvature has shapes {tuple(U.shape)} and "
+                f"{tuple(lam.shape)}, this LowRankLaplace expects ({self.n_params}, k) "
+                "and (k,)."
+            )
+
     def _load_H_state(self, state: Any) -> None:
         self.H = (state[0], state[1])
 

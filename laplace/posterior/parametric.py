@@ -7,6 +7,7 @@ predictive, sampling and serialization below are written once for all structures
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from laplace.posterior.base import BaseLaplace
 from laplace.precision import PrecisionMatrix
 from laplace.predictive import links
+from laplace.utils import checks
 from laplace.utils.data import Inputs, batch_size, dataset_size, inputs_to, split_batch
 from laplace.utils.enums import Likelihood, LinkApprox, PredType, parse_option
 from laplace.utils.parameters import vector_of
@@ -34,6 +36,12 @@ class ParametricLaplace(BaseLaplace):
         self.mean: Tensor = self._posterior_vector()
         self._cached: tuple[tuple[Tensor, Tensor], PrecisionMatrix] | None = None
         self._init_H()
+
+    def _prior_precision_lengths(self) -> tuple[list[tuple[int, str]], str]:
+        lengths, note = super()._prior_precision_lengths()
+        if self._key[1] == "kron":  # refused at assignment, not at first use
+            return lengths[:2], " (a Kronecker posterior takes no per-parameter prior)"
+        return lengths, note
 
     def _posterior_vector(self) -> Tensor:
         """The MAP values of the posterior's parameters: ``(posterior_dim,)``."""
@@ -99,8 +107,12 @@ class ParametricLaplace(BaseLaplace):
         self._invalidate()
 
     def _set_n_outputs(self, X: Inputs) -> None:
+        batch_size(X, self.dict_key_x)  # a dict batch must hold dict_key_x
         with torch.no_grad():
             out = self.model(X)
+        checks.batch_output(X, out, self.dict_key_x)
+        if self.likelihood == Likelihood.REWARD_MODELING:
+            checks.pair_output(X, out)
         self._output_shape = tuple(out.shape[1:]) if out.ndim > 1 else (1,)
         self.n_outputs = self._output_shape[-1]
         self.model.output_size = self.n_outputs
@@ -177,7 +189,42 @@ class ParametricLaplace(BaseLaplace):
 
     def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
         """Weight samples ``θ ~ N(θ*, Σ)``: ``(n_samples, n_params)``."""
+        n_samples = checks.positive_int(n_samples, "n_samples")
         return self.mean + self._precision().sample(n_samples, generator)
+
+    @property
+    def _posterior_mean(self) -> Tensor:
+        """The Gaussian's mean over the posterior's parameters: ``(posterior_dim,)``."""
+        if self.mean.numel() == self._posterior_dim:
+            return self.mean
+        return self._posterior_part(self.mean)
+
+    def square_norm(self, value: Tensor) -> Tensor:
+        """``Δᵀ Σ⁻¹ Δ`` with ``Δ = value − mean``.
+
+        Args:
+            value: ``(P,)`` or a batch ``(..., P)`` of points in the posterior's
+                parameter space (``P = n_params_subnet`` for subnetworks).
+        Returns:
+            ``()`` or ``(...)``.
+        """
+        P = self._posterior_dim
+        if not isinstance(value, Tensor) or value.ndim == 0 or value.shape[-1] != P:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"value of shape {shape} must be a tensor (..., {P}).")
+        delta = value.to(device=self._device, dtype=self._dtype) - self._posterior_mean
+        return self._precision().square_form(delta)
+
+    def log_prob(self, value: Tensor, normalized: bool = True) -> Tensor:
+        """Log density of ``value`` ``(..., P)`` under ``N(mean, Σ)``: ``()`` or ``(...)``.
+
+        ``normalized=False`` gives only the term that depends on ``value``, ``−Δᵀ Σ⁻¹ Δ / 2``.
+        """
+        log_prob = -self.square_norm(value) / 2
+        if not normalized:
+            return log_prob
+        P = self._posterior_dim
+        return log_prob + (self.log_det_posterior_precision - P * math.log(2 * math.pi)) / 2
 
     # ------------------------------------------------------------ predictive
     def __call__(
@@ -202,7 +249,7 @@ class ParametricLaplace(BaseLaplace):
         pred_type = parse_option(PredType, pred_type, "pred_type")
         link_approx = parse_option(LinkApprox, link_approx, "link_approx")
         self._require_fit()
-        x = inputs_to(x, self._device)
+        x = self._prediction_inputs(x)
         regression = self.likelihood == Likelihood.REGRESSION or (
             self.likelihood == Likelihood.REWARD_MODELING and not fitting
         )
@@ -244,7 +291,7 @@ class ParametricLaplace(BaseLaplace):
         """Draws of the latent function ``(n_samples, n, K)``: of the linearized model
         (``"glm"``) or of the network under weight samples (``"nn"``)."""
         pred_type = parse_option(PredType, pred_type, "pred_type")
-        x = inputs_to(x, self._device)
+        x = self._prediction_inputs(x)
         if pred_type == PredType.NN:
             return self._nn_samples(x, n_samples, generator)
         f_mu, f_var = self._glm_predictive_distribution(x)
@@ -290,6 +337,7 @@ class ParametricLaplace(BaseLaplace):
             "n_data": self.n_data,
             "n_outputs": self.n_outputs,
             "output_shape": list(self._output_shape),
+            "param_shapes": [list(p.shape) for p in self._params],
             "temperature": self.temperature,
             "enable_backprop": self.enable_backprop,
         }
@@ -309,6 +357,13 @@ class ParametricLaplace(BaseLaplace):
                 f"State has {state_dict['mean'].numel()} parameters, this LA "
                 f"{self._posterior_dim}."
             )
+        shapes = [list(p.shape) for p in self._params]
+        if state_dict.get("param_shapes", shapes) != shapes:
+            raise ValueError(
+                f"State was saved for parameter tensors of shapes {state_dict['param_shapes']}, "
+                f"this model has {shapes}: a different architecture."
+            )
+        self._check_H_state(state_dict["H"])
         device = self._device
         self.mean = state_dict["mean"].to(device)
         self._load_H_state(_to_device(state_dict["H"], device))
@@ -324,6 +379,16 @@ class ParametricLaplace(BaseLaplace):
         self.model.output_size = self.n_outputs
         self._invalidate()
 
+    def _check_H_state(self, state: Any) -> None:
+        """The saved curvature must have this architecture's shapes (the same parameter
+        count is not enough: Kronecker factors follow the layer shapes)."""
+        expected, got = _shapes(self._H_state()), _shapes(state)
+        if got != expected:
+            raise ValueError(
+                f"State's curvature H has shapes {got}, this {type(self).__name__} expects "
+                f"{expected}: it was saved for a different architecture."
+            )
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_cached"] = None
@@ -335,6 +400,15 @@ def _prod(shape: tuple[int, ...]) -> int:
     for s in shape:
         out *= s
     return out
+
+
+def _shapes(state: Any) -> Any:
+    """The nested shapes of a curvature state (tensors in lists/tuples)."""
+    if isinstance(state, Tensor):
+        return tuple(state.shape)
+    if isinstance(state, (list, tuple)):
+        return [_shapes(s) for s in state]
+    return None
 
 
 def _to_device(state: Any, device: torch.device) -> Any:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from laplace.precision.base import NotPositiveDefiniteError
 from laplace.utils.enums import Likelihood, PriorStructure
 
 if TYPE_CHECKING:
@@ -48,31 +49,48 @@ def default_metric(la: BaseLaplace) -> Any:
 def gridsearch(
     la: BaseLaplace, pred_type: str, val_loader: Any, loss: Any, log_min: float,
     log_max: float, grid_size: int, link_approx: str, n_samples: int,
-    progress_bar: bool = False, verbose: bool = False,
+    progress_bar: bool = False, verbose: bool = False, base: float = 10.0,
 ) -> tuple[Tensor, Tensor]:
-    """Pick the prior precision on ``logspace(log_min, log_max, grid_size)`` minimising
-    the validation loss, evaluated afresh at every grid point (laplace-torch carries one
-    running metric across grid points, so its choice depends on the grid order).
+    """Pick the prior precision on ``logspace(log_min, log_max, grid_size, base)``
+    minimising the validation loss, evaluated afresh at every grid point (laplace-torch
+    carries one running metric across grid points, so its choice depends on the grid
+    order).
+
+    A grid point whose posterior is not positive definite scores ``inf`` (as in
+    laplace-torch), and so does a NaN loss; any other error is raised at once.
 
     Returns:
-        The grid ``(grid_size,)`` and the validation loss at each point (``inf`` where
-        the predictive failed).
+        The grid ``(grid_size,)`` and the validation loss at each point.
+
+    Raises:
+        ValueError: ``val_loader`` is missing, or every grid point failed (the error
+            names the cause instead of silently picking the smallest value).
     """
     if val_loader is None:
         raise ValueError("gridsearch needs a val_loader.")
     from laplace.utils.metrics import validate
 
-    grid = torch.logspace(log_min, log_max, grid_size, dtype=torch.float64)
-    results = []
+    grid = torch.logspace(log_min, log_max, grid_size, base=base, dtype=torch.float64)
+    results, causes = [], []
     for prior_prec in tqdm(grid, desc="grid search", disable=not progress_bar):
         la.prior_precision = float(prior_prec)
         try:
             result = validate(la, val_loader, loss or default_metric(la), pred_type,
                               link_approx, n_samples, dict_key_y=la.dict_key_y)
-        except (RuntimeError, ValueError):
+        except (NotPositiveDefiniteError, torch.linalg.LinAlgError) as err:
             result = float("inf")
-        results.append(result if result == result else float("inf"))
+            causes.append(str(err))
+        if result != result:  # NaN
+            result = float("inf")
+            causes.append("the validation loss was NaN")
+        results.append(result)
     losses = torch.tensor(results, dtype=torch.float64)
+    if not bool(torch.isfinite(losses).any()):
+        cause = causes[-1] if causes else "the validation loss was infinite"
+        raise ValueError(
+            f"gridsearch: every one of the {grid_size} grid points failed ({cause}); "
+            "check val_loader (NaN targets or predictions) and the grid bounds."
+        )
     la.prior_precision = float(grid[int(losses.argmin())])
     if verbose:
         print(f"Grid search chose prior precision {la.prior_precision.item():.4g}")

@@ -48,6 +48,10 @@ class PrecisionMatrix(ABC):
     def sample(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """Zero-mean draws ``Σ^{1/2} ε``: ``(n_samples, P)``."""
 
+    def square_form(self, delta: Tensor) -> Tensor:
+        """``Δᵀ Σ⁻¹ Δ`` for ``delta`` ``(..., P)``: ``(...)``."""
+        return torch.einsum("...p,pq,...q->...", delta, self.to_matrix(), delta)
+
     @abstractmethod
     def diag(self) -> Tensor:
         """Diagonal of ``Σ⁻¹``: ``(P,)``."""

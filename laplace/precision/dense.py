@@ -49,6 +49,10 @@ class DensePrecision(PrecisionMatrix):
             )
         return L
 
+    def square_form(self, delta: Tensor) -> Tensor:
+        quad = torch.einsum("...p,pq,...q->...", delta, self.H, delta)
+        return self.scale * quad + (delta.square() * self.prior.expand(self.n_params)).sum(-1)
+
     def logdet(self) -> Tensor:
         if self.spectrum is not None and self.prior.numel() == 1:
             eig = self.scale * self.spectrum + self.prior

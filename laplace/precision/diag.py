@@ -24,6 +24,9 @@ class DiagPrecision(PrecisionMatrix):
     def logdet(self) -> Tensor:
         return self.values.log().sum()
 
+    def square_form(self, delta: Tensor) -> Tensor:
+        return (delta.square() * self.values).sum(-1)
+
     def inv_square_form(self, Js: Tensor) -> Tensor:
         return torch.einsum("nkp,p,nlp->nkl", Js, self.values.reciprocal(), Js)
 

@@ -38,6 +38,11 @@ class KronPrecision(PrecisionMatrix):
     def logdet(self) -> Tensor:
         return self.matrix.logdet()
 
+    def square_form(self, delta: Tensor) -> Tensor:
+        flat = delta.reshape(-1, self.n_params)
+        quad = (flat * self.matrix.bmm(flat, exponent=1)).sum(-1)
+        return quad.reshape(delta.shape[:-1])
+
     def inv_square_form(self, Js: Tensor) -> Tensor:
         return self.matrix.inv_square_form(Js)
 

@@ -46,6 +46,9 @@ class LowRankPrecision(PrecisionMatrix):
     def logdet(self) -> Tensor:
         return self.D.log().sum() + 2 * self._capacitance_cholesky.diagonal().log().sum()
 
+    def square_form(self, delta: Tensor) -> Tensor:
+        return (delta @ self.W).square().sum(-1) + (delta.square() * self.D).sum(-1)
+
     def _project(self, Js: Tensor) -> Tensor:
         """``C^{-1/2} Wᵀ D⁻¹ Jᵀ`` rows: the low-rank correction of ``J Σ Jᵀ``."""
         A = Js @ self._DinvW  # (..., K, k)

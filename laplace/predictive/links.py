@@ -10,6 +10,8 @@ import math
 import torch
 from torch import Tensor
 
+from laplace.utils.checks import positive_int
+
 
 def probit(f_mu: Tensor, f_var: Tensor) -> Tensor:
     """Probit (MacKay) approximation ``softmax(f_mu / sqrt(1 + π/8 · diag f_var))``."""
@@ -43,6 +45,7 @@ def gaussian_samples(
     f_mu: Tensor, f_var: Tensor, n_samples: int, generator: torch.Generator | None = None
 ) -> Tensor:
     """Draws ``(n_samples, n, C)`` from ``N(f_mu, f_var)`` (PSD covariances welcome)."""
+    n_samples = positive_int(n_samples, "n_samples")
     L, info = torch.linalg.cholesky_ex(f_var)
     if bool((info != 0).any()):
         lam, Q = torch.linalg.eigh(f_var)

@@ -8,6 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from laplace.utils.checks import finite_inputs
+from laplace.utils.errors import MissingKeyError
+
 Inputs = Tensor | Mapping[str, Any]
 
 
@@ -19,7 +22,7 @@ def split_batch(batch: Any, dict_key_x: str, dict_key_y: str) -> tuple[Inputs, T
     """
     if isinstance(batch, Mapping):
         if dict_key_y not in batch:
-            raise ValueError(
+            raise MissingKeyError(
                 f"Dict-like batch has no target key {dict_key_y!r} "
                 f"(keys: {sorted(batch.keys())}); pass dict_key_y=... to Laplace."
             )
@@ -35,12 +38,22 @@ def split_batch(batch: Any, dict_key_x: str, dict_key_y: str) -> tuple[Inputs, T
 def batch_size(X: Inputs, dict_key_x: str = "input_ids") -> int:
     """Number of data points in ``X`` (its leading dimension)."""
     if isinstance(X, Mapping):
+        if dict_key_x not in X:
+            raise MissingKeyError(
+                f"Dict-like input has no key {dict_key_x!r} (keys: {sorted(X.keys())}); "
+                "pass dict_key_x=... to Laplace."
+            )
         return len(X[dict_key_x])
     return X.shape[0]
 
 
-def inputs_to(X: Inputs, device: torch.device) -> Inputs:
-    """Move a tensor, or the tensors of a dict-like input, to ``device``."""
+def inputs_to(X: Inputs, device: torch.device, name: str = "x") -> Inputs:
+    """Move a tensor, or the tensors of a dict-like input, to ``device``.
+
+    Raises:
+        ValueError: a floating input holds NaN or inf (the error names ``name``).
+    """
+    finite_inputs(X, name)
     if isinstance(X, Mapping):
         return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in X.items()}
     return X.to(device)

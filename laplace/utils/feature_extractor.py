@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from laplace.utils.data import Inputs
 from laplace.utils.enums import _StrEnum
+from laplace.utils.errors import MissingKeyError
 
 
 class FeatureReduction(_StrEnum):
@@ -66,7 +67,7 @@ class FeatureExtractor(nn.Module):
     def set_last_layer(self, name: str) -> None:
         modules = dict(self.model.named_modules())
         if name not in modules:
-            raise ValueError(f"The model has no module named {name!r} (last_layer_name).")
+            raise MissingKeyError(f"The model has no module named {name!r} (last_layer_name).")
         layer = modules[name]
         if not isinstance(layer, nn.Linear):
             raise ValueError(

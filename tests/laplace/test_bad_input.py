@@ -206,6 +206,9 @@ def test_prior_precision_of_wrong_length(structure, shape):
     bad = torch.ones(shape, dtype=DT)
     pattern = r"prior_precision of shape .* must be a scalar, one value per parameter tensor " \
               r"\(4\) or per parameter \(41\)"
+    if structure == "kron":
+        pattern = r"prior_precision of shape .* must be a scalar or one value per parameter " \
+                  r"tensor \(4\) \(a Kronecker posterior takes no per-parameter prior\)"
     with pytest.raises(ValueError, match=pattern):
         make_la(model, structure=structure, prior_precision=bad)
     la = make_la(model, structure=structure)
@@ -218,18 +221,29 @@ def test_prior_precision_of_wrong_length(structure, shape):
     torch.testing.assert_close(la.prior_precision, torch.ones(1, dtype=DT))
 
 
-@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
-def test_prior_precision_negative_or_not_finite(value):
-    with pytest.raises(ValueError, match=r"prior_precision must be finite and non-negative"):
+@pytest.mark.parametrize(("value", "pattern"), [
+    (-1.0, r"prior_precision must be non-negative, got -1"),
+    (float("nan"), r"prior_precision must be finite, got nan"),
+    (float("inf"), r"prior_precision must be finite, got inf"),
+])
+def test_prior_precision_negative_or_not_finite(value, pattern):
+    with pytest.raises(ValueError, match=pattern):
         make_la(mlp(), prior_precision=value)
 
 
-def test_kron_rejects_per_parameter_prior():
-    la = make_la(mlp(), structure="kron")
-    la.fit(reg_loader())
-    la.prior_precision = torch.ones(41, dtype=DT)
-    with pytest.raises(ValueError, match=r"Kronecker posterior takes a scalar or layerwise"):
-        la.log_marginal_likelihood()
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+def test_kron_rejects_per_parameter_prior_at_assignment(subset):
+    la = Laplace(mlp(), "regression", subset_of_weights=subset, hessian_structure="kron")
+    P = la.n_params
+    pattern = rf"prior_precision of shape \({P},\) must be a scalar or one value per " \
+              r"parameter tensor \(2\) \(a Kronecker posterior takes no per-parameter prior\)"
+    if subset == "all":
+        pattern = pattern.replace(r"\(2\)", r"\(4\)")
+    with pytest.raises(ValueError, match=pattern):
+        la.prior_precision = torch.ones(P, dtype=DT)
+    with pytest.raises(ValueError, match=pattern):
+        Laplace(mlp(), "regression", subset_of_weights=subset, hessian_structure="kron",
+                prior_precision=torch.ones(P, dtype=DT))
 
 
 # ------------------------------------------------- not positive definite
@@ -357,7 +371,7 @@ def test_sigma_noise_for_classification(structure):
         make_la(mlp(3), "classification", structure, sigma_noise=0.5)
     la = make_la(mlp(3), "classification", structure, sigma_noise=1.0)
     la.fit(cls_loader())
-    with pytest.raises(ValueError, match=r"sigma_noise must be 1 for classification"):
+    with pytest.raises(ValueError, match=r"sigma_noise must be 1 for classification .*got 2\)"):
         la.sigma_noise = 2.0
     with pytest.raises(ValueError, match=r"sigma_noise can only be set for regression"):
         la.log_marginal_likelihood(sigma_noise=torch.tensor(0.5, dtype=DT))
@@ -366,7 +380,7 @@ def test_sigma_noise_for_classification(structure):
 
 def test_sigma_noise_must_be_scalar():
     la = make_la(mlp(2))
-    with pytest.raises(ValueError, match=r"sigma_noise must be a scalar"):
+    with pytest.raises(ValueError, match=r"sigma_noise must be a scalar .*got shape \(2,\)"):
         la.sigma_noise = torch.ones(2, dtype=DT)
 
 
@@ -396,3 +410,47 @@ def test_model_without_trainable_parameters():
     model = mlp().requires_grad_(False)
     with pytest.raises(ValueError, match=r"no trainable parameters"):
         make_la(model)
+
+
+# ------------------------------------------------------------- state dicts
+@pytest.mark.parametrize("structure", ["full", "kron", "diag", "lowrank"])
+def test_state_dict_of_another_architecture_with_the_same_parameter_count(structure):
+    """3→8→1 and 6→5→1 both have 41 parameters in 4 tensors: the count agrees, the
+    shapes do not (for kron the Kronecker factors would be silently misread)."""
+    torch.manual_seed(0)
+    other = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1)).to(DT)
+    kwargs = {"n_eigenvalues": 3} if structure == "lowrank" else {}
+    la = make_la(mlp(), structure=structure, **kwargs)
+    la.fit(reg_loader())
+    state = la.state_dict()
+    target = make_la(other, structure=structure, **kwargs)
+    assert target.n_params == la.n_params == 41
+    with pytest.raises(ValueError, match=r"State was saved for parameter tensors of shapes "
+                                         r"\[\[8, 3\], \[8\], \[1, 8\], \[1\]\], this model has "
+                                         r"\[\[5, 6\], \[5\], \[1, 5\], \[1\]\]"):
+        target.load_state_dict(state)
+
+
+def test_kron_state_dict_checks_factor_shapes():
+    """Without the parameter shapes (a state saved by an older version) the Kronecker
+    factor shapes are still checked."""
+    torch.manual_seed(0)
+    other = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1)).to(DT)
+    la = make_la(mlp(), structure="kron")
+    la.fit(reg_loader())
+    state = la.state_dict()
+    del state["param_shapes"]
+    with pytest.raises(ValueError, match=r"State's curvature H has shapes \[\[\(8, 8\), "
+                                         r"\(3, 3\)\].* this KronLaplace expects \[\[\(5, 5\), "
+                                         r"\(6, 6\)\]"):
+        make_la(other, structure="kron").load_state_dict(state)
+
+
+def test_zero_prior_precision_is_a_flat_prior():
+    # accepted as in laplace-torch: with a full-rank curvature the posterior is proper
+    la = make_la(mlp(), prior_precision=0.0)
+    la.fit(reg_loader(60))
+    assert float(la.prior_precision) == 0.0
+    _, f_var = la(inputs(3))
+    assert bool((f_var > 0).all())
+    assert float(la.log_marginal_likelihood()) == float("-inf")  # an improper prior

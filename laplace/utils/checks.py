@@ -1,0 +1,171 @@
+"""Validation of user-supplied arguments: each check names the argument it refuses.
+
+Hyperparameters are checked on their detached values, so tensors that carry
+gradients (marginal-likelihood tuning) pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def _is_real_number(value: Any) -> bool:
+    """A real Python/NumPy number that is not a ``bool``."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    return isinstance(value, numbers.Real)
+
+
+def _as_real_tensor(value: Any, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``value`` as a real floating tensor on ``device``; numbers give 0-d tensors.
+
+    Raises:
+        ValueError: ``value`` is neither a real number nor a real tensor.
+    """
+    if isinstance(value, Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            raise ValueError(f"{name} must be a real tensor, got dtype {value.dtype}.")
+        return value.to(device=device, dtype=dtype)
+    if _is_real_number(value):
+        return torch.tensor(float(value), device=device, dtype=dtype)
+    raise ValueError(f"{name} must be a float or a torch.Tensor, got {type(value).__name__}.")
+
+
+def _require_positive(value: Tensor, name: str, allow_zero: bool = False) -> None:
+    v = value.detach()
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name} must be finite, got {_show(v)}.")
+    bad = (v < 0) if allow_zero else (v <= 0)
+    if bool(bad.any()):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be {kind}, got {_show(v)}.")
+
+
+def _show(v: Tensor) -> str:
+    if v.numel() == 1:
+        return f"{v.item():.4g}"
+    return f"a tensor with entries {v.flatten()[:4].tolist()}"
+
+
+def positive_scalar(
+    value: Any, name: str, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """A positive finite scalar as a 0-d tensor (from a number, 0-d or ``(1,)`` tensor)."""
+    t = _as_real_tensor(value, name, device, dtype)
+    if t.ndim > 1 or t.numel() != 1:
+        raise ValueError(
+            f"{name} must be a scalar (a float, 0-d or one-element tensor), got shape "
+            f"{tuple(t.shape)}."
+        )
+    t = t.reshape(())
+    _require_positive(t, name)
+    return t
+
+
+def positive_float(value: Any, name: str) -> float:
+    """A positive finite Python float (from a number or a one-element tensor)."""
+    t = _as_real_tensor(value, name, torch.device("cpu"), torch.float64)
+    if t.numel() != 1:
+        raise ValueError(f"{name} must be a scalar, got shape {tuple(t.shape)}.")
+    _require_positive(t, name)
+    return float(t)
+
+
+def precision_vector(
+    value: Any, name: str, lengths: list[tuple[int, str]], device: torch.device,
+    dtype: torch.dtype, note: str = "",
+) -> Tensor:
+    """A non-negative finite vector ``(L,)`` whose length ``L`` is one of ``lengths``.
+
+    Args:
+        lengths: allowed ``(length, meaning)`` pairs, the scalar ``(1, "a scalar")`` first.
+        note: appended to the error message (why other lengths are refused).
+    """
+    t = _as_real_tensor(value, name, device, dtype)
+    if t.ndim == 0:
+        t = t.reshape(1)
+    if t.ndim != 1 or t.numel() not in {n for n, _ in lengths}:
+        parts = [what if n == 1 else f"{what} ({n})" for n, what in lengths]
+        choices = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
+        raise ValueError(f"{name} of shape {tuple(t.shape)} must be {choices}{note}.")
+    _require_positive(t, name, allow_zero=True)
+    return t
+
+
+def mean_vector(
+    value: Any, name: str, length: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """A finite scalar (returned 0-d) or a vector of exactly ``length`` values ``(length,)``."""
+    t = _as_real_tensor(value, name, device, dtype)
+    if t.ndim > 1 or t.numel() not in (1, length):
+        raise ValueError(
+            f"{name} of shape {tuple(t.shape)} must be a scalar or a vector of one value "
+            f"per parameter ({length},)."
+        )
+    if not bool(torch.isfinite(t.detach()).all()):
+        raise ValueError(f"{name} must be finite.")
+    return t.reshape(()) if t.numel() == 1 else t
+
+
+def positive_int(value: Any, name: str) -> int:
+    """A Python ``int`` ≥ 1 (integral NumPy/tensor scalars accepted, ``bool`` refused)."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = int(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {int(value)}.")
+    return int(value)
+
+
+def finite_inputs(X: Any, name: str = "x") -> None:
+    """Refuse NaN/inf in a floating input tensor (or in the tensors of a dict input)."""
+    tensors = X.items() if isinstance(X, Mapping) else [(None, X)]
+    for key, t in tensors:
+        if isinstance(t, Tensor) and t.is_floating_point():
+            bad = ~torch.isfinite(t.detach())
+            if bool(bad.any()):
+                where = name if key is None else f"{name}[{key!r}]"
+                raise ValueError(
+                    f"Input {where} contains NaN or inf ({int(bad.sum())} of {t.numel()} "
+                    "entries)."
+                )
+
+
+def _leading_size(X: Any, dict_key_x: str) -> int | None:
+    t = X.get(dict_key_x) if isinstance(X, Mapping) else X
+    return t.shape[0] if isinstance(t, Tensor) and t.ndim > 0 else None
+
+
+def batch_output(X: Any, out: Tensor, dict_key_x: str = "input_ids") -> None:
+    """The model output ``out`` must have the batch size of ``X`` as its first dimension.
+
+    Raises:
+        ValueError: e.g. a single point ``(d,)`` given without its batch dimension.
+    """
+    n = _leading_size(X, dict_key_x)
+    if n is not None and (out.ndim == 0 or out.shape[0] != n):
+        shape = tuple(X.shape) if isinstance(X, Tensor) else f"{dict_key_x}={n}"
+        raise ValueError(
+            f"Input x of shape {shape} gave a model output of shape {tuple(out.shape)}: the "
+            f"first dimension of x is the batch ({n} points), the output must have it too. "
+            "Pass one point as x[None]."
+        )
+
+
+def pair_output(X: Any, out: Tensor) -> None:
+    """``reward_modeling`` fits on pair batches: the output is ``(batch, 2)``, one reward
+    per item of each pair (the two-class logits of the preference)."""
+    if out.ndim != 2 or out.shape[1] != 2:
+        shape = tuple(X.shape) if isinstance(X, Tensor) else "a dict"
+        raise ValueError(
+            f"reward_modeling fits on pair batches: x of shape {shape} gave a model output "
+            f"of shape {tuple(out.shape)}, not (batch, 2) (one reward per item of each "
+            "pair); pass x of shape (batch, 2, ...) with labels in {0, 1}."
+        )
