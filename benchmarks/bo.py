@@ -85,12 +85,12 @@ PROBLEMS = {  # the three problems of issue 5, then the ten of issue 13
 }
 BASE_METHODS = {
     "laplace": {},  # LaplaceBNN defaults
-    "laplace_all": {"subset_of_weights": "all"},
+    "laplace_last_layer": {"subset_of_weights": "last_layer"},
 }
 NOTES_MARKER = "<!-- notes: kept when the tables above are regenerated -->"
 METHOD_LABELS = {
     "laplace": "LaplaceBNN (defaults)",
-    "laplace_all": "LaplaceBNN all weights",
+    "laplace_last_layer": "LaplaceBNN last layer",
     "gp": "SingleTaskGP",
     "sobol": "Sobol",
 }
@@ -359,8 +359,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--problems", nargs="+", choices=list(PROBLEMS),
                         default=["branin", "hartmann", "ackley"])
-    parser.add_argument("--methods", nargs="+", default=["laplace", "laplace_all", "gp", "sobol"],
-                        help="laplace, laplace_all, gp, sobol and names given by --variant")
+    parser.add_argument("--methods", nargs="+", default=["laplace", "gp", "sobol"],
+                        help="laplace, laplace_last_layer, gp, sobol and names given by "
+                        "--variant")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                         help="an extra LaplaceBNN method with these keyword options "
                         "(\"warm\": false disables warm starts); run with --methods NAME")

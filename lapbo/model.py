@@ -245,65 +245,26 @@ class LaplaceBNN(_LinearizedModel):
     posterior and refits prior precision and noise by the marginal likelihood. In a BO
     loop, warm-start each round from the last: ``LaplaceBNN(X, Y, warm_start=old).fit()``.
 
-    **Defaults, and why** (measured with ``benchmarks/bo.py``: qLogEI on Branin-2,
-    Hartmann-6 and Ackley-10, 15 iterations; see ``benchmarks/results/bo.md``; medians
-    below are over 6 seeds, which the 3-seed table cannot resolve):
+    **Defaults** (the measurements behind each, and the history of what was tried, are
+    in ``docs/lapbo_defaults.md``):
 
-    - *Network*: 2 × 50 MLP with Gaussian activations ``exp(−z²)`` in both hidden
-      layers, first layer initialised at ``init_scale = 1.25`` per input coordinate of
-      the unit box (use ``Normalize`` with the box bounds), whose output layer also sees
-      fixed bases of the input: a quadratic trend ``[z, z²]``, ``z = 2x − 1``
-      (``trend="quadratic"``), and 100 random Fourier features of squared-exponential
-      kernels with length scales spread over 0.2–1.0 of the box and variance 3/δ
-      (``random_features``). Tanh networks
-      extrapolated their fitted trends to the corners (78–89 % of Hartmann proposals on
-      the boundary, no progress); localised Gaussian features fix that, and the trend
-      gives back a smooth global shape whose maximiser can lie inside the box.
-    - *Last-layer posterior* (``subset_of_weights="last_layer"``): Bayesian linear
-      regression on ``[φ(x), z, z², ψ(x)]`` with the whole network MAP-trained. Its
-      variance is bounded in the box, so the acquisition chases corners less (median
-      25 / 10 / 6 % of proposed coordinates on the boundary for Branin / Hartmann /
-      Ackley against 35 / 24 / 29 % for the former all-weights default), and
-      ``posterior`` on ``2048 × 4`` points is ~20× cheaper. On its own it is
-      overconfident: the MAP-trained features ``φ`` collapse onto the data, and on two
-      Branin seeds it sampled one point next to the minimum for ten rounds (predicted
-      ±0.4 where it was off by 3.5). The random features ``ψ`` are not trained, so
-      their part of the variance returns to its prior level away from the data, as a
-      GP's does; with them no seed got stuck (Branin −0.41 → −1.06, Hartmann −0.28 →
-      −0.39, six-seed medians, one length scale 0.3).
-    - *Length scales 0.2–1.0*: one scale cannot serve all problems (Hartmann preferred
-      0.2–0.3, Ackley-10 0.6 and more), and the evidence with the body trained at one
-      scale always preferred that scale, so the features mix scales. Over 12 seeds
-      (0–11; GP: Branin −1.49, Hartmann −0.35, Ackley 1.26) the range gives −1.10 /
-      −0.39 / 1.23, the single 0.3 −0.90 / −0.38 / 1.28 and the range 0.3–1.0 −1.46 /
-      −0.24 / 1.19. The range 0.3–1.0 had looked best on seeds 0–5 (Branin −1.96) and
-      fell to −0.34 on seeds 6–11: choices between these variants are within seed noise
-      on Branin. Over 18 seeds (12–17 run once, after the choice) the defaults reach
-      −0.97 / −0.43 / 1.23 against the GP's −1.35 / −0.35 / 1.25
-      (``benchmarks/results/bo_18_seeds.md``).
-    - *Noise hyperprior* ``LogNormal(−8, 2)`` on ``σ²`` (standardized units), starting at
-      ``σ = 0.01``: the benchmark functions are noiseless, and with BoTorch's
-      ``LogNormal(−4, 1)`` the refit held ``σ`` near 0.08, i.e. ±6 Branin units, so the
-      model could not tell points near the optimum apart and crept towards it in tiny
-      steps. Without any prior the refit drifts into "all noise" on some seeds.
-    - *Prior mean* ``"init"``: the prior is ``N(θ₀, I/δ)`` with ``θ₀`` the initial
-      weights (weight decay pulls towards them; ``θ₀`` is a buffer carried by warm
-      starts and the state dict). With a zero mean the unidentified directions of the
-      randomly initialised weights count as "signal" in ``‖θ*‖²`` and the refit ``δ`` is
-      ~10× too small.
-    - *Refits*: ``δ`` and ``σ`` maximise the Laplace evidence, computed from the
-      ``n × n`` Gram spectrum of the Jacobians (``training.GramMarglik``), by L-BFGS.
-    - *Warm starts*: 300 L-BFGS epochs from scratch, 100 when warm-started (50 halved
-      the fit time but lost on Hartmann), online refits every 50.
-    - 6-seed medians (Branin / Hartmann; GP: −1.49 / −0.35) around one length scale
-      0.3 (−1.06 / −0.39): 0.2 / 0.4: −0.68 / −0.44, −1.13 / −0.29; 50 / 200 features:
-      −0.51 / −0.33, −0.62 / −0.32; variance 1 / 10: −0.71 / −0.31, −0.64 / −0.35; with
-      BoTorch's noise prior −0.32 / −0.41; without random features −0.41 / −0.28; the
-      former defaults (all weights, no bases, ``LogNormal(−4, 1)``) −0.12 / −0.14.
-      Also tried and not adopted: a per-tensor prior precision
-      (``prior_structure="layerwise"``), centred/circle/sphere input maps, sine
-      activations, one hidden layer, ``mean="linearized"``, more warm epochs, and a
-      3-member ensemble (3× the cost).
+    - *Network*: 2 × 50 MLP with Gaussian activations ``exp(−z²)``, first layer
+      initialised at ``init_scale = 1.25`` per input coordinate of the unit box (use
+      ``Normalize`` with the box bounds); its output layer also sees a quadratic trend
+      ``[z, z²]``, ``z = 2x − 1``, and 100 random Fourier features with length scales
+      spread over 0.2–1.0 of the box (``random_features``).
+    - *Posterior over all weights* (``subset_of_weights="all"``, exact GGN in Woodbury
+      form): the evidence that refits ``δ`` and ``σ`` covers the same weights that ``δ``
+      regularises as weight decay. The last-layer posterior (an option) trains the body
+      under a prior its evidence does not see; at N ≳ 100 it interpolates and the
+      posterior collapses (mean |z| 12 at N = 100, 494 at N = 1,000 on Ackley-20).
+    - *Hyperpriors*: ``LogNormal(−8, 2)`` on ``σ²`` (standardized units) and a
+      log-normal on ``δ`` around the precision whose prior function variance is the
+      outcome variance (``prior_precision_prior``), so one or two observations keep
+      the prior variance.
+    - *Prior mean* ``"init"``: ``N(θ₀, I/δ)`` with ``θ₀`` the initial weights.
+    - *Training*: L-BFGS, 300 epochs from scratch, 100 warm-started, evidence refits
+      of ``(δ, σ)`` every 50 epochs and after the last (``training.GramMarglik``).
 
     Args:
         train_X: ``(n, d)`` training inputs.
@@ -312,9 +273,9 @@ class LaplaceBNN(_LinearizedModel):
         net: an ``nn.Module`` mapping ``(n, d)`` transformed inputs to ``(n, m)``, a
             zero-argument factory, or ``None`` for ``networks.default_network``.
         likelihood: only ``"regression"``.
-        subset_of_weights: ``"last_layer"`` (default: the Gaussian over the output layer
-            only, i.e. Bayesian linear regression on the learned features; the whole
-            network is still MAP-trained) or ``"all"``.
+        subset_of_weights: ``"all"`` (default: the Gaussian over every weight) or
+            ``"last_layer"`` (the output layer only, i.e. Bayesian linear regression on the
+            learned features; cheaper, but overconfident once the body fits the data).
         hessian_structure: ``"full"`` (default: exact GGN, low-rank Woodbury form),
             ``"kron"`` or ``"diag"`` (dense Cholesky of the Laplace precision).
         backend: curvature backend class for the Laplace object (default native GGN).
@@ -376,7 +337,7 @@ class LaplaceBNN(_LinearizedModel):
     def __init__(
         self, train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | None = None, *,
         net: nn.Module | Any = None, likelihood: str = "regression",
-        subset_of_weights: str = "last_layer", hessian_structure: str = "full",
+        subset_of_weights: str = "all", hessian_structure: str = "full",
         backend: Any = None,
         input_transform: InputTransform | None = None,
         outcome_transform: OutcomeTransform | _DefaultType | None = DEFAULT,

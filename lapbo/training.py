@@ -323,7 +323,9 @@ class GramMarglik:
         log p(y | δ, σ) ≈ −½‖r‖²/σ² − N log σ − ½N log 2π
                           − ½ Σᵢ log(1 + λᵢ/(σ²δ)) − ½ δ‖θ*‖²
 
-    costs one ``N × N`` eigendecomposition, and no ``P × P`` matrix is formed. With known
+    costs one ``N × N`` eigendecomposition, and no ``P × P`` matrix is formed (with more
+    rows than weights, ``N > P``, the ``P × P`` matrix ``RᵀR`` gives the same nonzero
+    spectrum at a cost linear in ``N``). With known
     noise variances ``v`` the Gram matrix is ``D^{-½}RRᵀD^{-½}`` (``D = diag v``) and
     ``σ`` is not a free parameter. Equal to ``FullLaplace.log_marginal_likelihood`` (and
     its last-layer variant, with the last-layer rows and weights).
@@ -379,6 +381,12 @@ class GramMarglik:
             blocks = scaled.split(self.groups, dim=-1)
             self.grams = torch.stack([B @ B.mT for B in blocks])  # (G, N, N)
             self.target = e + offset.detach() if linearized else None
+            return
+        if not linearized and scaled.shape[0] > scaled.shape[1]:
+            # more rows than weights: RᵀR (P × P) has the same nonzero spectrum, and the
+            # cost stays linear in the number of observations
+            gram = scaled.mT @ scaled
+            self.lam = torch.linalg.eigvalsh(0.5 * (gram + gram.mT)).clamp_min(0.0)
             return
         gram = scaled @ scaled.mT
         if linearized:

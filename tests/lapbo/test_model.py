@@ -345,3 +345,20 @@ def test_cuda(dtype: torch.dtype) -> None:
     clone.load_state_dict(model.state_dict())
     x = Xt.detach()
     assert torch.allclose(clone.posterior(x).mean, model.posterior(x).mean, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_few_points_keep_the_prior_variance(n: int) -> None:
+    """With one to three observations the δ hyperprior keeps the posterior variance away
+    from the data of the order of the outcome variance (without it, n = 1 gave ~0.01)."""
+    g = torch.Generator().manual_seed(n)
+    X = torch.rand(n, 6, generator=g, dtype=torch.float64)
+    Y = -(X - 0.3).square().sum(-1, keepdim=True)
+    model = LaplaceBNN(X, Y, seed=0, n_epochs=100).fit()
+    X_far = torch.rand(200, 1, 6, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        var = model.posterior(X_far).variance.squeeze() / model.outcome_transform.stdvs.square()
+    assert 0.1 < float(var.median()) < 10.0
+    no_hyperprior = LaplaceBNN(X, Y, seed=0, n_epochs=100, prior_precision_prior=None).fit()
+    if n == 1:  # the evidence alone sends δ towards its bound
+        assert float(no_hyperprior.prior_precision) > 10 * float(model.prior_precision)

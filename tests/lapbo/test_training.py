@@ -60,6 +60,26 @@ def test_gram_evidence_equals_full_laplace(prior: list[float]) -> None:
     assert ours == pytest.approx(ref, rel=1e-10)
 
 
+def test_gram_evidence_with_more_rows_than_weights() -> None:
+    """``N > P``: the evidence from the ``P × P`` spectrum equals ``FullLaplace``'s."""
+    g = torch.Generator().manual_seed(4)
+    X = torch.rand(80, 2, generator=g, dtype=torch.float64)
+    Y = torch.sin(4 * X[:, :1]) + X[:, 1:].square()
+    torch.manual_seed(0)
+    net = networks.default_network(2, 1, width=4, depth=1, random_features=0, trend=None)
+    net = net.double()
+    theta0 = [p.detach().clone() for p in net.parameters()]
+    training.train_map(net, X, Y, torch.tensor(0.05), torch.tensor(1.0), 60, 1e-2,
+                       prior_mean=theta0)
+    P = sum(p.numel() for p in net.parameters())
+    assert P < 80
+    lml = training.gram_marglik(net, X, Y, None, None, theta0)
+    assert lml.lam.shape == (P,)
+    prior, sigma = torch.tensor(0.7, dtype=torch.float64), torch.tensor(0.2, dtype=torch.float64)
+    ref = laplace_lml(net, X, Y, theta0, prior.reshape(1), 0.2)
+    assert float(lml(prior, sigma)) == pytest.approx(ref, rel=1e-10)
+
+
 @pytest.mark.parametrize("linearized", [False, True])
 def test_grouped_evidence_with_equal_precisions_is_scalar(linearized: bool) -> None:
     net, X, Y, theta0 = problem()
