@@ -82,7 +82,8 @@ def marglik_training(
         optimizer_cls, optimizer_kwargs: the network's optimizer (``weight_decay`` is
             replaced by the learned prior and set to 0, with a warning).
         scheduler_cls, scheduler_kwargs: learning-rate scheduler, built as
-            ``scheduler_cls(optimizer, **scheduler_kwargs)`` and stepped once per epoch.
+            ``scheduler_cls(optimizer, **scheduler_kwargs)`` and stepped after every batch
+            of network training (laplace-torch's convention).
         n_epochs: number of training epochs (epochs are counted from 1).
         lr_hyp: Adam learning rate of the log hyperparameters.
         prior_structure: ``"scalar"``, ``"layerwise"`` or ``"diag"`` prior precision.
@@ -208,11 +209,11 @@ def marglik_training(
             optimizer.step()
             epoch_loss += loss.item() * y.shape[0]
             n_batches += 1
+            if scheduler is not None:
+                scheduler.step()  # once per batch, as laplace-torch does
         if n_batches == 0:
             raise ValueError("The data loader yielded no batches: nothing to train on.")
         losses.append(epoch_loss / N)
-        if scheduler is not None:
-            scheduler.step()
 
         if epoch % marglik_frequency != 0 or epoch < n_epochs_burnin:
             if progress_bar:

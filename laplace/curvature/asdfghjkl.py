@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from laplace.curvature.asdl import AsdlEF, AsdlGGN, AsdlHessian, AsdlInterface
-from laplace.curvature.curvature import _targets
+from laplace.curvature.curvature import _targets, curvature_options
 from laplace.utils.data import inputs_to, split_batch
 
 with warnings.catch_warnings():
@@ -123,6 +123,7 @@ class AsdfghjklHessian(AsdfghjklInterface, AsdlHessian):
         return (U.detach(), self.factor * lam[keep]), self.factor * loss
 
     def kron(self, x: Any, y: Tensor, N: int, **kwargs: Any) -> Any:
+        curvature_options(self, kwargs)
         raise NotImplementedError(
             "AsdfghjklHessian: asdl has no Kronecker-factored Hessian (the legacy "
             "asdfghjkl module had none either); use 'full', 'diag' or eig_lowrank."

@@ -48,6 +48,7 @@ from laplace.curvature.curvature import (
     EFInterface,
     GGNInterface,
     _targets,
+    curvature_options,
     features_and_outputs,
     find_last_layer,
 )
@@ -73,6 +74,9 @@ with warnings.catch_warnings():
         HessianMaker,
         get_fisher_maker,
     )
+
+#: ``FisherConfig`` keywords a call may pass (laplace-torch's ``asdl_fisher_kwargs``).
+ASDL_KEYWORDS = ("var", "seed", "ignore_index")
 
 #: Parameter-owning modules ASDL has operations for.
 ASDL_MODULES = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.Embedding)
@@ -153,28 +157,33 @@ class AsdlInterface(CurvatureInterface):
             )
         return f, _targets(y, f, self.likelihood)
 
-    def _scale(self) -> float:
+    def _scale(self, mc_samples: int = 1) -> float:
         """ASDL's GGN is that of ``½‖f−y‖²`` = ``factor·MSELoss(sum)``; the EF and the
         Hessian are of ``lossfunc`` and take ``factor``."""
         return self.factor if self._uses_lossfunc else 1.0
 
     def _fisher(
-        self, x: Inputs, y: Tensor, shape: str, **kwargs: Any
-    ) -> tuple[Tensor, nn.Module, list[nn.Parameter], dict[int, int]]:
+        self, x: Inputs, y: Tensor, shape: str, kwargs: dict[str, Any]
+    ) -> tuple[Tensor, nn.Module, list[nn.Parameter], dict[int, int], float]:
         """Run ASDL's Fisher maker for ``shape`` on one batch.
+
+        Args:
+            kwargs: the call's keywords (``N``, ``mc_samples`` and ``FisherConfig``'s
+                ``var``, ``seed``, ``ignore_index``; see ``curvature_options``).
 
         Returns:
             ``factor·lossfunc``, the network (its modules carry ``fisher``), ASDL's
-            parameter order, and the extra input positions of each ``nn.Linear``.
+            parameter order, the extra input positions of each ``nn.Linear``, and the
+            scale turning ASDL's matrices into the curvature of ``factor·lossfunc``.
         """
+        mc, extra = curvature_options(self, kwargs, extra=ASDL_KEYWORDS)
         net, inp = self._network(x)
         order, ignore = self._layout(net, kron=shape == SHAPE_KRON)
         f, targets = self._outputs(net, inp, y)
         loss_type = LOSS_MSE if self.likelihood == Likelihood.REGRESSION else LOSS_CROSS_ENTROPY
         config = FisherConfig(
             fisher_type=self._fisher_type, fisher_shapes=[shape], loss_type=loss_type,
-            n_mc_samples=getattr(self, "num_samples", 1), data_size=1,
-            ignore_modules=ignore, **kwargs,
+            n_mc_samples=mc, data_size=1, ignore_modules=ignore, **extra,
         )
         maker = get_fisher_maker(net, config)
         dummy_y = maker.setup_model_call(net, inp)
@@ -195,7 +204,7 @@ class AsdlInterface(CurvatureInterface):
             for h in handles:
                 h.remove()
         loss = self.factor * self.lossfunc(f, targets)
-        return loss.detach(), net, order, positions
+        return loss.detach(), net, order, positions, self._scale(mc)
 
     def _index(self, order: list[nn.Parameter]) -> Tensor:
         """Positions of ``self.params`` (then of the subnetwork) in ASDL's order."""
@@ -211,15 +220,19 @@ class AsdlInterface(CurvatureInterface):
         return idx
 
     # ---------------------------------------------------------------- structures
-    def full(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        loss, net, order, _ = self._fisher(x, y, SHAPE_FULL, **_fisher_kwargs(kwargs))
+    def full(
+        self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        loss, net, order, _, scale = self._fisher(x, y, SHAPE_FULL, kwargs)
         F = net.fisher.data
         _cleanup(net)
         idx = self._index(order).to(F.device)
-        return loss, self._scale() * F[idx][:, idx].detach()
+        return loss, scale * F[idx][:, idx].detach()
 
-    def diag(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        loss, net, _, _ = self._fisher(x, y, SHAPE_DIAG, **_fisher_kwargs(kwargs))
+    def diag(
+        self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        loss, net, _, _, scale = self._fisher(x, y, SHAPE_DIAG, kwargs)
         values = {}
         for module in net.modules():
             fisher = getattr(module, "fisher", None)
@@ -233,7 +246,7 @@ class AsdlInterface(CurvatureInterface):
         diag = torch.cat([values[id(p)].flatten() for p in self.params])
         if self.subnetwork_indices is not None:
             diag = diag[self.subnetwork_indices]
-        return loss, self._scale() * diag.detach()
+        return loss, scale * diag.detach()
 
     def kron(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Kron]:
         if self.subnetwork_indices is not None:
@@ -241,9 +254,8 @@ class AsdlInterface(CurvatureInterface):
                 f"{type(self).__name__}: a Kronecker-factored curvature cannot be "
                 "restricted to subnetwork indices; use 'full' or 'diag'."
             )
-        loss, net, _, positions = self._fisher(x, y, SHAPE_KRON, **_fisher_kwargs(kwargs))
+        loss, net, _, positions, s = self._fisher(x, y, SHAPE_KRON, kwargs)
         found: dict[int, list[Tensor]] = {}
-        s = self._scale()
         for module in net.modules():
             fisher = getattr(module, "fisher", None)
             if fisher is None or fisher.kron is None:
@@ -267,7 +279,8 @@ class AsdlGGN(AsdlInterface, GGNInterface):
     Args:
         stochastic: Monte Carlo Fisher with ``num_samples`` sampled labels per point.
             ``sqrt_rows`` is then unavailable (``None``), so ``FullLaplace`` calls ``full``.
-        num_samples: Monte Carlo samples (``stochastic=True`` only).
+        num_samples: Monte Carlo samples (``stochastic=True`` only); a call's
+            ``mc_samples`` (or ASDL's ``n_mc_samples``) keyword overrides it.
     """
 
     _uses_lossfunc = False
@@ -276,10 +289,10 @@ class AsdlGGN(AsdlInterface, GGNInterface):
     def _fisher_type(self) -> str:  # type: ignore[override]
         return FISHER_MC if self.stochastic else FISHER_EXACT
 
-    def _scale(self) -> float:
-        # ASDL's fisher_mc backpropagates loss / num_samples per sample and squares it:
-        # its estimate is the Fisher / num_samples.
-        return float(self.num_samples) if self.stochastic else 1.0
+    def _scale(self, mc_samples: int = 1) -> float:
+        # ASDL's fisher_mc backpropagates loss / mc_samples per sample and squares it:
+        # its estimate is the Fisher / mc_samples.
+        return float(mc_samples) if self.stochastic else 1.0
 
     @property
     def sqrt_rows(self):  # type: ignore[override]
@@ -354,15 +367,21 @@ class AsdlHessian(AsdlInterface):
         loss = self.factor * self.lossfunc(f, targets)
         return loss.detach(), net, order
 
-    def full(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def full(
+        self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        curvature_options(self, kwargs)
         loss, net, order = self._hessian(x, y, SHAPE_FULL)
         H = net.hessian.data
         _cleanup(net, "hessian")
         idx = self._index(order).to(H.device)
         return loss, self.factor * H[idx][:, idx].detach()
 
-    def diag(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def diag(
+        self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
         """Diagonal of the Hessian (ASDL's ``diag`` shape: layer-wise blocks' diagonals)."""
+        curvature_options(self, kwargs)
         loss, net, order = self._hessian(x, y, SHAPE_DIAG)
         values = {}
         for module in net.modules():
@@ -380,6 +399,7 @@ class AsdlHessian(AsdlInterface):
         return loss, self.factor * diag.detach()
 
     def kron(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Kron]:
+        curvature_options(self, kwargs)
         raise NotImplementedError(
             f"{type(self).__name__}: ASDL has no Kronecker-factored Hessian; use "
             "hessian_structure='full' or 'diag', or a GGN/EF backend for 'kron'."
@@ -387,12 +407,6 @@ class AsdlHessian(AsdlInterface):
 
 
 # ---------------------------------------------------------------------- helpers
-def _fisher_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``asdl_fisher_kwargs`` that ``FisherConfig`` accepts (``N`` etc. dropped)."""
-    allowed = {"var", "seed", "ignore_index"}
-    return {k: v for k, v in kwargs.items() if k in allowed}
-
-
 def _cleanup(net: nn.Module, attr: str = "fisher") -> None:
     """Remove the matrices ASDL attached to the modules."""
     for module in net.modules():

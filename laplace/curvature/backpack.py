@@ -69,6 +69,7 @@ from laplace.curvature.curvature import (
     EFInterface,
     GGNInterface,
     _targets,
+    curvature_options,
     features_and_outputs,
     find_last_layer,
 )
@@ -90,7 +91,8 @@ class BackPackInterface(CurvatureInterface):
         """The module BackPACK runs on and its input.
 
         The last layer alone on detached features when ``last_layer=True`` and the
-        model's output is that layer's output; the whole model otherwise.
+        model's output is that layer's output; the whole model otherwise, on the
+        detached inputs.
         """
         if isinstance(x, Mapping):
             raise ValueError(
@@ -106,6 +108,10 @@ class BackPackInterface(CurvatureInterface):
                 out = layer(phi)
             if out.shape == f.shape and torch.equal(out, f):
                 return layer, phi.detach()
+        # Curvature carries no graph to the inputs. Inputs that require grad (the
+        # BoTorch case, enable_backprop=True) would make BackPACK's full backward hook
+        # on the first layer wait for an input gradient that is never computed.
+        x = x.detach()
         if isinstance(self.model, FeatureExtractor) and self.model.feature_reduction is None:
             return self.model.model, x  # the wrapped network (LLLaplace's wrapper)
         return self.model, x
@@ -179,12 +185,17 @@ class BackPackGGN(BackPackInterface, GGNInterface):
         stochastic: Monte Carlo estimates with ``num_samples`` sampled labels per data
             point (BackPACK's ``DiagGGNMC``, ``KFAC`` and ``SqrtGGNMC``) instead of the
             exact GGN.
-        num_samples: Monte Carlo samples (``stochastic=True`` only).
+        num_samples: Monte Carlo samples (``stochastic=True`` only); a call's
+            ``mc_samples`` keyword overrides it (laplace-torch ignores it here).
     """
 
-    def sqrt_rows(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Rows ``R`` ``(K·n, P)`` of BackPACK's GGN square root, ``RᵀR`` = batch GGN."""
-        ext = SqrtGGNMC(mc_samples=self.num_samples) if self.stochastic else SqrtGGNExact()
+    def sqrt_rows(
+        self, x: Inputs, y: Tensor, mc_samples: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Rows ``R`` ``(K·n, P)`` of BackPACK's GGN square root, ``RᵀR`` = batch GGN
+        (``(mc_samples·n, P)`` sampled rows with ``stochastic=True``)."""
+        mc = mc_samples or self.num_samples
+        ext = SqrtGGNMC(mc_samples=mc) if self.stochastic else SqrtGGNExact()
         loss, sqrts = self._run(x, y, ext, second_order=True)
         rows = torch.cat([s.flatten(start_dim=2) for s in sqrts], dim=2)  # (K, n, P)
         rows = rows.reshape(-1, rows.shape[-1]) * self.factor**0.5
@@ -192,20 +203,27 @@ class BackPackGGN(BackPackInterface, GGNInterface):
             rows = rows[:, self.subnetwork_indices]
         return rows.detach(), self.factor * loss
 
-    def full(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        rows, loss = self.sqrt_rows(x, y)
+    def full(
+        self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        mc, _ = curvature_options(self, kwargs)
+        rows, loss = self.sqrt_rows(x, y, mc)
         return loss, rows.T @ rows
 
-    def diag(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        ext = DiagGGNMC(mc_samples=self.num_samples) if self.stochastic else DiagGGNExact()
+    def diag(
+        self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        mc, _ = curvature_options(self, kwargs)
+        ext = DiagGGNMC(mc_samples=mc) if self.stochastic else DiagGGNExact()
         loss, diags = self._run(x, y, ext, second_order=True)
         dggn = torch.cat([d.flatten() for d in diags])
         return self.factor * loss, self.factor * self._select_vector(dggn).detach()
 
     def kron(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Kron]:
         """KFLR (``KFAC`` if stochastic) factors; ``nn.Conv2d`` in BackPACK's convention."""
+        mc, _ = curvature_options(self, kwargs)
         self._no_subnetwork_kron()
-        ext = KFAC(mc_samples=self.num_samples) if self.stochastic else KFLR()
+        ext = KFAC(mc_samples=mc) if self.stochastic else KFLR()
         loss, factors = self._run(x, y, ext, second_order=True)
         n = len(y)
         scale = self.factor**0.5
@@ -229,12 +247,16 @@ class BackPackEF(BackPackInterface, EFInterface):
             Gs = Gs[:, self.subnetwork_indices]
         return Gs.detach(), loss
 
-    def diag(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def diag(
+        self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        curvature_options(self, kwargs)
         loss, sgs = self._run(x, y, SumGradSquared(), second_order=False)
         diag = torch.cat([s.flatten() for s in sgs])
         return self.factor * loss, self.factor * self._select_vector(diag).detach()
 
     def kron(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Kron]:
+        curvature_options(self, kwargs)
         raise NotImplementedError(
             "BackPackEF: BackPACK has no Kronecker-factored empirical Fisher; use "
             "CurvlinopsEF, AsdlEF or TorchFuncEF for 'kron', or 'full'/'diag' with BackPackEF."

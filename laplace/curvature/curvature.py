@@ -189,17 +189,36 @@ class CurvatureInterface:
         return y.reshape(-1)
 
     # ------------------------------------------------------------------ curvature
-    def full(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        """Loss and dense curvature ``(P, P)`` of one batch."""
+    def full(
+        self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        """Loss and dense curvature ``(P, P)`` of one batch.
+
+        Args:
+            x, y: the batch (inputs ``(n, ...)`` or a dict-like batch, targets ``(n, ...)``).
+            N: size of the data set (optional; a dense curvature does not need it).
+            kwargs: ``mc_samples`` for a stochastic curvature (see
+                :func:`curvature_options`); unknown keywords raise ``ValueError``.
+        """
         raise NotImplementedError(f"{type(self).__name__} has no full curvature.")
 
-    def diag(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        """Loss and diagonal curvature ``(P,)`` of one batch."""
+    def diag(
+        self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        """Loss and diagonal curvature ``(P,)`` of one batch (arguments as ``full``)."""
         raise NotImplementedError(f"{type(self).__name__} has no diagonal curvature.")
 
     def kron(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Kron]:
-        """Loss and Kronecker-factored curvature of one batch of a data set of size N."""
+        """Loss and Kronecker-factored curvature of one batch of a data set of size N
+        (the input factors carry ``1/N``); keywords as for ``full``."""
         raise NotImplementedError(f"{type(self).__name__} has no Kronecker curvature.")
+
+    def functorch_jacobians(
+        self, x: Inputs, enable_backprop: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """laplace-torch's name for :meth:`jacobians` (``torch.func`` Jacobians):
+        ``Js`` ``(n, K, P)`` and outputs ``f`` ``(n, K)``."""
+        return self.jacobians(x, enable_backprop=enable_backprop)
 
 
 class GGNInterface(CurvatureInterface):
@@ -216,8 +235,8 @@ class GGNInterface(CurvatureInterface):
         stochastic: bool = False,
         num_samples: int = 1,
     ) -> None:
-        """``stochastic``: a Monte Carlo GGN (``num_samples`` label draws per point),
-        where the backend offers one."""
+        """``stochastic``: a Monte Carlo GGN (``num_samples`` label draws per point, or
+        ``mc_samples`` per call)."""
         super().__init__(model, likelihood, last_layer, subnetwork_indices, dict_key_x,
                          dict_key_y)
         if num_samples < 1:
@@ -225,29 +244,50 @@ class GGNInterface(CurvatureInterface):
         self.stochastic = stochastic
         self.num_samples = num_samples
 
-    def _sqrt_ggn_rows(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor]:
-        """``Sₙ Jₙ`` with ``Λₙ = SₙᵀSₙ`` as ``(n·m, K, P)``, and the loss of the batch."""
+    def _sqrt_ggn_rows(
+        self, x: Inputs, y: Tensor, mc_samples: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``Sₙ Jₙ`` with ``Λₙ = SₙᵀSₙ`` as ``(n·m, K, P)``, and the loss of the batch.
+
+        With ``stochastic=True`` the rows are ``gₙᵀ Jₙ`` for ``mc_samples`` sampled
+        output gradients ``gₙ`` (``(n·m, mc_samples, P)``): a Monte Carlo GGN.
+        """
         Js, f = self.jacobians(x)
-        S = output_hessian_sqrt(f, self.likelihood, self.factor)
         loss = self.factor * self.lossfunc(f, _targets(y, f, self.likelihood))
+        if self.stochastic:
+            mc = mc_samples or self.num_samples
+            G = sampled_output_grads(f, self.likelihood, mc) * (self.factor / mc) ** 0.5
+            return torch.einsum("snk,nkp->nsp", G, Js), loss.detach()
+        S = output_hessian_sqrt(f, self.likelihood, self.factor)
         return torch.einsum("nlk,nkp->nlp", S, Js), loss.detach()
 
-    def full(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        SJ, loss = self._sqrt_ggn_rows(x, y)
+    def full(
+        self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        mc, _ = curvature_options(self, kwargs)
+        SJ, loss = self._sqrt_ggn_rows(x, y, mc)
         rows = SJ.reshape(-1, SJ.shape[-1])
         return loss, rows.T @ rows
 
-    def diag(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        if self.last_layer and self.subnetwork_indices is None:
+    def diag(
+        self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        mc, _ = curvature_options(self, kwargs)
+        if self.last_layer and self.subnetwork_indices is None and not self.stochastic:
             return self._last_layer_diag(x, y)
         if self.subnetwork_indices is None:
             from laplace.curvature.kfac import diagonal
 
-            result = diagonal(self, x, y, fisher="ggn")
+            result = diagonal(self, x, y, fisher=self._fisher_kind, mc_samples=mc)
             if result is not None:
                 return result
-        SJ, loss = self._sqrt_ggn_rows(x, y)
+        SJ, loss = self._sqrt_ggn_rows(x, y, mc)
         return loss, SJ.square().sum(dim=(0, 1))
+
+    @property
+    def _fisher_kind(self) -> str:
+        """``"mc"`` (sampled output gradients) or ``"ggn"`` (exact output Hessian)."""
+        return "mc" if self.stochastic else "ggn"
 
     def _last_layer_diag(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor]:
         """``Σₙ Λₙ[k,k] φₙ²`` without building the Jacobians ``I ⊗ φᵀ``."""
@@ -263,7 +303,8 @@ class GGNInterface(CurvatureInterface):
     def kron(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Kron]:
         from laplace.curvature.kfac import kfac
 
-        return kfac(self, x, y, N, fisher="ggn")
+        mc, _ = curvature_options(self, kwargs)
+        return kfac(self, x, y, N, fisher=self._fisher_kind, mc_samples=mc)
 
     def sqrt_rows(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor]:
         """Rows ``R`` with ``RᵀR`` the batch curvature ``(rows, P)``, and the loss."""
@@ -274,11 +315,17 @@ class GGNInterface(CurvatureInterface):
 class EFInterface(CurvatureInterface):
     """Empirical Fisher ``factor · Σₙ gₙ gₙᵀ`` of per-sample loss gradients."""
 
-    def full(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def full(
+        self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        curvature_options(self, kwargs)
         Gs, loss = self.gradients(x, y)
         return self.factor * loss, self.factor * (Gs.T @ Gs)
 
-    def diag(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def diag(
+        self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        curvature_options(self, kwargs)
         if self.subnetwork_indices is None and not self.last_layer:
             from laplace.curvature.kfac import diagonal
 
@@ -291,11 +338,62 @@ class EFInterface(CurvatureInterface):
     def kron(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Kron]:
         from laplace.curvature.kfac import kfac
 
+        curvature_options(self, kwargs)
         return kfac(self, x, y, N, fisher="ef")
 
     def sqrt_rows(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor]:
         Gs, loss = self.gradients(x, y)
         return Gs * self.factor**0.5, self.factor * loss
+
+
+def curvature_options(
+    iface: CurvatureInterface, kwargs: dict[str, Any], extra: tuple[str, ...] = ()
+) -> tuple[int, dict[str, Any]]:
+    """Check the keywords of a ``full``/``diag``/``kron`` call.
+
+    Accepted everywhere: ``N`` (the data-set size; only ``kron`` uses it) and
+    ``mc_samples`` (alias ``n_mc_samples``, ASDL's name), the Monte Carlo samples of
+    this call, which a stochastic curvature (``stochastic=True``) uses instead of the
+    backend's ``num_samples``. ``extra`` names the backend-specific keywords of the
+    call (ASDL's ``var``, ``seed``, ``ignore_index``; Curvlinops' ``kfac_approx``).
+
+    Returns:
+        The number of Monte Carlo samples and the backend-specific keywords given.
+
+    Raises:
+        ValueError: an unknown keyword, ``mc_samples`` for a deterministic curvature,
+            or ``mc_samples`` that is not a positive integer.
+    """
+    name = type(iface).__name__
+    unknown = sorted(set(kwargs) - {"N", "mc_samples", "n_mc_samples", *extra})
+    if unknown:
+        accepted = ", ".join(["N", "mc_samples (stochastic=True)", *extra])
+        raise ValueError(f"{name}: unknown curvature keyword(s) {unknown}; accepted: {accepted}.")
+    given = [kwargs[k] for k in ("mc_samples", "n_mc_samples") if k in kwargs]
+    if given and not getattr(iface, "stochastic", False):
+        raise ValueError(
+            f"{name}: mc_samples applies to a stochastic (Monte Carlo) curvature only; "
+            "create the backend with stochastic=True (backend_kwargs={'stochastic': True})."
+        )
+    if len(given) == 2 and given[0] != given[1]:
+        raise ValueError(f"{name}: mc_samples={given[0]} and n_mc_samples={given[1]} differ.")
+    mc = given[0] if given else getattr(iface, "num_samples", 1)
+    if isinstance(mc, bool) or not isinstance(mc, int) or mc < 1:
+        raise ValueError(f"{name}: mc_samples must be a positive integer, got {mc!r}.")
+    return mc, {k: kwargs[k] for k in extra if k in kwargs}
+
+
+def sampled_output_grads(f: Tensor, likelihood: Likelihood, mc_samples: int) -> Tensor:
+    """Gradients ``∂ lossfunc(f, ỹ) / ∂f`` for labels ``ỹ`` drawn from the model:
+    ``(mc_samples, n, K)``, with ``E[g gᵀ]`` the output Hessian of ``lossfunc``."""
+    f = f.detach()
+    if likelihood == Likelihood.REGRESSION:
+        # MSELoss(sum): g = 2(f − ỹ), ỹ ~ N(f, ½ I), so E[g gᵀ] = 2 I.
+        return 2**0.5 * torch.randn((mc_samples, *f.shape), dtype=f.dtype, device=f.device)
+    p = torch.softmax(f, dim=-1)
+    labels = torch.multinomial(p, mc_samples, replacement=True).T  # (s, n)
+    onehot = nn.functional.one_hot(labels, f.shape[-1]).to(f.dtype)
+    return p.unsqueeze(0) - onehot
 
 
 def _targets(y: Tensor, f: Tensor, likelihood: Likelihood) -> Tensor:

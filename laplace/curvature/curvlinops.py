@@ -39,6 +39,7 @@ from laplace.curvature.curvature import (
     EFInterface,
     GGNInterface,
     _targets,
+    curvature_options,
 )
 from laplace.utils.data import Inputs, batch_size
 from laplace.utils.enums import Likelihood
@@ -91,7 +92,7 @@ class CurvlinopsInterface(CurvatureInterface):
         shape = out.shape if self.likelihood == Likelihood.REGRESSION else out.shape[:-1]
         return loss.detach(), y.reshape(shape)
 
-    def _kfac_kwargs(self) -> dict[str, Any]:
+    def _kfac_kwargs(self, mc_samples: int) -> dict[str, Any]:
         return {}
 
     # --------------------------------------------------------------------- kron
@@ -99,8 +100,10 @@ class CurvlinopsInterface(CurvatureInterface):
         """Loss and KFAC factors of one batch from :class:`curvlinops.KFACLinearOperator`.
 
         ``kwargs`` may hold ``kfac_approx`` (``"expand"``, the default, or
-        ``"reduce"``); other keys (meant for ASDL) are ignored.
+        ``"reduce"``) and, with ``stochastic=True``, ``mc_samples``; other keywords
+        raise ``ValueError`` (see ``curvature_options``).
         """
+        mc, extra = curvature_options(self, kwargs, extra=("kfac_approx",))
         if self._kfac_fisher_type is None:
             raise NotImplementedError(
                 f"{type(self).__name__}: Curvlinops has no Kronecker-factored "
@@ -118,9 +121,9 @@ class CurvlinopsInterface(CurvatureInterface):
         linop = KFACLinearOperator(
             self._model_func(), self.lossfunc, self.params, [(x, targets)],
             check_deterministic=False, fisher_type=self._kfac_fisher_type,
-            kfac_approx=kwargs.get("kfac_approx", "expand"), num_data=n,
+            kfac_approx=extra.get("kfac_approx", "expand"), num_data=n,
             batch_size_fn=self._batch_size_fn if isinstance(x, Mapping) else None,
-            **self._kfac_kwargs(),
+            **self._kfac_kwargs(mc),
         )
         linop.compute_kronecker_factors()
         kfacs = _kron_factors(linop, self.params)
@@ -141,25 +144,16 @@ class CurvlinopsGGN(CurvlinopsInterface, GGNInterface):
         stochastic: Monte Carlo Fisher instead of the exact GGN: KFAC with sampled
             labels (Curvlinops ``fisher_type="mc"``), and ``full``/``diag`` from
             sampled output gradients ``gₙ`` (rows ``gₙᵀ Jₙ``) on the native Jacobians.
-        num_samples: Monte Carlo samples per data point.
+        num_samples: Monte Carlo samples per data point; a call's ``mc_samples``
+            keyword overrides it (for ``kron`` too, as laplace-torch passes it on).
     """
 
     @property
     def _kfac_fisher_type(self) -> str:  # type: ignore[override]
         return FisherType.MC if self.stochastic else FisherType.TYPE2
 
-    def _kfac_kwargs(self) -> dict[str, Any]:
-        return {"mc_samples": self.num_samples} if self.stochastic else {}
-
-    def _sqrt_ggn_rows(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor]:
-        if not self.stochastic:
-            return super()._sqrt_ggn_rows(x, y)
-        Js, f = self.jacobians(x)
-        loss = self.factor * self.lossfunc(f, _targets(y, f, self.likelihood))
-        G = _sampled_output_grads(f, self.likelihood, self.num_samples)  # (s, n, K)
-        G = G * (self.factor / self.num_samples) ** 0.5
-        SJ = torch.einsum("snk,nkp->nsp", G, Js)
-        return SJ, loss.detach()
+    def _kfac_kwargs(self, mc_samples: int) -> dict[str, Any]:
+        return {"mc_samples": mc_samples} if self.stochastic else {}
 
 
 class CurvlinopsEF(CurvlinopsInterface, EFInterface):
@@ -177,7 +171,10 @@ class CurvlinopsHessian(CurvlinopsInterface):
     Only ``hessian_structure="full"``; may be indefinite (see the module docstring).
     """
 
-    def full(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def full(
+        self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        curvature_options(self, kwargs)
         loss, targets = self._loss_and_targets(x, y)
         op = HessianLinearOperator(
             self.model, _FlatLoss(self.lossfunc, self.likelihood), self.params, [(x, targets)],
@@ -201,7 +198,10 @@ class CurvlinopsHessian(CurvlinopsInterface):
         H = 0.5 * (H + H.T)  # symmetric up to round-off
         return self.factor * loss, self.factor * H.detach()
 
-    def diag(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def diag(
+        self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        curvature_options(self, kwargs)
         raise NotImplementedError(
             "CurvlinopsHessian: Curvlinops computes no exact Hessian diagonal (only "
             "stochastic estimates); use hessian_structure='full', AsdlHessian for "
@@ -260,16 +260,3 @@ def _kron_factors(linop: KFACLinearOperator, params: list[nn.Parameter]) -> list
             else:
                 found[pos] = [B]
     return [found[i] for i in range(len(params))]
-
-
-def _sampled_output_grads(f: Tensor, likelihood: Likelihood, num_samples: int) -> Tensor:
-    """Gradients ``∂ lossfunc(f, ỹ) / ∂f`` for labels ``ỹ`` drawn from the model:
-    ``(num_samples, n, K)``, with ``E[g gᵀ]`` the output Hessian of ``lossfunc``."""
-    f = f.detach()
-    if likelihood == Likelihood.REGRESSION:
-        # MSELoss(sum): g = 2(f − ỹ), ỹ ~ N(f, ½ I), so E[g gᵀ] = 2 I.
-        return 2**0.5 * torch.randn((num_samples, *f.shape), dtype=f.dtype, device=f.device)
-    p = torch.softmax(f, dim=-1)
-    labels = torch.multinomial(p, num_samples, replacement=True).T  # (s, n)
-    onehot = nn.functional.one_hot(labels, f.shape[-1]).to(f.dtype)
-    return p.unsqueeze(0) - onehot

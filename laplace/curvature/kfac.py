@@ -115,32 +115,42 @@ class _Recording:
         self.inputs = [inputs[id(m)] for m, _ in modules]
         self.outputs = [outputs[id(m)] for m, _ in modules]
 
-    def output_gradients(self, fisher: str) -> Iterator[tuple[Tensor, ...]]:
+    def output_gradients(self, fisher: str, mc_samples: int = 1) -> Iterator[tuple[Tensor, ...]]:
         """Per-sample gradients w.r.t. each layer output, scaled so that their outer
-        products sum to the curvature (one tuple per backpropagated vector)."""
-        from laplace.curvature.curvature import output_hessian_sqrt_row
+        products sum to the curvature (one tuple per backpropagated vector).
+
+        ``fisher``: ``"ggn"`` (rows of the exact output-Hessian square root), ``"mc"``
+        (``mc_samples`` sampled output gradients: the Monte Carlo GGN) or ``"ef"``.
+        """
+        from laplace.curvature.curvature import output_hessian_sqrt_row, sampled_output_grads
 
         iface = self.iface
+        f = self.f.detach()
         if fisher == "ggn":
-            f = self.f.detach()
-            for c in range(self.f.shape[-1]):
-                row = output_hessian_sqrt_row(f, iface.likelihood, iface.factor, c)
-                yield torch.autograd.grad((self.f * row).sum(), self.outputs, retain_graph=True)
+            rows = (output_hessian_sqrt_row(f, iface.likelihood, iface.factor, c)
+                    for c in range(f.shape[-1]))
+        elif fisher == "mc":
+            G = sampled_output_grads(f, iface.likelihood, mc_samples)
+            rows = iter(G * (iface.factor / mc_samples) ** 0.5)
         else:
             grads = torch.autograd.grad(self.loss, self.outputs)
             yield tuple(g * iface.factor**0.5 for g in grads)
+            return
+        for row in rows:
+            yield torch.autograd.grad((self.f * row).sum(), self.outputs, retain_graph=True)
 
 
 def kfac(
-    iface: CurvatureInterface, x: Inputs, y: Tensor, N: int, fisher: str
+    iface: CurvatureInterface, x: Inputs, y: Tensor, N: int, fisher: str, mc_samples: int = 1
 ) -> tuple[Tensor, Kron]:
-    """Loss and KFAC factors of one batch (see the module docstring)."""
+    """Loss and KFAC factors of one batch (see the module docstring); ``fisher`` and
+    ``mc_samples`` as for ``_Recording.output_gradients``."""
     rec = _Recording(iface, x, y, kfac_modules(iface))
     Bs: list[Tensor | float] = [0.0] * len(rec.modules)
     if fisher == "ggn" and _is_output_layer(rec):
         Bs[0] = _summed_output_hessian(rec)  # no backward pass per output needed
     else:
-        for grads in rec.output_gradients(fisher):
+        for grads in rec.output_gradients(fisher, mc_samples):
             for i, (m, _) in enumerate(rec.modules):
                 g, _ = _as_rows(m, grads[i], is_input=False)
                 Bs[i] = Bs[i] + g.T @ g
@@ -171,7 +181,7 @@ def _summed_output_hessian(rec: _Recording) -> Tensor:
 
 
 def diagonal(
-    iface: CurvatureInterface, x: Inputs, y: Tensor, fisher: str
+    iface: CurvatureInterface, x: Inputs, y: Tensor, fisher: str, mc_samples: int = 1
 ) -> tuple[Tensor, Tensor] | None:
     """Loss and the exact curvature diagonal ``(P,)`` of one batch, or ``None`` when a
     trainable parameter lives outside ``nn.Linear``/``nn.Conv2d`` layers."""
@@ -181,7 +191,7 @@ def diagonal(
     rec = _Recording(iface, x, y, modules)
     acts = [_per_sample(m, a, is_input=True) for (m, _), a in zip(modules, rec.inputs)]
     diag: list[list[Tensor]] = [[0.0] * len(names) for _, names in modules]
-    for grads in rec.output_gradients(fisher):
+    for grads in rec.output_gradients(fisher, mc_samples):
         for i, (m, names) in enumerate(modules):
             g = _per_sample(m, grads[i], is_input=False)  # (n, positions, out)
             for j, name in enumerate(names):

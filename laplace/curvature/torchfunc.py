@@ -7,21 +7,16 @@ Jacobians and per-sample gradients come from ``vmap`` over samples (never a
 
 from __future__ import annotations
 
-from typing import Any
-
 from laplace.curvature.curvature import EFInterface, GGNInterface
 
 
 class TorchFuncGGN(GGNInterface):
-    """Native generalized Gauss-Newton backend (the library default)."""
+    """Native generalized Gauss-Newton backend (the library default).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.stochastic:
-            raise ValueError(
-                f"{type(self).__name__}: the stochastic (Monte Carlo) GGN is not offered "
-                "by the native backend; use stochastic=False or a library backend."
-            )
+    ``stochastic=True`` gives the Monte Carlo GGN (Fisher) with ``num_samples`` (or,
+    per call, ``mc_samples``) sampled output gradients per point, as laplace-torch's
+    native backend does.
+    """
 
 
 class TorchFuncEF(EFInterface):

@@ -277,7 +277,9 @@ class BaseLaplace:
 
     def _require_fit(self) -> None:
         if self.n_outputs is None:
-            raise ValueError(f"{type(self).__name__} is not fitted: call fit(train_loader).")
+            from laplace.precision.base import NotFittedError
+
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit(train_loader).")
 
     # ---------------------------------------------------------------- tuning
     def optimize_prior_precision(

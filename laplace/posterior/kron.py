@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from laplace.posterior.parametric import ParametricLaplace
-from laplace.precision import KronPrecision, PrecisionMatrix
+from laplace.precision import KronPrecision, NotFittedError, PrecisionMatrix
 from laplace.utils.data import Inputs
 from laplace.utils.enums import PriorStructure
 from laplace.utils.matrix import Kron, KronDecomposed
@@ -20,9 +20,17 @@ class KronLaplace(ParametricLaplace):
         damping: shift each Kronecker factor by ``√δ`` instead of adding ``δ`` to their
             product (a cheaper, damped posterior; see ``KronDecomposed``).
 
-    The raw factors summed over batches are ``H_facs`` (a ``Kron``); ``H`` is their
-    eigendecomposition (a ``KronDecomposed``). The prior precision must be scalar or
-    layerwise.
+    Before ``fit``, ``H`` is an all-zero ``Kron`` shaped for the parameters and
+    ``H_facs`` is ``None``; asking for the posterior raises ``NotFittedError`` (as
+    laplace-torch). After ``fit``, ``H_facs`` holds the raw factors summed over batches
+    (a ``Kron``) and ``H`` their eigendecomposition (a ``KronDecomposed``). The prior
+    precision must be scalar or layerwise.
+
+    ``fit(override=False)`` adds data exactly as one fit on all the data seen would:
+    KFAC sums the output factors ``B`` and averages the input factors ``A`` over the
+    data set, so the previous ``A`` are rescaled by ``n_old / n`` and the new ones by
+    ``n_new / n`` (laplace-torch's rule). Fitting the same data twice therefore gives
+    ``kron(2B, A)``, twice the curvature of one fit.
     """
 
     _key = ("all", "kron")
@@ -30,20 +38,44 @@ class KronLaplace(ParametricLaplace):
     def __init__(self, model: nn.Module, likelihood: str, *args: Any, damping: bool = False,
                  **kwargs: Any) -> None:
         self.damping = damping
+        self._previous_fit: tuple[Kron, int] | None = None
         super().__init__(model, likelihood, *args, **kwargs)
 
     def _init_H(self) -> None:
-        self.H_facs = Kron.init_from_model(self._params, self._device, self._dtype)
-        self.H: KronDecomposed | None = None
+        self.H: Kron | KronDecomposed = Kron.init_from_model(
+            self._params, self._device, self._dtype
+        )
+        self.H_facs: Kron | None = None
+
+    def _require_curvature(self) -> None:
+        if not isinstance(self.H, KronDecomposed):
+            raise NotFittedError(
+                f"{type(self).__name__} is not fitted: call fit(train_loader) (a Kronecker "
+                "posterior has no prior-only form before fit)."
+            )
 
     def _curv_closure(self, X: Inputs, y: Tensor, N: int) -> tuple[Tensor, Any]:
         return self.backend.kron(X, y, N=N, **self.asdl_fisher_kwargs)
 
-    def _accumulate(self, H_batch: Kron) -> None:
-        self.H_facs = self.H_facs + H_batch
+    def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False) -> None:
+        """As ``ParametricLaplace.fit``; with ``override=False`` the factors of the
+        previous fits are combined exactly with the new ones (see the class docstring)."""
+        self._previous_fit = None
+        if not override and self.H_facs is not None:
+            previous = (self.H_facs, self.n_data)
+            self._init_H()  # accumulate the new batches from zero
+            self._previous_fit = previous
+        super().fit(train_loader, override=override, progress_bar=progress_bar)
 
     def _finalize_fit(self) -> None:
-        self.H = self.H_facs.decompose(damping=self.damping)
+        facs = self.H
+        if self._previous_fit is not None:
+            old, n_old = self._previous_fit
+            n = self.n_data
+            facs = _scale_input_factors(old, n_old / n) + _scale_input_factors(facs, 1 - n_old / n)
+            self._previous_fit = None
+        self.H_facs = facs
+        self.H = facs.decompose(damping=self.damping)
 
     def _default_prior_structure(self) -> PriorStructure:
         return PriorStructure.LAYERWISE
@@ -60,5 +92,12 @@ class KronLaplace(ParametricLaplace):
         return self.H_facs.kfacs
 
     def _load_H_state(self, state: Any) -> None:
-        self.H_facs = Kron(state)
+        self.H = Kron(state)
+        self._previous_fit = None
         self._finalize_fit()
+
+
+def _scale_input_factors(kron: Kron, factor: float) -> Kron:
+    """``kron`` with the input factor ``A`` of every ``[B, A]`` block times ``factor``
+    (``A`` carries the ``1/N`` of the data-set average)."""
+    return Kron([[F[0], F[1] * factor] if len(F) == 2 else list(F) for F in kron.kfacs])

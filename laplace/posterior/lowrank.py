@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from laplace.curvature.lowrank import top_eigenpairs
 from laplace.posterior.parametric import ParametricLaplace
+from laplace.precision import NotFittedError
 from laplace.precision.lowrank import LowRankPrecision
 from laplace.utils.data import dataset_size, inputs_to, split_batch
 
@@ -33,6 +35,13 @@ class LowRankLaplace(ParametricLaplace):
 
     def _init_H(self) -> None:
         self.H: tuple[Tensor, Tensor] | None = None
+
+    def _require_curvature(self) -> None:
+        if self.H is None:
+            raise NotFittedError(
+                f"{type(self).__name__} is not fitted: call fit(train_loader) (a low-rank "
+                "posterior has no prior-only form before fit)."
+            )
 
     def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False) -> None:
         if not override:
@@ -61,8 +70,22 @@ class LowRankLaplace(ParametricLaplace):
     @property
     def posterior_precision(self) -> tuple[tuple[Tensor, Tensor], Tensor]:
         """``((U, s·λ), prior_precision_diag)`` as laplace-torch returns it."""
+        self._require_curvature()
         U, lam = self.H
         return (U, self._H_factor * lam), self.prior_precision_diag
+
+    @property
+    def V(self) -> Tensor:
+        """``P₀⁻¹ U`` ``(P, k)``: the Woodbury factor of ``Σ = P₀⁻¹ − V K⁻¹ Vᵀ``."""
+        (U, _), prior_diag = self.posterior_precision
+        return U / prior_diag.reshape(-1, 1)
+
+    @property
+    def Kinv(self) -> Tensor:
+        """``(diag(1/(s·λ)) + Uᵀ P₀⁻¹ U)⁻¹`` ``(k, k)``, with ``V`` giving the posterior
+        covariance ``Σ = P₀⁻¹ − V Kinv Vᵀ`` (laplace-torch's attributes)."""
+        (U, eigvals), _ = self.posterior_precision
+        return torch.linalg.inv(torch.diag(eigvals.reciprocal()) + U.T @ self.V)
 
     def _H_state(self) -> Any:
         return list(self.H)

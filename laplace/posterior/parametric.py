@@ -33,7 +33,8 @@ class ParametricLaplace(BaseLaplace):
         super().__init__(model, likelihood, *args, **kwargs)
         if self.n_params == 0:
             raise ValueError("The model has no trainable parameters (requires_grad=True).")
-        self.mean: Tensor = self._posterior_vector()
+        # Before fit the posterior is the prior: mean = prior mean, zero curvature.
+        self.mean: Tensor = self._prior_mean_vector()
         self._cached: tuple[tuple[Tensor, Tensor], PrecisionMatrix] | None = None
         self._init_H()
 
@@ -47,6 +48,10 @@ class ParametricLaplace(BaseLaplace):
         """The MAP values of the posterior's parameters: ``(posterior_dim,)``."""
         return self._posterior_part(vector_of(p.detach() for p in self._params))
 
+    def _prior_mean_vector(self) -> Tensor:
+        """The posterior mean before any data, the prior mean: ``(posterior_dim,)``."""
+        return self.prior_mean.expand(self._posterior_dim).clone()
+
     def _full_parameters(self, theta: Tensor) -> Tensor:
         """A full parameter vector with the posterior's entries set to ``theta``."""
         return theta
@@ -54,6 +59,13 @@ class ParametricLaplace(BaseLaplace):
     # ------------------------------------------------------- structure hooks
     def _init_H(self) -> None:
         raise NotImplementedError
+
+    def _require_curvature(self) -> None:
+        """Raise ``NotFittedError`` where the structure has no posterior before ``fit``.
+
+        Dense and diagonal structures start from a zero curvature: before ``fit`` their
+        posterior is the prior (laplace-torch's behaviour), so they predict with it.
+        """
 
     def _curv_closure(self, X: Inputs, y: Tensor, N: int) -> tuple[Tensor, Any]:
         raise NotImplementedError
@@ -154,7 +166,7 @@ class ParametricLaplace(BaseLaplace):
 
     def _precision(self) -> PrecisionMatrix:
         """The posterior precision at the current hyperparameters (cached when constant)."""
-        self._require_fit()
+        self._require_curvature()
         scale, prior = self._H_factor, self.prior_precision
         if scale.requires_grad or prior.requires_grad:
             return self._make_precision(scale, prior)
@@ -244,11 +256,13 @@ class ParametricLaplace(BaseLaplace):
         Regression returns ``(f_mu (n, K), f_var (n, K, K))`` — ``(n·K,)`` and
         ``(n·K, n·K)`` with ``joint=True``, ``(n, K)`` variances with
         ``diagonal_output=True`` — without observation noise. Classification returns
-        probabilities ``(n, K)`` under the link approximation.
+        probabilities ``(n, K)`` under the link approximation. Before ``fit``, dense and
+        diagonal structures give the prior predictive; the others raise
+        ``NotFittedError``.
         """
         pred_type = parse_option(PredType, pred_type, "pred_type")
         link_approx = parse_option(LinkApprox, link_approx, "link_approx")
-        self._require_fit()
+        self._require_curvature()
         x = self._prediction_inputs(x)
         regression = self.likelihood == Likelihood.REGRESSION or (
             self.likelihood == Likelihood.REWARD_MODELING and not fitting

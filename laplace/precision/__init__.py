@@ -1,6 +1,6 @@
 """Posterior precision matrices, one class per storage structure."""
 
-from laplace.precision.base import NotPositiveDefiniteError, PrecisionMatrix
+from laplace.precision.base import NotFittedError, NotPositiveDefiniteError, PrecisionMatrix
 from laplace.precision.dense import DensePrecision
 from laplace.precision.diag import DiagPrecision
 from laplace.precision.kron import KronPrecision
@@ -9,6 +9,7 @@ __all__ = [
     "DensePrecision",
     "DiagPrecision",
     "KronPrecision",
+    "NotFittedError",
     "NotPositiveDefiniteError",
     "PrecisionMatrix",
 ]

@@ -19,6 +19,14 @@ class NotPositiveDefiniteError(ValueError):
     """The posterior precision is not positive definite."""
 
 
+class NotFittedError(AttributeError, ValueError):
+    """A quantity that needs ``fit`` was asked for before it.
+
+    An ``AttributeError`` as laplace-torch raises ("Laplace not fitted"), and a
+    ``ValueError`` as this project raised before.
+    """
+
+
 def not_pd_message(structure: str, detail: str = "") -> str:
     return (
         f"The {structure} posterior precision is not positive definite{detail}. "

@@ -18,9 +18,10 @@ class DensePrecision(PrecisionMatrix):
         H: curvature ``(P, P)``.
         scale: ``s`` (scalar tensor).
         prior: ``δ`` as ``(1,)`` (scalar) or ``(P,)``.
-        spectrum: eigenvalues of ``H`` ``(P,)``. When given and the prior is a scalar,
-            ``logdet`` is ``Σ log(s·λ + δ)``: no factorization per hyperparameter
-            setting (marginal-likelihood tuning reuses one eigendecomposition).
+        spectrum: eigenvalues of ``H`` ``(P,)`` (float64 recommended). When given and
+            the prior is a scalar, ``logdet`` is ``Σ log(s·λ + δ)``, computed in the
+            spectrum's dtype: no factorization per hyperparameter setting
+            (marginal-likelihood tuning reuses one eigendecomposition).
     """
 
     def __init__(
@@ -55,12 +56,14 @@ class DensePrecision(PrecisionMatrix):
 
     def logdet(self) -> Tensor:
         if self.spectrum is not None and self.prior.numel() == 1:
-            eig = self.scale * self.spectrum + self.prior
+            # In the spectrum's precision (float64), returned in the curvature's dtype.
+            wide = self.spectrum.dtype
+            eig = self.scale.to(wide) * self.spectrum + self.prior.to(wide)
             if not bool((eig > 0).all()):
                 raise NotPositiveDefiniteError(
                     not_pd_message("dense", f" (smallest eigenvalue {eig.detach().min():.3g})")
                 )
-            return eig.log().sum()
+            return eig.log().sum().to(self.H.dtype)
         return 2 * self.cholesky.diagonal().log().sum()
 
     def _whiten(self, Js: Tensor) -> Tensor:

@@ -4,6 +4,9 @@ A Kronecker-factored curvature is block-diagonal over parameter tensors. Each bl
 ``kron(B, A)`` for a weight of shape ``(out, in[, kh, kw])`` (``B``: ``out×out``, ``A``:
 ``(in·kh·kw)×(in·kh·kw)``, acting on the row-major flattened weight), or a single
 dense factor ``F`` for any other parameter tensor (biases: ``out×out``).
+
+Any factor may also be diagonal, given as a vector ``(d,)`` that stands for
+``diag(d)`` (as in laplace-torch).
 """
 
 from __future__ import annotations
@@ -64,7 +67,10 @@ class Kron:
                     raise NotPositiveDefiniteError(
                         not_pd_message("Kronecker", " (a curvature factor is not finite)")
                     )
-                lam, Q = torch.linalg.eigh(f)
+                if f.ndim == 1:  # diagonal factor: its own eigenvalues, basis I
+                    lam, Q = f, torch.eye(len(f), device=f.device, dtype=f.dtype)
+                else:
+                    lam, Q = torch.linalg.eigh(f)
                 ls.append(lam.clamp(min=0.0))
                 Qs.append(Q)
             eigvals.append(ls)
@@ -73,17 +79,33 @@ class Kron:
 
     def to_matrix(self) -> Tensor:
         """Dense block-diagonal matrix ``(P, P)``."""
-        return torch.block_diag(*[_kron_all(F) for F in self.kfacs])
+        return torch.block_diag(*[_kron_all([_dense(f) for f in F]) for F in self.kfacs])
 
     def diag(self) -> Tensor:
         """Diagonal ``(P,)``."""
-        return torch.cat([_kron_all([f.diagonal() for f in F], vec=True) for F in self.kfacs])
+        return torch.cat([_kron_all([_diagonal(f) for f in F], vec=True) for F in self.kfacs])
 
     def logdet(self) -> Tensor:
         return self.decompose().logdet()
 
     def bmm(self, W: Tensor, exponent: float = 1) -> Tensor:
-        return self.decompose().bmm(W, exponent)
+        """``M^exponent W`` for ``W`` ``(P,)``, ``(n, P)`` or ``(n, K, P)``: directly from
+        the factors for ``exponent=1``, through ``decompose`` otherwise."""
+        if exponent != 1:
+            return self.decompose().bmm(W, exponent)
+        outs, start = [], 0
+        for F in self.kfacs:
+            sizes = [len(f) for f in F]
+            size = sizes[0] * (sizes[1] if len(F) == 2 else 1)
+            Wi = W[..., start : start + size]
+            start += size
+            if len(F) == 1:
+                outs.append(_left(F[0], Wi.unsqueeze(-1)).squeeze(-1))
+                continue
+            Wm = Wi.reshape(*Wi.shape[:-1], *sizes)
+            outs.append(_left(F[1], _left(F[0], Wm).transpose(-1, -2)).transpose(-1, -2)
+                        .flatten(start_dim=-2))
+        return torch.cat(outs, dim=-1)
 
     def state(self) -> list[list[Tensor]]:
         return self.kfacs
@@ -96,10 +118,26 @@ def factor_sizes(p: Tensor) -> list[int]:
     return [p.numel()]
 
 
+def _dense(f: Tensor) -> Tensor:
+    """A factor as a matrix: a diagonal factor ``(d,)`` becomes ``diag(d)``."""
+    return torch.diag(f) if f.ndim == 1 else f
+
+
+def _diagonal(f: Tensor) -> Tensor:
+    """The diagonal ``(d,)`` of a dense or diagonal factor."""
+    return f if f.ndim == 1 else f.diagonal()
+
+
+def _left(f: Tensor, M: Tensor) -> Tensor:
+    """``f @ M`` over the second-to-last axis of ``M`` for a dense or diagonal ``f``."""
+    return f.unsqueeze(-1) * M if f.ndim == 1 else f @ M
+
+
 def _kron_all(factors: Sequence[Tensor], vec: bool = False) -> Tensor:
     out = factors[0]
-    for f in factors[1:]:
-        out = torch.outer(out, f).flatten() if vec else torch.kron(out, f)
+    for f in factors[1:]:  # torch.kron fails on some mixes of memory layouts
+        out = torch.outer(out, f).flatten() if vec else torch.kron(out.contiguous(),
+                                                                   f.contiguous())
     return out
 
 
@@ -148,6 +186,14 @@ class KronDecomposed:
 
     def __len__(self) -> int:
         return len(self.eigenvalues)
+
+    def detach(self) -> KronDecomposed:
+        """Detach every tensor (eigenvectors, eigenvalues, shifts) from the autograd
+        graph, in place, and return ``self`` (as laplace-torch's ``detach``)."""
+        self.eigenvectors = [[Q.detach() for Q in Qs] for Qs in self.eigenvectors]
+        self.eigenvalues = [[lam.detach() for lam in ls] for ls in self.eigenvalues]
+        self.deltas = self.deltas.detach()
+        return self
 
     # -------------------------------------------------------------- block spectra
     def block_eigenvalues(self, i: int) -> Tensor:

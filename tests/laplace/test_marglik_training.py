@@ -211,13 +211,18 @@ def test_best_marglik_state_is_returned(monkeypatch):
     assert torch.equal(final, snapshots[best_epoch])
 
 
-def test_scheduler_stepped_per_epoch():
-    schedulers = []
+def test_scheduler_stepped_per_batch():
+    """laplace-torch steps the scheduler after every batch of network training."""
+    schedulers, lrs_at_step = [], []
 
     class Recording(torch.optim.lr_scheduler.StepLR):
         def __init__(self, optimizer, **kwargs):
             super().__init__(optimizer, **kwargs)
             schedulers.append(self)
+
+        def step(self, *args, **kwargs):
+            lrs_at_step.append(self.optimizer.param_groups[0]["lr"])
+            super().step(*args, **kwargs)
 
     loader, model = small_regression(32, batch_size=8)  # 4 batches per epoch
     marglik_training(
@@ -227,8 +232,10 @@ def test_scheduler_stepped_per_epoch():
     )
     (scheduler,) = schedulers
     assert isinstance(scheduler.optimizer, torch.optim.SGD)
-    assert scheduler.last_epoch == 3
-    assert scheduler.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
+    assert scheduler.last_epoch == 12  # 3 epochs x 4 batches
+    # StepLR's constructor takes one step; then one per batch, each halving the rate.
+    assert lrs_at_step[1:] == pytest.approx([0.1 * 0.5**k for k in range(12)])
+    assert scheduler.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**12)
 
 
 def test_weight_decay_is_replaced_by_the_prior():
