@@ -9,6 +9,13 @@ warm-started from the previous round's model (``LaplaceBNN(X, Y, warm_start=old)
 All models get ``Normalize`` with the known box bounds; outcomes are standardized
 (``Standardize`` for the GP, ``LaplaceBNN``'s default).
 
+Protocol of issue 13: the same loop on the ten problems of ``benchmarks/problems.py``
+(``--problems ten``; d = 2…20, two observed with noise, whose regret uses the true
+values). Seeds are split in advance: ``--seed-set dev`` (0–9) for every choice,
+``--seed-set report`` (100–109) run once after the choices are frozen; the table records
+the commit of the code that ran, the median and interquartile range of the final log10
+regret, and the paired win count against the GP.
+
 Before timing, every method runs one untimed BO round (one-time imports and
 ``torch.func`` set-up would otherwise land on the first timed fit). Reported per
 (problem, method): the median over seeds of the final log10 simple regret
@@ -87,6 +94,7 @@ BASE_METHODS = {
     "laplace": {},  # LaplaceBNN defaults
     "laplace_last_layer": {"subset_of_weights": "last_layer"},
 }
+SEED_SETS = {"dev": list(range(10)), "report": list(range(100, 110))}
 NOTES_MARKER = "<!-- notes: kept when the tables above are regenerated -->"
 METHOD_LABELS = {
     "laplace": "LaplaceBNN (defaults)",
@@ -278,8 +286,27 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "initial_log10_regret_median": statistics.median(r["log10_regret"][0] for r in rs),
             "median_fit_cpu_s": fit, "median_acq_cpu_s": acq, "median_total_cpu_s": total,
             "median_boundary_fraction": statistics.median(r["X_boundary_fraction"] for r in rs),
+            "iqr_final_log10_regret": quartiles([r["final_log10_regret"] for r in rs]),
+            "paired_wins_vs_gp": paired_wins(runs, problem, method),
         })
     return table
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The 25 % and 75 % quantiles (``statistics.quantiles``, inclusive method)."""
+    if len(values) < 2:
+        return (values[0], values[0])
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return (q[0], q[2])
+
+
+def paired_wins(runs: list[dict[str, Any]], problem: str, method: str) -> str:
+    """``"w/n"``: seeds on which ``method`` ends with a lower regret than the GP."""
+    final = {(r["method"], r["seed"]): r["final_log10_regret"] for r in runs
+             if r["problem"] == problem}
+    seeds = [s for (m, s) in final if m == method and ("gp", s) in final]
+    wins = sum(final[(method, s)] < final[("gp", s)] for s in seeds)
+    return f"{wins}/{len(seeds)}"
 
 
 def targets(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -290,7 +317,7 @@ def targets(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
         lap, gp = by.get((problem, "laplace")), by.get((problem, "gp"))
         if lap is None or gp is None:
             continue
-        strict = problem == "ackley"
+        strict = problem == "ackley" and "ackley10" not in by
         lr, gr = lap["median_final_log10_regret"], gp["median_final_log10_regret"]
         ratio = lap["median_total_cpu_s"] / max(gp["median_total_cpu_s"], 1e-12)
         out.append({
@@ -311,15 +338,20 @@ def markdown(table: list[dict[str, Any]], checks: list[dict[str, Any]],
         "`optimize_acqf(num_restarts=4, raw_samples=128)`), initial design 2d+2 Sobol "
         f"points; one thread; {meta['machine']}. Produced by `{meta['command']}`.",
         "",
-        "| problem | method | median final log10 regret (per seed) | fit CPU s/it | "
-        "acq CPU s/it | total CPU s/it | boundary coords |",
-        "|---|---|---|---:|---:|---:|---:|",
+        f"Code at commit {meta.get('commit', '?')}.",
+        "",
+        "| problem | method | median final log10 regret [IQR] (per seed) | wins vs GP | "
+        "fit CPU s/it | acq CPU s/it | total CPU s/it | boundary coords |",
+        "|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in table:
         label = METHOD_LABELS.get(r["method"], r["method"])
         per = ", ".join(f"{v:.2f}" for v in r["final_log10_regret_per_seed"])
+        lo, hi = r["iqr_final_log10_regret"]
+        wins = "" if r["method"] == "gp" else r["paired_wins_vs_gp"]
         lines.append(
-            f"| {r['problem']} | {label} | {r['median_final_log10_regret']:.2f} ({per}) | "
+            f"| {r['problem']} | {label} | {r['median_final_log10_regret']:.2f} "
+            f"[{lo:.2f}, {hi:.2f}] ({per}) | {wins} | "
             f"{r['median_fit_cpu_s']:.2f} | {r['median_acq_cpu_s']:.2f} | "
             f"{r['median_total_cpu_s']:.2f} | {r['median_boundary_fraction']:.0%} |"
         )
@@ -356,8 +388,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 iterations, small "
                         "posterior batches")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--seed-set", choices=list(SEED_SETS), default=None,
+                        help="development seeds (every choice is made on these) or reporting "
+                        "seeds (run once, after the choices are frozen)")
     parser.add_argument("--iterations", type=int, default=None)
-    parser.add_argument("--problems", nargs="+", choices=list(PROBLEMS),
+    parser.add_argument("--problems", nargs="+", choices=[*PROBLEMS, "ten"],
                         default=["branin", "hartmann", "ackley"])
     parser.add_argument("--methods", nargs="+", default=["laplace", "gp", "sobol"],
                         help="laplace, laplace_last_layer, gp, sobol and names given by "
@@ -376,13 +411,17 @@ def main() -> None:
         path, kind, b, mode = args._probe
         print(json.dumps(_probe(path, kind, int(b), mode)))
         return
-    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    seeds = args.seeds or SEED_SETS.get(args.seed_set) or ([0] if args.quick else [0, 1, 2])
+    if args.problems == ["ten"]:
+        args.problems = list(TEN_PROBLEMS)
     iterations = args.iterations or (3 if args.quick else 15)
     batch_sizes = args.batch_sizes or ([64, 128] if args.quick else [512, 1024, 2048])
     methods = {name: dict(opts) for name, opts in BASE_METHODS.items()}
     for spec in args.variant:
         name, _, js = spec.partition("=")
         methods[name] = json.loads(js)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
     runs = []
     t_start = time.perf_counter()
     for method in args.methods:  # one-time costs (imports, torch.func set-up) untimed
@@ -406,6 +445,7 @@ def main() -> None:
         "seeds": seeds, "iterations": iterations, "problems": args.problems,
         "methods": {m: methods.get(m, {}) for m in args.methods},
         "command": "python benchmarks/bo.py " + " ".join(sys.argv[1:]),
+        "commit": commit,
         "machine": f"{platform.processor() or platform.machine()}, torch "
                    f"{torch.__version__}, {torch.get_num_threads()} thread(s)",
         "load_average": os.getloadavg(), "total_wall_s": time.perf_counter() - t_start,

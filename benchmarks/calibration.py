@@ -156,6 +156,8 @@ def main() -> None:
     parser.add_argument("--output", default="benchmarks/results/calibration")
     args = parser.parse_args()
     options = json.loads(args.options)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()  # the code that runs, read at the start
     rows = []
     for problem in args.problems:
         for n in args.sizes:
@@ -165,8 +167,6 @@ def main() -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     table = summarize(rows)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
     meta = {"command": " ".join(["benchmarks/calibration.py", *sys.argv[1:]]),
             "seeds": args.seeds, "commit": commit, "options": options}
     text = markdown(table, meta)

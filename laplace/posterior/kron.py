@@ -89,7 +89,8 @@ class KronLaplace(ParametricLaplace):
         return self._precision().matrix
 
     def _H_state(self) -> Any:
-        return self.H_facs.kfacs
+        """The Kronecker factors (all-zero ones of the right shapes before ``fit``)."""
+        return (self.H_facs if self.H_facs is not None else self.H).kfacs
 
     def _load_H_state(self, state: Any) -> None:
         self.H = Kron(state)

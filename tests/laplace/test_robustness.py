@@ -223,7 +223,7 @@ def fitted_cases():
             yield pytest.param(variant, case, id=f"{case[0]}-{'-'.join(variant)}")
 
 
-@pytest.mark.parametrize(("variant", "case"), fitted_cases())
+@pytest.mark.parametrize(("variant", "case"), list(fitted_cases()))
 def test_bad_calls_on_a_fitted_la(variant, case):
     _, likelihood, call, error, pattern, _ = case
     la = fitted(variant, likelihood)
@@ -259,7 +259,7 @@ def fit_cases():
             yield pytest.param(variant, case, id=f"{case[0]}-{'-'.join(variant)}")
 
 
-@pytest.mark.parametrize(("variant", "case"), fit_cases())
+@pytest.mark.parametrize(("variant", "case"), list(fit_cases()))
 def test_bad_training_data(variant, case):
     _, likelihood, kwargs, data_loader, error, pattern, _ = case
     la = build(variant, likelihood, **kwargs)
