@@ -320,3 +320,8 @@ def test_reduction_kron_empirical_fisher_uses_model_output():
     (B, A), (B_bias,) = la.H_facs.kfacs
     torch.testing.assert_close(B, g.T @ g, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(A, phi.T @ phi / 16, rtol=1e-10, atol=1e-12)
+
+
+def test_unknown_feature_reduction_named():
+    with pytest.raises(ValueError, match=r"Unknown feature_reduction 'max'; choose one of"):
+        Laplace(head_first(), "regression", "last_layer", "full", feature_reduction="max")
