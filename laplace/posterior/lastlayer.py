@@ -6,8 +6,9 @@ only the features ``φ`` and the precision's last-layer product; it never builds
 
 Unless ``last_layer_name`` is given, the last layer is found at ``fit`` (the last
 ``nn.Linear`` to run whose output is the model output), as in laplace-torch: until then
-``n_params``, ``n_layers`` and ``mean`` are ``None`` and per-parameter priors wait
-for the layer. Nothing of the posterior's size is allocated before ``fit``.
+``n_params``, ``n_layers``, ``mean`` and ``H`` are ``None`` and per-parameter priors wait
+for the layer. Construction allocates nothing of the posterior's size (``H`` before
+``fit`` is allocated on first access).
 """
 
 from __future__ import annotations
@@ -168,6 +169,23 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
             self.H = None
             return
         super()._init_H()
+
+    @property
+    def H(self) -> Any:
+        """The accumulated curvature. Before ``fit`` it is ``None`` while the layer is
+        unknown, else the zero curvature of the prior (laplace-torch's state), allocated
+        on first access: construction itself allocates nothing of the posterior's size."""
+        H = self.__dict__.get("_H")
+        if H is None and self.n_outputs is None and not self._constructing and (
+            self.model.last_layer is not None
+        ):
+            super()._init_H()
+            H = self.__dict__.get("_H")
+        return H
+
+    @H.setter
+    def H(self, value: Any) -> None:
+        self.__dict__["_H"] = value
 
     @property
     def _has_bias(self) -> bool:

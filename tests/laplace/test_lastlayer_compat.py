@@ -107,8 +107,11 @@ def test_named_last_layer_state_before_fit(structure):
     prior mean; a prior of the wrong length fails at once."""
     la = Laplace(head_first(), "regression", "last_layer", structure, prior_mean=0.25,
                  last_layer_name="head")
-    assert la.n_params == 18 and la.n_layers == 2 and la.H is None
+    assert la.n_params == 18 and la.n_layers == 2 and la.__dict__["_H"] is None
     torch.testing.assert_close(la.mean, torch.tensor(0.25, dtype=DT))
+    if structure != "kron":  # the prior's zero curvature, allocated on first access
+        shape = (18, 18) if structure == "full" else (18,)
+        torch.testing.assert_close(la.H, torch.zeros(shape, dtype=DT), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"prior_precision of shape \(5,\)"):
         Laplace(head_first(), "regression", "last_layer", structure,
                 prior_precision=torch.ones(5, dtype=DT), last_layer_name="head")
@@ -125,7 +128,7 @@ def test_large_head_constructs_without_posterior_storage(structure, name):
     P = 2048 * 1000 + 1000
     assert la.n_params == (None if name is None else P)
     tensors = [v for v in vars(la).values() if isinstance(v, torch.Tensor)]
-    assert la.H is None and all(t.numel() < P for t in tensors)
+    assert la.__dict__["_H"] is None and all(t.numel() < P for t in tensors)
 
 
 def test_last_linear_whose_output_is_the_model_output():
