@@ -152,7 +152,7 @@ class CurvatureInterface:
         phi, f = features_and_outputs(self.model, x)
         if not enable_backprop:
             phi, f = phi.detach(), f.detach()
-        _, layer = find_last_layer(self.model)
+        layer = model_last_layer(self.model)
         phi, f = phi.reshape(-1, phi.shape[-1]), f.reshape(-1, f.shape[-1])
         n, K = f.shape
         eye = torch.eye(K, device=f.device, dtype=f.dtype)
@@ -448,6 +448,13 @@ def find_last_layer(model: nn.Module) -> tuple[str, nn.Linear]:
     if last is None:
         raise ValueError("Last-layer Laplace needs a model with an nn.Linear output layer.")
     return last
+
+
+def model_last_layer(model: nn.Module) -> nn.Linear:
+    """A ``FeatureExtractor``'s last layer (found by execution order), else the last
+    ``nn.Linear`` in registration order."""
+    layer = getattr(model, "last_layer", None)
+    return layer if isinstance(layer, nn.Linear) else find_last_layer(model)[1]
 
 
 def features_and_outputs(model: nn.Module, x: Inputs) -> tuple[Tensor, Tensor]:

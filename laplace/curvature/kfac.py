@@ -145,6 +145,8 @@ def kfac(
 ) -> tuple[Tensor, Kron]:
     """Loss and KFAC factors of one batch (see the module docstring); ``fisher`` and
     ``mc_samples`` as for ``_Recording.output_gradients``."""
+    if iface.last_layer and getattr(iface.model, "feature_reduction", None) is not None:
+        return _reduced_last_layer_kfac(iface, x, y, N, fisher)
     rec = _Recording(iface, x, y, kfac_modules(iface))
     Bs: list[Tensor | float] = [0.0] * len(rec.modules)
     if fisher == "ggn" and _is_output_layer(rec):
@@ -162,6 +164,31 @@ def kfac(
     return iface.factor * rec.loss.detach(), Kron(kfacs)
 
 
+def _reduced_last_layer_kfac(
+    iface: CurvatureInterface, x: Inputs, y: Tensor, N: int, fisher: str
+) -> tuple[Tensor, Kron]:
+    """KFAC of a last layer on pooled features ``φ`` ``(n, D)`` (``feature_reduction``):
+    ``[B, φᵀφ / N]`` with ``B`` from the model's own outputs ``f`` ``(n, K)``: ``Σ Λₙ``
+    (GGN) or ``Σ gₙgₙᵀ`` of the loss gradients w.r.t. ``f`` (EF); the bias block is ``B``."""
+    from laplace.curvature.curvature import _targets, features_and_outputs
+
+    with torch.no_grad():
+        phi, f = features_and_outputs(iface.model, x)
+    phi, f = phi.reshape(-1, phi.shape[-1]), f.reshape(-1, f.shape[-1])
+    f = f.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = iface.lossfunc(f, _targets(y, f, iface.likelihood))
+        if fisher == "ggn":
+            B = _output_hessian_sum(iface, f.detach())
+        else:
+            g = torch.autograd.grad(loss, f)[0] * iface.factor**0.5
+            B = g.T @ g
+    kfacs = [[B, phi.T @ phi / N]]
+    if iface.params[-1].ndim == 1:
+        kfacs.append([B])
+    return iface.factor * loss.detach(), Kron(kfacs)
+
+
 def _is_output_layer(rec: _Recording) -> bool:
     """One hooked layer whose output *is* the model output (last-layer Laplace)."""
     out = rec.outputs[0]
@@ -171,9 +198,13 @@ def _is_output_layer(rec: _Recording) -> bool:
 
 def _summed_output_hessian(rec: _Recording) -> Tensor:
     """``Σₙ Λₙ`` ``(K, K)``: the ``B`` factor of the output layer under the GGN."""
+    return _output_hessian_sum(rec.iface, rec.f.detach())
+
+
+def _output_hessian_sum(iface: CurvatureInterface, f: Tensor) -> Tensor:
+    """``Σₙ Λₙ`` ``(K, K)`` of ``factor · lossfunc`` at outputs ``f`` ``(n, K)``."""
     from laplace.curvature.curvature import Likelihood
 
-    iface, f = rec.iface, rec.f.detach()
     if iface.likelihood == Likelihood.REGRESSION:
         return 2 * iface.factor * len(f) * torch.eye(f.shape[-1], dtype=f.dtype, device=f.device)
     p = torch.softmax(f, dim=-1)

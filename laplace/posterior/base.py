@@ -233,7 +233,7 @@ class BaseLaplace:
     @property
     def scatter(self) -> Tensor:
         """``(θ* − μ₀)ᵀ P₀ (θ* − μ₀)``."""
-        delta = self.mean - self.prior_mean
+        delta = self._posterior_part(self.mean) - self.prior_mean
         if self.prior_precision.numel() == 1:
             return (delta @ delta) * self.prior_precision[0]
         return (delta * self.prior_precision_diag) @ delta

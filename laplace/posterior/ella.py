@@ -231,15 +231,30 @@ class ELLA(FunctionalLaplace):
             raise ValueError(f"{type(self).__name__} is not fitted: call fit(train_loader).")
 
     # ----------------------------------------------------------- predictive
+    def _covariance_root(self, Js: Tensor) -> Tensor:
+        """``U`` ``(n, C, K)`` with ``U Uᵀ = φ Σ_K φᵀ`` for Jacobians ``Js`` ``(n, C, P)``."""
+        self._require_fit()
+        scale = (self._H_factor * self._G_vals + self._delta()).rsqrt()
+        return (Js @ self._Psi @ self._G_vecs) * scale
+
+    def functional_variance(self, Js: Tensor) -> Tensor:
+        """``φ Σ_K φᵀ`` per point: ``(n, C, C)`` for Jacobians ``(n, C, P)``."""
+        U = self._covariance_root(Js)
+        return U @ U.transpose(-1, -2)
+
+    def functional_covariance(self, Js: Tensor) -> Tensor:
+        """``φ Σ_K φᵀ`` over all points: ``(n·C, n·C)``, row ``point·C + output``."""
+        U = self._covariance_root(Js)
+        U = U.reshape(-1, U.shape[-1])
+        return U @ U.T
+
     def predictive_moments(self, X: Inputs, joint: bool = False) -> tuple[Tensor, Tensor]:
         """``f(x; θ*)`` ``(n, C)`` and ``φ Σ_K φᵀ`` ``(n, C, C)`` (``(nC, nC)`` if ``joint``)."""
-        phi, f_mu = self.features(X)
-        scale = (self._H_factor * self._G_vals + self._delta()).rsqrt()
-        U = (phi @ self._G_vecs) * scale  # φ Σ_K φᵀ = U Uᵀ
+        self._require_fit()
+        J, f_mu = self._jacobians(inputs_to(X, self._device), self.enable_backprop)
         if joint:
-            U = U.reshape(-1, U.shape[-1])
-            return f_mu.reshape(-1), U @ U.T
-        return f_mu, U @ U.transpose(-1, -2)
+            return f_mu.reshape(-1), self.functional_covariance(J)
+        return f_mu, self.functional_variance(J)
 
     # --------------------------------------------------------- serialization
     def state_dict(self) -> dict[str, Any]:

@@ -13,10 +13,17 @@ implementation mixes it with the test-output index for several outputs), so with
 ``n_subset = N`` and ``output_hessian="block"`` the predictive equals the weight-space
 full-GGN predictive exactly. ``output_hessian="diag"`` (the default, as laplace-torch)
 keeps only the diagonal ``p_c(1 − p_c)`` of each classification output Hessian.
+
+Memory (laplace-torch's profile): the ``M × C × P`` subset Jacobians are never stored.
+``K_MM`` is built block by block from two batches' Jacobians at a time, and the
+cross-kernel ``κ(x, M)`` of a prediction from one subset batch's Jacobians at a time;
+only the subset's inputs are kept (and saved in the state dict with ``K_MM``, ``μ``
+and the output Hessians).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -25,9 +32,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from laplace.posterior.base import BaseLaplace
+from laplace.posterior.lastlayer import LastLayerMixin
 from laplace.predictive import links
 from laplace.utils.data import Inputs, dataset_size, inputs_to, split_batch
 from laplace.utils.enums import Likelihood, LinkApprox, PredType, PriorStructure, parse_option
+from laplace.utils.feature_extractor import FeatureExtractor
 from laplace.utils.parameters import vector_of
 
 
@@ -64,7 +73,8 @@ class FunctionalLaplace(BaseLaplace):
         self.diagonal_kernel = diagonal_kernel
         self.output_hessian = output_hessian
         self.seed = seed
-        self.mean = vector_of(p.detach() for p in self._params)
+        params = self._params  # none yet for a last layer found at fit
+        self.mean = vector_of(p.detach() for p in params) if params else None
 
     # -------------------------------------------------------------- kernel
     def _jacobians(self, X: Inputs, enable_backprop: bool = False) -> tuple[Tensor, Tensor]:
@@ -84,7 +94,7 @@ class FunctionalLaplace(BaseLaplace):
 
     # ----------------------------------------------------------------- fit
     def fit(self, train_loader: Any, progress_bar: bool = False) -> None:
-        """Loss over all data; Jacobians, ``L`` and ``μ`` on a subset of ``n_subset``."""
+        """Loss over all data; ``K_MM``, ``L`` and ``μ`` on a subset of ``n_subset``."""
         N = self._begin_fit(train_loader)
         self.loss, self.n_data = 0.0, N
         for i, batch in enumerate(train_loader):
@@ -101,27 +111,45 @@ class FunctionalLaplace(BaseLaplace):
             self.loss = self.loss + self.backend.factor * self.backend.lossfunc(f, target)
         subset = DataLoader(Subset(train_loader.dataset, self.sod_indices.tolist()),
                             batch_size=train_loader.batch_size or self.n_subset, shuffle=False)
-        Js, fs, ys, Xs = [], [], [], []
+        self._fit_subset(subset)
+
+    def _fit_subset(self, subset: DataLoader) -> None:
+        """``K_MM`` block by block (two batches' Jacobians in memory at a time), ``μ``
+        and the output Hessians of the subset; keeps the subset's inputs."""
+        batches = []
         for batch in subset:
             X, y = split_batch(batch, self.dict_key_x, self.dict_key_y)
-            X, y = inputs_to(X, self._device), y.to(self._device)
-            J, f = self._jacobians(X)
-            Js.append(J), fs.append(f), ys.append(y), Xs.append(X)
-        self._J_M = torch.cat(Js)  # (M, C, P)
-        f_M, y_M = torch.cat(fs), torch.cat(ys)
-        self._X_M = Xs
-        theta = self.mean - self.prior_mean
-        Jtheta = self._J_M @ theta
-        if self.likelihood == Likelihood.REGRESSION:
-            self.mu = y_M.reshape(f_M.shape) - f_M + Jtheta
-            self._Lambda = torch.eye(f_M.shape[-1], dtype=f_M.dtype,
-                                     device=f_M.device).expand(len(f_M), -1, -1)
-        else:
-            self.mu = Jtheta
-            p = torch.softmax(f_M, dim=-1)
-            self._Lambda = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+            batches.append((inputs_to(X, self._device), y.to(self._device)))
+        X_M = [X for X, _ in batches]
+        with torch.no_grad():
+            sizes = [self.model(X).numel() for X in X_M]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        K_MM = torch.empty(offsets[-1], offsets[-1], dtype=self._dtype, device=self._device)
+        mus, lambdas = [], []
+        for i, (X, y) in enumerate(batches):
+            J_i, f_i = self._jacobians(X)
+            mu_i, lam_i = self._mu_and_Lambda(J_i, f_i, y)
+            mus.append(mu_i), lambdas.append(lam_i)
+            rows = slice(offsets[i], offsets[i + 1])
+            for j in range(i, len(batches)):
+                J_j = J_i if j == i else self._jacobians(X_M[j])[0]
+                cols = slice(offsets[j], offsets[j + 1])
+                K_MM[rows, cols] = self._kernel(J_i, J_j).reshape(sizes[i], sizes[j])
+                K_MM[cols, rows] = K_MM[rows, cols].T
+            del J_i
+        self._X_M, self.mu, self._Lambda = X_M, torch.cat(mus), torch.cat(lambdas)
         self.L = self._Lambda.diagonal(dim1=-2, dim2=-1).reshape(-1)
-        self.K_MM = self._kernel(self._J_M, self._J_M).reshape(self.mu.numel(), -1)
+        self.K_MM = K_MM
+
+    def _mu_and_Lambda(self, J: Tensor, f: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Scatter-term mean ``(m, C)`` and output Hessians ``(m, C, C)`` of a subset batch
+        with Jacobians ``J`` ``(m, C, P)`` and outputs ``f`` ``(m, C)``."""
+        Jtheta = J @ (self.mean - self.prior_mean)
+        if self.likelihood == Likelihood.REGRESSION:
+            eye = torch.eye(f.shape[-1], dtype=f.dtype, device=f.device)
+            return y.reshape(f.shape) - f + Jtheta, eye.expand(len(f), -1, -1)
+        p = torch.softmax(f, dim=-1)
+        return Jtheta, torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
 
     def _begin_fit(self, train_loader: Any) -> int:
         """Check the subset size, take the MAP and draw the subset; returns ``N``.
@@ -146,6 +174,12 @@ class FunctionalLaplace(BaseLaplace):
         if self.prior_precision.numel() != 1:
             raise ValueError("Function-space Laplace supports a scalar prior precision only.")
         return self.prior_factor_sod / self.prior_precision[0]
+
+    @property
+    def gp_kernel_prior_variance(self) -> Tensor:
+        """The kernel's prior scale ``(M/N) / δ`` as a ``(1,)`` tensor (laplace-torch's
+        ``_prior_factor_sod / prior_precision``)."""
+        return self.prior_factor_sod / self.prior_precision
 
     def _L_sqrt(self) -> Tensor:
         """``H_factor · L`` square root, ``(MC, MC)``: diagonal or per-point blocks."""
@@ -203,26 +237,49 @@ class FunctionalLaplace(BaseLaplace):
             raise ValueError(f"{type(self).__name__} is not fitted: call fit(train_loader).")
 
     # ----------------------------------------------------------- predictive
+    def _cross_kernel(self, Js_star: Tensor) -> Tensor:
+        """``κ(x*, M)`` without the prior scale: ``(n·C, M·C)``, computed from one subset
+        batch's Jacobians at a time."""
+        n, C, _ = Js_star.shape
+        return torch.cat([self._kernel(Js_star, self._jacobians(X)[0]).reshape(n * C, -1)
+                          for X in self._X_M], dim=1)
+
+    def _explained(self, Js_star: Tensor) -> Tensor:
+        """``W`` ``(M·C, n·C)`` with ``WᵀW = κ*M (K_MM + L⁻¹)⁻¹ κM*`` (prior-scaled)."""
+        K_sM = self._cross_kernel(Js_star) * self._prior_var()
+        S, chol = self._inner_cholesky()
+        return torch.linalg.solve_triangular(chol, S @ K_sM.T, upper=False)
+
+    def functional_variance(self, Js_star: Tensor) -> Tensor:
+        """GP posterior covariance per test point,
+        ``κ** − κ*M (K_MM + L⁻¹)⁻¹ κM*``: ``(n, C, C)`` for Jacobians ``(n, C, P)``."""
+        self._require_fit()
+        n, C, _ = Js_star.shape
+        K_ss = torch.einsum("ncp,ndp->ncd", Js_star, Js_star) * self._prior_var()
+        if self.independent_outputs:
+            K_ss = K_ss * torch.eye(C, dtype=K_ss.dtype, device=K_ss.device)
+        Wn = self._explained(Js_star).T.reshape(n, C, -1)
+        f_var = K_ss - Wn @ Wn.transpose(-1, -2)
+        if self.diagonal_kernel:
+            f_var = torch.diag_embed(f_var.diagonal(dim1=-2, dim2=-1))
+        return f_var
+
+    def functional_covariance(self, Js_star: Tensor) -> Tensor:
+        """GP posterior covariance over all test points and outputs: ``(n·C, n·C)``,
+        row ``point·C + output``, for Jacobians ``(n, C, P)``."""
+        self._require_fit()
+        n, C, _ = Js_star.shape
+        K_ss = self._kernel(Js_star, Js_star).reshape(n * C, n * C) * self._prior_var()
+        W = self._explained(Js_star)
+        return K_ss - W.T @ W
+
     def predictive_moments(self, X: Inputs, joint: bool = False) -> tuple[Tensor, Tensor]:
         """GP mean ``(n, C)`` and covariance ``(n, C, C)`` (``(nC, nC)`` if ``joint``)."""
         self._require_fit()
         J, f_mu = self._jacobians(self._prediction_inputs(X), self.enable_backprop)
-        v = self._prior_var()
-        n, C = f_mu.shape
-        K_sM = self._kernel(J, self._J_M).reshape(n * C, -1) * v
-        S, chol = self._inner_cholesky()
-        W = torch.linalg.solve_triangular(chol, S @ K_sM.T, upper=False)  # (MC, nC)
         if joint:
-            K_ss = self._kernel(J, J).reshape(n * C, n * C) * v
-            return f_mu.reshape(-1), K_ss - W.T @ W
-        K_ss = torch.einsum("ncp,ndp->ncd", J, J) * v
-        if self.independent_outputs:
-            K_ss = K_ss * torch.eye(C, dtype=K_ss.dtype, device=K_ss.device)
-        Wn = W.T.reshape(n, C, -1)
-        f_var = K_ss - Wn @ Wn.transpose(-1, -2)
-        if self.diagonal_kernel:
-            f_var = torch.diag_embed(f_var.diagonal(dim1=-2, dim2=-1))
-        return f_mu, f_var
+            return f_mu.reshape(-1), self.functional_covariance(J)
+        return f_mu, self.functional_variance(J)
 
     def __call__(self, x: Inputs, pred_type: str = "gp", joint: bool = False,
                  link_approx: str = "probit", n_samples: int = 100,
@@ -246,16 +303,28 @@ class FunctionalLaplace(BaseLaplace):
             return links.monte_carlo(f_mu, f_var, n_samples, generator)
         return links.bridge(f_mu, f_var, normalize=link_approx == LinkApprox.BRIDGE_NORM)
 
-    def functional_samples(self, x: Inputs, pred_type: str = "gp", n_samples: int = 100,
+    def functional_samples(self, x: Inputs, pred_type: str = "glm", n_samples: int = 100,
                            diagonal_output: bool = False,
-                           generator: torch.Generator | None = None) -> Tensor:
-        """Draws ``(n_samples, n, C)`` of the GP posterior over the latent function."""
-        if parse_option(PredType, pred_type, "pred_type") != PredType.GP:
-            raise ValueError("Only gp is supported as a functional prediction type.")
-        f_mu, f_var = self.predictive_moments(x)
+                           generator: torch.Generator | None = None,
+                           joint: bool = False) -> Tensor:
+        """Draws ``(n_samples, n, C)`` of the GP posterior over the latent function.
+
+        ``pred_type`` (``"glm"`` by default, as in laplace-torch) is accepted for API
+        compatibility: every prediction type draws from the function-space posterior.
+        ``joint=True`` keeps the covariance between the inputs.
+        """
+        parse_option(PredType, pred_type, "pred_type")
+        f_mu, f_var = self.predictive_moments(x, joint=joint)
+        if not joint:
+            if diagonal_output:
+                f_var = torch.diag_embed(f_var.diagonal(dim1=-2, dim2=-1))
+            return links.gaussian_samples(f_mu, f_var, n_samples, generator)
+        C = self.n_outputs
         if diagonal_output:
-            f_var = torch.diag_embed(f_var.diagonal(dim1=-2, dim2=-1))
-        return links.gaussian_samples(f_mu, f_var, n_samples, generator)
+            outputs = torch.arange(f_mu.numel(), device=f_mu.device) % C
+            f_var = f_var * (outputs[:, None] == outputs[None, :])
+        draws = links.gaussian_samples(f_mu[None], f_var[None], n_samples, generator)
+        return draws.reshape(n_samples, -1, C)
 
     # --------------------------------------------------------- serialization
     def _common_state(self) -> dict[str, Any]:
@@ -287,43 +356,45 @@ class FunctionalLaplace(BaseLaplace):
         self.n_subset = len(self.sod_indices)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self._common_state(), "J_M": self._J_M, "mu": self.mu,
+        """Hyperparameters, the kernel quantities ``K_MM``, ``μ``, the output Hessians and
+        the subset's inputs (for the cross-kernel of predictions); no Jacobians."""
+        X_M = [dict(X) if isinstance(X, Mapping) else X for X in self._X_M]
+        return {**self._common_state(), "X_M": X_M, "mu": self.mu,
                 "Lambda": self._Lambda, "K_MM": self.K_MM}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._load_common_state(state)
         device = self._device
-        self._J_M, self.mu = state["J_M"].to(device), state["mu"].to(device)
+        self._X_M = [inputs_to(X, device) for X in state["X_M"]]
+        self.mu = state["mu"].to(device)
         self._Lambda, self.K_MM = state["Lambda"].to(device), state["K_MM"].to(device)
         self.L = self._Lambda.diagonal(dim1=-2, dim2=-1).reshape(-1)
 
 
-class FunctionalLLLaplace(FunctionalLaplace):
-    """Function-space Laplace over the last layer (kernel ``(φφ'ᵀ + 1) ⊗ I``)."""
+
+class FunctionalLLLaplace(LastLayerMixin, FunctionalLaplace):
+    """Function-space Laplace over the last layer (kernel ``(φφ'ᵀ + 1) ⊗ I``).
+
+    As for ``LLLaplace``, the last layer is found at ``fit`` unless
+    ``last_layer_name`` is given (``n_params`` and ``mean`` are ``None`` until then).
+    """
 
     _key = ("last_layer", "gp")
 
     def __init__(self, model: nn.Module, likelihood: str, n_subset: int, *args: Any,
                  last_layer_name: str | None = None, feature_reduction: str | None = None,
                  **kwargs: Any) -> None:
-        from laplace.posterior.lastlayer import _pick_last_linear
-        from laplace.utils.feature_extractor import FeatureExtractor
-
         extractor = FeatureExtractor(model, last_layer_name, kwargs.get("enable_backprop", False),
                                      feature_reduction)
-        if last_layer_name is None:
-            _pick_last_linear(extractor)
         super().__init__(extractor, likelihood, n_subset, *args, **kwargs)
 
-    @property
-    def _params(self) -> list[nn.Parameter]:
-        return list(self.model.last_layer.parameters())
+    def fit(self, train_loader: Any, progress_bar: bool = False) -> None:
+        self._prepare_last_layer(train_loader)
+        super().fit(train_loader, progress_bar=progress_bar)
 
-    @property
-    def backend(self):
-        if self._backend is None:
-            self._backend = self._backend_cls(
-                self.model, self.likelihood, last_layer=True, dict_key_x=self.dict_key_x,
-                dict_key_y=self.dict_key_y, **self.backend_kwargs,
-            )
-        return self._backend
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "last_layer_name": self.model.last_layer_name}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._set_layer_from_state(state.get("last_layer_name"))
+        super().load_state_dict(state)

@@ -3,6 +3,12 @@
 The Jacobian is ``I_K ⊗ φ(x)ᵀ`` (plus ``I_K`` for the bias), so the predictive needs
 only the features ``φ`` and the precision's last-layer product; it never builds
 ``J``, and the NN predictive reuses one feature pass for every weight sample.
+
+Unless ``last_layer_name`` is given, the last layer is found at ``fit`` (the last
+``nn.Linear`` to run whose output is the model output), as in laplace-torch: until then
+``n_params``, ``n_layers``, ``mean`` and ``H`` are ``None`` and per-parameter priors wait
+for the layer. Construction allocates nothing of the posterior's size (``H`` before
+``fit`` is allocated on first access).
 """
 
 from __future__ import annotations
@@ -19,8 +25,107 @@ from laplace.posterior.parametric import ParametricLaplace
 from laplace.utils.data import Inputs
 from laplace.utils.feature_extractor import FeatureExtractor
 
+_PRIORS = ("prior_precision", "prior_mean")
 
-class LLLaplace(ParametricLaplace):
+
+def _next_property(obj: Any, owner: type, name: str) -> property:
+    """The property ``name`` of the first class after ``owner`` in ``obj``'s MRO."""
+    mro = type(obj).__mro__
+    for cls in mro[mro.index(owner) + 1:]:
+        if name in cls.__dict__:
+            return cls.__dict__[name]
+    raise AttributeError(name)
+
+
+def _deferred_prior(name: str) -> property:
+    """``prior_precision`` / ``prior_mean`` that wait for the last layer.
+
+    Before the layer is known, a vector (whose length can only be checked against the
+    layer) is kept as given; its values are checked now through the scalar rules (its
+    minimum and maximum, so NaN, inf and signs are caught), its length at ``fit``.
+    """
+
+    def fget(self: LastLayerMixin) -> Any:
+        deferred = self.__dict__.get("_deferred_priors", {})
+        if name in deferred:
+            return deferred[name]
+        return _next_property(self, LastLayerMixin, name).fget(self)
+
+    def fset(self: LastLayerMixin, value: Any) -> None:
+        base = _next_property(self, LastLayerMixin, name)
+        deferred = self.__dict__.setdefault("_deferred_priors", {})
+        deferred.pop(name, None)
+        vector = isinstance(value, Tensor) and value.ndim == 1 and value.numel() > 1
+        if self.model.last_layer is None and vector:
+            for extreme in (value.detach().min(), value.detach().max()):
+                base.fset(self, extreme.reshape(1) if name == _PRIORS[0] else extreme)
+            deferred[name] = value  # the length is checked against the layer at fit
+            return
+        base.fset(self, value)
+
+    return property(fget, fset, doc=f"``{name}``; see ``BaseLaplace``.")
+
+
+class LastLayerMixin:
+    """The last-layer bookkeeping shared by ``LLLaplace`` and ``FunctionalLLLaplace``:
+    parameters of ``model.last_layer`` only, found at ``fit`` when not named."""
+
+    model: FeatureExtractor
+    prior_precision = _deferred_prior("prior_precision")
+    prior_mean = _deferred_prior("prior_mean")
+
+    @property
+    def _params(self) -> list[nn.Parameter]:
+        layer = self.model.last_layer
+        return [] if layer is None else list(layer.parameters())
+
+    @property
+    def n_params(self) -> int | None:
+        """Parameters of the last layer; ``None`` until the layer is known."""
+        layer = self.model.last_layer
+        return None if layer is None else sum(p.numel() for p in layer.parameters())
+
+    @property
+    def n_layers(self) -> int | None:
+        """Parameter tensors of the last layer; ``None`` until the layer is known."""
+        layer = self.model.last_layer
+        return None if layer is None else len(list(layer.parameters()))
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            self._backend = self._backend_cls(
+                self.model, self.likelihood, last_layer=True, dict_key_x=self.dict_key_x,
+                dict_key_y=self.dict_key_y, **self.backend_kwargs,
+            )
+        return self._backend
+
+    def _prepare_last_layer(self, train_loader: Any) -> Inputs:
+        """Find the last layer on the first batch (if not known), check the deferred
+        priors against it; returns that batch's inputs."""
+        X = _first_inputs(train_loader, self)
+        if self.model.last_layer is None:
+            self.model.find_last_layer(X)
+        deferred = self.__dict__.pop("_deferred_priors", {})
+        for name in _PRIORS:
+            if name in deferred:
+                setattr(self, name, deferred[name])
+        return X
+
+    def _set_layer_from_state(self, name: str | None) -> None:
+        """Restore the saved layer; a different layer already in use is an error."""
+        current = self.model.last_layer_name if self.model.last_layer is not None else None
+        if name and current and name != current:
+            raise ValueError(
+                f"The state was saved for last layer {name!r}, this LA uses {current!r} "
+                "(last_layer_name)."
+            )
+        if name and not current:
+            self.model.set_last_layer(name)
+        self.__dict__.pop("_deferred_priors", None)
+
+
+class LLLaplace(LastLayerMixin, ParametricLaplace):
     """Laplace approximation over the last ``nn.Linear`` layer.
 
     Args:
@@ -28,8 +133,8 @@ class LLLaplace(ParametricLaplace):
         likelihood: as for ``BaseLaplace``.
         last_layer_name: the output layer's name in ``model.named_modules()``; found
             at ``fit`` (the last ``nn.Linear`` to run) when ``None``.
-        feature_reduction: pooling of ``(batch, seq, D)`` features (see
-            ``FeatureReduction``).
+        feature_reduction: pooling of ``(batch, ..., D)`` features to ``(batch, D)``
+            (see ``FeatureReduction``); the predictive mean stays the model's output.
         Other arguments as for ``BaseLaplace``.
     """
 
@@ -44,77 +149,124 @@ class LLLaplace(ParametricLaplace):
     ) -> None:
         enable_backprop = kwargs.get("enable_backprop", False)
         extractor = FeatureExtractor(model, last_layer_name, enable_backprop, feature_reduction)
-        self._confirm_last_layer = last_layer_name is None
-        if last_layer_name is None:
-            _pick_last_linear(extractor)
-        super().__init__(extractor, likelihood, *args, **kwargs)
+        self._constructing = True
+        try:
+            super().__init__(extractor, likelihood, *args, **kwargs)
+        finally:
+            self._constructing = False
+        # Before fit the posterior is the prior (laplace-torch: ``mean = prior_mean``,
+        # ``None`` while the layer is unknown).
+        self.mean = None if extractor.last_layer is None else self.prior_mean
+
+    def _posterior_vector(self) -> Tensor | None:
+        if self.model.last_layer is None:
+            return None
+        return super()._posterior_vector()
+
+    def _init_H(self) -> None:
+        """Allocated at ``fit`` (for the layer found there), never at construction."""
+        if self._constructing:
+            self.H = None
+            return
+        super()._init_H()
 
     @property
-    def _params(self) -> list[nn.Parameter]:
-        layer = self.model.last_layer
-        return [] if layer is None else list(layer.parameters())
+    def H(self) -> Any:
+        """The accumulated curvature. Before ``fit`` it is ``None`` while the layer is
+        unknown, else the zero curvature of the prior (laplace-torch's state), allocated
+        on first access: construction itself allocates nothing of the posterior's size."""
+        H = self.__dict__.get("_H")
+        if H is None and self.n_outputs is None and not self._constructing and (
+            self.model.last_layer is not None
+        ):
+            super()._init_H()
+            H = self.__dict__.get("_H")
+        return H
 
-    @property
-    def backend(self):
-        if self._backend is None:
-            self._backend = self._backend_cls(
-                self.model, self.likelihood, last_layer=True, dict_key_x=self.dict_key_x,
-                dict_key_y=self.dict_key_y, **self.backend_kwargs,
-            )
-        return self._backend
+    @H.setter
+    def H(self, value: Any) -> None:
+        self.__dict__["_H"] = value
 
     @property
     def _has_bias(self) -> bool:
         return self.model.last_layer.bias is not None
 
     def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False) -> None:
-        """Confirm an automatically chosen last layer on the first batch, then fit."""
-        if self._confirm_last_layer:
-            self.model.find_last_layer(_first_inputs(train_loader, self))
-            self._confirm_last_layer = False
-            # Re-validate hyperparameter shapes against the confirmed layer.
-            self.prior_precision, self.prior_mean = self.prior_precision, self.prior_mean
-        self._check_output_is_last_layer(_first_inputs(train_loader, self))
+        """Find the last layer on the first batch (unless named), then fit."""
+        X = self._prepare_last_layer(train_loader)
+        self._check_output_is_last_layer(X)
+        if self.n_outputs is None:
+            override = True  # nothing accumulated yet: allocate the curvature
         super().fit(train_loader, override=override, progress_bar=progress_bar)
 
     def _check_output_is_last_layer(self, X: Inputs) -> None:
-        """The Jacobian ``I ⊗ φᵀ`` holds only if the output *is* ``last_layer(φ)``."""
+        """The Jacobian ``I ⊗ φᵀ`` holds only if the output *is* ``last_layer(φ)``.
+
+        With ``feature_reduction`` the model may pool the head's outputs its own way
+        (e.g. at the last non-padding token): only the shape ``(batch, K)`` is checked
+        then, and the model's own output is the predictive mean.
+        """
         with torch.no_grad():
             f, phi = self.model.forward_with_features(X)
             expected = self.model.last_layer(phi)
-        if f.shape != expected.shape or not torch.allclose(f, expected, rtol=1e-5, atol=1e-6):
+        if f.shape == expected.shape and (
+            self.model.feature_reduction is not None
+            or torch.allclose(f, expected, rtol=1e-5, atol=1e-6)
+        ):
+            return
+        if self.model.feature_reduction is not None:
             raise ValueError(
-                f"The model output is not the output of its last layer "
-                f"{self.model.last_layer_name!r} (an operation follows it); last-layer "
-                "Laplace needs f = last_layer(φ). Pass last_layer_name or use "
-                "subset_of_weights='all'."
+                f"The model output of shape {tuple(f.shape)} does not match the last layer "
+                f"{self.model.last_layer_name!r} on the reduced features "
+                f"{tuple(expected.shape)} (feature_reduction="
+                f"{str(self.model.feature_reduction)!r}); the model must return (batch, K)."
             )
+        raise ValueError(
+            f"The model output is not the output of its last layer "
+            f"{self.model.last_layer_name!r} (an operation follows it); last-layer "
+            "Laplace needs f = last_layer(φ). Pass last_layer_name or use "
+            "subset_of_weights='all'."
+        )
 
     def _glm_predictive_distribution(
         self, X: Inputs, joint: bool = False, diagonal_output: bool = False
     ) -> tuple[Tensor, Tensor]:
-        with torch.set_grad_enabled(self.enable_backprop or torch.is_grad_enabled()):
-            f_mu, phi = self.model.forward_with_features(X)
-        if not self.enable_backprop:
-            f_mu, phi = f_mu.detach(), phi.detach()
-        f_mu, phi = f_mu.reshape(-1, f_mu.shape[-1]), phi.reshape(-1, phi.shape[-1])
+        f_mu, phi = self._outputs_and_features(X)
         f_var = self._precision().last_layer_variance(
             phi, f_mu.shape[-1], self._has_bias, joint=joint, diagonal=diagonal_output
         )
         return (f_mu.flatten(), f_var) if joint else (f_mu, f_var)
 
+    def _outputs_and_features(self, X: Inputs) -> tuple[Tensor, Tensor]:
+        """The model's outputs ``(n, K)`` and the (reduced) features ``(n, D)``."""
+        with torch.set_grad_enabled(self.enable_backprop or torch.is_grad_enabled()):
+            f_mu, phi = self.model.forward_with_features(X)
+        if not self.enable_backprop:
+            f_mu, phi = f_mu.detach(), phi.detach()
+        return f_mu.reshape(-1, f_mu.shape[-1]), phi.reshape(-1, phi.shape[-1])
+
+    def functional_variance_fast(self, X: Inputs) -> tuple[Tensor, Tensor]:
+        """The outputs ``(n, K)`` and their marginal variances ``(n, K)`` at ``X``
+        (the ``diagonal_output=True`` GLM predictive), without ``K × K`` blocks."""
+        self._require_fit()
+        return self._glm_predictive_distribution(X, diagonal_output=True)
+
     def _nn_samples(self, X: Inputs, n_samples: int, generator: torch.Generator | None) -> Tensor:
-        """One feature pass, then ``φWₛᵀ + bₛ`` for every weight sample."""
+        """One feature pass, then ``f + φ(Wₛ − W*)ᵀ + (bₛ − b*)`` per weight sample.
+
+        Exactly ``φWₛᵀ + bₛ`` when the output is ``last_layer(φ)``; with a model that
+        pools its head's outputs its own way, the change of the declared linear map
+        around the model's output.
+        """
         with torch.no_grad():
-            _, phi = self.model.forward_with_features(X)
-        phi = phi.reshape(-1, phi.shape[-1])
-        thetas = self.sample(n_samples, generator)
+            f, phi = self._outputs_and_features(X)
+        deltas = self.sample(n_samples, generator) - self.mean
         K, D = self.model.last_layer.weight.shape
-        W = thetas[:, : K * D].reshape(n_samples, K, D)
-        f = torch.einsum("nd,skd->snk", phi, W)
+        dW = deltas[:, : K * D].reshape(n_samples, K, D)
+        out = f + torch.einsum("nd,skd->snk", phi, dW)
         if self._has_bias:
-            f = f + thetas[:, K * D :].unsqueeze(1)
-        return f
+            out = out + deltas[:, K * D :].unsqueeze(1)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -122,20 +274,11 @@ class LLLaplace(ParametricLaplace):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("last_layer_name"):
-            self.model.set_last_layer(state_dict["last_layer_name"])
+        self._set_layer_from_state(state_dict.get("last_layer_name"))
         super().load_state_dict(state_dict)
 
 
-def _pick_last_linear(extractor: FeatureExtractor) -> None:
-    """Provisional last layer (registration order); ``fit`` confirms it by execution."""
-    names = [n for n, m in extractor.model.named_modules() if isinstance(m, nn.Linear)]
-    if not names:
-        raise ValueError("Last-layer Laplace needs a model with an nn.Linear output layer.")
-    extractor.set_last_layer(names[-1])
-
-
-def _first_inputs(loader: Any, la: ParametricLaplace) -> Inputs:
+def _first_inputs(loader: Any, la: Any) -> Inputs:
     from laplace.utils.data import inputs_to, split_batch
 
     for batch in loader:

@@ -366,10 +366,10 @@ class ParametricLaplace(BaseLaplace):
             raise ValueError(
                 f"State has likelihood {state_dict['likelihood']!r}, this LA {self.likelihood!r}."
             )
-        if state_dict["mean"].numel() != self._posterior_dim:
+        if state_dict["mean"].numel() != self.n_params:
             raise ValueError(
                 f"State has {state_dict['mean'].numel()} parameters, this LA "
-                f"{self._posterior_dim}."
+                f"{self.n_params}."
             )
         shapes = [list(p.shape) for p in self._params]
         if state_dict.get("param_shapes", shapes) != shapes:

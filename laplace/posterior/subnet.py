@@ -1,10 +1,11 @@
 """Subnetwork Laplace: the Gaussian over chosen entries of the parameter vector.
 
 All other weights stay at their MAP values. Jacobians are computed only for the
-parameter tensors that hold chosen entries. ``n_params`` counts all trainable
-parameters (as in laplace-torch); the posterior has ``n_params_subnet`` dimensions,
-and priors are scalar, layerwise (by the tensor each entry belongs to) or one value
-per subnetwork entry.
+parameter tensors that hold chosen entries. As in laplace-torch, ``n_params`` counts
+all trainable parameters, ``mean`` holds all of them (``mean_subnet`` the chosen
+entries) and ``sample`` returns full parameter vectors; the Gaussian has
+``n_params_subnet`` dimensions, and priors are scalar, layerwise (by the tensor each
+entry belongs to) or one value per subnetwork entry.
 """
 
 from __future__ import annotations
@@ -14,35 +15,63 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from laplace.curvature.curvature import EFInterface, GGNInterface
 from laplace.posterior.diag import DiagLaplace
 from laplace.posterior.full import FullLaplace
 from laplace.posterior.parametric import ParametricLaplace
 from laplace.utils.parameters import vector_of
+
+_INDEX_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def check_subnetwork_indices(indices: Any, n_params: int) -> Tensor:
+    """``subnetwork_indices`` as a ``LongTensor``, or a ``ValueError`` naming it.
+
+    Args:
+        indices: a non-empty 1-D integer tensor of distinct positions in
+            ``[0, n_params)``.
+    """
+    if indices is None:
+        raise ValueError("subnetwork_indices cannot be None.")
+    if not isinstance(indices, Tensor) or indices.dtype not in _INDEX_DTYPES:
+        kind = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
+        raise ValueError(
+            f"subnetwork_indices must be a non-empty 1-D integer tensor, got {kind} "
+            "(for a boolean mask pass mask.nonzero().flatten())."
+        )
+    if indices.ndim != 1 or indices.numel() == 0:
+        raise ValueError(
+            "subnetwork_indices must be a non-empty 1-D integer tensor, got shape "
+            f"{tuple(indices.shape)}."
+        )
+    if bool((indices < 0).any()) or bool((indices >= n_params).any()):
+        raise ValueError(f"subnetwork_indices must lie in [0, {n_params}) (n_params).")
+    if indices.unique().numel() != indices.numel():
+        raise ValueError("subnetwork_indices must not contain duplicates.")
+    return indices.to(torch.long)
 
 
 class SubnetLaplace(ParametricLaplace):
     """Laplace approximation over ``subnetwork_indices`` of the parameter vector.
 
     Args:
-        subnetwork_indices: ``(S,)`` int64 positions in
+        subnetwork_indices: ``(S,)`` integer positions in
             ``parameters_to_vector(model.parameters())`` (e.g. from a ``SubnetMask``).
         Other arguments as for ``BaseLaplace``; ``backend`` must be a GGN or EF one.
     """
 
-    def __init__(self, model: nn.Module, likelihood: str, subnetwork_indices: Tensor,
-                 *args: Any, **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, likelihood: str,
+                 subnetwork_indices: Tensor | None = None, *args: Any, **kwargs: Any) -> None:
         backend = kwargs.get("backend")
-        if backend is not None and "Hessian" in backend.__name__:
-            raise ValueError("SubnetLaplace can only be used with GGN and EF.")
-        indices = torch.as_tensor(subnetwork_indices)
-        if indices.ndim != 1 or indices.numel() == 0 or indices.is_floating_point():
-            raise ValueError("subnetwork_indices must be a non-empty 1-D integer tensor.")
+        if backend is not None and not (
+            isinstance(backend, type) and issubclass(backend, (GGNInterface, EFInterface))
+        ):
+            raise ValueError(
+                "SubnetLaplace can only be used with GGN and EF backends, got "
+                f"{getattr(backend, '__name__', backend)!r} (backend)."
+            )
         n_total = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        if bool((indices < 0).any()) or bool((indices >= n_total).any()):
-            raise ValueError(f"subnetwork_indices must lie in [0, {n_total}).")
-        if indices.unique().numel() != indices.numel():
-            raise ValueError("subnetwork_indices must not contain duplicates.")
-        self.subnetwork_indices = indices.to(torch.long)
+        self.subnetwork_indices = check_subnetwork_indices(subnetwork_indices, n_total)
         super().__init__(model, likelihood, *args, **kwargs)
         self.subnetwork_indices = self.subnetwork_indices.to(self._device)
 
@@ -57,10 +86,27 @@ class SubnetLaplace(ParametricLaplace):
     def _posterior_part(self, v: Tensor) -> Tensor:
         return v[self.subnetwork_indices.to(v.device)]
 
-    def _full_parameters(self, theta: Tensor) -> Tensor:
-        full = vector_of(p.detach() for p in self._params).clone()
-        full[self.subnetwork_indices] = theta
+    def _posterior_vector(self) -> Tensor:
+        """All MAP parameters ``(n_params,)``: the mean keeps the fixed ones too."""
+        return vector_of(p.detach() for p in self._params)
+
+    @property
+    def mean_subnet(self) -> Tensor:
+        """The mean of the subnetwork entries: ``(n_params_subnet,)``."""
+        return self._posterior_part(self.mean)
+
+    def assemble_full_samples(self, subnet_samples: Tensor) -> Tensor:
+        """Full parameter vectors ``(n, n_params)`` from subnetwork draws
+        ``(n, n_params_subnet)``; the other entries keep their MAP values."""
+        full = self.mean.repeat(subnet_samples.shape[0], 1)
+        full[:, self.subnetwork_indices.to(full.device)] = subnet_samples
         return full
+
+    def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
+        """Full-network samples ``(n_samples, n_params)``: the subnetwork entries drawn
+        from the posterior, the others at their MAP values."""
+        subnet = self.mean_subnet + self._precision().sample(n_samples, generator)
+        return self.assemble_full_samples(subnet)
 
     @property
     def backend(self):

@@ -295,21 +295,34 @@ class VaLLA(FunctionalLaplace):
             raise ValueError(f"{type(self).__name__} is not fitted: call fit(train_loader).")
 
     # ----------------------------------------------------------- predictive
+    def _covariance_roots(self, J: Tensor) -> tuple[Tensor, Tensor]:
+        """``(E, AL)`` ``(n, C, ·)`` with covariance ``EEᵀ + AL(AL)ᵀ`` (prior-scaled) for
+        Jacobians ``J`` ``(n, C, P)``."""
+        self._require_fit()
+        _, L = self.whitened_variational()
+        A = J @ self._V
+        scale = self._delta().rsqrt()
+        return (J - A @ self._V.T) * scale, (A @ L) * scale
+
+    def functional_variance(self, Js: Tensor) -> Tensor:
+        """Posterior covariance per point: ``(n, C, C)`` for Jacobians ``(n, C, P)``."""
+        E, AL = self._covariance_roots(Js)
+        return E @ E.mT + AL @ AL.mT
+
+    def functional_covariance(self, Js: Tensor) -> Tensor:
+        """Posterior covariance over all points: ``(n·C, n·C)``, row ``point·C + output``."""
+        E, AL = (R.reshape(-1, R.shape[-1]) for R in self._covariance_roots(Js))
+        return E @ E.T + AL @ AL.T
+
     def predictive_moments(self, X: Inputs, joint: bool = False) -> tuple[Tensor, Tensor]:
         """Mean ``(n, C)`` and covariance ``(n, C, C)`` (``(nC, nC)`` if ``joint``)."""
         self._require_fit()
         J, f = self._jacobians(inputs_to(X, self._device), self.enable_backprop)
-        m_w, L = self.whitened_variational()
-        A = J @ self._V
-        E = J - A @ self._V.T
-        AL = A @ L
-        scale = self._delta().rsqrt()
-        f_mu = f + (A @ m_w) * scale
+        m_w, _ = self.whitened_variational()
+        f_mu = f + (J @ self._V @ m_w) * self._delta().rsqrt()
         if joint:
-            E, AL = E.reshape(-1, E.shape[-1]) * scale, AL.reshape(-1, AL.shape[-1]) * scale
-            return f_mu.reshape(-1), E @ E.T + AL @ AL.T
-        E, AL = E * scale, AL * scale
-        return f_mu, E @ E.mT + AL @ AL.mT
+            return f_mu.reshape(-1), self.functional_covariance(J)
+        return f_mu, self.functional_variance(J)
 
     # --------------------------------------------------------- serialization
     def state_dict(self) -> dict[str, Any]:

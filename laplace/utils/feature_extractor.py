@@ -1,7 +1,7 @@
 """``FeatureExtractor``: a model wrapper that also returns last-layer features.
 
 The wrapped model is used in place (no copy); a forward hook on the last layer reads
-its input ``φ(x)``. ``FeatureReduction`` pools ``(batch, seq, features)`` features of
+its input ``φ(x)``. ``FeatureReduction`` pools ``(batch, ..., features)`` features of
 sequence models (e.g. Hugging Face language models) to ``(batch, features)``.
 """
 
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from laplace.utils.data import Inputs
-from laplace.utils.enums import _StrEnum
+from laplace.utils.enums import _StrEnum, parse_option
 from laplace.utils.errors import MissingKeyError
 
 
@@ -24,15 +24,20 @@ class FeatureReduction(_StrEnum):
 
 
 def reduce_features(phi: Tensor, reduction: FeatureReduction | str | None) -> Tensor:
-    """Pool sequence features ``(batch, seq, D)`` to ``(batch, D)``; others unchanged."""
+    """Pool features ``(batch, d₁, …, d_k, D)`` over every dimension between the batch
+    and the features to ``(batch, D)``; 2-D features are returned unchanged.
+
+    ``pick_first`` / ``pick_last`` take index ``0`` / ``-1`` along each pooled
+    dimension, ``average`` their mean.
+    """
     if reduction is None or phi.ndim < 3:
         return phi
     reduction = FeatureReduction(reduction)
-    if reduction == FeatureReduction.PICK_FIRST:
-        return phi[:, 0]
-    if reduction == FeatureReduction.PICK_LAST:
-        return phi[:, -1]
-    return phi.mean(dim=1)
+    middle = tuple(range(1, phi.ndim - 1))
+    if reduction == FeatureReduction.AVERAGE:
+        return phi.mean(dim=middle)
+    index = 0 if reduction == FeatureReduction.PICK_FIRST else -1
+    return phi[(slice(None), *([index] * len(middle)), slice(None))]
 
 
 class FeatureExtractor(nn.Module):
@@ -41,10 +46,11 @@ class FeatureExtractor(nn.Module):
     Args:
         model: the network; not modified or copied.
         last_layer_name: name of the last layer in ``model.named_modules()``;
-            found automatically (the last ``nn.Linear`` to run) when ``None``.
+            found on the first batch (``find_last_layer``) when ``None``.
         enable_backprop: keep the graph of the features.
-        feature_reduction: ``"pick_first"``, ``"pick_last"`` or ``"average"`` for
-            sequence features; the output is then ``last_layer(reduced features)``.
+        feature_reduction: ``"pick_first"``, ``"pick_last"`` or ``"average"``: how
+            features ``(batch, ..., D)`` are pooled to ``(batch, D)`` (see
+            ``reduce_features``). The output is always the model's own output.
     """
 
     def __init__(
@@ -57,6 +63,9 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         self.model = model
         self.enable_backprop = enable_backprop
+        if feature_reduction is not None:
+            feature_reduction = parse_option(FeatureReduction, feature_reduction,
+                                             "feature_reduction")
         self.feature_reduction = feature_reduction
         self.last_layer_name = last_layer_name
         # Kept outside the module registry: it is already a submodule of ``model``.
@@ -64,7 +73,9 @@ class FeatureExtractor(nn.Module):
         if last_layer_name is not None:
             self.set_last_layer(last_layer_name)
 
-    def set_last_layer(self, name: str) -> None:
+    def set_last_layer(self, last_layer_name: str) -> None:
+        """Use the module ``last_layer_name`` (an ``nn.Linear``) as the last layer."""
+        name = last_layer_name
         modules = dict(self.model.named_modules())
         if name not in modules:
             raise MissingKeyError(f"The model has no module named {name!r} (last_layer_name).")
@@ -87,31 +98,34 @@ class FeatureExtractor(nn.Module):
         """Prefix of the last layer's parameter names within this wrapper."""
         return f"model.{self.last_layer_name}." if self.last_layer_name else "model."
 
-    def find_last_layer(self, x: Inputs) -> None:
-        """Run ``x`` once and take the last ``nn.Linear`` that executed."""
-        order: list[str] = []
+    def find_last_layer(self, x: Inputs) -> Tensor:
+        """Run ``x`` once and take, in execution order, the last ``nn.Linear`` whose
+        output is the model output (the last ``nn.Linear`` to run if none is, e.g. when
+        the model pools the head's per-token outputs). Returns the model output."""
+        calls: list[tuple[str, Any]] = []
         handles = [
-            m.register_forward_hook(lambda mod, i, o, n=n: order.append(n))
+            m.register_forward_hook(lambda mod, i, o, n=n: calls.append((n, o)))
             for n, m in self.model.named_modules()
             if isinstance(m, nn.Linear)
         ]
         try:
             with torch.no_grad():
-                self.model(x)
+                out = self.model(x)
         finally:
             for h in handles:
                 h.remove()
-        if not order:
+        if not calls:
             raise ValueError("Last-layer Laplace needs a model with an nn.Linear output layer.")
-        self.set_last_layer(order[-1])
+        name = next((n for n, o in reversed(calls) if _same_tensor(o, out)), calls[-1][0])
+        self.set_last_layer(name)
+        return out
 
     def forward(self, x: Inputs) -> Tensor:
-        if self.feature_reduction is not None:
-            return self.forward_with_features(x)[0]
         return self.model(x)
 
     def forward_with_features(self, x: Inputs) -> tuple[Tensor, Tensor]:
-        """Outputs ``(n, K)`` and last-layer features ``(n, D)``."""
+        """The model's outputs ``(n, ..., K)`` and the last layer's input features,
+        ``(n, D)`` after ``feature_reduction``."""
         if self.last_layer is None:
             self.find_last_layer(x)
         store: dict[str, Tensor] = {}
@@ -125,11 +139,14 @@ class FeatureExtractor(nn.Module):
                 out = self.model(x)
         finally:
             handle.remove()
-        phi = store["phi"]
-        if self.feature_reduction is not None and phi.ndim >= 3:
-            phi = reduce_features(phi, self.feature_reduction)
-            out = self.last_layer(phi)
-        return out, phi
+        return out, reduce_features(store["phi"], self.feature_reduction)
 
     def forward_features(self, x: Inputs) -> Tensor:
         return self.forward_with_features(x)[1]
+
+
+def _same_tensor(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` are tensors holding the same values (a layer's output *is* ``b``)."""
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor):
+        return False
+    return a is b or (a.shape == b.shape and bool(torch.equal(a, b)))

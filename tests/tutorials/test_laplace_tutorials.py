@@ -113,7 +113,9 @@ def test_subnetwork(tmp_path: Path) -> None:
     assert la.n_params_subnet == 32 and result["n_params_subnet"] == 32
     assert la.n_params == 2 * 16 + 16 + 16 * 16 + 16 + 16 * 2 + 2
     assert tuple(result["posterior_precision"].shape) == (32, 32)
-    assert la.mean.shape == (32,) and la.posterior_variance.shape == (32,)
+    # as in laplace-torch: the mean covers every parameter, mean_subnet the subnetwork
+    assert la.mean.shape == (la.n_params,) and la.mean_subnet.shape == (32,)
+    assert la.posterior_variance.shape == (32,)
     assert indices.shape == (32,) and indices.unique().numel() == 32
     # LargestMagnitude: the chosen weights are the largest in absolute value.
     theta = torch.cat([p.detach().reshape(-1) for p in la.model.parameters()]).abs()
