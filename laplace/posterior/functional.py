@@ -134,8 +134,10 @@ class FunctionalLaplace(BaseLaplace):
             for j in range(i, len(batches)):
                 J_j = J_i if j == i else self._jacobians(X_M[j])[0]
                 cols = slice(offsets[j], offsets[j + 1])
-                K_MM[rows, cols] = self._kernel(J_i, J_j).reshape(sizes[i], sizes[j])
-                K_MM[cols, rows] = K_MM[rows, cols].T
+                block = self._kernel(J_i, J_j).reshape(sizes[i], sizes[j])
+                K_MM[rows, cols] = block
+                if j != i:
+                    K_MM[cols, rows] = block.T
             del J_i
         self._X_M, self.mu, self._Lambda = X_M, torch.cat(mus), torch.cat(lambdas)
         self.L = self._Lambda.diagonal(dim1=-2, dim2=-1).reshape(-1)

@@ -90,7 +90,8 @@ class KronLaplace(ParametricLaplace):
 
     def _H_state(self) -> Any:
         """The Kronecker factors (all-zero ones of the right shapes before ``fit``)."""
-        return (self.H_facs if self.H_facs is not None else self.H).kfacs
+        facs = getattr(self, "H_facs", None)  # last-layer variants allocate it lazily
+        return (facs if facs is not None else self.H).kfacs
 
     def _load_H_state(self, state: Any) -> None:
         self.H = Kron(state)

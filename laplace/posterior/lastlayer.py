@@ -154,9 +154,13 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
             super().__init__(extractor, likelihood, *args, **kwargs)
         finally:
             self._constructing = False
-        # Before fit the posterior is the prior (laplace-torch: ``mean = prior_mean``,
-        # ``None`` while the layer is unknown).
-        self.mean = None if extractor.last_layer is None else self.prior_mean
+
+    def _prior_mean_vector(self) -> Tensor | None:
+        """Before fit the posterior is the prior: the prior mean over the last layer, or
+        ``None`` while the layer is unknown (laplace-torch's state)."""
+        if self.model.last_layer is None:
+            return None
+        return super()._prior_mean_vector()
 
     def _posterior_vector(self) -> Tensor | None:
         if self.model.last_layer is None:

@@ -90,6 +90,13 @@ class SubnetLaplace(ParametricLaplace):
         """All MAP parameters ``(n_params,)``: the mean keeps the fixed ones too."""
         return vector_of(p.detach() for p in self._params)
 
+    def _prior_mean_vector(self) -> Tensor:
+        """Before fit: all parameters ``(n_params,)`` at their current values, the
+        subnetwork entries at the prior mean (the posterior before data)."""
+        full = self._posterior_vector().clone()
+        full[self.subnetwork_indices.to(full.device)] = super()._prior_mean_vector().to(full)
+        return full
+
     @property
     def mean_subnet(self) -> Tensor:
         """The mean of the subnetwork entries: ``(n_params_subnet,)``."""
