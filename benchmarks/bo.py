@@ -144,7 +144,7 @@ def run_bo(problem_name: str, method: str, options: dict[str, Any], seed: int,
     all_sobol = sobol_points(problem, n_init + iterations, seed)
     X = all_sobol[:n_init]
     Y = problem(X).unsqueeze(-1)  # observed (noisy for noisy problems)
-    F = problem.evaluate_true(X)  # true values: the regret of noisy problems uses these
+    F = problem(X, noise=False)  # true values: the regret of noisy problems uses these
     fit_times, acq_times, wall_times, log_regret = [], [], [], []
     model = None
 
@@ -170,7 +170,7 @@ def run_bo(problem_name: str, method: str, options: dict[str, Any], seed: int,
         x_new = x_new.detach()
         X = torch.cat([X, x_new])
         Y = torch.cat([Y, problem(x_new).unsqueeze(-1)])
-        F = torch.cat([F, problem.evaluate_true(x_new)])
+        F = torch.cat([F, problem(x_new, noise=False)])
         fit_times.append(t_fit)
         acq_times.append(t_acq)
         wall_times.append(time.perf_counter() - t_wall)

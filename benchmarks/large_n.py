@@ -1,0 +1,157 @@
+"""Where an exact GP breaks: many observations and batch rounds (issue 13).
+
+Protocol: Ackley-20 (negated), a ``--n-init``-point scrambled Sobol design, then
+``--rounds`` rounds of ``q = 10`` with ``qLogNoisyExpectedImprovement``
+(``prune_baseline=True``, 128 QMC samples, ``optimize_acqf(num_restarts=2,
+raw_samples=256)``). Compared: ``LaplaceBNN`` (defaults, warm-started every round),
+``SingleTaskGP`` (exact, refit every round) and ``SingleTaskVariationalGP`` (256 learned
+inducing points, refit by the ELBO every round). Each method runs in its own subprocess,
+so its peak resident memory (``ru_maxrss``) is its own. Reported per method: CPU seconds
+per round (fit and acquisition; ``time.process_time``), peak memory, and the log10
+regret after the design and after the last round.
+
+    .venv/bin/python benchmarks/large_n.py --n-init 1000 --rounds 3
+    .venv/bin/python benchmarks/large_n.py --n-init 2000 --rounds 2 \\
+        --output benchmarks/results/large_n_2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+from botorch.fit import fit_gpytorch_mll
+from botorch.models import SingleTaskGP
+from botorch.models.approximate_gp import SingleTaskVariationalGP
+from botorch.models.transforms.input import Normalize
+from botorch.models.transforms.outcome import Standardize
+from botorch.optim import optimize_acqf
+from botorch.sampling import SobolQMCNormalSampler
+from botorch.test_functions import Ackley
+from gpytorch.mlls import ExactMarginalLogLikelihood, VariationalELBO
+from torch import Tensor
+from torch.quasirandom import SobolEngine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lapbo import LaplaceBNN  # noqa: E402
+
+DTYPE = torch.float64
+METHODS = ("laplace", "gp", "svgp")
+
+
+def fit(method: str, X: Tensor, Y: Tensor, bounds: Tensor, previous: Any) -> Any:
+    """A model of ``method`` fitted on ``X (n, d)``, ``Y (n, 1)``."""
+    d = X.shape[-1]
+    if method == "laplace":
+        return LaplaceBNN(X, Y, input_transform=Normalize(d=d, bounds=bounds),
+                          warm_start=previous, seed=0).fit()
+    if method == "gp":
+        model = SingleTaskGP(X, Y, input_transform=Normalize(d=d, bounds=bounds),
+                             outcome_transform=Standardize(m=1))
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+        return model
+    model = SingleTaskVariationalGP(X, Y, inducing_points=256,
+                                    input_transform=Normalize(d=d, bounds=bounds),
+                                    outcome_transform=Standardize(m=1))
+    mll = VariationalELBO(model.likelihood, model.model, num_data=X.shape[0])
+    fit_gpytorch_mll(mll)
+    return model
+
+
+def run(method: str, n_init: int, rounds: int, q: int, seed: int) -> dict[str, Any]:
+    """One BO run of ``method``; returns per-round CPU and the regret trace."""
+    torch.manual_seed(seed)
+    problem = Ackley(dim=20, negate=True)
+    bounds = problem.bounds.to(DTYPE)
+    lo, hi = bounds
+    X = lo + (hi - lo) * SobolEngine(20, scramble=True, seed=seed).draw(n_init).to(DTYPE)
+    Y = problem(X).unsqueeze(-1)
+    f_star = float(problem.optimal_value)
+    regret = [math.log10(f_star - float(Y.max()))]
+    fit_s, acq_s, model = [], [], None
+    for _ in range(rounds):
+        t0 = time.process_time()
+        model = fit(method, X, Y, bounds, model if method == "laplace" else None)
+        t1 = time.process_time()
+        acqf = qLogNoisyExpectedImprovement(
+            model, X_baseline=X, prune_baseline=True,
+            sampler=SobolQMCNormalSampler(torch.Size([128])))
+        x_new, _ = optimize_acqf(acqf, bounds=bounds, q=q, num_restarts=2, raw_samples=256)
+        t2 = time.process_time()
+        fit_s.append(t1 - t0)
+        acq_s.append(t2 - t1)
+        X = torch.cat([X, x_new.detach()])
+        Y = torch.cat([Y, problem(x_new.detach()).unsqueeze(-1)])
+        regret.append(math.log10(f_star - float(Y.max())))
+    return {"method": method, "n_init": n_init, "rounds": rounds, "q": q, "seed": seed,
+            "fit_cpu_s": fit_s, "acq_cpu_s": acq_s,
+            "mean_round_cpu_s": (sum(fit_s) + sum(acq_s)) / rounds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "log10_regret": regret}
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    gp = next((r for r in rows if r["method"] == "gp"), None)
+    lines = [f"# Large N: Ackley-20, {meta['n_init']} Sobol points, {meta['rounds']} rounds "
+             f"of q = {meta['q']}", "", f"`{meta['command']}` at commit {meta['commit']}, "
+             f"seed {meta['seed']}; {torch.get_num_threads()} thread(s).", "",
+             "| method | fit CPU s/round | acq CPU s/round | total s/round | ratio to GP | "
+             "peak RSS MB | log10 regret design → end |", "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        fit_m = sum(r["fit_cpu_s"]) / r["rounds"]
+        acq_m = sum(r["acq_cpu_s"]) / r["rounds"]
+        ratio = "" if gp is None else f"{r['mean_round_cpu_s'] / gp['mean_round_cpu_s']:.2f}"
+        lines.append(f"| {r['method']} | {fit_m:.1f} | {acq_m:.1f} | "
+                     f"{r['mean_round_cpu_s']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['log10_regret'][0]:.3f} → {r['log10_regret'][-1]:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n-init", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--q", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--output", default="benchmarks/results/large_n")
+    parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    if args._one:
+        print(json.dumps(run(args._one, args.n_init, args.rounds, args.q, args.seed)))
+        return
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    rows = []
+    for method in args.methods:
+        cmd = [sys.executable, __file__, "--_one", method, "--n-init", str(args.n_init),
+               "--rounds", str(args.rounds), "--q", str(args.q), "--seed", str(args.seed)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            print(res.stderr[-3000:], file=sys.stderr)
+            continue
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    meta = {"command": "benchmarks/large_n.py " + " ".join(sys.argv[1:]), "commit": commit,
+            "n_init": args.n_init, "rounds": args.rounds, "q": args.q, "seed": args.seed}
+    text = markdown(rows, meta)
+    print(text)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
+    out.with_suffix(".md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
