@@ -198,6 +198,10 @@ class BaseLaplace:
         self._prior_mean = checks.mean_vector(
             value, "prior_mean", self._posterior_dim, self._device, self._dtype
         )
+        self._prior_mean_changed()
+
+    def _prior_mean_changed(self) -> None:
+        """Hook: the state that follows the prior mean (a posterior before ``fit``)."""
 
     @property
     def prior_precision_diag(self) -> Tensor:

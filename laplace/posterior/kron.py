@@ -39,6 +39,7 @@ class KronLaplace(ParametricLaplace):
                  **kwargs: Any) -> None:
         self.damping = damping
         self._previous_fit: tuple[Kron, int] | None = None
+        self.H_facs: Kron | None = None  # also for last-layer variants, whose H waits
         super().__init__(model, likelihood, *args, **kwargs)
 
     def _init_H(self) -> None:
@@ -90,8 +91,7 @@ class KronLaplace(ParametricLaplace):
 
     def _H_state(self) -> Any:
         """The Kronecker factors (all-zero ones of the right shapes before ``fit``)."""
-        facs = getattr(self, "H_facs", None)  # last-layer variants allocate it lazily
-        return (facs if facs is not None else self.H).kfacs
+        return (self.H_facs if self.H_facs is not None else self.H).kfacs
 
     def _load_H_state(self, state: Any) -> None:
         self.H = Kron(state)

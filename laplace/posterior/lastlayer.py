@@ -6,9 +6,12 @@ only the features ``φ`` and the precision's last-layer product; it never builds
 
 Unless ``last_layer_name`` is given, the last layer is found at ``fit`` (the last
 ``nn.Linear`` to run whose output is the model output), as in laplace-torch: until then
-``n_params``, ``n_layers``, ``mean`` and ``H`` are ``None`` and per-parameter priors wait
-for the layer. Construction allocates nothing of the posterior's size (``H`` before
-``fit`` is allocated on first access).
+``n_params``, ``n_layers``, ``mean`` and ``H`` are ``None``, per-parameter priors wait
+for the layer (their lengths are checked at ``fit``) and predicting raises
+``NotFittedError``. With ``last_layer_name`` (or once the layer is known) the state
+before ``fit`` is the prior: ``mean`` is the prior mean vector, ``H`` the zero curvature,
+and full/diag structures give the prior predictive. Construction allocates nothing of
+the posterior's size: ``mean`` and ``H`` before ``fit`` are built on first access.
 """
 
 from __future__ import annotations
@@ -158,9 +161,36 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
     def _prior_mean_vector(self) -> Tensor | None:
         """Before fit the posterior is the prior: the prior mean over the last layer, or
         ``None`` while the layer is unknown (laplace-torch's state)."""
-        if self.model.last_layer is None:
+        if self.model.last_layer is None or self._constructing:
             return None
         return super()._prior_mean_vector()
+
+    @property
+    def mean(self) -> Tensor | None:
+        """The posterior mean ``(n_params,)``. Before ``fit`` it is the prior mean vector
+        over the last layer (``None`` while the layer is unknown), built on access: the
+        constructor stores nothing of the posterior's size."""
+        mean = self.__dict__.get("_mean")
+        if mean is None and not self._constructing:
+            return self._prior_mean_vector()
+        return mean
+
+    @mean.setter
+    def mean(self, value: Tensor | None) -> None:
+        self.__dict__["_mean"] = None if self._constructing else value
+
+    def _prior_mean_changed(self) -> None:
+        """Nothing to do: before ``fit`` ``mean`` is built from ``prior_mean`` on access."""
+
+    def _require_curvature(self) -> None:
+        if self.model.last_layer is None:
+            from laplace.precision import NotFittedError
+
+            raise NotFittedError(
+                f"{type(self).__name__} is not fitted: call fit(train_loader) (the last "
+                "layer is found at fit; pass last_layer_name to use the prior before fit)."
+            )
+        super()._require_curvature()
 
     def _posterior_vector(self) -> Tensor | None:
         if self.model.last_layer is None:

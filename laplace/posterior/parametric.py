@@ -52,6 +52,11 @@ class ParametricLaplace(BaseLaplace):
         """The posterior mean before any data, the prior mean: ``(posterior_dim,)``."""
         return self.prior_mean.expand(self._posterior_dim).clone()
 
+    def _prior_mean_changed(self) -> None:
+        """Before ``fit`` the posterior is the prior: ``mean`` follows ``prior_mean``."""
+        if self.n_outputs is None and "mean" in vars(self):
+            self.mean = self._prior_mean_vector()
+
     def _full_parameters(self, theta: Tensor) -> Tensor:
         """A full parameter vector with the posterior's entries set to ``theta``."""
         return theta

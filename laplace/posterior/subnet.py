@@ -19,6 +19,7 @@ from laplace.curvature.curvature import EFInterface, GGNInterface
 from laplace.posterior.diag import DiagLaplace
 from laplace.posterior.full import FullLaplace
 from laplace.posterior.parametric import ParametricLaplace
+from laplace.utils import checks
 from laplace.utils.parameters import vector_of
 
 _INDEX_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
@@ -112,6 +113,7 @@ class SubnetLaplace(ParametricLaplace):
     def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
         """Full-network samples ``(n_samples, n_params)``: the subnetwork entries drawn
         from the posterior, the others at their MAP values."""
+        n_samples = checks.positive_int(n_samples, "n_samples")
         subnet = self.mean_subnet + self._precision().sample(n_samples, generator)
         return self.assemble_full_samples(subnet)
 

@@ -233,7 +233,11 @@ def test_prior_precision_negative_or_not_finite(value, pattern):
 
 @pytest.mark.parametrize("subset", ["all", "last_layer"])
 def test_kron_rejects_per_parameter_prior_at_assignment(subset):
-    la = Laplace(mlp(), "regression", subset_of_weights=subset, hessian_structure="kron")
+    """Refused at assignment once the parameters are known; a last layer found at
+    ``fit`` is known only there, so its prior is refused by ``fit``."""
+    named = {"last_layer_name": "2"} if subset == "last_layer" else {}
+    la = Laplace(mlp(), "regression", subset_of_weights=subset, hessian_structure="kron",
+                 **named)
     P = la.n_params
     pattern = rf"prior_precision of shape \({P},\) must be a scalar or one value per " \
               r"parameter tensor \(2\) \(a Kronecker posterior takes no per-parameter prior\)"
@@ -243,7 +247,12 @@ def test_kron_rejects_per_parameter_prior_at_assignment(subset):
         la.prior_precision = torch.ones(P, dtype=DT)
     with pytest.raises(ValueError, match=pattern):
         Laplace(mlp(), "regression", subset_of_weights=subset, hessian_structure="kron",
-                prior_precision=torch.ones(P, dtype=DT))
+                prior_precision=torch.ones(P, dtype=DT), **named)
+    if subset == "last_layer":
+        found = Laplace(mlp(), "regression", subset_of_weights=subset, hessian_structure="kron",
+                        prior_precision=torch.ones(P, dtype=DT))
+        with pytest.raises(ValueError, match=pattern):
+            found.fit(reg_loader())
 
 
 # ------------------------------------------------- not positive definite

@@ -1,6 +1,11 @@
 """State and predictions before ``fit`` (laplace-torch 0.3), float64.
 
-* Every parametric variant starts at the prior: ``mean`` is the prior mean.
+* Every parametric variant starts at the prior: ``mean`` is the prior mean (for
+  subnetworks ``mean`` has all ``P`` entries: the subnetwork ones at the prior mean, the
+  others at their MAP values; ``mean_subnet`` is the prior mean).
+* A last-layer LA whose layer is named (``last_layer_name``) is the prior before ``fit``;
+  one whose layer is found at ``fit`` has ``mean``, ``H`` and ``n_params`` ``None`` and
+  raises ``NotFittedError`` when asked to predict (laplace-torch's state).
 * ``KronLaplace.H`` is an all-zero ``Kron`` with the parameters' factor shapes.
 * Full and diagonal structures predict with the prior before ``fit``: the GLM
   predictive covariance is ``J diag(1/δ) Jᵀ``; Kronecker and low-rank posteriors raise
@@ -21,6 +26,7 @@ from laplace.precision import NotFittedError
 from laplace.utils.matrix import Kron
 
 DT = torch.float64
+SUBNET = torch.tensor([0, 3, 7, 20, 25])
 VARIANTS = [("all", s) for s in ("full", "diag", "kron", "lowrank")] + [
     ("last_layer", s) for s in ("full", "diag", "kron")] + [
     ("subnetwork", s) for s in ("full", "diag")]
@@ -33,7 +39,9 @@ def mlp(K: int = 2) -> nn.Module:
 
 def make(subset: str, structure: str, likelihood: str = "regression", K: int = 2, **kwargs):
     if subset == "subnetwork":
-        kwargs["subnetwork_indices"] = torch.tensor([0, 3, 7, 20, 25])
+        kwargs["subnetwork_indices"] = SUBNET
+    if subset == "last_layer":
+        kwargs.setdefault("last_layer_name", "2")  # known before fit: the prior's state
     return Laplace(mlp(K), likelihood, subset_of_weights=subset, hessian_structure=structure,
                    **kwargs)
 
@@ -46,12 +54,51 @@ def query(n: int = 5) -> torch.Tensor:
 def test_mean_is_the_prior_mean(subset, structure):
     la = make(subset, structure, prior_mean=0.25)
     dim = {"all": 26, "last_layer": 10, "subnetwork": 5}[subset]
-    assert la.mean.shape == (dim,)
-    assert torch.equal(la.mean, torch.full((dim,), 0.25, dtype=DT))
+    posterior_mean = la.mean_subnet if subset == "subnetwork" else la.mean
+    assert posterior_mean.shape == (dim,)
+    assert torch.equal(posterior_mean, torch.full((dim,), 0.25, dtype=DT))
     vector_prior = torch.linspace(-1, 1, dim, dtype=DT)
     la = make(subset, structure, prior_mean=vector_prior)
-    assert torch.equal(la.mean, vector_prior)
-    assert torch.allclose(la.mean, la.prior_mean)  # laplace-torch's own check
+    posterior_mean = la.mean_subnet if subset == "subnetwork" else la.mean
+    assert torch.equal(posterior_mean, vector_prior)
+    assert torch.allclose(posterior_mean, la.prior_mean)  # laplace-torch's own check
+    if subset == "subnetwork":  # all P entries, the others at their MAP values
+        theta = torch.cat([p.detach().flatten() for p in la.model.parameters()])
+        fixed = torch.ones(26, dtype=torch.bool)
+        fixed[SUBNET] = False
+        assert la.mean.shape == (26,)
+        assert torch.equal(la.mean[fixed], theta[fixed])
+
+
+@pytest.mark.parametrize("subset,structure", VARIANTS)
+def test_mean_follows_a_prior_mean_assigned_before_fit(subset, structure):
+    """The posterior before data is the prior, whichever order the prior is set in;
+    after ``fit`` the mean is the MAP and a new prior mean leaves it alone."""
+    la = make(subset, structure)
+    la.prior_mean = 0.5
+    posterior_mean = la.mean_subnet if subset == "subnetwork" else la.mean
+    assert torch.equal(posterior_mean, torch.full_like(posterior_mean, 0.5))
+    X = query(8)
+    la.fit(DataLoader(TensorDataset(X, X[:, :2].sin()), batch_size=4))
+    fitted_mean = la.mean.clone()
+    la.prior_mean = -1.0
+    assert torch.equal(la.mean, fitted_mean)
+
+
+@pytest.mark.parametrize("structure", ["full", "diag", "kron"])
+def test_last_layer_found_at_fit_is_unknown_before(structure):
+    """laplace-torch: without ``last_layer_name`` nothing is known before ``fit``;
+    predicting raises ``NotFittedError`` naming the remedy; ``fit`` gives the state."""
+    la = make("last_layer", structure, last_layer_name=None, prior_mean=0.25)
+    assert la.mean is None and la.H is None and la.n_params is None
+    for call in (lambda: la(query()), lambda: la.sample(3), lambda: la.posterior_precision):
+        with pytest.raises(NotFittedError, match=r"is not fitted: call fit.*last_layer_name"):
+            call()
+    X = query(8)
+    la.fit(DataLoader(TensorDataset(X, X[:, :2].sin()), batch_size=4))
+    assert la.n_params == 10 and la.mean.shape == (10,)
+    assert torch.equal(la.mean, torch.cat([p.detach().flatten() for p in la.model.last_layer
+                                           .parameters()]))
 
 
 @pytest.mark.parametrize("subset", ["all", "last_layer"])
@@ -92,6 +139,12 @@ def test_full_and_diag_predict_the_prior_before_fit(subset, structure):
     assert torch.allclose(f_var_joint, J @ torch.diag(prior.reciprocal()) @ J.T, rtol=1e-12)
     assert torch.allclose(la.posterior_variance, prior.reciprocal(), rtol=1e-12)
     samples = la.sample(4000, generator=torch.Generator().manual_seed(0))
+    if subset == "subnetwork":  # full-network samples, the others at their MAP values
+        assert samples.shape == (4000, 26)
+        fixed = torch.ones(26, dtype=torch.bool)
+        fixed[SUBNET] = False
+        assert torch.equal(samples[:, fixed], la.mean[fixed].expand(4000, -1))
+        samples = samples[:, SUBNET]
     assert samples.shape == (4000, dim)
     assert torch.allclose(samples.var(0), prior.reciprocal(), rtol=0.1)
 

@@ -88,7 +88,9 @@ def test_prior_length_checked_against_found_layer_at_fit():
         la.fit(loader)
     la = Laplace(head_first(), "regression", "last_layer", "diag",
                  prior_mean=torch.zeros(7, dtype=DT))
-    with pytest.raises(ValueError, match=r"prior_mean must be a scalar or have one value"):
+    assert la.prior_mean.shape == (7,)
+    with pytest.raises(ValueError, match=r"prior_mean of shape \(7,\) must be a scalar or a "
+                       r"vector of one value per parameter \(18,\)"):
         la.fit(loader)
 
 
@@ -104,11 +106,13 @@ def test_deferred_prior_values_checked_at_construction():
 @pytest.mark.parametrize("structure", STRUCTURES)
 def test_named_last_layer_state_before_fit(structure):
     """laplace-torch: with ``last_layer_name`` the sizes are known and the mean is the
-    prior mean; a prior of the wrong length fails at once."""
+    prior mean (here the prior mean vector, as for every parametric LA, built on access);
+    a prior of the wrong length fails at once."""
     la = Laplace(head_first(), "regression", "last_layer", structure, prior_mean=0.25,
                  last_layer_name="head")
     assert la.n_params == 18 and la.n_layers == 2 and la.__dict__["_H"] is None
-    torch.testing.assert_close(la.mean, torch.tensor(0.25, dtype=DT))
+    assert la.__dict__["_mean"] is None  # nothing of the posterior's size stored
+    torch.testing.assert_close(la.mean, torch.full((18,), 0.25, dtype=DT), rtol=0, atol=0)
     if structure != "kron":  # the prior's zero curvature, allocated on first access
         shape = (18, 18) if structure == "full" else (18,)
         torch.testing.assert_close(la.H, torch.zeros(shape, dtype=DT), rtol=0, atol=0)
