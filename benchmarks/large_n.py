@@ -17,34 +17,39 @@ regret after the design and after the last round.
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import resource
-import subprocess
-import sys
-import time
-import warnings
-from pathlib import Path
-from typing import Any
+import os
 
-import torch
-from botorch.acquisition.logei import qLogNoisyExpectedImprovement
-from botorch.fit import fit_gpytorch_mll
-from botorch.models import SingleTaskGP
-from botorch.models.approximate_gp import SingleTaskVariationalGP
-from botorch.models.transforms.input import Normalize
-from botorch.models.transforms.outcome import Standardize
-from botorch.optim import optimize_acqf
-from botorch.sampling import SobolQMCNormalSampler
-from botorch.test_functions import Ackley
-from gpytorch.mlls import ExactMarginalLogLikelihood, VariationalELBO
-from torch import Tensor
-from torch.quasirandom import SobolEngine
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+from botorch.acquisition.logei import qLogNoisyExpectedImprovement  # noqa: E402
+from botorch.fit import fit_gpytorch_mll  # noqa: E402
+from botorch.models import SingleTaskGP  # noqa: E402
+from botorch.models.approximate_gp import SingleTaskVariationalGP  # noqa: E402
+from botorch.models.transforms.input import Normalize  # noqa: E402
+from botorch.models.transforms.outcome import Standardize  # noqa: E402
+from botorch.optim import optimize_acqf  # noqa: E402
+from botorch.sampling import SobolQMCNormalSampler  # noqa: E402
+from botorch.test_functions import Ackley  # noqa: E402
+from gpytorch.mlls import ExactMarginalLogLikelihood, VariationalELBO  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torch.quasirandom import SobolEngine  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lapbo import LaplaceBNN  # noqa: E402
 
+torch.set_num_threads(1)
 DTYPE = torch.float64
 METHODS = ("laplace", "gp", "svgp")
 

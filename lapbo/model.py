@@ -382,6 +382,17 @@ class LaplaceBNN(_LinearizedModel):
         for name, value in (("n_epochs", n_epochs), ("n_epochs_warm_start", n_epochs_warm_start),
                             ("width", width), ("depth", depth)):
             validation.check_positive(name, value, integer=True)
+        for name, value in (("marglik_every", marglik_every), ("marglik_steps", marglik_steps),
+                            ("final_marglik_steps", final_marglik_steps),
+                            ("random_features", random_features)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, not {value!r}.")
+        if optimizer not in ("lbfgs", "adam"):
+            raise ValueError(f"optimizer must be 'lbfgs' or 'adam', not {optimizer!r}.")
+        if noise_prior is not None:
+            if len(noise_prior) != 2:
+                raise ValueError(f"noise_prior must be (loc, scale) or None, not {noise_prior!r}.")
+            validation.check_positive("noise_prior scale", noise_prior[1])
         if warm_start is not None:
             _check_warm_start(warm_start, train_X.shape[-1], train_Y.shape[-1])
         m = train_Y.shape[-1]

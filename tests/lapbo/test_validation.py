@@ -56,6 +56,13 @@ CONSTRUCTOR_CASES = [
     ({"n_epochs_warm_start": -1}, "n_epochs_warm_start must be a positive integer"),
     ({"width": 0}, "width must be a positive integer"),
     ({"lr": 0.0}, "lr must be a positive"),
+    ({"marglik_every": -1}, "marglik_every must be a non-negative integer"),
+    ({"final_marglik_steps": 1.5}, "final_marglik_steps must be a non-negative integer"),
+    ({"random_features": -5}, "random_features must be a non-negative integer"),
+    ({"optimizer": "sgd"}, "optimizer must be 'lbfgs' or 'adam'"),
+    ({"noise_prior": (-8.0, 0.0)}, "noise_prior scale must be a positive"),
+    ({"noise_prior": (1.0,)}, r"noise_prior must be \(loc, scale\)"),
+    ({"prior_precision_prior": 0.0}, "prior_precision_prior must be a positive"),
 ]
 
 
