@@ -6,7 +6,7 @@ than weights, the Laplace posterior itself is the prior ``N(θ*, I/δ)`` conditi
 the training Jacobians (one downdate, Woodbury), so predictions cost ``O(q·P·n)`` instead
 of ``O(q·P²)`` and no ``P × P`` matrix is ever factorised. ``condition_on_observations``
 adds a downdate (batched for fantasies) and moves the mean: an exact Bayesian update of
-the linearized model. With ``subset_of_weights="last_layer"`` (the default) the same
+the linearized model. With ``subset_of_weights="last_layer"`` (an option) the same
 Gaussian lives on the output layer's weights only (``J`` is then the Jacobian w.r.t.
 those, i.e. the features and a one).
 """
@@ -257,7 +257,8 @@ class LaplaceBNN(_LinearizedModel):
       form): the evidence that refits ``δ`` and ``σ`` covers the same weights that ``δ``
       regularises as weight decay. The last-layer posterior (an option) trains the body
       under a prior its evidence does not see; at N ≳ 100 it interpolates and the
-      posterior collapses (mean |z| 12 at N = 100, 494 at N = 1,000 on Ackley-20).
+      posterior collapses (mean |z| up to 12 at N = 100 over ten test problems, 494 at
+      N = 1,000 on Ackley-20).
     - *Hyperpriors*: ``LogNormal(−8, 2)`` on ``σ²`` (standardized units) and a
       log-normal on ``δ`` around the precision whose prior function variance is the
       outcome variance (``prior_precision_prior``), so one or two observations keep
