@@ -323,6 +323,12 @@ class LaplaceBNN(_LinearizedModel):
             to ~0 everywhere, so an acquisition function has no reason to explore.
         trend: ``"quadratic"`` (default: the default network's output layer also sees
             ``z`` and ``z²``, ``networks.QuadraticFeatures``) or ``None``.
+        trend_scale: scale of those trend features, i.e. the square root of their prior
+            variance relative to the other output-layer inputs (one ``δ`` serves the
+            whole layer). A good candidate for selection by evidence
+            (``candidates=[{}, {"trend_scale": 5.0}]``): a larger scale lets a smooth
+            global trend explain the data instead of local features
+            (``docs/lapbo_defaults.md``).
         random_features, random_feature_lengthscale, random_feature_variance: ``N``
             random Fourier features of squared-exponential kernels (a length scale or a
             range of them in the unit box, variance relative to ``1/δ``) in the default
@@ -356,7 +362,8 @@ class LaplaceBNN(_LinearizedModel):
         init_scale: float | None = 1.25, mean: str = "map", trend: str | None = "quadratic",
         random_features: int = 100,
         random_feature_lengthscale: float | tuple[float, float] = (0.2, 1.0),
-        random_feature_variance: float = 3.0, prior_structure: str = "scalar",
+        random_feature_variance: float = 3.0, trend_scale: float = 1.0,
+        prior_structure: str = "scalar",
         candidates: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         init_options = {k: v for k, v in locals().items()  # the candidates' base options
@@ -376,6 +383,7 @@ class LaplaceBNN(_LinearizedModel):
         GPyTorchModel._validate_tensor_args(X=train_X, Y=train_Y, Yvar=train_Yvar)
         for name, value in (("prior_precision", prior_precision), ("sigma_noise", sigma_noise),
                             ("min_noise_std", min_noise_std), ("lr", lr),
+                            ("trend_scale", trend_scale),
                             ("marglik_lr", marglik_lr)):
             validation.check_positive(name, value)
         if prior_precision_prior is not None:
@@ -431,7 +439,7 @@ class LaplaceBNN(_LinearizedModel):
             "width": width, "depth": depth, "activation": activation, "input_map": input_map,
             "init_scale": init_scale, "trend": trend, "random_features": random_features,
             "random_feature_lengthscale": random_feature_lengthscale,
-            "random_feature_variance": random_feature_variance,
+            "random_feature_variance": random_feature_variance, "trend_scale": trend_scale,
         }
         self.net = self._make_net(net, warm_start, X_tf.shape[-1], m, net_options,
                                   compute_dtype, device, seed)

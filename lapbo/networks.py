@@ -69,18 +69,26 @@ class InputMap(nn.Module):
 
 
 class QuadraticFeatures(nn.Module):
-    """``x ↦ [z, z²]`` with ``z = 2x − 1`` for ``x`` in the unit box: ``(n, d) → (n, 2d)``.
+    """``x ↦ s·[z, z²]`` with ``z = 2x − 1`` for ``x`` in the unit box: ``(n, d) → (n, 2d)``.
 
     With learned coefficients, a separable quadratic trend whose maximiser can lie
-    inside the box.
+    inside the box. The scale ``s`` (a buffer, saved in the state dict) sets the trend's
+    prior variance relative to the rest of the output layer, which shares one prior
+    precision: ``s²/δ`` per coefficient.
     """
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"trend_scale must be a positive finite number, not {scale!r}.")
+        self.register_buffer("scale", torch.tensor(float(scale)))
 
     def out_features(self, d: int) -> int:
         return 2 * d
 
     def forward(self, x: Tensor) -> Tensor:
         z = 2 * x - 1
-        return torch.cat([z, z.square()], dim=-1)
+        return self.scale.to(z) * torch.cat([z, z.square()], dim=-1)
 
 
 class RandomFourierFeatures(nn.Module):
@@ -154,7 +162,7 @@ def default_network(
     dtype: torch.dtype = torch.float64, device: torch.device | None = None,
     input_map: str = "box", init_scale: float | None = None, trend: str | None = None,
     random_features: int = 0, random_feature_lengthscale: float | tuple[float, float] = 0.3,
-    random_feature_variance: float = 3.0,
+    random_feature_variance: float = 3.0, trend_scale: float = 1.0,
 ) -> nn.Module:
     """MLP ``d → width (× depth hidden layers) → m`` with bounded activations by default,
     optionally with bases in its output layer (``AugmentedMLP``).
@@ -169,6 +177,7 @@ def default_network(
             biases ``U(−c√fan_in, c√fan_in)`` (an inverse length scale per coordinate of
             the unit box); ``None``: PyTorch's default initialisation.
         trend: ``"quadratic"`` adds ``QuadraticFeatures`` to the output layer, or ``None``.
+        trend_scale: the scale ``s`` of those features (``QuadraticFeatures``).
         random_features: ``N`` random Fourier features in the output layer (0: none),
             with ``random_feature_lengthscale`` and ``random_feature_variance``.
     """
@@ -198,7 +207,7 @@ def default_network(
     net: nn.Module = nn.Sequential(*layers)
     bases: list[nn.Module] = []
     if trend == "quadratic":
-        bases.append(QuadraticFeatures())
+        bases.append(QuadraticFeatures(trend_scale))
     if random_features:
         bases.append(RandomFourierFeatures(d, random_features, random_feature_lengthscale,
                                            random_feature_variance))

@@ -85,3 +85,15 @@ def test_random_features_travel_with_state_and_warm_starts() -> None:
     Xt = torch.rand(4, 1, 2, generator=g, dtype=torch.float64)
     assert torch.allclose(fresh.posterior(Xt).mean, model.posterior(Xt).mean, atol=1e-12)
     assert math.isfinite(float(model.posterior(Xt).variance.sum()))
+
+
+def test_trend_scale_multiplies_the_features_and_travels_in_the_state_dict() -> None:
+    x = torch.rand(5, 3, dtype=torch.float64)
+    plain, scaled = networks.QuadraticFeatures(), networks.QuadraticFeatures(5.0)
+    assert torch.allclose(scaled(x), 5.0 * plain(x))
+    net = networks.default_network(3, 1, trend="quadratic", trend_scale=2.5)
+    other = networks.default_network(3, 1, trend="quadratic")
+    other.load_state_dict(net.state_dict())
+    assert torch.allclose(other(x), net(x))
+    with pytest.raises(ValueError, match="trend_scale must be a positive"):
+        networks.QuadraticFeatures(0.0)

@@ -42,6 +42,18 @@ def test_selection_picks_the_candidate_of_highest_evidence(target, expected) -> 
     assert "*" in selection_table(scores)
 
 
+def test_evidence_prefers_a_stronger_trend_for_quadratic_data() -> None:
+    """A separable quadratic is the trend features' own function class: the candidate
+    whose trend has the larger prior variance explains it with far higher evidence."""
+    X = torch.rand(40, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    Y = -(X - 0.3).square().sum(-1, keepdim=True)
+    model = LaplaceBNN(X, Y, seed=0, width=20, n_epochs=150,
+                       candidates=[{}, {"trend_scale": 5.0}]).fit()
+    plain, strong = model.selection
+    assert strong.chosen and not plain.chosen
+    assert strong.log_marginal_likelihood > plain.log_marginal_likelihood + 10
+
+
 @pytest.mark.parametrize("subset", ["all", "last_layer"])
 def test_evidence_equals_laplace_log_marginal_likelihood(subset: str) -> None:
     X = inputs(12)

@@ -63,6 +63,7 @@ CONSTRUCTOR_CASES = [
     ({"noise_prior": (-8.0, 0.0)}, "noise_prior scale must be a positive"),
     ({"noise_prior": (1.0,)}, r"noise_prior must be \(loc, scale\)"),
     ({"prior_precision_prior": 0.0}, "prior_precision_prior must be a positive"),
+    ({"trend_scale": -1.0}, "trend_scale must be a positive"),
 ]
 
 
