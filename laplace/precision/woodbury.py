@@ -1,0 +1,346 @@
+"""Sample-space posterior precision: ``Σ⁻¹ = s·RᵀR + diag(δ)`` from square-root rows.
+
+``R`` ``(M, P)`` holds the square-root curvature rows (``M = N·K`` for ``N`` points and
+``K`` outputs, ``H = RᵀR``). With fewer rows than parameters every quantity goes through
+``M × M`` matrices and ``(M, P)`` products; no ``P × P`` matrix is formed unless
+``to_matrix`` is asked for. With ``W = √s·R`` and ``D = diag(δ)``:
+
+* capacitance ``C = I + W D⁻¹ Wᵀ = L Lᵀ`` ``(M, M)``;
+* ``log det Σ⁻¹ = Σ log δ + log det C`` (matrix determinant lemma);
+* ``Σ = D⁻¹ − D⁻¹Wᵀ C⁻¹ W D⁻¹`` (Woodbury), so
+  ``J Σ Jᵀ = J D⁻¹ Jᵀ − (J D⁻¹ Rᵀ)(I/s + R D⁻¹ Rᵀ)⁻¹(R D⁻¹ Jᵀ)``.
+
+Rows may carry leading batch dimensions ``(*b, M, P)`` (one precision per fantasy, as
+``condition`` makes them); every result then gains the leading ``*b``.
+
+Conditioning on new observations ``y = f(x; θ*) + J(θ − θ*) + ε``, ``ε ~ N(0, diag(v))``
+of the linearized model is exact: the precision gains the rows ``J/√(s·v)`` (so that
+``s·RᵀR`` gains ``Jᵀ diag(1/v) J``; ``condition``) and the mean moves by the GLM step
+
+    θ_new = θ* + Σ_new Jᵀ diag(1/v) (y − f(x; θ*))      (``mean_shift``, via ``solve``).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from laplace.precision import lastlayer
+from laplace.precision.base import NotPositiveDefiniteError, PrecisionMatrix, not_pd_message
+from laplace.utils import checks
+
+
+def _check_rows(rows: Tensor, name: str = "rows") -> Tensor:
+    if not isinstance(rows, Tensor) or not rows.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point torch.Tensor.")
+    if rows.ndim < 2 or rows.shape[-1] == 0:
+        raise ValueError(f"{name} must have shape (..., M, P) with P > 0, got "
+                         f"{tuple(rows.shape)}.")
+    if not bool(torch.isfinite(rows.detach()).all()):
+        raise ValueError(f"{name} must be finite.")
+    return rows
+
+
+def _check_prior(prior: Tensor, n_params: int, ref: Tensor) -> Tensor:
+    lengths = [(1, "a scalar"), (n_params, "one value per parameter")]
+    prior = checks.precision_vector(prior, "prior", lengths, ref.device, ref.dtype)
+    if not bool((prior.detach() > 0).all()):
+        raise NotPositiveDefiniteError(
+            not_pd_message("sample-space", " (the prior precision must be positive)")
+        )
+    return prior
+
+
+def _lift(T: Tensor, batch_ndim: int, n_lead: int) -> Tensor:
+    """``T`` ``(*b, x, y)`` as ``(*b, 1, …, 1, x, y)`` with ``n_lead`` singleton dims."""
+    shape = T.shape[:batch_ndim] + (1,) * n_lead + T.shape[batch_ndim:]
+    return T.reshape(shape)
+
+
+class GramSpectrum:
+    """Eigendecomposition ``R Rᵀ = E diag(λ) Eᵀ`` (float64), shared across hyperparameters.
+
+    With a scalar prior ``δ``, ``log det Σ⁻¹ = P log δ + Σᵢ log(1 + s λᵢ / δ)`` for any
+    ``(δ, s)``: one ``M × M`` eigendecomposition serves every marginal-likelihood step.
+    The rows are treated as constants (gradients flow in ``s`` and ``δ`` only).
+
+    Args:
+        rows: square-root curvature rows ``R`` ``(M, P)``.
+    """
+
+    def __init__(self, rows: Tensor) -> None:
+        rows = _check_rows(rows)
+        if rows.ndim != 2:
+            raise ValueError(f"rows must have shape (M, P) for a spectrum, got "
+                             f"{tuple(rows.shape)}.")
+        R = rows.detach().to(torch.float64)
+        lam, E = torch.linalg.eigh(R @ R.T)
+        self.eigenvalues = lam.clamp(min=0)  # (M,)
+        self.eigenvectors = E  # (M, M)
+        self.n_rows, self.n_params = rows.shape
+        self.dtype = rows.dtype
+
+    def _settings(self, scale: Tensor | float, prior: Tensor | float) -> tuple[Tensor, Tensor]:
+        wide = torch.float64
+        s = torch.as_tensor(scale, dtype=wide, device=self.eigenvalues.device)
+        d = torch.as_tensor(prior, dtype=wide, device=self.eigenvalues.device)
+        if not bool((s.detach() > 0).all()) or not bool((d.detach() > 0).all()):
+            raise ValueError("scale and prior must be positive for the spectrum log-determinant.")
+        return s.unsqueeze(-1), d.unsqueeze(-1)
+
+    def log_det_ratio(self, scale: Tensor | float, prior: Tensor | float) -> Tensor:
+        """``log det Σ⁻¹ − P log δ = Σᵢ log(1 + s λᵢ/δ)``.
+
+        Args:
+            scale: ``s``, a number or tensor ``(...)``.
+            prior: scalar ``δ``, a number or tensor ``(...)`` broadcasting with ``scale``.
+        Returns:
+            ``(...)`` (the broadcast shape) in the rows' dtype.
+        """
+        s, d = self._settings(scale, prior)
+        return torch.log1p(s * self.eigenvalues / d).sum(-1).to(self.dtype)
+
+    def logdet(self, scale: Tensor | float, prior: Tensor | float) -> Tensor:
+        """``log det Σ⁻¹ = P log δ + Σᵢ log(1 + s λᵢ/δ)``: ``(...)`` as ``log_det_ratio``."""
+        s, d = self._settings(scale, prior)
+        ratio = torch.log1p(s * self.eigenvalues / d).sum(-1)
+        return (self.n_params * d.squeeze(-1).log() + ratio).to(self.dtype)
+
+
+class WoodburyPrecision(PrecisionMatrix):
+    """``Σ⁻¹ = s·RᵀR + diag(δ)`` kept as rows ``R`` (module docstring).
+
+    Args:
+        rows: square-root curvature rows ``R`` ``(*b, M, P)``, ``H = RᵀR``.
+        scale: ``s = 1/(σ²T)`` (positive number, 0-d or one-element tensor).
+        prior: ``δ`` as ``(1,)`` (scalar) or ``(P,)`` (per-tensor values expanded to the
+            weights, or per weight); positive.
+        spectrum: ``GramSpectrum`` of these (unbatched) rows. With a scalar prior,
+            ``logdet`` then comes from it (float64, no factorization per setting).
+    """
+
+    def __init__(
+        self, rows: Tensor, scale: Tensor | float, prior: Tensor | float,
+        spectrum: GramSpectrum | None = None,
+    ) -> None:
+        self.rows = _check_rows(rows)
+        self.batch_shape = rows.shape[:-2]
+        self.n_rows, self.n_params = rows.shape[-2:]
+        self.scale = checks.positive_scalar(scale, "scale", rows.device, rows.dtype)
+        self.prior = _check_prior(prior, self.n_params, rows)
+        self.D = self.prior.expand(self.n_params)
+        if spectrum is not None and (
+            not isinstance(spectrum, GramSpectrum) or rows.ndim != 2
+            or (spectrum.n_rows, spectrum.n_params) != (self.n_rows, self.n_params)
+        ):
+            raise ValueError(
+                f"spectrum must be the GramSpectrum of unbatched rows of shape "
+                f"{(self.n_rows, self.n_params)}."
+            )
+        self.spectrum = spectrum
+
+    def with_hyperparameters(self, scale: Tensor | float, prior: Tensor | float
+                             ) -> WoodburyPrecision:
+        """The same rows (and spectrum) at other hyperparameters ``(s, δ)``."""
+        return WoodburyPrecision(self.rows, scale, prior, self.spectrum)
+
+    # ------------------------------------------------------------ factors
+    @cached_property
+    def _W(self) -> Tensor:
+        """``√s·R`` ``(*b, M, P)``."""
+        return self.scale.sqrt() * self.rows
+
+    @cached_property
+    def _DinvW(self) -> Tensor:
+        """``W D⁻¹`` ``(*b, M, P)``."""
+        return self._W / self.D
+
+    @cached_property
+    def _capacitance_cholesky(self) -> Tensor:
+        """Lower ``L`` with ``L Lᵀ = I + W D⁻¹ Wᵀ`` ``(*b, M, M)``."""
+        C = self._W @ self._DinvW.mT
+        C = C + torch.eye(self.n_rows, dtype=C.dtype, device=C.device)
+        L, info = torch.linalg.cholesky_ex(C)
+        if bool((info != 0).any()):
+            raise NotPositiveDefiniteError(
+                not_pd_message("sample-space", " (the capacitance Cholesky failed)")
+            )
+        return L
+
+    def _whitened_cross(self, X: Tensor) -> Tensor:
+        """``L⁻¹ X`` for ``X`` ``(*b, *lead, M, q)``."""
+        L = _lift(self._capacitance_cholesky, len(self.batch_shape),
+                  X.ndim - 2 - len(self.batch_shape))
+        return torch.linalg.solve_triangular(L, X, upper=False)
+
+    def _project(self, Js: Tensor) -> Tensor:
+        """``L⁻¹ W D⁻¹ Jᵀ`` ``(*b, *lead, M, K)`` for ``Js`` ``(*lead, K, P)``."""
+        DinvW = _lift(self._DinvW, len(self.batch_shape), Js.ndim - 2)
+        A = DinvW @ Js.mT
+        return self._whitened_cross(A)
+
+    # ------------------------------------------------------------ PrecisionMatrix
+    def logdet(self) -> Tensor:
+        """``log det Σ⁻¹`` ``(*b)``; from the spectrum with a scalar prior when given."""
+        if self.spectrum is not None and self.prior.numel() == 1:
+            return self.spectrum.logdet(self.scale, self.prior.reshape(())).to(self.rows.dtype)
+        chol = self._capacitance_cholesky.diagonal(dim1=-2, dim2=-1)
+        prior = (self.n_params * self.prior.log()[0] if self.prior.numel() == 1
+                 else self.prior.log().sum())
+        return prior + 2 * chol.log().sum(-1)
+
+    def inv_square_form(self, Js: Tensor) -> Tensor:
+        """``Jₙ Σ Jₙᵀ`` for ``Js`` ``(n, K, P)``: ``(*b, n, K, K)`` (differentiable in ``J``)."""
+        base = torch.einsum("...kp,p,...lp->...kl", Js, self.D.reciprocal(), Js)
+        V = self._project(Js)
+        return base - V.mT @ V
+
+    def joint_inv_square_form(self, Js: Tensor) -> Tensor:
+        """``J Σ Jᵀ`` over all points: ``(*b, n·K, n·K)``, row ``point·K + k``."""
+        return self.inv_square_form(Js.reshape(1, -1, Js.shape[-1]))[..., 0, :, :]
+
+    def sample(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """Zero-mean draws ``Σ^{1/2} ε``: ``(n_samples, *b, P)``.
+
+        With ``V = W D^{-1/2}`` ``(M, P)``, ``Σ = D^{-1/2} (I + VᵀV)⁻¹ D^{-1/2}``. Let
+        ``V Vᵀ = E diag(μ) Eᵀ`` ``(M × M)`` and ``T = I − Vᵀ E diag(g) Eᵀ V`` with
+        ``g = 1/(a(1 + a))``, ``a = √(1 + μ)``. ``T`` is symmetric and
+        ``T² = I − Vᵀ E diag(2g − μg²) Eᵀ V = I − Vᵀ E diag(1/(1+μ)) Eᵀ V = (I + VᵀV)⁻¹``
+        (Woodbury), so ``S = D^{-1/2} T`` has ``S Sᵀ = Σ``; draws are
+        ``D^{-1/2}(ε − Vᵀ E diag(g) Eᵀ V ε)``. ``g`` stays finite at ``μ = 0``.
+        """
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}.")
+        root = self.D.rsqrt()
+        V = self._W * root
+        mu, E = torch.linalg.eigh(V @ V.mT)
+        a = (1 + mu.clamp(min=0)).sqrt()
+        g = 1 / (a * (1 + a))
+        eps = torch.randn(n_samples, *self.batch_shape, self.n_params, generator=generator,
+                          dtype=self.rows.dtype, device=self.rows.device)
+        proj = (eps.unsqueeze(-2) @ V.mT @ E) * g.unsqueeze(-2)  # (S, *b, 1, M)
+        z = eps - (proj @ E.mT @ V).squeeze(-2)
+        return z * root
+
+    def square_form(self, delta: Tensor) -> Tensor:
+        """``Δᵀ Σ⁻¹ Δ`` for ``delta`` ``(..., P)`` (``...`` broadcasting with ``*b``)."""
+        low = (delta.unsqueeze(-2) @ self._W.mT).squeeze(-2)
+        return low.square().sum(-1) + (delta.square() * self.D).sum(-1)
+
+    def diag(self) -> Tensor:
+        """Diagonal of ``Σ⁻¹``: ``(*b, P)``."""
+        return self._W.square().sum(-2) + self.D
+
+    def to_matrix(self) -> Tensor:
+        """Dense ``Σ⁻¹`` ``(*b, P, P)`` (``P²`` memory: only on request)."""
+        return self._W.mT @ self._W + torch.diag(self.D)
+
+    def covariance_diag(self) -> Tensor:
+        """``diag(Σ) = 1/δ − colsum((L⁻¹ W D⁻¹)²)``: ``(*b, P)``."""
+        V = self._whitened_cross(self._DinvW)
+        return self.D.reciprocal() - V.square().sum(-2)
+
+    def last_layer_variance(self, phi, n_outputs, bias, joint=False, diagonal=False):
+        """``J Σ Jᵀ`` for ``J = [I_K ⊗ φᵀ, I_K]`` without building ``J`` (see base)."""
+        n, width = phi.shape
+        K = n_outputs
+        if self.n_params != K * width + (K if bias else 0):
+            raise ValueError(
+                f"phi of shape {tuple(phi.shape)} with n_outputs={K}, bias={bias} does not "
+                f"match the {self.n_params} parameters of the precision."
+            )
+        base = lastlayer.diag(self.D.reciprocal(), phi, K, bias, joint, diagonal)
+        A = self._DinvW
+        G = torch.einsum("...mkd,nd->...mnk", A[..., : K * width].unflatten(-1, (K, width)),
+                         phi)
+        if bias:
+            G = G + A[..., K * width:].unsqueeze(-2)
+        U = self._whitened_cross(G.flatten(-2))  # (*b, M, n·K)
+        if joint:
+            return base - U.mT @ U
+        U = U.unflatten(-1, (n, K))
+        if diagonal:
+            return base - U.square().sum(-3)
+        return base - torch.einsum("...mnk,...mnl->...nkl", U, U)
+
+    # ------------------------------------------------------------ posterior updates
+    def solve(self, v: Tensor) -> Tensor:
+        """``Σ v`` for ``v`` ``(..., P)`` (``...`` broadcasting with ``*b``): ``(..., P)``."""
+        u = (v / self.D).unsqueeze(-1)
+        L = self._capacitance_cholesky
+        t = torch.linalg.solve_triangular(L, self._W @ u, upper=False)
+        t = torch.linalg.solve_triangular(L.mT, t, upper=True)
+        return v / self.D - (self._DinvW.mT @ t).squeeze(-1)
+
+    def _check_noise(self, noise_var: Tensor | float, k: int) -> Tensor:
+        nv = torch.as_tensor(noise_var, dtype=self.rows.dtype, device=self.rows.device)
+        if nv.ndim > 0 and nv.shape[-1] not in (1, k):
+            raise ValueError(f"noise_var of shape {tuple(nv.shape)} must be a scalar or end "
+                             f"in {k} (one variance per new row).")
+        if not bool(torch.isfinite(nv.detach()).all()) or not bool((nv.detach() > 0).all()):
+            raise ValueError("noise_var must be positive and finite.")
+        return nv
+
+    def _check_new_rows(self, rows: Tensor) -> Tensor:
+        rows = _check_rows(rows)
+        if rows.shape[-1] != self.n_params or rows.dtype != self.rows.dtype:
+            raise ValueError(
+                f"rows of shape {tuple(rows.shape)} and dtype {rows.dtype} must have "
+                f"{self.n_params} columns and dtype {self.rows.dtype}."
+            )
+        return rows
+
+    def condition(self, rows: Tensor, noise_var: Tensor | float) -> WoodburyPrecision:
+        """The precision after observing ``y = J θ + ε``, ``ε ~ N(0, diag(noise_var))``.
+
+        Exact rank-``k`` update: ``Σ_new⁻¹ = Σ⁻¹ + Jᵀ diag(1/v) J``, stored as the rows
+        ``[R; J/√(s·v)]`` at the same ``s`` and ``δ``. The capacitance factor is bordered
+        (``O(M² k + M k P)``), not refactorized. The spectrum is not carried over.
+
+        Args:
+            rows: Jacobian rows ``J`` ``(*bj, k, P)``; leading dims give a batch of
+                fantasies and broadcast with this precision's ``*b``.
+            noise_var: ``v``, a number or tensor ``(*bv, k)`` / ``(*bv, 1)``.
+        Returns:
+            ``WoodburyPrecision`` with rows ``(*b', M + k, P)``; the mean shift is
+            ``mean_shift(J, y − f, v)`` on it.
+        """
+        J = self._check_new_rows(rows)
+        k = J.shape[-2]
+        nv = self._check_noise(noise_var, k)
+        Wn = J / nv.sqrt().unsqueeze(-1)  # √s · (J/√(s·v))
+        X = self._DinvW @ Wn.mT  # (*b', M, k)
+        Y = Wn @ (Wn / self.D).mT + torch.eye(k, dtype=J.dtype, device=J.device)
+        L = self._capacitance_cholesky
+        Z = torch.linalg.solve_triangular(L, X, upper=False)
+        L22, info = torch.linalg.cholesky_ex(Y - Z.mT @ Z)
+        if bool((info != 0).any()):
+            raise NotPositiveDefiniteError(
+                not_pd_message("sample-space", " (the conditioning update failed)")
+            )
+        batch = torch.broadcast_shapes(self.batch_shape, Wn.shape[:-2], Z.shape[:-2])
+        L = L.expand(*batch, *L.shape[-2:])
+        top = torch.cat([L, L.new_zeros(*batch, self.n_rows, k)], -1)
+        bottom = torch.cat([Z.mT.expand(*batch, k, self.n_rows), L22.expand(*batch, k, k)], -1)
+        new_rows = torch.cat([self.rows.expand(*batch, *self.rows.shape[-2:]),
+                              (Wn / self.scale.sqrt()).expand(*batch, k, self.n_params)], -2)
+        out = WoodburyPrecision(new_rows, self.scale, self.prior)
+        out._capacitance_cholesky = torch.cat([top, bottom], -2)
+        return out
+
+    def mean_shift(self, rows: Tensor, residual: Tensor, noise_var: Tensor | float) -> Tensor:
+        """GLM step ``Σ Jᵀ diag(1/v) r`` of the linearized model: ``(*b', P)``.
+
+        Called on the precision returned by ``condition(rows, noise_var)``, it is the exact
+        move of the posterior mean, ``θ_new = θ* + Σ_new Jᵀ diag(1/v)(y − f(x; θ*))``.
+
+        Args:
+            rows: ``J`` ``(*bj, k, P)``.
+            residual: ``r = y − f(x; θ*)`` ``(*br, k)``.
+            noise_var: ``v`` as in ``condition``.
+        """
+        J = self._check_new_rows(rows)
+        nv = self._check_noise(noise_var, J.shape[-2])
+        return self.solve((J.mT @ (residual / nv).unsqueeze(-1)).squeeze(-1))

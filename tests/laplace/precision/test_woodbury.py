@@ -1,0 +1,258 @@
+"""``WoodburyPrecision`` against the dense precision ``s·RᵀR + diag(δ)`` (float64, 1e-10)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from laplace.precision import (
+    DensePrecision,
+    GramSpectrum,
+    NotPositiveDefiniteError,
+    WoodburyPrecision,
+)
+
+DT = torch.float64
+M, P = 7, 23
+TOL = {"rtol": 1e-10, "atol": 1e-10}
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _rows(m: int = M, p: int = P, seed: int = 0, dtype=DT) -> torch.Tensor:
+    return torch.randn(m, p, generator=_gen(seed), dtype=dtype)
+
+
+def _prior(kind: str, p: int = P) -> torch.Tensor:
+    if kind == "scalar":
+        return torch.tensor([0.7], dtype=DT)
+    if kind == "per_tensor":  # three parameter tensors, one value each, expanded
+        sizes = [p // 3, p // 3, p - 2 * (p // 3)]
+        return torch.repeat_interleave(torch.tensor([0.4, 1.3, 2.2], dtype=DT),
+                                       torch.tensor(sizes))
+    return torch.rand(p, generator=_gen(5), dtype=DT) + 0.3
+
+
+def _pair(kind: str, scale: float = 2.5, rows=None):
+    R = _rows() if rows is None else rows
+    s, d = torch.tensor(scale, dtype=DT), _prior(kind, R.shape[-1])
+    return WoodburyPrecision(R, s, d), DensePrecision(R.T @ R, s, d)
+
+
+PRIORS = ("scalar", "per_tensor", "per_weight")
+
+
+@pytest.mark.parametrize("kind", PRIORS)
+def test_matches_dense(kind):
+    wb, dense = _pair(kind)
+    J = torch.randn(5, 3, P, generator=_gen(1), dtype=DT)
+    delta = torch.randn(4, P, generator=_gen(2), dtype=DT)
+    torch.testing.assert_close(wb.logdet(), dense.logdet(), **TOL)
+    torch.testing.assert_close(wb.inv_square_form(J), dense.inv_square_form(J), **TOL)
+    torch.testing.assert_close(wb.joint_inv_square_form(J), dense.joint_inv_square_form(J),
+                               **TOL)
+    torch.testing.assert_close(wb.square_form(delta), dense.square_form(delta), **TOL)
+    torch.testing.assert_close(wb.diag(), dense.diag(), **TOL)
+    torch.testing.assert_close(wb.to_matrix(), dense.to_matrix(), **TOL)
+    torch.testing.assert_close(wb.covariance_diag(), dense.covariance().diagonal(), **TOL)
+    torch.testing.assert_close(wb.solve(delta), delta @ dense.covariance(), **TOL)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_last_layer_variance_matches_dense(bias):
+    K, width, n = 3, 5, 4
+    p = K * width + (K if bias else 0)
+    wb, dense = _pair("per_weight", rows=_rows(6, p, seed=3))
+    phi = torch.randn(n, width, generator=_gen(4), dtype=DT)
+    for joint, diagonal in ((False, False), (True, False), (False, True)):
+        torch.testing.assert_close(wb.last_layer_variance(phi, K, bias, joint, diagonal),
+                                   dense.last_layer_variance(phi, K, bias, joint, diagonal),
+                                   **TOL)
+    with pytest.raises(ValueError, match=r"does not match the \d+ parameters"):
+        wb.last_layer_variance(phi, K + 1, bias)
+
+
+def test_predictive_is_differentiable_in_J():
+    wb, dense = _pair("per_weight")
+    J = torch.randn(3, 2, P, generator=_gen(6), dtype=DT)
+    J1, J2 = J.clone().requires_grad_(), J.clone().requires_grad_()
+    (g1,) = torch.autograd.grad(wb.joint_inv_square_form(J1).square().sum(), J1)
+    (g2,) = torch.autograd.grad(dense.joint_inv_square_form(J2).square().sum(), J2)
+    torch.testing.assert_close(g1, g2, **TOL)
+
+
+def test_sample_is_an_exact_square_root():
+    # ``sample`` is linear in its ``randn`` draws: recover S from P draws and check SSᵀ = Σ.
+    wb, dense = _pair("per_weight", scale=40.0)
+    draws = wb.sample(P, generator=_gen(7))
+    eps = torch.randn(P, P, generator=_gen(7), dtype=DT)
+    S = torch.linalg.solve(eps, draws).T  # draws = eps Sᵀ
+    torch.testing.assert_close(S @ S.T, dense.covariance(), **TOL)
+
+
+def test_sample_covariance_statistical():
+    wb, dense = _pair("per_weight", scale=40.0)
+    draws = wb.sample(200_000, generator=_gen(8))
+    Sigma = dense.covariance()
+    sd = Sigma.diagonal().sqrt()
+    err = ((draws.T @ draws / len(draws) - Sigma) / torch.outer(sd, sd)).abs().max()
+    # Correlation-scale error; the prior alone (no curvature) would be off by far more.
+    prior_only = ((torch.diag(1 / wb.D) - Sigma) / torch.outer(sd, sd)).abs().max()
+    assert err < 0.02 < prior_only
+    assert draws.mean(0).abs().div(sd).max() < 0.02
+
+
+def _logdets(route: str, log_prior: torch.Tensor, log_scale: torch.Tensor, R, spectrum):
+    prior, scale = log_prior.exp(), log_scale.exp()
+    if route == "dense":
+        return DensePrecision(R.T @ R, scale, prior).logdet()
+    return WoodburyPrecision(R, scale, prior, spectrum if route == "spectrum" else None).logdet()
+
+
+@pytest.mark.parametrize("route", ["spectrum", "cholesky"])
+@pytest.mark.parametrize("kind", ["scalar", "per_weight"])
+def test_logdet_and_gradients_match_dense(route, kind):
+    R = _rows()
+    spectrum = GramSpectrum(R)
+    results = []
+    for r in (route, "dense"):
+        lp = _prior(kind).log().requires_grad_()
+        ls = torch.tensor(0.9, dtype=DT, requires_grad=True)
+        value = _logdets(r, lp, ls, R, spectrum)
+        results.append((value, *torch.autograd.grad(value, (lp, ls))))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_spectrum_evaluates_a_grid_of_settings():
+    R = _rows()
+    spectrum = GramSpectrum(R)
+    scales = torch.tensor([0.1, 1.0, 30.0], dtype=DT).unsqueeze(-1)
+    priors = torch.tensor([0.05, 0.5, 5.0, 50.0], dtype=DT)
+    grid = spectrum.logdet(scales, priors)
+    assert grid.shape == (3, 4)
+    for i, j in ((0, 0), (1, 2), (2, 3)):
+        s, d = scales[i, 0], priors[j:j + 1]
+        torch.testing.assert_close(grid[i, j], DensePrecision(R.T @ R, s, d).logdet(), **TOL)
+        torch.testing.assert_close(spectrum.log_det_ratio(s, d[0]), grid[i, j] - P * d[0].log(),
+                                   **TOL)
+    wb = WoodburyPrecision(R, 1.0, torch.tensor([0.5], dtype=DT), spectrum)
+    torch.testing.assert_close(wb.with_hyperparameters(30.0, torch.tensor([50.0], dtype=DT))
+                               .logdet(), grid[2, 3], **TOL)
+
+
+def _linear_gaussian():
+    """Prior N(0, D⁻¹), first data y₁ = Rθ + N(0, 1/s), then y₂ = Jθ + N(0, diag(v))."""
+    R, s, d = _rows(), torch.tensor(2.5, dtype=DT), _prior("per_weight")
+    J = torch.randn(3, P, generator=_gen(9), dtype=DT)
+    v = torch.tensor([0.3, 0.8, 1.7], dtype=DT)
+    y1 = torch.randn(M, generator=_gen(10), dtype=DT)
+    y2 = torch.randn(3, generator=_gen(11), dtype=DT)
+    return R, s, d, J, v, y1, y2
+
+
+def test_condition_equals_refit_on_enlarged_data():
+    R, s, d, J, v, y1, y2 = _linear_gaussian()
+    wb = WoodburyPrecision(R, s, d)
+    theta_star = wb.solve(s * (R.T @ y1))  # the exact posterior mean of the first fit
+    new = wb.condition(J, v)
+    A = s * R.T @ R + (J.T / v) @ J + torch.diag(d)
+    refit = DensePrecision(A, torch.tensor(1.0, dtype=DT), torch.zeros(1, dtype=DT))
+    mean_refit = torch.linalg.solve(A, s * R.T @ y1 + J.T @ (y2 / v))
+    theta_new = theta_star + new.mean_shift(J, y2 - J @ theta_star, v)
+    torch.testing.assert_close(theta_new, mean_refit, **TOL)
+    torch.testing.assert_close(new.logdet(), refit.logdet(), **TOL)
+    Js = torch.randn(4, 2, P, generator=_gen(12), dtype=DT)
+    torch.testing.assert_close(new.inv_square_form(Js), refit.inv_square_form(Js), **TOL)
+    torch.testing.assert_close(new.covariance_diag(), refit.covariance().diagonal(), **TOL)
+    # The bordered capacitance factor equals a fresh factorization of the new rows.
+    fresh = WoodburyPrecision(new.rows, s, d)
+    torch.testing.assert_close(new._capacitance_cholesky, fresh._capacitance_cholesky, **TOL)
+    assert new.rows.shape == (M + 3, P)
+
+
+def test_batched_condition_for_fantasies():
+    R, s, d, _, v, _, _ = _linear_gaussian()
+    wb = WoodburyPrecision(R, s, d)
+    J = torch.randn(4, 2, P, generator=_gen(13), dtype=DT)  # four fantasies, two rows each
+    resid = torch.randn(4, 2, generator=_gen(14), dtype=DT)
+    batch = wb.condition(J, v[:2])
+    assert batch.batch_shape == (4,) and batch.sample(5, _gen(15)).shape == (5, 4, P)
+    Js = torch.randn(3, 2, P, generator=_gen(16), dtype=DT)
+    shifts = batch.mean_shift(J, resid, v[:2])
+    for f in range(4):
+        one = wb.condition(J[f], v[:2])
+        torch.testing.assert_close(batch.logdet()[f], one.logdet(), **TOL)
+        torch.testing.assert_close(batch.inv_square_form(Js)[f], one.inv_square_form(Js), **TOL)
+        torch.testing.assert_close(batch.joint_inv_square_form(Js)[f],
+                                   one.joint_inv_square_form(Js), **TOL)
+        torch.testing.assert_close(batch.covariance_diag()[f], one.covariance_diag(), **TOL)
+        torch.testing.assert_close(shifts[f], one.mean_shift(J[f], resid[f], v[:2]), **TOL)
+    # Conditioning a batch again keeps the batch and stays exact.
+    twice = batch.condition(J[:, :1], 0.5)
+    dense = DensePrecision(twice.rows[2].T @ twice.rows[2], s, d)
+    torch.testing.assert_close(twice.logdet()[2], dense.logdet(), **TOL)
+
+
+def test_float32_sanity():
+    R32 = _rows(dtype=torch.float32)
+    d = _prior("per_weight")
+    wb = WoodburyPrecision(R32, torch.tensor(2.5), d.float(), GramSpectrum(R32))
+    dense = DensePrecision(R32.double().T @ R32.double(), torch.tensor(2.5, dtype=DT), d)
+    J = torch.randn(5, 3, P, generator=_gen(17))
+    assert wb.logdet().dtype == torch.float32
+    close = {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(wb.logdet().double(), dense.logdet(), **close)
+    torch.testing.assert_close(wb.inv_square_form(J).double(), dense.inv_square_form(J.double()),
+                               **close)
+    torch.testing.assert_close(wb.covariance_diag().double(), dense.covariance().diagonal(),
+                               **close)
+    scalar = WoodburyPrecision(R32, 2.5, torch.tensor([0.7]), GramSpectrum(R32))
+    dense_scalar = DensePrecision(dense.H, dense.scale, _prior("scalar"))
+    torch.testing.assert_close(scalar.logdet().double(), dense_scalar.logdet(), **close)
+    assert scalar.sample(3, _gen(18)).dtype == torch.float32
+
+
+def test_no_P_by_P_matrix_for_a_million_parameters():
+    R = _rows(8, 1_000_000, seed=19, dtype=torch.float32)  # a dense Σ⁻¹ would need 4 TB
+    wb = WoodburyPrecision(R, 1.0, torch.tensor([2.0]))
+    J = torch.randn(2, 1, 1_000_000, generator=_gen(20))
+    var = wb.inv_square_form(J)
+    prior_var = J.square().sum(-1, keepdim=True) / 2.0
+    assert bool((var > 0).all()) and bool((var < prior_var).all())
+    assert wb.sample(2, _gen(21)).shape == (2, 1_000_000)
+    G = (R.double() @ R.double().T) / 2.0
+    expected = 1e6 * torch.log(torch.tensor(2.0, dtype=DT)) + torch.logdet(torch.eye(8, dtype=DT)
+                                                                           + G)
+    torch.testing.assert_close(wb.logdet().double(), expected, rtol=1e-6, atol=0)
+
+
+def test_invalid_arguments():
+    R, d = _rows(), _prior("scalar")
+    with pytest.raises(ValueError, match=r"rows must have shape \(\.\.\., M, P\)"):
+        WoodburyPrecision(R[0], 1.0, d)
+    with pytest.raises(ValueError, match="rows must be a floating-point"):
+        WoodburyPrecision(R.long(), 1.0, d)
+    with pytest.raises(ValueError, match="rows must be finite"):
+        WoodburyPrecision(R * float("nan"), 1.0, d)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        WoodburyPrecision(R, -1.0, d)
+    with pytest.raises(ValueError, match=r"prior of shape \(3,\) must be a scalar or one value"):
+        WoodburyPrecision(R, 1.0, torch.ones(3, dtype=DT))
+    with pytest.raises(NotPositiveDefiniteError, match="the prior precision must be positive"):
+        WoodburyPrecision(R, 1.0, torch.zeros(1, dtype=DT))
+    with pytest.raises(ValueError, match="spectrum must be the GramSpectrum"):
+        WoodburyPrecision(R, 1.0, d, GramSpectrum(R[:3]))
+    wb = WoodburyPrecision(R, 1.0, d)
+    with pytest.raises(ValueError, match=r"must have 23 columns and dtype torch.float64"):
+        wb.condition(_rows(2, P + 1), 1.0)
+    with pytest.raises(ValueError, match="noise_var must be positive and finite"):
+        wb.condition(_rows(2), torch.tensor([1.0, 0.0], dtype=DT))
+    with pytest.raises(ValueError, match=r"noise_var of shape \(3,\) must be a scalar or end in 2"):
+        wb.condition(_rows(2), torch.ones(3, dtype=DT))
+    with pytest.raises(ValueError, match="n_samples must be a positive int"):
+        wb.sample(0)
+    with pytest.raises(ValueError, match="scale and prior must be positive"):
+        GramSpectrum(R).logdet(1.0, 0.0)
