@@ -160,7 +160,7 @@ class TrainingOptions:
             the outcome scale. ``None``: none. Full GGN only (it needs the rows).
     """
 
-    n_epochs: int = 300
+    n_epochs: int = 1000
     n_epochs_warm_start: int = 100
     lr: float = 1e-2
     optimizer: str = "lbfgs"
