@@ -100,14 +100,13 @@ def fit_by_evidence(model: LaplaceBNN) -> LaplaceBNN:
 def _build_candidate(model: LaplaceBNN, options: dict[str, Any],
                      warm: LaplaceBNN | None) -> LaplaceBNN:
     """A ``LaplaceBNN`` on ``model``'s data with ``model``'s options updated by ``options``
-    (its own copies of the transforms), warm-started from ``warm``."""
-    from lapbo.model import LaplaceBNN
-
+    (its own copies of the transforms), warm-started from ``warm``. Built as ``type(model)``
+    so that this module, which ``lapbo.model`` imports, does not import it back."""
     kwargs = {**model._init_options, **options, "candidates": None, "warm_start": warm}
     for name in ("input_transform", "outcome_transform"):
         if name in kwargs and kwargs[name] is not None and not isinstance(kwargs[name], str):
             kwargs[name] = copy.deepcopy(kwargs[name])
-    return LaplaceBNN(model._train_X, model._train_Y, model._train_Yvar, **kwargs)
+    return type(model)(model._train_X, model._train_Y, model._train_Yvar, **kwargs)
 
 
 def selection_table(scores: Sequence[CandidateScore]) -> str:

@@ -19,13 +19,39 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jacrev
+from torch.func import grad, jacrev
 
 from laplace.curvature import functional as F
+from laplace.curvature.kfac import diagonal, kfac
+from laplace.curvature.outputs import (
+    _targets,
+    features_and_outputs,
+    find_last_layer,
+    model_last_layer,
+    output_hessian_diag,
+    output_hessian_sqrt,
+    output_hessian_sqrt_row,
+    sampled_output_grads,
+)
 from laplace.curvature.samplewise import per_sample
 from laplace.utils.data import Inputs
 from laplace.utils.enums import Likelihood
 from laplace.utils.matrix import Kron
+
+__all__ = [
+    "CurvatureInterface",
+    "EFInterface",
+    "GGNInterface",
+    "_targets",
+    "curvature_options",
+    "features_and_outputs",
+    "find_last_layer",
+    "model_last_layer",
+    "output_hessian_diag",
+    "output_hessian_sqrt",
+    "output_hessian_sqrt_row",
+    "sampled_output_grads",
+]
 
 
 class CurvatureInterface:
@@ -276,8 +302,6 @@ class GGNInterface(CurvatureInterface):
         if self.last_layer and self.subnetwork_indices is None and not self.stochastic:
             return self._last_layer_diag(x, y)
         if self.subnetwork_indices is None:
-            from laplace.curvature.kfac import diagonal
-
             result = diagonal(self, x, y, fisher=self._fisher_kind, mc_samples=mc)
             if result is not None:
                 return result
@@ -301,8 +325,6 @@ class GGNInterface(CurvatureInterface):
         return loss.detach(), torch.cat(diag)
 
     def kron(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Kron]:
-        from laplace.curvature.kfac import kfac
-
         mc, _ = curvature_options(self, kwargs)
         return kfac(self, x, y, N, fisher=self._fisher_kind, mc_samples=mc)
 
@@ -327,8 +349,6 @@ class EFInterface(CurvatureInterface):
     ) -> tuple[Tensor, Tensor]:
         curvature_options(self, kwargs)
         if self.subnetwork_indices is None and not self.last_layer:
-            from laplace.curvature.kfac import diagonal
-
             result = diagonal(self, x, y, fisher="ef")
             if result is not None:
                 return result
@@ -336,8 +356,6 @@ class EFInterface(CurvatureInterface):
         return self.factor * loss, self.factor * Gs.square().sum(0)
 
     def kron(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Kron]:
-        from laplace.curvature.kfac import kfac
-
         curvature_options(self, kwargs)
         return kfac(self, x, y, N, fisher="ef")
 
@@ -381,97 +399,3 @@ def curvature_options(
     if isinstance(mc, bool) or not isinstance(mc, int) or mc < 1:
         raise ValueError(f"{name}: mc_samples must be a positive integer, got {mc!r}.")
     return mc, {k: kwargs[k] for k in extra if k in kwargs}
-
-
-def sampled_output_grads(f: Tensor, likelihood: Likelihood, mc_samples: int) -> Tensor:
-    """Gradients ``∂ lossfunc(f, ỹ) / ∂f`` for labels ``ỹ`` drawn from the model:
-    ``(mc_samples, n, K)``, with ``E[g gᵀ]`` the output Hessian of ``lossfunc``."""
-    f = f.detach()
-    if likelihood == Likelihood.REGRESSION:
-        # MSELoss(sum): g = 2(f − ỹ), ỹ ~ N(f, ½ I), so E[g gᵀ] = 2 I.
-        return 2**0.5 * torch.randn((mc_samples, *f.shape), dtype=f.dtype, device=f.device)
-    p = torch.softmax(f, dim=-1)
-    labels = torch.multinomial(p, mc_samples, replacement=True).T  # (s, n)
-    onehot = nn.functional.one_hot(labels, f.shape[-1]).to(f.dtype)
-    return p.unsqueeze(0) - onehot
-
-
-def _targets(y: Tensor, f: Tensor, likelihood: Likelihood) -> Tensor:
-    """Targets matching flattened outputs ``f`` ``(n·m, K)``."""
-    if likelihood == Likelihood.REGRESSION:
-        return y.reshape(f.shape)
-    return y.reshape(-1)
-
-
-def output_hessian_sqrt(f: Tensor, likelihood: Likelihood, factor: float) -> Tensor:
-    """``Sₙ`` ``(n, K, K)`` with ``SₙᵀSₙ`` the Hessian of ``factor·loss`` w.r.t. ``fₙ``.
-
-    Regression: ``factor·2·I = I``. Classification: ``diag(p) − ppᵀ = SᵀS`` with
-    ``S = diag(√p) − √p pᵀ``.
-    """
-    n, K = f.shape
-    if likelihood == Likelihood.REGRESSION:
-        scale = (2 * factor) ** 0.5
-        eye = torch.eye(K, device=f.device, dtype=f.dtype) * scale
-        return eye.expand(n, K, K)
-    p = torch.softmax(f, dim=-1)
-    sp = p.sqrt()
-    return torch.diag_embed(sp) - sp.unsqueeze(-1) * p.unsqueeze(-2)
-
-
-def output_hessian_diag(f: Tensor, likelihood: Likelihood, factor: float) -> Tensor:
-    """Diagonal of the output Hessian ``Λₙ``: ``(n, K)`` (``p(1 − p)`` or ``2·factor``)."""
-    if likelihood == Likelihood.REGRESSION:
-        return torch.full_like(f, 2 * factor)
-    p = torch.softmax(f, dim=-1)
-    return factor * p * (1 - p)
-
-
-def output_hessian_sqrt_row(f: Tensor, likelihood: Likelihood, factor: float, c: int) -> Tensor:
-    """Row ``c`` of ``Sₙ`` for every point, ``(n, K)``, without forming ``(n, K, K)``."""
-    if likelihood == Likelihood.REGRESSION:
-        row = torch.zeros_like(f)
-        row[:, c] = (2 * factor) ** 0.5
-        return row
-    p = torch.softmax(f, dim=-1)
-    row = -p * p[:, c : c + 1].sqrt()
-    row[:, c] += p[:, c].sqrt()
-    return row * factor**0.5
-
-
-def find_last_layer(model: nn.Module) -> tuple[str, nn.Linear]:
-    """Name and module of the last ``nn.Linear`` in ``model.modules()`` order."""
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            last = (name, module)
-    if last is None:
-        raise ValueError("Last-layer Laplace needs a model with an nn.Linear output layer.")
-    return last
-
-
-def model_last_layer(model: nn.Module) -> nn.Linear:
-    """A ``FeatureExtractor``'s last layer (found by execution order), else the last
-    ``nn.Linear`` in registration order."""
-    layer = getattr(model, "last_layer", None)
-    return layer if isinstance(layer, nn.Linear) else find_last_layer(model)[1]
-
-
-def features_and_outputs(model: nn.Module, x: Inputs) -> tuple[Tensor, Tensor]:
-    """Inputs of the last ``nn.Linear`` (features ``φ``) and the model outputs."""
-    if hasattr(model, "forward_with_features"):
-        f, phi = model.forward_with_features(x)
-        return phi, f
-    _, layer = find_last_layer(model)
-    store: dict[str, Tensor] = {}
-    handle = layer.register_forward_hook(lambda m, inp, out: store.__setitem__("phi", inp[0]))
-    try:
-        f = model(x)
-    finally:
-        handle.remove()
-    return store["phi"], f
-
-
-def functional_outputs(model: nn.Module, params: dict[str, Tensor], x: Inputs) -> Tensor:
-    """Batched model outputs with parameters replaced by ``params``."""
-    return functional_call(model, params, (x,))

@@ -21,22 +21,41 @@ From ``(a, g)`` two curvatures follow without per-sample Jacobians:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
+from laplace.curvature.outputs import (
+    _targets,
+    features_and_outputs,
+    output_hessian_sqrt_row,
+    sampled_output_grads,
+)
 from laplace.utils.data import Inputs
+from laplace.utils.enums import Likelihood
 from laplace.utils.matrix import Kron
 
-if TYPE_CHECKING:
-    from laplace.curvature.curvature import CurvatureInterface
+
+class HookedInterface(Protocol):
+    """What this module uses of a ``CurvatureInterface`` (which calls it).
+
+    A protocol rather than ``CurvatureInterface`` itself, so that ``curvature.py``
+    imports this module and not the reverse.
+    """
+
+    model: nn.Module
+    params: list[Tensor]
+    likelihood: Likelihood
+    factor: float
+    last_layer: bool
+    lossfunc: nn.Module
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
 
 def kfac_modules(
-    iface: CurvatureInterface, strict: bool = True
+    iface: HookedInterface, strict: bool = True
 ) -> list[tuple[nn.Module, list[str]]] | None:
     """Modules owning the trainable parameters, in parameter order.
 
@@ -91,10 +110,8 @@ def _per_sample(module: nn.Module, t: Tensor, is_input: bool) -> Tensor:
 class _Recording:
     """Inputs and outputs of the hooked layers during one forward pass."""
 
-    def __init__(self, iface: CurvatureInterface, x: Inputs, y: Tensor,
+    def __init__(self, iface: HookedInterface, x: Inputs, y: Tensor,
                  modules: list[tuple[nn.Module, list[str]]]) -> None:
-        from laplace.curvature.curvature import _targets
-
         self.iface, self.modules = iface, modules
         inputs: dict[int, Tensor] = {}
         outputs: dict[int, Tensor] = {}
@@ -122,8 +139,6 @@ class _Recording:
         ``fisher``: ``"ggn"`` (rows of the exact output-Hessian square root), ``"mc"``
         (``mc_samples`` sampled output gradients: the Monte Carlo GGN) or ``"ef"``.
         """
-        from laplace.curvature.curvature import output_hessian_sqrt_row, sampled_output_grads
-
         iface = self.iface
         f = self.f.detach()
         if fisher == "ggn":
@@ -141,7 +156,7 @@ class _Recording:
 
 
 def kfac(
-    iface: CurvatureInterface, x: Inputs, y: Tensor, N: int, fisher: str, mc_samples: int = 1
+    iface: HookedInterface, x: Inputs, y: Tensor, N: int, fisher: str, mc_samples: int = 1
 ) -> tuple[Tensor, Kron]:
     """Loss and KFAC factors of one batch (see the module docstring); ``fisher`` and
     ``mc_samples`` as for ``_Recording.output_gradients``."""
@@ -165,13 +180,11 @@ def kfac(
 
 
 def _reduced_last_layer_kfac(
-    iface: CurvatureInterface, x: Inputs, y: Tensor, N: int, fisher: str
+    iface: HookedInterface, x: Inputs, y: Tensor, N: int, fisher: str
 ) -> tuple[Tensor, Kron]:
     """KFAC of a last layer on pooled features ``φ`` ``(n, D)`` (``feature_reduction``):
     ``[B, φᵀφ / N]`` with ``B`` from the model's own outputs ``f`` ``(n, K)``: ``Σ Λₙ``
     (GGN) or ``Σ gₙgₙᵀ`` of the loss gradients w.r.t. ``f`` (EF); the bias block is ``B``."""
-    from laplace.curvature.curvature import _targets, features_and_outputs
-
     with torch.no_grad():
         phi, f = features_and_outputs(iface.model, x)
     phi, f = phi.reshape(-1, phi.shape[-1]), f.reshape(-1, f.shape[-1])
@@ -201,10 +214,8 @@ def _summed_output_hessian(rec: _Recording) -> Tensor:
     return _output_hessian_sum(rec.iface, rec.f.detach())
 
 
-def _output_hessian_sum(iface: CurvatureInterface, f: Tensor) -> Tensor:
+def _output_hessian_sum(iface: HookedInterface, f: Tensor) -> Tensor:
     """``Σₙ Λₙ`` ``(K, K)`` of ``factor · lossfunc`` at outputs ``f`` ``(n, K)``."""
-    from laplace.curvature.curvature import Likelihood
-
     if iface.likelihood == Likelihood.REGRESSION:
         return 2 * iface.factor * len(f) * torch.eye(f.shape[-1], dtype=f.dtype, device=f.device)
     p = torch.softmax(f, dim=-1)
@@ -212,7 +223,7 @@ def _output_hessian_sum(iface: CurvatureInterface, f: Tensor) -> Tensor:
 
 
 def diagonal(
-    iface: CurvatureInterface, x: Inputs, y: Tensor, fisher: str, mc_samples: int = 1
+    iface: HookedInterface, x: Inputs, y: Tensor, fisher: str, mc_samples: int = 1
 ) -> tuple[Tensor, Tensor] | None:
     """Loss and the exact curvature diagonal ``(P,)`` of one batch, or ``None`` when a
     trainable parameter lives outside ``nn.Linear``/``nn.Conv2d`` layers."""

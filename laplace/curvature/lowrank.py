@@ -16,6 +16,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor
 from torch.func import functional_call, jvp, vjp
 
+from laplace.curvature.outputs import _targets
 from laplace.utils.data import inputs_to, split_batch
 from laplace.utils.enums import Likelihood
 
@@ -87,8 +88,6 @@ def top_eigenpairs(
         with torch.no_grad():
             f = iface.model(X)
         f = f.reshape(-1, f.shape[-1])
-        from laplace.curvature.curvature import _targets
-
         loss = loss + iface.factor * iface.lossfunc(f, _targets(y, f, iface.likelihood))
 
     def matvec(x: np.ndarray) -> np.ndarray:

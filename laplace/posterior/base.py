@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from laplace.curvature.curvature import CurvatureInterface
+from laplace.posterior.tuning import gridsearch, marglik
 from laplace.utils import checks
 from laplace.utils.data import Inputs, inputs_to
 from laplace.utils.enums import (
@@ -317,8 +318,6 @@ class BaseLaplace:
         (as in laplace-torch); tune it with ``log_marginal_likelihood(prior_precision,
         sigma_noise)`` directly.
         """
-        from laplace.posterior.tuning import gridsearch, marglik
-
         pred_type = parse_option(PredType, pred_type, "pred_type")
         method = parse_option(TuningMethod, method, "method")
         structure = parse_option(PriorStructure, prior_structure or "scalar", "prior_structure")

@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from laplace.precision.base import NotPositiveDefiniteError
 from laplace.utils.enums import Likelihood, PriorStructure
+from laplace.utils.errors import NotPositiveDefiniteError
+from laplace.utils.metrics import MeanSquaredErrorMetric, Predictive, RunningNLLMetric, validate
 
-if TYPE_CHECKING:
-    from laplace.posterior.base import BaseLaplace
+
+class Tunable(Predictive, Protocol):
+    """What the tuners use of a Laplace approximation (every ``BaseLaplace`` has it).
+
+    A protocol rather than ``BaseLaplace`` itself, so that ``posterior.base`` imports this
+    module and not the reverse.
+    """
+
+    likelihood: Likelihood
+    dict_key_y: str
+    prior_precision: Tensor | float
+
+    def _init_prior(self, init: float | Tensor, structure: PriorStructure) -> Tensor: ...
+
+    def _prepare_for_tuning(self) -> None: ...
+
+    def log_marginal_likelihood(
+        self, prior_precision: Tensor | None = None, sigma_noise: Tensor | None = None
+    ) -> Tensor: ...
 
 
 def marglik(
-    la: BaseLaplace, n_steps: int, lr: float, init: float | Tensor,
+    la: Tunable, n_steps: int, lr: float, init: float | Tensor,
     structure: PriorStructure, progress_bar: bool = False, verbose: bool = False,
 ) -> None:
     """Maximise the log marginal likelihood over ``log δ`` with Adam."""
@@ -37,17 +55,15 @@ def marglik(
         print(f"Optimized prior precision: {la.prior_precision.tolist()}")
 
 
-def default_metric(la: BaseLaplace) -> Any:
+def default_metric(la: Tunable) -> Any:
     """A fresh validation metric: mean NLL (classification) or summed per-output MSE."""
-    from laplace.utils.metrics import MeanSquaredErrorMetric, RunningNLLMetric
-
     if la.likelihood == Likelihood.REGRESSION:
         return MeanSquaredErrorMetric()
     return RunningNLLMetric()
 
 
 def gridsearch(
-    la: BaseLaplace, pred_type: str, val_loader: Any, loss: Any, log_min: float,
+    la: Tunable, pred_type: str, val_loader: Any, loss: Any, log_min: float,
     log_max: float, grid_size: int, link_approx: str, n_samples: int,
     progress_bar: bool = False, verbose: bool = False, base: float = 10.0,
 ) -> tuple[Tensor, Tensor]:
@@ -68,8 +84,6 @@ def gridsearch(
     """
     if val_loader is None:
         raise ValueError("gridsearch needs a val_loader.")
-    from laplace.utils.metrics import validate
-
     grid = torch.logspace(log_min, log_max, grid_size, base=base, dtype=torch.float64)
     results, causes = [], []
     for prior_prec in tqdm(grid, desc="grid search", disable=not progress_bar):

@@ -14,25 +14,9 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from laplace.utils.errors import NotFittedError, NotPositiveDefiniteError, not_pd_message
 
-class NotPositiveDefiniteError(ValueError):
-    """The posterior precision is not positive definite."""
-
-
-class NotFittedError(AttributeError, ValueError):
-    """A quantity that needs ``fit`` was asked for before it.
-
-    An ``AttributeError`` as laplace-torch raises ("Laplace not fitted"), and a
-    ``ValueError`` as this project raised before.
-    """
-
-
-def not_pd_message(structure: str, detail: str = "") -> str:
-    return (
-        f"The {structure} posterior precision is not positive definite{detail}. "
-        "Increase the prior precision, use a GGN backend (the Hessian can be "
-        "indefinite), or check the curvature for NaN/inf values."
-    )
+__all__ = ["NotFittedError", "NotPositiveDefiniteError", "PrecisionMatrix", "not_pd_message"]
 
 
 class PrecisionMatrix(ABC):

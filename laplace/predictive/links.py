@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 
-from laplace.utils.checks import positive_int
+from laplace.utils.utils import gaussian_samples
 
 
 def probit(f_mu: Tensor, f_var: Tensor) -> Tensor:
@@ -39,20 +39,6 @@ def bridge(f_mu: Tensor, f_var: Tensor, normalize: bool = False) -> Tensor:
     sum_exp = torch.exp(-f_mu).sum(dim=-1, keepdim=True)
     alpha = (1 - 2 / K + f_mu.exp() / K**2 * sum_exp) / var_diag
     return torch.nan_to_num(alpha / alpha.sum(dim=-1, keepdim=True), nan=1.0)
-
-
-def gaussian_samples(
-    f_mu: Tensor, f_var: Tensor, n_samples: int, generator: torch.Generator | None = None
-) -> Tensor:
-    """Draws ``(n_samples, n, C)`` from ``N(f_mu, f_var)`` (PSD covariances welcome)."""
-    n_samples = positive_int(n_samples, "n_samples")
-    L, info = torch.linalg.cholesky_ex(f_var)
-    if bool((info != 0).any()):
-        lam, Q = torch.linalg.eigh(f_var)
-        L = Q * lam.clamp(min=0).sqrt().unsqueeze(-2)
-    eps = torch.randn(n_samples, *f_mu.shape, generator=generator, device=f_mu.device,
-                      dtype=f_mu.dtype)
-    return f_mu + torch.einsum("nij,snj->sni", L, eps)
 
 
 def monte_carlo(

@@ -1,4 +1,8 @@
-"""Exception classes shared by the ``laplace`` package."""
+"""Exception classes shared by the ``laplace`` package.
+
+They live in ``utils``, the lowest layer, so that every layer can raise them;
+``laplace.precision`` re-exports the precision errors under their former path.
+"""
 
 from __future__ import annotations
 
@@ -13,3 +17,24 @@ class MissingKeyError(KeyError, ValueError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class NotPositiveDefiniteError(ValueError):
+    """The posterior precision is not positive definite."""
+
+
+class NotFittedError(AttributeError, ValueError):
+    """A quantity that needs ``fit`` was asked for before it.
+
+    An ``AttributeError`` as laplace-torch raises ("Laplace not fitted"), and a
+    ``ValueError`` as this project raised before.
+    """
+
+
+def not_pd_message(structure: str, detail: str = "") -> str:
+    """The ``NotPositiveDefiniteError`` message for a ``structure`` such as ``"Kronecker"``."""
+    return (
+        f"The {structure} posterior precision is not positive definite{detail}. "
+        "Increase the prior precision, use a GGN backend (the Hessian can be "
+        "indefinite), or check the curvature for NaN/inf values."
+    )

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from laplace.utils.errors import NotPositiveDefiniteError, not_pd_message
+
 
 class Kron:
     """Raw Kronecker factors, one list ``[B, A]`` or ``[F]`` per parameter tensor.
@@ -57,8 +59,6 @@ class Kron:
 
     def decompose(self, damping: bool = False) -> KronDecomposed:
         """Eigendecompose each factor (eigenvalues clamped at zero)."""
-        from laplace.precision.base import NotPositiveDefiniteError, not_pd_message
-
         eigvals, eigvecs = [], []
         for F in self.kfacs:
             ls, Qs = [], []

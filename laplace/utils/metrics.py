@@ -10,17 +10,14 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from laplace.utils.data import inputs_to, split_batch
 from laplace.utils.enums import LinkApprox, PredType
-
-if TYPE_CHECKING:
-    from laplace.posterior.base import BaseLaplace
 
 __all__ = ["Metric", "RunningNLLMetric", "get_nll", "validate"]
 
@@ -34,6 +31,22 @@ class Metric(Protocol):
     def compute(self) -> Tensor: ...
 
     def reset(self) -> None: ...
+
+
+class Predictive(Protocol):
+    """What ``validate`` uses of a Laplace approximation (every ``BaseLaplace`` has it).
+
+    A protocol rather than ``BaseLaplace`` itself: ``utils`` is the lowest layer and does
+    not import ``laplace.posterior``.
+    """
+
+    model: nn.Module
+    dict_key_x: str
+
+    @property
+    def _device(self) -> torch.device: ...
+
+    def __call__(self, x: Any, **kwargs: Any) -> Tensor | tuple[Tensor, Tensor]: ...
 
 
 def get_nll(out_dist: Tensor, targets: Tensor) -> Tensor:
@@ -123,7 +136,7 @@ def _is_metric(loss: Any) -> bool:
 
 @torch.no_grad()
 def validate(
-    laplace: BaseLaplace,
+    laplace: Predictive,
     loader: Any,
     loss: Metric | Callable[..., Tensor],
     pred_type: PredType | str = PredType.GLM,

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Sampler
 
-from laplace.predictive.links import gaussian_samples
+from laplace.utils.checks import positive_int
 from laplace.utils.metrics import RunningNLLMetric, get_nll, validate
 from laplace.utils.parameters import (
     expand_prior_precision,
@@ -113,6 +113,20 @@ def block_diag(blocks: Sequence[Tensor]) -> Tensor:
     if len(blocks) == 0:
         raise ValueError("block_diag needs at least one block.")
     return torch.block_diag(*blocks)
+
+
+def gaussian_samples(
+    f_mu: Tensor, f_var: Tensor, n_samples: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """Draws ``(n_samples, n, C)`` from ``N(f_mu, f_var)`` (PSD covariances welcome)."""
+    n_samples = positive_int(n_samples, "n_samples")
+    L, info = torch.linalg.cholesky_ex(f_var)
+    if bool((info != 0).any()):
+        lam, Q = torch.linalg.eigh(f_var)
+        L = Q * lam.clamp(min=0).sqrt().unsqueeze(-2)
+    eps = torch.randn(n_samples, *f_mu.shape, generator=generator, device=f_mu.device,
+                      dtype=f_mu.dtype)
+    return f_mu + torch.einsum("nij,snj->sni", L, eps)
 
 
 def normal_samples(
