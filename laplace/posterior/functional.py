@@ -35,7 +35,7 @@ from laplace.posterior.base import BaseLaplace
 from laplace.posterior.lastlayer import LastLayerMixin
 from laplace.predictive import links
 from laplace.utils.data import Inputs, dataset_size, inputs_to, split_batch
-from laplace.utils.enums import Likelihood, LinkApprox, PredType, PriorStructure, parse_option
+from laplace.utils.enums import Likelihood, LinkApprox, PredType, parse_option
 from laplace.utils.feature_extractor import FeatureExtractor
 from laplace.utils.parameters import vector_of
 
@@ -221,9 +221,6 @@ class FunctionalLaplace(BaseLaplace):
 
     def log_marginal_likelihood(self, prior_precision: Any = None, sigma_noise: Any = None):
         return super().log_marginal_likelihood(prior_precision, sigma_noise)
-
-    def _default_prior_structure(self) -> PriorStructure:
-        return PriorStructure.SCALAR
 
     def optimize_prior_precision(self, pred_type: str = "gp", method: str = "marglik",
                                  *args: Any, **kwargs: Any) -> None:

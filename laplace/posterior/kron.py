@@ -9,7 +9,6 @@ from torch import Tensor, nn
 from laplace.posterior.parametric import ParametricLaplace
 from laplace.precision import KronPrecision, NotFittedError, PrecisionMatrix
 from laplace.utils.data import Inputs
-from laplace.utils.enums import PriorStructure
 from laplace.utils.matrix import Kron, KronDecomposed
 
 
@@ -77,9 +76,6 @@ class KronLaplace(ParametricLaplace):
             self._previous_fit = None
         self.H_facs = facs
         self.H = facs.decompose(damping=self.damping)
-
-    def _default_prior_structure(self) -> PriorStructure:
-        return PriorStructure.LAYERWISE
 
     def _make_precision(self, scale: Tensor, prior: Tensor) -> PrecisionMatrix:
         return KronPrecision(self.H, scale, prior)
