@@ -108,6 +108,7 @@ def run_one(problem_name: str, n: int, seed: int, method: str,
     if method != "gp":
         row["sigma_noise"] = float(model.sigma_noise)
         row["prior_precision"] = float(model.prior_precision.mean())
+        row["evidence_per_point"] = float(model.log_marginal_likelihood()) / n
     return row
 
 

@@ -367,6 +367,7 @@ class LaplaceBNN(_LinearizedModel):
         random_feature_variance: float = 3.0, trend_scale: float = 1.0,
         prior_structure: str = "scalar",
         candidates: Sequence[Mapping[str, Any]] | None = None,
+        keep_best: bool = False, reference_dim: float | None = None,
     ) -> None:
         init_options = {k: v for k, v in locals().items()  # the candidates' base options
                         if k not in ("self", "train_X", "train_Y", "train_Yvar", "__class__")}
@@ -434,7 +435,7 @@ class LaplaceBNN(_LinearizedModel):
             final_marglik_steps=final_marglik_steps, marglik_lr=marglik_lr,
             tune_noise=tune_noise, min_noise_std=min_noise_std,
             noise_prior=None if noise_prior is None else tuple(noise_prior),
-            prior_precision_prior=prior_precision_prior,
+            prior_precision_prior=prior_precision_prior, keep_best=keep_best,
         )
         device = train_X.device
         net_options = {
@@ -442,6 +443,7 @@ class LaplaceBNN(_LinearizedModel):
             "init_scale": init_scale, "trend": trend, "random_features": random_features,
             "random_feature_lengthscale": random_feature_lengthscale,
             "random_feature_variance": random_feature_variance, "trend_scale": trend_scale,
+            "reference_dim": reference_dim,
         }
         self.net = self._make_net(net, warm_start, X_tf.shape[-1], m, net_options,
                                   compute_dtype, device, seed)

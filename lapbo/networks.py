@@ -163,6 +163,7 @@ def default_network(
     input_map: str = "box", init_scale: float | None = None, trend: str | None = None,
     random_features: int = 0, random_feature_lengthscale: float | tuple[float, float] = 0.3,
     random_feature_variance: float = 3.0, trend_scale: float = 1.0,
+    reference_dim: float | None = None,
 ) -> nn.Module:
     """MLP ``d → width (× depth hidden layers) → m`` with bounded activations by default,
     optionally with bases in its output layer (``AugmentedMLP``).
@@ -180,7 +181,24 @@ def default_network(
         trend_scale: the scale ``s`` of those features (``QuadraticFeatures``).
         random_features: ``N`` random Fourier features in the output layer (0: none),
             with ``random_feature_lengthscale`` and ``random_feature_variance``.
+        reference_dim: the input dimension ``d₀`` for which ``init_scale`` and
+            ``random_feature_lengthscale`` are stated; for ``d`` inputs the length scales
+            grow by ``√(d/d₀)`` (``init_scale`` shrinks by it), which keeps the typical
+            distance between points of the unit box (``∝ √d``) fixed relative to them, as
+            BoTorch's dimension-scaled length-scale prior does for the GP. ``None``: the
+            values apply as given in every dimension.
     """
+    if reference_dim is not None:
+        if reference_dim <= 0:
+            raise ValueError(f"reference_dim must be positive or None, not {reference_dim!r}.")
+        factor = math.sqrt(d / reference_dim)
+        if init_scale is not None:
+            init_scale = init_scale / factor
+        if isinstance(random_feature_lengthscale, (int, float)):
+            random_feature_lengthscale = random_feature_lengthscale * factor
+        else:
+            lo, hi = random_feature_lengthscale
+            random_feature_lengthscale = (lo * factor, hi * factor)
     acts = [activation] * depth if isinstance(activation, str) else list(activation)
     if len(acts) != depth:
         raise ValueError(f"Give one activation or {depth} (one per hidden layer), not {acts}.")

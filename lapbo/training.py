@@ -176,6 +176,7 @@ class TrainingOptions:
     max_prior_precision: float = 1e6
     noise_prior: tuple[float, float] | None = None
     prior_precision_prior: float | None = None
+    keep_best: bool = False
 
 
 def make_loader(X: Tensor, Y: Tensor) -> DataLoader:
@@ -246,14 +247,7 @@ def maximize_marglik(
     """
     log_prior = prior_precision.detach().log().clone().requires_grad_(True)
     log_sigma = sigma_noise.detach().reshape(()).log().clone().requires_grad_(tune_noise)
-    if tune_noise and options.noise_prior is not None:
-        loc, scale = options.noise_prior
-        objective = lml
-
-        def lml(prior: Tensor, sigma: Tensor) -> Tensor:  # + log LogNormal(σ²; loc, scale)
-            log_var = 2 * sigma.log()
-            return objective(prior, sigma) - log_var - 0.5 * ((log_var - loc) / scale) ** 2
-
+    lml = with_noise_hyperprior(lml, options, tune_noise)
     params = [log_prior, log_sigma] if tune_noise else [log_prior]
     bounds_prior = (math.log(options.min_prior_precision), math.log(options.max_prior_precision))
     bounds_sigma = (math.log(options.min_noise_std), math.log(options.max_noise_std))
@@ -284,6 +278,20 @@ def maximize_marglik(
         if torch.isfinite(value) and float(value) > best[0]:
             best = (float(value), log_sigma.clone(), log_prior.clone())
     return best[1].exp(), best[2].exp()
+
+
+def with_noise_hyperprior(lml: Any, options: TrainingOptions, tune_noise: bool) -> Any:
+    """``lml(δ, σ) + log LogNormal(σ²; loc, scale)`` with ``options.noise_prior`` when ``σ``
+    is refit, else ``lml`` itself: the objective ``maximize_marglik`` maximises."""
+    if not tune_noise or options.noise_prior is None:
+        return lml
+    loc, scale = options.noise_prior
+
+    def objective(prior: Tensor, sigma: Tensor) -> Tensor:
+        log_var = 2 * sigma.log()
+        return lml(prior, sigma) - log_var - 0.5 * ((log_var - loc) / scale) ** 2
+
+    return objective
 
 
 def _maximize_lbfgs(
@@ -593,7 +601,7 @@ def _fit_full_ggn(
         sigma = Yvar.mean().clamp_min(options.min_noise_std**2).sqrt()
     lik_var = Yvar.clamp_min(1e-12) if Yvar is not None else None
     every = options.marglik_every if options.marglik_every > 0 else n_epochs + 1
-    done = 0
+    done, best = 0, None
     while done < n_epochs:
         steps = min(every, n_epochs - done)
         noise_var = lik_var if lik_var is not None else sigma.square()
@@ -601,13 +609,38 @@ def _fit_full_ggn(
         done += steps
         if done < n_epochs and options.marglik_steps > 0:
             lml = gram_marglik(net, X, Y, Yvar, names, prior_mean, linearized, layerwise)
-            sigma, prior = maximize_marglik(with_prior_hyperprior(lml, options), sigma, prior,
-                                            options.marglik_steps, options, tune_noise)
+            objective = with_prior_hyperprior(lml, options)
+            sigma, prior = maximize_marglik(objective, sigma, prior, options.marglik_steps,
+                                            options, tune_noise)
+            if options.keep_best:
+                best = _better_state(best, net, objective, sigma, prior, options, tune_noise)
     if options.final_marglik_steps > 0:
         lml = gram_marglik(net, X, Y, Yvar, names, prior_mean, linearized, layerwise)
-        sigma, prior = maximize_marglik(with_prior_hyperprior(lml, options), sigma, prior,
-                                        options.final_marglik_steps, options, tune_noise)
+        objective = with_prior_hyperprior(lml, options)
+        sigma, prior = maximize_marglik(objective, sigma, prior, options.final_marglik_steps,
+                                        options, tune_noise)
+        if best is not None:
+            final = _better_state(None, net, objective, sigma, prior, options, tune_noise)
+            if best[0] > final[0]:  # an earlier network along the path had more evidence
+                with torch.no_grad():
+                    for p, saved in zip(net.parameters(), best[1]):
+                        p.copy_(saved)
+                sigma, prior = best[2], best[3]
     return None, sigma, prior
+
+
+def _better_state(
+    best: tuple | None, net: nn.Module, objective: Any, sigma: Tensor, prior: Tensor,
+    options: TrainingOptions, tune_noise: bool,
+) -> tuple:
+    """``best`` or, if its score is lower, ``(score, weights, σ, δ)`` of the current network,
+    the score being the refit objective (evidence plus hyperpriors) at ``(δ, σ)``."""
+    with torch.no_grad():
+        score = float(with_noise_hyperprior(objective, options, tune_noise)(prior, sigma))
+    if best is not None and best[0] >= score:
+        return best
+    weights = [p.detach().clone() for p in net.parameters()]
+    return score, weights, sigma.clone(), prior.clone()
 
 
 def with_prior_hyperprior(lml: GramMarglik, options: TrainingOptions) -> Any:

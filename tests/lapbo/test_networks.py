@@ -97,3 +97,21 @@ def test_trend_scale_multiplies_the_features_and_travels_in_the_state_dict() -> 
     assert torch.allclose(other(x), net(x))
     with pytest.raises(ValueError, match="trend_scale must be a positive"):
         networks.QuadraticFeatures(0.0)
+
+
+@pytest.mark.parametrize("d", [1, 4, 16])
+def test_reference_dim_scales_length_scales_by_root_dimension(d: int) -> None:
+    torch.manual_seed(0)
+    plain = networks.default_network(d, 1, init_scale=1.2, random_features=2000,
+                                     random_feature_lengthscale=0.5)
+    torch.manual_seed(0)
+    scaled = networks.default_network(d, 1, init_scale=1.2, random_features=2000,
+                                      random_feature_lengthscale=0.5, reference_dim=4)
+    factor = (d / 4) ** 0.5
+    first = scaled.features[0]
+    assert torch.allclose(first.weight, plain.features[0].weight / factor)
+    # the random-feature frequencies are N(0, 1/ℓ²): ℓ grew by √(d/4)
+    omega = scaled.bases[0].omega
+    assert float(omega.std()) == pytest.approx(1 / (0.5 * factor), rel=0.05)
+    with pytest.raises(ValueError, match="reference_dim"):
+        networks.default_network(d, 1, reference_dim=0)

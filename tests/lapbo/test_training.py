@@ -163,3 +163,53 @@ def test_output_layer_jacobians_equal_autodiff(bases: dict) -> None:
     assert training._output_layer_jacobians(squashed, X, names) is None
     J2, _ = training.network_jacobians(squashed, X, names)
     assert torch.allclose(J2, training._jacobians_by_autodiff(squashed, X, names)[0])
+
+
+def test_keep_best_restores_the_network_of_highest_evidence_on_the_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the refit objective is replaced by one that scores the k-th evidence check −|k − 2|:
+    # the network after the second training chunk must come back, with its (σ, δ)
+    g = torch.Generator().manual_seed(5)
+    X = torch.rand(30, 2, generator=g, dtype=torch.float64)
+    Y = torch.sin(3 * X[:, :1])
+    torch.manual_seed(0)
+    net = networks.default_network(2, 1, width=8)
+    snapshots: list[list[Tensor]] = []
+    train = training.train_map
+
+    def recording_train(net: nn.Module, *args: object, **kwargs: object) -> None:
+        train(net, *args, **kwargs)
+        snapshots.append([p.detach().clone() for p in net.parameters()])
+
+    checks = iter(range(100))
+
+    def scored(lml: object, options: object) -> object:
+        k = next(checks)
+        return lambda prior, sigma: prior.sum() * 0 - abs(k - 1) * (1.0 + 0 * sigma)
+
+    monkeypatch.setattr(training, "train_map", recording_train)
+    monkeypatch.setattr(training, "with_prior_hyperprior", scored)
+    options = training.TrainingOptions(marglik_every=10, marglik_steps=3, final_marglik_steps=3,
+                                       keep_best=True, noise_prior=None)
+    one = torch.tensor(1.0, dtype=torch.float64)
+    training._fit_full_ggn(net, X, Y, None, one, one, 40, options, "all", True)
+    assert len(snapshots) == 4  # 4 chunks: checks 0, 1, 2 online and 3 at the end
+    for p, saved in zip(net.parameters(), snapshots[1]):
+        assert torch.equal(p.detach(), saved)
+    assert not torch.equal(snapshots[1][0], snapshots[3][0])
+
+
+def test_better_state_keeps_the_highest_score() -> None:
+    net = nn.Linear(2, 1).double()
+    options = training.TrainingOptions()
+    one = torch.tensor(1.0, dtype=torch.float64)
+    first = training._better_state(None, net, lambda p, s: -p, one, one, options, False)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    kept = training._better_state(first, net, lambda p, s: -p, one, 2 * one, options, False)
+    assert kept is first  # score −2 < −1
+    newer = training._better_state(first, net, lambda p, s: -p, one, 0.5 * one, options,
+                                   False)
+    assert newer[0] == -0.5
+    assert torch.equal(newer[1][0], net.weight.detach())
