@@ -199,3 +199,26 @@ def rank_main(rank: int, world_size: int) -> dict[str, Any]:
         "errors": error_results(rank),
         "auto": distributed_fit.resolve(None),
     }
+
+
+def cuda_results(rank: int, world_size: int) -> list[dict[str, Tensor]]:
+    """The regression structures fitted on this rank's CUDA device in an NCCL group
+    (``distributed=True``: a world of one GPU also goes through the reductions)."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    n = scenarios_split(world_size)
+    out = []
+    for structure in ("full", "kron", "diag", "lowrank"):
+        la = Laplace(model("regression").to(device), "regression", "all", structure,
+                     sigma_noise=0.3, prior_precision=0.5)
+        dataset = data("regression", N_TRAIN, 1)
+        part = Subset(dataset, range(rank * n, N_TRAIN if rank == world_size - 1
+                                     else (rank + 1) * n))
+        la.fit(DataLoader(part, batch_size=BATCH), distributed=True)
+        assert la.H is not None and la.mean.device == device
+        out.append({"precision": la._precision().to_matrix().cpu(),
+                    "lml": la.log_marginal_likelihood().detach().cpu().reshape(1)})
+    return out
+
+
+def scenarios_split(world_size: int) -> int:
+    return N_TRAIN // world_size + 3 if world_size > 1 else N_TRAIN
