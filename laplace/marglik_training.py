@@ -25,6 +25,7 @@ from laplace.curvature.curvature import CurvatureInterface
 from laplace.curvature.torchfunc import TorchFuncGGN
 from laplace.laplace import Laplace
 from laplace.posterior.base import BaseLaplace
+from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import dataset_size, inputs_to, split_batch
 from laplace.utils.enums import HessianStructure, Likelihood, PriorStructure, parse_option
 from laplace.utils.parameters import expand_to_parameters, fix_prior_prec_structure, vector_of
@@ -58,6 +59,7 @@ def marglik_training(
     enable_backprop: bool = False,
     dict_key_x: str = "input_ids",
     dict_key_y: str = "labels",
+    distributed: bool | None = None,
 ) -> tuple[BaseLaplace, nn.Module, list[float], list[float]]:
     """Train ``model`` and its prior precision (and noise) by the Laplace marginal likelihood.
 
@@ -97,6 +99,13 @@ def marglik_training(
         progress_bar: show a tqdm bar over epochs.
         enable_backprop: passed to the returned Laplace approximation.
         dict_key_x, dict_key_y: keys of dict-like (Hugging Face) batches.
+        distributed: ``None`` (auto), ``True`` or ``False``, as for ``fit``. Distributed,
+            ``train_loader`` is this rank's shard, ``N`` counts all shards, the network's
+            gradients are averaged over the processes after every backward pass (by
+            ``DistributedDataParallel`` when ``model`` is wrapped in it, else by one
+            ``all_reduce`` here), and the Laplace fits sum over the shards: with equal
+            local batch sizes every rank follows the single-process run whose batches
+            are the unions of the ranks' batches.
 
     Returns:
         ``(lap, model, margliks, losses)``: the Laplace approximation fitted at the end
@@ -136,12 +145,14 @@ def marglik_training(
     if likelihood == Likelihood.CLASSIFICATION and sigma_noise_init != 1.0:
         raise ValueError("sigma_noise_init must be 1 for classification.")
 
-    N = dataset_size(train_loader)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("The model has no trainable parameters (requires_grad=True).")
     sizes = [p.numel() for p in params]
     device, dtype = params[0].device, params[0].dtype
+    dist = distributed_fit.resolve(distributed)
+    N = distributed_fit.data_count(train_loader, dist, device, dataset_size)
+    average = dist and not isinstance(model, nn.parallel.DistributedDataParallel)
     regression = likelihood == Likelihood.REGRESSION
     learn_sigma = regression and not fix_sigma_noise
 
@@ -186,6 +197,7 @@ def marglik_training(
     margliks: list[float] = []
     losses: list[float] = []
 
+    progress_bar = distributed_fit.show_progress(progress_bar)
     epochs = trange(1, n_epochs + 1, desc="marglik training", disable=not progress_bar)
     for epoch in epochs:
         model.train(training_mode)  # Laplace.fit leaves the model in eval mode
@@ -206,6 +218,8 @@ def marglik_training(
             data_loss = _data_loss(f, y, regression)
             loss = data_loss + 0.5 * (delta * theta) @ theta / N / crit_factor
             loss.backward()
+            if average:
+                _average_gradients(params)
             optimizer.step()
             epoch_loss += loss.item() * y.shape[0]
             n_batches += 1
@@ -213,6 +227,9 @@ def marglik_training(
                 scheduler.step()  # once per batch, as laplace-torch does
         if n_batches == 0:
             raise ValueError("The data loader yielded no batches: nothing to train on.")
+        if dist:
+            epoch_loss = float(distributed_fit.all_reduce_nested(
+                torch.tensor(epoch_loss, dtype=torch.float64, device=device)))
         losses.append(epoch_loss / N)
 
         if epoch % marglik_frequency != 0 or epoch < n_epochs_burnin:
@@ -222,7 +239,7 @@ def marglik_training(
 
         # Fit the Laplace approximation at the current weights, then tune its hyperparameters.
         lap = make_laplace(prior_prec, current_sigma() if regression else 1.0)
-        lap.fit(train_loader)
+        lap.fit(train_loader, distributed=dist)
         for _ in range(n_hypersteps):
             hyper_optimizer.zero_grad()
             prior_prec = log_prior_prec.exp()
@@ -246,8 +263,16 @@ def marglik_training(
     else:  # no marginal-likelihood epoch: the final weights and initial hyperparameters
         prior_prec, sigma_noise = log_prior_prec.detach().exp(), current_sigma()
     lap = make_laplace(prior_prec, sigma_noise if regression else 1.0)
-    lap.fit(train_loader)
+    lap.fit(train_loader, distributed=dist)
     return lap, model, margliks, losses
+
+
+def _average_gradients(params: list[Tensor]) -> None:
+    """Replace every gradient by its mean over the processes (what DDP does)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    world = torch.distributed.get_world_size()
+    for p, g in zip(params, distributed_fit.all_reduce_nested(grads)):
+        p.grad = g / world
 
 
 def _data_loss(f: Tensor, y: Tensor, regression: bool) -> Tensor:

@@ -8,6 +8,7 @@ curvature is formed instead and fully decomposed (ARPACK needs ``k < P``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,20 +60,27 @@ def ggn_matvec(iface: CurvatureInterface, batches: list[tuple], v: Tensor) -> Te
 
 def top_eigenpairs(
     iface: CurvatureInterface, loader: Any, k: int, device: torch.device, dtype: torch.dtype,
-    n_params: int, dense_fraction: float = 0.3,
+    n_params: int, dense_fraction: float = 0.3, N: int | None = None,
+    reduce: Callable[[Any], Any] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(U (P, k), λ (k,), loss)``: the largest eigenpairs of the curvature.
 
     Args:
         dense_fraction: form and fully decompose the dense curvature when
             ``k ≥ dense_fraction·P`` (or when the backend has no GGN products).
+        N: the number of data points (default ``len(loader.dataset)``).
+        reduce: for a loader holding one shard of the data, the sum over all shards of
+            a tensor or list of tensors (``laplace.utils.distributed.all_reduce_nested``):
+            applied to the loss, the dense curvature and every curvature-vector
+            product, so that the eigenpairs are those of the curvature of all the data.
     """
+    reduce = reduce or (lambda state: state)
     if not 1 <= k <= n_params:
         raise ValueError(f"The rank k={k} must lie in [1, {n_params}] (the parameter count).")
     batches = _batches(loader, iface, device)
     if not batches:
         raise ValueError("The data loader yielded no batches: nothing to fit on.")
-    N = len(loader.dataset)
+    N = len(loader.dataset) if N is None else N
     exact_ggn = hasattr(iface, "_sqrt_ggn_rows") and not getattr(iface, "stochastic", False)
     use_products = exact_ggn and k < dense_fraction * n_params
     if not use_products:
@@ -81,6 +89,7 @@ def top_eigenpairs(
         for X, y in batches:
             loss_b, H_b = iface.full(X, y, N=N)
             loss, H = loss + loss_b, H + H_b
+        loss, H = reduce([torch.as_tensor(loss, device=device, dtype=dtype), H])
         lam, U = torch.linalg.eigh(H)
         return U[:, -k:].flip(-1), lam[-k:].flip(-1).clamp(min=0), torch.as_tensor(loss)
     loss = 0.0
@@ -89,10 +98,11 @@ def top_eigenpairs(
             f = iface.model(X)
         f = f.reshape(-1, f.shape[-1])
         loss = loss + iface.factor * iface.lossfunc(f, _targets(y, f, iface.likelihood))
+    loss = reduce(torch.as_tensor(loss, device=device, dtype=dtype))
 
     def matvec(x: np.ndarray) -> np.ndarray:
         v = torch.as_tensor(np.asarray(x).reshape(-1), device=device, dtype=dtype)
-        return ggn_matvec(iface, batches, v).cpu().numpy()
+        return reduce(ggn_matvec(iface, batches, v)).cpu().numpy()
 
     op = LinearOperator((n_params, n_params), matvec=matvec, dtype=np.float64)
     rng = np.random.default_rng(0)

@@ -17,6 +17,7 @@ from laplace.curvature.curvature import CurvatureInterface
 from laplace.posterior.tuning import gridsearch, marglik
 from laplace.utils import checks
 from laplace.utils.data import Inputs, inputs_to
+from laplace.utils.distributed import unwrap_parallel
 from laplace.utils.enums import (
     Likelihood,
     LinkApprox,
@@ -69,7 +70,8 @@ class BaseLaplace:
         asdl_fisher_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.likelihood = parse_option(Likelihood, likelihood, "likelihood")
-        self.model = model
+        self.model = unwrap_parallel(model)  # a DDP / DataParallel model's inner module
+        self._distributed = False  # whether the last fit summed over processes
         self.enable_backprop = enable_backprop
         self.dict_key_x = dict_key_x
         self.dict_key_y = dict_key_y

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from laplace.curvature.curvature import output_hessian_sqrt
 from laplace.posterior.functional import FunctionalLaplace
+from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs, inputs_to, split_batch
 from laplace.utils.enums import Likelihood
 
@@ -152,8 +153,10 @@ class ELLA(FunctionalLaplace):
         self.G: Tensor | None = None
 
     # ----------------------------------------------------------------- fit
-    def fit(self, train_loader: Any, progress_bar: bool = False) -> None:
+    def fit(self, train_loader: Any, progress_bar: bool = False,
+            distributed: bool | None = None) -> None:
         """Features from the subset, then ``G`` and the loss over all training data."""
+        distributed_fit.require_local(distributed, type(self).__name__)
         N = self._begin_fit(train_loader)
         J_M = subset_jacobians(self, train_loader, self.sod_indices)
         J_M = J_M.reshape(-1, J_M.shape[-1])

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from laplace.posterior.parametric import ParametricLaplace
 from laplace.precision import DensePrecision, PrecisionMatrix
+from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs
 
 
@@ -52,6 +53,12 @@ class FullLaplace(ParametricLaplace):
     def _load_H_state(self, state: Any) -> None:
         self.H = state
         self._rows, self._spectrum = None, None
+
+    def _reduce_across_processes(self) -> None:
+        """Sum ``H`` and the loss; keep the square-root rows of all processes (stacked in
+        rank order) while there are no more of them than parameters."""
+        super()._reduce_across_processes()
+        self._rows = distributed_fit.concat_rows(self._rows, self._posterior_dim, self.H)
 
     @property
     def spectrum(self) -> Tensor:

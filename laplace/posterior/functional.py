@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Subset
 from laplace.posterior.base import BaseLaplace
 from laplace.posterior.lastlayer import LastLayerMixin
 from laplace.predictive import links
+from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs, dataset_size, inputs_to, split_batch
 from laplace.utils.enums import Likelihood, LinkApprox, PredType, parse_option
 from laplace.utils.feature_extractor import FeatureExtractor
@@ -93,8 +94,12 @@ class FunctionalLaplace(BaseLaplace):
         return self.n_subset / self.n_data
 
     # ----------------------------------------------------------------- fit
-    def fit(self, train_loader: Any, progress_bar: bool = False) -> None:
-        """Loss over all data; ``K_MM``, ``L`` and ``μ`` on a subset of ``n_subset``."""
+    def fit(self, train_loader: Any, progress_bar: bool = False,
+            distributed: bool | None = None) -> None:
+        """Loss over all data; ``K_MM``, ``L`` and ``μ`` on a subset of ``n_subset``.
+
+        ``distributed`` must resolve to ``False``: see ``require_local``."""
+        distributed_fit.require_local(distributed, type(self).__name__)
         N = self._begin_fit(train_loader)
         self.loss, self.n_data = 0.0, N
         for i, batch in enumerate(train_loader):
@@ -383,13 +388,16 @@ class FunctionalLLLaplace(LastLayerMixin, FunctionalLaplace):
     def __init__(self, model: nn.Module, likelihood: str, n_subset: int, *args: Any,
                  last_layer_name: str | None = None, feature_reduction: str | None = None,
                  **kwargs: Any) -> None:
+        model = distributed_fit.unwrap_parallel(model)
         extractor = FeatureExtractor(model, last_layer_name, kwargs.get("enable_backprop", False),
                                      feature_reduction)
         super().__init__(extractor, likelihood, n_subset, *args, **kwargs)
 
-    def fit(self, train_loader: Any, progress_bar: bool = False) -> None:
+    def fit(self, train_loader: Any, progress_bar: bool = False,
+            distributed: bool | None = None) -> None:
+        distributed_fit.require_local(distributed, type(self).__name__)
         self._prepare_last_layer(train_loader)
-        super().fit(train_loader, progress_bar=progress_bar)
+        super().fit(train_loader, progress_bar=progress_bar, distributed=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "last_layer_name": self.model.last_layer_name}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from laplace.posterior.parametric import ParametricLaplace
 from laplace.precision import KronPrecision, NotFittedError, PrecisionMatrix
+from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs
 from laplace.utils.matrix import Kron, KronDecomposed
 
@@ -57,7 +59,8 @@ class KronLaplace(ParametricLaplace):
     def _curv_closure(self, X: Inputs, y: Tensor, N: int) -> tuple[Tensor, Any]:
         return self.backend.kron(X, y, N=N, **self.asdl_fisher_kwargs)
 
-    def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False) -> None:
+    def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False,
+            distributed: bool | None = None) -> None:
         """As ``ParametricLaplace.fit``; with ``override=False`` the factors of the
         previous fits are combined exactly with the new ones (see the class docstring)."""
         self._previous_fit = None
@@ -65,7 +68,16 @@ class KronLaplace(ParametricLaplace):
             previous = (self.H_facs, self.n_data)
             self._init_H()  # accumulate the new batches from zero
             self._previous_fit = previous
-        super().fit(train_loader, override=override, progress_bar=progress_bar)
+        super().fit(train_loader, override=override, progress_bar=progress_bar,
+                    distributed=distributed)
+
+    def _reduce_across_processes(self) -> None:
+        """Sum the raw factors factor-wise over the processes, before they are
+        decomposed: every rank's ``A`` already carries the global ``1/N``, so the sums
+        are the factors of one fit on all the data."""
+        loss = torch.as_tensor(self.loss, device=self._device, dtype=self._dtype)
+        self.loss, kfacs = distributed_fit.all_reduce_nested([loss, self.H.kfacs])
+        self.H = Kron(kfacs)
 
     def _finalize_fit(self) -> None:
         facs = self.H

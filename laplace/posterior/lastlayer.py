@@ -25,6 +25,7 @@ from laplace.posterior.diag import DiagLaplace
 from laplace.posterior.full import FullLaplace
 from laplace.posterior.kron import KronLaplace
 from laplace.posterior.parametric import ParametricLaplace
+from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs
 from laplace.utils.feature_extractor import FeatureExtractor
 
@@ -151,6 +152,7 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
         **kwargs: Any,
     ) -> None:
         enable_backprop = kwargs.get("enable_backprop", False)
+        model = distributed_fit.unwrap_parallel(model)
         extractor = FeatureExtractor(model, last_layer_name, enable_backprop, feature_reduction)
         self._constructing = True
         try:
@@ -225,13 +227,17 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
     def _has_bias(self) -> bool:
         return self.model.last_layer.bias is not None
 
-    def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False) -> None:
+    def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False,
+            distributed: bool | None = None) -> None:
         """Find the last layer on the first batch (unless named), then fit."""
-        X = self._prepare_last_layer(train_loader)
-        self._check_output_is_last_layer(X)
+        dist = distributed_fit.resolve(distributed)
+        with distributed_fit.collective_errors(dist, "finding the last layer", self._device):
+            X = self._prepare_last_layer(train_loader)
+            self._check_output_is_last_layer(X)
         if self.n_outputs is None:
             override = True  # nothing accumulated yet: allocate the curvature
-        super().fit(train_loader, override=override, progress_bar=progress_bar)
+        super().fit(train_loader, override=override, progress_bar=progress_bar,
+                    distributed=dist)
 
     def _check_output_is_last_layer(self, X: Inputs) -> None:
         """The Jacobian ``I ⊗ φᵀ`` holds only if the output *is* ``last_layer(φ)``.

@@ -11,6 +11,7 @@ from laplace.curvature.lowrank import top_eigenpairs
 from laplace.posterior.parametric import ParametricLaplace
 from laplace.precision import NotFittedError
 from laplace.precision.lowrank import LowRankPrecision
+from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import dataset_size, inputs_to, split_batch
 
 
@@ -43,12 +44,29 @@ class LowRankLaplace(ParametricLaplace):
                 "posterior has no prior-only form before fit)."
             )
 
-    def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False) -> None:
+    def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False,
+            distributed: bool | None = None) -> None:
+        """As ``ParametricLaplace.fit``. Distributed, the curvature is summed over the
+        processes *before* its eigendecomposition: every curvature-vector product (or
+        the dense curvature, for a large rank) is all-reduced, so each rank runs the
+        same eigensolver iterations on the curvature of all the data."""
         if not override:
             raise ValueError("LowRankLaplace cannot add to a previous fit (override=False).")
-        N = dataset_size(train_loader)
+        self._distributed = dist = distributed_fit.resolve(distributed)
+        N = distributed_fit.data_count(train_loader, dist, self._device, dataset_size)
         self.model.eval()
         self.mean = self._posterior_vector()
+        with distributed_fit.collective_errors(dist, "fitting", self._device):
+            self._check_first_batch(train_loader)
+        k = self.n_eigenvalues or min(100, self.n_params)
+        U, lam, loss = top_eigenpairs(
+            self.backend, train_loader, k, self._device, self._dtype, self.n_params,
+            N=N, reduce=distributed_fit.all_reduce_nested if dist else None,
+        )
+        self.H, self.loss, self.n_data = (U, lam), loss, N
+        self._invalidate()
+
+    def _check_first_batch(self, train_loader: Any) -> None:
         first = next(iter(train_loader), None)
         if first is None:
             raise ValueError("The data loader yielded no batches: nothing to fit on.")
@@ -56,12 +74,6 @@ class LowRankLaplace(ParametricLaplace):
         X = inputs_to(X, self._device)
         self._set_n_outputs(X)
         self._check_targets(X, y.to(self._device), 0)
-        k = self.n_eigenvalues or min(100, self.n_params)
-        U, lam, loss = top_eigenpairs(
-            self.backend, train_loader, k, self._device, self._dtype, self.n_params
-        )
-        self.H, self.loss, self.n_data = (U, lam), loss, N
-        self._invalidate()
 
     def _make_precision(self, scale: Tensor, prior: Tensor) -> LowRankPrecision:
         U, lam = self.H

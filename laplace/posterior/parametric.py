@@ -19,6 +19,7 @@ from laplace.posterior.base import BaseLaplace
 from laplace.precision import PrecisionMatrix
 from laplace.predictive import links
 from laplace.utils import checks
+from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs, batch_size, dataset_size, inputs_to, split_batch
 from laplace.utils.enums import Likelihood, LinkApprox, PredType, parse_option
 from laplace.utils.parameters import vector_of
@@ -91,23 +92,41 @@ class ParametricLaplace(BaseLaplace):
         self.H = state
 
     # ------------------------------------------------------------------- fit
-    def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False) -> None:
+    def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False,
+            distributed: bool | None = None) -> None:
         """Accumulate the curvature of the training data at the current weights.
 
         Args:
             train_loader: a ``DataLoader`` of ``(X, y)`` or dict-like batches.
             override: start afresh (``False`` adds to the previous fit, e.g. for
                 continual learning).
-            progress_bar: show a tqdm bar over batches.
+            progress_bar: show a tqdm bar over batches (on rank 0 only).
+            distributed: ``None`` (fit across processes when a default process group of
+                more than one process is initialised), ``True`` or ``False``. A
+                distributed fit treats ``train_loader`` as this rank's shard and ends,
+                on every rank, with the posterior of one fit on all shards (see
+                ``laplace.utils.distributed``).
         """
-        N = dataset_size(train_loader)
+        self._distributed = dist = distributed_fit.resolve(distributed)
+        N = distributed_fit.data_count(train_loader, dist, self._device, dataset_size)
         if override:
             self._init_H()
             self.loss, self.n_data = 0.0, 0
         self.model.eval()
         self.mean = self._posterior_vector()
+        with distributed_fit.collective_errors(dist, "fitting", self._device):
+            self._fit_batches(train_loader, N, progress_bar)
+        if dist:
+            self._reduce_across_processes()
+        self.n_data += N
+        self._finalize_fit()
+        self._invalidate()
+
+    def _fit_batches(self, train_loader: Any, N: int, progress_bar: bool) -> None:
+        """Add this process's batches to the curvature and loss (``N``: all the data)."""
         batches = 0
-        for batch in tqdm(train_loader, desc="fit", disable=not progress_bar):
+        show = distributed_fit.show_progress(progress_bar)
+        for batch in tqdm(train_loader, desc="fit", disable=not show):
             X, y = split_batch(batch, self.dict_key_x, self.dict_key_y)
             X, y = inputs_to(X, self._device), y.to(self._device)
             if batches == 0:
@@ -119,9 +138,12 @@ class ParametricLaplace(BaseLaplace):
             batches += 1
         if batches == 0:
             raise ValueError("The data loader yielded no batches: nothing to fit on.")
-        self.n_data += N
-        self._finalize_fit()
-        self._invalidate()
+
+    def _reduce_across_processes(self) -> None:
+        """Sum the loss and the accumulated curvature over all processes (before
+        ``_finalize_fit``); structures whose ``H`` is not a tensor override this."""
+        loss = torch.as_tensor(self.loss, device=self._device, dtype=self._dtype)
+        self.loss, self.H = distributed_fit.all_reduce_nested([loss, self.H])
 
     def _set_n_outputs(self, X: Inputs) -> None:
         batch_size(X, self.dict_key_x)  # a dict batch must hold dict_key_x

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from laplace.utils import distributed as distributed_fit
 from laplace.utils.enums import Likelihood, PriorStructure
 from laplace.utils.errors import NotPositiveDefiniteError
 from laplace.utils.metrics import MeanSquaredErrorMetric, Predictive, RunningNLLMetric, validate
@@ -42,6 +43,7 @@ def marglik(
     la._prepare_for_tuning()
     log_prior_prec = la.prior_precision.detach().log().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([log_prior_prec], lr=lr)
+    progress_bar = distributed_fit.show_progress(progress_bar)
     steps = tqdm(range(n_steps), desc="prior precision", disable=not progress_bar)
     for _ in steps:
         optimizer.zero_grad()
@@ -72,6 +74,9 @@ def gridsearch(
     carries one running metric across grid points, so its choice depends on the grid
     order).
 
+    After a distributed fit, ``val_loader`` is this process's shard of the validation
+    data and the loss is that of all shards (``distributed.validate_sharded``).
+
     A grid point whose posterior is not positive definite scores ``inf`` (as in
     laplace-torch), and so does a NaN loss; any other error is raised at once.
 
@@ -86,11 +91,12 @@ def gridsearch(
         raise ValueError("gridsearch needs a val_loader.")
     grid = torch.logspace(log_min, log_max, grid_size, base=base, dtype=torch.float64)
     results, causes = [], []
-    for prior_prec in tqdm(grid, desc="grid search", disable=not progress_bar):
+    show = distributed_fit.show_progress(progress_bar)
+    for prior_prec in tqdm(grid, desc="grid search", disable=not show):
         la.prior_precision = float(prior_prec)
         try:
-            result = validate(la, val_loader, loss or default_metric(la), pred_type,
-                              link_approx, n_samples, dict_key_y=la.dict_key_y)
+            result = _validate(la, val_loader, loss or default_metric(la), pred_type,
+                               link_approx, n_samples)
         except (NotPositiveDefiniteError, torch.linalg.LinAlgError) as err:
             result = float("inf")
             causes.append(str(err))
@@ -109,3 +115,14 @@ def gridsearch(
     if verbose:
         print(f"Grid search chose prior precision {la.prior_precision.item():.4g}")
     return grid, losses
+
+
+def _validate(la: Tunable, val_loader: Any, loss: Any, pred_type: str, link_approx: str,
+              n_samples: int) -> float:
+    """The validation loss: over this loader, or over every process's shard of it when
+    ``la`` was fitted across processes."""
+    kwargs = {"laplace": la, "loader": val_loader, "pred_type": pred_type,
+              "link_approx": link_approx, "n_samples": n_samples, "dict_key_y": la.dict_key_y}
+    if not getattr(la, "_distributed", False):
+        return validate(loss=loss, **kwargs)
+    return distributed_fit.validate_sharded(validate, loss, la._device, **kwargs)

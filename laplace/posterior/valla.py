@@ -73,6 +73,7 @@ from laplace.posterior.ella import (
     subset_jacobians,
 )
 from laplace.posterior.functional import FunctionalLaplace
+from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs, inputs_to
 from laplace.utils.enums import Likelihood
 
@@ -124,9 +125,11 @@ class VaLLA(FunctionalLaplace):
         return self.likelihood == Likelihood.REGRESSION
 
     # ----------------------------------------------------------------- fit
-    def fit(self, train_loader: Any, progress_bar: bool = False) -> None:
+    def fit(self, train_loader: Any, progress_bar: bool = False,
+            distributed: bool | None = None) -> None:
         """Inducing basis from the subset, then one pass over all training data (and,
         for classification, ``n_iter`` Adam steps on the ELBO)."""
+        distributed_fit.require_local(distributed, type(self).__name__)
         N = self._begin_fit(train_loader)
         J_Z = subset_jacobians(self, train_loader, self.sod_indices)
         J_Z = J_Z.reshape(-1, J_Z.shape[-1])

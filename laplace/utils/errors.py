@@ -38,3 +38,9 @@ def not_pd_message(structure: str, detail: str = "") -> str:
         "Increase the prior precision, use a GGN backend (the Hessian can be "
         "indefinite), or check the curvature for NaN/inf values."
     )
+
+
+class DistributedError(RuntimeError):
+    """A distributed fit cannot go on: no process group for ``distributed=True``, a
+    structure that cannot be sharded, or another rank failed (the message names the
+    rank and its error)."""

@@ -72,6 +72,8 @@ class RunningNLLMetric:
         ignore_index: target value that is skipped (``-100``, as PyTorch's losses).
     """
 
+    _sum_states = ("nll_sum", "n_valid_labels")  # summed over processes' shards
+
     def __init__(self, ignore_index: int = -100) -> None:
         self.ignore_index = ignore_index
         self.reset()
@@ -111,6 +113,8 @@ class RunningNLLMetric:
 class MeanSquaredErrorMetric:
     """Running mean squared error per output (like torchmetrics'
     ``MeanSquaredError(num_outputs=C)``): ``compute()`` is ``(C,)``."""
+
+    _sum_states = ("sse", "count")  # summed over processes' shards
 
     def __init__(self) -> None:
         self.reset()
