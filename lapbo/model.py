@@ -391,6 +391,10 @@ class LaplaceBNN(_LinearizedModel):
             validation.check_positive(name, value)
         if prior_precision_prior is not None:
             validation.check_positive("prior_precision_prior", prior_precision_prior)
+        if reference_dim is not None:
+            validation.check_positive("reference_dim", reference_dim)
+        if not isinstance(keep_best, bool):
+            raise ValueError(f"keep_best must be True or False, not {keep_best!r}.")
         for name, value in (("n_epochs", n_epochs), ("n_epochs_warm_start", n_epochs_warm_start),
                             ("width", width), ("depth", depth)):
             validation.check_positive(name, value, integer=True)
