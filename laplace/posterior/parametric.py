@@ -28,6 +28,9 @@ class ParametricLaplace(BaseLaplace):
     """Weight-space Laplace approximation; subclasses choose the curvature structure."""
 
     _key: tuple[str, str]
+    #: ``μ − θ*`` ``(posterior_dim,)`` after ``condition`` moved the mean off the network's
+    #: weights; the GLM predictive mean is then ``f(x; θ*) + J(x)(μ − θ*)``.
+    _glm_offset: Tensor | None = None
 
     def __init__(self, model: nn.Module, likelihood: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(model, likelihood, *args, **kwargs)
@@ -57,6 +60,16 @@ class ParametricLaplace(BaseLaplace):
         if self.n_outputs is None and "mean" in vars(self):
             self.mean = self._prior_mean_vector()
 
+    def _embed_posterior_mean(self, mean: Tensor) -> Tensor:
+        """``mean`` as stored: ``(posterior_dim,)`` becomes the ``mean`` attribute."""
+        return mean
+
+    def _linearized_outputs(self, f: Tensor, Js: Tensor) -> Tensor:
+        """``f(x; θ*) + J(μ − θ*)`` for ``f`` ``(n, K)``, ``Js`` ``(n, K, P)``: ``(n, K)``."""
+        if self._glm_offset is None:
+            return f
+        return f + Js @ self._glm_offset
+
     def _full_parameters(self, theta: Tensor) -> Tensor:
         """A full parameter vector with the posterior's entries set to ``theta``."""
         return theta
@@ -84,6 +97,14 @@ class ParametricLaplace(BaseLaplace):
     def _make_precision(self, scale: Tensor, prior: Tensor) -> PrecisionMatrix:
         raise NotImplementedError
 
+    def _curvature_unset(self) -> bool:
+        """Whether no curvature (not even the zero one of the prior) is allocated yet."""
+        return self.__dict__.get("_H") is None
+
+    def _curvature_view(self) -> Any:
+        """The public ``H`` of a structure that stores it as ``_H`` (last-layer variants)."""
+        return self.__dict__.get("_H")
+
     def _H_state(self) -> Any:
         return self.H
 
@@ -106,6 +127,7 @@ class ParametricLaplace(BaseLaplace):
             self.loss, self.n_data = 0.0, 0
         self.model.eval()
         self.mean = self._posterior_vector()
+        self._glm_offset = None
         batches = 0
         for batch in tqdm(train_loader, desc="fit", disable=not progress_bar):
             X, y = split_batch(batch, self.dict_key_x, self.dict_key_y)
@@ -296,6 +318,7 @@ class ParametricLaplace(BaseLaplace):
     ) -> tuple[Tensor, Tensor]:
         """Linearized latent mean ``(n, K)`` and covariance ``(n, K, K)`` (or joint)."""
         Js, f_mu = self.backend.jacobians(X, enable_backprop=self.enable_backprop)
+        f_mu = self._linearized_outputs(f_mu, Js)
         if joint:
             return f_mu.flatten(), self.functional_covariance(Js)
         f_var = self.functional_variance(Js)

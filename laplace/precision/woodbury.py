@@ -237,6 +237,11 @@ class WoodburyPrecision(PrecisionMatrix):
         """Dense ``Σ⁻¹`` ``(*b, P, P)`` (``P²`` memory: only on request)."""
         return self._W.mT @ self._W + torch.diag(self.D)
 
+    def covariance(self) -> Tensor:
+        """Dense ``Σ = D⁻¹ − VᵀV``, ``V = L⁻¹ W D⁻¹``: ``(*b, P, P)`` (only on request)."""
+        V = self._whitened_cross(self._DinvW)
+        return torch.diag_embed(self.D.reciprocal()) - V.mT @ V
+
     def covariance_diag(self) -> Tensor:
         """``diag(Σ) = 1/δ − colsum((L⁻¹ W D⁻¹)²)``: ``(*b, P)``."""
         V = self._whitened_cross(self._DinvW)
