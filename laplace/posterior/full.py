@@ -245,9 +245,9 @@ class FullLaplace(ConditioningMixin, ParametricLaplace):
         """
         if self._spectrum is None:
             if self._rows:
-                lam = self._gram_spectrum().eigenvalues
-                pad = lam.new_zeros(self._posterior_dim - lam.numel())
-                self._spectrum = torch.cat([pad, lam])
+                lam = self._gram_spectrum().eigenvalues  # ascending; beyond P they are 0
+                pad = lam.new_zeros(max(self._posterior_dim - lam.numel(), 0))
+                self._spectrum = torch.cat([pad, lam])[-self._posterior_dim:]
             else:
                 self._spectrum = torch.linalg.eigvalsh(self.__dict__["_H"].to(torch.float64))
         return self._spectrum
