@@ -273,7 +273,11 @@ class FullLaplace(ConditioningMixin, ParametricLaplace):
             gram = None
             if scalar:
                 gram = self._gram_spectrum() if tuning else self._gram
-            return WoodburyPrecision(self._row_matrix(), scale, prior, gram)
+            R = self._row_matrix()
+            base = self.__dict__.get("_row_precision")
+            if base is None or base.rows is not R:  # the rows are checked once per fit
+                base = self._row_precision = WoodburyPrecision(R, scale, prior)
+            return base.with_hyperparameters(scale, prior, gram)
         spectrum = None
         if scalar:
             spectrum = self.spectrum if tuning else self._spectrum
@@ -310,12 +314,12 @@ class FullLaplace(ConditioningMixin, ParametricLaplace):
         return torch.linalg.cholesky(self.posterior_covariance)
 
     def to(self, device: torch.device | str) -> FullLaplace:
-        self._gram = None  # recomputed on the new device when needed
+        self._gram, self._row_precision = None, None  # recomputed on the new device
         return super().to(device)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         if not self.uses_sample_space:
             state["_rows"] = None  # only a spectrum shortcut in the dense form
-        state["_gram"] = None
+        state["_gram"], state["_row_precision"] = None, None
         return state
