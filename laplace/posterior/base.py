@@ -14,6 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from laplace.curvature.curvature import CurvatureInterface
+from laplace.posterior.marglik import (
+    check_bounds,
+    check_hyperprior,
+    check_method,
+    log_normal_density,
+    maximize,
+)
 from laplace.posterior.tuning import gridsearch, marglik
 from laplace.utils import checks
 from laplace.utils.data import Inputs, inputs_to
@@ -344,6 +351,72 @@ class BaseLaplace:
                 self, pred_type, val_loader, loss, log_prior_prec_min, log_prior_prec_max,
                 grid_size, link_approx, n_samples, progress_bar, verbose, log_prior_prec_base,
             )
+
+    def optimize_marginal_likelihood(
+        self,
+        method: str = "lbfgs",
+        n_steps: int = 100,
+        lr: float = 1e-1,
+        prior_structure: PriorStructure | str | None = None,
+        tune_sigma_noise: bool = False,
+        prior_precision_bounds: tuple[float, float] | None = None,
+        sigma_noise_bounds: tuple[float, float] | None = None,
+        prior_precision_hyperprior: tuple[float, float] | None = None,
+        sigma_noise_hyperprior: tuple[float, float] | None = None,
+        progress_bar: bool = False,
+    ) -> Tensor:
+        """Maximise the log marginal likelihood over ``log δ`` and optionally ``log σ``.
+
+        Starts from the current ``prior_precision`` (expanded to ``prior_structure``
+        ``"scalar"`` / ``"layerwise"`` / ``"diag"`` when given) and ``sigma_noise``, and
+        stores the best point visited. ``method``: ``"lbfgs"`` (at most ``n_steps``
+        iterations with a strong-Wolfe line search) or ``"adam"`` (``n_steps`` steps of
+        rate ``lr``). Bounds ``(low, high)`` (positive) clamp ``δ`` / ``σ``; hyperpriors
+        ``(loc, scale)`` add a log-normal log density on each ``δ_g`` / on ``σ²`` to the
+        objective (``laplace.posterior.marglik``).
+
+        Returns:
+            The objective (log marginal likelihood plus hyperpriors) at the stored point
+            (0-d, detached).
+        """
+        self._require_fit()
+        method = check_method(method)
+        n_steps = checks.positive_int(n_steps, "n_steps")
+        lr = checks.positive_float(lr, "lr")
+        if not isinstance(tune_sigma_noise, bool):
+            raise ValueError(f"tune_sigma_noise must be a bool, got {tune_sigma_noise!r}.")
+        if tune_sigma_noise and self.likelihood != Likelihood.REGRESSION:
+            raise ValueError("tune_sigma_noise=True needs likelihood='regression'.")
+        options = dict(
+            prior_bounds=check_bounds(prior_precision_bounds, "prior_precision_bounds"),
+            sigma_bounds=check_bounds(sigma_noise_bounds, "sigma_noise_bounds"),
+            prior_hyperprior=check_hyperprior(prior_precision_hyperprior,
+                                              "prior_precision_hyperprior"),
+            noise_hyperprior=check_hyperprior(sigma_noise_hyperprior, "sigma_noise_hyperprior"),
+        )
+        if prior_structure is not None:
+            structure = parse_option(PriorStructure, prior_structure, "prior_structure")
+            lengths = {PriorStructure.SCALAR: 1, PriorStructure.LAYERWISE: self.n_layers,
+                       PriorStructure.DIAG: self._posterior_dim}
+            if self.prior_precision.numel() != lengths[structure]:  # from the mean value
+                self.prior_precision = self._init_prior(float(self.prior_precision.mean()),
+                                                        structure)
+        self._prepare_for_tuning()
+
+        def lml(prior: Tensor, sigma: Tensor | None) -> Tensor:
+            return self.log_marginal_likelihood(prior_precision=prior, sigma_noise=sigma)
+
+        prior, sigma = maximize(lml, self.prior_precision,
+                                self.sigma_noise if tune_sigma_noise else None, method=method,
+                                n_steps=n_steps, lr=lr, keep_best=True,
+                                progress_bar=progress_bar, **options)
+        with torch.no_grad():
+            value = lml(prior, sigma)
+            if options["prior_hyperprior"] is not None:
+                value = value + log_normal_density(prior, *options["prior_hyperprior"])
+            if sigma is not None and options["noise_hyperprior"] is not None:
+                value = value + log_normal_density(sigma.square(), *options["noise_hyperprior"])
+        return value
 
     def _init_prior(self, init: float | Tensor, structure: PriorStructure) -> Tensor:
         """The first prior of a tuning run: a vector ``init`` keeps its own structure."""

@@ -211,13 +211,11 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
         """The accumulated curvature. Before ``fit`` it is ``None`` while the layer is
         unknown, else the zero curvature of the prior (laplace-torch's state), allocated
         on first access: construction itself allocates nothing of the posterior's size."""
-        H = self.__dict__.get("_H")
-        if H is None and self.n_outputs is None and not self._constructing and (
+        if self._curvature_unset() and self.n_outputs is None and not self._constructing and (
             self.model.last_layer is not None
         ):
             super()._init_H()
-            H = self.__dict__.get("_H")
-        return H
+        return self._curvature_view()
 
     @H.setter
     def H(self, value: Any) -> None:
@@ -272,6 +270,8 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
         self, X: Inputs, joint: bool = False, diagonal_output: bool = False
     ) -> tuple[Tensor, Tensor]:
         f_mu, phi = self._outputs_and_features(X)
+        if self._glm_offset is not None:
+            f_mu = f_mu + self._last_layer_map(phi, self._glm_offset[None])[0]
         f_var = self._precision().last_layer_variance(
             phi, f_mu.shape[-1], self._has_bias, joint=joint, diagonal=diagonal_output
         )
@@ -300,10 +300,14 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
         """
         with torch.no_grad():
             f, phi = self._outputs_and_features(X)
-        deltas = self.sample(n_samples, generator) - self.mean
+        theta_map = self.mean if self._glm_offset is None else self.mean - self._glm_offset
+        return f + self._last_layer_map(phi, self.sample(n_samples, generator) - theta_map)
+
+    def _last_layer_map(self, phi: Tensor, deltas: Tensor) -> Tensor:
+        """``φ ΔWᵀ + Δb`` for features ``(n, D)`` and changes ``(s, P)``: ``(s, n, K)``."""
         K, D = self.model.last_layer.weight.shape
-        dW = deltas[:, : K * D].reshape(n_samples, K, D)
-        out = f + torch.einsum("nd,skd->snk", phi, dW)
+        dW = deltas[:, : K * D].reshape(deltas.shape[0], K, D)
+        out = torch.einsum("nd,skd->snk", phi, dW)
         if self._has_bias:
             out = out + deltas[:, K * D :].unsqueeze(1)
         return out

@@ -29,6 +29,9 @@ class ParametricLaplace(BaseLaplace):
     """Weight-space Laplace approximation; subclasses choose the curvature structure."""
 
     _key: tuple[str, str]
+    #: ``μ − θ*`` ``(posterior_dim,)`` after ``condition`` moved the mean off the network's
+    #: weights; the GLM predictive mean is then ``f(x; θ*) + J(x)(μ − θ*)``.
+    _glm_offset: Tensor | None = None
 
     def __init__(self, model: nn.Module, likelihood: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(model, likelihood, *args, **kwargs)
@@ -58,6 +61,16 @@ class ParametricLaplace(BaseLaplace):
         if self.n_outputs is None and "mean" in vars(self):
             self.mean = self._prior_mean_vector()
 
+    def _embed_posterior_mean(self, mean: Tensor) -> Tensor:
+        """``mean`` as stored: ``(posterior_dim,)`` becomes the ``mean`` attribute."""
+        return mean
+
+    def _linearized_outputs(self, f: Tensor, Js: Tensor) -> Tensor:
+        """``f(x; θ*) + J(μ − θ*)`` for ``f`` ``(n, K)``, ``Js`` ``(n, K, P)``: ``(n, K)``."""
+        if self._glm_offset is None:
+            return f
+        return f + Js @ self._glm_offset
+
     def _full_parameters(self, theta: Tensor) -> Tensor:
         """A full parameter vector with the posterior's entries set to ``theta``."""
         return theta
@@ -85,6 +98,14 @@ class ParametricLaplace(BaseLaplace):
     def _make_precision(self, scale: Tensor, prior: Tensor) -> PrecisionMatrix:
         raise NotImplementedError
 
+    def _curvature_unset(self) -> bool:
+        """Whether no curvature (not even the zero one of the prior) is allocated yet."""
+        return self.__dict__.get("_H") is None
+
+    def _curvature_view(self) -> Any:
+        """The public ``H`` of a structure that stores it as ``_H`` (last-layer variants)."""
+        return self.__dict__.get("_H")
+
     def _H_state(self) -> Any:
         return self.H
 
@@ -109,11 +130,18 @@ class ParametricLaplace(BaseLaplace):
         """
         self._distributed = dist = distributed_fit.resolve(distributed)
         N = distributed_fit.data_count(train_loader, dist, self._device, dataset_size)
+        if dist and not override and self.n_data > 0:
+            raise ValueError(
+                "fit(override=False) after an earlier fit is not supported in a distributed "
+                "fit: every process holds the earlier posterior, so summing would count it "
+                "once per process. Fit all the data in one distributed fit instead."
+            )
         if override:
             self._init_H()
             self.loss, self.n_data = 0.0, 0
         self.model.eval()
         self.mean = self._posterior_vector()
+        self._glm_offset = None
         with distributed_fit.collective_errors(dist, "fitting", self._device):
             self._fit_batches(train_loader, N, progress_bar)
         if dist:
@@ -318,6 +346,7 @@ class ParametricLaplace(BaseLaplace):
     ) -> tuple[Tensor, Tensor]:
         """Linearized latent mean ``(n, K)`` and covariance ``(n, K, K)`` (or joint)."""
         Js, f_mu = self.backend.jacobians(X, enable_backprop=self.enable_backprop)
+        f_mu = self._linearized_outputs(f_mu, Js)
         if joint:
             return f_mu.flatten(), self.functional_covariance(Js)
         f_var = self.functional_variance(Js)

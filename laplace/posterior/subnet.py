@@ -103,6 +103,9 @@ class SubnetLaplace(ParametricLaplace):
         """The mean of the subnetwork entries: ``(n_params_subnet,)``."""
         return self._posterior_part(self.mean)
 
+    def _embed_posterior_mean(self, mean: Tensor) -> Tensor:
+        return self.assemble_full_samples(mean[None])[0]
+
     def assemble_full_samples(self, subnet_samples: Tensor) -> Tensor:
         """Full parameter vectors ``(n, n_params)`` from subnetwork draws
         ``(n, n_params_subnet)``; the other entries keep their MAP values."""

@@ -1,4 +1,5 @@
-"""Prior-precision tuning: marginal likelihood (Adam) and validation grid search."""
+"""Prior-precision tuning: marginal likelihood (Adam, through ``marglik.maximize``) and
+validation grid search."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from laplace.posterior.marglik import maximize
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.enums import Likelihood, PriorStructure
 from laplace.utils.errors import NotPositiveDefiniteError
@@ -38,21 +40,17 @@ def marglik(
     la: Tunable, n_steps: int, lr: float, init: float | Tensor,
     structure: PriorStructure, progress_bar: bool = False, verbose: bool = False,
 ) -> None:
-    """Maximise the log marginal likelihood over ``log δ`` with Adam."""
+    """Maximise the log marginal likelihood over ``log δ`` with Adam (laplace-torch's
+    route: ``n_steps`` steps of rate ``lr``, the last iterate is kept)."""
     la.prior_precision = la._init_prior(init, structure)
     la._prepare_for_tuning()
-    log_prior_prec = la.prior_precision.detach().log().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([log_prior_prec], lr=lr)
-    progress_bar = distributed_fit.show_progress(progress_bar)
-    steps = tqdm(range(n_steps), desc="prior precision", disable=not progress_bar)
-    for _ in steps:
-        optimizer.zero_grad()
-        neg_marglik = -la.log_marginal_likelihood(prior_precision=log_prior_prec.exp())
-        neg_marglik.backward()
-        optimizer.step()
-        if progress_bar:
-            steps.set_postfix(neg_log_marglik=f"{neg_marglik.item():.4g}")
-    la.prior_precision = log_prior_prec.detach().exp()
+
+    def lml(prior: Tensor, sigma: Tensor | None) -> Tensor:
+        return la.log_marginal_likelihood(prior_precision=prior)
+
+    prior, _ = maximize(lml, la.prior_precision, method="adam", n_steps=n_steps, lr=lr,
+                        progress_bar=distributed_fit.show_progress(progress_bar))
+    la.prior_precision = prior
     if verbose:
         print(f"Optimized prior precision: {la.prior_precision.tolist()}")
 

@@ -82,6 +82,10 @@ class DensePrecision(PrecisionMatrix):
                           dtype=L.dtype)
         return torch.linalg.solve_triangular(L.T, eps.T, upper=True).T
 
+    def solve(self, v: Tensor) -> Tensor:
+        """``Σ v`` for ``v`` ``(P,)``: ``(P,)``."""
+        return torch.cholesky_solve(v.unsqueeze(-1), self.cholesky).squeeze(-1)
+
     @cached_property
     def _covariance(self) -> Tensor:
         return torch.cholesky_inverse(self.cholesky)

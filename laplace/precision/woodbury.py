@@ -38,9 +38,18 @@ def _check_rows(rows: Tensor, name: str = "rows") -> Tensor:
     if rows.ndim < 2 or rows.shape[-1] == 0:
         raise ValueError(f"{name} must have shape (..., M, P) with P > 0, got "
                          f"{tuple(rows.shape)}.")
-    if not bool(torch.isfinite(rows.detach()).all()):
+    if not _all_finite(rows.detach()):
         raise ValueError(f"{name} must be finite.")
     return rows
+
+
+def _all_finite(T: Tensor) -> bool:
+    """Whether every entry is finite, without an ``(M, P)`` temporary: a NaN or inf entry
+    makes the sum non-finite; only then is it checked entry by entry (a finite sum cannot
+    hide one, an overflowing sum of finite entries is rechecked)."""
+    if T.numel() == 0 or bool(torch.isfinite(T.sum())):
+        return True
+    return bool(torch.isfinite(T).all())
 
 
 def _check_prior(prior: Tensor, n_params: int, ref: Tensor) -> Tensor:
@@ -59,6 +68,16 @@ def _lift(T: Tensor, batch_ndim: int, n_lead: int) -> Tensor:
     return T.reshape(shape)
 
 
+def _gram64(R: Tensor, chunk: int = 2**16) -> Tensor:
+    """``R Rᵀ`` ``(M, M)`` in float64, summed over column chunks of ``R`` ``(M, P)`` (no
+    float64 copy of all of ``R``)."""
+    G = R.new_zeros(R.shape[0], R.shape[0], dtype=torch.float64)
+    for start in range(0, R.shape[1], chunk):
+        block = R[:, start:start + chunk].to(torch.float64)
+        G.addmm_(block, block.T)
+    return G
+
+
 class GramSpectrum:
     """Eigendecomposition ``R Rᵀ = E diag(λ) Eᵀ`` (float64), shared across hyperparameters.
 
@@ -75,8 +94,7 @@ class GramSpectrum:
         if rows.ndim != 2:
             raise ValueError(f"rows must have shape (M, P) for a spectrum, got "
                              f"{tuple(rows.shape)}.")
-        R = rows.detach().to(torch.float64)
-        lam, E = torch.linalg.eigh(R @ R.T)
+        lam, E = torch.linalg.eigh(_gram64(rows.detach()))
         self.eigenvalues = lam.clamp(min=0)  # (M,)
         self.eigenvectors = E  # (M, M)
         self.n_rows, self.n_params = rows.shape
@@ -125,7 +143,11 @@ class WoodburyPrecision(PrecisionMatrix):
         self, rows: Tensor, scale: Tensor | float, prior: Tensor | float,
         spectrum: GramSpectrum | None = None,
     ) -> None:
-        self.rows = _check_rows(rows)
+        self._setup(_check_rows(rows), scale, prior, spectrum)
+
+    def _setup(self, rows: Tensor, scale: Tensor | float, prior: Tensor | float,
+               spectrum: GramSpectrum | None) -> None:
+        self.rows = rows
         self.batch_shape = rows.shape[:-2]
         self.n_rows, self.n_params = rows.shape[-2:]
         self.scale = checks.positive_scalar(scale, "scale", rows.device, rows.dtype)
@@ -141,10 +163,14 @@ class WoodburyPrecision(PrecisionMatrix):
             )
         self.spectrum = spectrum
 
-    def with_hyperparameters(self, scale: Tensor | float, prior: Tensor | float
-                             ) -> WoodburyPrecision:
-        """The same rows (and spectrum) at other hyperparameters ``(s, δ)``."""
-        return WoodburyPrecision(self.rows, scale, prior, self.spectrum)
+    def with_hyperparameters(self, scale: Tensor | float, prior: Tensor | float,
+                             spectrum: GramSpectrum | None = None) -> WoodburyPrecision:
+        """The same rows at other hyperparameters ``(s, δ)``, with ``spectrum`` (this
+        one's when ``None``). The rows are not checked again (a pass over ``M × P``
+        entries per marginal-likelihood step otherwise); ``s`` and ``δ`` are."""
+        out = WoodburyPrecision.__new__(WoodburyPrecision)
+        out._setup(self.rows, scale, prior, self.spectrum if spectrum is None else spectrum)
+        return out
 
     # ------------------------------------------------------------ factors
     @cached_property
@@ -157,10 +183,20 @@ class WoodburyPrecision(PrecisionMatrix):
         """``W D⁻¹`` ``(*b, M, P)``."""
         return self._W / self.D
 
+    def _cross(self, X: Tensor) -> Tensor:
+        """``W D⁻¹ Xᵀ = √s·R (X D⁻¹)ᵀ`` for ``X`` ``(*b, q, P)``: ``(*b, M, q)``.
+
+        Computed without an ``(M, P)`` copy of the rows (with a scalar prior without any
+        copy at all): the hot paths of a posterior over millions of weights use it.
+        """
+        if self.prior.numel() == 1:
+            return (self.rows @ X.mT) * (self.scale.sqrt() / self.prior[0])
+        return (self.rows @ (X / self.D).mT) * self.scale.sqrt()
+
     @cached_property
     def _capacitance_cholesky(self) -> Tensor:
         """Lower ``L`` with ``L Lᵀ = I + W D⁻¹ Wᵀ`` ``(*b, M, M)``."""
-        C = self._W @ self._DinvW.mT
+        C = self._cross(self.rows) * self.scale.sqrt()
         C = C + torch.eye(self.n_rows, dtype=C.dtype, device=C.device)
         L, info = torch.linalg.cholesky_ex(C)
         if bool((info != 0).any()):
@@ -177,6 +213,10 @@ class WoodburyPrecision(PrecisionMatrix):
 
     def _project(self, Js: Tensor) -> Tensor:
         """``L⁻¹ W D⁻¹ Jᵀ`` ``(*b, *lead, M, K)`` for ``Js`` ``(*lead, K, P)``."""
+        if not self.batch_shape:  # one (M, n·K) product: no broadcast copies of R
+            lead, K = Js.shape[:-2], Js.shape[-2]
+            V = self._whitened_cross(self._cross(Js.reshape(-1, self.n_params)))
+            return V.reshape(self.n_rows, *lead, K).movedim(0, -2)
         DinvW = _lift(self._DinvW, len(self.batch_shape), Js.ndim - 2)
         A = DinvW @ Js.mT
         return self._whitened_cross(A)
@@ -193,7 +233,10 @@ class WoodburyPrecision(PrecisionMatrix):
 
     def inv_square_form(self, Js: Tensor) -> Tensor:
         """``Jₙ Σ Jₙᵀ`` for ``Js`` ``(n, K, P)``: ``(*b, n, K, K)`` (differentiable in ``J``)."""
-        base = torch.einsum("...kp,p,...lp->...kl", Js, self.D.reciprocal(), Js)
+        if self.prior.numel() == 1:  # no (n, K, P) temporary
+            base = (Js @ Js.mT) / self.prior[0]
+        else:
+            base = (Js / self.D) @ Js.mT
         V = self._project(Js)
         return base - V.mT @ V
 
@@ -237,6 +280,11 @@ class WoodburyPrecision(PrecisionMatrix):
         """Dense ``Σ⁻¹`` ``(*b, P, P)`` (``P²`` memory: only on request)."""
         return self._W.mT @ self._W + torch.diag(self.D)
 
+    def covariance(self) -> Tensor:
+        """Dense ``Σ = D⁻¹ − VᵀV``, ``V = L⁻¹ W D⁻¹``: ``(*b, P, P)`` (only on request)."""
+        V = self._whitened_cross(self._DinvW)
+        return torch.diag_embed(self.D.reciprocal()) - V.mT @ V
+
     def covariance_diag(self) -> Tensor:
         """``diag(Σ) = 1/δ − colsum((L⁻¹ W D⁻¹)²)``: ``(*b, P)``."""
         V = self._whitened_cross(self._DinvW)
@@ -270,9 +318,9 @@ class WoodburyPrecision(PrecisionMatrix):
         """``Σ v`` for ``v`` ``(..., P)`` (``...`` broadcasting with ``*b``): ``(..., P)``."""
         u = (v / self.D).unsqueeze(-1)
         L = self._capacitance_cholesky
-        t = torch.linalg.solve_triangular(L, self._W @ u, upper=False)
+        t = torch.linalg.solve_triangular(L, (self.rows @ u) * self.scale.sqrt(), upper=False)
         t = torch.linalg.solve_triangular(L.mT, t, upper=True)
-        return v / self.D - (self._DinvW.mT @ t).squeeze(-1)
+        return v / self.D - (self.rows.mT @ t).squeeze(-1) * self.scale.sqrt() / self.D
 
     def _check_noise(self, noise_var: Tensor | float, k: int) -> Tensor:
         nv = torch.as_tensor(noise_var, dtype=self.rows.dtype, device=self.rows.device)

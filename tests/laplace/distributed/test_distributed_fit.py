@@ -82,6 +82,7 @@ def test_error_on_one_rank_reaches_every_rank(ranks: list[dict]) -> None:
         "DistributedError", f"Rank 0 failed while finding the last layer: ValueError: {empty}"
     )
     for errors in (rank0, rank1):
+        assert "override=False) after an earlier fit is not supported" in errors["override"]
         assert errors["gp"][0] == "DistributedError"
         assert "FunctionalLaplace cannot be fitted on data sharded" in errors["gp"][1]
     # the group is still usable after the errors: a normal fit on both ranks agrees
