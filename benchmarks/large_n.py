@@ -110,14 +110,25 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [f"# Large N: Ackley-20, {meta['n_init']} Sobol points, {meta['rounds']} rounds "
              f"of q = {meta['q']}", "", f"`{meta['command']}` at commit {meta['commit']}, "
              f"seed {meta['seed']}; {torch.get_num_threads()} thread(s).", "",
-             "| method | fit CPU s/round | acq CPU s/round | total s/round | ratio to GP | "
-             "peak RSS MB | log10 regret design → end |", "|---|---:|---:|---:|---:|---:|---|"]
+             "The first round fits on the design alone (from scratch for every method); "
+             "later rounds refit (`LaplaceBNN` warm-started from the previous round, the "
+             "GPs from scratch). A run to N = 2,000 in rounds of 10 has 100 rounds, so "
+             "the later-round cost is the one that adds up.", "",
+             "| method | first-round fit CPU s | later fit CPU s/round | acq CPU s/round | "
+             "later total s/round | ratio to GP | all rounds s/round | peak RSS MB | "
+             "log10 regret design → end |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+
+    def later(r: dict[str, Any]) -> float:
+        fits = r["fit_cpu_s"][1:] or r["fit_cpu_s"]
+        return sum(fits) / len(fits) + sum(r["acq_cpu_s"]) / r["rounds"]
+
     for r in rows:
-        fit_m = sum(r["fit_cpu_s"]) / r["rounds"]
+        fits = r["fit_cpu_s"][1:] or r["fit_cpu_s"]
         acq_m = sum(r["acq_cpu_s"]) / r["rounds"]
-        ratio = "" if gp is None else f"{r['mean_round_cpu_s'] / gp['mean_round_cpu_s']:.2f}"
-        lines.append(f"| {r['method']} | {fit_m:.1f} | {acq_m:.1f} | "
-                     f"{r['mean_round_cpu_s']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} | "
+        ratio = "" if gp is None else f"{later(r) / later(gp):.2f}"
+        lines.append(f"| {r['method']} | {r['fit_cpu_s'][0]:.1f} | "
+                     f"{sum(fits) / len(fits):.1f} | {acq_m:.1f} | {later(r):.1f} | {ratio} | "
+                     f"{r['mean_round_cpu_s']:.1f} | {r['peak_rss_mb']:.0f} | "
                      f"{r['log10_regret'][0]:.3f} → {r['log10_regret'][-1]:.3f} |")
     return "\n".join(lines) + "\n"
 

@@ -313,11 +313,24 @@ class LaplaceBNN(_LinearizedModel):
             ``"zero"``.
         noise_prior: ``(loc, scale)`` of a log-normal hyperprior on ``σ²`` for the
             refit, or ``None``.
-        candidates: ``None`` (one network) or a list of dicts of options, each one
-            candidate surrogate on top of these options; ``fit()`` trains each and keeps
-            the one of highest Laplace evidence (``lapbo.selection``; the scores are in
-            ``model.selection``). Options that change what the evidence measures
-            (``subset_of_weights``, ``hessian_structure``, ...) cannot vary.
+        candidates: a list of dicts of options, each one candidate surrogate on top of
+            these options; ``fit()`` trains each (warm-started from its own model of the
+            previous round) and keeps the one of highest Laplace evidence
+            (``lapbo.selection``; the scores are in ``model.selection``). Options that
+            change what the evidence measures (``subset_of_weights``,
+            ``hessian_structure``, ...) cannot vary. Default: with the default network,
+            ``selection.DEFAULT_CANDIDATES`` (the network as configured, and one with
+            ``√d``-scaled length scales trained from ``σ = 1``); with ``net`` given, none.
+            ``None``: one network.
+        keep_best: at every refit during training, remember the network and ``(δ, σ)``
+            if their refit objective (evidence plus hyperpriors) is the highest so far,
+            and return to it at the end if the final one is lower. Training with the
+            noise refit can slide into interpolating the data (``σ`` falls, the network
+            fits the noise, ``σ`` falls further) while the evidence falls; this keeps
+            the network the evidence prefers.
+        reference_dim: ``d₀`` such that ``init_scale`` and ``random_feature_lengthscale``
+            hold for ``d₀`` inputs and scale by ``√(d/d₀)`` for ``d``
+            (``networks.default_network``); ``None``: as given in every dimension.
         prior_precision_prior: scale of a log-normal hyperprior on ``δ`` centred where
             the prior function variance at the data equals the outcome variance
             (``lapbo.training.TrainingOptions``; full GGN only), or ``None``. Without it
@@ -366,8 +379,8 @@ class LaplaceBNN(_LinearizedModel):
         random_feature_lengthscale: float | tuple[float, float] = (0.2, 1.0),
         random_feature_variance: float = 3.0, trend_scale: float = 1.0,
         prior_structure: str = "scalar",
-        candidates: Sequence[Mapping[str, Any]] | None = None,
-        keep_best: bool = False, reference_dim: float | None = None,
+        candidates: Sequence[Mapping[str, Any]] | _DefaultType | None = DEFAULT,
+        keep_best: bool = True, reference_dim: float | None = None,
     ) -> None:
         init_options = {k: v for k, v in locals().items()  # the candidates' base options
                         if k not in ("self", "train_X", "train_Y", "train_Yvar", "__class__")}
@@ -485,6 +498,8 @@ class LaplaceBNN(_LinearizedModel):
             self.register_buffer("prior_mean", theta0)
         self._warm = warm_start is not None
         self._init_options = init_options
+        if candidates is DEFAULT:
+            candidates = selection.DEFAULT_CANDIDATES if net is None else None
         self.candidates = selection.check_candidates(candidates)
         if self.candidates and isinstance(net, nn.Module):
             raise ValueError("candidates need net=None or a network factory, not one module "

@@ -24,6 +24,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lapbo.model import LaplaceBNN
 
+#: ``LaplaceBNN``'s default family (with the default network): the network as configured,
+#: and the same network with length scales grown by ``√d`` (``reference_dim=1``) whose
+#: training starts from ``σ = 1`` (the outcome SD: a smooth fit first, the noise refit from
+#: there, ``keep_best`` keeping the best network on the way down). The first wins on smooth
+#: low-dimensional functions, the second where an interpolating fit is the trap (noisy,
+#: rugged or high-dimensional data at N ≳ 100); see ``docs/lapbo_defaults.md``.
+DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = ({}, {"reference_dim": 1.0, "sigma_noise": 1.0})
+
 # Options whose change alters what the evidence measures (another set of weights, another
 # curvature approximation, another likelihood): evidences would not be comparable.
 INCOMPARABLE = ("subset_of_weights", "hessian_structure", "backend", "mean", "likelihood",
