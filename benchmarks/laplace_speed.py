@@ -467,7 +467,9 @@ def header_lines(results: dict[str, Any]) -> list[str]:
         f"{info['cpu']} ({info['cpu_count']} CPUs), torch {info['torch']}, "
         f"{info['torch_threads']} threads, float64 on the CPU; batch size "
         f"{results['batch_size']}; {results['repeats']} interleaved repetition(s), each a "
-        f"fresh subprocess per package with one warm-up call per operation; medians"
+        f"fresh subprocess per package "
+        f"{'with one warm-up call per operation' if results['warmup'] else 'timing first calls'}"
+        "; medians"
         f"{' (quick mode: small sizes)' if results['quick'] else ''}. Load average "
         f"(1 min) {info['load_average_at_start'][0]:.1f} at the start, "
         f"{info['load_average_at_end'][0]:.1f} at the end, "
@@ -612,7 +614,7 @@ def run_problem(name: str, args: argparse.Namespace, pythons: dict[str, Path | s
         if heavy and not args.digits_full:
             continue
         print(f"[{name}] {case}", flush=True)
-        spec = common | {"job": case, "warmup": not heavy}
+        spec = common | {"job": case, "warmup": args.warmup and not heavy}
         runs = {"laplace": pythons["laplace"]} if heavy else pythons
         cases[case] = run_case_interleaved(spec, runs, 1 if heavy else args.repeats)
     description = DESCRIPTIONS[name]
@@ -626,7 +628,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     pythons: dict[str, Path | str] = {"laplace": sys.executable}
     results: dict[str, Any] = {
         "machine": machine_info(), "quick": args.quick, "batch_size": args.batch_size,
-        "repeats": args.repeats, "marglik_steps": N_MARGLIK_STEPS, "n_test": N_TEST,
+        "repeats": args.repeats, "warmup": args.warmup, "marglik_steps": N_MARGLIK_STEPS,
+        "n_test": N_TEST,
         "peak_memory_method": "ru_maxrss growth of a subprocess per case and package, "
                               "above the level after loading the data and the model",
     }
@@ -661,6 +664,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=250, help="DataLoader batch size")
     parser.add_argument("--no-laplace-torch", action="store_true",
                         help="time this package only (no laplace-torch environment)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="time each operation's first call (no warm-up call): halves "
+                        "the run time when laplace-torch's tuning takes minutes")
     parser.add_argument("--digits-full", action="store_true",
                         help="also run the dense posterior on digits (this package, once)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
