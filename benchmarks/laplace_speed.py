@@ -27,8 +27,9 @@ through the public API (``Laplace(...)`` with its default backend) under both
 interpreters. Repetitions are interleaved: repetition ``r`` runs the case in this
 package's interpreter and then in laplace-torch's (the order alternates with ``r``),
 each in a fresh subprocess that makes one warm-up call per operation and then times
-one; the tables give the median over repetitions, the ratio laplace-torch / ``laplace``
-and the 1-minute load average at the end of each subprocess. The baseline of one pass
+one (``--no-warmup``: times the first call); the tables give the median over
+repetitions, the ratio laplace-torch / ``laplace`` and the 1-minute load average at the
+end of each subprocess. The baseline of one pass
 of per-sample Jacobians (``la.backend.jacobians``) over the same loader batches, and
 for regression ``Σₙ JₙᵀJₙ`` formed directly, is timed for this package only.
 
