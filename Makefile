@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev]"  # dev includes the hf extra (transformers, peft)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -41,5 +41,6 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/laplace_speed.py
 
+# .cache/ holds the laplace-torch 0.3 environment of benchmarks/laplace_speed.py.
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OUT) .cache .pytest_cache .ruff_cache

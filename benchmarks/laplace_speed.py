@@ -1,8 +1,12 @@
-"""Speed benchmark of the ``laplace`` package (full / kron / diag over all weights).
+"""Speed of the ``laplace`` package next to laplace-torch 0.3, measured in one run.
 
 One command::
 
-    .venv/bin/python benchmarks/laplace_speed.py [--quick] [--out benchmarks/results]
+    .venv/bin/python benchmarks/laplace_speed.py [--quick] [--repeats R] [--out benchmarks/results]
+
+The first run creates ``.cache/laplace-torch-0.3/venv`` (``benchmarks/laplace_torch_env.py``:
+``laplace-torch==0.3`` with its own pins, torch pinned to this project's version); later
+runs reuse it. ``--no-laplace-torch`` times this package alone.
 
 Two problems, float64 on the CPU with ``torch.set_num_threads(2)``:
 
@@ -12,20 +16,27 @@ Two problems, float64 on the CPU with ``torch.set_num_threads(2)``:
 * ``classification``: a 64→100→100→10 ReLU MLP (17,610 weights) on the 1,797
   scikit-learn digits (pixels / 16), trained for 200 full-batch Adam steps.
 
-Both use a ``DataLoader`` with batch size 250 (``--batch-size``). For each problem
-and structure the script times ``fit``, one ``log_marginal_likelihood`` at a new prior
-precision, 50 steps of marglik prior tuning (scalar prior, after a fresh ``fit``),
-and the predictive on 200 test points (with and without a cached factorization),
-against the baseline of one pass of per-sample Jacobians (``la.backend.jacobians``)
-over the same loader batches; for regression also ``Σₙ JₙᵀJₙ`` formed directly.
-Each number is the median of 3 repeats after a warm-up call.
+Each problem is built and trained once, in this process, and saved (data, weights) to a
+temporary file that every worker loads, so both packages see the same network. Both use
+a ``DataLoader`` with batch size 250 (``--batch-size``). For each problem and case
+(``full``, ``kron``, ``diag`` over all weights; ``last_layer``: the full last-layer
+posterior) the script times ``fit``, one ``log_marginal_likelihood`` at a new prior
+precision, 50 steps of marglik prior tuning (scalar prior, after a fresh ``fit``), and
+the predictive on 200 test points (with and without a cached factorization), each
+through the public API (``Laplace(...)`` with its default backend) under both
+interpreters. Repetitions are interleaved: repetition ``r`` runs the case in this
+package's interpreter and then in laplace-torch's (the order alternates with ``r``),
+each in a fresh subprocess that makes one warm-up call per operation and then times
+one (``--no-warmup``: times the first call); the tables give the median over
+repetitions, the ratio laplace-torch / ``laplace`` and the 1-minute load average at the
+end of each subprocess. The baseline of one pass
+of per-sample Jacobians (``la.backend.jacobians``) over the same loader batches, and
+for regression ``Σₙ JₙᵀJₙ`` formed directly, is timed for this package only.
 
-Every (problem, structure) pair runs in its own subprocess, which also reports its
-peak resident memory (``ru_maxrss``) above the level reached after building the data
-and the trained model. The dense posterior of the classification problem
-(17,610² float64 = 2.5 GB, about 11 TFLOP per fit and a 17,610-point
-eigendecomposition for tuning) is only run with ``--digits-full``, once, without
-warm-up.
+Each subprocess also reports its peak resident memory (``ru_maxrss``) above the level
+reached after loading the data and the model. The dense posterior of the
+classification problem (17,610² float64 = 2.5 GB) is only run with ``--digits-full``,
+once, without warm-up, for this package only.
 """
 
 from __future__ import annotations
@@ -50,25 +61,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from laplace import Laplace  # noqa: E402  (after making the repository importable)
 
 THREADS = 2
-STRUCTURES = ("full", "kron", "diag")
+CASES = ("full", "kron", "diag", "last_layer")
+IMPLS = ("laplace", "laplace-torch")
 PROBLEMS = ("regression", "classification")
 N_MARGLIK_STEPS = 50
 N_TEST = 200
 SIGMA_NOISE = 0.1
 PRIOR_PRECISION = 1.0
-
-#: laplace-torch 0.3 on this machine, for the three targets (seconds).
-REFERENCE_LAPLACE_TORCH = {
-    "full_fit_regression": 12.9,
-    "diag_fit_classification": 15.4,
-    "marglik_regression_full": 55.0,
-}
 
 OPS = ("fit", "log_marglik", "marglik_50", "predict", "predict_cached")
 OP_LABELS = {
@@ -81,29 +82,46 @@ OP_LABELS = {
 
 
 # --------------------------------------------------------------------------- problems
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
 @dataclass
 class Problem:
-    """A trained model, its training loader and test inputs."""
+    """A trained MLP, its training data and test inputs.
+
+    ``X (N, D)``, ``y (N, 1)`` (regression) or ``(N,)`` class labels, ``X_test (200, D)``.
+    """
 
     name: str
     likelihood: str
+    sizes: list[int]
+    activation: str
     model: nn.Module
-    loader: DataLoader
+    X: Tensor
+    y: Tensor
     X_test: Tensor
-    n_train: int
+    batch_size: int
 
     @property
     def n_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    @property
+    def n_train(self) -> int:
+        return len(self.X)
 
-def mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
+    @property
+    def loader(self) -> DataLoader:
+        return DataLoader(TensorDataset(self.X, self.y), batch_size=self.batch_size)
+
+
+def mlp(sizes: list[int], activation: str) -> nn.Sequential:
     """A fully connected network with ``activation`` between the linear layers."""
     layers: list[nn.Module] = []
     for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(d_in, d_out))
         if i < len(sizes) - 2:
-            layers.append(activation())
+            layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
 
@@ -123,10 +141,11 @@ def regression_problem(quick: bool, batch_size: int) -> Problem:
     X = torch.rand(n + N_TEST, 5) * 4 - 2
     f = torch.sin(X[:, 0]) + torch.cos(X[:, 1]) * X[:, 2] + 0.5 * X[:, 3] * X[:, 4]
     y = (f + SIGMA_NOISE * torch.randn(n + N_TEST)).unsqueeze(-1)
-    model = mlp([5, 50, 50, 1], nn.Tanh)
+    sizes = [5, 50, 50, 1]
+    model = mlp(sizes, "tanh")
     train(model, X[:n], y[:n], nn.MSELoss(), 50 if quick else 300)
-    loader = DataLoader(TensorDataset(X[:n], y[:n]), batch_size=batch_size)
-    return Problem("regression", "regression", model, loader, X[n:], n)
+    return Problem("regression", "regression", sizes, "tanh", model, X[:n], y[:n], X[n:],
+                   batch_size)
 
 
 def classification_problem(quick: bool, batch_size: int) -> Problem:
@@ -139,19 +158,36 @@ def classification_problem(quick: bool, batch_size: int) -> Problem:
     if quick:
         X, y = X[:300], y[:300]
     width = 20 if quick else 100
-    model = mlp([64, width, width, 10], nn.ReLU)
+    sizes = [64, width, width, 10]
+    model = mlp(sizes, "relu")
     train(model, X, y, nn.CrossEntropyLoss(), 50 if quick else 200)
-    loader = DataLoader(TensorDataset(X, y), batch_size=batch_size)
     X_test = X[torch.randperm(len(X))[:N_TEST]]
-    return Problem("classification", "classification", model, loader, X_test, len(X))
+    return Problem("classification", "classification", sizes, "relu", model, X, y, X_test,
+                   batch_size)
 
 
 def build_problem(name: str, quick: bool, batch_size: int) -> Problem:
-    """The named problem, reproducibly (seed 0)."""
+    """The named problem, reproducibly (seed 0, float64)."""
     torch.manual_seed(0)
+    torch.set_default_dtype(torch.float64)
     if name == "regression":
         return regression_problem(quick, batch_size)
     return classification_problem(quick, batch_size)
+
+
+def save_problem(problem: Problem, path: Path) -> None:
+    """Data, architecture and trained weights, for ``load_problem`` in any interpreter."""
+    fields = {k: getattr(problem, k) for k in ("name", "likelihood", "sizes", "activation",
+                                                "X", "y", "X_test", "batch_size")}
+    torch.save(fields | {"state_dict": problem.model.state_dict()}, path)
+
+
+def load_problem(path: Path) -> Problem:
+    """The problem saved by ``save_problem``."""
+    fields = torch.load(path, weights_only=True)
+    model = mlp(fields["sizes"], fields["activation"])
+    model.load_state_dict(fields.pop("state_dict"))
+    return Problem(model=model.eval(), **fields)
 
 
 # --------------------------------------------------------------------------- timing
@@ -184,13 +220,18 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_laplace(problem: Problem, structure: str) -> Any:
-    """The Laplace approximation of ``problem`` with the given Hessian structure."""
+def make_laplace(problem: Problem, case: str) -> Any:
+    """The Laplace approximation of ``problem`` for ``case`` (a structure or last_layer)."""
+    from laplace import Laplace  # this interpreter's package (see ``import_laplace``)
+
     kwargs: dict[str, Any] = {"prior_precision": PRIOR_PRECISION}
     if problem.likelihood == "regression":
         kwargs["sigma_noise"] = SIGMA_NOISE
-    return Laplace(problem.model, problem.likelihood, subset_of_weights="all",
-                   hessian_structure=structure, **kwargs)
+    if case == "last_layer":
+        kwargs |= {"subset_of_weights": "last_layer", "hessian_structure": "full"}
+    else:
+        kwargs |= {"subset_of_weights": "all", "hessian_structure": case}
+    return Laplace(problem.model, problem.likelihood, **kwargs)
 
 
 def predict(la: Any, problem: Problem, X: Tensor) -> Any:
@@ -220,10 +261,10 @@ def run_jacobians(problem: Problem, repeats: int) -> dict[str, Any]:
     return result
 
 
-def run_structure(problem: Problem, structure: str, repeats: int, warmup: bool) -> dict[str, Any]:
+def run_case(problem: Problem, case: str, repeats: int, warmup: bool) -> dict[str, Any]:
     """Time ``fit``, one log marginal likelihood, marglik tuning and the predictive."""
     base = max_rss_mb()
-    la = make_laplace(problem, structure)
+    la = make_laplace(problem, case)
     loader = problem.loader
     prior0 = torch.tensor([PRIOR_PRECISION])
     result: dict[str, Any] = {}
@@ -240,6 +281,7 @@ def run_structure(problem: Problem, structure: str, repeats: int, warmup: bool) 
     result["log_marglik"] = measure(
         lambda: la.log_marginal_likelihood(prior_precision=prior0.clone()), repeats, warmup
     )
+    result["log_marglik_value"] = float(la.log_marginal_likelihood(prior0.clone()))
 
     # Refit (untimed) before each tuning run: tuning may cache per-fit decompositions
     # (without warm-up the single run already starts from a fresh fit).
@@ -250,7 +292,7 @@ def run_structure(problem: Problem, structure: str, repeats: int, warmup: bool) 
 
     refit = (lambda: la.fit(loader)) if warmup else None
     result["marglik_50"] = measure(tune, repeats, warmup, setup=refit)
-    result["tuned_prior_precision"] = la.prior_precision.tolist()
+    result["tuned_prior_precision"] = la.prior_precision.reshape(-1).tolist()
 
     def invalidate() -> None:
         la.prior_precision = la.prior_precision.clone()
@@ -263,27 +305,49 @@ def run_structure(problem: Problem, structure: str, repeats: int, warmup: bool) 
     return result
 
 
+def import_laplace(impl: str) -> str:
+    """Make ``import laplace`` find ``impl``'s package; returns its ``__file__``.
+
+    This script runs as ``python benchmarks/laplace_speed.py``, so ``sys.path[0]`` is
+    ``benchmarks/``: ``laplace`` is this repository's only once its root is added, and
+    otherwise the one installed in the interpreter (laplace-torch's venv).
+    """
+    root = str(REPO_ROOT)
+    if impl == "laplace" and root not in sys.path:
+        sys.path.insert(0, root)
+    if impl == "laplace-torch":
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO_ROOT]
+    import laplace
+
+    in_repo = Path(laplace.__file__).resolve().is_relative_to(REPO_ROOT / "laplace")
+    if in_repo != (impl == "laplace"):
+        raise RuntimeError(f"{impl} run imported laplace from {laplace.__file__}")
+    return laplace.__file__
+
+
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one (problem, job) pair in this process and return its measurements."""
     torch.set_num_threads(THREADS)
     torch.set_default_dtype(torch.float64)
-    problem = build_problem(spec["problem"], spec["quick"], spec["batch_size"])
+    source = import_laplace(spec["impl"])
+    problem = load_problem(Path(spec["problem_file"]))
     info = {"n_train": problem.n_train, "n_params": problem.n_params,
-            "n_batches": len(problem.loader)}
+            "n_batches": len(problem.loader), "laplace_file": source,
+            "torch": torch.__version__, "load_average_start": os.getloadavg()[0]}
     if spec["job"] == "jacobians":
         result = run_jacobians(problem, spec["repeats"])
     else:
-        result = run_structure(problem, spec["job"], spec["repeats"], spec["warmup"])
+        result = run_case(problem, spec["job"], spec["repeats"], spec["warmup"])
     return info | result | {"load_average_end": os.getloadavg()[0]}
 
 
-def run_in_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run ``worker(spec)`` in a fresh interpreter (separate peak-memory accounting)."""
+def run_in_subprocess(spec: dict[str, Any], python: Path | str) -> dict[str, Any]:
+    """Run ``worker(spec)`` in a fresh ``python`` (separate peak-memory accounting)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "result.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec),
+        cmd = [str(python), str(Path(__file__).resolve()), "--worker", json.dumps(spec),
                "--result", str(path)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
         if proc.returncode != 0:
             return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else
                     f"exit code {proc.returncode}"}
@@ -314,6 +378,18 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def case_loads(results: dict[str, Any]) -> list[float]:
+    """Every 1-minute load average recorded at the end of a subprocess."""
+    loads = []
+    for name in PROBLEMS:
+        entry = results.get(name, {})
+        loads += entry.get("baseline", {}).get("loads", [])
+        for per_impl in entry.get("cases", {}).values():
+            for merged in per_impl.values():
+                loads += merged.get("loads", [])
+    return loads
+
+
 def contended(results: dict[str, Any]) -> bool:
     """Whether other work competed for the cores during the run.
 
@@ -324,11 +400,7 @@ def contended(results: dict[str, Any]) -> bool:
     code paths then run up to ~100× slower, and the timings say little about the code.
     """
     info = results["machine"]
-    loads = [info.get("load_average_at_end", [0])[0]]
-    for name in PROBLEMS:
-        entry = results.get(name, {})
-        cases = [entry.get("baseline", {}), *entry.get("structures", {}).values()]
-        loads += [case["load_average_end"] for case in cases if "load_average_end" in case]
+    loads = [info.get("load_average_at_end", [0])[0], *case_loads(results)]
     return info["load_average_at_start"][0] > 1 or max(loads) > THREADS + 1
 
 
@@ -337,118 +409,155 @@ def median(entry: dict[str, Any], op: str) -> float | None:
     return value["median_s"] if isinstance(value, dict) else None
 
 
+def ratio(results: dict[str, Any], name: str, case: str, op: str) -> float | None:
+    """laplace-torch's median time over this package's for one operation."""
+    per_impl = results[name]["cases"].get(case, {})
+    ours = median(per_impl.get("laplace", {}), op)
+    theirs = median(per_impl.get("laplace-torch", {}), op)
+    return theirs / ours if ours and theirs else None
+
+
+TARGETS = (  # (key, problem, case, operation)
+    ("full_fit_regression", "regression", "full", "fit"),
+    ("diag_fit_classification", "classification", "diag", "fit"),
+    ("marglik_regression_full", "regression", "full", "marglik_50"),
+)
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The three pass/fail targets, with laplace-torch 0.3 for comparison."""
-    reg, cls = results["regression"], results["classification"]
+    """The three pass/fail targets, with laplace-torch 0.3 measured in the same run."""
+    reg = results["regression"]
     jac = median(reg["baseline"], "jacobians")
     jtj = median(reg["baseline"], "sum_JtJ")
-    full_fit = median(reg["structures"].get("full", {}), "fit")
     rows = []
-    if None not in (jac, jtj, full_fit):
-        ratio = full_fit / (jac + jtj)
-        rows.append({"target": "full fit (regression) ≤ 2× (Jacobians + Σ JᵀJ)",
-                     "key": "full_fit_regression", "seconds": full_fit, "value": ratio,
-                     "limit": "≤ 2×", "passed": ratio <= 2})
-    diag_fit = median(cls["structures"].get("diag", {}), "fit")
-    if diag_fit is not None:
-        rows.append({"target": "diag fit (classification) < 0.5 s",
-                     "key": "diag_fit_classification", "seconds": diag_fit,
-                     "value": diag_fit, "limit": "< 0.5 s", "passed": diag_fit < 0.5})
-    marglik = median(reg["structures"].get("full", {}), "marglik_50")
-    if marglik is not None:
-        rows.append({"target": "50 marglik steps (regression, full) < 2 s",
-                     "key": "marglik_regression_full", "seconds": marglik, "value": marglik,
-                     "limit": "< 2 s", "passed": marglik < 2})
-    for row in rows:
-        ref = REFERENCE_LAPLACE_TORCH[row["key"]]
-        row["laplace_torch_0_3_s"] = ref
-        row["speedup"] = ref / row["seconds"]
+    for key, name, case, op in TARGETS:
+        per_impl = results[name]["cases"].get(case, {})
+        seconds = median(per_impl.get("laplace", {}), op)
+        if seconds is None:
+            continue
+        row = {"key": key, "seconds": seconds, "value": seconds,
+               "laplace_torch_0_3_s": median(per_impl.get("laplace-torch", {}), op),
+               "speedup": ratio(results, name, case, op)}
+        if key == "full_fit_regression":
+            if None in (jac, jtj):
+                continue
+            row |= {"target": "full fit (regression) ≤ 2× (Jacobians + Σ JᵀJ)",
+                    "value": seconds / (jac + jtj), "limit": "≤ 2×"}
+            row["passed"] = row["value"] <= 2
+        elif key == "diag_fit_classification":
+            row |= {"target": "diag fit (classification) < 0.5 s", "limit": "< 0.5 s",
+                    "passed": seconds < 0.5}
+        else:
+            row |= {"target": "50 marglik steps (regression, full) < 2 s", "limit": "< 2 s",
+                    "passed": seconds < 2}
+        rows.append(row)
     return rows
 
 
-def fmt_time(seconds: float | None, jac: float | None) -> str:
-    if seconds is None:
-        return "–"
-    ratio = f" ({seconds / jac:.2f}×)" if jac else ""
-    return f"{seconds:.4f}{ratio}"
+def fmt(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds:.4f}"
+
+
+def header_lines(results: dict[str, Any]) -> list[str]:
+    """Title, setting, laplace-torch environment and load."""
+    info, lt = results["machine"], results.get("laplace_torch")
+    loads = case_loads(results)
+    lines = [
+        "# `laplace` speed benchmark, side by side with laplace-torch 0.3",
+        "",
+        f"{info['cpu']} ({info['cpu_count']} CPUs), torch {info['torch']}, "
+        f"{info['torch_threads']} threads, float64 on the CPU; batch size "
+        f"{results['batch_size']}; {results['repeats']} interleaved repetition(s), each a "
+        f"fresh subprocess per package "
+        f"{'with one warm-up call per operation' if results['warmup'] else 'timing first calls'}"
+        "; medians"
+        f"{' (quick mode: small sizes)' if results['quick'] else ''}. Load average "
+        f"(1 min) {info['load_average_at_start'][0]:.1f} at the start, "
+        f"{info['load_average_at_end'][0]:.1f} at the end, "
+        f"{min(loads, default=0):.1f}–{max(loads, default=0):.1f} at the end of the "
+        "subprocesses (2 cores, shared with other work).",
+        "",
+    ]
+    if lt:
+        versions = ", ".join(f"{k} {v}" for k, v in lt["versions"].items())
+        lines += [f"laplace-torch environment (`{lt['python']}`): {versions}.", ""]
+    if info["contended"]:
+        lines += [
+            "**Warning: other work competed for the cores during this run (see "
+            "`contended` in the JSON); the timings are inflated and the ratios uncertain. "
+            "Rerun on an idle machine.**",
+            "",
+        ]
+    return lines + [
+        "Seconds. *log_marglik*: one call at a new prior precision (no cached "
+        "factorization); *marglik ×50*: `optimize_prior_precision(method='marglik', "
+        "n_steps=50, prior_structure='scalar')` after a fresh fit; *predict*: 200 test "
+        "points, *cold* after a hyperparameter change (includes the factorization), "
+        "*cached* repeated. *last_layer*: `subset_of_weights='last_layer'`, "
+        "`hessian_structure='full'`. Ratio: laplace-torch / `laplace` (above 1: `laplace` "
+        "is faster). Each package uses its default backend. Peak RSS: `ru_maxrss` growth "
+        "of the subprocess above the level after loading data and model.",
+        "",
+    ]
+
+
+def problem_lines(name: str, entry: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    """The side-by-side table of one problem and its per-case details."""
+    base = entry["baseline"]
+    jtj = median(base, "sum_JtJ")
+    lines = [
+        f"## {name}: {entry['description']}",
+        "",
+        f"N = {base.get('n_train')}, P = {base.get('n_params')}, "
+        f"{base.get('n_batches')} batches. `laplace` Jacobian pass: "
+        f"{fmt(median(base, 'jacobians'))} s"
+        + (f"; Σ JᵀJ from those Jacobians: {jtj:.4f} s" if jtj is not None else "") + ".",
+        "",
+        "| case | operation | `laplace` (s) | laplace-torch 0.3 (s) | ratio |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for case, per_impl in entry["cases"].items():
+        ours, theirs = per_impl.get("laplace", {}), per_impl.get("laplace-torch", {})
+        for impl, merged in per_impl.items():
+            for error in merged.get("errors", []):
+                lines.append(f"| {case} | {impl} failed: {error} | | | |")
+        for op in OPS:
+            r = ratio(results, name, case, op)
+            lines.append(f"| {case} | {OP_LABELS[op]} | {fmt(median(ours, op))} | "
+                         f"{fmt(median(theirs, op))} | {'–' if r is None else f'{r:.1f}×'} |")
+    lines += ["", "| case | package | log marglik at δ=1 | tuned δ | load at end | "
+              "peak RSS fit / all (MB) |", "|---|---|---:|---:|---|---:|"]
+    for case, per_impl in entry["cases"].items():
+        for impl, m in per_impl.items():
+            if "log_marglik_value" not in m:
+                continue
+            loads = ", ".join(f"{x:.1f}" for x in m["loads"])
+            lines.append(f"| {case} | {impl} | {m['log_marglik_value']:.6g} | "
+                         f"{m['tuned_prior_precision'][0]:.6g} | {loads} | "
+                         f"{m['peak_rss_fit_mb']:.0f} / {m['peak_rss_mb']:.0f} |")
+    return lines + [""]
 
 
 def markdown(results: dict[str, Any]) -> str:
     """The results as Markdown tables."""
-    info = results["machine"]
-    lines = [
-        "# `laplace` speed benchmark",
-        "",
-        f"{info['cpu']} ({info['cpu_count']} CPUs), torch {info['torch']}, "
-        f"{info['torch_threads']} threads, float64 on the CPU; batch size "
-        f"{results['batch_size']}; median of {results['repeats']} repeat(s) after a warm-up"
-        f"{' (quick mode: small sizes)' if results['quick'] else ''}. Load average "
-        f"(1 min) {info['load_average_at_start'][0]:.1f} at the start, "
-        f"{info['load_average_at_end'][0]:.1f} at the end (the cores are shared).",
-        "",
-    ]
-    if info["contended"]:
-        lines += [
-            "**Warning: other work competed for the cores during this run (see "
-            "`contended` in the JSON); the timings are inflated. Rerun on an idle "
-            "machine.**",
-            "",
-        ]
-    lines += [
-        "Seconds, and in brackets the ratio to one pass of per-sample Jacobians over the "
-        "same loader batches. *log_marglik*: one call at a new prior precision (no cached "
-        "factorization); *marglik ×50*: `optimize_prior_precision(method='marglik', "
-        "n_steps=50, prior_structure='scalar')` after a fresh fit; *predict*: 200 test "
-        "points, *cold* after a hyperparameter change (includes the factorization), "
-        "*cached* repeated. Peak RSS: `ru_maxrss` growth of the case's own subprocess "
-        "above the level after building data and model (for `fit`: the first fit alone; "
-        "*all*: the whole case).",
-        "",
-    ]
+    lines = header_lines(results)
     for name in PROBLEMS:
-        entry = results[name]
-        base = entry["baseline"]
-        jac = median(base, "jacobians")
-        lines += [
-            f"## {name}: {entry['description']}",
-            "",
-            f"N = {base.get('n_train')}, P = {base.get('n_params')}, "
-            f"{base.get('n_batches')} batches. Jacobian pass: {fmt_time(jac, None)} s, "
-            f"peak RSS +{base.get('peak_rss_mb', 0):.0f} MB"
-            + (f"; Σ JᵀJ from those Jacobians: {median(base, 'sum_JtJ'):.4f} s"
-               if median(base, "sum_JtJ") is not None else "") + ".",
-            "",
-            "| structure | " + " | ".join(OP_LABELS[op] for op in OPS)
-            + " | peak RSS fit (MB) | peak RSS all (MB) |",
-            "|---|" + "---:|" * (len(OPS) + 2),
-        ]
-        for structure, res in entry["structures"].items():
-            if "error" in res or "skipped" in res:
-                reason = res.get("error") or res.get("skipped")
-                lines.append(f"| {structure} | {reason} |" + " |" * (len(OPS) + 1))
-                continue
-            cells = [fmt_time(median(res, op), jac) for op in OPS]
-            note = "" if res.get("warmup", True) else " ¹"
-            lines.append(
-                f"| {structure}{note} | " + " | ".join(cells)
-                + f" | {res['peak_rss_fit_mb']:.0f} | {res['peak_rss_mb']:.0f} |"
-            )
-        if any(not r.get("warmup", True) for r in entry["structures"].values()):
-            lines += ["", "¹ one run, no warm-up."]
-        lines.append("")
+        lines += problem_lines(name, results[name], results)
     lines += [
         "## Targets",
         "",
-        "| target | measured | limit | pass | laplace-torch 0.3 | speed-up |",
+        "| target | measured | limit | pass | laplace-torch 0.3 | ratio |",
         "|---|---:|---|---|---:|---:|",
     ]
     for row in results["targets"]:
         measured = (f"{row['value']:.2f}× ({row['seconds']:.3f} s)"
                     if row["key"] == "full_fit_regression" else f"{row['seconds']:.3f} s")
+        theirs, speedup = row["laplace_torch_0_3_s"], row["speedup"]
         lines.append(
             f"| {row['target']} | {measured} | {row['limit']} | "
-            f"{'PASS' if row['passed'] else 'FAIL'} | {row['laplace_torch_0_3_s']:.1f} s | "
-            f"{row['speedup']:.0f}× |"
+            f"{'PASS' if row['passed'] else 'FAIL'} | "
+            f"{'–' if theirs is None else f'{theirs:.2f} s'} | "
+            f"{'–' if speedup is None else f'{speedup:.0f}×'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -458,60 +567,117 @@ DESCRIPTIONS = {
     "regression": "5→50→50→1 tanh MLP, random inputs",
     "classification": "64→100→100→10 ReLU MLP, scikit-learn digits",
 }
+MERGED_OPS = (*OPS, "jacobians", "sum_JtJ")
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One package's repetitions of a case: every time, their median, loads and errors."""
+    ok = [r for r in runs if "error" not in r]
+    merged: dict[str, Any] = {"errors": [r["error"] for r in runs if "error" in r],
+                              "loads": [r["load_average_end"] for r in ok]}
+    if not ok:
+        return merged
+    merged |= {k: v for k, v in ok[-1].items() if k not in MERGED_OPS}
+    for op in MERGED_OPS:
+        times = [t for r in ok if op in r for t in r[op]["times_s"]]
+        if times:
+            merged[op] = {"median_s": statistics.median(times), "times_s": times}
+    for key in ("peak_rss_fit_mb", "peak_rss_mb"):
+        if key in ok[0]:
+            merged[key] = max(r[key] for r in ok)
+    return merged
+
+
+def run_case_interleaved(spec: dict[str, Any], pythons: dict[str, Path | str],
+                         repeats: int) -> dict[str, Any]:
+    """``repeats`` alternating runs of one case per package, merged per package."""
+    runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in pythons}
+    order = list(pythons)
+    for rep in range(repeats):
+        for impl in order if rep % 2 == 0 else order[::-1]:
+            start = now()
+            runs[impl].append(run_in_subprocess(spec | {"impl": impl}, pythons[impl]))
+            print(f"    {impl} repetition {rep + 1}: {now() - start:.1f} s "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    return {impl: merge(r) for impl, r in runs.items()}
+
+
+def run_problem(name: str, args: argparse.Namespace, pythons: dict[str, Path | str],
+                problem_file: Path) -> dict[str, Any]:
+    """The Jacobian baseline (this package) and every case of one problem."""
+    common = {"problem_file": str(problem_file), "repeats": 1}
+    print(f"[{name}] Jacobian baseline", flush=True)
+    baseline = merge([run_in_subprocess(common | {"impl": "laplace", "job": "jacobians",
+                                                  "repeats": args.repeats}, sys.executable)])
+    cases: dict[str, Any] = {}
+    for case in CASES:
+        heavy = name == "classification" and case == "full" and not args.quick
+        if heavy and not args.digits_full:
+            continue
+        print(f"[{name}] {case}", flush=True)
+        spec = common | {"job": case, "warmup": args.warmup and not heavy}
+        runs = {"laplace": pythons["laplace"]} if heavy else pythons
+        cases[case] = run_case_interleaved(spec, runs, 1 if heavy else args.repeats)
+    description = DESCRIPTIONS[name]
+    if args.quick and name == "classification":
+        description = "64→20→20→10 ReLU MLP, 300 digits (quick)"
+    return {"description": description, "baseline": baseline, "cases": cases}
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
-    """Run every case in its own subprocess and collect the results."""
-    repeats = 1 if args.quick else args.repeats
-    common = {"quick": args.quick, "batch_size": args.batch_size, "repeats": repeats}
+    """Build each problem once, run every case under both interpreters, collect results."""
+    pythons: dict[str, Path | str] = {"laplace": sys.executable}
     results: dict[str, Any] = {
         "machine": machine_info(), "quick": args.quick, "batch_size": args.batch_size,
-        "repeats": repeats, "marglik_steps": N_MARGLIK_STEPS, "n_test": N_TEST,
-        "peak_memory_method": "ru_maxrss growth of a subprocess per case, above the level "
-                              "after building the data and the trained model",
+        "repeats": args.repeats, "warmup": args.warmup, "marglik_steps": N_MARGLIK_STEPS,
+        "n_test": N_TEST,
+        "peak_memory_method": "ru_maxrss growth of a subprocess per case and package, "
+                              "above the level after loading the data and the model",
     }
-    for name in PROBLEMS:
-        description = DESCRIPTIONS[name]
-        if args.quick and name == "classification":
-            description = "64→20→20→10 ReLU MLP, 300 digits (quick)"
-        print(f"[{name}] Jacobian baseline", flush=True)
-        baseline = run_in_subprocess(common | {"problem": name, "job": "jacobians"})
-        structures: dict[str, Any] = {}
-        for structure in STRUCTURES:
-            heavy = name == "classification" and structure == "full" and not args.quick
-            if heavy and not args.digits_full:
-                structures[structure] = {"skipped": "skipped (dense 17,610² posterior; "
-                                                    "run with --digits-full)"}
-                continue
-            spec = common | {"problem": name, "job": structure, "warmup": not heavy}
-            if heavy:
-                spec["repeats"] = 1
-            print(f"[{name}] {structure}", flush=True)
-            start = now()
-            structures[structure] = run_in_subprocess(spec) | {"warmup": not heavy}
-            print(f"    done in {now() - start:.1f} s", flush=True)
-        results[name] = {"description": description, "baseline": baseline,
-                         "structures": structures}
+    if not args.no_laplace_torch:
+        if str(REPO_ROOT) not in sys.path:  # this process never imports ``laplace``
+            sys.path.insert(0, str(REPO_ROOT))
+        from benchmarks.laplace_torch_env import ensure_laplace_torch_env
+
+        python, versions = ensure_laplace_torch_env()
+        pythons["laplace-torch"] = python
+        results["laplace_torch"] = {"python": str(python.relative_to(REPO_ROOT)),
+                                    "versions": versions}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in PROBLEMS:
+            problem_file = Path(tmp) / f"{name}.pt"
+            save_problem(build_problem(name, args.quick, args.batch_size), problem_file)
+            results[name] = run_problem(name, args, pythons, problem_file)
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
     results["machine"]["contended"] = contended(results)
     results["targets"] = targets(results)
-    results["reference_laplace_torch_0_3_s"] = REFERENCE_LAPLACE_TORCH
     return results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="one repeat on small sizes (a smoke test)")
+                        help="one repetition on small sizes (a smoke test)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results",
                         help="folder for laplace_speed.json and laplace_speed.md")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per operation")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="interleaved repetitions per case and package (default 2)")
     parser.add_argument("--batch-size", type=int, default=250, help="DataLoader batch size")
+    parser.add_argument("--no-laplace-torch", action="store_true",
+                        help="time this package only (no laplace-torch environment)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="time each operation's first call (no warm-up call): halves "
+                        "the run time when laplace-torch's tuning takes minutes")
     parser.add_argument("--digits-full", action="store_true",
-                        help="also run the dense posterior on digits (once; ~20+ minutes)")
+                        help="also run the dense posterior on digits (this package, once)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, not {args.repeats}")
+    if args.quick:
+        args.repeats = 1
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

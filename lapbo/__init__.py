@@ -1,7 +1,24 @@
 """lapbo: Bayesian optimization with Laplace BNN surrogates."""
 
-from lapbo.model import ConditionedLaplaceBNN, LaplaceBNN
-from lapbo.sampling import draw_pathwise_samples
-from lapbo.training import fit_laplace_bnn
+import warnings
 
-__all__ = ["ConditionedLaplaceBNN", "LaplaceBNN", "draw_pathwise_samples", "fit_laplace_bnn"]
+from laplace import __version__  # one version for the distribution shipping both packages
+
+with warnings.catch_warnings():
+    # linear_operator (imported by BoTorch and GPyTorch) decorates functions with
+    # `torch.jit.script` at import time, deprecated since torch 2.10 (FutureWarning):
+    # nothing a user of lapbo can act on. The filter covers this import only, and `import
+    # lapbo` runs before lapbo/__main__.py, so it also serves `python -m lapbo`.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                            category=FutureWarning)
+    from lapbo.model import ConditionedLaplaceBNN, LaplaceBNN
+    from lapbo.sampling import draw_pathwise_samples
+    from lapbo.training import fit_laplace_bnn
+
+__all__ = [
+    "ConditionedLaplaceBNN",
+    "LaplaceBNN",
+    "__version__",
+    "draw_pathwise_samples",
+    "fit_laplace_bnn",
+]

@@ -11,12 +11,20 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from lapbo.loop import SURROGATES, BORun, run_bo
 from lapbo.problems import PROBLEMS, get_problem
+
+#: BoTorch's ``optimize_acqf`` (botorch/optim/optimize.py) warns when L-BFGS-B stops
+#: abnormally from some restarts and then retries from new initial conditions by itself:
+#: nothing a user of this command can act on. A failed retry still warns (its own message).
+BOTORCH_RETRY_NOTICE = (r"Optimization failed in `gen_candidates_scipy`[\s\S]*"
+                        r"Trying again with a new set of initial conditions")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,21 +81,25 @@ def plot(runs: list[BORun], title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def run_with_progress(problem: Any, surrogate: str, args: argparse.Namespace) -> BORun:
+    """One BO run with a progress bar per round."""
+    with tqdm(total=args.iterations, desc=f"{surrogate:>7} on {problem.name}",
+              unit="round", file=sys.stdout) as bar:
+        def update(run: BORun) -> None:
+            if run.fit_seconds:
+                bar.update(1)
+            bar.set_postfix(regret=f"{run.regret[-1]:.3g}")
+
+        return run_bo(problem, surrogate, args.iterations, args.seed, on_iteration=update)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     problem = get_problem(args.problem)
     args.output.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for surrogate in args.surrogates:
-        with tqdm(total=args.iterations, desc=f"{surrogate:>7} on {problem.name}",
-                  unit="round", file=sys.stdout) as bar:
-            def update(run: BORun, bar: tqdm = bar) -> None:
-                if run.fit_seconds:
-                    bar.update(1)
-                bar.set_postfix(regret=f"{run.regret[-1]:.3g}")
-
-            runs.append(run_bo(problem, surrogate, args.iterations, args.seed,
-                               on_iteration=update))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=BOTORCH_RETRY_NOTICE, category=RuntimeWarning)
+        runs = [run_with_progress(problem, surrogate, args) for surrogate in args.surrogates]
     plot(runs, f"{problem.name} ({problem.dim}-D), seed {args.seed}",
          args.output / "convergence.png")
     summary = {

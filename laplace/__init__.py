@@ -1,5 +1,9 @@
 """Laplace approximations for neural networks, with the laplace-torch public API."""
 
+#: The version of the ``lapbo`` distribution that ships this package (and ``lapbo``).
+#: The single source of truth: pyproject.toml reads it (``[tool.setuptools.dynamic]``).
+__version__ = "0.1.0"
+
 from laplace.baselaplace import (
     BaseLaplace,
     DiagLaplace,
@@ -54,4 +58,5 @@ __all__ = [
     "SubsetOfWeights",
     "TuningMethod",
     "marglik_training",
+    "__version__",
 ]

@@ -241,6 +241,8 @@ def test_generation_strategy_json_roundtrip_with_dtype_option() -> None:
     assert spec.generator_kwargs["refit_on_cv"] is True
 
 
+# No objective thresholds on purpose (Ax infers them); Ax notes it winsorizes per objective.
+@pytest.mark.filterwarnings("ignore:Encountered a `MultiObjective` without objective thresholds")
 def test_branin_currin_two_objectives(fit_spy: FitSpy) -> None:
     problem = BraninCurrin()
 
@@ -318,6 +320,8 @@ def test_refit_on_cv_warm_starts_every_fold(fit_spy: FitSpy) -> None:
         assert float(r.predicted.covariance[0, 0]) > 0
 
 
+# Ax's notice of the very default this test is about (string choices are unordered).
+@pytest.mark.filterwarnings("ignore:`is_ordered` is not specified")
 def test_unordered_choice_parameter_is_one_hot_encoded_by_default(fit_spy: FitSpy) -> None:
     client = Client(random_seed=0)
     client.configure_experiment(parameters=[
@@ -334,6 +338,8 @@ def test_unordered_choice_parameter_is_one_hot_encoded_by_default(fit_spy: FitSp
 
 
 # ----------------------------------------------------------- clear errors
+# Ax's notice of its default (string choices are unordered).
+@pytest.mark.filterwarnings("ignore:`is_ordered` is not specified")
 def test_categorical_feature_reaching_the_model_raises() -> None:
     client = Client(random_seed=0)
     client.configure_experiment(parameters=[

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 
 import pytest
 
-from lapbo.__main__ import main, parse_args
+from lapbo.__main__ import BOTORCH_RETRY_NOTICE, main, parse_args
 from lapbo.problems import get_problem
 
 
@@ -51,3 +52,20 @@ def test_cli_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_botorch_retry_notice_filter_keeps_a_failed_retry_visible():
+    """``main`` ignores BoTorch's first retry notice only (its wording in botorch 0.18)."""
+    first = ("Optimization failed in `gen_candidates_scipy` with the following warning(s):\n"
+             "[OptimizationWarning('Optimization failed within `scipy.optimize.minimize` with "
+             "status 2 and message ABNORMAL: .')]\nTrying again with a new set of initial "
+             "conditions.")
+    second = ("Optimization failed on the second try, after generating a new set of initial "
+              "conditions.")
+    assert re.match(BOTORCH_RETRY_NOTICE, first) and not re.match(BOTORCH_RETRY_NOTICE, second)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", message=BOTORCH_RETRY_NOTICE, category=RuntimeWarning)
+        warnings.warn(first, RuntimeWarning, stacklevel=1)
+        warnings.warn(second, RuntimeWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == [second]

@@ -135,7 +135,7 @@ def test_lora_transformer(tmp_path: Path) -> None:
     adapters = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert adapters and all("lora_" in n for n, _ in adapters)
     n_adapter = sum(p.numel() for _, p in adapters)
-    # rank 2 on in_proj (48×16), out_proj (16×16), linear1 (32×16), linear2 (16×32)
+    # peft rank 2 on GPT-2's c_attn (16→48), attn.c_proj (16→16), c_fc (16→32), mlp.c_proj (32→16)
     assert n_adapter == 2 * (48 + 16) + 2 * (16 + 16) + 2 * (32 + 16) + 2 * (16 + 32)
     assert la.n_params == n_adapter == result["la_n_params"]
     assert la.n_params < result["n_params_total"] / 5
