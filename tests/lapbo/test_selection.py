@@ -89,3 +89,25 @@ def test_bad_candidates_are_rejected(candidates, message) -> None:
     X = inputs(5)
     with pytest.raises(ValueError, match=message):
         LaplaceBNN(X, X, candidates=candidates)
+
+
+def test_default_family_with_the_default_network_and_none_with_a_given_one() -> None:
+    from torch import nn
+
+    from lapbo.selection import DEFAULT_CANDIDATES
+
+    X = torch.rand(12, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    Y = X.sum(-1, keepdim=True).sin()
+    model = LaplaceBNN(X, Y, **FAST).fit()
+    assert [s.options for s in model.selection] == [dict(c) for c in DEFAULT_CANDIDATES]
+    assert sum(s.chosen for s in model.selection) == 1
+    best = max(model.selection, key=lambda s: s.log_marginal_likelihood)
+    assert best.chosen
+    assert float(model.log_marginal_likelihood()) == pytest.approx(
+        best.log_marginal_likelihood, rel=1e-10)
+    assert model._candidate_models[1].options.keep_best
+    given = LaplaceBNN(X, Y, net=nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)),
+                       **FAST).fit()
+    assert given.selection == [] and given.candidates == []
+    single = LaplaceBNN(X, Y, candidates=None, **FAST).fit()
+    assert single.selection == []
