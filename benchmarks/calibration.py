@@ -144,7 +144,24 @@ def markdown(table: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                       [f"{r['rmse']:.3f}", f"{r['mean_abs_z']:.2f}", f"{r['nll']:.2f}",
                        f"{r['fit_cpu_s']:.1f}"])
         lines.append(f"| {problem} | {n} | " + " | ".join(cells) + " |")
+    lines += ["", targets_line(table)]
     return "\n".join(lines) + "\n"
+
+
+def targets_line(table: list[dict[str, Any]]) -> str:
+    """Issue 13's calibration targets over the cells with both methods: ``LaplaceBNN``'s
+    test NLL ≤ the GP's + 0.1 nats per point, its mean |z| within 0.5–2."""
+    by = {(r["problem"], r["n"], r["method"]): r for r in table}
+    cells = [(k[0], k[1]) for k in by if k[2] == "laplace" and (k[0], k[1], "gp") in by]
+    if not cells:
+        return ""
+    nll_ok = [c for c in cells if by[(*c, "laplace")]["nll"] <= by[(*c, "gp")]["nll"] + 0.1]
+    z = [by[(*c, "laplace")]["mean_abs_z"] for c in cells]
+    z_ok = sum(0.5 <= v <= 2.0 for v in z)
+    missed = ", ".join(f"{p} N={n}" for p, n in cells if (p, n) not in nll_ok)
+    return (f"Targets: NLL ≤ GP + 0.1 in {len(nll_ok)} of {len(cells)} cells"
+            f"{' (not: ' + missed + ')' if missed else ''}; mean |z| {min(z):.2f}–{max(z):.2f}, "
+            f"within 0.5–2 in {z_ok} of {len(cells)}.")
 
 
 def main() -> None:
@@ -155,7 +172,21 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["laplace", "gp"])
     parser.add_argument("--options", default="{}", help="LaplaceBNN keyword options (JSON)")
     parser.add_argument("--output", default="benchmarks/results/calibration")
+    parser.add_argument("--from-logs", nargs="+", default=None, metavar="LOG",
+                        help="only tabulate the JSON rows printed by earlier runs")
     args = parser.parse_args()
+    if args.from_logs:
+        rows = [json.loads(line) for path in args.from_logs for line in Path(path).open()
+                if line.startswith("{")]
+        meta = {"command": " + ".join(args.from_logs), "seeds": sorted({r["seed"] for r in rows}),
+                "commit": "see the runs' logs", "options": {}}
+        text = markdown(summarize(rows), meta)
+        print(text)
+        out = Path(args.output)
+        out.with_suffix(".json").write_text(json.dumps(
+            {"meta": meta, "table": summarize(rows), "runs": rows}, indent=1))
+        out.with_suffix(".md").write_text(text)
+        return
     options = json.loads(args.options)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()  # the code that runs, read at the start
