@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= outputs
 
-.PHONY: env demo test test-slow test-all lint bench clean
+.PHONY: env demo test test-slow test-all lint bench docs clean
 
 env: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e ".[dev]"  # dev includes the hf extra (transformers, peft)
+	$(PY) -m pip install --quiet -e ".[dev]"  # dev includes the hf and docs extras
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -41,6 +41,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/laplace_speed.py
 
+# The documentation site (mkdocs.yml) into site/; --strict fails on broken links,
+# references and docstrings. NO_MKDOCS_2_WARNING silences Material's end-of-life banner.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 # .cache/ holds the laplace-torch 0.3 environment of benchmarks/laplace_speed.py.
 clean:
-	rm -rf $(VENV) $(OUT) .cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OUT) site .cache .pytest_cache .ruff_cache

@@ -135,7 +135,8 @@ class ELLA(FunctionalLaplace):
             at most ``M·C``. If fewer eigenvalues are numerically nonzero, only those
             are kept (with a ``RuntimeWarning``); ``n_features`` says how many.
         seed: seed of the subset draw.
-        Other arguments as for ``BaseLaplace``; only scalar prior precisions.
+
+    Other arguments are those of ``BaseLaplace``; only scalar prior precisions.
 
     The feature map is the ``P × K`` matrix ``Ψ`` (``φ(x) = J(x) Ψ``); no ``P × P``
     matrix is formed. See the module docstring for the math.

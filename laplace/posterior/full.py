@@ -52,7 +52,8 @@ class FullLaplace(ConditioningMixin, ParametricLaplace):
             and they are fewer than the parameters, else dense), ``"dense"`` (always a
             ``P × P`` curvature) or ``"sample"`` (always rows; the backend must give
             them). Fixed at construction (read-only afterwards).
-        Other arguments as for ``BaseLaplace``.
+
+    Other arguments are those of ``BaseLaplace``.
     """
 
     _key = ("all", "full")

@@ -51,7 +51,8 @@ class FunctionalLaplace(BaseLaplace):
             predictive covariance between outputs is also dropped).
         output_hessian: ``"diag"`` or ``"block"`` (full per-point ``C×C`` Hessians).
         seed: seed of the subset-of-data draw (``numpy.random.default_rng``).
-        Other arguments as for ``BaseLaplace``; only scalar prior precisions.
+
+    Other arguments are those of ``BaseLaplace``; only scalar prior precisions.
     """
 
     _key = ("all", "gp")

@@ -139,7 +139,8 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
             at ``fit`` (the last ``nn.Linear`` to run) when ``None``.
         feature_reduction: pooling of ``(batch, ..., D)`` features to ``(batch, D)``
             (see ``FeatureReduction``); the predictive mean stays the model's output.
-        Other arguments as for ``BaseLaplace``.
+
+    Other arguments are those of ``BaseLaplace``.
     """
 
     def __init__(

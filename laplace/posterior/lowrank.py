@@ -21,7 +21,8 @@ class LowRankLaplace(ParametricLaplace):
     Args:
         n_eigenvalues: the rank ``k`` (default ``min(100, n_params)``); with
             ``k = n_params`` the posterior equals ``FullLaplace``'s.
-        Other arguments as for ``BaseLaplace``.
+
+    Other arguments are those of ``BaseLaplace``.
 
     The eigenpairs come from GGN-vector products (ARPACK) without forming the
     curvature, or from the dense curvature when ``k`` is a large share of ``P``.

@@ -58,7 +58,8 @@ class SubnetLaplace(ParametricLaplace):
     Args:
         subnetwork_indices: ``(S,)`` integer positions in
             ``parameters_to_vector(model.parameters())`` (e.g. from a ``SubnetMask``).
-        Other arguments as for ``BaseLaplace``; ``backend`` must be a GGN or EF one.
+
+    Other arguments are those of ``BaseLaplace``; ``backend`` must be a GGN or EF one.
     """
 
     def __init__(self, model: nn.Module, likelihood: str,

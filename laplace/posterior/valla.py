@@ -92,8 +92,9 @@ class VaLLA(FunctionalLaplace):
         n_iter: Adam steps on the classification ELBO (unused for regression).
         lr: Adam learning rate.
         n_mc_samples: Monte Carlo draws of the expected log-likelihood (classification).
-        Other arguments as for ``BaseLaplace``; only scalar prior precisions, and
-        ``prior_mean`` is unused (the prior mean is the MAP network).
+
+    Other arguments are those of ``BaseLaplace``; only scalar prior precisions, and
+    ``prior_mean`` is unused (the prior mean is the MAP network).
 
     See the module docstring for the math.
     """
