@@ -267,7 +267,7 @@ class LaplaceBNN(_LinearizedModel):
     - *Training*: L-BFGS, 1,000 epochs from scratch (300 left the network under-fitted:
       on the development seeds the test RMSE at N = 1,000 fell 2–7× on Branin,
       Hartmann-3 and Rosenbrock-4 with 1,000), 100 warm-started, evidence refits of
-      ``(δ, σ)`` every 50 epochs and after the last (``training.GramMarglik``).
+      ``(δ, σ)`` every 50 epochs and after the last (``laplace.SampleSpaceEvidence``).
 
     Args:
         train_X: ``(n, d)`` training inputs.
@@ -608,7 +608,7 @@ class LaplaceBNN(_LinearizedModel):
         if self.hessian_structure != "full" or self.backend is not None:
             return self.la.log_marginal_likelihood().detach()
         X, Y, Yvar = self._training_data()
-        lml = training.gram_marglik(
+        lml = training.network_evidence(
             self.net, X, Y, Yvar, self._param_names, self._prior_mean_list(),
             linearized=self.mean_kind == "linearized",
             layerwise=self.prior_structure == "layerwise",

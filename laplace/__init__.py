@@ -11,9 +11,13 @@ from laplace.laplace import Laplace
 from laplace.lllaplace import DiagLLLaplace, FullLLLaplace, KronLLLaplace, LLLaplace
 from laplace.marglik_training import marglik_training
 from laplace.posterior.ella import ELLA
+from laplace.posterior.evidence import SampleSpaceEvidence
 from laplace.posterior.functional import FunctionalLaplace, FunctionalLLLaplace
 from laplace.posterior.lowrank import LowRankLaplace
+from laplace.posterior.marglik import log_normal_density
+from laplace.posterior.marglik import maximize as maximize_marginal_likelihood
 from laplace.posterior.valla import VaLLA
+from laplace.precision import GramSpectrum, WoodburyPrecision
 from laplace.subnetlaplace import DiagSubnetLaplace, FullSubnetLaplace, SubnetLaplace
 from laplace.utils.enums import (
     FunctionalApproximation,
@@ -54,4 +58,10 @@ __all__ = [
     "SubsetOfWeights",
     "TuningMethod",
     "marglik_training",
+    # beyond laplace-torch: the sample-space pieces the BoTorch adapter (lapbo) uses
+    "GramSpectrum",
+    "SampleSpaceEvidence",
+    "WoodburyPrecision",
+    "log_normal_density",
+    "maximize_marginal_likelihood",
 ]

@@ -313,6 +313,15 @@ class WoodburyPrecision(PrecisionMatrix):
             return base - U.square().sum(-3)
         return base - torch.einsum("...mnk,...mnl->...nkl", U, U)
 
+    def capacitance_inv_square_form(self, e: Tensor) -> Tensor:
+        """``eᵀ C⁻¹ e`` with the capacitance ``C = I + s·R D⁻¹ Rᵀ`` for ``e`` ``(*b, M)``:
+        ``(*b)``. With ``s = 1/σ²``, ``σ²C = R D⁻¹ Rᵀ + σ²I`` is the marginal covariance
+        of ``y = Rθ + ε`` under ``θ ~ N(0, D⁻¹)``, so this is the data term of the
+        evidence of the linear(ized) model (through the Cholesky factor, no cancellation)."""
+        if e.shape[-1:] != (self.n_rows,):
+            raise ValueError(f"e of shape {tuple(e.shape)} must end in {self.n_rows} (rows).")
+        return self._whitened_cross(e.unsqueeze(-1)).square().sum((-2, -1))
+
     # ------------------------------------------------------------ posterior updates
     def solve(self, v: Tensor) -> Tensor:
         """``Σ v`` for ``v`` ``(..., P)`` (``...`` broadcasting with ``*b``): ``(..., P)``."""

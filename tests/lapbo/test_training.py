@@ -49,11 +49,12 @@ def laplace_lml(net: nn.Module, X: Tensor, Y: Tensor, theta0: list[Tensor],
 
 @pytest.mark.parametrize("prior", [[0.7], [0.3, 2.0, 1.1, 0.5, 4.0, 0.9]])
 def test_gram_evidence_equals_full_laplace(prior: list[float]) -> None:
-    """Scalar and per-tensor priors: ``GramMarglik`` = ``FullLaplace`` evidence."""
+    """Scalar and per-tensor priors: the refit evidence (``laplace.SampleSpaceEvidence``)
+    = ``FullLaplace`` evidence."""
     net, X, Y, theta0 = problem()
     prior_t = torch.tensor(prior, dtype=torch.float64)
     layerwise = len(prior) > 1
-    lml = training.gram_marglik(net, X, Y, None, None, theta0, layerwise=layerwise)
+    lml = training.network_evidence(net, X, Y, None, None, theta0, layerwise=layerwise)
     sigma = torch.tensor(0.2, dtype=torch.float64)
     ours = float(lml(prior_t if layerwise else prior_t.reshape(()), sigma))
     ref = laplace_lml(net, X, Y, theta0, prior_t, 0.2)
@@ -61,7 +62,7 @@ def test_gram_evidence_equals_full_laplace(prior: list[float]) -> None:
 
 
 def test_gram_evidence_with_more_rows_than_weights() -> None:
-    """``N > P``: the evidence from the ``P × P`` spectrum equals ``FullLaplace``'s."""
+    """``N > P``: the evidence from the ``N × N`` spectrum equals ``FullLaplace``'s."""
     g = torch.Generator().manual_seed(4)
     X = torch.rand(80, 2, generator=g, dtype=torch.float64)
     Y = torch.sin(4 * X[:, :1]) + X[:, 1:].square()
@@ -73,8 +74,8 @@ def test_gram_evidence_with_more_rows_than_weights() -> None:
                        prior_mean=theta0)
     P = sum(p.numel() for p in net.parameters())
     assert P < 80
-    lml = training.gram_marglik(net, X, Y, None, None, theta0)
-    assert lml.lam.shape == (P,)
+    lml = training.network_evidence(net, X, Y, None, None, theta0)
+    assert lml.n_rows == 80 and lml.n_params == P
     prior, sigma = torch.tensor(0.7, dtype=torch.float64), torch.tensor(0.2, dtype=torch.float64)
     ref = laplace_lml(net, X, Y, theta0, prior.reshape(1), 0.2)
     assert float(lml(prior, sigma)) == pytest.approx(ref, rel=1e-10)
@@ -83,8 +84,8 @@ def test_gram_evidence_with_more_rows_than_weights() -> None:
 @pytest.mark.parametrize("linearized", [False, True])
 def test_grouped_evidence_with_equal_precisions_is_scalar(linearized: bool) -> None:
     net, X, Y, theta0 = problem()
-    scalar = training.gram_marglik(net, X, Y, None, None, theta0, linearized)
-    grouped = training.gram_marglik(net, X, Y, None, None, theta0, linearized, layerwise=True)
+    scalar = training.network_evidence(net, X, Y, None, None, theta0, linearized)
+    grouped = training.network_evidence(net, X, Y, None, None, theta0, linearized, layerwise=True)
     sigma, delta = torch.tensor(0.15, dtype=torch.float64), torch.tensor(1.7, dtype=torch.float64)
     assert float(grouped(delta.repeat(6), sigma)) == pytest.approx(
         float(scalar(delta, sigma)), rel=1e-11)
@@ -92,7 +93,7 @@ def test_grouped_evidence_with_equal_precisions_is_scalar(linearized: bool) -> N
 
 def test_lbfgs_and_adam_reach_the_same_optimum() -> None:
     net, X, Y, theta0 = problem()
-    lml = training.gram_marglik(net, X, Y, None, None, theta0)
+    lml = training.network_evidence(net, X, Y, None, None, theta0)
     start = (torch.tensor(0.5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
     lbfgs = training.TrainingOptions(marglik_optimizer="lbfgs")
     adam = training.TrainingOptions(marglik_optimizer="adam", marglik_lr=0.05)
@@ -184,12 +185,12 @@ def test_keep_best_restores_the_network_of_highest_evidence_on_the_path(
 
     checks = iter(range(100))
 
-    def scored(lml: object, options: object) -> object:
+    def scored(*args: object, **kwargs: object) -> object:
         k = next(checks)
         return lambda prior, sigma: prior.sum() * 0 - abs(k - 1) * (1.0 + 0 * sigma)
 
     monkeypatch.setattr(training, "train_map", recording_train)
-    monkeypatch.setattr(training, "with_prior_hyperprior", scored)
+    monkeypatch.setattr(training, "network_evidence", scored)
     options = training.TrainingOptions(marglik_every=10, marglik_steps=3, final_marglik_steps=3,
                                        keep_best=True, noise_prior=None)
     one = torch.tensor(1.0, dtype=torch.float64)
