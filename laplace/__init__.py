@@ -13,6 +13,7 @@ from laplace.marglik_training import marglik_training
 from laplace.posterior.ella import ELLA
 from laplace.posterior.evidence import SampleSpaceEvidence
 from laplace.posterior.functional import FunctionalLaplace, FunctionalLLLaplace
+from laplace.posterior.linearized import LinearizedPosterior
 from laplace.posterior.lowrank import LowRankLaplace
 from laplace.posterior.marglik import log_normal_density
 from laplace.posterior.marglik import maximize as maximize_marginal_likelihood
@@ -60,6 +61,7 @@ __all__ = [
     "marglik_training",
     # beyond laplace-torch: the sample-space pieces the BoTorch adapter (lapbo) uses
     "GramSpectrum",
+    "LinearizedPosterior",
     "SampleSpaceEvidence",
     "WoodburyPrecision",
     "log_normal_density",

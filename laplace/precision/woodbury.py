@@ -324,7 +324,17 @@ class WoodburyPrecision(PrecisionMatrix):
 
     # ------------------------------------------------------------ posterior updates
     def solve(self, v: Tensor) -> Tensor:
-        """``Σ v`` for ``v`` ``(..., P)`` (``...`` broadcasting with ``*b``): ``(..., P)``."""
+        """``Σ v`` for ``v`` ``(..., P)`` (``...`` broadcasting with ``*b``): ``(..., P)``.
+
+        Unbatched rows: the vectors are stacked into one ``(P, n)`` product (no broadcast
+        copy of the rows per vector)."""
+        if not self.batch_shape:
+            u = v / self.D
+            flat = u.reshape(-1, self.n_params)
+            t = self._whitened_cross((self.rows @ flat.mT) * self.scale.sqrt())
+            t = torch.linalg.solve_triangular(self._capacitance_cholesky.mT, t, upper=True)
+            back = (t.mT @ self.rows) * (self.scale.sqrt() / self.D)
+            return u - back.reshape(u.shape)
         u = (v / self.D).unsqueeze(-1)
         L = self._capacitance_cholesky
         t = torch.linalg.solve_triangular(L, (self.rows @ u) * self.scale.sqrt(), upper=False)
