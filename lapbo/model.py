@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from lapbo import networks, selection, training, validation
 from laplace import LinearizedPosterior
 from laplace.baselaplace import ParametricLaplace
+from laplace.curvature import network_jacobians
 
 
 class _LinearizedModel(Model, FantasizeMixin):
@@ -90,7 +91,7 @@ class _LinearizedModel(Model, FantasizeMixin):
         """``J`` ``(*b, q·k, P)`` and ``f`` ``(*b, q·k)`` (rows point-major) at ``(*b, q, d)``."""
         batch, q, d = X_tf.shape[:-2], X_tf.shape[-2], X_tf.shape[-1]
         Xf = X_tf.reshape(-1, d).to(self._compute_dtype)
-        Js, f = training.network_jacobians(self.net, Xf, self._param_names)
+        Js, f = network_jacobians(self.net, Xf, self._param_names)
         Js, f = Js[:, idx], f[:, idx]
         return Js.reshape(*batch, q * len(idx), -1), f.reshape(*batch, q * len(idx))
 
@@ -667,7 +668,7 @@ class LaplaceBNN(_LinearizedModel):
         prior = self.prior_precision.to(self._compute_dtype)
         if self.prior_structure == "layerwise":
             prior = training.expand_prior(prior, [p.numel() for p in self.net.parameters()])
-        Js, f = training.network_jacobians(self.net, X, self._param_names)
+        Js, f = network_jacobians(self.net, X, self._param_names)
         rows = Js.reshape(-1, Js.shape[-1])
         if Yvar is None:
             noise = self.sigma_noise.square().to(rows).expand(rows.shape[0])

@@ -12,6 +12,11 @@ from torch import Tensor, nn
 
 from lapbo import LaplaceBNN, networks, training
 from laplace import Laplace
+from laplace.curvature import (
+    jacobians_by_autodiff,
+    network_jacobians,
+    output_layer_jacobians,
+)
 
 SMALL = {"width": 16, "n_epochs": 100, "marglik_every": 50, "marglik_steps": 10,
          "final_marglik_steps": 30, "n_epochs_warm_start": 30}
@@ -152,8 +157,8 @@ def test_output_layer_jacobians_equal_autodiff(bases: dict) -> None:
     net = networks.default_network(3, 2, width=5, activation="gauss", **bases)
     names = training.posterior_parameter_names(net, "last_layer")
     X = torch.rand(4, 3, dtype=torch.float64, requires_grad=True)
-    J, f = training.network_jacobians(net, X, names)
-    J_ref, f_ref = training._jacobians_by_autodiff(net, X, names)
+    J, f = network_jacobians(net, X, names)
+    J_ref, f_ref = jacobians_by_autodiff(net, X, names)
     assert J.shape == J_ref.shape == (4, 2, 2 * (5 + (6 + 7 if bases else 0) + 1))
     assert torch.allclose(J, J_ref, atol=1e-14) and torch.allclose(f, f_ref, atol=1e-14)
     g, = torch.autograd.grad((J.square().sum() + f.sum()), X)
@@ -161,9 +166,9 @@ def test_output_layer_jacobians_equal_autodiff(bases: dict) -> None:
     assert torch.allclose(g, g_ref, atol=1e-12)
     squashed = nn.Sequential(net, nn.Tanh())
     names = [f"0.{n}" for n in names]
-    assert training._output_layer_jacobians(squashed, X, names) is None
-    J2, _ = training.network_jacobians(squashed, X, names)
-    assert torch.allclose(J2, training._jacobians_by_autodiff(squashed, X, names)[0])
+    assert output_layer_jacobians(squashed, X, names) is None
+    J2, _ = network_jacobians(squashed, X, names)
+    assert torch.allclose(J2, jacobians_by_autodiff(squashed, X, names)[0])
 
 
 def test_keep_best_restores_the_network_of_highest_evidence_on_the_path(
