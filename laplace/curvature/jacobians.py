@@ -86,6 +86,9 @@ def jacobians_by_autodiff(
     """``network_jacobians`` by ``vmap(jacrev)`` (any network, any parameter subset)."""
     all_params = {k: v.detach() for k, v in net.named_parameters()}
     keys = list(all_params) if names is None else list(names)
+    if any(k not in all_params for k in keys):  # checked here: off the closed-form path
+        raise ValueError(f"names must be None or a non-empty list of net's parameter names, "
+                         f"got {names!r}.")
     params = {k: all_params[k] for k in keys}
     fixed = {k: v for k, v in all_params.items() if k not in params}
 
@@ -104,8 +107,6 @@ def _check_arguments(net: nn.Module, X: Tensor, names: list[str] | None) -> None
     if not isinstance(X, Tensor) or X.ndim != 2 or not X.is_floating_point():
         shape = tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__
         raise ValueError(f"X must be a floating-point tensor (n, d), got {shape}.")
-    if names is not None:
-        known = dict(net.named_parameters())
-        if not isinstance(names, list) or not names or any(n not in known for n in names):
-            raise ValueError(f"names must be None or a non-empty list of net's parameter "
-                             f"names, got {names!r}.")
+    if names is not None and (not isinstance(names, list) or not names):
+        raise ValueError(f"names must be None or a non-empty list of net's parameter names, "
+                         f"got {names!r}.")

@@ -67,6 +67,39 @@ class LinearizedPosterior:
         self.base, self.shift = base, shift
         self.steps = list(steps or [])
         self.n_params = base.n_params
+        self._factor: tuple[Tensor, Tensor] | None = None
+
+    def _derive(self, shift: Tensor | None, steps: list[_Step]) -> LinearizedPosterior:
+        """A posterior on the same base (sharing its factor) with ``shift`` and ``steps``."""
+        out = LinearizedPosterior(self.base, shift, steps)
+        out._factor = self._factor
+        return out
+
+    def _woodbury_factor(self) -> tuple[Tensor, Tensor] | None:
+        """``(1/δ (P,), B (M, P))`` with ``Σ₀ = diag(1/δ) − BᵀB`` for a sample-space base
+        (computed once and shared by every conditioned posterior), else ``None``."""
+        if not isinstance(self.base, WoodburyPrecision):
+            return None
+        if self._factor is None:
+            self._factor = (self.base.D.reciprocal(), self.base.covariance_factor())
+        return self._factor
+
+    def _base_inv_square_form(self, J: Tensor) -> Tensor:
+        """``J Σ₀ Jᵀ`` ``(*bj, k, k)`` for ``J`` ``(*bj, k, P)``."""
+        factor = self._woodbury_factor()
+        if factor is None:
+            return self.base.inv_square_form(J)
+        var, B = factor
+        U = J @ B.mT
+        return (J * var) @ J.mT - U @ U.mT
+
+    def _base_solve(self, J: Tensor) -> Tensor:
+        """``J Σ₀`` ``(*bj, k, P)`` (rows ``Σ₀ jᵢ``) for ``J`` ``(*bj, k, P)``."""
+        factor = self._woodbury_factor()
+        if factor is None:
+            return self.base.solve(J)
+        var, B = factor
+        return J * var - (J @ B.mT) @ B
 
     @classmethod
     def from_rows(cls, rows: Tensor, noise_var: Tensor, prior: Tensor) -> LinearizedPosterior:
@@ -114,7 +147,7 @@ class LinearizedPosterior:
     # ------------------------------------------------------------ moments
     def _cov_times(self, J: Tensor) -> Tensor:
         """``Σ Jᵀ`` ``(*b, P, k)`` for ``J`` ``(*bj, k, P)``."""
-        U = self.base.solve(J).mT
+        U = self._base_solve(J).mT
         for s in self.steps:
             U = U - s.W @ (J @ s.W).mT
         return U
@@ -124,7 +157,7 @@ class LinearizedPosterior:
         with ``f = f(x; θ*)`` ``(*bx, k)``; ``*b`` broadcasts ``*bx`` with ``batch_shape``.
         Differentiable in ``J`` and ``f``."""
         mean = f if self.shift is None else f + (J @ self.shift.unsqueeze(-1)).squeeze(-1)
-        cov = self.base.inv_square_form(J)
+        cov = self._base_inv_square_form(J)
         for s in self.steps:
             U = J @ s.W
             cov = cov - U @ U.mT
@@ -138,7 +171,7 @@ class LinearizedPosterior:
         ``v = −∇loss`` at ``θ*`` lands on the posterior mean of the linearized model)."""
         step = self._cov_times(v.unsqueeze(-2)).squeeze(-1)
         shift = step if self.shift is None else self.shift + step
-        return LinearizedPosterior(self.base, shift, self.steps)
+        return self._derive(shift, self.steps)
 
     def condition(self, J: Tensor, residual: Tensor, noise_var: Tensor) -> LinearizedPosterior:
         """Exact update on observations ``y = f(x; θ*) + J(θ − θ*) + ε``.
@@ -170,7 +203,7 @@ class LinearizedPosterior:
         shift = (W @ alpha).squeeze(-1)
         if self.shift is not None:
             shift = shift + self.shift
-        return LinearizedPosterior(self.base, shift, [*self.steps, _Step(J, noise_var, C, W)])
+        return self._derive(shift, [*self.steps, _Step(J, noise_var, C, W)])
 
     # ------------------------------------------------------------ samples
     def sample_offsets(self, n_samples: int,

@@ -280,15 +280,22 @@ class WoodburyPrecision(PrecisionMatrix):
         """Dense ``Σ⁻¹`` ``(*b, P, P)`` (``P²`` memory: only on request)."""
         return self._W.mT @ self._W + torch.diag(self.D)
 
+    def covariance_factor(self) -> Tensor:
+        """``B = L⁻¹ W D⁻¹`` ``(*b, M, P)`` with ``Σ = D⁻¹ − BᵀB``.
+
+        An ``(M, P)`` tensor (a copy of the rows' size): for many predictions with one
+        posterior, ``J Σ Jᵀ = J D⁻¹ Jᵀ − (J Bᵀ)(J Bᵀ)ᵀ`` then needs no triangular solve
+        per call (``LinearizedPosterior``)."""
+        return self._whitened_cross(self._DinvW)
+
     def covariance(self) -> Tensor:
-        """Dense ``Σ = D⁻¹ − VᵀV``, ``V = L⁻¹ W D⁻¹``: ``(*b, P, P)`` (only on request)."""
-        V = self._whitened_cross(self._DinvW)
+        """Dense ``Σ = D⁻¹ − BᵀB`` (``covariance_factor``): ``(*b, P, P)`` (on request)."""
+        V = self.covariance_factor()
         return torch.diag_embed(self.D.reciprocal()) - V.mT @ V
 
     def covariance_diag(self) -> Tensor:
-        """``diag(Σ) = 1/δ − colsum((L⁻¹ W D⁻¹)²)``: ``(*b, P)``."""
-        V = self._whitened_cross(self._DinvW)
-        return self.D.reciprocal() - V.square().sum(-2)
+        """``diag(Σ) = 1/δ − colsum(B²)`` (``covariance_factor``): ``(*b, P)``."""
+        return self.D.reciprocal() - self.covariance_factor().square().sum(-2)
 
     def last_layer_variance(self, phi, n_outputs, bias, joint=False, diagonal=False):
         """``J Σ Jᵀ`` for ``J = [I_K ⊗ φᵀ, I_K]`` without building ``J`` (see base)."""

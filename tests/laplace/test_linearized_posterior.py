@@ -1,4 +1,4 @@
-"""``LinearizedPosterior`` (moved from ``lapbo.gaussian.LinearizedPosterior``) against
+"""``LinearizedPosterior`` (moved from ``lapbo.gaussian.LinearizedGaussian``) against
 explicit dense Gaussian algebra: sample-space and dense bases, batched conditioning
 (fantasies), mean steps and Matheron-rule samples."""
 
