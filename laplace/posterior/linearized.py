@@ -76,12 +76,14 @@ class LinearizedPosterior:
         return out
 
     def _woodbury_factor(self) -> tuple[Tensor, Tensor] | None:
-        """``(1/δ (P,), B (M, P))`` with ``Σ₀ = diag(1/δ) − BᵀB`` for a sample-space base
+        """``(1/δ (0-d or P,), B (M, P))``, ``Σ₀ = diag(1/δ) − BᵀB``, for a sample-space base
         (computed once and shared by every conditioned posterior), else ``None``."""
         if not isinstance(self.base, WoodburyPrecision):
             return None
-        if self._factor is None:
-            self._factor = (self.base.D.reciprocal(), self.base.covariance_factor())
+        if self._factor is None:  # 1/δ as a 0-d tensor for a scalar prior (cheaper products)
+            prior = self.base.prior
+            var = prior.reshape(()).reciprocal() if prior.numel() == 1 else self.base.D.reciprocal()
+            self._factor = (var, self.base.covariance_factor())
         return self._factor
 
     def _base_inv_square_form(self, J: Tensor) -> Tensor:
@@ -91,7 +93,12 @@ class LinearizedPosterior:
             return self.base.inv_square_form(J)
         var, B = factor
         U = J @ B.mT
-        return (J * var) @ J.mT - U @ U.mT
+        if var.ndim == 0:
+            prior_part = (J @ J.mT) * var
+        else:
+            V = J * var.sqrt()
+            prior_part = V @ V.mT
+        return prior_part - U @ U.mT
 
     def _base_solve(self, J: Tensor) -> Tensor:
         """``J Σ₀`` ``(*bj, k, P)`` (rows ``Σ₀ jᵢ``) for ``J`` ``(*bj, k, P)``."""
