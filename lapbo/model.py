@@ -1,14 +1,15 @@
 """``LaplaceBNN``: a BoTorch ``Model`` backed by a linearized Laplace posterior.
 
-Predictions, conditioning and samples all go through one Gaussian over the weights
-(``lapbo.gaussian.LinearizedGaussian``). For the default full GGN with fewer observations
-than weights, the Laplace posterior itself is the prior ``N(θ*, I/δ)`` conditioned on
-the training Jacobians (one downdate, Woodbury), so predictions cost ``O(q·P·n)`` instead
-of ``O(q·P²)`` and no ``P × P`` matrix is ever factorised. ``condition_on_observations``
-adds a downdate (batched for fantasies) and moves the mean: an exact Bayesian update of
-the linearized model. With ``subset_of_weights="last_layer"`` (an option) the same
-Gaussian lives on the output layer's weights only (``J`` is then the Jacobian w.r.t.
-those, i.e. the features and a one).
+Predictions, conditioning and samples all go through one Gaussian over the weights,
+``laplace.LinearizedPosterior`` (the library's linearized posterior with batched exact
+conditioning and pathwise samples); ``lapbo`` does no Gaussian linear algebra itself.
+For the default full GGN the posterior precision is kept in ``laplace``'s sample-space
+form (``WoodburyPrecision`` over the training Jacobian rows), so predictions cost
+``O(q·P·n)`` instead of ``O(q·P²)`` and no ``P × P`` matrix is ever formed.
+``condition_on_observations`` adds a downdate (batched for fantasies) and moves the mean:
+an exact Bayesian update of the linearized model. With ``subset_of_weights="last_layer"``
+(an option) the same Gaussian lives on the output layer's weights only (``J`` is then the
+Jacobian w.r.t. those, i.e. the features and a one).
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from botorch.utils.datasets import SupervisedDataset
 from botorch.utils.types import DEFAULT, _DefaultType
 from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
 from linear_operator.operators import DenseLinearOperator
-from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor, nn
 
 from lapbo import networks, selection, training, validation
-from lapbo.gaussian import LinearizedGaussian
+from laplace import LinearizedPosterior
 from laplace.baselaplace import ParametricLaplace
+from laplace.curvature import network_jacobians
 
 
 class _LinearizedModel(Model, FantasizeMixin):
@@ -52,7 +53,7 @@ class _LinearizedModel(Model, FantasizeMixin):
     _param_names: list[str] | None = None  # weights of the posterior (None: all)
     likelihood: Any = None  # FantasizeMixin: no GPyTorch likelihood
 
-    def _gaussian(self) -> LinearizedGaussian:
+    def _gaussian(self) -> LinearizedPosterior:
         raise NotImplementedError
 
     @property
@@ -90,7 +91,7 @@ class _LinearizedModel(Model, FantasizeMixin):
         """``J`` ``(*b, q·k, P)`` and ``f`` ``(*b, q·k)`` (rows point-major) at ``(*b, q, d)``."""
         batch, q, d = X_tf.shape[:-2], X_tf.shape[-2], X_tf.shape[-1]
         Xf = X_tf.reshape(-1, d).to(self._compute_dtype)
-        Js, f = training.network_jacobians(self.net, Xf, self._param_names)
+        Js, f = network_jacobians(self.net, Xf, self._param_names)
         Js, f = Js[:, idx], f[:, idx]
         return Js.reshape(*batch, q * len(idx), -1), f.reshape(*batch, q * len(idx))
 
@@ -218,7 +219,7 @@ class ConditionedLaplaceBNN(_LinearizedModel):
     """
 
     def __init__(
-        self, parent: _LinearizedModel, gaussian: LinearizedGaussian, train_X: Tensor,
+        self, parent: _LinearizedModel, gaussian: LinearizedPosterior, train_X: Tensor,
         outputs: list[int] | None = None,
     ) -> None:
         super().__init__()
@@ -234,7 +235,7 @@ class ConditionedLaplaceBNN(_LinearizedModel):
         self._post = gaussian
         self.eval()
 
-    def _gaussian(self) -> LinearizedGaussian:
+    def _gaussian(self) -> LinearizedPosterior:
         return self._post
 
 
@@ -267,7 +268,7 @@ class LaplaceBNN(_LinearizedModel):
     - *Training*: L-BFGS, 1,000 epochs from scratch (300 left the network under-fitted:
       on the development seeds the test RMSE at N = 1,000 fell 2–7× on Branin,
       Hartmann-3 and Rosenbrock-4 with 1,000), 100 warm-started, evidence refits of
-      ``(δ, σ)`` every 50 epochs and after the last (``training.GramMarglik``).
+      ``(δ, σ)`` every 50 epochs and after the last (``laplace.SampleSpaceEvidence``).
 
     Args:
         train_X: ``(n, d)`` training inputs.
@@ -510,7 +511,7 @@ class LaplaceBNN(_LinearizedModel):
         self._candidate_models: list[LaplaceBNN] | None = None
         self.selection: list[selection.CandidateScore] = []
         self._la: ParametricLaplace | None = None
-        self._post: LinearizedGaussian | None = None
+        self._post: LinearizedPosterior | None = None
         self._noise_cache: Tensor | None = None
 
     @staticmethod
@@ -623,7 +624,7 @@ class LaplaceBNN(_LinearizedModel):
         if self.hessian_structure != "full" or self.backend is not None:
             return self.la.log_marginal_likelihood().detach()
         X, Y, Yvar = self._training_data()
-        lml = training.gram_marglik(
+        lml = training.network_evidence(
             self.net, X, Y, Yvar, self._param_names, self._prior_mean_list(),
             linearized=self.mean_kind == "linearized",
             layerwise=self.prior_structure == "layerwise",
@@ -666,33 +667,33 @@ class LaplaceBNN(_LinearizedModel):
         if not bool(self.is_fitted):
             raise RuntimeError("LaplaceBNN is not fitted: call model.fit() (or load a state).")
 
-    def _gaussian(self) -> LinearizedGaussian:
+    def _gaussian(self) -> LinearizedPosterior:
         self._require_fitted()
         if self._post is None:
             with torch.no_grad():
                 self._post = self._build_gaussian()
         return self._post
 
-    def _build_gaussian(self) -> LinearizedGaussian:
+    def _build_gaussian(self) -> LinearizedPosterior:
+        """The weight posterior, from ``laplace``: the sample-space form from the training
+        Jacobian rows for the full GGN, else the fitted Laplace object's precision."""
+        if self.hessian_structure != "full":
+            return LinearizedPosterior.from_laplace(self.la)
         X, Y, Yvar = self._training_data()
         prior = self.prior_precision.to(self._compute_dtype)
-        if self.hessian_structure == "full":
-            if self.prior_structure == "layerwise":
-                prior = training.expand_prior(prior, [p.numel() for p in self.net.parameters()])
-            Js, f = training.network_jacobians(self.net, X, self._param_names)
-            rows = Js.reshape(-1, Js.shape[-1])
-            if Yvar is None:
-                noise = self.sigma_noise.square().to(rows).expand(rows.shape[0])
-            else:
-                noise = Yvar.reshape(-1).clamp_min(1e-12)
-            gaussian = LinearizedGaussian.from_rows(rows, noise, prior)
-            if self.mean_kind == "linearized":  # −∇ of the MAP loss at θ*
-                v = rows.mT @ ((Y - f).reshape(-1) / noise) - prior * self._weight_offset()
-                gaussian = gaussian.with_mean_step(v)
-            return gaussian
-        precision = self.la._precision().to_matrix()  # dense (P, P) for every structure
-        chol = psd_safe_cholesky(0.5 * (precision + precision.mT))
-        return LinearizedGaussian(chol.shape[-1], chol=chol)
+        if self.prior_structure == "layerwise":
+            prior = training.expand_prior(prior, [p.numel() for p in self.net.parameters()])
+        Js, f = network_jacobians(self.net, X, self._param_names)
+        rows = Js.reshape(-1, Js.shape[-1])
+        if Yvar is None:
+            noise = self.sigma_noise.square().to(rows).expand(rows.shape[0])
+        else:
+            noise = Yvar.reshape(-1).clamp_min(1e-12)
+        posterior = LinearizedPosterior.from_rows(rows, noise, prior)
+        if self.mean_kind == "linearized":  # −∇ of the MAP loss at θ*
+            v = rows.mT @ ((Y - f).reshape(-1) / noise) - prior * self._weight_offset()
+            posterior = posterior.with_mean_step(v)
+        return posterior
 
     # --------------------------------------------------------- module state
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:

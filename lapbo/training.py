@@ -14,103 +14,33 @@ are small; Adam is an option). Online marginal likelihood (Immer et al., 2021): 
 log-normal hyperprior on ``σ²``); the training loss then uses the new values. A final
 refit after the last epoch sets the values the posterior is built with. For the full
 GGN with the native backend the refits never build a Laplace object: the evidence
-comes from the ``n × n`` Gram matrix of the Jacobians (``GramMarglik``).
+comes from the ``n × n`` Gram matrix of the Jacobians (``laplace.SampleSpaceEvidence``),
+and every refit runs ``laplace.maximize_marginal_likelihood``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
 from lapbo.networks import last_layer_name
-from laplace import Laplace
+from laplace import (
+    Laplace,
+    SampleSpaceEvidence,
+    log_normal_density,
+    maximize_marginal_likelihood,
+)
 from laplace.baselaplace import ParametricLaplace
+from laplace.curvature import network_jacobians
 
 if TYPE_CHECKING:
     from lapbo.model import LaplaceBNN
-
-def network_jacobians(
-    net: nn.Module, X: Tensor, names: list[str] | None = None
-) -> tuple[Tensor, Tensor]:
-    """Per-point Jacobians w.r.t. the weights, differentiable w.r.t. ``X``.
-
-    Args:
-        net: maps ``(n, d)`` to ``(n, K)``.
-        X: ``(n, d)``.
-        names: the parameters to differentiate (``net.named_parameters()`` names, in
-            that order; default all). The others are held fixed.
-
-    Returns:
-        ``Js`` ``(n, K, P)`` (parameters in ``net.parameters()`` order, as ``la.mean``)
-        and outputs ``f`` ``(n, K)``.
-
-    When ``names`` are exactly the weight and bias of the ``nn.Linear`` whose output is
-    the network's output, ``J = [I_K ⊗ φ(x)ᵀ, I_K]`` is read off the layer input ``φ(x)``
-    of one forward pass (no per-sample autodiff); otherwise ``torch.func`` computes it.
-    """
-    if names is not None:
-        fast = _output_layer_jacobians(net, X, names)
-        if fast is not None:
-            return fast
-    return _jacobians_by_autodiff(net, X, names)
-
-
-def _output_layer_jacobians(
-    net: nn.Module, X: Tensor, names: list[str]
-) -> tuple[Tensor, Tensor] | None:
-    """``network_jacobians`` for the output layer's weights, or ``None`` if ``names`` are
-    not (weight, bias) of an ``nn.Linear`` whose output tensor the network returns."""
-    modules = dict(net.named_modules())
-    prefix = names[0].rsplit(".", 1)[0]
-    layer = modules.get(prefix)
-    if not isinstance(layer, nn.Linear) or layer.bias is None or names != [
-        f"{prefix}.weight", f"{prefix}.bias"
-    ]:
-        return None
-    seen: dict[str, Tensor] = {}
-
-    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        seen["phi"], seen["out"] = inputs[0], output
-
-    handle = layer.register_forward_hook(hook)
-    try:  # detached weights: the graph reaches X only, as in the autodiff path
-        f = functional_call(net, {k: v.detach() for k, v in net.named_parameters()}, (X,))
-    finally:
-        handle.remove()
-    if seen.get("out") is not f or f.ndim != 2:
-        return None  # the layer's output is transformed further: not linear in its weights
-    phi = seen["phi"]
-    n, K = f.shape
-    eye = torch.eye(K, dtype=phi.dtype, device=phi.device)
-    J_w = (eye.unsqueeze(-1) * phi[:, None, None, :]).reshape(n, K, -1)  # (n, K, K·F)
-    Js = torch.cat([J_w, eye.expand(n, K, K)], dim=-1)
-    return Js, f
-
-
-def _jacobians_by_autodiff(
-    net: nn.Module, X: Tensor, names: list[str] | None = None
-) -> tuple[Tensor, Tensor]:
-    """``network_jacobians`` by ``vmap(jacrev)`` (any network, any parameter subset)."""
-    all_params = {k: v.detach() for k, v in net.named_parameters()}
-    keys = list(all_params) if names is None else list(names)
-    params = {k: all_params[k] for k in keys}
-    fixed = {k: v for k, v in all_params.items() if k not in params}
-
-    def fn(p: dict[str, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
-        out = functional_call(net, {**fixed, **p}, (x.unsqueeze(0),)).reshape(-1)
-        return out, out
-
-    jac, f = vmap(jacrev(fn, has_aux=True), in_dims=(None, 0))(params, X)
-    Js = torch.cat([jac[k].flatten(start_dim=2) for k in keys], dim=2)
-    return Js, f
-
 
 def expand_prior(prior: Tensor, sizes: Sequence[int]) -> Tensor:
     """Per-weight precisions ``(P,)`` from a per-tensor prior ``(G,)``, or ``prior``
@@ -217,237 +147,87 @@ def refit_hyperparameters(
     la: ParametricLaplace, sigma_noise: Tensor, prior_precision: Tensor, n_steps: int,
     options: TrainingOptions, tune_noise: bool,
 ) -> tuple[Tensor, Tensor]:
-    """Maximise ``la.log_marginal_likelihood`` over ``log δ`` (and ``log σ``) with Adam.
+    """Maximise ``la.log_marginal_likelihood`` over ``log δ`` (and ``log σ``) with
+    ``la.optimize_marginal_likelihood`` (bounds and noise hyperprior of ``options``).
 
     Returns the new ``(σ, δ)`` as detached scalar tensors, which are also stored on ``la``.
     """
-    la._prepare_for_tuning()
+    la.sigma_noise = sigma_noise.detach()
+    la.prior_precision = prior_precision.detach().reshape(1)
+    la.optimize_marginal_likelihood(
+        method=options.marglik_optimizer, n_steps=n_steps, lr=options.marglik_lr,
+        tune_sigma_noise=tune_noise,
+        prior_precision_bounds=(options.min_prior_precision, options.max_prior_precision),
+        sigma_noise_bounds=(options.min_noise_std, options.max_noise_std),
+        sigma_noise_hyperprior=options.noise_prior if tune_noise else None,
+    )
+    return la.sigma_noise.detach().reshape(()), la.prior_precision.detach().reshape(())
 
-    def lml(prior: Tensor, sigma: Tensor) -> Tensor:
-        return la.log_marginal_likelihood(prior_precision=prior.reshape(1), sigma_noise=sigma)
 
-    sigma, prior = maximize_marglik(lml, sigma_noise, prior_precision, n_steps, options,
-                                    tune_noise)
-    la.sigma_noise = sigma
-    la.prior_precision = prior.reshape(1)
-    return sigma, prior
+Objective = Callable[[Tensor, Tensor], Tensor]
 
 
 def maximize_marglik(
-    lml: Any, sigma_noise: Tensor, prior_precision: Tensor, n_steps: int,
-    options: TrainingOptions, tune_noise: bool,
+    lml: Objective, sigma_noise: Tensor, prior_precision: Tensor, n_steps: int,
+    options: TrainingOptions, tune_noise: bool, reference_precision: float | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Maximise ``lml(δ, σ)`` over ``(log δ, log σ)`` within the bounds of ``options``.
+    """Maximise ``lml(δ, σ)`` over ``(log δ, log σ)`` within the bounds of ``options``,
+    with ``laplace.maximize_marginal_likelihood`` (the library's one optimiser).
 
-    ``options.marglik_optimizer``: ``"lbfgs"`` (at most ``n_steps`` iterations, strong-Wolfe
-    line search; the bounds clamp the arguments, so the gradient vanishes beyond them)
-    or ``"adam"`` (``n_steps`` steps of rate ``options.marglik_lr``, clamped after each).
+    ``options.marglik_optimizer``: ``"lbfgs"`` (at most ``n_steps`` iterations) or
+    ``"adam"`` (``n_steps`` steps of rate ``options.marglik_lr``); the best point visited is
+    kept. Hyperpriors: ``options.noise_prior`` on ``σ²`` (when ``σ`` is refit) and, given
+    ``reference_precision``, ``hyperpriors(options, reference_precision)[0]`` on ``δ``.
     ``δ`` is a scalar tensor or one precision per weight tensor ``(G,)``.
-    Returns the best ``(σ, δ)`` visited (detached tensors of the input shapes).
+    Returns the best ``(σ, δ)`` (detached tensors of the input shapes).
     """
-    log_prior = prior_precision.detach().log().clone().requires_grad_(True)
-    log_sigma = sigma_noise.detach().reshape(()).log().clone().requires_grad_(tune_noise)
-    lml = with_noise_hyperprior(lml, options, tune_noise)
-    params = [log_prior, log_sigma] if tune_noise else [log_prior]
-    bounds_prior = (math.log(options.min_prior_precision), math.log(options.max_prior_precision))
-    bounds_sigma = (math.log(options.min_noise_std), math.log(options.max_noise_std))
-    with torch.no_grad():
-        log_prior.clamp_(*bounds_prior)
-        log_sigma.clamp_(*bounds_sigma)
-    best = (-math.inf, log_sigma.detach().clone(), log_prior.detach().clone())
-    if options.marglik_optimizer == "lbfgs":
-        return _maximize_lbfgs(lml, log_prior, log_sigma, params, n_steps, bounds_prior,
-                               bounds_sigma, best)
-    if options.marglik_optimizer != "adam":
+    if options.marglik_optimizer not in ("lbfgs", "adam"):
         raise ValueError(f"Unknown marglik_optimizer {options.marglik_optimizer!r}.")
-    optimizer = torch.optim.Adam(params, lr=options.marglik_lr)
-    for _ in range(n_steps):
-        optimizer.zero_grad()
-        value = lml(log_prior.exp(), log_sigma.exp())
-        if not torch.isfinite(value):
-            break
-        if float(value.detach()) > best[0]:
-            best = (float(value.detach()), log_sigma.detach().clone(), log_prior.detach().clone())
-        (-value).backward()
-        optimizer.step()
-        with torch.no_grad():
-            log_prior.clamp_(*bounds_prior)
-            log_sigma.clamp_(*bounds_sigma)
-    with torch.no_grad():  # the last step is evaluated too
-        value = lml(log_prior.exp(), log_sigma.exp())
-        if torch.isfinite(value) and float(value) > best[0]:
-            best = (float(value), log_sigma.clone(), log_prior.clone())
-    return best[1].exp(), best[2].exp()
+    sigma0 = sigma_noise.detach().reshape(())
+
+    def objective(prior: Tensor, sigma: Tensor | None) -> Tensor:
+        return lml(prior.reshape(prior_precision.shape), sigma0 if sigma is None else sigma)
+
+    prior_hp, noise_hp = hyperpriors(options, reference_precision, tune_noise)
+    prior, sigma = maximize_marginal_likelihood(
+        objective, prior_precision.detach().reshape(-1), sigma0 if tune_noise else None,
+        method=options.marglik_optimizer, n_steps=n_steps, lr=options.marglik_lr,
+        prior_bounds=(math.log(options.min_prior_precision),
+                      math.log(options.max_prior_precision)),
+        sigma_bounds=(math.log(options.min_noise_std), math.log(options.max_noise_std)),
+        prior_hyperprior=prior_hp, noise_hyperprior=noise_hp, keep_best=True,
+        tolerance_grad=1e-7, tolerance_change=1e-10,
+    )
+    sigma = sigma0.clamp(options.min_noise_std, options.max_noise_std) if sigma is None \
+        else sigma
+    return sigma, prior.reshape(prior_precision.shape)
 
 
-def with_noise_hyperprior(lml: Any, options: TrainingOptions, tune_noise: bool) -> Any:
-    """``lml(δ, σ) + log LogNormal(σ²; loc, scale)`` with ``options.noise_prior`` when ``σ``
-    is refit, else ``lml`` itself: the objective ``maximize_marglik`` maximises."""
-    if not tune_noise or options.noise_prior is None:
-        return lml
-    loc, scale = options.noise_prior
+def hyperpriors(
+    options: TrainingOptions, reference_precision: float | None, tune_noise: bool
+) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """``(loc, scale)`` of the log-normal hyperpriors on ``δ`` and ``σ²`` (or ``None``).
 
-    def objective(prior: Tensor, sigma: Tensor) -> Tensor:
-        log_var = 2 * sigma.log()
-        return lml(prior, sigma) - log_var - 0.5 * ((log_var - loc) / scale) ** 2
-
-    return objective
-
-
-def _maximize_lbfgs(
-    lml: Any, log_prior: Tensor, log_sigma: Tensor, params: list[Tensor], n_steps: int,
-    bounds_prior: tuple[float, float], bounds_sigma: tuple[float, float], best: tuple,
-) -> tuple[Tensor, Tensor]:
-    """The L-BFGS branch of ``maximize_marglik`` (same arguments and result)."""
-    if n_steps <= 0:
-        return best[1].exp(), best[2].exp()
-    optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=n_steps, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-7, tolerance_change=1e-10)
-    state = {"best": best}
-
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        lp, ls = log_prior.clamp(*bounds_prior), log_sigma.clamp(*bounds_sigma)
-        value = lml(lp.exp(), ls.exp())
-        if not torch.isfinite(value):  # steers the line search back
-            return torch.tensor(math.inf, dtype=value.dtype)
-        if float(value.detach()) > state["best"][0]:
-            state["best"] = (float(value.detach()), ls.detach().clone(), lp.detach().clone())
-        (-value).backward()
-        return -value.detach()
-
-    optimizer.step(closure)
-    _, log_s, log_p = state["best"]
-    return log_s.exp(), log_p.exp()
-
-
-class GramMarglik:
-    """Laplace log marginal likelihood of the exact GGN from its square-root rows.
-
-    With Jacobian rows ``R`` ``(N, P)`` (``N = n·K``) at ``θ*``, residuals ``r = f − y``
-    and a scalar prior ``N(0, I/δ)``, the curvature ``RᵀR/σ²`` has the nonzero spectrum
-    of the ``N × N`` Gram matrix ``RRᵀ/σ²``, so
-
-        log p(y | δ, σ) ≈ −½‖r‖²/σ² − N log σ − ½N log 2π
-                          − ½ Σᵢ log(1 + λᵢ/(σ²δ)) − ½ δ‖θ*‖²
-
-    costs one ``N × N`` eigendecomposition, and no ``P × P`` matrix is formed (with more
-    rows than weights, ``N > P``, the ``P × P`` matrix ``RᵀR`` gives the same nonzero
-    spectrum at a cost linear in ``N``). With known
-    noise variances ``v`` the Gram matrix is ``D^{-½}RRᵀD^{-½}`` (``D = diag v``) and
-    ``σ`` is not a free parameter. Equal to ``FullLaplace.log_marginal_likelihood`` (and
-    its last-layer variant, with the last-layer rows and weights).
-
-    ``linearized=True`` gives instead the exact evidence of the linearized model
-    ``y = f(θ*) + R(θ − θ*) + ε``, ``θ ~ N(θ₀, I/δ)``: with ``e = y − f(θ*) + R(θ* − θ₀)``
-    and ``RRᵀ = U diag(λ) Uᵀ``,
-
-        log p(y | δ, σ) = −½ Σᵢ (Uᵀe)ᵢ² / (λᵢ/δ + σ²) − ½ Σᵢ log(λᵢ/δ + σ²) − ½N log 2π,
-
-    the same number at an exact MAP, and the right one for the linearized predictive
-    mean when the MAP is not converged (``LaplaceBNN(mean="linearized")``).
-
-    With one precision per weight tensor (``groups``: the sizes ``P_g`` of the ``G``
-    tensors, columns of ``R`` in that order) the prior is ``N(θ₀, D⁻¹)``, ``D`` block
-    constant; ``RD⁻¹Rᵀ = Σ_g R_gR_gᵀ/δ_g`` is no longer a rescaled fixed matrix, so each
-    call factorises that ``N × N`` sum (Cholesky) instead of reusing one spectrum.
-
-    Args:
-        rows: ``R`` ``(N, P)``.
-        resid: ``r`` ``(N,)``.
-        theta_sq: ``‖θ* − θ₀‖²`` over the weights of the posterior (scalar tensor), or
-            per weight tensor ``(G,)`` with ``groups``.
-        noise_var: known ``v`` ``(N,)`` or ``None``.
-        offset: ``R(θ* − θ₀)`` ``(N,)`` (required with ``linearized``).
-        linearized: the evidence of the linearized model (above).
-        groups: sizes of the weight tensors for a per-tensor prior, or ``None``.
+    On ``δ``: centred on ``log δ_ref`` (``reference_precision``, see ``TrainingOptions``)
+    with scale ``options.prior_precision_prior``; on ``σ²``: ``options.noise_prior`` when
+    ``σ`` is refit.
     """
-
-    def __init__(self, rows: Tensor, resid: Tensor, theta_sq: Tensor,
-                 noise_var: Tensor | None = None, offset: Tensor | None = None,
-                 linearized: bool = False, groups: Sequence[int] | None = None) -> None:
-        rows, resid = rows.detach(), resid.detach()
-        self.n = resid.numel()
-        self.reference_precision = float(rows.square().sum(-1).mean()) if self.n else 1.0
-        self.theta_sq = theta_sq.detach()
-        self.groups = None if groups is None else list(groups)
-        self.noise_var = noise_var
-        self.linearized = linearized
-        if noise_var is None:
-            scaled, e = rows, -resid
-            self.sse = resid.square().sum()
-        else:
-            scale = noise_var.sqrt()
-            scaled, e = rows / scale.unsqueeze(-1), -resid / scale
-            self.sse = (resid.square() / noise_var).sum()
-            self.log_noise = noise_var.log().sum()
-        if linearized and offset is None:
-            raise ValueError("The linearized evidence needs offset = R(θ* − θ₀).")
-        if linearized and noise_var is not None:
-            offset = offset / noise_var.sqrt()
-        if self.groups is not None:
-            blocks = scaled.split(self.groups, dim=-1)
-            self.grams = torch.stack([B @ B.mT for B in blocks])  # (G, N, N)
-            self.target = e + offset.detach() if linearized else None
-            return
-        if not linearized and scaled.shape[0] > scaled.shape[1]:
-            # more rows than weights: RᵀR (P × P) has the same nonzero spectrum, and the
-            # cost stays linear in the number of observations
-            gram = scaled.mT @ scaled
-            self.lam = torch.linalg.eigvalsh(0.5 * (gram + gram.mT)).clamp_min(0.0)
-            return
-        gram = scaled @ scaled.mT
-        if linearized:
-            lam, U = torch.linalg.eigh(0.5 * (gram + gram.mT))
-            self.lam = lam.clamp_min(0.0)
-            self.proj_sq = (U.mT @ (e + offset.detach())).square()
-        else:
-            self.lam = torch.linalg.eigvalsh(0.5 * (gram + gram.mT)).clamp_min(0.0)
-
-    def __call__(self, prior: Tensor, sigma: Tensor) -> Tensor:
-        c = self.n * math.log(2 * math.pi)
-        if self.groups is not None:
-            return self._grouped(prior, sigma, c)
-        if self.linearized:
-            var = self.lam / prior + (sigma.square() if self.noise_var is None else 1.0)
-            out = -0.5 * ((self.proj_sq / var).sum() + var.log().sum() + c)
-            return out if self.noise_var is None else out - 0.5 * self.log_noise
-        if self.noise_var is None:
-            s2 = sigma.square()
-            loglik = -0.5 * self.sse / s2 - self.n * sigma.log() - 0.5 * c
-            logdet = torch.log1p(self.lam / (s2 * prior)).sum()
-        else:
-            loglik = -0.5 * self.sse - 0.5 * self.log_noise - 0.5 * c
-            logdet = torch.log1p(self.lam / prior).sum()
-        return loglik - 0.5 * (logdet + prior * self.theta_sq)
+    scale = options.prior_precision_prior
+    prior_hp = None
+    if scale is not None and reference_precision is not None:
+        prior_hp = (math.log(max(reference_precision, options.min_prior_precision)), scale)
+    return prior_hp, (options.noise_prior if tune_noise else None)
 
 
-    def _grouped(self, prior: Tensor, sigma: Tensor, c: float) -> Tensor:
-        """The evidence with a per-tensor prior ``(G,)`` (class docstring)."""
-        s2 = sigma.square() if self.noise_var is None else sigma.new_ones(())
-        K = (self.grams / prior.reshape(-1, 1, 1)).sum(0)
-        eye = torch.eye(self.n, dtype=K.dtype, device=K.device)
-        if self.linearized:
-            L = torch.linalg.cholesky(K + s2 * eye)
-            alpha = torch.linalg.solve_triangular(L, self.target.unsqueeze(-1), upper=False)
-            logdet = 2 * L.diagonal().log().sum()
-            out = -0.5 * (alpha.square().sum() + logdet + c)
-            return out if self.noise_var is None else out - 0.5 * self.log_noise
-        L = torch.linalg.cholesky(eye + K / s2)
-        logdet = 2 * L.diagonal().log().sum()
-        if self.noise_var is None:
-            loglik = -0.5 * self.sse / s2 - self.n * sigma.log() - 0.5 * c
-        else:
-            loglik = -0.5 * self.sse - 0.5 * self.log_noise - 0.5 * c
-        return loglik - 0.5 * (logdet + (prior.reshape(-1) * self.theta_sq).sum())
-
-
-def gram_marglik(net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None,
-                 names: list[str] | None, prior_mean: list[Tensor] | None = None,
-                 linearized: bool = False, layerwise: bool = False) -> GramMarglik:
-    """``GramMarglik`` of ``net`` at its current weights on ``X (n, d)``, ``Y (n, K)``,
-    with the prior ``N(θ₀, I/δ)`` (``θ₀ = prior_mean``, one tensor per parameter;
-    ``layerwise``: one ``δ`` per weight tensor of the posterior)."""
+def network_evidence(
+    net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None, names: list[str] | None,
+    prior_mean: list[Tensor] | None = None, linearized: bool = False,
+    layerwise: bool = False,
+) -> SampleSpaceEvidence:
+    """``laplace.SampleSpaceEvidence`` of ``net`` at its current weights on ``X (n, d)``,
+    ``Y (n, K)`` (known noise ``Yvar (n, K)`` or ``None``), with the prior ``N(θ₀, I/δ)``
+    (``θ₀ = prior_mean``, one tensor per parameter; ``layerwise``: one ``δ`` per weight
+    tensor of the posterior; ``names``: the posterior's weights, ``None`` for all)."""
     with torch.no_grad():
         Js, f = network_jacobians(net, X, names)
     rows = Js.reshape(-1, Js.shape[-1])
@@ -455,14 +235,10 @@ def gram_marglik(net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None,
     keys = list(params) if names is None else names
     means = dict(zip(params, prior_mean)) if prior_mean is not None else {}
     diffs = [(params[k].detach() - means.get(k, 0.0)).reshape(-1) for k in keys]
-    delta = torch.cat(diffs)
     noise = None if Yvar is None else Yvar.reshape(-1).clamp_min(1e-12)
-    if layerwise:
-        theta_sq, groups = torch.stack([v.square().sum() for v in diffs]), [len(v) for v in diffs]
-    else:
-        theta_sq, groups = delta.square().sum(), None
-    return GramMarglik(rows, (f - Y).reshape(-1), theta_sq, noise, offset=rows @ delta,
-                       linearized=linearized, groups=groups)
+    groups = [len(v) for v in diffs] if layerwise else None
+    return SampleSpaceEvidence(rows, (f - Y).reshape(-1), torch.cat(diffs), noise,
+                               groups=groups, linearized=linearized)
 
 
 def _map_loss(net: nn.Module, X: Tensor, Y: Tensor, noise_var: Tensor,
@@ -544,12 +320,12 @@ def fit_network_and_laplace(
             Laplace object and only ``δ`` is refit), or ``None``.
         prior_mean: ``θ₀`` of the prior ``N(θ₀, I/δ)``, one tensor per parameter of
             ``net`` (default zero); weight decay pulls towards it.
-        linearized: refit on the evidence of the linearized model (``GramMarglik``;
+        linearized: refit on the evidence of the linearized model (``network_evidence``;
             full GGN with the native backend only).
 
     Returns:
         The fitted Laplace object (``None`` for the full GGN with the native backend:
-        its refits use ``GramMarglik`` and the model builds its posterior from the
+        its refits use ``network_evidence`` and the model builds its posterior from the
         Jacobians; ``LaplaceBNN.la`` builds the object on demand) and the final
         ``(σ, δ)``.
     """
@@ -591,7 +367,7 @@ def _fit_full_ggn(
     subset_of_weights: str, tune_noise: bool, prior_mean: list[Tensor] | None = None,
     linearized: bool = False,
 ) -> tuple[None, Tensor, Tensor]:
-    """``fit_network_and_laplace`` for the exact GGN: refits on the Gram spectrum."""
+    """``fit_network_and_laplace`` for the exact GGN: refits on ``network_evidence``."""
     names = posterior_parameter_names(net, subset_of_weights)
     layerwise = prior_precision.numel() > 1
     if layerwise and names is not None:
@@ -602,25 +378,26 @@ def _fit_full_ggn(
     lik_var = Yvar.clamp_min(1e-12) if Yvar is not None else None
     every = options.marglik_every if options.marglik_every > 0 else n_epochs + 1
     done, best = 0, None
+
+    def refit(n_steps: int) -> tuple[Tensor, Tensor, Any]:
+        lml = network_evidence(net, X, Y, Yvar, names, prior_mean, linearized, layerwise)
+        ref = getattr(lml, "reference_precision", None)
+        s, p = maximize_marglik(lml, sigma, prior, n_steps, options, tune_noise, ref)
+        return s, p, lml
+
     while done < n_epochs:
         steps = min(every, n_epochs - done)
         noise_var = lik_var if lik_var is not None else sigma.square()
         train_map(net, X, Y, noise_var, prior, steps, options.lr, options.optimizer, prior_mean)
         done += steps
         if done < n_epochs and options.marglik_steps > 0:
-            lml = gram_marglik(net, X, Y, Yvar, names, prior_mean, linearized, layerwise)
-            objective = with_prior_hyperprior(lml, options)
-            sigma, prior = maximize_marglik(objective, sigma, prior, options.marglik_steps,
-                                            options, tune_noise)
+            sigma, prior, evidence = refit(options.marglik_steps)
             if options.keep_best:
-                best = _better_state(best, net, objective, sigma, prior, options, tune_noise)
+                best = _better_state(best, net, evidence, sigma, prior, options, tune_noise)
     if options.final_marglik_steps > 0:
-        lml = gram_marglik(net, X, Y, Yvar, names, prior_mean, linearized, layerwise)
-        objective = with_prior_hyperprior(lml, options)
-        sigma, prior = maximize_marglik(objective, sigma, prior, options.final_marglik_steps,
-                                        options, tune_noise)
+        sigma, prior, evidence = refit(options.final_marglik_steps)
         if best is not None:
-            final = _better_state(None, net, objective, sigma, prior, options, tune_noise)
+            final = _better_state(None, net, evidence, sigma, prior, options, tune_noise)
             if best[0] > final[0]:  # an earlier network along the path had more evidence
                 with torch.no_grad():
                     for p, saved in zip(net.parameters(), best[1]):
@@ -630,33 +407,25 @@ def _fit_full_ggn(
 
 
 def _better_state(
-    best: tuple | None, net: nn.Module, objective: Any, sigma: Tensor, prior: Tensor,
-    options: TrainingOptions, tune_noise: bool,
+    best: tuple | None, net: nn.Module, lml: Objective, sigma: Tensor,
+    prior: Tensor, options: TrainingOptions, tune_noise: bool,
 ) -> tuple:
     """``best`` or, if its score is lower, ``(score, weights, σ, δ)`` of the current network,
-    the score being the refit objective (evidence plus hyperpriors) at ``(δ, σ)``."""
+    the score being the refit objective (the evidence ``lml`` plus the hyperpriors, centred
+    on its ``reference_precision`` when it has one) at ``(δ, σ)``."""
+    ref = getattr(lml, "reference_precision", None)
+    prior_hp, noise_hp = hyperpriors(options, ref, tune_noise)
     with torch.no_grad():
-        score = float(with_noise_hyperprior(objective, options, tune_noise)(prior, sigma))
+        value = lml(prior, sigma)
+        if prior_hp is not None:
+            value = value + log_normal_density(prior, *prior_hp)
+        if noise_hp is not None:
+            value = value + log_normal_density(sigma.square(), *noise_hp)
+        score = float(value)
     if best is not None and best[0] >= score:
         return best
     weights = [p.detach().clone() for p in net.parameters()]
     return score, weights, sigma.clone(), prior.clone()
-
-
-def with_prior_hyperprior(lml: GramMarglik, options: TrainingOptions) -> Any:
-    """``lml(δ, σ)`` plus ``Σ_g log LogNormal(δ_g; log δ_ref, s²)`` with ``s =
-    options.prior_precision_prior`` and ``δ_ref = lml.reference_precision`` (see
-    ``TrainingOptions``), or ``lml`` itself when ``s`` is ``None``."""
-    scale = options.prior_precision_prior
-    if scale is None:
-        return lml
-    loc = math.log(max(lml.reference_precision, options.min_prior_precision))
-
-    def objective(prior: Tensor, sigma: Tensor) -> Tensor:
-        log_prior = prior.log()
-        return lml(prior, sigma) - (log_prior + 0.5 * ((log_prior - loc) / scale) ** 2).sum()
-
-    return objective
 
 
 def fit_laplace_bnn(model: LaplaceBNN, **kwargs: Any) -> LaplaceBNN:

@@ -15,9 +15,14 @@ from laplace.laplace import Laplace
 from laplace.lllaplace import DiagLLLaplace, FullLLLaplace, KronLLLaplace, LLLaplace
 from laplace.marglik_training import marglik_training
 from laplace.posterior.ella import ELLA
+from laplace.posterior.evidence import SampleSpaceEvidence
 from laplace.posterior.functional import FunctionalLaplace, FunctionalLLLaplace
+from laplace.posterior.linearized import LinearizedPosterior
 from laplace.posterior.lowrank import LowRankLaplace
+from laplace.posterior.marglik import log_normal_density
+from laplace.posterior.marglik import maximize as maximize_marginal_likelihood
 from laplace.posterior.valla import VaLLA
+from laplace.precision import GramSpectrum, WoodburyPrecision
 from laplace.subnetlaplace import DiagSubnetLaplace, FullSubnetLaplace, SubnetLaplace
 from laplace.utils.enums import (
     FunctionalApproximation,
@@ -59,4 +64,11 @@ __all__ = [
     "TuningMethod",
     "marglik_training",
     "__version__",
+    # beyond laplace-torch: the sample-space pieces the BoTorch adapter (lapbo) uses
+    "GramSpectrum",
+    "LinearizedPosterior",
+    "SampleSpaceEvidence",
+    "WoodburyPrecision",
+    "log_normal_density",
+    "maximize_marginal_likelihood",
 ]

@@ -8,6 +8,11 @@ from importlib import import_module
 from typing import Any
 
 from laplace.curvature.curvature import CurvatureInterface, EFInterface, GGNInterface
+from laplace.curvature.jacobians import (
+    jacobians_by_autodiff,
+    network_jacobians,
+    output_layer_jacobians,
+)
 from laplace.curvature.torchfunc import TorchFuncEF, TorchFuncGGN
 
 _ADAPTERS = {
@@ -41,5 +46,8 @@ __all__ = [
     "GGNInterface",
     "TorchFuncEF",
     "TorchFuncGGN",
+    "jacobians_by_autodiff",
+    "network_jacobians",
+    "output_layer_jacobians",
     *_ADAPTERS,
 ]

@@ -72,6 +72,7 @@ def maximize(
     prior_hyperprior: tuple[float, float] | None = None,
     noise_hyperprior: tuple[float, float] | None = None,
     keep_best: bool = False, progress_bar: bool = False,
+    tolerance_grad: float = 1e-9, tolerance_change: float = 1e-12,
 ) -> tuple[Tensor, Tensor | None]:
     """Maximise ``lml(δ, σ)`` (plus hyperpriors) over ``log δ`` and, if given, ``log σ``.
 
@@ -86,9 +87,14 @@ def maximize(
             ``check_bounds``); the arguments are clamped, so the gradient vanishes beyond.
         prior_hyperprior, noise_hyperprior: ``(loc, scale)`` log-normals on ``δ`` / ``σ²``.
         keep_best: Adam returns the best iterate instead of the last (L-BFGS always does).
+        tolerance_grad, tolerance_change: L-BFGS stopping tolerances (positive; on the
+            gradient and on the change of the objective / parameters, as in
+            ``torch.optim.LBFGS``).
     Returns:
         The final ``δ`` ``(G,)`` and ``σ`` (0-d, or ``None``), detached.
     """
+    tolerances = (checks.positive_float(tolerance_grad, "tolerance_grad"),
+                  checks.positive_float(tolerance_change, "tolerance_change"))
     log_prior = prior_precision.detach().log().clone()
     log_sigma = None if sigma_noise is None else sigma_noise.detach().reshape(()).log().clone()
     with torch.no_grad():
@@ -108,7 +114,7 @@ def maximize(
 
     best = _Best(params)
     if method == "lbfgs":
-        _run_lbfgs(objective, params, n_steps, best)
+        _run_lbfgs(objective, params, n_steps, best, tolerances)
         keep_best = True
     else:
         _run_adam(objective, params, n_steps, lr, best if keep_best else None, progress_bar,
@@ -165,10 +171,12 @@ def _run_adam(objective: Callable[[], Tensor], params: list[Tensor], n_steps: in
 
 
 def _run_lbfgs(objective: Callable[[], Tensor], params: list[Tensor], n_steps: int,
-               best: _Best) -> None:
+               best: _Best, tolerances: tuple[float, float]) -> None:
+    if n_steps <= 0:
+        return
     optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=n_steps,
-                                  line_search_fn="strong_wolfe", tolerance_grad=1e-9,
-                                  tolerance_change=1e-12)
+                                  line_search_fn="strong_wolfe", tolerance_grad=tolerances[0],
+                                  tolerance_change=tolerances[1])
 
     def closure() -> Tensor:
         optimizer.zero_grad()

@@ -280,15 +280,22 @@ class WoodburyPrecision(PrecisionMatrix):
         """Dense ``Σ⁻¹`` ``(*b, P, P)`` (``P²`` memory: only on request)."""
         return self._W.mT @ self._W + torch.diag(self.D)
 
+    def covariance_factor(self) -> Tensor:
+        """``B = L⁻¹ W D⁻¹`` ``(*b, M, P)`` with ``Σ = D⁻¹ − BᵀB``.
+
+        An ``(M, P)`` tensor (a copy of the rows' size): for many predictions with one
+        posterior, ``J Σ Jᵀ = J D⁻¹ Jᵀ − (J Bᵀ)(J Bᵀ)ᵀ`` then needs no triangular solve
+        per call (``LinearizedPosterior``)."""
+        return self._whitened_cross(self._DinvW)
+
     def covariance(self) -> Tensor:
-        """Dense ``Σ = D⁻¹ − VᵀV``, ``V = L⁻¹ W D⁻¹``: ``(*b, P, P)`` (only on request)."""
-        V = self._whitened_cross(self._DinvW)
+        """Dense ``Σ = D⁻¹ − BᵀB`` (``covariance_factor``): ``(*b, P, P)`` (on request)."""
+        V = self.covariance_factor()
         return torch.diag_embed(self.D.reciprocal()) - V.mT @ V
 
     def covariance_diag(self) -> Tensor:
-        """``diag(Σ) = 1/δ − colsum((L⁻¹ W D⁻¹)²)``: ``(*b, P)``."""
-        V = self._whitened_cross(self._DinvW)
-        return self.D.reciprocal() - V.square().sum(-2)
+        """``diag(Σ) = 1/δ − colsum(B²)`` (``covariance_factor``): ``(*b, P)``."""
+        return self.D.reciprocal() - self.covariance_factor().square().sum(-2)
 
     def last_layer_variance(self, phi, n_outputs, bias, joint=False, diagonal=False):
         """``J Σ Jᵀ`` for ``J = [I_K ⊗ φᵀ, I_K]`` without building ``J`` (see base)."""
@@ -313,9 +320,28 @@ class WoodburyPrecision(PrecisionMatrix):
             return base - U.square().sum(-3)
         return base - torch.einsum("...mnk,...mnl->...nkl", U, U)
 
+    def capacitance_inv_square_form(self, e: Tensor) -> Tensor:
+        """``eᵀ C⁻¹ e`` with the capacitance ``C = I + s·R D⁻¹ Rᵀ`` for ``e`` ``(*b, M)``:
+        ``(*b)``. With ``s = 1/σ²``, ``σ²C = R D⁻¹ Rᵀ + σ²I`` is the marginal covariance
+        of ``y = Rθ + ε`` under ``θ ~ N(0, D⁻¹)``, so this is the data term of the
+        evidence of the linear(ized) model (through the Cholesky factor, no cancellation)."""
+        if e.shape[-1:] != (self.n_rows,):
+            raise ValueError(f"e of shape {tuple(e.shape)} must end in {self.n_rows} (rows).")
+        return self._whitened_cross(e.unsqueeze(-1)).square().sum((-2, -1))
+
     # ------------------------------------------------------------ posterior updates
     def solve(self, v: Tensor) -> Tensor:
-        """``Σ v`` for ``v`` ``(..., P)`` (``...`` broadcasting with ``*b``): ``(..., P)``."""
+        """``Σ v`` for ``v`` ``(..., P)`` (``...`` broadcasting with ``*b``): ``(..., P)``.
+
+        Unbatched rows: the vectors are stacked into one ``(P, n)`` product (no broadcast
+        copy of the rows per vector)."""
+        if not self.batch_shape:
+            u = v / self.D
+            flat = u.reshape(-1, self.n_params)
+            t = self._whitened_cross((self.rows @ flat.mT) * self.scale.sqrt())
+            t = torch.linalg.solve_triangular(self._capacitance_cholesky.mT, t, upper=True)
+            back = (t.mT @ self.rows) * (self.scale.sqrt() / self.D)
+            return u - back.reshape(u.shape)
         u = (v / self.D).unsqueeze(-1)
         L = self._capacitance_cholesky
         t = torch.linalg.solve_triangular(L, (self.rows @ u) * self.scale.sqrt(), upper=False)

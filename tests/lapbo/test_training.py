@@ -12,6 +12,11 @@ from torch import Tensor, nn
 
 from lapbo import LaplaceBNN, networks, training
 from laplace import Laplace
+from laplace.curvature import (
+    jacobians_by_autodiff,
+    network_jacobians,
+    output_layer_jacobians,
+)
 
 SMALL = {"width": 16, "n_epochs": 100, "marglik_every": 50, "marglik_steps": 10,
          "final_marglik_steps": 30, "n_epochs_warm_start": 30}
@@ -49,11 +54,12 @@ def laplace_lml(net: nn.Module, X: Tensor, Y: Tensor, theta0: list[Tensor],
 
 @pytest.mark.parametrize("prior", [[0.7], [0.3, 2.0, 1.1, 0.5, 4.0, 0.9]])
 def test_gram_evidence_equals_full_laplace(prior: list[float]) -> None:
-    """Scalar and per-tensor priors: ``GramMarglik`` = ``FullLaplace`` evidence."""
+    """Scalar and per-tensor priors: the refit evidence (``laplace.SampleSpaceEvidence``)
+    = ``FullLaplace`` evidence."""
     net, X, Y, theta0 = problem()
     prior_t = torch.tensor(prior, dtype=torch.float64)
     layerwise = len(prior) > 1
-    lml = training.gram_marglik(net, X, Y, None, None, theta0, layerwise=layerwise)
+    lml = training.network_evidence(net, X, Y, None, None, theta0, layerwise=layerwise)
     sigma = torch.tensor(0.2, dtype=torch.float64)
     ours = float(lml(prior_t if layerwise else prior_t.reshape(()), sigma))
     ref = laplace_lml(net, X, Y, theta0, prior_t, 0.2)
@@ -61,7 +67,7 @@ def test_gram_evidence_equals_full_laplace(prior: list[float]) -> None:
 
 
 def test_gram_evidence_with_more_rows_than_weights() -> None:
-    """``N > P``: the evidence from the ``P × P`` spectrum equals ``FullLaplace``'s."""
+    """``N > P``: the evidence from the ``N × N`` spectrum equals ``FullLaplace``'s."""
     g = torch.Generator().manual_seed(4)
     X = torch.rand(80, 2, generator=g, dtype=torch.float64)
     Y = torch.sin(4 * X[:, :1]) + X[:, 1:].square()
@@ -73,8 +79,8 @@ def test_gram_evidence_with_more_rows_than_weights() -> None:
                        prior_mean=theta0)
     P = sum(p.numel() for p in net.parameters())
     assert P < 80
-    lml = training.gram_marglik(net, X, Y, None, None, theta0)
-    assert lml.lam.shape == (P,)
+    lml = training.network_evidence(net, X, Y, None, None, theta0)
+    assert lml.n_rows == 80 and lml.n_params == P
     prior, sigma = torch.tensor(0.7, dtype=torch.float64), torch.tensor(0.2, dtype=torch.float64)
     ref = laplace_lml(net, X, Y, theta0, prior.reshape(1), 0.2)
     assert float(lml(prior, sigma)) == pytest.approx(ref, rel=1e-10)
@@ -83,8 +89,8 @@ def test_gram_evidence_with_more_rows_than_weights() -> None:
 @pytest.mark.parametrize("linearized", [False, True])
 def test_grouped_evidence_with_equal_precisions_is_scalar(linearized: bool) -> None:
     net, X, Y, theta0 = problem()
-    scalar = training.gram_marglik(net, X, Y, None, None, theta0, linearized)
-    grouped = training.gram_marglik(net, X, Y, None, None, theta0, linearized, layerwise=True)
+    scalar = training.network_evidence(net, X, Y, None, None, theta0, linearized)
+    grouped = training.network_evidence(net, X, Y, None, None, theta0, linearized, layerwise=True)
     sigma, delta = torch.tensor(0.15, dtype=torch.float64), torch.tensor(1.7, dtype=torch.float64)
     assert float(grouped(delta.repeat(6), sigma)) == pytest.approx(
         float(scalar(delta, sigma)), rel=1e-11)
@@ -92,7 +98,7 @@ def test_grouped_evidence_with_equal_precisions_is_scalar(linearized: bool) -> N
 
 def test_lbfgs_and_adam_reach_the_same_optimum() -> None:
     net, X, Y, theta0 = problem()
-    lml = training.gram_marglik(net, X, Y, None, None, theta0)
+    lml = training.network_evidence(net, X, Y, None, None, theta0)
     start = (torch.tensor(0.5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
     lbfgs = training.TrainingOptions(marglik_optimizer="lbfgs")
     adam = training.TrainingOptions(marglik_optimizer="adam", marglik_lr=0.05)
@@ -151,8 +157,8 @@ def test_output_layer_jacobians_equal_autodiff(bases: dict) -> None:
     net = networks.default_network(3, 2, width=5, activation="gauss", **bases)
     names = training.posterior_parameter_names(net, "last_layer")
     X = torch.rand(4, 3, dtype=torch.float64, requires_grad=True)
-    J, f = training.network_jacobians(net, X, names)
-    J_ref, f_ref = training._jacobians_by_autodiff(net, X, names)
+    J, f = network_jacobians(net, X, names)
+    J_ref, f_ref = jacobians_by_autodiff(net, X, names)
     assert J.shape == J_ref.shape == (4, 2, 2 * (5 + (6 + 7 if bases else 0) + 1))
     assert torch.allclose(J, J_ref, atol=1e-14) and torch.allclose(f, f_ref, atol=1e-14)
     g, = torch.autograd.grad((J.square().sum() + f.sum()), X)
@@ -160,9 +166,9 @@ def test_output_layer_jacobians_equal_autodiff(bases: dict) -> None:
     assert torch.allclose(g, g_ref, atol=1e-12)
     squashed = nn.Sequential(net, nn.Tanh())
     names = [f"0.{n}" for n in names]
-    assert training._output_layer_jacobians(squashed, X, names) is None
-    J2, _ = training.network_jacobians(squashed, X, names)
-    assert torch.allclose(J2, training._jacobians_by_autodiff(squashed, X, names)[0])
+    assert output_layer_jacobians(squashed, X, names) is None
+    J2, _ = network_jacobians(squashed, X, names)
+    assert torch.allclose(J2, jacobians_by_autodiff(squashed, X, names)[0])
 
 
 def test_keep_best_restores_the_network_of_highest_evidence_on_the_path(
@@ -184,12 +190,12 @@ def test_keep_best_restores_the_network_of_highest_evidence_on_the_path(
 
     checks = iter(range(100))
 
-    def scored(lml: object, options: object) -> object:
+    def scored(*args: object, **kwargs: object) -> object:
         k = next(checks)
         return lambda prior, sigma: prior.sum() * 0 - abs(k - 1) * (1.0 + 0 * sigma)
 
     monkeypatch.setattr(training, "train_map", recording_train)
-    monkeypatch.setattr(training, "with_prior_hyperprior", scored)
+    monkeypatch.setattr(training, "network_evidence", scored)
     options = training.TrainingOptions(marglik_every=10, marglik_steps=3, final_marglik_steps=3,
                                        keep_best=True, noise_prior=None)
     one = torch.tensor(1.0, dtype=torch.float64)
