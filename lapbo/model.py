@@ -91,7 +91,8 @@ class _LinearizedModel(Model, FantasizeMixin):
         """``J`` ``(*b, q·k, P)`` and ``f`` ``(*b, q·k)`` (rows point-major) at ``(*b, q, d)``."""
         batch, q, d = X_tf.shape[:-2], X_tf.shape[-2], X_tf.shape[-1]
         Xf = X_tf.reshape(-1, d).to(self._compute_dtype)
-        Js, f = network_jacobians(self.net, Xf, self._param_names)
+        Js, f = network_jacobians(self.net, Xf, self._param_names,
+                                  independent_samples=networks.rows_independent(self.net))
         Js, f = Js[:, idx], f[:, idx]
         return Js.reshape(*batch, q * len(idx), -1), f.reshape(*batch, q * len(idx))
 
@@ -683,7 +684,8 @@ class LaplaceBNN(_LinearizedModel):
         prior = self.prior_precision.to(self._compute_dtype)
         if self.prior_structure == "layerwise":
             prior = training.expand_prior(prior, [p.numel() for p in self.net.parameters()])
-        Js, f = network_jacobians(self.net, X, self._param_names)
+        Js, f = network_jacobians(self.net, X, self._param_names,
+                                  independent_samples=networks.rows_independent(self.net))
         rows = Js.reshape(-1, Js.shape[-1])
         if Yvar is None:
             noise = self.sigma_noise.square().to(rows).expand(rows.shape[0])

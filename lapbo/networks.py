@@ -234,6 +234,21 @@ def default_network(
     return net.to(dtype=dtype, device=device)
 
 
+#: Module types whose forward pass treats the rows of a batch independently.
+ROWWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Sequential, nn.ModuleList, nn.Linear, nn.Identity, nn.Tanh, nn.ReLU, nn.GELU, nn.SiLU,
+    nn.Sigmoid, nn.Softplus, nn.ELU, nn.LeakyReLU, nn.Mish, Gaussian, InputMap,
+    QuadraticFeatures, RandomFourierFeatures, AugmentedMLP,
+)
+
+
+def rows_independent(net: nn.Module) -> bool:
+    """Whether every module of ``net`` is of a ``ROWWISE_MODULES`` type (exactly), so that
+    ``laplace.curvature.network_jacobians(..., independent_samples=True)`` may read the
+    Jacobians off the layers' inputs and output gradients."""
+    return all(type(m) in ROWWISE_MODULES for m in net.modules())
+
+
 def last_layer_name(net: nn.Module) -> str:
     """Name of the last ``nn.Linear`` registered in ``net`` (its output layer)."""
     names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lapbo.networks import last_layer_name
+from lapbo.networks import last_layer_name, rows_independent
 from laplace import (
     Laplace,
     SampleSpaceEvidence,
@@ -229,7 +229,7 @@ def network_evidence(
     (``θ₀ = prior_mean``, one tensor per parameter; ``layerwise``: one ``δ`` per weight
     tensor of the posterior; ``names``: the posterior's weights, ``None`` for all)."""
     with torch.no_grad():
-        Js, f = network_jacobians(net, X, names)
+        Js, f = network_jacobians(net, X, names, independent_samples=rows_independent(net))
     rows = Js.reshape(-1, Js.shape[-1])
     params = dict(net.named_parameters())
     keys = list(params) if names is None else names

@@ -10,6 +10,7 @@ from typing import Any
 from laplace.curvature.curvature import CurvatureInterface, EFInterface, GGNInterface
 from laplace.curvature.jacobians import (
     jacobians_by_autodiff,
+    linear_layer_jacobians,
     network_jacobians,
     output_layer_jacobians,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "TorchFuncEF",
     "TorchFuncGGN",
     "jacobians_by_autodiff",
+    "linear_layer_jacobians",
     "network_jacobians",
     "output_layer_jacobians",
     *_ADAPTERS,

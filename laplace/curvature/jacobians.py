@@ -18,7 +18,8 @@ from torch.func import functional_call, jacrev, vmap
 
 
 def network_jacobians(
-    net: nn.Module, X: Tensor, names: list[str] | None = None
+    net: nn.Module, X: Tensor, names: list[str] | None = None,
+    independent_samples: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Per-point Jacobians w.r.t. the weights, differentiable w.r.t. ``X``.
 
@@ -27,6 +28,12 @@ def network_jacobians(
         X: ``(n, d)``.
         names: the parameters to differentiate (``net.named_parameters()`` names, in
             that order; default all). The others are held fixed.
+        independent_samples: the caller vouches that ``net``'s forward pass treats the
+            rows of ``X`` independently (no batch statistics, no attention across rows).
+            Then, if every requested weight belongs to an ``nn.Linear`` applied once,
+            the Jacobians come from one forward and ``K`` backward passes
+            (``linear_layer_jacobians``) instead of ``vmap(jacrev)``: the same numbers
+            at a fraction of the per-call overhead.
 
     Returns:
         ``Js`` ``(n, K, P)`` (parameters in ``net.parameters()`` order, as ``la.mean``)
@@ -45,7 +52,92 @@ def network_jacobians(
         fast = output_layer_jacobians(net, X, names)
         if fast is not None:
             return fast
+    if independent_samples:
+        fast = linear_layer_jacobians(net, X, names)
+        if fast is not None:
+            return fast
     return jacobians_by_autodiff(net, X, names)
+
+
+def linear_layer_jacobians(
+    net: nn.Module, X: Tensor, names: list[str] | None = None
+) -> tuple[Tensor, Tensor] | None:
+    """``network_jacobians`` from the inputs and output gradients of ``nn.Linear`` layers.
+
+    For a layer ``z = W a + b`` applied to rows that do not interact, the Jacobian of
+    output ``k`` at sample ``n`` is ``∂f_nk/∂W = g_nk a_nᵀ`` and ``∂f_nk/∂b = g_nk`` with
+    ``g_nk = ∂(Σ_m f_mk)/∂z_n``: one forward pass records every ``a_n``, one backward
+    pass per output ``k`` gives every ``g_nk``. Valid only when the rows of ``X`` do not
+    interact in ``net`` (the caller's promise, see ``network_jacobians``).
+
+    Returns:
+        ``(Js (n, K, P), f (n, K))`` as ``network_jacobians``, or ``None`` when a
+        requested parameter is not the weight or bias of an ``nn.Linear``, a layer runs
+        more than once or on other than ``(n, ·)`` rows, or the output is not ``(n, K)``.
+    """
+    all_params = dict(net.named_parameters())
+    keys = list(all_params) if names is None else list(names)
+    layers = {n: m for n, m in net.named_modules() if isinstance(m, nn.Linear)}
+    owners: dict[str, str] = {}
+    for key in keys:
+        prefix, _, leaf = key.rpartition(".")
+        if prefix not in layers or leaf not in ("weight", "bias"):
+            return None
+        owners[key] = prefix
+    seen: dict[str, list[tuple[Tensor, Tensor]]] = {n: [] for n in set(owners.values())}
+    handles = []
+
+    def recorder(name: str):  # noqa: ANN202
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+            if not output.requires_grad:  # weights detached and X constant: track z here
+                output = output.detach().requires_grad_()
+            seen[name].append((inputs[0], output))
+            return output
+        return hook
+
+    for name in seen:
+        handles.append(layers[name].register_forward_hook(recorder(name)))
+    try:
+        detached = {k: v.detach() for k, v in all_params.items()}
+        with torch.enable_grad():
+            f = functional_call(net, detached, (X,))
+    finally:
+        for h in handles:
+            h.remove()
+    n = X.shape[0]
+    if not isinstance(f, Tensor) or f.ndim != 2 or f.shape[0] != n:
+        return None
+    for records in seen.values():
+        if len(records) != 1:
+            return None
+        a, z = records[0]
+        if a.ndim != 2 or z.ndim != 2 or a.shape[0] != n:
+            return None
+    names_order = list(seen)
+    outs = [seen[name][0][1] for name in names_order]
+    create = X.requires_grad
+    rows = []
+    for k in range(f.shape[1]):
+        with torch.enable_grad():
+            total = f[:, k].sum()
+        grads = torch.autograd.grad(total, outs, retain_graph=True,
+                                    create_graph=create, allow_unused=True)
+        g_by_layer = {name: (g if g is not None else torch.zeros_like(z))
+                      for name, g, z in zip(names_order, grads, outs)}
+        blocks = []
+        for key in keys:
+            name = owners[key]
+            g = g_by_layer[name]
+            if key.endswith(".bias"):
+                blocks.append(g)
+            else:
+                a = seen[name][0][0]
+                blocks.append((g.unsqueeze(-1) * a.unsqueeze(-2)).flatten(1))
+        rows.append(torch.cat(blocks, dim=1))
+    Js = torch.stack(rows, dim=1)
+    if not create:
+        Js, f = Js.detach(), f.detach()
+    return Js, f
 
 
 def output_layer_jacobians(

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from lapbo import LaplaceBNN, networks
 
@@ -115,3 +116,11 @@ def test_reference_dim_scales_length_scales_by_root_dimension(d: int) -> None:
     assert float(omega.std()) == pytest.approx(1 / (0.5 * factor), rel=0.05)
     with pytest.raises(ValueError, match="reference_dim"):
         networks.default_network(d, 1, reference_dim=0)
+
+
+def test_rows_independent_for_the_default_network_only() -> None:
+    assert networks.rows_independent(networks.default_network(3, 1, random_features=10,
+                                                              trend="quadratic"))
+    assert networks.rows_independent(nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1)))
+    assert not networks.rows_independent(nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4),
+                                                       nn.Linear(4, 1)))

@@ -9,7 +9,12 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from laplace.curvature import jacobians_by_autodiff, network_jacobians, output_layer_jacobians
+from laplace.curvature import (
+    jacobians_by_autodiff,
+    linear_layer_jacobians,
+    network_jacobians,
+    output_layer_jacobians,
+)
 
 DT = torch.float64
 
@@ -66,3 +71,53 @@ def test_arguments_are_validated() -> None:
         network_jacobians(net, X[0])
     with pytest.raises(ValueError, match="names must be None or a non-empty list"):
         network_jacobians(net, X, ["nope"])
+
+
+class Twice(nn.Module):
+    """One ``nn.Linear`` applied twice: its Jacobian is not one outer product per point."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(torch.tanh(self.layer(x)))[:, :2]
+
+
+@pytest.mark.parametrize("subset", ["all", "body", "last"])
+@pytest.mark.parametrize("grad_to_x", [False, True])
+def test_linear_layer_jacobians_equal_pointwise_autograd(subset: str, grad_to_x: bool) -> None:
+    net = mlp()
+    every = [n for n, _ in net.named_parameters()]
+    names = {"all": every, "body": every[:2], "last": every[2:]}[subset]
+    X = torch.rand(6, 3, dtype=DT, requires_grad=grad_to_x)
+    out = linear_layer_jacobians(net, X, None if subset == "all" else names)
+    assert out is not None
+    J, f = out
+    assert torch.allclose(J, reference(net, X, names), atol=1e-13)
+    assert torch.allclose(f, net(X), atol=1e-14)
+    assert J.requires_grad == grad_to_x and all(p.grad is None for p in net.parameters())
+    if grad_to_x:  # the graph reaches X as in the autodiff route, second order included
+        J_ref, f_ref = jacobians_by_autodiff(net, X, names)
+        g, = torch.autograd.grad(J.square().sum() + f.sum(), X)
+        g_ref, = torch.autograd.grad(J_ref.square().sum() + f_ref.sum(), X)
+        assert torch.allclose(g, g_ref, atol=1e-12)
+
+
+def test_linear_layer_jacobians_under_no_grad() -> None:
+    net, X = mlp(), torch.rand(4, 3, dtype=DT)
+    with torch.no_grad():
+        J, _ = network_jacobians(net, X, independent_samples=True)
+    assert torch.allclose(J, reference(net, X, [n for n, _ in net.named_parameters()]),
+                          atol=1e-13)
+
+
+@pytest.mark.parametrize("net", [Twice(), nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2))],
+                         ids=["shared-layer", "non-linear-parameter"])
+def test_linear_layer_jacobians_decline_other_networks(net: nn.Module) -> None:
+    net = net.to(DT)
+    X = torch.rand(4, 3, dtype=DT)
+    assert linear_layer_jacobians(net, X) is None
+    names = [n for n, _ in net.named_parameters()]
+    J, _ = network_jacobians(net, X, independent_samples=True)  # falls back to vmap
+    assert torch.allclose(J, reference(net, X, names), atol=1e-13)
