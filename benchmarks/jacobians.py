@@ -15,7 +15,7 @@ its default network: in every evidence refit (no graph) and every acquisition ca
 Setting: float64, one thread, ``LaplaceBNN``'s default network (2 × 50 Gaussian-bump MLP,
 quadratic trend and 100 random Fourier features in the output layer) with ``d`` inputs
 and ``K`` outputs at random (untrained) weights. Timed (``time.perf_counter``, median
-of repeats after two warm-up calls):
+of 15 repeats, 3 for n > 100, after two warm-up calls):
 
 * ``refit``: ``J`` at ``n`` training points under ``torch.no_grad()``;
 * ``acquisition``: ``J`` at ``n`` query points that require grad, then
@@ -114,8 +114,7 @@ def main() -> None:
     torch.set_num_threads(1)
     settings = [(2, 1, 20), (6, 1, 40)] if args.quick else [
         (2, 1, 20), (6, 1, 40), (20, 1, 60), (6, 2, 40), (20, 1, 1000), (20, 1, 2000)]
-    repeats = 3 if args.quick else 15
-    rows = [measure(d, K, n, repeats) for d, K, n in settings]
+    rows = [measure(d, K, n, 3 if args.quick or n > 100 else 15) for d, K, n in settings]
     text = table(rows)
     print(text)
     out = Path(args.out)

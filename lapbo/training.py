@@ -252,6 +252,36 @@ def _map_loss(net: nn.Module, X: Tensor, Y: Tensor, noise_var: Tensor,
     return (data + 0.5 * (prior_precision.reshape(-1) * sq).sum()) / max(X.shape[0], 1)
 
 
+def _map_loss_backward(
+    net: nn.Module, params: list[Tensor], X: Tensor, Y: Tensor, noise_var: Tensor,
+    prior_precision: Tensor, prior_mean: list[Tensor] | None = None,
+) -> Tensor:
+    """``_map_loss`` (detached, 0-d), its gradient accumulated into ``p.grad``.
+
+    Autograd differentiates the data term only; the prior term's gradient
+    ``δ_g (θ_g − θ₀_g)/n`` is added in closed form with fused ``_foreach`` kernels, which
+    spares two small graph nodes per weight tensor in every L-BFGS evaluation (the
+    gradients equal autograd's)."""
+    n = max(X.shape[0], 1)
+    data = 0.5 * ((net(X) - Y).square() / noise_var).sum() / n
+    data.backward()
+    with torch.no_grad():
+        diffs = torch._foreach_sub(params, prior_mean) if prior_mean is not None else \
+            [p.detach() for p in params]
+        deltas = prior_precision.reshape(-1).expand(len(params)) / n
+        sq = torch.stack(torch._foreach_norm(diffs)).square()
+        prior = 0.5 * (deltas * sq).sum()
+        trained = [i for i, p in enumerate(params) if p.requires_grad]
+        for i in trained:
+            if params[i].grad is None:  # a weight the data term does not reach
+                params[i].grad = torch.zeros_like(params[i])
+        scales = deltas.tolist()
+        torch._foreach_add_([params[i].grad for i in trained],
+                            torch._foreach_mul([diffs[i] for i in trained],
+                                               [scales[i] for i in trained]))
+        return data.detach() + prior
+
+
 def train_map(
     net: nn.Module, X: Tensor, Y: Tensor, noise_var: Tensor, prior_precision: Tensor,
     n_epochs: int, lr: float, optimizer: str = "lbfgs", prior_mean: list[Tensor] | None = None,
@@ -279,11 +309,11 @@ def train_map(
             line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12,
         )
 
+        params = list(net.parameters())
+
         def closure() -> Tensor:
             opt.zero_grad()
-            loss = _map_loss(net, X, Y, noise_var, prior_precision, prior_mean)
-            loss.backward()
-            return loss
+            return _map_loss_backward(net, params, X, Y, noise_var, prior_precision, prior_mean)
 
         opt.step(closure)
         with torch.no_grad():

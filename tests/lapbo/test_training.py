@@ -219,3 +219,29 @@ def test_better_state_keeps_the_highest_score() -> None:
                                    False)
     assert newer[0] == -0.5
     assert torch.equal(newer[1][0], net.weight.detach())
+
+
+@pytest.mark.parametrize("per_tensor", [False, True])
+@pytest.mark.parametrize("centred", [False, True])
+def test_closed_form_prior_gradient_equals_autograd(per_tensor: bool, centred: bool) -> None:
+    """The L-BFGS closure differentiates the data term by autograd and adds the prior's
+    gradient in closed form: loss and gradients equal autograd's on ``_map_loss``, and a
+    frozen weight gets no gradient."""
+    torch.manual_seed(0)
+    net = networks.default_network(3, 2, activation=("gauss", "gauss"), trend="quadratic",
+                                   random_features=20, init_scale=1.25)
+    net.head.bias.requires_grad_(False)
+    X, Y = torch.rand(9, 3, dtype=torch.float64), torch.randn(9, 2, dtype=torch.float64)
+    params = list(net.parameters())
+    mean = [p.detach() + 0.1 * torch.randn_like(p) for p in params] if centred else None
+    prior = (torch.rand(len(params), dtype=torch.float64) + 0.5 if per_tensor
+             else torch.tensor(2.5, dtype=torch.float64))
+    noise = torch.tensor(0.3, dtype=torch.float64)
+    loss = training._map_loss(net, X, Y, noise, prior, mean)
+    expected = torch.autograd.grad(loss, [p for p in params if p.requires_grad])
+    closed = training._map_loss_backward(net, params, X, Y, noise, prior, mean)
+    assert not closed.requires_grad
+    assert torch.allclose(closed, loss.detach(), rtol=1e-14, atol=0)
+    got = [p.grad for p in params if p.requires_grad]
+    assert all(torch.allclose(g, e, rtol=1e-13, atol=1e-16) for g, e in zip(got, expected))
+    assert net.head.bias.grad is None
