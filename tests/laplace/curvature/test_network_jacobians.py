@@ -121,3 +121,19 @@ def test_linear_layer_jacobians_decline_other_networks(net: nn.Module) -> None:
     names = [n for n, _ in net.named_parameters()]
     J, _ = network_jacobians(net, X, independent_samples=True)  # falls back to vmap
     assert torch.allclose(J, reference(net, X, names), atol=1e-13)
+
+
+def test_more_rows_than_the_cutoff_go_through_vmap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from laplace.curvature import jacobians as module
+
+    net, X = mlp(), torch.rand(5, 3, dtype=DT)
+    calls = []
+    monkeypatch.setattr(module, "LINEAR_LAYER_MAX_ROWS", 4)
+    monkeypatch.setattr(module, "linear_layer_jacobians",
+                        lambda *a: calls.append(a) or linear_layer_jacobians(*a))
+    J, _ = network_jacobians(net, X, independent_samples=True)
+    assert not calls
+    assert torch.allclose(J, reference(net, X, [n for n, _ in net.named_parameters()]),
+                          atol=1e-13)
+    network_jacobians(net, X[:4], independent_samples=True)
+    assert len(calls) == 1
