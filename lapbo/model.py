@@ -33,7 +33,7 @@ from linear_operator.operators import DenseLinearOperator
 from torch import Tensor, nn
 
 from lapbo import networks, selection, training, validation
-from laplace import LinearizedPosterior
+from laplace import LinearizedPosterior, SampleSpaceEvidence
 from laplace.baselaplace import ParametricLaplace
 from laplace.curvature import network_jacobians
 
@@ -512,6 +512,7 @@ class LaplaceBNN(_LinearizedModel):
         self._candidate_models: list[LaplaceBNN] | None = None
         self.selection: list[selection.CandidateScore] = []
         self._la: ParametricLaplace | None = None
+        self._evidence: SampleSpaceEvidence | None = None
         self._post: LinearizedPosterior | None = None
         self._noise_cache: Tensor | None = None
 
@@ -583,7 +584,7 @@ class LaplaceBNN(_LinearizedModel):
             return selection.fit_by_evidence(self)
         X, Y, Yvar = self._training_data()
         n_epochs = self.options.n_epochs_warm_start if self._warm else self.options.n_epochs
-        la, sigma, prior = training.fit_network_and_laplace(
+        la, sigma, prior, evidence = training.fit_network_and_laplace(
             self.net, X, Y, Yvar, self.sigma_noise, self.prior_precision, n_epochs,
             self.options, subset_of_weights=self.subset_of_weights,
             hessian_structure=self.hessian_structure, backend=self.backend,
@@ -593,12 +594,13 @@ class LaplaceBNN(_LinearizedModel):
         self.prior_precision.copy_(prior)
         self.is_fitted.fill_(True)
         self._invalidate()
-        self._la = la
+        self._la, self._evidence = la, evidence
         self.eval()
         return self
 
     def _invalidate(self) -> None:
         self._la, self._post, self._noise_cache = None, None, None
+        self._evidence = None  # of the current weights and data, evaluated at any (δ, σ)
 
     def _adopt(self, child: LaplaceBNN) -> None:
         """Become the fitted candidate ``child`` (network, prior, hyperparameters)."""
@@ -610,7 +612,7 @@ class LaplaceBNN(_LinearizedModel):
         if self.prior_mean_kind == "init":
             self.register_buffer("prior_mean", child.prior_mean.clone())
         self._invalidate()
-        self._la = child._la
+        self._la, self._evidence = child._la, child._evidence
         self.eval()
 
     def log_marginal_likelihood(self) -> Tensor:
@@ -624,13 +626,14 @@ class LaplaceBNN(_LinearizedModel):
         self._require_fitted()
         if self.hessian_structure != "full" or self.backend is not None:
             return self.la.log_marginal_likelihood().detach()
-        X, Y, Yvar = self._training_data()
-        lml = training.network_evidence(
-            self.net, X, Y, Yvar, self._param_names, self._prior_mean_list(),
-            linearized=self.mean_kind == "linearized",
-            layerwise=self.prior_structure == "layerwise",
-        )
-        return lml(self.prior_precision, self.sigma_noise).detach()
+        if self._evidence is None:
+            X, Y, Yvar = self._training_data()
+            self._evidence = training.network_evidence(
+                self.net, X, Y, Yvar, self._param_names, self._prior_mean_list(),
+                linearized=self.mean_kind == "linearized",
+                layerwise=self.prior_structure == "layerwise",
+            )
+        return self._evidence(self.prior_precision, self.sigma_noise).detach()
 
     @property
     def la(self) -> ParametricLaplace:

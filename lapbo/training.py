@@ -341,7 +341,7 @@ def fit_network_and_laplace(
     prior_precision: Tensor, n_epochs: int, options: TrainingOptions,
     subset_of_weights: str = "all", hessian_structure: str = "full", backend: Any = None,
     prior_mean: list[Tensor] | None = None, linearized: bool = False,
-) -> tuple[ParametricLaplace | None, Tensor, Tensor]:
+) -> tuple[ParametricLaplace | None, Tensor, Tensor, SampleSpaceEvidence | None]:
     """MAP training with online marginal-likelihood refits, then the final Laplace fit.
 
     Args:
@@ -356,8 +356,11 @@ def fit_network_and_laplace(
     Returns:
         The fitted Laplace object (``None`` for the full GGN with the native backend:
         its refits use ``network_evidence`` and the model builds its posterior from the
-        Jacobians; ``LaplaceBNN.la`` builds the object on demand) and the final
-        ``(σ, δ)``.
+        Jacobians; ``LaplaceBNN.la`` builds the object on demand), the final
+        ``(σ, δ)``, and for the full GGN with the native backend the
+        ``SampleSpaceEvidence`` of the returned weights (built by the last refit, so
+        that ``LaplaceBNN.log_marginal_likelihood`` need not build it again), else
+        ``None``.
     """
     tune_noise = options.tune_noise and Yvar is None
     if hessian_structure == "full" and backend is None:
@@ -388,7 +391,7 @@ def fit_network_and_laplace(
         sigma, prior = refit_hyperparameters(
             la, sigma, prior, options.final_marglik_steps, options, tune_noise
         )
-    return la, sigma, prior
+    return la, sigma, prior, None
 
 
 def _fit_full_ggn(
@@ -396,7 +399,7 @@ def _fit_full_ggn(
     prior_precision: Tensor, n_epochs: int, options: TrainingOptions,
     subset_of_weights: str, tune_noise: bool, prior_mean: list[Tensor] | None = None,
     linearized: bool = False,
-) -> tuple[None, Tensor, Tensor]:
+) -> tuple[None, Tensor, Tensor, SampleSpaceEvidence | None]:
     """``fit_network_and_laplace`` for the exact GGN: refits on ``network_evidence``."""
     names = posterior_parameter_names(net, subset_of_weights)
     layerwise = prior_precision.numel() > 1
@@ -424,6 +427,7 @@ def _fit_full_ggn(
             sigma, prior, evidence = refit(options.marglik_steps)
             if options.keep_best:
                 best = _better_state(best, net, evidence, sigma, prior, options, tune_noise)
+    evidence = None
     if options.final_marglik_steps > 0:
         sigma, prior, evidence = refit(options.final_marglik_steps)
         if best is not None:
@@ -432,8 +436,8 @@ def _fit_full_ggn(
                 with torch.no_grad():
                     for p, saved in zip(net.parameters(), best[1]):
                         p.copy_(saved)
-                sigma, prior = best[2], best[3]
-    return None, sigma, prior
+                sigma, prior, evidence = best[2], best[3], best[4]
+    return None, sigma, prior, evidence
 
 
 def _better_state(
@@ -442,7 +446,8 @@ def _better_state(
 ) -> tuple:
     """``best`` or, if its score is lower, ``(score, weights, σ, δ)`` of the current network,
     the score being the refit objective (the evidence ``lml`` plus the hyperpriors, centred
-    on its ``reference_precision`` when it has one) at ``(δ, σ)``."""
+    on its ``reference_precision`` when it has one) at ``(δ, σ)``; ``lml`` is kept as the
+    fifth entry (the evidence of those weights, reused after a restore)."""
     ref = getattr(lml, "reference_precision", None)
     prior_hp, noise_hp = hyperpriors(options, ref, tune_noise)
     with torch.no_grad():
@@ -455,7 +460,7 @@ def _better_state(
     if best is not None and best[0] >= score:
         return best
     weights = [p.detach().clone() for p in net.parameters()]
-    return score, weights, sigma.clone(), prior.clone()
+    return score, weights, sigma.clone(), prior.clone(), lml
 
 
 def fit_laplace_bnn(model: LaplaceBNN, **kwargs: Any) -> LaplaceBNN:

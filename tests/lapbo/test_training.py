@@ -245,3 +245,24 @@ def test_closed_form_prior_gradient_equals_autograd(per_tensor: bool, centred: b
     got = [p.grad for p in params if p.requires_grad]
     assert all(torch.allclose(g, e, rtol=1e-13, atol=1e-16) for g, e in zip(got, expected))
     assert net.head.bias.grad is None
+
+
+@pytest.mark.parametrize("keep_best", [False, True])
+def test_the_evidence_of_the_last_refit_is_reused_and_equals_a_fresh_one(keep_best: bool) -> None:
+    """``fit()`` keeps the ``SampleSpaceEvidence`` of the returned weights (built by the
+    last refit, or by the refit of the restored state with ``keep_best``), and
+    ``log_marginal_likelihood()`` evaluates it: bit-equal to building it again."""
+    torch.manual_seed(0)
+    X = torch.rand(12, 2, dtype=torch.float64)
+    Y = torch.sin(6 * X[:, :1]) + 0.1 * torch.randn(12, 1, dtype=torch.float64)
+    model = LaplaceBNN(X, Y, n_epochs=60, marglik_every=20, candidates=None, seed=0,
+                       keep_best=keep_best).fit()
+    assert model._evidence is not None
+    cached = model.log_marginal_likelihood()
+    Xt, Yt, Yvar = model._training_data()
+    fresh = training.network_evidence(model.net, Xt, Yt, Yvar, model._param_names,
+                                      model._prior_mean_list())
+    assert torch.equal(cached, fresh(model.prior_precision, model.sigma_noise).detach())
+    model.load_state_dict(model.state_dict())
+    assert model._evidence is None
+    assert torch.equal(model.log_marginal_likelihood(), cached)
