@@ -246,6 +246,8 @@ def rows_independent(net: nn.Module) -> bool:
     """Whether every module of ``net`` is of a ``ROWWISE_MODULES`` type (exactly), so that
     ``laplace.curvature.network_jacobians(..., independent_samples=True)`` may read the
     Jacobians off the layers' inputs and output gradients."""
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"net must be an nn.Module, got {type(net).__name__}.")
     return all(type(m) in ROWWISE_MODULES for m in net.modules())
 
 

@@ -55,6 +55,9 @@ def network_jacobians(
             ``names`` not a non-empty list of ``net``'s parameter names.
     """
     _check_arguments(net, X, names)
+    if not isinstance(independent_samples, bool):
+        raise ValueError(f"independent_samples must be True or False, got "
+                         f"{independent_samples!r}.")
     if names is not None:
         fast = output_layer_jacobians(net, X, names)
         if fast is not None:

@@ -124,3 +124,5 @@ def test_rows_independent_for_the_default_network_only() -> None:
     assert networks.rows_independent(nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1)))
     assert not networks.rows_independent(nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4),
                                                        nn.Linear(4, 1)))
+    with pytest.raises(ValueError, match="nn.Module"):
+        networks.rows_independent(lambda x: x)

@@ -137,3 +137,8 @@ def test_more_rows_than_the_cutoff_go_through_vmap(monkeypatch: pytest.MonkeyPat
                           atol=1e-13)
     network_jacobians(net, X[:4], independent_samples=True)
     assert len(calls) == 1
+
+
+def test_independent_samples_must_be_a_bool() -> None:
+    with pytest.raises(ValueError, match="independent_samples"):
+        network_jacobians(mlp(), torch.rand(2, 3, dtype=DT), independent_samples="yes")
