@@ -32,7 +32,7 @@ from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNorm
 from linear_operator.operators import DenseLinearOperator
 from torch import Tensor, nn
 
-from lapbo import networks, selection, training, validation
+from lapbo import lengthscales, networks, selection, training, validation
 from laplace import LinearizedPosterior, SampleSpaceEvidence
 from laplace.baselaplace import ParametricLaplace
 from laplace.curvature import network_jacobians
@@ -276,7 +276,11 @@ class LaplaceBNN(_LinearizedModel):
         train_Y: ``(n, m)`` training observations.
         train_Yvar: optional ``(n, m)`` known noise variances (then ``σ`` is not refit).
         net: an ``nn.Module`` mapping ``(n, d)`` transformed inputs to ``(n, m)``, a
-            zero-argument factory, or ``None`` for ``networks.default_network``.
+            zero-argument factory, ``None`` for ``networks.default_network``, or
+            ``"random_features"`` for ``networks.random_feature_network`` with
+            ``random_features`` features: linear in its weights, its length scales,
+            ``δ`` and ``σ`` are fitted by the exact evidence instead of MAP training
+            (``lapbo.lengthscales``; the MLP and training options do not apply).
         likelihood: only ``"regression"``.
         subset_of_weights: ``"all"`` (default: the Gaussian over every weight) or
             ``"last_layer"`` (the output layer only, i.e. Bayesian linear regression on the
@@ -426,6 +430,9 @@ class LaplaceBNN(_LinearizedModel):
             validation.check_positive("noise_prior scale", noise_prior[1])
         if warm_start is not None:
             _check_warm_start(warm_start, train_X.shape[-1], train_Y.shape[-1])
+        if isinstance(net, str) and (net != "random_features" or random_features == 0):
+            raise ValueError(f"net must be an nn.Module, a factory, None or "
+                             f"'random_features' (with random_features > 0), not {net!r}.")
         m = train_Y.shape[-1]
         if outcome_transform is DEFAULT:
             outcome_transform = Standardize(m=m)
@@ -527,16 +534,18 @@ class LaplaceBNN(_LinearizedModel):
         with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            if net is None:
+            if net is None or isinstance(net, str):
                 module = (copy.deepcopy(warm_start.net) if warm_start is not None
-                          else networks.default_network(d, m, **options))
+                          else networks.default_network(d, m, **options) if net is None
+                          else networks.random_feature_network(d, m, options["random_features"]))
             elif isinstance(net, nn.Module):
                 module = net
             elif callable(net):
                 module = net()
             else:
                 raise TypeError("net must be an nn.Module, a zero-argument factory or None.")
-        if warm_start is not None and module is not warm_start.net and net is not None:
+        if warm_start is not None and module is not warm_start.net and net is not None \
+                and not isinstance(net, str):
             module.load_state_dict(warm_start.net.state_dict())
         return module.to(dtype=dtype, device=device)
 
@@ -583,6 +592,8 @@ class LaplaceBNN(_LinearizedModel):
         if self.candidates:
             return selection.fit_by_evidence(self)
         X, Y, Yvar = self._training_data()
+        if networks.random_feature_layer(self.net) is not None:
+            return self._fit_random_feature_network(X, Y, Yvar)
         n_epochs = self.options.n_epochs_warm_start if self._warm else self.options.n_epochs
         la, sigma, prior, evidence = training.fit_network_and_laplace(
             self.net, X, Y, Yvar, self.sigma_noise, self.prior_precision, n_epochs,
@@ -595,6 +606,20 @@ class LaplaceBNN(_LinearizedModel):
         self.is_fitted.fill_(True)
         self._invalidate()
         self._la, self._evidence = la, evidence
+        self.eval()
+        return self
+
+    def _fit_random_feature_network(self, X: Tensor, Y: Tensor, Yvar: Tensor | None
+                                    ) -> LaplaceBNN:
+        """``fit`` for ``net="random_features"``: length scales, ``δ`` and ``σ`` by the
+        exact evidence, the weights at the posterior mean (``lapbo.lengthscales``)."""
+        sigma, prior = lengthscales.fit_random_feature_network(
+            self.net, X, Y, Yvar, self.sigma_noise, self.prior_precision, self.options,
+            prior_mean=self._prior_mean_list())
+        self.sigma_noise.copy_(sigma)
+        self.prior_precision.copy_(prior)
+        self.is_fitted.fill_(True)
+        self._invalidate()
         self.eval()
         return self
 

@@ -126,6 +126,59 @@ class RandomFourierFeatures(nn.Module):
         return self.amplitude * torch.cos(x @ self.omega + self.phase)
 
 
+class ScaledRandomFeatures(nn.Module):
+    """Random cosine features with per-coordinate length scales: ``(n, d) → (n, N)``.
+
+    ``ψ(x) = √(2/N) · cos((x/ℓ)Ω + b)`` with ``Ω`` ``(d, N)`` ``~ N(0, I)`` and
+    ``b ~ U(0, 2π)`` drawn once, and ``ℓ`` ``(d,)`` the length scales (unit-box units).
+    ``ψ(x)ᵀψ(x') ≈ exp(−½‖(x − x')/ℓ‖²)``, a squared-exponential kernel with automatic
+    relevance determination. ``Ω``, ``b`` and ``ℓ`` are buffers, not weights: ``ℓ`` is a
+    hyperparameter that ``lapbo.lengthscales`` sets by the evidence.
+    """
+
+    def __init__(self, d: int, n_features: int, lengthscale: float = 1.0) -> None:
+        super().__init__()
+        if n_features <= 0 or lengthscale <= 0:
+            raise ValueError("ScaledRandomFeatures needs n_features > 0 and lengthscale > 0.")
+        self.register_buffer("omega", torch.randn(d, n_features))
+        self.register_buffer("phase", 2 * math.pi * torch.rand(n_features))
+        self.register_buffer("lengthscale", torch.full((d,), float(lengthscale)))
+
+    def features(self, x: Tensor, lengthscale: Tensor) -> Tensor:
+        """``ψ(x)`` ``(n, N)`` at the given length scales ``(d,)`` (differentiable in them)."""
+        scale = math.sqrt(2.0 / self.omega.shape[-1])
+        return scale * torch.cos((x / lengthscale) @ self.omega + self.phase)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x, self.lengthscale)
+
+
+def random_feature_network(
+    d: int, m: int, n_features: int = 1024, dtype: torch.dtype = torch.float64,
+    device: torch.device | None = None,
+) -> nn.Sequential:
+    """``x ↦ W ψ(x) + b``: ``ScaledRandomFeatures`` ``(d → n_features)`` then an
+    ``nn.Linear`` ``(n_features → m)`` initialised at zero. Linear in its weights, so its
+    Laplace posterior and evidence are exact (Bayesian linear regression on ``ψ``); the
+    length scales start at the mode of the hyperprior of ``lapbo.lengthscales``."""
+    from lapbo.lengthscales import lengthscale_hyperprior  # noqa: PLC0415  (no cycle)
+
+    loc, scale = lengthscale_hyperprior(d)
+    head = nn.Linear(n_features, m)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    net = nn.Sequential(ScaledRandomFeatures(d, n_features, math.exp(loc - scale**2)), head)
+    return net.to(dtype=dtype, device=device)
+
+
+def random_feature_layer(net: nn.Module) -> ScaledRandomFeatures | None:
+    """The ``ScaledRandomFeatures`` of a ``random_feature_network``, else ``None``."""
+    if (isinstance(net, nn.Sequential) and len(net) == 2
+            and isinstance(net[0], ScaledRandomFeatures) and isinstance(net[1], nn.Linear)):
+        return net[0]
+    return None
+
+
 class AugmentedMLP(nn.Module):
     """An MLP whose output layer also sees fixed bases of the input.
 
@@ -238,7 +291,7 @@ def default_network(
 ROWWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.Sequential, nn.ModuleList, nn.Linear, nn.Identity, nn.Tanh, nn.ReLU, nn.GELU, nn.SiLU,
     nn.Sigmoid, nn.Softplus, nn.ELU, nn.LeakyReLU, nn.Mish, Gaussian, InputMap,
-    QuadraticFeatures, RandomFourierFeatures, AugmentedMLP,
+    QuadraticFeatures, RandomFourierFeatures, AugmentedMLP, ScaledRandomFeatures,
 )
 
 

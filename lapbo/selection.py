@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 #: there, ``keep_best`` keeping the best network on the way down). The first wins on smooth
 #: low-dimensional functions, the second where an interpolating fit is the trap (noisy,
 #: rugged or high-dimensional data at N ≳ 100); see ``docs/lapbo_defaults.md``.
-DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = ({}, {"reference_dim": 1.0, "sigma_noise": 1.0})
+DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = (
+    {}, {"reference_dim": 1.0, "sigma_noise": 1.0},
+    {"net": "random_features", "random_features": 1024},
+)
 
 # Options whose change alters what the evidence measures (another set of weights, another
 # curvature approximation, another likelihood): evidences would not be comparable.
