@@ -25,55 +25,26 @@ from torch import Tensor, nn
 
 from lapbo.networks import random_feature_layer
 from lapbo.training import TrainingOptions, hyperpriors
-from laplace import log_normal_density
+from laplace import (
+    linear_gaussian_evidence,
+    linear_gaussian_posterior_mean,
+    log_normal_density,
+)
 
 #: Bounds of the length scales in unit-box units (BoTorch's GP: ``ℓ ≥ 0.025``).
 LENGTHSCALE_BOUNDS = (0.025, 1e3)
+#: ``E‖[ψ(x), 1]‖²``: the centre of the hyperprior on ``δ`` (``training.hyperpriors``).
+REFERENCE_PRECISION = 2.0
 #: L-BFGS iterations of one fit (a warm start usually stops well before).
 MAX_ITER = 100
+#: L-BFGS passes, each from the projection of the last onto the bounds.
+PASSES = 2
 
 
 def lengthscale_hyperprior(d: int) -> tuple[float, float]:
     """``(loc, scale)`` of the log-normal hyperprior on each length scale for ``d``
     inputs: ``(√2 + ½ log d, √3)``, BoTorch's dimension-scaled prior."""
     return math.sqrt(2.0) + 0.5 * math.log(d), math.sqrt(3.0)
-
-
-def linear_gaussian_evidence(phi: Tensor, residual: Tensor, prior_var: Tensor,
-                             noise: Tensor) -> Tensor:
-    """``Σ_k log N(r_k; 0, Φ diag(v) Φᵀ + diag(s))`` for outputs sharing the noise.
-
-    Args:
-        phi: ``Φ`` ``(n, P)``; residual: ``r = y − Φθ₀`` ``(n, K)``;
-        prior_var: ``v`` ``(P,)`` the prior variances; noise: ``s`` ``(n,)``.
-
-    Sample space (``n × n`` Cholesky) for ``n ≤ P``, weight space (``P × P``) otherwise.
-    """
-    n, p = phi.shape
-    k = residual.shape[-1]
-    const = 0.5 * n * k * math.log(2 * math.pi)
-    if n <= p:
-        gram = (phi * prior_var) @ phi.mT + torch.diag_embed(noise)
-        chol = _cholesky(gram)
-        white = torch.linalg.solve_triangular(chol, residual, upper=False)
-        logdet = 2 * chol.diagonal().log().sum()
-        return -0.5 * white.square().sum() - 0.5 * k * logdet - const
-    scaled = phi / noise.unsqueeze(-1)
-    precision = phi.mT @ scaled + torch.diag_embed(1 / prior_var)
-    chol = _cholesky(precision)
-    b = torch.linalg.solve_triangular(chol, scaled.mT @ residual, upper=False)
-    quad = (residual.square() / noise.unsqueeze(-1)).sum() - b.square().sum()
-    logdet = 2 * chol.diagonal().log().sum() + noise.log().sum() + prior_var.log().sum()
-    return -0.5 * quad - 0.5 * k * logdet - const
-
-
-def _cholesky(matrix: Tensor) -> Tensor:
-    """Cholesky factor, with a relative jitter if ``matrix`` is numerically singular."""
-    chol, info = torch.linalg.cholesky_ex(matrix)
-    if int(info) == 0:
-        return chol
-    jitter = 1e-8 * matrix.diagonal().mean().detach()
-    return torch.linalg.cholesky(matrix + jitter * torch.eye(len(matrix)).to(matrix))
 
 
 def fit_random_feature_network(
@@ -98,6 +69,9 @@ def fit_random_feature_network(
     layer = random_feature_layer(net)
     if layer is None:
         raise ValueError("fit_random_feature_network needs a networks.random_feature_network.")
+    if net[1].weight.dtype != torch.float64:  # the fit is cheap: run it in double
+        return _fit_in_double(net, X, Y, Yvar, sigma_noise, prior_precision, options,
+                              prior_mean, max_iter)
     head = net[1]
     tune_noise = options.tune_noise and Yvar is None
     theta0 = (torch.zeros_like(head.weight), torch.zeros_like(head.bias)) \
@@ -107,22 +81,21 @@ def fit_random_feature_network(
         feats = layer.features(X, lengthscale)
         return torch.cat([feats, torch.ones_like(feats[:, :1])], dim=-1)
 
+    def residual(phi: Tensor) -> Tensor:  # y − Φθ₀ (n, K)
+        return Y - phi[:, :-1] @ theta0[0].mT - theta0[1]
+
+    def noise(log_sigma: Tensor) -> Tensor:  # (n,) shared, or (n, K) known
+        return (2 * log_sigma).exp().expand(len(X)) if Yvar is None else Yvar.clamp_min(1e-12)
+
     def evidence(log_ls: Tensor, log_prior: Tensor, log_sigma: Tensor) -> Tensor:
         phi = design(log_ls.exp())
-        residual = Y - phi[:, :-1] @ theta0[0].mT - theta0[1]
-        prior_var = _prior_variances(log_prior.exp(), phi.shape[-1])
-        if Yvar is None:
-            noise = (2 * log_sigma).exp().expand(len(X))
-            return linear_gaussian_evidence(phi, residual, prior_var, noise)
-        return sum(linear_gaussian_evidence(phi, residual[:, k:k + 1], prior_var,
-                                            Yvar[:, k].clamp_min(1e-12))
-                   for k in range(Y.shape[-1]))
+        return _evidence(phi, residual(phi), log_prior.exp(), noise(log_sigma))
 
     d = X.shape[-1]
     ls_loc, ls_scale = lengthscale_hyperprior(d)
-    with torch.no_grad():
-        reference = float(design(layer.lengthscale).square().sum(-1).mean())
-    prior_hp, noise_hp = hyperpriors(options, reference, tune_noise)
+    # The hyperprior on δ is centred where the prior function variance is 1 (the
+    # outcome variance), as for the other candidates: E‖[ψ(x), 1]‖² = 2 at every ℓ.
+    prior_hp, noise_hp = hyperpriors(options, REFERENCE_PRECISION, tune_noise)
     bounds = _log_bounds(options, d, prior_precision.numel(), X)
     start = torch.cat([layer.lengthscale.log(), prior_precision.detach().reshape(-1).log(),
                        sigma_noise.detach().reshape(1).log()]).to(X)
@@ -130,7 +103,7 @@ def fit_random_feature_network(
     g = prior_precision.numel()
 
     def objective() -> Tensor:
-        v = torch.minimum(torch.maximum(u, bounds[0]), bounds[1])
+        v = torch.clamp(u, bounds[0], bounds[1])
         log_ls, log_prior, log_sigma = v[:d], v[d:d + g], v[d + g]
         value = evidence(log_ls, log_prior, log_sigma)
         value = value + log_normal_density(log_ls.exp(), ls_loc, ls_scale)
@@ -142,25 +115,50 @@ def fit_random_feature_network(
 
     if not tune_noise:
         bounds[0][-1] = bounds[1][-1] = u.detach()[-1]
-    optimizer = torch.optim.LBFGS([u], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-7, tolerance_change=1e-10)
+    # L-BFGS on the clamped objective; a coordinate that left the box sees no gradient
+    # there, so each further pass restarts from the projection onto the box (where the
+    # gradient of a bound that should no longer be active points back inside).
+    for _ in range(PASSES):
+        with torch.no_grad():
+            u.copy_(torch.clamp(u, bounds[0], bounds[1]))
+        optimizer = torch.optim.LBFGS([u], lr=1.0, max_iter=max_iter,
+                                      line_search_fn="strong_wolfe", tolerance_grad=1e-7,
+                                      tolerance_change=1e-10)
 
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        loss = objective()
-        loss.backward()
-        return loss
+        def closure(optimizer: torch.optim.LBFGS = optimizer) -> Tensor:
+            optimizer.zero_grad()
+            loss = objective()
+            loss.backward()
+            return loss
 
-    with torch.enable_grad():
-        optimizer.step(closure)
+        with torch.enable_grad():
+            optimizer.step(closure)
     with torch.no_grad():
-        v = torch.minimum(torch.maximum(u, bounds[0]), bounds[1])
+        v = torch.clamp(u, bounds[0], bounds[1])
         layer.lengthscale.copy_(v[:d].exp())
         prior = v[d:d + g].exp().reshape(prior_precision.shape)
         sigma = v[d + g].exp()
         if Yvar is not None:
             sigma = Yvar.mean().clamp_min(options.min_noise_std**2).sqrt()
-        _set_posterior_mean(net, design(layer.lengthscale), Y, Yvar, sigma, prior, theta0)
+        phi = design(layer.lengthscale)
+        _set_posterior_mean(net, phi, residual(phi), prior, noise(sigma.log()), theta0)
+    return sigma.to(sigma_noise), prior.to(prior_precision)
+
+
+def _fit_in_double(net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None,
+                   sigma_noise: Tensor, prior_precision: Tensor, options: TrainingOptions,
+                   prior_mean: list[Tensor] | None, max_iter: int) -> tuple[Tensor, Tensor]:
+    """``fit_random_feature_network`` of a lower-precision network, computed in float64."""
+    dtype = net[1].weight.dtype
+    double = lambda t: None if t is None else t.to(torch.float64)  # noqa: E731
+    net.to(torch.float64)
+    try:
+        sigma, prior = fit_random_feature_network(
+            net, double(X), double(Y), double(Yvar), double(sigma_noise),
+            double(prior_precision), options,
+            None if prior_mean is None else [double(t) for t in prior_mean], max_iter)
+    finally:
+        net.to(dtype)
     return sigma.to(sigma_noise), prior.to(prior_precision)
 
 
@@ -174,38 +172,39 @@ def _log_bounds(options: TrainingOptions, d: int, g: int, like: Tensor
     return like.new_tensor(low), like.new_tensor(high)
 
 
-def _prior_variances(prior: Tensor, p: int) -> Tensor:
-    """Prior variances ``(P,)`` of one output's weights ``[w (P − 1), b]`` from ``δ``:
-    a scalar, or ``(2,)`` for the weight and the bias tensor of the output layer."""
+def _groups(prior: Tensor, p: int) -> list[int] | None:
+    """Column groups of one output's weights ``[w (p − 1), b]``: ``None`` for a scalar
+    ``δ``, ``[p − 1, 1]`` for one ``δ`` per tensor (weight, bias) of the output layer."""
     if prior.numel() == 1:
-        return (1 / prior.reshape(())).expand(p)
+        return None
     if prior.numel() != 2:
         raise ValueError(f"{prior.numel()} prior precisions for the 2 weight tensors of a "
                          "random-feature network.")
-    prior = prior.reshape(-1)
-    return torch.cat([(1 / prior[:1]).expand(p - 1), 1 / prior[1:]])
+    return [p - 1, 1]
 
 
-def _set_posterior_mean(net: nn.Module, phi: Tensor, Y: Tensor, Yvar: Tensor | None,
-                        sigma: Tensor, prior: Tensor, theta0: tuple[Tensor, Tensor]) -> None:
-    """Output layer ← the posterior mean ``θ₀ + (ΦᵀD⁻¹Φ + Λ)⁻¹ΦᵀD⁻¹(y − Φθ₀)`` per output
-    (written in sample space, ``Λ⁻¹Φᵀ(ΦΛ⁻¹Φᵀ + D)⁻¹(y − Φθ₀)``, when ``n ≤ P``)."""
+def _evidence(phi: Tensor, residual: Tensor, prior: Tensor, noise: Tensor) -> Tensor:
+    """The exact evidence of the outputs ``(n, K)``; ``noise`` ``(n,)`` shared by all, or
+    ``(n, K)`` per output."""
+    groups = _groups(prior, phi.shape[-1])
+    prior = prior.reshape(-1) if groups else prior.reshape(())
+    if noise.ndim == 1:
+        return linear_gaussian_evidence(phi, residual, prior, noise, groups)
+    return sum(linear_gaussian_evidence(phi, residual[:, k], prior, noise[:, k], groups)
+               for k in range(residual.shape[-1]))
+
+
+def _set_posterior_mean(net: nn.Module, phi: Tensor, residual: Tensor, prior: Tensor,
+                        noise: Tensor, theta0: tuple[Tensor, Tensor]) -> None:
+    """Output layer ← ``θ₀ + E[θ − θ₀ | y − Φθ₀]`` per output (``noise`` as in
+    ``_evidence``)."""
+    groups = _groups(prior, phi.shape[-1])
+    prior = prior.reshape(-1) if groups else prior.reshape(())
+    if noise.ndim == 1:
+        steps = linear_gaussian_posterior_mean(phi, residual, prior, noise, groups).mT
+    else:
+        steps = torch.stack([linear_gaussian_posterior_mean(
+            phi, residual[:, k], prior, noise[:, k], groups) for k in range(residual.shape[-1])])
     head = net[1]
-    n, p = phi.shape
-    prior_var = _prior_variances(prior, p)
-    residual = Y - phi[:, :-1] @ theta0[0].mT - theta0[1]
-    columns = []
-    for k in range(Y.shape[-1]):
-        noise = sigma.square().expand(n) if Yvar is None else Yvar[:, k].clamp_min(1e-12)
-        r = residual[:, k:k + 1]
-        if n <= p:
-            gram = (phi * prior_var) @ phi.mT + torch.diag_embed(noise)
-            step = prior_var * (phi.mT @ torch.cholesky_solve(r, _cholesky(gram))).squeeze(-1)
-        else:
-            scaled = phi / noise.unsqueeze(-1)
-            precision = phi.mT @ scaled + torch.diag_embed(1 / prior_var)
-            step = torch.cholesky_solve(scaled.mT @ r, _cholesky(precision)).squeeze(-1)
-        columns.append(step)
-    steps = torch.stack(columns)  # (K, N + 1)
     head.weight.copy_(theta0[0] + steps[:, :-1])
     head.bias.copy_(theta0[1] + steps[:, -1])

@@ -280,7 +280,8 @@ class LaplaceBNN(_LinearizedModel):
             ``"random_features"`` for ``networks.random_feature_network`` with
             ``random_features`` features: linear in its weights, its length scales,
             ``δ`` and ``σ`` are fitted by the exact evidence instead of MAP training
-            (``lapbo.lengthscales``; the MLP and training options do not apply).
+            (``lapbo.lengthscales``; the MLP and training options do not apply, and it
+            computes in float64 whatever ``compute_dtype``).
         likelihood: only ``"regression"``.
         subset_of_weights: ``"all"`` (default: the Gaussian over every weight) or
             ``"last_layer"`` (the output layer only, i.e. Bayesian linear regression on the
@@ -547,6 +548,8 @@ class LaplaceBNN(_LinearizedModel):
         if warm_start is not None and module is not warm_start.net and net is not None \
                 and not isinstance(net, str):
             module.load_state_dict(warm_start.net.state_dict())
+        if isinstance(net, str):  # cheap, and ill-conditioned at small noise: always double
+            dtype = torch.float64
         return module.to(dtype=dtype, device=device)
 
     @classmethod

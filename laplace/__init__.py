@@ -17,6 +17,10 @@ from laplace.marglik_training import marglik_training
 from laplace.posterior.ella import ELLA
 from laplace.posterior.evidence import SampleSpaceEvidence
 from laplace.posterior.functional import FunctionalLaplace, FunctionalLLLaplace
+from laplace.posterior.linear_gaussian import (
+    linear_gaussian_evidence,
+    linear_gaussian_posterior_mean,
+)
 from laplace.posterior.linearized import LinearizedPosterior
 from laplace.posterior.lowrank import LowRankLaplace
 from laplace.posterior.marglik import log_normal_density
@@ -68,6 +72,8 @@ __all__ = [
     "GramSpectrum",
     "LinearizedPosterior",
     "SampleSpaceEvidence",
+    "linear_gaussian_evidence",
+    "linear_gaussian_posterior_mean",
     "WoodburyPrecision",
     "log_normal_density",
     "maximize_marginal_likelihood",

@@ -28,7 +28,7 @@ PACKAGES = ["laplace", "lapbo"]
 PUBLIC_MODULES = [
     "laplace.baselaplace", "laplace.lllaplace", "laplace.subnetlaplace", "laplace.curvature",
     "laplace.utils", "laplace.marglik_training", "lapbo.model", "lapbo.ax", "lapbo.sampling",
-    "lapbo.selection", "lapbo.networks",
+    "lapbo.selection", "lapbo.networks", "lapbo.lengthscales",
 ]
 DIRECTIVE = re.compile(r"^::: *(\S+) *$")
 

@@ -1,0 +1,170 @@
+"""``LaplaceBNN(net="random_features")``: length scales, ``δ`` and ``σ`` by the exact
+evidence (``lapbo.lengthscales``), the weights at the posterior mean."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from botorch.models.transforms.outcome import Standardize
+from torch import Tensor
+
+from lapbo import LaplaceBNN
+from lapbo.lengthscales import (
+    LENGTHSCALE_BOUNDS,
+    REFERENCE_PRECISION,
+    lengthscale_hyperprior,
+)
+from lapbo.networks import random_feature_layer
+from laplace import linear_gaussian_evidence, linear_gaussian_posterior_mean, log_normal_density
+
+RF = {"net": "random_features", "random_features": 256, "seed": 0}
+
+
+def data(n: int = 30, d: int = 3, seed: int = 0) -> tuple[Tensor, Tensor]:
+    X = torch.rand(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return X, torch.sin(6 * X[:, :1]) + 0.5 * X[:, 1:2]
+
+
+def design(model: LaplaceBNN, X: Tensor, lengthscale: Tensor | None = None) -> Tensor:
+    layer = random_feature_layer(model.net)
+    feats = layer.features(X, layer.lengthscale if lengthscale is None else lengthscale)
+    return torch.cat([feats, torch.ones_like(feats[:, :1])], dim=-1)
+
+
+def standardized(model: LaplaceBNN) -> Tensor:
+    return model._training_data()[1]
+
+
+def test_weights_are_the_posterior_mean_and_the_evidence_is_exact() -> None:
+    X, Y = data()
+    model = LaplaceBNN(X, Y, **RF).fit()
+    phi, y = design(model, X), standardized(model)
+    prior, s2 = model.prior_precision, model.sigma_noise.square()
+    mean = linear_gaussian_posterior_mean(phi, y, prior, s2)
+    head = model.net[1]
+    assert torch.allclose(head.weight.detach().reshape(-1), mean[:-1, 0], atol=1e-10)
+    assert float(head.bias.detach()) == pytest.approx(float(mean[-1, 0]), abs=1e-10)
+    exact = float(linear_gaussian_evidence(phi, y, prior, s2))
+    # the evidence by which candidates are compared, and the laplace object's
+    assert float(model.log_marginal_likelihood()) == pytest.approx(exact, rel=1e-8)
+    assert float(model.la.log_marginal_likelihood()) == pytest.approx(exact, rel=1e-8)
+
+
+def test_the_fit_is_a_local_maximum_of_evidence_plus_hyperpriors() -> None:
+    X, Y = data()
+    model = LaplaceBNN(X, Y, **RF).fit()
+    y, d = standardized(model), X.shape[-1]
+    loc, scale = lengthscale_hyperprior(d)
+
+    def objective(u: Tensor) -> float:
+        ls, prior, sigma = u[:d].exp(), u[d].exp(), u[d + 1].exp()
+        value = linear_gaussian_evidence(design(model, X, ls), y, prior, sigma**2)
+        value = value + log_normal_density(ls, loc, scale)
+        value = value + log_normal_density(prior, math.log(REFERENCE_PRECISION), 1.0)
+        return float(value + log_normal_density(sigma**2, -8.0, 2.0))
+
+    layer = random_feature_layer(model.net)
+    u = torch.cat([layer.lengthscale.log(), model.prior_precision.log().reshape(1),
+                   model.sigma_noise.log().reshape(1)])
+    best = objective(u)
+    for i in range(d + 2):
+        for h in (-1e-3, 1e-3):
+            v = u.clone()
+            v[i] += h
+            low, high = (LENGTHSCALE_BOUNDS if i < d else (1e-6, 1e6) if i == d
+                         else (1e-3, 10.0))
+            if not low <= float(v[i].exp()) <= high:  # a bound is active there
+                continue
+            assert objective(v) <= best + 1e-7
+
+
+def test_irrelevant_inputs_get_long_length_scales() -> None:
+    X = torch.rand(40, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model = LaplaceBNN(X, torch.sin(6 * X[:, :1]), **RF).fit()
+    ls = random_feature_layer(model.net).lengthscale
+    assert float(ls[0]) < 0.5
+    assert float(ls[1:].min()) > 3 * float(ls[0])
+    assert float(ls.min()) >= LENGTHSCALE_BOUNDS[0]
+
+
+def test_posterior_is_bayesian_linear_regression_and_differentiable_in_x() -> None:
+    X, Y = data()
+    model = LaplaceBNN(X, Y, **RF).fit()
+    Xt = torch.rand(5, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    phi, phit = design(model, X), design(model, Xt)
+    s2, prior = model.sigma_noise.square(), model.prior_precision
+    precision = phi.T @ phi / s2 + prior * torch.eye(phi.shape[-1], dtype=torch.float64)
+    cov = torch.linalg.inv(precision)
+    post = model.posterior(Xt)
+    ysd = float(model.outcome_transform.stdvs)
+    assert post.mean.shape == (5, 1) and post.variance.shape == (5, 1)
+    var = (phit @ cov * phit).sum(-1) * ysd**2
+    assert torch.allclose(post.variance.squeeze(-1), var, rtol=1e-8, atol=1e-14)
+    x = Xt[:1].clone().requires_grad_(True)
+    model.posterior(x).mean.sum().backward()
+    h = 1e-6
+    for j in range(3):
+        e = torch.zeros_like(Xt[:1])
+        e[0, j] = h
+        fd = (model.posterior(Xt[:1] + e).mean - model.posterior(Xt[:1] - e).mean) / (2 * h)
+        assert float(x.grad[0, j]) == pytest.approx(float(fd), rel=1e-5, abs=1e-8)
+
+
+def test_known_noise_multi_output_float32_and_a_per_tensor_prior() -> None:
+    X, Y = data()
+    Y2 = torch.cat([Y, -Y.square()], dim=-1)
+    known = LaplaceBNN(X, Y2, train_Yvar=torch.full_like(Y2, 1e-2), **RF).fit()
+    assert known.posterior(X[:4]).mean.shape == (4, 2)
+    tf = known.outcome_transform
+    expected = math.sqrt(float((1e-2 / tf.stdvs.square()).mean()))
+    assert float(known.sigma_noise) == pytest.approx(expected, rel=1e-6)
+    _, y, yvar = known._training_data()  # per-output noise in standardized units
+    phi = design(known, X)
+    exact = sum(float(linear_gaussian_evidence(phi, y[:, k], known.prior_precision, yvar[:, k]))
+                for k in range(2))
+    assert float(known.log_marginal_likelihood()) == pytest.approx(exact, rel=1e-8)
+    single = LaplaceBNN(X.float(), Y.float(), compute_dtype=torch.float32, **RF).fit()
+    assert single.net[1].weight.dtype == torch.float64  # always double (cheap, stable)
+    post = single.posterior(X[:3].float())
+    assert post.mean.dtype == torch.float32 and bool(torch.isfinite(post.variance).all())
+    layerwise = LaplaceBNN(X, Y, prior_structure="layerwise", **RF).fit()
+    assert layerwise.prior_precision.shape == (2,)
+    assert float(layerwise.log_marginal_likelihood()) >= float(
+        LaplaceBNN(X, Y, **RF).fit().log_marginal_likelihood()) - 1e-6
+
+
+def test_a_warm_start_starts_from_the_previous_hyperparameters_and_refits() -> None:
+    X, Y = data(20)
+    first = LaplaceBNN(X, Y, **RF).fit()
+    X2, Y2 = data(30)
+    second = LaplaceBNN(X2, Y2, warm_start=first, **RF)
+    old = random_feature_layer(first.net)
+    new = random_feature_layer(second.net)
+    assert torch.equal(new.omega, old.omega) and torch.equal(new.lengthscale, old.lengthscale)
+    assert new is not old
+    second.fit()
+    assert not torch.equal(new.lengthscale, old.lengthscale)
+    assert torch.equal(random_feature_layer(first.net).lengthscale, old.lengthscale)
+
+
+def test_in_the_default_family_with_its_evidence() -> None:
+    X, Y = data(25)
+    model = LaplaceBNN(X, Y, n_epochs=100, n_epochs_warm_start=20, width=16,
+                       outcome_transform=Standardize(m=1)).fit()
+    rf = [s for s in model.selection if s.options.get("net") == "random_features"]
+    assert len(rf) == 1
+    child = model._candidate_models[model.selection.index(rf[0])]
+    assert rf[0].log_marginal_likelihood == pytest.approx(
+        float(child.la.log_marginal_likelihood()), rel=1e-8)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"net": "mlp"}, "net must be"),
+    ({"net": "random_features", "random_features": 0}, "random_features > 0"),
+])
+def test_bad_network_names_are_rejected(kwargs, message) -> None:
+    X, Y = data(5)
+    with pytest.raises(ValueError, match=message):
+        LaplaceBNN(X, Y, **kwargs)
