@@ -476,6 +476,7 @@ class LaplaceBNN(_LinearizedModel):
         }
         self.net = self._make_net(net, warm_start, X_tf.shape[-1], m, net_options,
                                   compute_dtype, device, seed)
+        self._net_options = net_options if net is None or isinstance(net, str) else None
         self._param_names = training.posterior_parameter_names(self.net, subset_of_weights)
         dtype = self._compute_dtype
         if prior_structure not in ("scalar", "layerwise"):
@@ -733,10 +734,34 @@ class LaplaceBNN(_LinearizedModel):
     # --------------------------------------------------------- module state
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """Load weights, hyperparameters and transforms; the posterior is rebuilt lazily
-        from this model's own training data (no retraining)."""
+        from this model's own training data (no retraining). A state of the other
+        architecture of the default family (the random-feature network where this model
+        has the default MLP, or the reverse: whichever candidate the saved model had
+        selected) first rebuilds this model's network to match."""
+        self._match_network(state_dict)
         out = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self._invalidate()
         return out
+
+    def _match_network(self, state_dict: Any) -> None:
+        """Rebuild ``self.net`` (and the shapes of its prior buffers) when ``state_dict``
+        holds the other default-family architecture; a given network is left alone."""
+        saved_rf = "net.0.lengthscale" in state_dict and "net.0.omega" in state_dict
+        if self._net_options is None or saved_rf == (
+                networks.random_feature_layer(self.net) is not None):
+            return
+        d, m = self._train_X.shape[-1], self._num_net_outputs
+        like = self.sigma_noise
+        if saved_rf:
+            n_features = 2 * state_dict["net.0.omega"].shape[-1]
+            net = networks.random_feature_network(d, m, n_features, dtype=torch.float64)
+        else:
+            net = networks.default_network(d, m, **self._net_options, dtype=like.dtype)
+        self.net = net.to(device=like.device)
+        self._param_names = training.posterior_parameter_names(self.net, self.subset_of_weights)
+        for name in ("prior_mean", "prior_precision"):
+            if name in state_dict and hasattr(self, name):
+                self.register_buffer(name, torch.empty_like(state_dict[name]).to(like))
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> LaplaceBNN:
         out = super()._apply(fn, *args, **kwargs)

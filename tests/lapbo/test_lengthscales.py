@@ -168,3 +168,20 @@ def test_bad_network_names_are_rejected(kwargs, message) -> None:
     X, Y = data(5)
     with pytest.raises(ValueError, match=message):
         LaplaceBNN(X, Y, **kwargs)
+
+
+def test_a_state_of_either_architecture_loads_into_a_default_model() -> None:
+    X, Y = data(20)
+    rf = LaplaceBNN(X, Y, candidates=[{"net": "random_features", "random_features": 64}],
+                    n_epochs=50).fit()
+    mlp = LaplaceBNN(X, Y, candidates=None, n_epochs=50, width=8, seed=0).fit()
+    Xt = torch.rand(6, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for saved, options in ((rf, {}), (mlp, {"width": 8}), (rf, {"width": 8})):
+        fresh = LaplaceBNN(X, Y, seed=9, **options)
+        if saved is rf and options:  # load an RF state, then the MLP one, into one model
+            fresh.load_state_dict(rf.state_dict())
+            saved = mlp
+        fresh.load_state_dict(saved.state_dict())
+        p0, p1 = saved.posterior(Xt), fresh.posterior(Xt)
+        assert torch.allclose(p1.mean, p0.mean, atol=1e-10)
+        assert torch.allclose(p1.variance, p0.variance, atol=1e-10)

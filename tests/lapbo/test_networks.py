@@ -30,7 +30,8 @@ def test_quadratic_trend() -> None:
     g = torch.Generator().manual_seed(1)
     Xtr = torch.rand(20, 2, generator=g, dtype=torch.float64)
     Ytr = -((Xtr - 0.4).square().sum(-1, keepdim=True))
-    model = LaplaceBNN(Xtr, Ytr, trend="quadratic", random_features=0, seed=0, **SMALL).fit()
+    model = LaplaceBNN(Xtr, Ytr, trend="quadratic", random_features=0, seed=0, candidates=None,
+                       **SMALL).fit()
     assert bool((model.net.head.weight[0, -2:] < 0).all())  # the zᵢ² coefficients
     grid = torch.stack(torch.meshgrid(*[torch.linspace(0, 1, 21, dtype=torch.float64)] * 2,
                                       indexing="ij"), -1).reshape(-1, 2)
@@ -67,7 +68,7 @@ def test_random_features_travel_with_state_and_warm_starts() -> None:
     g = torch.Generator().manual_seed(2)
     X = torch.rand(10, 2, generator=g, dtype=torch.float64)
     Y = torch.sin(6 * X[:, :1])
-    model = LaplaceBNN(X, Y, seed=0, random_features=12, **SMALL).fit()
+    model = LaplaceBNN(X, Y, seed=0, random_features=12, candidates=None, **SMALL).fit()
     net = model.net
     assert isinstance(net, networks.AugmentedMLP)
     assert net.head.in_features == 16 + 4 + 12
@@ -126,3 +127,23 @@ def test_rows_independent_for_the_default_network_only() -> None:
                                                        nn.Linear(4, 1)))
     with pytest.raises(ValueError, match="nn.Module"):
         networks.rows_independent(lambda x: x)
+
+
+def test_scaled_random_features_approximate_the_ard_squared_exponential_kernel() -> None:
+    from lapbo.networks import ScaledRandomFeatures, random_feature_layer, random_feature_network
+
+    torch.manual_seed(0)
+    layer = ScaledRandomFeatures(2, 1024).double()
+    x = 3 * torch.rand(100, 2, dtype=torch.float64)
+    ls = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    phi = layer.features(x, ls)
+    assert phi.shape == (100, 1024)
+    exact = torch.exp(-0.5 * torch.cdist(x / ls, x / ls).square())
+    # quasi-random frequencies: ~0.01 here, where i.i.d. random phases give ~0.07
+    assert float((phi @ phi.T - exact).abs().max()) < 0.02
+    net = random_feature_network(2, 1, n_features=64)
+    assert random_feature_layer(net) is net[0]
+    assert [n for n, _ in net.named_parameters()] == ["1.weight", "1.bias"]  # ℓ is no weight
+    assert set(net.state_dict()) >= {"0.omega", "0.lengthscale"}
+    with pytest.raises(ValueError, match="even n_features"):
+        ScaledRandomFeatures(2, 7)
