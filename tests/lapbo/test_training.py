@@ -131,7 +131,7 @@ def test_layerwise_model_matches_laplace_predictive() -> None:
     X = torch.rand(12, 2, generator=g, dtype=torch.float64)
     Y = torch.sin(5 * X[:, :1]) + X[:, 1:]
     model = LaplaceBNN(X, Y, prior_structure="layerwise", subset_of_weights="all", seed=0,
-                       outcome_transform=None, **SMALL).fit()
+                       outcome_transform=None, candidates=None, **SMALL).fit()
     assert model.prior_precision.shape == (6,)
     assert bool((model.prior_precision > 0).all())
     assert len(set(model.prior_precision.tolist())) > 1  # refit per tensor
