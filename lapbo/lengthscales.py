@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lapbo.networks import random_feature_layer
+from lapbo.networks import lengthscale_hyperprior, random_feature_layer
 from lapbo.training import TrainingOptions, hyperpriors
 from laplace import (
     linear_gaussian_evidence,
@@ -39,12 +39,6 @@ REFERENCE_PRECISION = 2.0
 MAX_ITER = 100
 #: L-BFGS passes, each from the projection of the last onto the bounds.
 PASSES = 2
-
-
-def lengthscale_hyperprior(d: int) -> tuple[float, float]:
-    """``(loc, scale)`` of the log-normal hyperprior on each length scale for ``d``
-    inputs: ``(√2 + ½ log d, √3)``, BoTorch's dimension-scaled prior."""
-    return math.sqrt(2.0) + 0.5 * math.log(d), math.sqrt(3.0)
 
 
 def fit_random_feature_network(

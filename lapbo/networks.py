@@ -161,6 +161,13 @@ class ScaledRandomFeatures(nn.Module):
         return self.features(x, self.lengthscale)
 
 
+def lengthscale_hyperprior(d: int) -> tuple[float, float]:
+    """``(loc, scale)`` of the log-normal hyperprior on each length scale of a
+    ``random_feature_network`` for ``d`` inputs: ``(√2 + ½ log d, √3)``, BoTorch's
+    dimension-scaled prior (``get_covar_module_with_dim_scaled_prior``)."""
+    return math.sqrt(2.0) + 0.5 * math.log(d), math.sqrt(3.0)
+
+
 def random_feature_network(
     d: int, m: int, n_features: int = 1024, dtype: torch.dtype = torch.float64,
     device: torch.device | None = None,
@@ -169,8 +176,6 @@ def random_feature_network(
     ``nn.Linear`` ``(n_features → m)`` initialised at zero. Linear in its weights, so its
     Laplace posterior and evidence are exact (Bayesian linear regression on ``ψ``); the
     length scales start at the mode of the hyperprior of ``lapbo.lengthscales``."""
-    from lapbo.lengthscales import lengthscale_hyperprior  # noqa: PLC0415  (no cycle)
-
     loc, scale = lengthscale_hyperprior(d)
     head = nn.Linear(n_features, m)
     nn.init.zeros_(head.weight)

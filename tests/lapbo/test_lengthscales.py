@@ -11,12 +11,8 @@ from botorch.models.transforms.outcome import Standardize
 from torch import Tensor
 
 from lapbo import LaplaceBNN
-from lapbo.lengthscales import (
-    LENGTHSCALE_BOUNDS,
-    REFERENCE_PRECISION,
-    lengthscale_hyperprior,
-)
-from lapbo.networks import random_feature_layer
+from lapbo.lengthscales import LENGTHSCALE_BOUNDS, REFERENCE_PRECISION
+from lapbo.networks import lengthscale_hyperprior, random_feature_layer
 from laplace import linear_gaussian_evidence, linear_gaussian_posterior_mean, log_normal_density
 
 RF = {"net": "random_features", "random_features": 256, "seed": 0}
