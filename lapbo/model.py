@@ -326,10 +326,10 @@ class LaplaceBNN(_LinearizedModel):
             (``lapbo.selection``; the scores are in ``model.selection``). Options that
             change what the evidence measures (``subset_of_weights``,
             ``hessian_structure``, ...) cannot vary. Default: with the default network,
-            ``selection.DEFAULT_CANDIDATES`` (the network as configured, one with
-            ``√d``-scaled length scales trained from ``σ = 1``, and a random-feature
-            network whose length scales the evidence fits, ``net="random_features"``);
-            with ``net`` given, none.
+            ``selection.DEFAULT_CANDIDATES`` (the network as configured, and one with
+            ``√d``-scaled length scales trained from ``σ = 1``); with ``net`` given, none.
+            ``selection.RANDOM_FEATURE_CANDIDATE`` adds a random-feature network whose
+            length scales the evidence fits.
             ``None``: one network.
         keep_best: at every refit during training, remember the network and ``(δ, σ)``
             if their refit objective (evidence plus hyperpriors) is the highest so far,

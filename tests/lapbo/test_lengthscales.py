@@ -145,15 +145,20 @@ def test_a_warm_start_starts_from_the_previous_hyperparameters_and_refits() -> N
     assert torch.equal(random_feature_layer(first.net).lengthscale, old.lengthscale)
 
 
-def test_in_the_default_family_with_its_evidence() -> None:
+def test_in_a_family_with_its_exact_evidence() -> None:
+    from lapbo.selection import DEFAULT_CANDIDATES, RANDOM_FEATURE_CANDIDATE
+
     X, Y = data(25)
     model = LaplaceBNN(X, Y, n_epochs=100, n_epochs_warm_start=20, width=16,
-                       outcome_transform=Standardize(m=1)).fit()
+                       outcome_transform=Standardize(m=1),
+                       candidates=[*DEFAULT_CANDIDATES, RANDOM_FEATURE_CANDIDATE]).fit()
     rf = [s for s in model.selection if s.options.get("net") == "random_features"]
-    assert len(rf) == 1
+    assert len(rf) == 1 and len(model.selection) == 3
     child = model._candidate_models[model.selection.index(rf[0])]
     assert rf[0].log_marginal_likelihood == pytest.approx(
         float(child.la.log_marginal_likelihood()), rel=1e-8)
+    best = max(model.selection, key=lambda s: s.log_marginal_likelihood)
+    assert best.chosen
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
