@@ -433,9 +433,12 @@ class LaplaceBNN(_LinearizedModel):
             validation.check_positive("noise_prior scale", noise_prior[1])
         if warm_start is not None:
             _check_warm_start(warm_start, train_X.shape[-1], train_Y.shape[-1])
-        if isinstance(net, str) and (net != "random_features" or random_features == 0):
+        if isinstance(net, str) and net != "random_features":
             raise ValueError(f"net must be an nn.Module, a factory, None or "
-                             f"'random_features' (with random_features > 0), not {net!r}.")
+                             f"'random_features', not {net!r}.")
+        if net == "random_features" and (random_features == 0 or random_features % 2):
+            raise ValueError("net='random_features' needs an even random_features > 0 (cosine "
+                             f"and sine pairs), not {random_features!r}.")
         m = train_Y.shape[-1]
         if outcome_transform is DEFAULT:
             outcome_transform = Standardize(m=m)

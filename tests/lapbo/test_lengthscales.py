@@ -163,7 +163,8 @@ def test_in_a_family_with_its_exact_evidence() -> None:
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"net": "mlp"}, "net must be"),
-    ({"net": "random_features", "random_features": 0}, "random_features > 0"),
+    ({"net": "random_features", "random_features": 0}, "even random_features > 0"),
+    ({"net": "random_features", "random_features": 7}, "even random_features > 0"),
 ])
 def test_bad_network_names_are_rejected(kwargs, message) -> None:
     X, Y = data(5)
