@@ -146,6 +146,7 @@ def run_bo(problem_name: str, method: str, options: dict[str, Any], seed: int,
     Y = problem(X).unsqueeze(-1)  # observed (noisy for noisy problems)
     F = problem(X, noise=False)  # true values: the regret of noisy problems uses these
     fit_times, acq_times, wall_times, log_regret = [], [], [], []
+    chosen: list[int] = []  # per round: the index of the candidate the evidence chose
     model = None
 
     def regret() -> float:
@@ -167,6 +168,8 @@ def run_bo(problem_name: str, method: str, options: dict[str, Any], seed: int,
                                      raw_samples=128)
             t2 = time.process_time()
             t_fit, t_acq = t1 - t0, t2 - t1
+            if isinstance(model, LaplaceBNN) and model.selection:
+                chosen.append(next(i for i, s in enumerate(model.selection) if s.chosen))
         x_new = x_new.detach()
         X = torch.cat([X, x_new])
         Y = torch.cat([Y, problem(x_new).unsqueeze(-1)])
@@ -186,6 +189,8 @@ def run_bo(problem_name: str, method: str, options: dict[str, Any], seed: int,
     if model is not None and isinstance(model, LaplaceBNN):
         out["final_prior_precision"] = model.prior_precision.tolist()
         out["final_sigma_noise"] = float(model.sigma_noise)
+        if chosen:
+            out["chosen_candidate"] = chosen
     return out
 
 

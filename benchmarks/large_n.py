@@ -4,6 +4,8 @@ Protocol: Ackley-20 (negated), a ``--n-init``-point scrambled Sobol design, then
 ``--rounds`` rounds of ``q = 10`` with ``qLogNoisyExpectedImprovement``
 (``prune_baseline=True``, 128 QMC samples, ``optimize_acqf(num_restarts=2,
 raw_samples=256)``). Compared: ``LaplaceBNN`` (defaults, warm-started every round),
+``LaplaceBNN(net="random_features", random_features=4096)`` alone (``laplace_rf``: its
+length scales by the exact evidence on at most ``lengthscales.MAX_FIT_ROWS`` rows),
 ``SingleTaskGP`` (exact, refit every round) and ``SingleTaskVariationalGP`` (256 learned
 inducing points, refit by the ELBO every round). Each method runs in its own subprocess,
 so its peak resident memory (``ru_maxrss``) is its own. Reported per method: CPU seconds
@@ -51,7 +53,7 @@ from lapbo import LaplaceBNN  # noqa: E402
 
 torch.set_num_threads(1)
 DTYPE = torch.float64
-METHODS = ("laplace", "gp", "svgp")
+METHODS = ("laplace", "laplace_rf", "gp", "svgp")
 
 
 def fit(method: str, X: Tensor, Y: Tensor, bounds: Tensor, previous: Any) -> Any:
@@ -60,6 +62,10 @@ def fit(method: str, X: Tensor, Y: Tensor, bounds: Tensor, previous: Any) -> Any
     if method == "laplace":
         return LaplaceBNN(X, Y, input_transform=Normalize(d=d, bounds=bounds),
                           warm_start=previous, seed=0).fit()
+    if method == "laplace_rf":  # the random-feature network alone (no candidate family)
+        return LaplaceBNN(X, Y, input_transform=Normalize(d=d, bounds=bounds),
+                          warm_start=previous, seed=0, net="random_features",
+                          random_features=4096, candidates=None).fit()
     if method == "gp":
         model = SingleTaskGP(X, Y, input_transform=Normalize(d=d, bounds=bounds),
                              outcome_transform=Standardize(m=1))
@@ -86,7 +92,7 @@ def run(method: str, n_init: int, rounds: int, q: int, seed: int) -> dict[str, A
     fit_s, acq_s, model = [], [], None
     for _ in range(rounds):
         t0 = time.process_time()
-        model = fit(method, X, Y, bounds, model if method == "laplace" else None)
+        model = fit(method, X, Y, bounds, model if method.startswith("laplace") else None)
         t1 = time.process_time()
         acqf = qLogNoisyExpectedImprovement(
             model, X_baseline=X, prune_baseline=True,

@@ -19,6 +19,7 @@ hyperprior on ``ℓ`` is the dimension-scaled log-normal of BoTorch's ``SingleTa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -39,12 +40,22 @@ REFERENCE_PRECISION = 2.0
 MAX_ITER = 100
 #: L-BFGS passes, each from the projection of the last onto the bounds.
 PASSES = 2
+#: ``σ`` of the second start of the fit (the outcome SD): with few features per point the
+#: objective has a mode that interpolates (small ``σ``) and one that smooths; a fit that
+#: starts in the first cannot reach the second, so both are tried and the better kept.
+SMOOTH_START_SIGMA = 1.0
+#: Rows of the hyperparameter objective: above it, the length scales, ``δ`` and ``σ`` are
+#: fitted on this many rows spread over the data (``fit_rows``: subset of data, as for
+#: large-N GPs), so that one evaluation costs ``O(m² N)`` whatever ``n``; the posterior
+#: mean uses every row.
+MAX_FIT_ROWS = 512
 
 
 def fit_random_feature_network(
     net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None, sigma_noise: Tensor,
     prior_precision: Tensor, options: TrainingOptions,
     prior_mean: list[Tensor] | None = None, max_iter: int = MAX_ITER,
+    max_rows: int | None = MAX_FIT_ROWS,
 ) -> tuple[Tensor, Tensor]:
     """Type-II maximum likelihood of ``(ℓ, δ, σ)`` for a ``random_feature_network``, then
     its weights set to the posterior mean (all in place).
@@ -56,6 +67,8 @@ def fit_random_feature_network(
         Yvar: ``(n, K)`` known noise variances (``σ`` is then not refit), or ``None``.
         prior_precision: scalar, or ``(2,)`` (weight and bias of the output layer).
         prior_mean: ``θ₀`` as ``[W₀ (K, N), b₀ (K,)]`` (default zero).
+        max_rows: fit the hyperparameters on at most this many rows (``fit_rows``) when
+            ``n`` is larger (``None``: all rows).
 
     Returns:
         ``(σ, δ)`` as detached tensors of the input shapes.
@@ -65,7 +78,7 @@ def fit_random_feature_network(
         raise ValueError("fit_random_feature_network needs a networks.random_feature_network.")
     if net[1].weight.dtype != torch.float64:  # the fit is cheap: run it in double
         return _fit_in_double(net, X, Y, Yvar, sigma_noise, prior_precision, options,
-                              prior_mean, max_iter)
+                              prior_mean, max_iter, max_rows)
     head = net[1]
     tune_noise = options.tune_noise and Yvar is None
     theta0 = (torch.zeros_like(head.weight), torch.zeros_like(head.bias)) \
@@ -81,9 +94,14 @@ def fit_random_feature_network(
     def noise(log_sigma: Tensor) -> Tensor:  # (n,) shared, or (n, K) known
         return (2 * log_sigma).exp().expand(len(X)) if Yvar is None else Yvar.clamp_min(1e-12)
 
+    rows = fit_rows(len(X), max_rows, X.device)
+
     def evidence(log_ls: Tensor, log_prior: Tensor, log_sigma: Tensor) -> Tensor:
         phi = design(log_ls.exp())
-        return _evidence(phi, residual(phi), log_prior.exp(), noise(log_sigma))
+        y_minus_mean, v = residual(phi), noise(log_sigma)
+        if rows is not None:
+            phi, y_minus_mean, v = phi[rows], y_minus_mean[rows], v[rows]
+        return _evidence(phi, y_minus_mean, log_prior.exp(), v)
 
     d = X.shape[-1]
     ls_loc, ls_scale = lengthscale_hyperprior(d)
@@ -93,10 +111,9 @@ def fit_random_feature_network(
     bounds = _log_bounds(options, d, prior_precision.numel(), X)
     start = torch.cat([layer.lengthscale.log(), prior_precision.detach().reshape(-1).log(),
                        sigma_noise.detach().reshape(1).log()]).to(X)
-    u = start.clamp(bounds[0], bounds[1]).requires_grad_(True)
     g = prior_precision.numel()
 
-    def objective() -> Tensor:
+    def objective(u: Tensor) -> Tensor:  # −(evidence + log hyperpriors) at u
         v = torch.clamp(u, bounds[0], bounds[1])
         log_ls, log_prior, log_sigma = v[:d], v[d:d + g], v[d + g]
         value = evidence(log_ls, log_prior, log_sigma)
@@ -108,25 +125,15 @@ def fit_random_feature_network(
         return -value
 
     if not tune_noise:
-        bounds[0][-1] = bounds[1][-1] = u.detach()[-1]
-    # L-BFGS on the clamped objective; a coordinate that left the box sees no gradient
-    # there, so each further pass restarts from the projection onto the box (where the
-    # gradient of a bound that should no longer be active points back inside).
-    for _ in range(PASSES):
-        with torch.no_grad():
-            u.copy_(torch.clamp(u, bounds[0], bounds[1]))
-        optimizer = torch.optim.LBFGS([u], lr=1.0, max_iter=max_iter,
-                                      line_search_fn="strong_wolfe", tolerance_grad=1e-7,
-                                      tolerance_change=1e-10)
-
-        def closure(optimizer: torch.optim.LBFGS = optimizer) -> Tensor:
-            optimizer.zero_grad()
-            loss = objective()
-            loss.backward()
-            return loss
-
-        with torch.enable_grad():
-            optimizer.step(closure)
+        bounds[0][-1] = bounds[1][-1] = start[-1].clamp(bounds[0][-1], bounds[1][-1])
+    starts = [start]
+    if tune_noise and abs(float(start[-1]) - math.log(SMOOTH_START_SIGMA)) > math.log(2):
+        # the objective has an interpolating and a smoothing mode in σ
+        smooth = start.clone()
+        smooth[-1] = math.log(SMOOTH_START_SIGMA)
+        starts.append(smooth)
+    fits = [_minimize(objective, u0, bounds, max_iter) for u0 in starts]
+    u = min(fits, key=lambda fit: fit[1])[0]
     with torch.no_grad():
         v = torch.clamp(u, bounds[0], bounds[1])
         layer.lengthscale.copy_(v[:d].exp())
@@ -139,9 +146,60 @@ def fit_random_feature_network(
     return sigma.to(sigma_noise), prior.to(prior_precision)
 
 
+def _minimize(objective: Callable[[Tensor], Tensor], start: Tensor,
+              bounds: tuple[Tensor, Tensor], max_iter: int) -> tuple[Tensor, float]:
+    """L-BFGS on ``objective`` clamped to ``bounds`` from ``start``: ``(u, objective(u))``.
+
+    A coordinate that left the box sees no gradient there, so each further pass restarts
+    from the projection onto the box (where the gradient of a bound that should no longer
+    be active points back inside)."""
+    u = start.detach().clone().requires_grad_(True)
+    for _ in range(PASSES):
+        with torch.no_grad():
+            u.copy_(torch.clamp(u, bounds[0], bounds[1]))
+        optimizer = torch.optim.LBFGS([u], lr=1.0, max_iter=max_iter,
+                                      line_search_fn="strong_wolfe", tolerance_grad=1e-7,
+                                      tolerance_change=1e-10)
+
+        def closure(optimizer: torch.optim.LBFGS = optimizer) -> Tensor:
+            optimizer.zero_grad()
+            loss = objective(u)
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            optimizer.step(closure)
+    u = u.detach()
+    with torch.no_grad():
+        value = float(objective(u))
+    return u, value if math.isfinite(value) else math.inf
+
+
+def fit_rows(n: int, max_rows: int | None, device: torch.device | None = None
+             ) -> Tensor | None:
+    """Indices ``(max_rows,)`` of the rows the hyperparameters are fitted on, or ``None``
+    for all ``n`` rows.
+
+    Row ``i`` has the priority ``frac((i + 1) φ)`` (``φ`` the golden ratio) and the rows of
+    lowest priority are kept: a subset spread evenly over the rows' order that depends
+    only on ``n``, and that changes by about ``max_rows · k / n`` rows when ``k`` rows are
+    appended (a BO round refits on nearly the same rows, so its hyperparameters do not
+    jump with the subset)."""
+    if max_rows is None:
+        return None
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise ValueError(f"max_rows must be a positive integer or None, not {max_rows!r}.")
+    if n <= max_rows:
+        return None
+    golden = (math.sqrt(5) - 1) / 2
+    priority = torch.remainder(torch.arange(1, n + 1, dtype=torch.float64) * golden, 1.0)
+    return priority.argsort()[:max_rows].sort().values.to(device)
+
+
 def _fit_in_double(net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None,
                    sigma_noise: Tensor, prior_precision: Tensor, options: TrainingOptions,
-                   prior_mean: list[Tensor] | None, max_iter: int) -> tuple[Tensor, Tensor]:
+                   prior_mean: list[Tensor] | None, max_iter: int,
+                   max_rows: int | None) -> tuple[Tensor, Tensor]:
     """``fit_random_feature_network`` of a lower-precision network, computed in float64."""
     dtype = net[1].weight.dtype
     double = lambda t: None if t is None else t.to(torch.float64)  # noqa: E731
@@ -150,7 +208,8 @@ def _fit_in_double(net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None,
         sigma, prior = fit_random_feature_network(
             net, double(X), double(Y), double(Yvar), double(sigma_noise),
             double(prior_precision), options,
-            None if prior_mean is None else [double(t) for t in prior_mean], max_iter)
+            None if prior_mean is None else [double(t) for t in prior_mean], max_iter,
+            max_rows)
     finally:
         net.to(dtype)
     return sigma.to(sigma_noise), prior.to(prior_precision)

@@ -187,3 +187,61 @@ def test_a_state_of_either_architecture_loads_into_a_default_model() -> None:
         p0, p1 = saved.posterior(Xt), fresh.posterior(Xt)
         assert torch.allclose(p1.mean, p0.mean, atol=1e-10)
         assert torch.allclose(p1.variance, p0.variance, atol=1e-10)
+
+
+def test_above_max_rows_the_hyperparameters_are_those_of_a_subset_and_the_mean_uses_all() -> None:
+    from lapbo.lengthscales import fit_random_feature_network, fit_rows
+
+    X, Y = data(n=60)
+    fits = []
+    for subset in (True, False):
+        model = LaplaceBNN(X, Y, **RF)
+        Xs, Ys, _ = model._training_data()
+        rows = fit_rows(60, 25)
+        args = (Xs, Ys, None) if subset else (Xs[rows], Ys[rows], None)
+        sigma, prior = fit_random_feature_network(
+            model.net, *args, model.sigma_noise, model.prior_precision, model.options,
+            max_rows=25 if subset else None)
+        fits.append((model, Xs, Ys, sigma, prior))
+    (sub, Xs, Ys, sigma, prior), (ref, _, _, sigma_ref, prior_ref) = fits
+    # the hyperparameters maximise the objective of the 25 drawn rows ...
+    ls, ls_ref = (random_feature_layer(m.net).lengthscale for m in (sub, ref))
+    assert torch.allclose(ls, ls_ref, rtol=1e-4)
+    assert float(sigma) == pytest.approx(float(sigma_ref), rel=1e-4)
+    assert float(prior) == pytest.approx(float(prior_ref), rel=1e-4)
+    # ... and the weights are the posterior mean given all 60
+    mean = linear_gaussian_posterior_mean(design(sub, Xs), Ys, prior, sigma**2)
+    assert torch.allclose(sub.net[1].weight.detach().reshape(-1), mean[:-1, 0], atol=1e-9)
+    assert not torch.allclose(ref.net[1].weight.detach(), sub.net[1].weight.detach(), atol=1e-3)
+
+
+def test_fit_rows_is_a_fixed_subset_and_rejects_a_bad_max_rows() -> None:
+    from lapbo.lengthscales import fit_rows
+
+    assert fit_rows(100, 100) is None and fit_rows(100, None) is None
+    rows = fit_rows(100, 40)
+    assert rows.shape == (40,) and len(set(rows.tolist())) == 40 and int(rows.max()) < 100
+    assert torch.equal(rows, fit_rows(100, 40))
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="max_rows"):
+            fit_rows(100, bad)
+
+
+def test_a_fit_started_at_a_small_noise_also_tries_the_smoothing_mode(monkeypatch) -> None:
+    import lapbo.lengthscales as lengthscales
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.rand(80, 3, generator=g, dtype=torch.float64)
+    Y = torch.sin(6 * X[:, :1]) + 0.5 * X[:, 1:2] \
+        + 0.5 * torch.randn(80, 1, generator=g, dtype=torch.float64)
+
+    def fit() -> LaplaceBNN:
+        return LaplaceBNN(X, Y, **RF, candidates=None, sigma_noise=1e-3).fit()
+
+    both = fit()
+    monkeypatch.setattr(lengthscales, "SMOOTH_START_SIGMA", 1e-3)  # one start only
+    single = fit()
+    # from σ = 1e-3 alone the fit interpolates the noise; the second start finds the
+    # mode that explains it, whose evidence is tens of nats higher
+    assert float(single.sigma_noise) < 0.01 < 0.3 < float(both.sigma_noise)
+    assert float(both.log_marginal_likelihood()) > float(single.log_marginal_likelihood()) + 10
