@@ -48,7 +48,7 @@ SMOOTH_START_SIGMA = 1.0
 #: fitted on this many rows spread over the data (``fit_rows``: subset of data, as for
 #: large-N GPs), so that one evaluation costs ``O(m² N)`` whatever ``n``; the posterior
 #: mean uses every row.
-MAX_FIT_ROWS = 512
+MAX_FIT_ROWS = 1024
 
 
 def fit_random_feature_network(

@@ -151,7 +151,8 @@ def test_in_a_family_with_its_exact_evidence() -> None:
     X, Y = data(25)
     model = LaplaceBNN(X, Y, n_epochs=100, n_epochs_warm_start=20, width=16,
                        outcome_transform=Standardize(m=1),
-                       candidates=[*DEFAULT_CANDIDATES, RANDOM_FEATURE_CANDIDATE]).fit()
+                       candidates=[*DEFAULT_CANDIDATES,
+                                   {**RANDOM_FEATURE_CANDIDATE, "random_features": 256}]).fit()
     rf = [s for s in model.selection if s.options.get("net") == "random_features"]
     assert len(rf) == 1 and len(model.selection) == 3
     child = model._candidate_models[model.selection.index(rf[0])]
