@@ -84,24 +84,26 @@ def fit_random_feature_network(
     theta0 = (torch.zeros_like(head.weight), torch.zeros_like(head.bias)) \
         if prior_mean is None else (prior_mean[0].detach(), prior_mean[1].detach())
 
-    def design(lengthscale: Tensor) -> Tensor:  # Φ (n, N + 1)
-        feats = layer.features(X, lengthscale)
+    def design(lengthscale: Tensor, inputs: Tensor = X) -> Tensor:  # Φ (n, N + 1)
+        feats = layer.features(inputs, lengthscale)
         return torch.cat([feats, torch.ones_like(feats[:, :1])], dim=-1)
 
-    def residual(phi: Tensor) -> Tensor:  # y − Φθ₀ (n, K)
-        return Y - phi[:, :-1] @ theta0[0].mT - theta0[1]
+    def residual(phi: Tensor, targets: Tensor = Y) -> Tensor:  # y − Φθ₀ (n, K)
+        return targets - phi[:, :-1] @ theta0[0].mT - theta0[1]
 
-    def noise(log_sigma: Tensor) -> Tensor:  # (n,) shared, or (n, K) known
-        return (2 * log_sigma).exp().expand(len(X)) if Yvar is None else Yvar.clamp_min(1e-12)
+    def noise(log_sigma: Tensor, n: int = len(X), known: Tensor | None = Yvar) -> Tensor:
+        # (n,) shared, or (n, K) known
+        return (2 * log_sigma).exp().expand(n) if known is None else known.clamp_min(1e-12)
 
+    # the rows of the objective (all, or a subset of them above max_rows)
     rows = fit_rows(len(X), max_rows, X.device)
+    X_fit, Y_fit = (X, Y) if rows is None else (X[rows], Y[rows])
+    Yvar_fit = Yvar if rows is None or Yvar is None else Yvar[rows]
 
     def evidence(log_ls: Tensor, log_prior: Tensor, log_sigma: Tensor) -> Tensor:
-        phi = design(log_ls.exp())
-        y_minus_mean, v = residual(phi), noise(log_sigma)
-        if rows is not None:
-            phi, y_minus_mean, v = phi[rows], y_minus_mean[rows], v[rows]
-        return _evidence(phi, y_minus_mean, log_prior.exp(), v)
+        phi = design(log_ls.exp(), X_fit)
+        v = noise(log_sigma, len(X_fit), Yvar_fit)
+        return _evidence(phi, residual(phi, Y_fit), log_prior.exp(), v)
 
     d = X.shape[-1]
     ls_loc, ls_scale = lengthscale_hyperprior(d)

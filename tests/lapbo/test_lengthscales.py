@@ -190,16 +190,22 @@ def test_a_state_of_either_architecture_loads_into_a_default_model() -> None:
         assert torch.allclose(p1.variance, p0.variance, atol=1e-10)
 
 
-def test_above_max_rows_the_hyperparameters_are_those_of_a_subset_and_the_mean_uses_all() -> None:
+@pytest.mark.parametrize("known_noise", [False, True])
+def test_above_max_rows_the_hyperparameters_are_those_of_a_subset_and_the_mean_uses_all(
+    known_noise: bool,
+) -> None:
     from lapbo.lengthscales import fit_random_feature_network, fit_rows
 
     X, Y = data(n=60)
+    Yvar = torch.linspace(1e-4, 1e-2, 60, dtype=torch.float64).unsqueeze(-1) \
+        if known_noise else None
     fits = []
     for subset in (True, False):
         model = LaplaceBNN(X, Y, **RF)
         Xs, Ys, _ = model._training_data()
         rows = fit_rows(60, 25)
-        args = (Xs, Ys, None) if subset else (Xs[rows], Ys[rows], None)
+        args = (Xs, Ys, Yvar) if subset else (Xs[rows], Ys[rows],
+                                              None if Yvar is None else Yvar[rows])
         sigma, prior = fit_random_feature_network(
             model.net, *args, model.sigma_noise, model.prior_precision, model.options,
             max_rows=25 if subset else None)
@@ -208,10 +214,14 @@ def test_above_max_rows_the_hyperparameters_are_those_of_a_subset_and_the_mean_u
     # the hyperparameters maximise the objective of the 25 drawn rows ...
     ls, ls_ref = (random_feature_layer(m.net).lengthscale for m in (sub, ref))
     assert torch.allclose(ls, ls_ref, rtol=1e-4)
-    assert float(sigma) == pytest.approx(float(sigma_ref), rel=1e-4)
+    if Yvar is None:
+        assert float(sigma) == pytest.approx(float(sigma_ref), rel=1e-4)
+    else:  # known noise: σ reports the RMS of the given noise over all rows
+        assert float(sigma) == pytest.approx(float(Yvar.mean().sqrt()), rel=1e-12)
     assert float(prior) == pytest.approx(float(prior_ref), rel=1e-4)
     # ... and the weights are the posterior mean given all 60
-    mean = linear_gaussian_posterior_mean(design(sub, Xs), Ys, prior, sigma**2)
+    noise = sigma**2 if Yvar is None else Yvar[:, 0]
+    mean = linear_gaussian_posterior_mean(design(sub, Xs), Ys, prior, noise)
     assert torch.allclose(sub.net[1].weight.detach().reshape(-1), mean[:-1, 0], atol=1e-9)
     assert not torch.allclose(ref.net[1].weight.detach(), sub.net[1].weight.detach(), atol=1e-3)
 
