@@ -15,6 +15,7 @@ Jacobian w.r.t. those, i.e. the features and a one).
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -209,6 +210,26 @@ def _check_warm_start(warm_start: Any, d: int, m: int) -> None:
                          f"this model has {d} inputs and {m} outputs.")
 
 
+def _configured(options: dict[str, Any]) -> list[str]:
+    """The names of ``LaplaceBNN``'s keyword options that differ from their defaults."""
+    defaults = inspect.signature(LaplaceBNN.__init__).parameters
+    same = lambda a, b: (tuple(a) if isinstance(a, list) else a) == b  # noqa: E731
+    return [k for k, v in options.items()
+            if k in defaults and not same(v, defaults[k].default)]
+
+
+def _mlp_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``networks.default_network`` options among ``LaplaceBNN``'s network options."""
+    return {k: v for k, v in options.items() if k != "random_feature_kernel"}
+
+
+def _random_feature_network(d: int, m: int, options: dict[str, Any]) -> nn.Module:
+    """``networks.random_feature_network`` with ``LaplaceBNN``'s network options."""
+    return networks.random_feature_network(d, m, options["random_features"],
+                                           kernel=options["random_feature_kernel"],
+                                           trend=options["trend"])
+
+
 class ConditionedLaplaceBNN(_LinearizedModel):
     """A ``LaplaceBNN`` after conditioning or output subsetting (shares the network).
 
@@ -249,6 +270,18 @@ class LaplaceBNN(_LinearizedModel):
 
     **Defaults** (the measurements behind each, and the history of what was tried, are
     in ``docs/lapbo_defaults.md``):
+
+    - *Family* (``selection.DEFAULT_CANDIDATES``): four random-feature networks
+      (``net="random_features"``: 4,096 quasi-random Fourier features of the
+      squared-exponential or the Matérn-5/2 kernel, each with and without a quadratic
+      trend). They are linear in their weights, so their Laplace posterior and evidence
+      are exact; ARD length scales, ``δ`` and ``σ`` are fitted by the evidence
+      (``lapbo.lengthscales``) and the candidate of highest evidence is kept every
+      round. Setting an option of the MLP below (``selection.MLP_OPTIONS``) selects the
+      MLP family (``selection.MLP_CANDIDATES``) instead; ``candidates=None`` fits one
+      network.
+
+    The remaining defaults configure the MLP:
 
     - *Network*: 2 × 50 MLP with Gaussian activations ``exp(−z²)``, first layer
       initialised at ``init_scale = 1.25`` per input coordinate of the unit box (use
@@ -325,11 +358,13 @@ class LaplaceBNN(_LinearizedModel):
             previous round) and keeps the one of highest Laplace evidence
             (``lapbo.selection``; the scores are in ``model.selection``). Options that
             change what the evidence measures (``subset_of_weights``,
-            ``hessian_structure``, ...) cannot vary. Default: with the default network,
-            ``selection.DEFAULT_CANDIDATES`` (the network as configured, and one with
-            ``√d``-scaled length scales trained from ``σ = 1``); with ``net`` given, none.
-            ``selection.RANDOM_FEATURE_CANDIDATE`` adds a random-feature network whose
-            length scales the evidence fits.
+            ``hessian_structure``, ...) cannot vary. Default: with ``net=None``,
+            ``selection.DEFAULT_CANDIDATES`` (random-feature networks of the
+            squared-exponential and Matérn-5/2 kernels, with and without a quadratic
+            trend), or ``selection.MLP_CANDIDATES`` (the default MLP as configured, and
+            one with ``√d``-scaled length scales trained from ``σ = 1``) when one of
+            ``selection.MLP_OPTIONS`` (``width``, ``depth``, ``n_epochs``, ...) is set;
+            with ``net`` given, none.
             ``None``: one network.
         keep_best: at every refit during training, remember the network and ``(δ, σ)``
             if their refit objective (evidence plus hyperpriors) is the highest so far,
@@ -346,7 +381,8 @@ class LaplaceBNN(_LinearizedModel):
             one or two observations send ``δ`` to its bound and the posterior variance
             to ~0 everywhere, so an acquisition function has no reason to explore.
         trend: ``"quadratic"`` (default: the default network's output layer also sees
-            ``z`` and ``z²``, ``networks.QuadraticFeatures``) or ``None``.
+            ``z`` and ``z²``, ``networks.QuadraticFeatures``; a random-feature network's
+            features end with ``[z, z²]/√d``) or ``None``.
         trend_scale: scale of those trend features, i.e. the square root of their prior
             variance relative to the other output-layer inputs (one ``δ`` serves the
             whole layer). A good candidate for selection by evidence
@@ -357,6 +393,10 @@ class LaplaceBNN(_LinearizedModel):
             random Fourier features of squared-exponential kernels (a length scale or a
             range of them in the unit box, variance relative to ``1/δ``) in the default
             network's output layer (``networks.RandomFourierFeatures``; ``0``: none).
+        random_feature_kernel: the kernel whose spectral density the features of
+            ``net="random_features"`` sample: ``"rbf"`` (squared exponential, default),
+            ``"matern12"``, ``"matern32"`` or ``"matern52"``
+            (``networks.ScaledRandomFeatures``).
         init_scale: first-layer initialisation of the default network (weights
             ``N(0, c²)`` per input coordinate); ``None``: PyTorch's default.
         mean: ``"map"`` (default: ``f(x; θ*)``) or ``"linearized"``: the exact posterior
@@ -387,6 +427,7 @@ class LaplaceBNN(_LinearizedModel):
         random_features: int = 100,
         random_feature_lengthscale: float | tuple[float, float] = (0.2, 1.0),
         random_feature_variance: float = 3.0, trend_scale: float = 1.0,
+        random_feature_kernel: str = "rbf",
         prior_structure: str = "scalar",
         candidates: Sequence[Mapping[str, Any]] | _DefaultType | None = DEFAULT,
         keep_best: bool = True, reference_dim: float | None = None,
@@ -436,6 +477,12 @@ class LaplaceBNN(_LinearizedModel):
         if isinstance(net, str) and net != "random_features":
             raise ValueError(f"net must be an nn.Module, a factory, None or "
                              f"'random_features', not {net!r}.")
+        if random_feature_kernel not in networks.RANDOM_FEATURE_KERNELS:
+            raise ValueError(f"random_feature_kernel must be one of "
+                             f"{list(networks.RANDOM_FEATURE_KERNELS)}, not "
+                             f"{random_feature_kernel!r}.")
+        if trend not in (None, "quadratic"):
+            raise ValueError(f"trend must be None or 'quadratic', not {trend!r}.")
         if net == "random_features" and (random_features == 0 or random_features % 2):
             raise ValueError("net='random_features' needs an even random_features > 0 (cosine "
                              f"and sine pairs), not {random_features!r}.")
@@ -475,7 +522,7 @@ class LaplaceBNN(_LinearizedModel):
             "init_scale": init_scale, "trend": trend, "random_features": random_features,
             "random_feature_lengthscale": random_feature_lengthscale,
             "random_feature_variance": random_feature_variance, "trend_scale": trend_scale,
-            "reference_dim": reference_dim,
+            "reference_dim": reference_dim, "random_feature_kernel": random_feature_kernel,
         }
         self.net = self._make_net(net, warm_start, X_tf.shape[-1], m, net_options,
                                   compute_dtype, device, seed)
@@ -515,7 +562,8 @@ class LaplaceBNN(_LinearizedModel):
         self._warm = warm_start is not None
         self._init_options = init_options
         if candidates is DEFAULT:
-            candidates = selection.DEFAULT_CANDIDATES if net is None else None
+            candidates = (selection.default_family(_configured(init_options)) if net is None
+                          else None)
         self.candidates = selection.check_candidates(candidates)
         if self.candidates and isinstance(net, nn.Module):
             raise ValueError("candidates need net=None or a network factory, not one module "
@@ -543,8 +591,8 @@ class LaplaceBNN(_LinearizedModel):
                 torch.manual_seed(seed)
             if net is None or isinstance(net, str):
                 module = (copy.deepcopy(warm_start.net) if warm_start is not None
-                          else networks.default_network(d, m, **options) if net is None
-                          else networks.random_feature_network(d, m, options["random_features"]))
+                          else networks.default_network(d, m, **_mlp_options(options))
+                          if net is None else _random_feature_network(d, m, options))
             elif isinstance(net, nn.Module):
                 module = net
             elif callable(net):
@@ -748,18 +796,23 @@ class LaplaceBNN(_LinearizedModel):
 
     def _match_network(self, state_dict: Any) -> None:
         """Rebuild ``self.net`` (and the shapes of its prior buffers) when ``state_dict``
-        holds the other default-family architecture; a given network is left alone."""
+        holds another default-family architecture (a random-feature network with or
+        without its trend, or the MLP); a given network is left alone."""
         saved_rf = "net.0.lengthscale" in state_dict and "net.0.omega" in state_dict
-        if self._net_options is None or saved_rf == (
-                networks.random_feature_layer(self.net) is not None):
+        saved = (saved_rf, saved_rf and "net.0.trend_scale" in state_dict)
+        layer = networks.random_feature_layer(self.net)
+        current = (layer is not None, layer is not None and layer.has_trend)
+        if self._net_options is None or saved == current:
             return
         d, m = self._train_X.shape[-1], self._num_net_outputs
         like = self.sigma_noise
         if saved_rf:
             n_features = 2 * state_dict["net.0.omega"].shape[-1]
-            net = networks.random_feature_network(d, m, n_features, dtype=torch.float64)
+            net = networks.random_feature_network(d, m, n_features, dtype=torch.float64,
+                                                  trend="quadratic" if saved[1] else None)
         else:
-            net = networks.default_network(d, m, **self._net_options, dtype=like.dtype)
+            net = networks.default_network(d, m, **_mlp_options(self._net_options),
+                                           dtype=like.dtype)
         self.net = net.to(device=like.device)
         self._param_names = training.posterior_parameter_names(self.net, self.subset_of_weights)
         for name in ("prior_mean", "prior_precision"):

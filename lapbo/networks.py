@@ -126,39 +126,90 @@ class RandomFourierFeatures(nn.Module):
         return self.amplitude * torch.cos(x @ self.omega + self.phase)
 
 
-class ScaledRandomFeatures(nn.Module):
-    """Quasi-random Fourier features with per-coordinate length scales: ``(n, d) → (n, N)``.
+#: Smoothness ``ν`` of the Matérn kernels that ``ScaledRandomFeatures`` approximates
+#: (``"rbf"``, the squared-exponential kernel, is the limit ``ν → ∞``).
+MATERN_NU = {"matern12": 0.5, "matern32": 1.5, "matern52": 2.5}
+#: The kernels of ``ScaledRandomFeatures``.
+RANDOM_FEATURE_KERNELS = ("rbf", *MATERN_NU)
 
-    ``ψ(x) = √(2/N) · [cos((x/ℓ)Ω), sin((x/ℓ)Ω)]`` with the ``N/2`` columns of ``Ω``
-    ``(d, N/2)`` the standard-normal quantiles of a scrambled Sobol sequence, and ``ℓ``
-    ``(d,)`` the length scales (unit-box units). ``ψ(x)ᵀψ(x') ≈ exp(−½‖(x − x')/ℓ‖²)``,
-    a squared-exponential kernel with automatic relevance determination. Quasi-Monte
-    Carlo frequencies and paired sines and cosines (no random phases) approximate the
-    kernel far more closely than i.i.d. random features of the same number (Avron et al.,
-    2016), which matters where BO resolves small differences near an optimum. ``Ω`` and
-    ``ℓ`` are buffers, not weights: ``ℓ`` is a hyperparameter that ``lapbo.lengthscales``
-    sets by the evidence.
+
+class ScaledRandomFeatures(nn.Module):
+    """Quasi-random Fourier features with per-coordinate length scales: ``(n, d) → (n, N)``,
+    optionally followed by a separable quadratic trend ``(n, 2d)``.
+
+    ``ψ(x) = √(1/(N/2)) · [cos((x/ℓ)Ω), sin((x/ℓ)Ω)]``, ``ℓ`` ``(d,)`` the length scales
+    (unit-box units) and the ``N/2`` columns of ``Ω`` ``(d, N/2)`` quasi-random draws from
+    the kernel's spectral density, so that ``ψ(x)ᵀψ(x') ≈ k((x − x')/ℓ)`` with automatic
+    relevance determination:
+
+    - ``"rbf"``: ``k(r) = exp(−½‖r‖²)``, ``Ω`` the standard-normal quantiles of a scrambled
+      Sobol sequence;
+    - ``"matern12"``, ``"matern32"``, ``"matern52"``: the Matérn kernel of smoothness ``ν``
+      (GPyTorch's ``MaternKernel``), whose spectral density is a multivariate Student-t
+      with ``2ν`` degrees of freedom: each normal column is scaled by ``√(2ν/u)`` with
+      ``u`` the ``χ²(2ν)`` quantile of one more Sobol coordinate.
+
+    Quasi-Monte Carlo frequencies and paired sines and cosines (no random phases)
+    approximate the kernel far more closely than i.i.d. random features of the same number
+    (Avron et al., 2016), which matters where BO resolves small differences near an
+    optimum. With ``trend=True`` the features end with ``s·[z, z²]``, ``z = 2x − 1`` and
+    ``s = 1/√d`` (a trend whose prior variance under the shared prior precision stays
+    about half the kernel part's in every dimension). ``Ω`` and ``ℓ`` are buffers, not
+    weights: ``ℓ`` is a hyperparameter that ``lapbo.lengthscales`` sets by the evidence.
     """
 
-    def __init__(self, d: int, n_features: int, lengthscale: float = 1.0) -> None:
+    def __init__(self, d: int, n_features: int, lengthscale: float = 1.0,
+                 kernel: str = "rbf", trend: bool = False) -> None:
         super().__init__()
         if n_features <= 0 or n_features % 2 or lengthscale <= 0:
             raise ValueError("ScaledRandomFeatures needs an even n_features > 0 and "
                              "lengthscale > 0.")
-        seed = int(torch.randint(2**31 - 1, ()))
-        sobol = torch.quasirandom.SobolEngine(d, scramble=True, seed=seed)
-        u = sobol.draw(n_features // 2, dtype=torch.float64).clamp(1e-10, 1 - 1e-10)
-        omega = torch.distributions.Normal(0.0, 1.0).icdf(u).mT
-        self.register_buffer("omega", omega.to(torch.get_default_dtype()))
+        if kernel not in RANDOM_FEATURE_KERNELS:
+            raise ValueError(f"Unknown random-feature kernel {kernel!r}; choose from "
+                             f"{list(RANDOM_FEATURE_KERNELS)}.")
+        self.kernel = kernel
+        self.register_buffer("omega", spectral_frequencies(d, n_features // 2, kernel)
+                             .to(torch.get_default_dtype()))
         self.register_buffer("lengthscale", torch.full((d,), float(lengthscale)))
+        if trend:  # the trend's presence is part of the state dict
+            self.register_buffer("trend_scale", torch.tensor(1.0 / math.sqrt(d)))
+
+    @property
+    def has_trend(self) -> bool:
+        return hasattr(self, "trend_scale")
 
     def features(self, x: Tensor, lengthscale: Tensor) -> Tensor:
-        """``ψ(x)`` ``(n, N)`` at the given length scales ``(d,)`` (differentiable in them)."""
+        """``ψ(x)`` ``(n, N)`` (``(n, N + 2d)`` with the trend) at the given length scales
+        ``(d,)`` (differentiable in them)."""
         z = (x / lengthscale) @ self.omega
-        return math.sqrt(1.0 / self.omega.shape[-1]) * torch.cat([z.cos(), z.sin()], dim=-1)
+        parts = [math.sqrt(1.0 / self.omega.shape[-1]) * torch.cat([z.cos(), z.sin()], dim=-1)]
+        if self.has_trend:
+            u = 2 * x - 1
+            parts.append(self.trend_scale.to(u) * torch.cat([u, u.square()], dim=-1))
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x, self.lengthscale)
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel!r}, trend={self.has_trend}"
+
+
+def spectral_frequencies(d: int, count: int, kernel: str = "rbf") -> Tensor:
+    """``Ω`` ``(d, count)``: quasi-random frequencies of the unit-length-scale ``kernel``
+    (see ``ScaledRandomFeatures``), float64, from a scrambled Sobol sequence seeded by
+    the global torch generator."""
+    seed = int(torch.randint(2**31 - 1, ()))
+    nu = MATERN_NU.get(kernel)
+    sobol = torch.quasirandom.SobolEngine(d + (nu is not None), scramble=True, seed=seed)
+    u = sobol.draw(count, dtype=torch.float64).clamp(1e-10, 1 - 1e-10)
+    omega = torch.distributions.Normal(0.0, 1.0).icdf(u[:, :d])
+    if nu is not None:
+        from scipy.stats import chi2  # a dependency of BoTorch
+
+        radial = torch.from_numpy(chi2.ppf(u[:, d].numpy(), 2 * nu)).to(omega)
+        omega = omega * (2 * nu / radial).sqrt().unsqueeze(-1)
+    return omega.mT.contiguous()
 
 
 def lengthscale_hyperprior(d: int) -> tuple[float, float]:
@@ -170,17 +221,27 @@ def lengthscale_hyperprior(d: int) -> tuple[float, float]:
 
 def random_feature_network(
     d: int, m: int, n_features: int = 1024, dtype: torch.dtype = torch.float64,
-    device: torch.device | None = None,
+    device: torch.device | None = None, kernel: str = "rbf", trend: str | None = None,
 ) -> nn.Sequential:
     """``x ↦ W ψ(x) + b``: ``ScaledRandomFeatures`` ``(d → n_features)`` then an
     ``nn.Linear`` ``(n_features → m)`` initialised at zero. Linear in its weights, so its
     Laplace posterior and evidence are exact (Bayesian linear regression on ``ψ``); the
-    length scales start at the mode of the hyperprior of ``lapbo.lengthscales``."""
+    length scales start at the mode of the hyperprior of ``lapbo.lengthscales``.
+
+    Args:
+        kernel: the kernel the features approximate (``RANDOM_FEATURE_KERNELS``).
+        trend: ``"quadratic"`` appends a separable quadratic trend to the features
+            (``2d`` more weights per output), or ``None``.
+    """
+    if trend not in (None, "quadratic"):
+        raise ValueError(f"Unknown trend {trend!r}; use None or 'quadratic'.")
     loc, scale = lengthscale_hyperprior(d)
-    head = nn.Linear(n_features, m)
+    layer = ScaledRandomFeatures(d, n_features, math.exp(loc - scale**2), kernel,
+                                 trend == "quadratic")
+    head = nn.Linear(n_features + (2 * d if layer.has_trend else 0), m)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
-    net = nn.Sequential(ScaledRandomFeatures(d, n_features, math.exp(loc - scale**2)), head)
+    net = nn.Sequential(layer, head)
     return net.to(dtype=dtype, device=device)
 
 

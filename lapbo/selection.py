@@ -24,22 +24,48 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lapbo.model import LaplaceBNN
 
-#: ``LaplaceBNN``'s default family (with the default network): the network as configured,
-#: and the same network with length scales grown by ``√d`` (``reference_dim=1``) whose
-#: training starts from ``σ = 1`` (the outcome SD: a smooth fit first, the noise refit from
-#: there, ``keep_best`` keeping the best network on the way down). The first wins on smooth
-#: low-dimensional functions, the second where an interpolating fit is the trap (noisy,
-#: rugged or high-dimensional data at N ≳ 100); see ``docs/lapbo_defaults.md``.
-DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = ({}, {"reference_dim": 1.0, "sigma_noise": 1.0})
+_RANDOM_FEATURES: dict[str, Any] = {"net": "random_features", "random_features": 4096}
 
-#: A third candidate that may be added to the family
-#: (``candidates=[*DEFAULT_CANDIDATES, RANDOM_FEATURE_CANDIDATE]``): a random-feature network
-#: whose ARD length scales, ``δ`` and ``σ`` its exact evidence fits (``lapbo.lengthscales``).
-#: 4,096 features: with 1,024 the evidence tuned the length scales to one draw of
-#: frequencies and calibration suffered (``docs/lapbo_defaults.md``, sessions 6 and 7).
-#: Not in the default family yet: on the development seeds it helps BO on smooth
-#: low-dimensional problems, and its calibration is not yet within the GP's everywhere.
-RANDOM_FEATURE_CANDIDATE: dict[str, Any] = {"net": "random_features", "random_features": 4096}
+#: ``LaplaceBNN``'s default family: random-feature networks (``net="random_features"``,
+#: 4,096 quasi-random Fourier features, exact evidence, ARD length scales, ``δ`` and ``σ``
+#: by type-II maximum likelihood) whose features approximate the squared-exponential or
+#: the Matérn-5/2 kernel, each with and without a separable quadratic trend. The evidence
+#: chooses the smoothness and whether a global trend explains the data, per problem and
+#: per round. Chosen on the development seeds over the MLP family (``MLP_CANDIDATES``) and
+#: the MLP family plus one random-feature network: see ``docs/lapbo_defaults.md``.
+DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = tuple(
+    {**_RANDOM_FEATURES, "trend": trend, **({} if kernel == "rbf" else
+                                              {"random_feature_kernel": kernel})}
+    for trend in (None, "quadratic") for kernel in ("rbf", "matern52"))
+
+#: The family of the default MLP (``LaplaceBNN``'s default until session 8, and its
+#: default still when a network or training option is set, ``default_family``): the
+#: network as configured, and the same network with length scales grown by ``√d``
+#: (``reference_dim=1``) whose training starts from ``σ = 1`` (the outcome SD: a smooth
+#: fit first, the noise refit from there, ``keep_best`` keeping the best network on the
+#: way down).
+MLP_CANDIDATES: tuple[dict[str, Any], ...] = ({}, {"reference_dim": 1.0, "sigma_noise": 1.0})
+
+#: One random-feature network (squared-exponential features, no trend) that may be added
+#: to another family, e.g. ``candidates=[*MLP_CANDIDATES, RANDOM_FEATURE_CANDIDATE]``.
+RANDOM_FEATURE_CANDIDATE: dict[str, Any] = {**_RANDOM_FEATURES, "trend": None}
+
+#: ``LaplaceBNN`` options that configure or train the default MLP: setting any of them
+#: (to a value other than its default) with the default ``candidates`` selects
+#: ``MLP_CANDIDATES``, so that a configured network is the one that is fitted.
+MLP_OPTIONS = ("width", "depth", "activation", "init_scale", "input_map",
+               "random_feature_lengthscale", "random_feature_variance", "trend_scale",
+               "reference_dim", "n_epochs", "n_epochs_warm_start", "lr", "optimizer",
+               "marglik_every", "marglik_steps", "final_marglik_steps", "marglik_lr",
+               "keep_best", "mean")
+
+
+def default_family(configured: Sequence[str]) -> tuple[dict[str, Any], ...]:
+    """The family of ``LaplaceBNN(net=None)`` with default ``candidates``, given the names
+    of the options the user set: ``MLP_CANDIDATES`` when one of them is in
+    ``MLP_OPTIONS``, else ``DEFAULT_CANDIDATES``."""
+    return MLP_CANDIDATES if set(configured) & set(MLP_OPTIONS) else DEFAULT_CANDIDATES
+
 
 # Options whose change alters what the evidence measures (another set of weights, another
 # curvature approximation, another likelihood): evidences would not be comparable.

@@ -126,8 +126,8 @@ def test_public_names_include_the_non_all_modules() -> None:
     import lapbo.selection
 
     assert public_names(lapbo.selection) == [
-        "DEFAULT_CANDIDATES", "RANDOM_FEATURE_CANDIDATE", "INCOMPARABLE", "CandidateScore",
-        "check_candidates",
+        "DEFAULT_CANDIDATES", "MLP_CANDIDATES", "RANDOM_FEATURE_CANDIDATE", "MLP_OPTIONS",
+        "default_family", "INCOMPARABLE", "CandidateScore", "check_candidates",
         "fit_by_evidence", "selection_table",
     ]
 

@@ -146,12 +146,12 @@ def test_a_warm_start_starts_from_the_previous_hyperparameters_and_refits() -> N
 
 
 def test_in_a_family_with_its_exact_evidence() -> None:
-    from lapbo.selection import DEFAULT_CANDIDATES, RANDOM_FEATURE_CANDIDATE
+    from lapbo.selection import MLP_CANDIDATES, RANDOM_FEATURE_CANDIDATE
 
     X, Y = data(25)
     model = LaplaceBNN(X, Y, n_epochs=100, n_epochs_warm_start=20, width=16,
                        outcome_transform=Standardize(m=1),
-                       candidates=[*DEFAULT_CANDIDATES,
+                       candidates=[*MLP_CANDIDATES,
                                    {**RANDOM_FEATURE_CANDIDATE, "random_features": 256}]).fit()
     rf = [s for s in model.selection if s.options.get("net") == "random_features"]
     assert len(rf) == 1 and len(model.selection) == 3
@@ -177,13 +177,17 @@ def test_a_state_of_either_architecture_loads_into_a_default_model() -> None:
     X, Y = data(20)
     rf = LaplaceBNN(X, Y, candidates=[{"net": "random_features", "random_features": 64}],
                     n_epochs=50).fit()
+    plain = LaplaceBNN(X, Y, candidates=[{"net": "random_features", "random_features": 64,
+                                          "trend": None, "random_feature_kernel": "matern52"}]
+                       ).fit()
+    assert random_feature_layer(rf.net).has_trend and not random_feature_layer(plain.net).has_trend
     mlp = LaplaceBNN(X, Y, candidates=None, n_epochs=50, width=8, seed=0).fit()
     Xt = torch.rand(6, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    for saved, options in ((rf, {}), (mlp, {"width": 8}), (rf, {"width": 8})):
+    for saved, options, first in ((rf, {}, None), (mlp, {"width": 8}, None),
+                                  (mlp, {"width": 8}, rf), (plain, {}, rf), (rf, {}, plain)):
         fresh = LaplaceBNN(X, Y, seed=9, **options)
-        if saved is rf and options:  # load an RF state, then the MLP one, into one model
-            fresh.load_state_dict(rf.state_dict())
-            saved = mlp
+        if first is not None:  # load one architecture's state, then another's, into one model
+            fresh.load_state_dict(first.state_dict())
         fresh.load_state_dict(saved.state_dict())
         p0, p1 = saved.posterior(Xt), fresh.posterior(Xt)
         assert torch.allclose(p1.mean, p0.mean, atol=1e-10)

@@ -147,3 +147,45 @@ def test_scaled_random_features_approximate_the_ard_squared_exponential_kernel()
     assert set(net.state_dict()) >= {"0.omega", "0.lengthscale"}
     with pytest.raises(ValueError, match="even n_features"):
         ScaledRandomFeatures(2, 7)
+
+
+@pytest.mark.parametrize("kernel, nu", [("matern12", 0.5), ("matern32", 1.5), ("matern52", 2.5)])
+def test_scaled_random_features_approximate_the_ard_matern_kernels(kernel: str, nu: float
+                                                                   ) -> None:
+    """The Student-t frequencies give GPyTorch's ``MaternKernel`` of smoothness ν (the same
+    distance convention), and are far from the squared-exponential kernel."""
+    from gpytorch.kernels import MaternKernel
+
+    from lapbo.networks import ScaledRandomFeatures
+
+    torch.manual_seed(0)
+    layer = ScaledRandomFeatures(2, 4096, kernel=kernel).double()
+    x = torch.rand(60, 2, dtype=torch.float64)
+    ls = torch.tensor([0.3, 0.6], dtype=torch.float64)
+    gram = layer.features(x, ls) @ layer.features(x, ls).T
+    matern = MaternKernel(nu=nu, ard_num_dims=2).double()
+    matern.lengthscale = ls
+    exact = matern(x).to_dense().detach()
+    squared_exponential = torch.exp(-0.5 * torch.cdist(x / ls, x / ls).square())
+    assert float((gram - exact).abs().max()) < 0.03
+    assert float((gram - squared_exponential).abs().max()) > 0.05
+    with pytest.raises(ValueError, match="kernel 'cubic'"):
+        ScaledRandomFeatures(2, 8, kernel="cubic")
+
+
+def test_random_feature_network_with_a_quadratic_trend() -> None:
+    """``trend="quadratic"`` appends ``[z, z²]/√d`` (``z = 2x − 1``) to the features; the
+    output layer has ``2d`` more inputs and the trend is recorded in the state dict."""
+    from lapbo.networks import random_feature_network
+
+    torch.manual_seed(0)
+    net = random_feature_network(3, 1, n_features=16, trend="quadratic")
+    assert net[1].in_features == 16 + 6 and net[0].has_trend
+    x = torch.rand(5, 3, dtype=torch.float64)
+    z = 2 * x - 1
+    torch.testing.assert_close(net[0](x)[:, 16:], torch.cat([z, z * z], -1) / 3**0.5)
+    assert "0.trend_scale" in net.state_dict()
+    plain = random_feature_network(3, 1, n_features=16)
+    assert not plain[0].has_trend and "0.trend_scale" not in plain.state_dict()
+    with pytest.raises(ValueError, match="trend 'cubic'"):
+        random_feature_network(3, 1, trend="cubic")

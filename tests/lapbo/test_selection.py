@@ -92,22 +92,62 @@ def test_bad_candidates_are_rejected(candidates, message) -> None:
 
 
 def test_default_family_with_the_default_network_and_none_with_a_given_one() -> None:
+    """Default options: the random-feature family, whose chosen evidence is ``laplace``'s
+    log marginal likelihood of the chosen network; an MLP option set: the MLP family; a
+    given network or ``candidates=None``: no selection."""
     from torch import nn
 
-    from lapbo.selection import DEFAULT_CANDIDATES
+    from lapbo.selection import DEFAULT_CANDIDATES, MLP_CANDIDATES
 
     X = torch.rand(12, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     Y = X.sum(-1, keepdim=True).sin()
-    model = LaplaceBNN(X, Y, **FAST).fit()
+    model = LaplaceBNN(X, Y).fit()
     assert [s.options for s in model.selection] == [dict(c) for c in DEFAULT_CANDIDATES]
-    assert sum(s.chosen for s in model.selection) == 1
+    assert {(c["trend"], c.get("random_feature_kernel", "rbf")) for c in DEFAULT_CANDIDATES} \
+        == {(t, k) for t in (None, "quadratic") for k in ("rbf", "matern52")}
     best = max(model.selection, key=lambda s: s.log_marginal_likelihood)
-    assert best.chosen
-    assert float(model.log_marginal_likelihood()) == pytest.approx(
+    assert best.chosen and sum(s.chosen for s in model.selection) == 1
+    assert float(model.la.log_marginal_likelihood()) == pytest.approx(
+        best.log_marginal_likelihood, rel=1e-8)
+    mlp = LaplaceBNN(X, Y, **FAST).fit()
+    assert [s.options for s in mlp.selection] == [dict(c) for c in MLP_CANDIDATES]
+    best = max(mlp.selection, key=lambda s: s.log_marginal_likelihood)
+    assert best.chosen and sum(s.chosen for s in mlp.selection) == 1
+    assert float(mlp.log_marginal_likelihood()) == pytest.approx(
         best.log_marginal_likelihood, rel=1e-10)
-    assert model._candidate_models[1].options.keep_best
+    assert mlp._candidate_models[1].options.keep_best
+    assert LaplaceBNN(X, Y, activation=["gauss", "gauss"]).candidates == \
+        [dict(c) for c in DEFAULT_CANDIDATES]  # the default value, given as a list
     given = LaplaceBNN(X, Y, net=nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)),
                        **FAST).fit()
     assert given.selection == [] and given.candidates == []
     single = LaplaceBNN(X, Y, candidates=None, **FAST).fit()
     assert single.selection == []
+
+
+def _matern_sample(kernel: str, n: int = 60) -> tuple[Tensor, Tensor]:
+    """``n`` points in ``[0, 1]²`` and one draw of a GP with GPyTorch's ``kernel``
+    (length scale 0.3, variance 1) plus noise of SD 0.01."""
+    from gpytorch.kernels import MaternKernel, RBFKernel
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.rand(n, 2, generator=g, dtype=torch.float64)
+    k = (RBFKernel() if kernel == "rbf" else MaternKernel(nu=0.5)).double()
+    k.lengthscale = 0.3
+    L = torch.linalg.cholesky(k(X).to_dense().detach() + 1e-8 * torch.eye(n, dtype=X.dtype))
+    Y = L @ torch.randn(n, 1, generator=g, dtype=X.dtype)
+    return X, Y + 0.01 * torch.randn(n, 1, generator=g, dtype=X.dtype)
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "matern12"])
+def test_evidence_picks_the_kernel_that_generated_the_data(kernel: str) -> None:
+    """Draws of a squared-exponential and of a Matérn-1/2 GP: the random-feature candidate
+    of the generating kernel has the higher evidence, by several nats."""
+    X, Y = _matern_sample(kernel)
+    family = [{"net": "random_features", "random_features": 1024, "trend": None,
+               "random_feature_kernel": k} for k in ("rbf", "matern12")]
+    model = LaplaceBNN(X, Y, seed=0, candidates=family).fit()
+    chosen = next(s for s in model.selection if s.chosen)
+    other = next(s for s in model.selection if not s.chosen)
+    assert chosen.options["random_feature_kernel"] == kernel
+    assert chosen.log_marginal_likelihood > other.log_marginal_likelihood + 3

@@ -64,6 +64,8 @@ CONSTRUCTOR_CASES = [
     ({"noise_prior": (1.0,)}, r"noise_prior must be \(loc, scale\)"),
     ({"prior_precision_prior": 0.0}, "prior_precision_prior must be a positive"),
     ({"trend_scale": -1.0}, "trend_scale must be a positive"),
+    ({"trend": "cubic"}, "trend must be None or 'quadratic'"),
+    ({"random_feature_kernel": "cauchy"}, "random_feature_kernel must be one of"),
     ({"reference_dim": 0}, "reference_dim must be a positive"),
     ({"keep_best": "yes"}, "keep_best must be True or False"),
 ]
