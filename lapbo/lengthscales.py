@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -38,12 +39,25 @@ LENGTHSCALE_BOUNDS = (0.025, 1e3)
 REFERENCE_PRECISION = 2.0
 #: L-BFGS iterations of one fit (a warm start usually stops well before).
 MAX_ITER = 100
-#: L-BFGS passes, each from the projection of the last onto the bounds.
+#: L-BFGS passes, each from the projection of the last onto the bounds (a pass that ends
+#: inside the bounds is the last).
 PASSES = 2
+#: Convergence of one L-BFGS pass, as scipy's L-BFGS-B defaults that BoTorch's GP fit uses:
+#: stop when no gradient entry exceeds ``GRAD_TOLERANCE`` or when the objective (or the
+#: step) changes by less than ``RELATIVE_TOLERANCE`` times the objective's magnitude.
+GRAD_TOLERANCE = 1e-5
+RELATIVE_TOLERANCE = 2.2e-9
 #: ``σ`` of the second start of the fit (the outcome SD): with few features per point the
 #: objective has a mode that interpolates (small ``σ``) and one that smooths; a fit that
 #: starts in the first cannot reach the second, so both are tried and the better kept.
 SMOOTH_START_SIGMA = 1.0
+#: A warm-started fit repeats the second start only when its warm start's last check found
+#: two optima, or when the data has grown by this factor since that check: a round adds a
+#: few rows, which rarely creates a mode, and the check doubles the cost of a fit.
+RECHECK_GROWTH = 1.2
+#: Two starts found different optima when their objectives differ by more than this (nats)
+#: or their ``σ`` by more than a factor 2.
+MODE_TOLERANCE = 0.1
 #: Rows of the hyperparameter objective: above it, the length scales, ``δ`` and ``σ`` are
 #: fitted on this many rows spread over the data (``fit_rows``: subset of data, as for
 #: large-N GPs), so that one evaluation costs ``O(m² N)`` whatever ``n``; the posterior
@@ -51,12 +65,32 @@ SMOOTH_START_SIGMA = 1.0
 MAX_FIT_ROWS = 1024
 
 
+class RandomFeatureFit(NamedTuple):
+    """What ``fit_random_feature_network`` found."""
+
+    #: ``σ`` (0-d) and ``δ`` (the shape of the given ``prior_precision``), detached.
+    sigma: Tensor
+    prior: Tensor
+    #: Whether the two starts in ``σ`` reached different optima (``MODE_TOLERANCE``);
+    #: ``None`` when one start was run.
+    two_optima: bool | None
+
+
+def needs_second_start(last_check: tuple[int, bool] | None, n: int) -> bool:
+    """Whether a fit on ``n`` rows runs the second start, given ``(rows, two optima)`` of
+    the last fit that did (``None``: no such fit, as for a cold start)."""
+    if last_check is None:
+        return True
+    rows, two_optima = last_check
+    return two_optima or n >= RECHECK_GROWTH * rows
+
+
 def fit_random_feature_network(
     net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None, sigma_noise: Tensor,
     prior_precision: Tensor, options: TrainingOptions,
     prior_mean: list[Tensor] | None = None, max_iter: int = MAX_ITER,
-    max_rows: int | None = MAX_FIT_ROWS,
-) -> tuple[Tensor, Tensor]:
+    max_rows: int | None = MAX_FIT_ROWS, second_start: bool = True,
+) -> RandomFeatureFit:
     """Type-II maximum likelihood of ``(ℓ, δ, σ)`` for a ``random_feature_network``, then
     its weights set to the posterior mean (all in place).
 
@@ -69,16 +103,19 @@ def fit_random_feature_network(
         prior_mean: ``θ₀`` as ``[W₀ (K, N), b₀ (K,)]`` (default zero).
         max_rows: fit the hyperparameters on at most this many rows (``fit_rows``) when
             ``n`` is larger (``None``: all rows).
+        second_start: also start from ``σ = SMOOTH_START_SIGMA`` (when ``σ`` is fitted and
+            ``sigma_noise`` is more than a factor 2 from it) and keep the better optimum
+            (``needs_second_start`` decides it for a warm-started model).
 
     Returns:
-        ``(σ, δ)`` as detached tensors of the input shapes.
+        ``RandomFeatureFit(σ, δ, two_optima)``.
     """
     layer = random_feature_layer(net)
     if layer is None:
         raise ValueError("fit_random_feature_network needs a networks.random_feature_network.")
     if net[1].weight.dtype != torch.float64:  # the fit is cheap: run it in double
         return _fit_in_double(net, X, Y, Yvar, sigma_noise, prior_precision, options,
-                              prior_mean, max_iter, max_rows)
+                              prior_mean, max_iter, max_rows, second_start)
     head = net[1]
     tune_noise = options.tune_noise and Yvar is None
     theta0 = (torch.zeros_like(head.weight), torch.zeros_like(head.bias)) \
@@ -129,13 +166,15 @@ def fit_random_feature_network(
     if not tune_noise:
         bounds[0][-1] = bounds[1][-1] = start[-1].clamp(bounds[0][-1], bounds[1][-1])
     starts = [start]
-    if tune_noise and abs(float(start[-1]) - math.log(SMOOTH_START_SIGMA)) > math.log(2):
+    if second_start and tune_noise \
+            and abs(float(start[-1]) - math.log(SMOOTH_START_SIGMA)) > math.log(2):
         # the objective has an interpolating and a smoothing mode in σ
         smooth = start.clone()
         smooth[-1] = math.log(SMOOTH_START_SIGMA)
         starts.append(smooth)
     fits = [_minimize(objective, u0, bounds, max_iter) for u0 in starts]
     u = min(fits, key=lambda fit: fit[1])[0]
+    two_optima = None if len(fits) == 1 else _distinct(fits[0], fits[1], bounds)
     with torch.no_grad():
         v = torch.clamp(u, bounds[0], bounds[1])
         layer.lengthscale.copy_(v[:d].exp())
@@ -145,7 +184,15 @@ def fit_random_feature_network(
             sigma = Yvar.mean().clamp_min(options.min_noise_std**2).sqrt()
         phi = design(layer.lengthscale)
         _set_posterior_mean(net, phi, residual(phi), prior, noise(sigma.log()), theta0)
-    return sigma.to(sigma_noise), prior.to(prior_precision)
+    return RandomFeatureFit(sigma.to(sigma_noise), prior.to(prior_precision), two_optima)
+
+
+def _distinct(a: tuple[Tensor, float], b: tuple[Tensor, float],
+              bounds: tuple[Tensor, Tensor]) -> bool:
+    """Whether two ``(u, objective)`` optima differ (``MODE_TOLERANCE``; ``σ`` is last)."""
+    log_sigma = [float(torch.clamp(u, bounds[0], bounds[1])[-1]) for u, _ in (a, b)]
+    return not math.isclose(a[1], b[1], abs_tol=MODE_TOLERANCE) \
+        or abs(log_sigma[0] - log_sigma[1]) > math.log(2)
 
 
 def _minimize(objective: Callable[[Tensor], Tensor], start: Tensor,
@@ -156,12 +203,19 @@ def _minimize(objective: Callable[[Tensor], Tensor], start: Tensor,
     from the projection onto the box (where the gradient of a bound that should no longer
     be active points back inside)."""
     u = start.detach().clone().requires_grad_(True)
-    for _ in range(PASSES):
+    with torch.no_grad():
+        scale = float(objective(u))
+    scale = max(abs(scale), 1.0) if math.isfinite(scale) else 1.0
+    for i in range(PASSES):
         with torch.no_grad():
-            u.copy_(torch.clamp(u, bounds[0], bounds[1]))
+            inside = torch.clamp(u, bounds[0], bounds[1])
+            if i > 0 and torch.equal(inside, u):
+                break
+            u.copy_(inside)
         optimizer = torch.optim.LBFGS([u], lr=1.0, max_iter=max_iter,
-                                      line_search_fn="strong_wolfe", tolerance_grad=1e-7,
-                                      tolerance_change=1e-10)
+                                      line_search_fn="strong_wolfe",
+                                      tolerance_grad=GRAD_TOLERANCE,
+                                      tolerance_change=RELATIVE_TOLERANCE * scale)
 
         def closure(optimizer: torch.optim.LBFGS = optimizer) -> Tensor:
             optimizer.zero_grad()
@@ -201,20 +255,20 @@ def fit_rows(n: int, max_rows: int | None, device: torch.device | None = None
 def _fit_in_double(net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None,
                    sigma_noise: Tensor, prior_precision: Tensor, options: TrainingOptions,
                    prior_mean: list[Tensor] | None, max_iter: int,
-                   max_rows: int | None) -> tuple[Tensor, Tensor]:
+                   max_rows: int | None, second_start: bool) -> RandomFeatureFit:
     """``fit_random_feature_network`` of a lower-precision network, computed in float64."""
     dtype = net[1].weight.dtype
     double = lambda t: None if t is None else t.to(torch.float64)  # noqa: E731
     net.to(torch.float64)
     try:
-        sigma, prior = fit_random_feature_network(
+        fit = fit_random_feature_network(
             net, double(X), double(Y), double(Yvar), double(sigma_noise),
             double(prior_precision), options,
             None if prior_mean is None else [double(t) for t in prior_mean], max_iter,
-            max_rows)
+            max_rows, second_start)
     finally:
         net.to(dtype)
-    return sigma.to(sigma_noise), prior.to(prior_precision)
+    return fit._replace(sigma=fit.sigma.to(sigma_noise), prior=fit.prior.to(prior_precision))
 
 
 def _log_bounds(options: TrainingOptions, d: int, g: int, like: Tensor

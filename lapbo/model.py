@@ -560,6 +560,8 @@ class LaplaceBNN(_LinearizedModel):
                 theta0 = torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
             self.register_buffer("prior_mean", theta0)
         self._warm = warm_start is not None
+        # (rows, two optima?) of the last random-feature fit that ran both starts in σ
+        self._mode_check: tuple[int, bool] | None = getattr(warm_start, "_mode_check", None)
         self._init_options = init_options
         if candidates is DEFAULT:
             candidates = (selection.default_family(_configured(init_options)) if net is None
@@ -669,12 +671,16 @@ class LaplaceBNN(_LinearizedModel):
     def _fit_random_feature_network(self, X: Tensor, Y: Tensor, Yvar: Tensor | None
                                     ) -> LaplaceBNN:
         """``fit`` for ``net="random_features"``: length scales, ``δ`` and ``σ`` by the
-        exact evidence, the weights at the posterior mean (``lapbo.lengthscales``)."""
-        sigma, prior = lengthscales.fit_random_feature_network(
+        exact evidence, the weights at the posterior mean (``lapbo.lengthscales``); the
+        second start in ``σ`` runs as ``lengthscales.needs_second_start`` says."""
+        second = lengthscales.needs_second_start(self._mode_check, len(X))
+        fit = lengthscales.fit_random_feature_network(
             self.net, X, Y, Yvar, self.sigma_noise, self.prior_precision, self.options,
-            prior_mean=self._prior_mean_list())
-        self.sigma_noise.copy_(sigma)
-        self.prior_precision.copy_(prior)
+            prior_mean=self._prior_mean_list(), second_start=second)
+        if fit.two_optima is not None:
+            self._mode_check = (len(X), fit.two_optima)
+        self.sigma_noise.copy_(fit.sigma)
+        self.prior_precision.copy_(fit.prior)
         self.is_fitted.fill_(True)
         self._invalidate()
         self.eval()
@@ -695,6 +701,7 @@ class LaplaceBNN(_LinearizedModel):
             self.register_buffer("prior_mean", child.prior_mean.clone())
         self._invalidate()
         self._la, self._evidence = child._la, child._evidence
+        self._mode_check = child._mode_check
         self.eval()
 
     def log_marginal_likelihood(self) -> Tensor:

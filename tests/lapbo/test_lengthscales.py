@@ -210,7 +210,7 @@ def test_above_max_rows_the_hyperparameters_are_those_of_a_subset_and_the_mean_u
         rows = fit_rows(60, 25)
         args = (Xs, Ys, Yvar) if subset else (Xs[rows], Ys[rows],
                                               None if Yvar is None else Yvar[rows])
-        sigma, prior = fit_random_feature_network(
+        sigma, prior, _ = fit_random_feature_network(
             model.net, *args, model.sigma_noise, model.prior_precision, model.options,
             max_rows=25 if subset else None)
         fits.append((model, Xs, Ys, sigma, prior))
@@ -260,3 +260,39 @@ def test_a_fit_started_at_a_small_noise_also_tries_the_smoothing_mode(monkeypatc
     # mode that explains it, whose evidence is tens of nats higher
     assert float(single.sigma_noise) < 0.01 < 0.3 < float(both.sigma_noise)
     assert float(both.log_marginal_likelihood()) > float(single.log_marginal_likelihood()) + 10
+
+
+def test_the_second_start_is_rechecked_after_two_optima_or_growth_of_the_data() -> None:
+    from lapbo.lengthscales import RECHECK_GROWTH, needs_second_start
+
+    assert needs_second_start(None, 10)  # cold: no check yet
+    assert needs_second_start((50, True), 51)  # the last check found two optima
+    assert not needs_second_start((50, False), 59)
+    assert needs_second_start((50, False), int(50 * RECHECK_GROWTH))
+
+
+def test_a_warm_start_skips_the_second_start_while_its_check_found_one_optimum(
+    monkeypatch,
+) -> None:
+    import lapbo.lengthscales as lengthscales
+
+    g = torch.Generator().manual_seed(2)
+    X = torch.rand(40, 2, generator=g, dtype=torch.float64)
+    Y = torch.sin(4 * X[:, :1]) + 0.1 * torch.randn(40, 1, generator=g, dtype=torch.float64)
+    starts = []
+    minimize = lengthscales._minimize
+
+    def counting(objective, start, bounds, max_iter):  # noqa: ANN001, ANN202
+        starts.append(float(start[-1].exp()))
+        return minimize(objective, start, bounds, max_iter)
+
+    monkeypatch.setattr(lengthscales, "_minimize", counting)
+    cold = LaplaceBNN(X[:30], Y[:30], **RF, candidates=None, sigma_noise=0.1).fit()
+    assert len(starts) == 2 and cold._mode_check == (30, False)
+    starts.clear()
+    warm = LaplaceBNN(X[:33], Y[:33], **RF, candidates=None, warm_start=cold).fit()
+    assert len(starts) == 1 and warm._mode_check == (30, False)
+    starts.clear()  # 36 rows ≥ 1.2 × 30: checked again
+    grown = LaplaceBNN(X[:36], Y[:36], **RF, candidates=None, warm_start=warm).fit()
+    assert float(warm.sigma_noise) < 0.5 and len(starts) == 2
+    assert grown._mode_check == (36, False)
