@@ -5,7 +5,7 @@ Protocol: Ackley-20 (negated), a ``--n-init``-point scrambled Sobol design, then
 (``prune_baseline=True``, 128 QMC samples, ``optimize_acqf(num_restarts=2,
 raw_samples=256)``). Compared: ``LaplaceBNN`` (defaults, warm-started every round),
 ``LaplaceBNN(net="random_features", random_features=4096)`` alone (``laplace_rf``: its
-length scales by the exact evidence on at most ``lengthscales.MAX_FIT_ROWS`` rows),
+its first ``lengthscales.FIT_FEATURES`` features above ``lengthscales.EXACT_FIT_ROWS`` rows),
 ``SingleTaskGP`` (exact, refit every round) and ``SingleTaskVariationalGP`` (256 learned
 inducing points, refit by the ELBO every round). Each method runs in its own subprocess,
 so its peak resident memory (``ru_maxrss``) is its own. Reported per method: CPU seconds

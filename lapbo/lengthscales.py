@@ -58,11 +58,18 @@ RECHECK_GROWTH = 1.2
 #: Two starts found different optima when their objectives differ by more than this (nats)
 #: or their ``σ`` by more than a factor 2.
 MODE_TOLERANCE = 0.1
-#: Rows of the hyperparameter objective: above it, the length scales, ``δ`` and ``σ`` are
-#: fitted on this many rows spread over the data (``fit_rows``: subset of data, as for
-#: large-N GPs), so that one evaluation costs ``O(m² N)`` whatever ``n``; the posterior
-#: mean uses every row.
-MAX_FIT_ROWS = 1024
+#: Rows up to which the objective is the exact evidence of all ``N`` features, whose
+#: sample-space form costs ``O(n² N)`` per evaluation (about a second at ``n = 1,000``,
+#: ``N = 4,096`` on one core). Above it, the length scales, ``δ`` and ``σ`` are those of
+#: the evidence of the first ``FIT_FEATURES`` features (``ScaledRandomFeatures.features``)
+#: on all rows, in its weight-space form: ``O(n · FIT_FEATURES²)`` per evaluation, linear
+#: in ``n``. The posterior (mean, covariance, reported evidence) uses all features.
+EXACT_FIT_ROWS = 1024
+#: Features of the hyperparameter objective above ``EXACT_FIT_ROWS`` rows: at most half
+#: the rows, so that the reduced model cannot interpolate them and ``σ`` stays at the
+#: smoothing optimum (with as many features as rows the evidence has an interpolating
+#: mode at the noise floor).
+FIT_FEATURES = 512
 
 
 class RandomFeatureFit(NamedTuple):
@@ -89,7 +96,7 @@ def fit_random_feature_network(
     net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None, sigma_noise: Tensor,
     prior_precision: Tensor, options: TrainingOptions,
     prior_mean: list[Tensor] | None = None, max_iter: int = MAX_ITER,
-    max_rows: int | None = MAX_FIT_ROWS, second_start: bool = True,
+    exact_rows: int | None = EXACT_FIT_ROWS, second_start: bool = True,
 ) -> RandomFeatureFit:
     """Type-II maximum likelihood of ``(ℓ, δ, σ)`` for a ``random_feature_network``, then
     its weights set to the posterior mean (all in place).
@@ -101,8 +108,8 @@ def fit_random_feature_network(
         Yvar: ``(n, K)`` known noise variances (``σ`` is then not refit), or ``None``.
         prior_precision: scalar, or ``(2,)`` (weight and bias of the output layer).
         prior_mean: ``θ₀`` as ``[W₀ (K, N), b₀ (K,)]`` (default zero).
-        max_rows: fit the hyperparameters on at most this many rows (``fit_rows``) when
-            ``n`` is larger (``None``: all rows).
+        exact_rows: above this many rows, fit the hyperparameters by the evidence of the
+            first ``FIT_FEATURES`` features (``EXACT_FIT_ROWS``; ``None``: always all).
         second_start: also start from ``σ = SMOOTH_START_SIGMA`` (when ``σ`` is fitted and
             ``sigma_noise`` is more than a factor 2 from it) and keep the better optimum
             (``needs_second_start`` decides it for a warm-started model).
@@ -115,32 +122,33 @@ def fit_random_feature_network(
         raise ValueError("fit_random_feature_network needs a networks.random_feature_network.")
     if net[1].weight.dtype != torch.float64:  # the fit is cheap: run it in double
         return _fit_in_double(net, X, Y, Yvar, sigma_noise, prior_precision, options,
-                              prior_mean, max_iter, max_rows, second_start)
+                              prior_mean, max_iter, exact_rows, second_start)
     head = net[1]
     tune_noise = options.tune_noise and Yvar is None
     theta0 = (torch.zeros_like(head.weight), torch.zeros_like(head.bias)) \
         if prior_mean is None else (prior_mean[0].detach(), prior_mean[1].detach())
 
-    def design(lengthscale: Tensor, inputs: Tensor = X) -> Tensor:  # Φ (n, N + 1)
-        feats = layer.features(inputs, lengthscale)
+    def design(lengthscale: Tensor, n_features: int | None = None) -> Tensor:  # Φ (n, N + 1)
+        feats = layer.features(X, lengthscale, n_features)
         return torch.cat([feats, torch.ones_like(feats[:, :1])], dim=-1)
 
-    def residual(phi: Tensor, targets: Tensor = Y) -> Tensor:  # y − Φθ₀ (n, K)
-        return targets - phi[:, :-1] @ theta0[0].mT - theta0[1]
+    def residual(phi: Tensor) -> Tensor:  # y − Φθ₀ (n, K) for the full Φ
+        if prior_mean is None:
+            return Y
+        return Y - phi[:, :-1] @ theta0[0].mT - theta0[1]
 
-    def noise(log_sigma: Tensor, n: int = len(X), known: Tensor | None = Yvar) -> Tensor:
-        # (n,) shared, or (n, K) known
-        return (2 * log_sigma).exp().expand(n) if known is None else known.clamp_min(1e-12)
+    def noise(log_sigma: Tensor) -> Tensor:  # (n,) shared, or (n, K) known
+        return (2 * log_sigma).exp().expand(len(X)) if Yvar is None else Yvar.clamp_min(1e-12)
 
-    # the rows of the objective (all, or a subset of them above max_rows)
-    rows = fit_rows(len(X), max_rows, X.device)
-    X_fit, Y_fit = (X, Y) if rows is None else (X[rows], Y[rows])
-    Yvar_fit = Yvar if rows is None or Yvar is None else Yvar[rows]
+    # the features of the objective: all, or the first FIT_FEATURES above exact_rows
+    reduced = exact_rows is not None and len(X) > exact_rows
+    n_fit = min(FIT_FEATURES, layer.omega.shape[-1] * 2) if reduced else None
 
     def evidence(log_ls: Tensor, log_prior: Tensor, log_sigma: Tensor) -> Tensor:
-        phi = design(log_ls.exp(), X_fit)
-        v = noise(log_sigma, len(X_fit), Yvar_fit)
-        return _evidence(phi, residual(phi, Y_fit), log_prior.exp(), v)
+        phi = design(log_ls.exp(), n_features=n_fit)
+        # the prior mean θ₀ lives on all features: y − Φθ₀ needs the full Φ
+        r = residual(phi if n_fit is None or prior_mean is None else design(log_ls.exp()))
+        return _evidence(phi, r, log_prior.exp(), noise(log_sigma))
 
     d = X.shape[-1]
     ls_loc, ls_scale = lengthscale_hyperprior(d)
@@ -231,31 +239,10 @@ def _minimize(objective: Callable[[Tensor], Tensor], start: Tensor,
     return u, value if math.isfinite(value) else math.inf
 
 
-def fit_rows(n: int, max_rows: int | None, device: torch.device | None = None
-             ) -> Tensor | None:
-    """Indices ``(max_rows,)`` of the rows the hyperparameters are fitted on, or ``None``
-    for all ``n`` rows.
-
-    Row ``i`` has the priority ``frac((i + 1) φ)`` (``φ`` the golden ratio) and the rows of
-    lowest priority are kept: a subset spread evenly over the rows' order that depends
-    only on ``n``, and that changes by about ``max_rows · k / n`` rows when ``k`` rows are
-    appended (a BO round refits on nearly the same rows, so its hyperparameters do not
-    jump with the subset)."""
-    if max_rows is None:
-        return None
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-        raise ValueError(f"max_rows must be a positive integer or None, not {max_rows!r}.")
-    if n <= max_rows:
-        return None
-    golden = (math.sqrt(5) - 1) / 2
-    priority = torch.remainder(torch.arange(1, n + 1, dtype=torch.float64) * golden, 1.0)
-    return priority.argsort()[:max_rows].sort().values.to(device)
-
-
 def _fit_in_double(net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None,
                    sigma_noise: Tensor, prior_precision: Tensor, options: TrainingOptions,
                    prior_mean: list[Tensor] | None, max_iter: int,
-                   max_rows: int | None, second_start: bool) -> RandomFeatureFit:
+                   exact_rows: int | None, second_start: bool) -> RandomFeatureFit:
     """``fit_random_feature_network`` of a lower-precision network, computed in float64."""
     dtype = net[1].weight.dtype
     double = lambda t: None if t is None else t.to(torch.float64)  # noqa: E731
@@ -265,7 +252,7 @@ def _fit_in_double(net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None,
             net, double(X), double(Y), double(Yvar), double(sigma_noise),
             double(prior_precision), options,
             None if prior_mean is None else [double(t) for t in prior_mean], max_iter,
-            max_rows, second_start)
+            exact_rows, second_start)
     finally:
         net.to(dtype)
     return fit._replace(sigma=fit.sigma.to(sigma_noise), prior=fit.prior.to(prior_precision))

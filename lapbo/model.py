@@ -230,6 +230,13 @@ def _random_feature_network(d: int, m: int, options: dict[str, Any]) -> nn.Modul
                                            trend=options["trend"])
 
 
+def _truncated_head_vector(theta: Tensor, columns: Tensor, m: int) -> Tensor:
+    """``[vec W (m, P_old), b (m,)]`` restricted to the head ``columns`` of
+    ``networks.truncate_random_features`` (a random-feature network has no other weights)."""
+    W, b = theta[:-m].reshape(m, -1), theta[-m:]
+    return torch.cat([W[:, columns].reshape(-1), b])
+
+
 class ConditionedLaplaceBNN(_LinearizedModel):
     """A ``LaplaceBNN`` after conditioning or output subsetting (shares the network).
 
@@ -526,6 +533,10 @@ class LaplaceBNN(_LinearizedModel):
         }
         self.net = self._make_net(net, warm_start, X_tf.shape[-1], m, net_options,
                                   compute_dtype, device, seed)
+        kept = None
+        if isinstance(net, str) and len(train_X) > lengthscales.EXACT_FIT_ROWS:
+            kept = networks.truncate_random_features(
+                self.net, min(random_features, lengthscales.FIT_FEATURES))
         self._net_options = net_options if net is None or isinstance(net, str) else None
         self._param_names = training.posterior_parameter_names(self.net, subset_of_weights)
         dtype = self._compute_dtype
@@ -556,6 +567,8 @@ class LaplaceBNN(_LinearizedModel):
         if prior_mean == "init":
             if warm_start is not None and warm_start.prior_mean_kind == "init":
                 theta0 = warm_start.prior_mean.detach().clone().to(dtype=dtype, device=device)
+                if kept is not None:  # the same entries of the truncated head
+                    theta0 = _truncated_head_vector(theta0, kept, m)
             else:
                 theta0 = torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
             self.register_buffer("prior_mean", theta0)
@@ -574,6 +587,9 @@ class LaplaceBNN(_LinearizedModel):
         self._warm_candidates = (previous if previous is not None
                                  and len(previous) == len(self.candidates) else None)
         self._candidate_models: list[LaplaceBNN] | None = None
+        # (observations, scores) of the last fit that refit every candidate
+        self._last_selection: tuple[int, list[selection.CandidateScore]] | None = \
+            getattr(warm_start, "_last_selection", None)
         self.selection: list[selection.CandidateScore] = []
         self._la: ParametricLaplace | None = None
         self._evidence: SampleSpaceEvidence | None = None
@@ -804,11 +820,14 @@ class LaplaceBNN(_LinearizedModel):
     def _match_network(self, state_dict: Any) -> None:
         """Rebuild ``self.net`` (and the shapes of its prior buffers) when ``state_dict``
         holds another default-family architecture (a random-feature network with or
-        without its trend, or the MLP); a given network is left alone."""
+        without its trend or with another number of features, or the MLP); a given
+        network is left alone."""
         saved_rf = "net.0.lengthscale" in state_dict and "net.0.omega" in state_dict
-        saved = (saved_rf, saved_rf and "net.0.trend_scale" in state_dict)
+        saved = (saved_rf, saved_rf and "net.0.trend_scale" in state_dict,
+                 state_dict["net.0.omega"].shape[-1] if saved_rf else 0)
         layer = networks.random_feature_layer(self.net)
-        current = (layer is not None, layer is not None and layer.has_trend)
+        current = (layer is not None, layer is not None and layer.has_trend,
+                   layer.omega.shape[-1] if layer is not None else 0)
         if self._net_options is None or saved == current:
             return
         d, m = self._train_X.shape[-1], self._num_net_outputs

@@ -178,11 +178,15 @@ class ScaledRandomFeatures(nn.Module):
     def has_trend(self) -> bool:
         return hasattr(self, "trend_scale")
 
-    def features(self, x: Tensor, lengthscale: Tensor) -> Tensor:
+    def features(self, x: Tensor, lengthscale: Tensor, n_features: int | None = None
+                 ) -> Tensor:
         """``ψ(x)`` ``(n, N)`` (``(n, N + 2d)`` with the trend) at the given length scales
-        ``(d,)`` (differentiable in them)."""
-        z = (x / lengthscale) @ self.omega
-        parts = [math.sqrt(1.0 / self.omega.shape[-1]) * torch.cat([z.cos(), z.sin()], dim=-1)]
+        ``(d,)`` (differentiable in them); with ``n_features``, the same map on the first
+        ``n_features / 2`` frequencies only (a Sobol prefix, itself a quasi-random set):
+        ``(n, n_features)`` (plus the trend), the kernel approximated with fewer features."""
+        omega = self.omega if n_features is None else self.omega[:, :max(n_features // 2, 1)]
+        z = (x / lengthscale) @ omega
+        parts = [math.sqrt(1.0 / omega.shape[-1]) * torch.cat([z.cos(), z.sin()], dim=-1)]
         if self.has_trend:
             u = 2 * x - 1
             parts.append(self.trend_scale.to(u) * torch.cat([u, u.square()], dim=-1))
@@ -251,6 +255,37 @@ def random_feature_layer(net: nn.Module) -> ScaledRandomFeatures | None:
             and isinstance(net[0], ScaledRandomFeatures) and isinstance(net[1], nn.Linear)):
         return net[0]
     return None
+
+
+def truncate_random_features(net: nn.Sequential, n_features: int) -> Tensor | None:
+    """Keep the first ``n_features / 2`` frequencies of a ``random_feature_network`` (in
+    place): the layer's ``Ω`` becomes its prefix (itself a quasi-random set) and the head
+    keeps the weight columns of the kept cosines, sines and trend.
+
+    Returns:
+        The kept head columns ``(n_features (+ 2d),)`` (to select the same entries of a
+        vector over the old head), or ``None`` when the network has no more features.
+    """
+    layer = random_feature_layer(net)
+    if layer is None:
+        raise ValueError("truncate_random_features needs a random_feature_network.")
+    if n_features <= 0 or n_features % 2:
+        raise ValueError(f"n_features must be even and positive, not {n_features}.")
+    half, keep = layer.omega.shape[-1], n_features // 2
+    if keep >= half:
+        return None
+    head = net[1]
+    idx = torch.arange(keep, device=head.weight.device)
+    trend = torch.arange(2 * half, head.in_features, device=head.weight.device)
+    columns = torch.cat([idx, half + idx, trend])
+    layer.omega = layer.omega[:, :keep].contiguous()
+    new = nn.Linear(len(columns), head.out_features, dtype=head.weight.dtype,
+                    device=head.weight.device)
+    with torch.no_grad():
+        new.weight.copy_(head.weight[:, columns])
+        new.bias.copy_(head.bias)
+    net[1] = new
+    return columns
 
 
 class AugmentedMLP(nn.Module):

@@ -2,7 +2,9 @@
 
 Each candidate is a ``LaplaceBNN`` with the parent's options updated by one dict of
 keyword options. Every round each candidate is trained on the round's data (warm-started
-from its own model of the previous round), its prior precision and noise are refit, and
+from its own model of the previous round; above ``lengthscales.EXACT_FIT_ROWS``
+observations only the incumbent, until the data has grown by a fifth: ``fit_by_evidence``),
+its prior precision and noise are refit, and
 its Laplace log marginal likelihood ``log p(y | δ̂, σ̂, candidate)`` is computed over the
 same weights that its prior regularises. The parent then *becomes* the candidate with the
 highest evidence (its network, prior and hyperparameters): selection, not averaging,
@@ -16,10 +18,13 @@ different candidates differ by several nats, so the mixture is nearly one-hot an
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from lapbo import lengthscales
 
 if TYPE_CHECKING:
     from lapbo.model import LaplaceBNN
@@ -86,6 +91,8 @@ class CandidateScore:
         prior_precision: its refit ``δ`` (mean over tensors for a per-tensor prior).
         sigma_noise: its refit ``σ``.
         chosen: whether the parent adopted it.
+        n_observations: the observations its evidence is over (fewer than the model's
+            for a candidate not refit this round: ``fit_by_evidence``).
     """
 
     options: dict[str, Any]
@@ -93,6 +100,7 @@ class CandidateScore:
     prior_precision: float
     sigma_noise: float
     chosen: bool = False
+    n_observations: int = 0
 
 
 def check_candidates(candidates: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
@@ -120,10 +128,23 @@ def check_candidates(candidates: Sequence[Mapping[str, Any]] | None) -> list[dic
 
 def fit_by_evidence(model: LaplaceBNN) -> LaplaceBNN:
     """Fit every candidate of ``model``, then make ``model`` the one with the highest
-    evidence (in place). Returns ``model``."""
+    evidence (in place). Returns ``model``.
+
+    Above ``lengthscales.EXACT_FIT_ROWS`` observations a warm-started model refits only
+    the candidate it chose last, until the data has grown by ``RECHECK_GROWTH`` since the
+    last round that refit them all: a round of a large-N run adds a fraction of a percent
+    of the data, which does not change which model explains it, and refitting four
+    candidates would quadruple the cost of every round. The other candidates keep their
+    previous models and scores (``CandidateScore.n_observations`` tells)."""
     previous = model._warm_candidates or [None] * len(model.candidates)
+    n = len(model._train_X)
+    incumbent = _incumbent(model, n)
     children, scores = [], []
-    for options, warm in zip(model.candidates, previous):
+    for i, (options, warm) in enumerate(zip(model.candidates, previous)):
+        if incumbent is not None and i != incumbent:
+            children.append(warm)
+            scores.append(dataclasses.replace(model._last_selection[1][i], chosen=False))
+            continue
         child = _build_candidate(model, options, warm)
         child.fit()
         lml = float(child.log_marginal_likelihood())
@@ -131,13 +152,28 @@ def fit_by_evidence(model: LaplaceBNN) -> LaplaceBNN:
         scores.append(CandidateScore(
             options=dict(options), log_marginal_likelihood=lml if math.isfinite(lml) else -math.inf,
             prior_precision=float(child.prior_precision.mean()),
-            sigma_noise=float(child.sigma_noise)))
-    best = max(range(len(scores)), key=lambda i: scores[i].log_marginal_likelihood)
+            sigma_noise=float(child.sigma_noise), n_observations=n))
+    best = incumbent if incumbent is not None else max(
+        range(len(scores)), key=lambda i: scores[i].log_marginal_likelihood)
     scores[best].chosen = True
     model._adopt(children[best])
     model._candidate_models = children
     model.selection = scores
+    if incumbent is None:
+        model._last_selection = (n, scores)
     return model
+
+
+def _incumbent(model: LaplaceBNN, n: int) -> int | None:
+    """The index of the candidate to refit alone this round (``fit_by_evidence``), or
+    ``None`` to refit all."""
+    last = model._last_selection
+    if model._warm_candidates is None or last is None or n <= lengthscales.EXACT_FIT_ROWS:
+        return None
+    rows, scores = last
+    if n >= lengthscales.RECHECK_GROWTH * rows or len(scores) != len(model.candidates):
+        return None
+    return next((i for i, s in enumerate(scores) if s.chosen), None)
 
 
 def _build_candidate(model: LaplaceBNN, options: dict[str, Any],
@@ -155,8 +191,9 @@ def _build_candidate(model: LaplaceBNN, options: dict[str, Any],
 def selection_table(scores: Sequence[CandidateScore]) -> str:
     """``model.selection`` as a small text table, best first."""
     rows = sorted(scores, key=lambda s: -s.log_marginal_likelihood)
-    lines = [f"{'chosen':6s} {'log p(y)':>10s} {'delta':>9s} {'sigma':>9s}  options"]
+    lines = [f"{'chosen':6s} {'log p(y)':>10s} {'delta':>9s} {'sigma':>9s} {'n':>6s}  options"]
     for s in rows:
         lines.append(f"{'*' if s.chosen else '':6s} {s.log_marginal_likelihood:10.2f} "
-                     f"{s.prior_precision:9.3g} {s.sigma_noise:9.3g}  {s.options}")
+                     f"{s.prior_precision:9.3g} {s.sigma_noise:9.3g} {s.n_observations:6d}  "
+                     f"{s.options}")
     return "\n".join(lines)

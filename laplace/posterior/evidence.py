@@ -11,7 +11,8 @@ which is ``FullLaplace.log_marginal_likelihood`` of a regression posterior. Here
 evaluated for any ``(δ, σ)`` from objects built once (the hyperparameter loops of an
 online marginal-likelihood training call it hundreds of times):
 
-* a scalar ``δ``: one ``M × M`` eigendecomposition (``GramSpectrum``);
+* a scalar ``δ``: one eigendecomposition of ``R Rᵀ`` (``M × M``), or of ``RᵀR``
+  (``P × P``) when ``M > P`` (``GramSpectrum``);
 * one ``δ_g`` per parameter tensor (``groups``): the sample-space precision
   ``WoodburyPrecision`` at each setting (one ``M × M`` Cholesky factor per call).
 
@@ -80,8 +81,7 @@ class SampleSpaceEvidence:
             self.offset_sq = offset.square().sum()
             self.spectrum = GramSpectrum(rows)
             if self.linearized:
-                proj = self.spectrum.eigenvectors.mT @ e.to(torch.float64)
-                self.proj_sq = proj.square()
+                self._eig, self.proj_sq, self._sizes = self.spectrum.projections(e)
         else:
             self.offset_sq = torch.stack([v.square().sum() for v in offset.split(self.groups)])
             self.rows = rows
@@ -121,8 +121,9 @@ class SampleSpaceEvidence:
     def _linearized_terms(self, prior: Tensor, s2: Tensor) -> Tensor:
         """``eᵀ(R D⁻¹ Rᵀ + σ²I)⁻¹ e + log det(R D⁻¹ Rᵀ + σ²I)`` (0-d)."""
         if self.groups is None:
-            var = self.spectrum.eigenvalues / prior.reshape(()) + s2
-            return ((self.proj_sq / var).sum() + var.log().sum()).to(self.spectrum.dtype)
+            var = self._eig / prior.reshape(()) + s2
+            return ((self.proj_sq / var).sum() + (self._sizes * var.log()).sum()).to(
+                self.spectrum.dtype)
         # R D⁻¹ Rᵀ + σ²I = σ² C, C the capacitance of Σ⁻¹ = RᵀR/σ² + D
         prior = prior.reshape(-1)
         quad = self._precision(prior, s2).capacitance_inv_square_form(self.target) / s2

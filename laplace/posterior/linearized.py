@@ -111,13 +111,19 @@ class LinearizedPosterior:
     @classmethod
     def from_rows(cls, rows: Tensor, noise_var: Tensor, prior: Tensor) -> LinearizedPosterior:
         """The posterior of ``N(θ*, D⁻¹)`` given Jacobian rows ``R`` ``(M, P)`` observed with
-        noise variances ``noise_var`` ``(M,)``: ``Σ₀⁻¹ = Rᵀ diag(1/v) R + D`` in the
-        sample-space form (``prior``: ``δ`` as a number, ``(1,)`` or ``(P,)``)."""
+        noise variances ``noise_var`` ``(M,)``: ``Σ₀⁻¹ = Rᵀ diag(1/v) R + D`` (``prior``:
+        ``δ`` as a number, ``(1,)`` or ``(P,)``), in the sample-space form when ``M ≤ P``
+        (predictions cost ``O(M·P)`` per row), else as the dense ``P × P`` matrix
+        (``O(P²)`` per row, and no ``M × M`` factor)."""
         if not isinstance(noise_var, Tensor) or noise_var.shape != rows.shape[:1]:
             raise ValueError(f"noise_var must be a tensor of shape {tuple(rows.shape[:1])}.")
         scaled = rows / noise_var.sqrt().unsqueeze(-1)
         prior = torch.as_tensor(prior, dtype=rows.dtype, device=rows.device).reshape(-1)
-        return cls(WoodburyPrecision(scaled, 1.0, prior))
+        M, P = rows.shape
+        if M <= P:
+            return cls(WoodburyPrecision(scaled, 1.0, prior))
+        precision = scaled.mT @ scaled + torch.diag(prior.expand(P))
+        return cls.from_precision_matrix(precision)
 
     @classmethod
     def from_precision_matrix(cls, precision: Tensor) -> LinearizedPosterior:

@@ -79,11 +79,13 @@ def _gram64(R: Tensor, chunk: int = 2**16) -> Tensor:
 
 
 class GramSpectrum:
-    """Eigendecomposition ``R Rᵀ = E diag(λ) Eᵀ`` (float64), shared across hyperparameters.
+    """The nonzero spectrum of ``R Rᵀ`` (float64), shared across hyperparameters.
 
     With a scalar prior ``δ``, ``log det Σ⁻¹ = P log δ + Σᵢ log(1 + s λᵢ / δ)`` for any
-    ``(δ, s)``: one ``M × M`` eigendecomposition serves every marginal-likelihood step.
-    The rows are treated as constants (gradients flow in ``s`` and ``δ`` only).
+    ``(δ, s)``: one eigendecomposition serves every marginal-likelihood step. It is that of
+    ``R Rᵀ`` ``(M × M)`` when ``M ≤ P``, else that of ``Rᵀ R`` ``(P × P)``, which has the
+    same nonzero eigenvalues (the cost stays linear in ``M`` for many rows). The rows are
+    treated as constants (gradients flow in ``s`` and ``δ`` only).
 
     Args:
         rows: square-root curvature rows ``R`` ``(M, P)``.
@@ -94,11 +96,34 @@ class GramSpectrum:
         if rows.ndim != 2:
             raise ValueError(f"rows must have shape (M, P) for a spectrum, got "
                              f"{tuple(rows.shape)}.")
-        lam, E = torch.linalg.eigh(_gram64(rows.detach()))
-        self.eigenvalues = lam.clamp(min=0)  # (M,)
-        self.eigenvectors = E  # (M, M)
         self.n_rows, self.n_params = rows.shape
         self.dtype = rows.dtype
+        self._rows: Tensor | None = None
+        if self.n_rows <= self.n_params:
+            lam, E = torch.linalg.eigh(_gram64(rows.detach()))
+            self.eigenvectors: Tensor | None = E  # (M, M)
+        else:  # R Rᵀ = (R V Λ^{-1/2}) Λ (…)ᵀ from Rᵀ R = V Λ Vᵀ
+            lam, V = torch.linalg.eigh(_gram64(rows.detach().mT))
+            self.eigenvectors, self._right, self._rows = None, V, rows.detach()
+        self.eigenvalues = lam.clamp(min=0)  # (min(M, P),) ascending
+
+    def projections(self, e: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``e`` ``(M,)`` in the eigenbasis of ``R Rᵀ``, grouped by eigenvalue: eigenvalues
+        ``λ`` ``(r,)``, squared projections ``(Eᵀe)²`` summed per group ``(r,)`` and the
+        group sizes ``(r,)`` (float64). With ``M > P`` the ``M − P`` zero eigenvalues
+        outside the span of ``R`` form one group holding ``‖e‖² − Σ (uᵢᵀe)²``."""
+        e = e.to(torch.float64)
+        if self.eigenvectors is not None:
+            return self.eigenvalues, (self.eigenvectors.mT @ e).square(), \
+                torch.ones_like(self.eigenvalues)
+        # uᵢ = R vᵢ / √λᵢ: uᵢᵀe = vᵢᵀ Rᵀe / √λᵢ (zero where λᵢ = 0)
+        lam = self.eigenvalues
+        proj = (self._right.mT @ (self._rows.to(torch.float64).mT @ e)).square()
+        proj = torch.where(lam > 0, proj / lam.clamp_min(torch.finfo(lam.dtype).tiny), 0.0)
+        rest = (e.square().sum() - proj.sum()).clamp_min(0)
+        sizes = torch.ones_like(lam)
+        return (torch.cat([lam.new_zeros(1), lam]), torch.cat([rest.reshape(1), proj]),
+                torch.cat([sizes.new_tensor([self.n_rows - self.n_params]), sizes]))
 
     def _settings(self, scale: Tensor | float, prior: Tensor | float) -> tuple[Tensor, Tensor]:
         wide = torch.float64

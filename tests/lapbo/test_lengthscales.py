@@ -195,51 +195,51 @@ def test_a_state_of_either_architecture_loads_into_a_default_model() -> None:
 
 
 @pytest.mark.parametrize("known_noise", [False, True])
-def test_above_max_rows_the_hyperparameters_are_those_of_a_subset_and_the_mean_uses_all(
-    known_noise: bool,
+def test_above_exact_rows_the_hyperparameters_are_those_of_the_first_features_and_the_mean_uses_all(
+    known_noise: bool, monkeypatch,
 ) -> None:
-    from lapbo.lengthscales import fit_random_feature_network, fit_rows
+    from lapbo import lengthscales
+    from lapbo.lengthscales import fit_random_feature_network
 
+    monkeypatch.setattr(lengthscales, "FIT_FEATURES", 24)
     X, Y = data(n=60)
     Yvar = torch.linspace(1e-4, 1e-2, 60, dtype=torch.float64).unsqueeze(-1) \
         if known_noise else None
-    fits = []
-    for subset in (True, False):
-        model = LaplaceBNN(X, Y, **RF)
-        Xs, Ys, _ = model._training_data()
-        rows = fit_rows(60, 25)
-        args = (Xs, Ys, Yvar) if subset else (Xs[rows], Ys[rows],
-                                              None if Yvar is None else Yvar[rows])
-        sigma, prior, _ = fit_random_feature_network(
-            model.net, *args, model.sigma_noise, model.prior_precision, model.options,
-            max_rows=25 if subset else None)
-        fits.append((model, Xs, Ys, sigma, prior))
-    (sub, Xs, Ys, sigma, prior), (ref, _, _, sigma_ref, prior_ref) = fits
-    # the hyperparameters maximise the objective of the 25 drawn rows ...
-    ls, ls_ref = (random_feature_layer(m.net).lengthscale for m in (sub, ref))
-    assert torch.allclose(ls, ls_ref, rtol=1e-4)
+    # the reduced objective at n = 60 > exact_rows = 40 ...
+    model = LaplaceBNN(X, Y, **RF)
+    Xs, Ys, _ = model._training_data()
+    sigma, prior, _ = fit_random_feature_network(
+        model.net, Xs, Ys, Yvar, model.sigma_noise, model.prior_precision, model.options,
+        exact_rows=40)
+    # ... is the exact objective of a network with the first 24 of its features
+    small = LaplaceBNN(X, Y, **{**RF, "random_features": 24})
+    layer, small_layer = random_feature_layer(model.net), random_feature_layer(small.net)
+    small_layer.omega.copy_(layer.omega[:, :12])
+    sigma_ref, prior_ref, _ = fit_random_feature_network(
+        small.net, Xs, Ys, Yvar, small.sigma_noise, small.prior_precision, small.options,
+        exact_rows=None)
+    assert torch.allclose(layer.lengthscale, small_layer.lengthscale, rtol=1e-4)
     if Yvar is None:
         assert float(sigma) == pytest.approx(float(sigma_ref), rel=1e-4)
-    else:  # known noise: σ reports the RMS of the given noise over all rows
+    else:  # known noise: σ reports the RMS of the given noise
         assert float(sigma) == pytest.approx(float(Yvar.mean().sqrt()), rel=1e-12)
     assert float(prior) == pytest.approx(float(prior_ref), rel=1e-4)
-    # ... and the weights are the posterior mean given all 60
+    # the weights are the posterior mean of all 256 features given all 60 rows
     noise = sigma**2 if Yvar is None else Yvar[:, 0]
-    mean = linear_gaussian_posterior_mean(design(sub, Xs), Ys, prior, noise)
-    assert torch.allclose(sub.net[1].weight.detach().reshape(-1), mean[:-1, 0], atol=1e-9)
-    assert not torch.allclose(ref.net[1].weight.detach(), sub.net[1].weight.detach(), atol=1e-3)
+    mean = linear_gaussian_posterior_mean(design(model, Xs), Ys, prior, noise)
+    assert torch.allclose(model.net[1].weight.detach().reshape(-1), mean[:-1, 0], atol=1e-9)
 
 
-def test_fit_rows_is_a_fixed_subset_and_rejects_a_bad_max_rows() -> None:
-    from lapbo.lengthscales import fit_rows
-
-    assert fit_rows(100, 100) is None and fit_rows(100, None) is None
-    rows = fit_rows(100, 40)
-    assert rows.shape == (40,) and len(set(rows.tolist())) == 40 and int(rows.max()) < 100
-    assert torch.equal(rows, fit_rows(100, 40))
-    for bad in (0, -3, 2.5, True):
-        with pytest.raises(ValueError, match="max_rows"):
-            fit_rows(100, bad)
+def test_the_first_features_approximate_the_kernel_of_all() -> None:
+    model = LaplaceBNN(*data(), **{**RF, "random_features": 4096, "trend": None})
+    layer = random_feature_layer(model.net)
+    X = torch.rand(20, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ls = torch.full((3,), 0.3, dtype=torch.float64)
+    exact = torch.exp(-0.5 * torch.cdist(X / ls, X / ls).square())
+    for count, tol in ((64, 0.4), (512, 0.1), (4096, 0.02)):
+        feats = layer.features(X, ls, None if count == 4096 else count)
+        assert feats.shape == (20, count)
+        assert float((feats @ feats.mT - exact).abs().max()) < tol
 
 
 def test_a_fit_started_at_a_small_noise_also_tries_the_smoothing_mode(monkeypatch) -> None:
@@ -296,3 +296,34 @@ def test_a_warm_start_skips_the_second_start_while_its_check_found_one_optimum(
     grown = LaplaceBNN(X[:36], Y[:36], **RF, candidates=None, warm_start=warm).fit()
     assert float(warm.sigma_noise) < 0.5 and len(starts) == 2
     assert grown._mode_check == (36, False)
+
+
+def test_above_exact_rows_a_random_feature_model_keeps_its_first_features(monkeypatch) -> None:
+    """Many rows: the network keeps its first ``FIT_FEATURES`` features (a warm start's
+    prefix and its prior-mean entries), its evidence is still the laplace object's, and
+    its state loads into a fresh model."""
+    from lapbo import lengthscales
+
+    monkeypatch.setattr(lengthscales, "EXACT_FIT_ROWS", 40)
+    monkeypatch.setattr(lengthscales, "FIT_FEATURES", 32)
+    X, Y = data(n=60)
+    small = LaplaceBNN(X[:30], Y[:30], **RF).fit()
+    assert random_feature_layer(small.net).omega.shape[-1] == 128
+    big = LaplaceBNN(X, Y, **RF, warm_start=small).fit()
+    layer = random_feature_layer(big.net)
+    assert layer.omega.shape[-1] == 16 and big.net[1].weight.shape == (1, 32 + 6)
+    assert torch.equal(layer.omega, random_feature_layer(small.net).omega[:, :16])
+    assert big.prior_mean.shape == (39,) and bool((big.prior_mean == 0).all())
+    lml = float(big.log_marginal_likelihood())
+    assert lml == pytest.approx(float(big.la.log_marginal_likelihood()), rel=1e-8)
+    phi, y = design(big, big._training_data()[0]), standardized(big)
+    exact = linear_gaussian_evidence(phi, y, big.prior_precision, big.sigma_noise.square())
+    assert lml == pytest.approx(float(exact), rel=1e-8)
+    fresh = LaplaceBNN(X[:30], Y[:30], **RF)
+    fresh.load_state_dict(big.state_dict())
+    Xt = torch.rand(5, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    fresh._train_X, fresh._train_Y = big._train_X, big._train_Y
+    fresh._invalidate()
+    p0, p1 = big.posterior(Xt), fresh.posterior(Xt)
+    assert torch.allclose(p0.mean, p1.mean, atol=1e-10)
+    assert torch.allclose(p0.variance, p1.variance, atol=1e-10)

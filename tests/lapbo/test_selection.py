@@ -151,3 +151,38 @@ def test_evidence_picks_the_kernel_that_generated_the_data(kernel: str) -> None:
     other = next(s for s in model.selection if not s.chosen)
     assert chosen.options["random_feature_kernel"] == kernel
     assert chosen.log_marginal_likelihood > other.log_marginal_likelihood + 3
+
+
+def test_above_exact_rows_rounds_refit_the_incumbent_until_the_data_grows(monkeypatch) -> None:
+    """Many rows: a warm round refits only the chosen candidate (the others keep their
+    models and scores) until the data has grown by ``RECHECK_GROWTH``; then all again."""
+    from lapbo import lengthscales
+
+    monkeypatch.setattr(lengthscales, "EXACT_FIT_ROWS", 40)
+    family = [{"net": "random_features", "random_features": 64, "trend": trend}
+              for trend in (None, "quadratic")]
+    X = inputs(60)
+    Y = torch.sin(6 * X)
+
+    def fit(n: int, warm: LaplaceBNN | None) -> LaplaceBNN:
+        return LaplaceBNN(X[:n], Y[:n], seed=0, candidates=family, warm_start=warm).fit()
+
+    first = fit(45, None)
+    assert [s.n_observations for s in first.selection] == [45, 45]
+    chosen = next(i for i, s in enumerate(first.selection) if s.chosen)
+    second = fit(50, first)  # 50 < 1.2 · 45: the incumbent alone
+    other = 1 - chosen
+    assert second._candidate_models[other] is first._candidate_models[other]
+    assert second._candidate_models[chosen] is not first._candidate_models[chosen]
+    assert second.selection[chosen].chosen and second.selection[chosen].n_observations == 50
+    assert second.selection[other].n_observations == 45
+    assert second.selection[other].log_marginal_likelihood == \
+        first.selection[other].log_marginal_likelihood
+    assert float(second.log_marginal_likelihood()) == pytest.approx(
+        second.selection[chosen].log_marginal_likelihood, rel=1e-12)
+    third = fit(55, second)  # 55 ≥ 1.2 · 45: every candidate again
+    assert [s.n_observations for s in third.selection] == [55, 55]
+    assert all(new is not old for new, old in
+               zip(third._candidate_models, second._candidate_models))
+    small = fit(30, None)  # up to EXACT_FIT_ROWS every round refits all
+    assert [s.n_observations for s in fit(31, small).selection] == [31, 31]

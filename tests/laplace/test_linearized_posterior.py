@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from laplace import FullLaplace, LinearizedPosterior
+from laplace.precision import DensePrecision, WoodburyPrecision
 
 P = 7
 
@@ -43,6 +44,8 @@ def test_from_rows_and_condition_match_dense_algebra(
     Sigma = dense_posterior(rows, noise, prior)
     if base == "rows":
         gauss = LinearizedPosterior.from_rows(rows, noise, prior)
+        # the sample-space form up to P rows, the dense P × P form beyond
+        assert isinstance(gauss.base, WoodburyPrecision if len(rows) <= P else DensePrecision)
     else:
         gauss = LinearizedPosterior.from_precision_matrix(torch.linalg.inv(Sigma))
     J, f = case["J"], case["f"]

@@ -155,3 +155,37 @@ def test_lbfgs_tolerances_are_arguments():
         maximize_marginal_likelihood(lml, start, method="lbfgs", tolerance_grad=0.0)
     with pytest.raises(ValueError, match="tolerance_change"):
         maximize_marginal_likelihood(lml, start, method="lbfgs", tolerance_change=-1.0)
+
+
+@pytest.mark.parametrize("linearized", [False, True])
+def test_more_rows_than_weights_takes_the_weight_space_spectrum(linearized):
+    """``M > P``: ``GramSpectrum`` decomposes ``RᵀR`` ``(P × P)``; the evidence and its
+    gradients equal the dense formulas (as with ``M ≤ P``)."""
+    g = torch.Generator().manual_seed(3)
+    M, P = 40, 7
+    R = torch.randn(M, P, generator=g, dtype=DT)
+    r = torch.randn(M, generator=g, dtype=DT)
+    offset = torch.randn(P, generator=g, dtype=DT)
+    ev = SampleSpaceEvidence(R, r, offset, linearized=linearized)
+    assert ev.spectrum.eigenvalues.shape == (P,) and ev.spectrum.eigenvectors is None
+    log_prior = torch.tensor(0.4, dtype=DT, requires_grad=True)
+    log_sigma = torch.tensor(-0.5, dtype=DT, requires_grad=True)
+    ours = ev(log_prior.exp(), log_sigma.exp())
+    grads = torch.autograd.grad(ours, (log_prior, log_sigma))
+
+    def dense(lp, ls):
+        prior, s2 = lp.exp(), (2 * ls).exp()
+        if linearized:  # log N(e; 0, R Rᵀ/δ + σ² I), e = −r + RΔ
+            cov = R @ R.T / prior + s2 * torch.eye(M, dtype=DT)
+            return torch.distributions.MultivariateNormal(
+                torch.zeros(M, dtype=DT), cov).log_prob(-r + R @ offset)
+        precision = R.T @ R / s2 + prior * torch.eye(P, dtype=DT)
+        return (-0.5 * r.square().sum() / s2 - M * ls - 0.5 * M * math.log(2 * math.pi)
+                - 0.5 * (torch.logdet(precision) - P * lp) - 0.5 * prior * offset.square().sum())
+
+    lp, ls = log_prior.detach().requires_grad_(), log_sigma.detach().requires_grad_()
+    ref = dense(lp, ls)
+    ref_grads = torch.autograd.grad(ref, (lp, ls))
+    assert float(ours) == pytest.approx(float(ref), rel=1e-10)
+    for a, b in zip(grads, ref_grads):
+        assert float(a) == pytest.approx(float(b), rel=1e-8)
