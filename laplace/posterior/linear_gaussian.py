@@ -45,12 +45,29 @@ def linear_gaussian_evidence(rows: Tensor, targets: Tensor, prior_precision: Ten
         white = torch.linalg.solve_triangular(chol, y, upper=False)
         logdet = 2 * chol.diagonal().log().sum()
         return -0.5 * white.square().sum() - 0.5 * C * logdet - const
-    scaled = rows / noise.unsqueeze(-1)
-    chol = _cholesky(rows.mT @ scaled + torch.diag_embed(1 / prior_var))
-    b = torch.linalg.solve_triangular(chol, scaled.mT @ y, upper=False)
-    quad = (y.square() / noise.unsqueeze(-1)).sum() - b.square().sum()
+    scale = noise.rsqrt().unsqueeze(-1)
+    W, z = rows * scale, y * scale  # whitened rows and targets
+    chol = _cholesky(_Gram.apply(W) + torch.diag_embed(1 / prior_var))
+    b = torch.linalg.solve_triangular(chol, W.mT @ z, upper=False)
+    quad = z.square().sum() - b.square().sum()
     logdet = 2 * chol.diagonal().log().sum() + noise.log().sum() + prior_var.log().sum()
     return -0.5 * quad - 0.5 * C * logdet - const
+
+
+class _Gram(torch.autograd.Function):
+    """``WᵀW`` ``(P, P)`` for ``W`` ``(M, P)`` whose backward is one product,
+    ``W (Ḡ + Ḡᵀ)``, where autograd's ``W.mT @ W`` takes two: the ``M·P²`` products are
+    the cost of the weight-space evidence for many rows."""
+
+    @staticmethod
+    def forward(ctx, W: Tensor) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(W)
+        return W.mT @ W
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
+        (W,) = ctx.saved_tensors
+        return W @ (grad + grad.mT)
 
 
 def linear_gaussian_posterior_mean(rows: Tensor, targets: Tensor, prior_precision: Tensor,

@@ -52,11 +52,12 @@ def test_evidence_and_mean_equal_dense_gaussian_algebra(M: int, P: int, groups) 
     assert single.shape == (P,) and torch.allclose(single, mean[:, 0], atol=1e-12)
 
 
-def test_gradients_in_rows_and_hyperparameters_match_finite_differences() -> None:
-    R, y, v = problem(7, 10)
+@pytest.mark.parametrize(("M", "P"), [(7, 10), (12, 5)])  # sample-space / weight-space form
+def test_gradients_in_rows_and_hyperparameters_match_finite_differences(M: int, P: int) -> None:
+    R, y, v = problem(M, P)
     R.requires_grad_(True)
     log_prior = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
-    log_noise = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    log_noise = (torch.linspace(-1.5, -0.5, M, dtype=torch.float64)).requires_grad_(True)
     assert torch.autograd.gradcheck(
         lambda r, a, b: linear_gaussian_evidence(r, y, a.exp(), b.exp()),
         (R, log_prior, log_noise))
