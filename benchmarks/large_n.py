@@ -121,19 +121,26 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              "GPs from scratch). A run to N = 2,000 in rounds of 10 has 100 rounds, so "
              "the later-round cost is the one that adds up.", "",
              "| method | first-round fit CPU s | later fit CPU s/round | acq CPU s/round | "
-             "later total s/round | ratio to GP | all rounds s/round | peak RSS MB | "
-             "log10 regret design → end |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "later total s/round | ratio to GP | last 10 rounds s/round | ratio to GP | "
+             "all rounds s/round | peak RSS MB | log10 regret design → end |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
 
     def later(r: dict[str, Any]) -> float:
         fits = r["fit_cpu_s"][1:] or r["fit_cpu_s"]
         return sum(fits) / len(fits) + sum(r["acq_cpu_s"]) / r["rounds"]
 
+    def last(r: dict[str, Any]) -> float:  # the rounds nearest the final N
+        k = max(min(10, r["rounds"] - 1), 1)
+        return sum(f + a for f, a in zip(r["fit_cpu_s"][-k:], r["acq_cpu_s"][-k:])) / k
+
     for r in rows:
         fits = r["fit_cpu_s"][1:] or r["fit_cpu_s"]
         acq_m = sum(r["acq_cpu_s"]) / r["rounds"]
         ratio = "" if gp is None else f"{later(r) / later(gp):.2f}"
+        ratio_last = "" if gp is None else f"{last(r) / last(gp):.2f}"
         lines.append(f"| {r['method']} | {r['fit_cpu_s'][0]:.1f} | "
                      f"{sum(fits) / len(fits):.1f} | {acq_m:.1f} | {later(r):.1f} | {ratio} | "
+                     f"{last(r):.1f} | {ratio_last} | "
                      f"{r['mean_round_cpu_s']:.1f} | {r['peak_rss_mb']:.0f} | "
                      f"{r['log10_regret'][0]:.3f} → {r['log10_regret'][-1]:.3f} |")
     return "\n".join(lines) + "\n"
@@ -147,9 +154,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--output", default="benchmarks/results/large_n")
+    parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                        help="tabulate the runs of these result files together (same "
+                             "protocol) into --output, running nothing")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    if args.combine:
+        parts = [json.loads(Path(f).read_text()) for f in args.combine]
+        meta = {**parts[0]["meta"], "command": " + ".join(p["meta"]["command"] for p in parts)}
+        write(Path(args.output), meta, [r for p in parts for r in p["runs"]])
+        return
     if args._one:
         print(json.dumps(run(args._one, args.n_init, args.rounds, args.q, args.seed)))
         return
@@ -167,9 +182,13 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     meta = {"command": "benchmarks/large_n.py " + " ".join(sys.argv[1:]), "commit": commit,
             "n_init": args.n_init, "rounds": args.rounds, "q": args.q, "seed": args.seed}
+    write(Path(args.output), meta, rows)
+
+
+def write(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Print the table of ``rows`` and write it (``out.md``) and the runs (``out.json``)."""
     text = markdown(rows, meta)
     print(text)
-    out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
     out.with_suffix(".md").write_text(text)
