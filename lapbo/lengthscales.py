@@ -120,6 +120,9 @@ def fit_random_feature_network(
     layer = random_feature_layer(net)
     if layer is None:
         raise ValueError("fit_random_feature_network needs a networks.random_feature_network.")
+    if exact_rows is not None and (isinstance(exact_rows, bool) or not isinstance(exact_rows, int)
+                                   or exact_rows < 1):
+        raise ValueError(f"exact_rows must be a positive integer or None, not {exact_rows!r}.")
     if net[1].weight.dtype != torch.float64:  # the fit is cheap: run it in double
         return _fit_in_double(net, X, Y, Yvar, sigma_noise, prior_precision, options,
                               prior_mean, max_iter, exact_rows, second_start)

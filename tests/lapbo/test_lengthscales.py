@@ -327,3 +327,14 @@ def test_above_exact_rows_a_random_feature_model_keeps_its_first_features(monkey
     p0, p1 = big.posterior(Xt), fresh.posterior(Xt)
     assert torch.allclose(p0.mean, p1.mean, atol=1e-10)
     assert torch.allclose(p0.variance, p1.variance, atol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_a_bad_exact_rows_is_rejected(bad) -> None:
+    from lapbo.lengthscales import fit_random_feature_network
+
+    model = LaplaceBNN(*data(), **RF)
+    X, Y, _ = model._training_data()
+    with pytest.raises(ValueError, match="exact_rows"):
+        fit_random_feature_network(model.net, X, Y, None, model.sigma_noise,
+                                   model.prior_precision, model.options, exact_rows=bad)
