@@ -8,7 +8,8 @@ raw_samples=256)``). Compared: ``LaplaceBNN`` (defaults, warm-started every roun
 its first ``lengthscales.FIT_FEATURES`` features above ``lengthscales.EXACT_FIT_ROWS`` rows),
 ``SingleTaskGP`` (exact, refit every round) and ``SingleTaskVariationalGP`` (256 learned
 inducing points, refit by the ELBO every round). Each method runs in its own subprocess,
-so its peak resident memory (``ru_maxrss``) is its own. Reported per method: CPU seconds
+so its peak resident memory (``ru_maxrss``) is its own; each writes one JSON line per
+round, as the round ends, to ``<output>.<method>.progress``. Reported per method: CPU seconds
 per round (fit and acquisition; ``time.process_time``), peak memory, and the log10
 regret after the design and after the last round.
 
@@ -79,7 +80,8 @@ def fit(method: str, X: Tensor, Y: Tensor, bounds: Tensor, previous: Any) -> Any
     return model
 
 
-def run(method: str, n_init: int, rounds: int, q: int, seed: int) -> dict[str, Any]:
+def run(method: str, n_init: int, rounds: int, q: int, seed: int,
+        save_data: str | None = None) -> dict[str, Any]:
     """One BO run of ``method``; returns per-round CPU and the regret trace."""
     torch.manual_seed(seed)
     problem = Ackley(dim=20, negate=True)
@@ -104,6 +106,10 @@ def run(method: str, n_init: int, rounds: int, q: int, seed: int) -> dict[str, A
         X = torch.cat([X, x_new.detach()])
         Y = torch.cat([Y, problem(x_new.detach()).unsqueeze(-1)])
         regret.append(math.log10(f_star - float(Y.max())))
+        print(json.dumps({"n": X.shape[0], "fit_cpu_s": fit_s[-1], "acq_cpu_s": acq_s[-1],
+                          "log10_regret": regret[-1]}), file=sys.stderr, flush=True)
+    if save_data is not None:  # the trajectory's data, to profile a round of it later
+        torch.save({"X": X, "Y": Y}, f"{save_data}.{method}.pt")
     return {"method": method, "n_init": n_init, "rounds": rounds, "q": q, "seed": seed,
             "fit_cpu_s": fit_s, "acq_cpu_s": acq_s,
             "mean_round_cpu_s": (sum(fit_s) + sum(acq_s)) / rounds,
@@ -157,6 +163,8 @@ def main() -> None:
     parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                         help="tabulate the runs of these result files together (same "
                              "protocol) into --output, running nothing")
+    parser.add_argument("--save-data", action="store_true",
+                        help="also write each method's final X and Y to <output>.<method>.pt")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -166,17 +174,23 @@ def main() -> None:
         write(Path(args.output), meta, [r for p in parts for r in p["runs"]])
         return
     if args._one:
-        print(json.dumps(run(args._one, args.n_init, args.rounds, args.q, args.seed)))
+        print(json.dumps(run(args._one, args.n_init, args.rounds, args.q, args.seed,
+                             args.output if args.save_data else None)))
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     rows = []
     for method in args.methods:
         cmd = [sys.executable, __file__, "--_one", method, "--n-init", str(args.n_init),
-               "--rounds", str(args.rounds), "--q", str(args.q), "--seed", str(args.seed)]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+               "--rounds", str(args.rounds), "--q", str(args.q), "--seed", str(args.seed),
+               "--output", args.output, *(["--save-data"] if args.save_data else [])]
+        progress = Path(args.output).with_suffix(f".{method}.progress")
+        progress.parent.mkdir(parents=True, exist_ok=True)
+        with progress.open("w") as log:  # one JSON line per round, written as it ends
+            res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
+                                 check=False)
         if res.returncode != 0:
-            print(res.stderr[-3000:], file=sys.stderr)
+            print(progress.read_text()[-3000:], file=sys.stderr)
             continue
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)

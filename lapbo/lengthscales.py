@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from lapbo.networks import lengthscale_hyperprior, random_feature_layer
 from lapbo.training import TrainingOptions, hyperpriors
 from laplace import (
+    gram_evidence,
+    group_grams,
     linear_gaussian_evidence,
     linear_gaussian_posterior_mean,
     log_normal_density,
@@ -59,17 +61,29 @@ RECHECK_GROWTH = 1.2
 #: or their ``σ`` by more than a factor 2.
 MODE_TOLERANCE = 0.1
 #: Rows up to which the objective is the exact evidence of all ``N`` features, whose
-#: sample-space form costs ``O(n² N)`` per evaluation (about a second at ``n = 1,000``,
-#: ``N = 4,096`` on one core). Above it, the length scales, ``δ`` and ``σ`` are those of
-#: the evidence of the first ``FIT_FEATURES`` features (``ScaledRandomFeatures.features``)
-#: on all rows, in its weight-space form: ``O(n · FIT_FEATURES²)`` per evaluation, linear
-#: in ``n``. The posterior (mean, covariance, reported evidence) uses all features.
-EXACT_FIT_ROWS = 1024
-#: Features of the hyperparameter objective above ``EXACT_FIT_ROWS`` rows: at most half
-#: the rows, so that the reduced model cannot interpolate them and ``σ`` stays at the
-#: smoothing optimum (with as many features as rows the evidence has an interpolating
-#: mode at the noise floor).
+#: sample-space form costs ``O(n² N)`` per evaluation (about a quarter of a second at
+#: ``n = 512``, ``N = 4,096`` on one core, four times that at ``n = 1,024``). Above it,
+#: the length scales, ``δ`` and ``σ`` are those of the evidence of the first
+#: ``FIT_FEATURES`` features (``ScaledRandomFeatures.features``) on all rows, in its
+#: weight-space form: ``O(n · FIT_FEATURES²)`` per evaluation, linear in ``n``; a
+#: ``LaplaceBNN(net="random_features")`` then keeps only those features (``LaplaceBNN``).
+#: Was 1,024 until session 11: a cold fit of the default family at ``n = 1,000`` took
+#: 350–600 s there and takes 15–35 s with 512 features.
+EXACT_FIT_ROWS = 512
+#: Features of the hyperparameter objective above ``EXACT_FIT_ROWS`` rows. With as many
+#: features as rows the evidence has an interpolating mode at the noise floor; just above
+#: ``EXACT_FIT_ROWS`` the rows barely outnumber these features, and the fit's second start
+#: in ``σ`` (``SMOOTH_START_SIGMA``) keeps the smoothing optimum where it is the better
+#: (measured at ``n = 600`` on six noisy or rough problems: ``σ`` 0.25–0.55 in
+#: standardized units, test mean ``|z|`` 0.68–0.97).
 FIT_FEATURES = 512
+#: Rows up to which a model keeps all its features (``LaplaceBNN`` truncates a
+#: ``net="random_features"`` network to ``FIT_FEATURES`` above it). Between
+#: ``EXACT_FIT_ROWS`` and this, the length scales are those of the reduced objective and
+#: ``δ`` and ``σ`` are then refit by the exact evidence of all features at those length
+#: scales (``group_grams`` once, ``O(n² N)``, then ``O(n³)`` per evaluation): the reduced
+#: model's ``σ`` also absorbs what its 512 features cannot fit.
+FULL_FEATURE_ROWS = 1024
 
 
 class RandomFeatureFit(NamedTuple):
@@ -109,7 +123,9 @@ def fit_random_feature_network(
         prior_precision: scalar, or ``(2,)`` (weight and bias of the output layer).
         prior_mean: ``θ₀`` as ``[W₀ (K, N), b₀ (K,)]`` (default zero).
         exact_rows: above this many rows, fit the hyperparameters by the evidence of the
-            first ``FIT_FEATURES`` features (``EXACT_FIT_ROWS``; ``None``: always all).
+            first ``FIT_FEATURES`` features (``EXACT_FIT_ROWS``; ``None``: always all);
+            up to ``FULL_FEATURE_ROWS`` rows ``δ`` and ``σ`` are then refit by the exact
+            evidence of all the network's features at the length scales found.
         second_start: also start from ``σ = SMOOTH_START_SIGMA`` (when ``σ`` is fitted and
             ``sigma_noise`` is more than a factor 2 from it) and keep the better optimum
             (``needs_second_start`` decides it for a warm-started model).
@@ -163,16 +179,19 @@ def fit_random_feature_network(
                        sigma_noise.detach().reshape(1).log()]).to(X)
     g = prior_precision.numel()
 
+    def add_hyperpriors(value: Tensor, log_prior: Tensor, log_sigma: Tensor) -> Tensor:
+        if prior_hp is not None:  # value + log densities of δ and σ²
+            value = value + log_normal_density(log_prior.exp(), *prior_hp)
+        if noise_hp is not None:
+            value = value + log_normal_density((2 * log_sigma).exp(), *noise_hp)
+        return value
+
     def objective(u: Tensor) -> Tensor:  # −(evidence + log hyperpriors) at u
         v = torch.clamp(u, bounds[0], bounds[1])
         log_ls, log_prior, log_sigma = v[:d], v[d:d + g], v[d + g]
         value = evidence(log_ls, log_prior, log_sigma)
         value = value + log_normal_density(log_ls.exp(), ls_loc, ls_scale)
-        if prior_hp is not None:
-            value = value + log_normal_density(log_prior.exp(), *prior_hp)
-        if noise_hp is not None:
-            value = value + log_normal_density((2 * log_sigma).exp(), *noise_hp)
-        return -value
+        return -add_hyperpriors(value, log_prior, log_sigma)
 
     if not tune_noise:
         bounds[0][-1] = bounds[1][-1] = start[-1].clamp(bounds[0][-1], bounds[1][-1])
@@ -186,6 +205,8 @@ def fit_random_feature_network(
     fits = [_minimize(objective, u0, bounds, max_iter) for u0 in starts]
     u = min(fits, key=lambda fit: fit[1])[0]
     two_optima = None if len(fits) == 1 else _distinct(fits[0], fits[1], bounds)
+    if reduced and n_fit < layer.omega.shape[-1] * 2 and len(X) <= FULL_FEATURE_ROWS:
+        u = _refit_scales(u, d, design, residual, noise, add_hyperpriors, bounds, max_iter)
     with torch.no_grad():
         v = torch.clamp(u, bounds[0], bounds[1])
         layer.lengthscale.copy_(v[:d].exp())
@@ -196,6 +217,31 @@ def fit_random_feature_network(
         phi = design(layer.lengthscale)
         _set_posterior_mean(net, phi, residual(phi), prior, noise(sigma.log()), theta0)
     return RandomFeatureFit(sigma.to(sigma_noise), prior.to(prior_precision), two_optima)
+
+
+def _refit_scales(u: Tensor, d: int, design: Callable[[Tensor], Tensor],
+                  residual: Callable[[Tensor], Tensor], noise: Callable[[Tensor], Tensor],
+                  add_hyperpriors: Callable[[Tensor, Tensor, Tensor], Tensor],
+                  bounds: tuple[Tensor, Tensor], max_iter: int) -> Tensor:
+    """``u`` ``(log ℓ, log δ, log σ)`` with ``(δ, σ)`` refit by the exact evidence of all
+    features at the length scales ``exp(u[:d])`` (``FULL_FEATURE_ROWS``)."""
+    with torch.no_grad():
+        phi = design(torch.clamp(u, bounds[0], bounds[1])[:d].exp())
+        r = residual(phi)
+        g = len(u) - d - 1
+        grams = group_grams(phi, None if g == 1 else [phi.shape[-1] - 1, 1])
+    low, high = bounds[0][d:], bounds[1][d:]
+
+    def objective(w: Tensor) -> Tensor:
+        w = torch.clamp(w, low, high)
+        log_prior, log_sigma = w[:-1], w[-1]
+        v = noise(log_sigma)
+        value = gram_evidence(grams, r, log_prior.exp(), v) if v.ndim == 1 else sum(
+            gram_evidence(grams, r[:, k], log_prior.exp(), v[:, k]) for k in range(r.shape[-1]))
+        return -add_hyperpriors(value, log_prior, log_sigma)
+
+    w, _ = _minimize(objective, u[d:], (low, high), max_iter)
+    return torch.cat([u[:d], w])
 
 
 def _distinct(a: tuple[Tensor, float], b: tuple[Tensor, float],

@@ -534,7 +534,7 @@ class LaplaceBNN(_LinearizedModel):
         self.net = self._make_net(net, warm_start, X_tf.shape[-1], m, net_options,
                                   compute_dtype, device, seed)
         kept = None
-        if isinstance(net, str) and len(train_X) > lengthscales.EXACT_FIT_ROWS:
+        if isinstance(net, str) and len(train_X) > lengthscales.FULL_FEATURE_ROWS:
             kept = networks.truncate_random_features(
                 self.net, min(random_features, lengthscales.FIT_FEATURES))
         self._net_options = net_options if net is None or isinstance(net, str) else None

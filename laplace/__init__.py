@@ -18,6 +18,8 @@ from laplace.posterior.ella import ELLA
 from laplace.posterior.evidence import SampleSpaceEvidence
 from laplace.posterior.functional import FunctionalLaplace, FunctionalLLLaplace
 from laplace.posterior.linear_gaussian import (
+    gram_evidence,
+    group_grams,
     linear_gaussian_evidence,
     linear_gaussian_posterior_mean,
 )
@@ -72,6 +74,8 @@ __all__ = [
     "GramSpectrum",
     "LinearizedPosterior",
     "SampleSpaceEvidence",
+    "gram_evidence",
+    "group_grams",
     "linear_gaussian_evidence",
     "linear_gaussian_posterior_mean",
     "WoodburyPrecision",

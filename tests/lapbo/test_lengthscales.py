@@ -202,6 +202,7 @@ def test_above_exact_rows_the_hyperparameters_are_those_of_the_first_features_an
     from lapbo.lengthscales import fit_random_feature_network
 
     monkeypatch.setattr(lengthscales, "FIT_FEATURES", 24)
+    monkeypatch.setattr(lengthscales, "FULL_FEATURE_ROWS", 50)  # no refit of (δ, σ)
     X, Y = data(n=60)
     Yvar = torch.linspace(1e-4, 1e-2, 60, dtype=torch.float64).unsqueeze(-1) \
         if known_noise else None
@@ -228,6 +229,60 @@ def test_above_exact_rows_the_hyperparameters_are_those_of_the_first_features_an
     noise = sigma**2 if Yvar is None else Yvar[:, 0]
     mean = linear_gaussian_posterior_mean(design(model, Xs), Ys, prior, noise)
     assert torch.allclose(model.net[1].weight.detach().reshape(-1), mean[:-1, 0], atol=1e-9)
+
+
+@pytest.mark.parametrize("known_noise", [False, True])
+def test_between_exact_and_full_feature_rows_delta_and_sigma_are_refit_on_all_features(
+    known_noise: bool, monkeypatch,
+) -> None:
+    """``EXACT_FIT_ROWS < n ≤ FULL_FEATURE_ROWS``: the length scales are the reduced
+    objective's, then ``(δ, σ)`` maximize the exact evidence of all features (plus the
+    hyperpriors) at those length scales; the weights are that posterior's mean."""
+    from lapbo import lengthscales
+    from lapbo.lengthscales import fit_random_feature_network
+
+    monkeypatch.setattr(lengthscales, "FIT_FEATURES", 24)
+    X, Y = data(n=60)
+    Y = Y + 0.05 * torch.randn(60, 1, generator=torch.Generator().manual_seed(3),
+                               dtype=torch.float64)
+    Yvar = torch.linspace(1e-4, 1e-2, 60, dtype=torch.float64).unsqueeze(-1) \
+        if known_noise else None
+    fits = {}
+    for full_rows in (50, 100):  # above FULL_FEATURE_ROWS: no refit; below: refit
+        monkeypatch.setattr(lengthscales, "FULL_FEATURE_ROWS", full_rows)
+        model = LaplaceBNN(X, Y, **RF)
+        Xs, Ys, _ = model._training_data()
+        fits[full_rows] = model, fit_random_feature_network(
+            model.net, Xs, Ys, Yvar, model.sigma_noise, model.prior_precision,
+            model.options, exact_rows=40)
+    (reduced, _), (refit, (sigma, prior, _)) = fits[50], fits[100]
+    layer = random_feature_layer(refit.net)
+    assert torch.allclose(layer.lengthscale, random_feature_layer(reduced.net).lengthscale)
+    phi = design(refit, Xs)
+    noise_hp = refit.options.noise_prior
+
+    def objective(log_prior: Tensor, log_sigma: Tensor) -> Tensor:
+        noise = (2 * log_sigma).exp().expand(60) if Yvar is None else Yvar[:, 0]
+        value = linear_gaussian_evidence(phi, Ys, log_prior.exp(), noise)
+        value = value + log_normal_density(log_prior.exp(), math.log(REFERENCE_PRECISION),
+                                           refit.options.prior_precision_prior)
+        if Yvar is None:
+            value = value + log_normal_density((2 * log_sigma).exp(), *noise_hp)
+        return value
+
+    log_prior = prior.log().clone().requires_grad_(True)
+    log_sigma = sigma.log().clone().requires_grad_(True)
+    grads = torch.autograd.grad(objective(log_prior, log_sigma), (log_prior, log_sigma),
+                                allow_unused=True)
+    assert float(grads[0].abs().max()) < 1e-4
+    if Yvar is None:
+        assert abs(float(grads[1])) < 1e-4
+        with torch.no_grad():  # the reduced fit's (δ, σ) are worse for all the features
+            assert float(objective(log_prior, log_sigma)) > float(objective(
+                reduced.prior_precision.log(), reduced.sigma_noise.log())) + 1e-3
+    noise = sigma**2 if Yvar is None else Yvar[:, 0]
+    mean = linear_gaussian_posterior_mean(phi, Ys, prior, noise)
+    assert torch.allclose(refit.net[1].weight.detach().reshape(-1), mean[:-1, 0], atol=1e-9)
 
 
 def test_the_first_features_approximate_the_kernel_of_all() -> None:
@@ -305,6 +360,7 @@ def test_above_exact_rows_a_random_feature_model_keeps_its_first_features(monkey
     from lapbo import lengthscales
 
     monkeypatch.setattr(lengthscales, "EXACT_FIT_ROWS", 40)
+    monkeypatch.setattr(lengthscales, "FULL_FEATURE_ROWS", 40)
     monkeypatch.setattr(lengthscales, "FIT_FEATURES", 32)
     X, Y = data(n=60)
     small = LaplaceBNN(X[:30], Y[:30], **RF).fit()

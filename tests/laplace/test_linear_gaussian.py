@@ -10,6 +10,8 @@ from torch.distributions import MultivariateNormal
 
 from laplace import (
     FullLaplace,
+    gram_evidence,
+    group_grams,
     linear_gaussian_evidence,
     linear_gaussian_posterior_mean,
 )
@@ -97,3 +99,26 @@ def test_bad_input_names_the_argument(kwargs, message) -> None:
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         linear_gaussian_evidence(**args)
+
+
+@pytest.mark.parametrize("groups", [None, [7, 2]])
+def test_the_evidence_from_group_grams_equals_the_evidence_of_the_rows(groups) -> None:
+    """``gram_evidence(group_grams(R))`` is ``linear_gaussian_evidence(R)``, with the
+    same gradients in the prior precisions and the noise."""
+    R, y, v = problem(6, 9, C=2)
+    prior = torch.tensor(0.7 if groups is None else [0.7, 3.0], dtype=torch.float64)
+    prior.requires_grad_(True)
+    v.requires_grad_(True)
+    grams = group_grams(R, groups)
+    assert len(grams) == (1 if groups is None else 2) and grams[0].shape == (6, 6)
+    value = gram_evidence(grams, y, prior, v)
+    expected = linear_gaussian_evidence(R, y, prior if groups else prior.reshape(()), v, groups)
+    assert float(value) == pytest.approx(float(expected), rel=1e-12)
+    got = torch.autograd.grad(value, (prior, v))
+    want = torch.autograd.grad(expected, (prior, v))
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="2 prior precisions for 1 Gram"):
+        gram_evidence(grams[:1], y, torch.ones(2, dtype=torch.float64), v)
+    with pytest.raises(ValueError, match="prior_precision must be positive"):
+        gram_evidence(grams, y, -torch.ones(len(grams), dtype=torch.float64), v)
