@@ -152,6 +152,37 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def progress_table(paths: list[str], design_regret: float) -> tuple[str, dict[str, Any]]:
+    """Runs read from ``<output>.<method>.progress`` files, finished or not, side by side
+    at the ``N`` that all of them reached: log10 regret and mean CPU per round up to it."""
+    runs = {}
+    for path in paths:
+        lines = Path(path).read_text().splitlines()
+        runs[Path(path).name.removesuffix(".progress")] = [
+            json.loads(line) for line in lines if line.startswith("{")]
+    common = min(r[-1]["n"] for r in runs.values())
+    marks = sorted({n for n in (1010, 1050, 1100, 1200, 1500, 2000, common)
+                    if n <= common and all(any(x["n"] == n for x in r) for r in runs.values())})
+    head = " | ".join(f"regret at N = {n}" for n in marks)
+    lines = [f"| run | rounds run | N reached | {head}"
+             + f" | fit CPU s/round to N = {common} | acq CPU s/round | total s/round |",
+             "|---|---:|---:|" + "---:|" * (len(marks) + 3)]
+    table = {}
+    for method, r in runs.items():
+        upto = [x for x in r if x["n"] <= common]
+        fit = sum(x["fit_cpu_s"] for x in upto) / len(upto)
+        acq = sum(x["acq_cpu_s"] for x in upto) / len(upto)
+        regret = {n: next(x["log10_regret"] for x in r if x["n"] == n) for n in marks}
+        table[method] = {"rounds": len(r), "n_reached": r[-1]["n"], "regret": regret,
+                         "fit_cpu_s": fit, "acq_cpu_s": acq, "rounds_compared": len(upto)}
+        lines.append(f"| {method} | {len(r)} | {r[-1]['n']} | "
+                     + " | ".join(f"{regret[n]:.3f}" for n in marks)
+                     + f" | {fit:.1f} | {acq:.1f} | {fit + acq:.1f} |")
+    lines += ["", f"log10 regret of the design: {design_regret:.3f}."]
+    return "\n".join(lines) + "\n", {"common_n": common, "design_regret": design_regret,
+                                      "methods": table}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-init", type=int, default=1000)
@@ -163,11 +194,27 @@ def main() -> None:
     parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                         help="tabulate the runs of these result files together (same "
                              "protocol) into --output, running nothing")
+    parser.add_argument("--progress", nargs="+", default=None, metavar="FILE",
+                        help="tabulate <output>.<method>.progress files (runs finished or "
+                        "not) at the N all of them reached")
     parser.add_argument("--save-data", action="store_true",
                         help="also write each method's final X and Y to <output>.<method>.pt")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    if args.progress:
+        problem = Ackley(dim=20, negate=True)
+        lo, hi = problem.bounds.to(DTYPE)
+        X = lo + (hi - lo) * SobolEngine(20, scramble=True, seed=args.seed).draw(
+            args.n_init).to(DTYPE)
+        design = math.log10(float(problem.optimal_value) - float(problem(X).max()))
+        text, table = progress_table(args.progress, design)
+        print(text)
+        out = Path(args.output)
+        out.with_suffix(".json").write_text(json.dumps({"progress": args.progress, **table},
+                                                       indent=1))
+        out.with_suffix(".md").write_text(text)
+        return
     if args.combine:
         parts = [json.loads(Path(f).read_text()) for f in args.combine]
         meta = {**parts[0]["meta"], "command": " + ".join(p["meta"]["command"] for p in parts)}

@@ -93,6 +93,8 @@ class CandidateScore:
         chosen: whether the parent adopted it.
         n_observations: the observations its evidence is over (fewer than the model's
             for a candidate not refit this round: ``fit_by_evidence``).
+        n_weights: the weights of its posterior (a random-feature candidate has fewer
+            than its options say above ``lengthscales.FULL_FEATURE_ROWS`` observations).
     """
 
     options: dict[str, Any]
@@ -101,6 +103,7 @@ class CandidateScore:
     sigma_noise: float
     chosen: bool = False
     n_observations: int = 0
+    n_weights: int = 0
 
 
 def check_candidates(candidates: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
@@ -152,7 +155,8 @@ def fit_by_evidence(model: LaplaceBNN) -> LaplaceBNN:
         scores.append(CandidateScore(
             options=dict(options), log_marginal_likelihood=lml if math.isfinite(lml) else -math.inf,
             prior_precision=float(child.prior_precision.mean()),
-            sigma_noise=float(child.sigma_noise), n_observations=n))
+            sigma_noise=float(child.sigma_noise), n_observations=n,
+            n_weights=_posterior_weights(child)))
     best = incumbent if incumbent is not None else max(
         range(len(scores)), key=lambda i: scores[i].log_marginal_likelihood)
     scores[best].chosen = True
@@ -162,6 +166,13 @@ def fit_by_evidence(model: LaplaceBNN) -> LaplaceBNN:
     if incumbent is None:
         model._last_selection = (n, scores)
     return model
+
+
+def _posterior_weights(model: LaplaceBNN) -> int:
+    """The number of weights of ``model``'s Laplace posterior."""
+    names = model._param_names
+    return sum(p.numel() for name, p in model.net.named_parameters()
+               if names is None or name in names)
 
 
 def _incumbent(model: LaplaceBNN, n: int) -> int | None:
@@ -191,9 +202,10 @@ def _build_candidate(model: LaplaceBNN, options: dict[str, Any],
 def selection_table(scores: Sequence[CandidateScore]) -> str:
     """``model.selection`` as a small text table, best first."""
     rows = sorted(scores, key=lambda s: -s.log_marginal_likelihood)
-    lines = [f"{'chosen':6s} {'log p(y)':>10s} {'delta':>9s} {'sigma':>9s} {'n':>6s}  options"]
+    lines = [f"{'chosen':6s} {'log p(y)':>10s} {'delta':>9s} {'sigma':>9s} {'n':>6s} "
+             f"{'P':>6s}  options"]
     for s in rows:
         lines.append(f"{'*' if s.chosen else '':6s} {s.log_marginal_likelihood:10.2f} "
-                     f"{s.prior_precision:9.3g} {s.sigma_noise:9.3g} {s.n_observations:6d}  "
-                     f"{s.options}")
+                     f"{s.prior_precision:9.3g} {s.sigma_noise:9.3g} {s.n_observations:6d} "
+                     f"{s.n_weights:6d}  {s.options}")
     return "\n".join(lines)

@@ -159,6 +159,8 @@ def test_above_exact_rows_rounds_refit_the_incumbent_until_the_data_grows(monkey
     from lapbo import lengthscales
 
     monkeypatch.setattr(lengthscales, "EXACT_FIT_ROWS", 40)
+    monkeypatch.setattr(lengthscales, "FULL_FEATURE_ROWS", 40)
+    monkeypatch.setattr(lengthscales, "FIT_FEATURES", 32)
     family = [{"net": "random_features", "random_features": 64, "trend": trend}
               for trend in (None, "quadratic")]
     X = inputs(60)
@@ -186,3 +188,7 @@ def test_above_exact_rows_rounds_refit_the_incumbent_until_the_data_grows(monkey
                zip(third._candidate_models, second._candidate_models))
     small = fit(30, None)  # up to EXACT_FIT_ROWS every round refits all
     assert [s.n_observations for s in fit(31, small).selection] == [31, 31]
+    # the table counts the posterior's weights: 32 of the 64 features above 40 rows
+    heads = [m.net[1].weight.numel() + 1 for m in first._candidate_models]
+    assert [s.n_weights for s in first.selection] == heads and heads[0] == 32 + 1
+    assert [s.n_weights for s in small.selection] == [h + 32 for h in heads]
