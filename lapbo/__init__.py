@@ -11,7 +11,8 @@ with warnings.catch_warnings():
     # lapbo` runs before lapbo/__main__.py, so it also serves `python -m lapbo`.
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
                             category=FutureWarning)
-    from lapbo.model import ConditionedLaplaceBNN, LaplaceBNN
+    from lapbo.linearized_model import ConditionedLaplaceBNN
+    from lapbo.model import LaplaceBNN
     from lapbo.sampling import draw_pathwise_samples
     from lapbo.training import fit_laplace_bnn
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lapbo.model import _LinearizedModel
+from lapbo.linearized_model import _LinearizedModel
 
 
 class PathwiseSamples(nn.Module):

@@ -1,0 +1,217 @@
+"""The BoTorch ``Model`` interface over a ``laplace.LinearizedPosterior``.
+
+``_LinearizedModel`` holds what ``LaplaceBNN`` and its conditioned (fantasy) models share:
+``posterior`` (a joint Gaussian over ``q`` points and the outputs from the network's
+Jacobians), ``condition_on_observations`` (an exact, batched Bayesian update of the
+linearized model) and ``subset_output``. ``ConditionedLaplaceBNN`` is the model such an
+update or subsetting returns; it shares its parent's network and transforms.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from botorch.acquisition.objective import PosteriorTransform
+from botorch.models.model import FantasizeMixin, Model
+from botorch.models.transforms.outcome import OutcomeTransform
+from botorch.posteriors.gpytorch import GPyTorchPosterior
+from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
+from linear_operator.operators import DenseLinearOperator
+from torch import Tensor, nn
+
+from lapbo import networks, validation
+from laplace import LinearizedPosterior
+from laplace.curvature import network_jacobians
+
+
+class _LinearizedModel(Model, FantasizeMixin):
+    """Shared BoTorch interface of ``LaplaceBNN`` and its conditioned (fantasy) models.
+
+    Subclasses provide ``net`` (transformed ``(n, d)`` inputs to ``(n, K)`` standardized
+    outputs), ``_gaussian()``, ``_noise_var`` ``(K,)`` (transformed space),
+    ``_outputs`` (indices into the network outputs) and ``_train_X``.
+    """
+
+    net: nn.Module
+    _noise_var: Tensor
+    _outputs: list[int]
+    _num_net_outputs: int
+    _param_names: list[str] | None = None  # weights of the posterior (None: all)
+    likelihood: Any = None  # FantasizeMixin: no GPyTorch likelihood
+
+    def _gaussian(self) -> LinearizedPosterior:
+        raise NotImplementedError
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self._outputs)
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self._gaussian().batch_shape
+
+    @property
+    def train_inputs(self) -> tuple[Tensor]:
+        """Original (untransformed) training inputs ``((n, d),)``; used by qMES."""
+        return (self._train_X,)
+
+    def _set_transformed_inputs(self) -> None:
+        """No-op: the network transforms inputs on every call."""
+
+    def _revert_to_original_inputs(self) -> None:
+        """No-op: the network transforms inputs on every call."""
+
+    @property
+    def _compute_dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+    def _outcome_transform_for(self, idx: list[int]) -> OutcomeTransform | None:
+        ot = getattr(self, "outcome_transform", None)
+        if ot is None or idx == list(range(self._num_net_outputs)):
+            return ot
+        sub = ot.subset_output(idx)
+        sub.eval()
+        return sub
+
+    def _features(self, X_tf: Tensor, idx: list[int]) -> tuple[Tensor, Tensor]:
+        """``J`` ``(*b, q·k, P)`` and ``f`` ``(*b, q·k)`` (rows point-major) at ``(*b, q, d)``."""
+        batch, q, d = X_tf.shape[:-2], X_tf.shape[-2], X_tf.shape[-1]
+        Xf = X_tf.reshape(-1, d).to(self._compute_dtype)
+        Js, f = network_jacobians(self.net, Xf, self._param_names,
+                                  independent_samples=networks.rows_independent(self.net))
+        Js, f = Js[:, idx], f[:, idx]
+        return Js.reshape(*batch, q * len(idx), -1), f.reshape(*batch, q * len(idx))
+
+    def posterior(
+        self, X: Tensor, output_indices: list[int] | None = None,
+        observation_noise: bool | Tensor = False,
+        posterior_transform: PosteriorTransform | None = None, **kwargs: Any,
+    ) -> GPyTorchPosterior:
+        """Joint Gaussian over ``q`` points and the outputs.
+
+        Args:
+            X: ``(*batch, q, d)`` (a 2-D input is one joint batch of ``q`` points).
+            output_indices: outputs to return (default: all).
+            observation_noise: ``True`` adds ``σ²``; a ``(*batch, q, m)`` tensor adds
+                those variances (outcome-transformed space).
+            posterior_transform: applied last.
+
+        Returns:
+            ``GPyTorchPosterior`` over ``MultivariateNormal`` (mean ``(*b, q)``) for one
+            output, interleaved ``MultitaskMultivariateNormal`` (mean ``(*b, q, m)``,
+            covariance ``(*b, q·m, q·m)``) for several.
+        """
+        self.eval()
+        validation.check_query("X", X, self._train_X.shape[-1])
+        if isinstance(observation_noise, Tensor):
+            validation.check_non_negative("observation_noise", observation_noise)
+        sel = list(range(self.num_outputs)) if output_indices is None else list(output_indices)
+        idx = [self._outputs[i] for i in sel]
+        k = len(idx)
+        X_tf = self.transform_inputs(X)
+        J, f = self._features(X_tf, idx)
+        mean, cov = self._gaussian().predict(J, f)
+        q = X.shape[-2]
+        if observation_noise is True:
+            cov = cov + torch.diag_embed(self._noise_var[idx].repeat(q).to(cov))
+        elif isinstance(observation_noise, Tensor):
+            noise = observation_noise.to(cov).expand(*observation_noise.shape[:-2], q, k)
+            cov = cov + torch.diag_embed(noise.reshape(*noise.shape[:-2], q * k))
+        jitter = 1e-10 * cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-6)
+        cov = cov + jitter[..., None, None] * torch.eye(q * k, dtype=cov.dtype, device=cov.device)
+        mean, cov = mean.to(X.dtype), cov.to(X.dtype)
+        batch = torch.broadcast_shapes(mean.shape[:-1], cov.shape[:-2])
+        mean, cov = mean.expand(*batch, q * k), cov.expand(*batch, q * k, q * k)
+        if k == 1:
+            mvn: MultivariateNormal = MultivariateNormal(mean, DenseLinearOperator(cov))
+        else:
+            mvn = MultitaskMultivariateNormal(
+                mean.reshape(*batch, q, k), DenseLinearOperator(cov), interleaved=True
+            )
+        posterior: Any = GPyTorchPosterior(mvn)
+        ot = self._outcome_transform_for(idx)
+        if ot is not None:
+            posterior = ot.untransform_posterior(posterior, X=X)
+        if posterior_transform is not None:
+            posterior = posterior_transform(posterior)
+        return posterior
+
+    def condition_on_observations(
+        self, X: Tensor, Y: Tensor, noise: Tensor | None = None, **kwargs: Any
+    ) -> ConditionedLaplaceBNN:
+        """Exact Bayesian update of the linearized weight posterior (no retraining).
+
+        Args:
+            X: ``(*bx, n', d)`` inputs.
+            Y: ``(*by, n', m)`` observations (original scale); ``*by`` may carry extra
+                leading (fantasy) dimensions.
+            noise: ``(*b, n', m)`` noise variances in the outcome-transformed space
+                (default: the model's noise).
+
+        Returns:
+            A model with batch shape ``broadcast(*bx, *by, self.batch_shape)``.
+        """
+        self.eval()
+        validation.check_query("X", X, self._train_X.shape[-1])
+        validation.check_finite("Y", Y)
+        validation.check_non_negative("noise", noise)
+        if Y.shape[-2] != X.shape[-2] or Y.shape[-1] != self.num_outputs:
+            raise ValueError(f"Y must have shape (*batch, {X.shape[-2]}, {self.num_outputs}) to "
+                             f"match X {tuple(X.shape)}; got {tuple(Y.shape)}.")
+        idx = self._outputs
+        k, n_new = len(idx), X.shape[-2]
+        X_tf = self.transform_inputs(X)
+        ot = self._outcome_transform_for(idx)
+        if ot is not None:
+            Y, _ = ot(Y, X=X_tf)
+        J, f = self._features(X_tf, idx)
+        dtype = self._compute_dtype
+        y = Y.to(dtype).reshape(*Y.shape[:-2], n_new * k)
+        if noise is None:
+            noise_var = self._noise_var[idx].to(dtype).repeat(n_new)
+        else:
+            noise = noise.to(dtype).expand(*noise.shape[:-2], n_new, k)
+            noise_var = noise.reshape(*noise.shape[:-2], n_new * k)
+        gaussian = self._gaussian().condition(J, y - f, noise_var.clamp_min(1e-12))
+        train_X = self._train_X
+        if X.ndim == 2:
+            train_X = torch.cat([train_X, X.to(train_X)], dim=0)
+        return ConditionedLaplaceBNN(self, gaussian, train_X)
+
+    def subset_output(self, idcs: list[int]) -> _LinearizedModel:
+        """The model restricted to outputs ``idcs`` (exact: a row selection of ``J``)."""
+        return ConditionedLaplaceBNN(
+            self, self._gaussian(), self._train_X, outputs=[self._outputs[i] for i in idcs]
+        )
+
+
+class ConditionedLaplaceBNN(_LinearizedModel):
+    """A ``LaplaceBNN`` after conditioning or output subsetting (shares the network).
+
+    Args:
+        parent: the model it derives from (network and transforms are shared).
+        gaussian: its (possibly batched) weight posterior.
+        train_X: ``(n, d)`` original inputs reported as ``train_inputs``.
+        outputs: network output indices (default: the parent's).
+    """
+
+    def __init__(
+        self, parent: _LinearizedModel, gaussian: LinearizedPosterior, train_X: Tensor,
+        outputs: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = parent.net
+        for name in ("input_transform", "outcome_transform"):
+            if getattr(parent, name, None) is not None:
+                setattr(self, name, getattr(parent, name))
+        self._noise_var = parent._noise_var
+        self._outputs = list(parent._outputs if outputs is None else outputs)
+        self._num_net_outputs = parent._num_net_outputs
+        self._param_names = parent._param_names
+        self._train_X = train_X
+        self._post = gaussian
+        self.eval()
+
+    def _gaussian(self) -> LinearizedPosterior:
+        return self._post
