@@ -81,8 +81,14 @@ def fit(method: str, X: Tensor, Y: Tensor, bounds: Tensor, previous: Any) -> Any
 
 
 def run(method: str, n_init: int, rounds: int, q: int, seed: int,
-        save_data: str | None = None) -> dict[str, Any]:
-    """One BO run of ``method``; returns per-round CPU and the regret trace."""
+        save_data: str | None = None, resume: bool = False) -> dict[str, Any]:
+    """One BO run of ``method``; returns per-round CPU and the regret trace.
+
+    With ``save_data`` the run's state (data, per-round CPU, regret trace, random state)
+    is written to ``<save_data>.<method>.pt`` after every round; ``resume`` continues
+    from that file to ``rounds`` rounds in all (``LaplaceBNN`` then refits its first
+    resumed round from scratch: the warm start is not saved).
+    """
     torch.manual_seed(seed)
     problem = Ackley(dim=20, negate=True)
     bounds = problem.bounds.to(DTYPE)
@@ -92,7 +98,15 @@ def run(method: str, n_init: int, rounds: int, q: int, seed: int,
     f_star = float(problem.optimal_value)
     regret = [math.log10(f_star - float(Y.max()))]
     fit_s, acq_s, model = [], [], None
-    for _ in range(rounds):
+    state_path = None if save_data is None else f"{save_data}.{method}.pt"
+    if resume:
+        if state_path is None or not Path(state_path).exists():
+            raise FileNotFoundError(f"--resume needs the saved state {state_path}")
+        state = torch.load(state_path)
+        X, Y, fit_s, acq_s, regret = (state["X"], state["Y"], state["fit_cpu_s"],
+                                      state["acq_cpu_s"], state["log10_regret"])
+        torch.set_rng_state(state["rng"])
+    while len(fit_s) < rounds:
         t0 = time.process_time()
         model = fit(method, X, Y, bounds, model if method.startswith("laplace") else None)
         t1 = time.process_time()
@@ -108,8 +122,9 @@ def run(method: str, n_init: int, rounds: int, q: int, seed: int,
         regret.append(math.log10(f_star - float(Y.max())))
         print(json.dumps({"n": X.shape[0], "fit_cpu_s": fit_s[-1], "acq_cpu_s": acq_s[-1],
                           "log10_regret": regret[-1]}), file=sys.stderr, flush=True)
-    if save_data is not None:  # the trajectory's data, to profile a round of it later
-        torch.save({"X": X, "Y": Y}, f"{save_data}.{method}.pt")
+        if state_path is not None:  # the trajectory so far: to profile it, or resume
+            torch.save({"X": X, "Y": Y, "fit_cpu_s": fit_s, "acq_cpu_s": acq_s,
+                        "log10_regret": regret, "rng": torch.get_rng_state()}, state_path)
     return {"method": method, "n_init": n_init, "rounds": rounds, "q": q, "seed": seed,
             "fit_cpu_s": fit_s, "acq_cpu_s": acq_s,
             "mean_round_cpu_s": (sum(fit_s) + sum(acq_s)) / rounds,
@@ -198,7 +213,10 @@ def main() -> None:
                         help="tabulate <output>.<method>.progress files (runs finished or "
                         "not) at the N all of them reached")
     parser.add_argument("--save-data", action="store_true",
-                        help="also write each method's final X and Y to <output>.<method>.pt")
+                        help="also write each method's run so far (X, Y, CPU, regret) to "
+                        "<output>.<method>.pt after every round")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the runs saved by --save-data to --rounds rounds")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -222,7 +240,8 @@ def main() -> None:
         return
     if args._one:
         print(json.dumps(run(args._one, args.n_init, args.rounds, args.q, args.seed,
-                             args.output if args.save_data else None)))
+                             args.output if args.save_data or args.resume else None,
+                             args.resume)))
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
@@ -230,10 +249,12 @@ def main() -> None:
     for method in args.methods:
         cmd = [sys.executable, __file__, "--_one", method, "--n-init", str(args.n_init),
                "--rounds", str(args.rounds), "--q", str(args.q), "--seed", str(args.seed),
-               "--output", args.output, *(["--save-data"] if args.save_data else [])]
+               "--output", args.output, *(["--save-data"] if args.save_data else []),
+               *(["--resume"] if args.resume else [])]
         progress = Path(args.output).with_suffix(f".{method}.progress")
         progress.parent.mkdir(parents=True, exist_ok=True)
-        with progress.open("w") as log:  # one JSON line per round, written as it ends
+        # one JSON line per round, written as it ends (appended to when resuming)
+        with progress.open("a" if args.resume else "w") as log:
             res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
                                  check=False)
         if res.returncode != 0:
