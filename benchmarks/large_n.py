@@ -132,6 +132,30 @@ def run(method: str, n_init: int, rounds: int, q: int, seed: int,
             "log10_regret": regret}
 
 
+def replay_round(method: str, data: str, n: int, q: int, seed: int) -> dict[str, Any]:
+    """One round of ``method`` on the first ``n`` rows of a saved trajectory (``data``, as
+    written by ``--save-data``): the fit and the acquisition of ``q`` points, timed. Every
+    method sees the same data; ``LaplaceBNN`` is first fitted, untimed, on the first
+    ``n − q`` rows and warm-started from there, as in a round of its own trajectory."""
+    state = torch.load(data)
+    X, Y = state["X"][:n], state["Y"][:n]
+    bounds = Ackley(dim=20).bounds.to(DTYPE)
+    previous = None
+    if method.startswith("laplace"):
+        previous = fit(method, X[:-q], Y[:-q], bounds, None)
+    torch.manual_seed(seed)
+    t0 = time.process_time()
+    model = fit(method, X, Y, bounds, previous)
+    t1 = time.process_time()
+    acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=True,
+                                        sampler=SobolQMCNormalSampler(torch.Size([128])))
+    optimize_acqf(acqf, bounds=bounds, q=q, num_restarts=2, raw_samples=256)
+    t2 = time.process_time()
+    return {"method": method, "data": data, "n": n, "fit_cpu_s": t1 - t0,
+            "acq_cpu_s": t2 - t1, "round_cpu_s": t2 - t0,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     gp = next((r for r in rows if r["method"] == "gp"), None)
     lines = [f"# Large N: Ackley-20, {meta['n_init']} Sobol points, {meta['rounds']} rounds "
@@ -217,6 +241,10 @@ def main() -> None:
                         "<output>.<method>.pt after every round")
     parser.add_argument("--resume", action="store_true",
                         help="continue the runs saved by --save-data to --rounds rounds")
+    parser.add_argument("--replay", default=None, metavar="DATA",
+                        help="time one round of each method on the first --at rows of the "
+                        "trajectory saved in DATA (by --save-data), all on the same data")
+    parser.add_argument("--at", type=int, default=None, help="rows of --replay's data")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -237,6 +265,12 @@ def main() -> None:
         parts = [json.loads(Path(f).read_text()) for f in args.combine]
         meta = {**parts[0]["meta"], "command": " + ".join(p["meta"]["command"] for p in parts)}
         write(Path(args.output), meta, [r for p in parts for r in p["runs"]])
+        return
+    if args._one and args.replay:
+        print(json.dumps(replay_round(args._one, args.replay, args.at, args.q, args.seed)))
+        return
+    if args.replay:
+        replay_all(args)
         return
     if args._one:
         print(json.dumps(run(args._one, args.n_init, args.rounds, args.q, args.seed,
@@ -265,6 +299,41 @@ def main() -> None:
     meta = {"command": "benchmarks/large_n.py " + " ".join(sys.argv[1:]), "commit": commit,
             "n_init": args.n_init, "rounds": args.rounds, "q": args.q, "seed": args.seed}
     write(Path(args.output), meta, rows)
+
+
+def replay_all(args: argparse.Namespace) -> None:
+    """``--replay``: each method's round in its own process; a table of CPU and memory."""
+    if args.at is None:
+        raise ValueError("--replay needs --at (the number of rows to fit on)")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    rows = []
+    for method in args.methods:
+        cmd = [sys.executable, __file__, "--_one", method, "--replay", args.replay,
+               "--at", str(args.at), "--q", str(args.q), "--seed", str(args.seed)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            print(res.stderr[-3000:], file=sys.stderr)
+            continue
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    gp = next((r for r in rows if r["method"] == "gp"), None)
+    lines = [f"# One round at N = {args.at} of the trajectory in `{args.replay}`", "",
+             f"`benchmarks/large_n.py {' '.join(sys.argv[1:])}` at commit {commit}; "
+             f"{torch.get_num_threads()} thread(s).", "",
+             "| method | fit CPU s | acq CPU s | round CPU s | ratio to GP | peak RSS MB |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = "" if gp is None else f"{r['round_cpu_s'] / gp['round_cpu_s']:.2f}"
+        lines.append(f"| {r['method']} | {r['fit_cpu_s']:.1f} | {r['acq_cpu_s']:.1f} | "
+                     f"{r['round_cpu_s']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"command": lines[2], "rows": rows},
+                                                   indent=1))
+    out.with_suffix(".md").write_text(text)
 
 
 def write(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
