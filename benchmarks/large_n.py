@@ -138,6 +138,9 @@ def replay_round(method: str, data: str, n: int, q: int, seed: int) -> dict[str,
     method sees the same data; ``LaplaceBNN`` is first fitted, untimed, on the first
     ``n − q`` rows and warm-started from there, as in a round of its own trajectory."""
     state = torch.load(data)
+    if not q < n <= len(state["X"]):
+        raise ValueError(f"--at must be more than --q ({q}) and at most the {len(state['X'])} "
+                         f"rows saved in {data}, not {n}.")
     X, Y = state["X"][:n], state["Y"][:n]
     bounds = Ackley(dim=20).bounds.to(DTYPE)
     previous = None
