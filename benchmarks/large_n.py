@@ -152,11 +152,19 @@ def replay_round(method: str, data: str, n: int, q: int, seed: int) -> dict[str,
     t1 = time.process_time()
     acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=True,
                                         sampler=SobolQMCNormalSampler(torch.Size([128])))
-    optimize_acqf(acqf, bounds=bounds, q=q, num_restarts=2, raw_samples=256)
+    x_new, _ = optimize_acqf(acqf, bounds=bounds, q=q, num_restarts=2, raw_samples=256)
     t2 = time.process_time()
+    best = int(Y.argmax())
+    with torch.no_grad():
+        post = model.posterior(X[best:best + 1])
+        batch = Ackley(dim=20, negate=True)(x_new.detach())
     return {"method": method, "data": data, "n": n, "fit_cpu_s": t1 - t0,
             "acq_cpu_s": t2 - t1, "round_cpu_s": t2 - t0,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # what the round achieves: the best new value against the incumbent's, and the
+            # model's posterior at the incumbent (mean, SD) against its observed value
+            "incumbent": float(Y[best]), "batch_best": float(batch.max()),
+            "incumbent_mean": float(post.mean), "incumbent_sd": float(post.variance.sqrt())}
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -247,7 +255,8 @@ def main() -> None:
     parser.add_argument("--replay", default=None, metavar="DATA",
                         help="time one round of each method on the first --at rows of the "
                         "trajectory saved in DATA (by --save-data), all on the same data")
-    parser.add_argument("--at", type=int, default=None, help="rows of --replay's data")
+    parser.add_argument("--at", type=int, nargs="+", default=None,
+                        help="rows of --replay's data (several: one round at each)")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -270,7 +279,9 @@ def main() -> None:
         write(Path(args.output), meta, [r for p in parts for r in p["runs"]])
         return
     if args._one and args.replay:
-        print(json.dumps(replay_round(args._one, args.replay, args.at, args.q, args.seed)))
+        for n in args.at:
+            print(json.dumps(replay_round(args._one, args.replay, n, args.q, args.seed)),
+                  flush=True)
         return
     if args.replay:
         replay_all(args)
@@ -305,7 +316,8 @@ def main() -> None:
 
 
 def replay_all(args: argparse.Namespace) -> None:
-    """``--replay``: each method's round in its own process; a table of CPU and memory."""
+    """``--replay``: each method's rounds in its own process; a table per state of CPU,
+    memory and what the round's batch achieves."""
     if args.at is None:
         raise ValueError("--replay needs --at (the number of rows to fit on)")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -313,30 +325,41 @@ def replay_all(args: argparse.Namespace) -> None:
     rows = []
     for method in args.methods:
         cmd = [sys.executable, __file__, "--_one", method, "--replay", args.replay,
-               "--at", str(args.at), "--q", str(args.q), "--seed", str(args.seed)]
+               "--at", *map(str, args.at), "--q", str(args.q), "--seed", str(args.seed)]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             print(res.stderr[-3000:], file=sys.stderr)
             continue
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), flush=True)
-    gp = next((r for r in rows if r["method"] == "gp"), None)
-    lines = [f"# One round at N = {args.at} of the trajectory in `{args.replay}`", "",
-             f"`benchmarks/large_n.py {' '.join(sys.argv[1:])}` at commit {commit}; "
-             f"{torch.get_num_threads()} thread(s).", "",
-             "| method | fit CPU s | acq CPU s | round CPU s | ratio to GP | peak RSS MB |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        ratio = "" if gp is None else f"{r['round_cpu_s'] / gp['round_cpu_s']:.2f}"
-        lines.append(f"| {r['method']} | {r['fit_cpu_s']:.1f} | {r['acq_cpu_s']:.1f} | "
-                     f"{r['round_cpu_s']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} |")
-    text = "\n".join(lines) + "\n"
+        rows += [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+        print("\n".join(json.dumps(r) for r in rows if r["method"] == method), flush=True)
+    text = replay_markdown(rows, f"benchmarks/large_n.py {' '.join(sys.argv[1:])}", commit)
     print(text)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"command": lines[2], "rows": rows},
-                                                   indent=1))
+    out.with_suffix(".json").write_text(json.dumps(
+        {"command": "benchmarks/large_n.py " + " ".join(sys.argv[1:]), "commit": commit,
+         "rows": rows}, indent=1))
     out.with_suffix(".md").write_text(text)
+
+
+def replay_markdown(rows: list[dict[str, Any]], command: str, commit: str) -> str:
+    """One line per (state, method) of ``--replay`` rows; CPU as a ratio to the GP's round
+    at the same state."""
+    lines = [f"# Rounds replayed on a saved trajectory: `{rows[0]['data']}`" if rows else "",
+             "", f"`{command}` at commit {commit}; {torch.get_num_threads()} thread(s).", "",
+             "| N | method | fit CPU s | acq CPU s | round CPU s | ratio to GP | peak RSS MB "
+             "| incumbent | posterior at incumbent | best of the batch |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for r in sorted(rows, key=lambda r: (r["n"], METHODS.index(r["method"]))):
+        gp = next((g for g in rows if g["method"] == "gp" and g["n"] == r["n"]), None)
+        ratio = "" if gp is None else f"{r['round_cpu_s'] / gp['round_cpu_s']:.2f}"
+        view = (f"{r['incumbent_mean']:.2f} ± {r['incumbent_sd']:.2f}"
+                if "incumbent_mean" in r else "")
+        lines.append(f"| {r['n']} | {r['method']} | {r['fit_cpu_s']:.1f} | "
+                     f"{r['acq_cpu_s']:.1f} | {r['round_cpu_s']:.1f} | {ratio} | "
+                     f"{r['peak_rss_mb']:.0f} | {r.get('incumbent', float('nan')):.2f} | "
+                     f"{view} | {r.get('batch_best', float('nan')):.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def write(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
