@@ -16,6 +16,15 @@ regret after the design and after the last round.
     .venv/bin/python benchmarks/large_n.py --n-init 1000 --rounds 3
     .venv/bin/python benchmarks/large_n.py --n-init 2000 --rounds 2 \\
         --output benchmarks/results/large_n_2000
+
+``--save-data`` checkpoints each run after every round and ``--resume`` continues it (the
+exact GP's 100 rounds take hours). ``--replay DATA --at N …`` runs one round of each
+method on the same first ``N`` rows of a saved trajectory: CPU on identical data, the
+model's posterior at the incumbent, and the best true value of the batch it chooses.
+
+    .venv/bin/python benchmarks/large_n.py --replay \\
+        benchmarks/results/large_n_trajectory.laplace.pt --at 1130 1500 1900 \\
+        --methods laplace gp --output benchmarks/results/large_n_replay
 """
 
 from __future__ import annotations
