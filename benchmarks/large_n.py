@@ -132,8 +132,10 @@ def run(method: str, n_init: int, rounds: int, q: int, seed: int,
         print(json.dumps({"n": X.shape[0], "fit_cpu_s": fit_s[-1], "acq_cpu_s": acq_s[-1],
                           "log10_regret": regret[-1]}), file=sys.stderr, flush=True)
         if state_path is not None:  # the trajectory so far: to profile it, or resume
+            partial = f"{state_path}.partial"  # replaced in one step: a kill leaves either
             torch.save({"X": X, "Y": Y, "fit_cpu_s": fit_s, "acq_cpu_s": acq_s,
-                        "log10_regret": regret, "rng": torch.get_rng_state()}, state_path)
+                        "log10_regret": regret, "rng": torch.get_rng_state()}, partial)
+            os.replace(partial, state_path)
     return {"method": method, "n_init": n_init, "rounds": rounds, "q": q, "seed": seed,
             "fit_cpu_s": fit_s, "acq_cpu_s": acq_s,
             "mean_round_cpu_s": (sum(fit_s) + sum(acq_s)) / rounds,
