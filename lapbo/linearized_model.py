@@ -20,7 +20,7 @@ from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNorm
 from linear_operator.operators import DenseLinearOperator
 from torch import Tensor, nn
 
-from lapbo import networks, validation
+from lapbo import averaging, networks, validation
 from laplace import LinearizedPosterior
 from laplace.curvature import network_jacobians
 
@@ -39,6 +39,9 @@ class _LinearizedModel(Model, FantasizeMixin):
     _num_net_outputs: int
     _param_names: list[str] | None = None  # weights of the posterior (None: all)
     likelihood: Any = None  # FantasizeMixin: no GPyTorch likelihood
+    #: ``[(weight, component)]`` of an evidence-weighted mixture (``lapbo.averaging``),
+    #: whose moments ``posterior`` returns instead of this model's own; ``None``: none.
+    _mixture: list[tuple[float, _LinearizedModel]] | None = None
 
     def _gaussian(self) -> LinearizedPosterior:
         raise NotImplementedError
@@ -109,15 +112,14 @@ class _LinearizedModel(Model, FantasizeMixin):
         sel = list(range(self.num_outputs)) if output_indices is None else list(output_indices)
         idx = [self._outputs[i] for i in sel]
         k = len(idx)
-        X_tf = self.transform_inputs(X)
-        J, f = self._features(X_tf, idx)
-        mean, cov = self._gaussian().predict(J, f)
         q = X.shape[-2]
-        if observation_noise is True:
-            cov = cov + torch.diag_embed(self._noise_var[idx].repeat(q).to(cov))
-        elif isinstance(observation_noise, Tensor):
-            noise = observation_noise.to(cov).expand(*observation_noise.shape[:-2], q, k)
-            cov = cov + torch.diag_embed(noise.reshape(*noise.shape[:-2], q * k))
+        if self._mixture:
+            weights, parts = zip(*[(w, c._moments(X, idx, observation_noise))
+                                   for w, c in self._mixture])
+            mean, cov = averaging.mixture_moments(
+                weights, [m.to(X.dtype) for m, _ in parts], [c.to(X.dtype) for _, c in parts])
+        else:
+            mean, cov = self._moments(X, idx, observation_noise)
         jitter = 1e-10 * cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-6)
         cov = cov + jitter[..., None, None] * torch.eye(q * k, dtype=cov.dtype, device=cov.device)
         mean, cov = mean.to(X.dtype), cov.to(X.dtype)
@@ -137,6 +139,21 @@ class _LinearizedModel(Model, FantasizeMixin):
             posterior = posterior_transform(posterior)
         return posterior
 
+    def _moments(self, X: Tensor, idx: list[int], observation_noise: bool | Tensor
+                 ) -> tuple[Tensor, Tensor]:
+        """Mean ``(*b, q·k)`` and covariance ``(*b, q·k, q·k)`` of this model's own
+        linearized predictive at ``X`` ``(*b, q, d)`` for network outputs ``idx``, in the
+        outcome-transformed space, with the observation noise that ``posterior`` adds."""
+        q, k = X.shape[-2], len(idx)
+        J, f = self._features(self.transform_inputs(X), idx)
+        mean, cov = self._gaussian().predict(J, f)
+        if observation_noise is True:
+            cov = cov + torch.diag_embed(self._noise_var[idx].repeat(q).to(cov))
+        elif isinstance(observation_noise, Tensor):
+            noise = observation_noise.to(cov).expand(*observation_noise.shape[:-2], q, k)
+            cov = cov + torch.diag_embed(noise.reshape(*noise.shape[:-2], q * k))
+        return mean, cov
+
     def condition_on_observations(
         self, X: Tensor, Y: Tensor, noise: Tensor | None = None, **kwargs: Any
     ) -> ConditionedLaplaceBNN:
@@ -150,7 +167,9 @@ class _LinearizedModel(Model, FantasizeMixin):
                 (default: the model's noise).
 
         Returns:
-            A model with batch shape ``broadcast(*bx, *by, self.batch_shape)``.
+            A model with batch shape ``broadcast(*bx, *by, self.batch_shape)``. A model
+            that averages candidates conditions each of them; the mixture weights stay
+            those of the fit (they are not updated by ``Y``).
         """
         self.eval()
         validation.check_query("X", X, self._train_X.shape[-1])
@@ -163,6 +182,7 @@ class _LinearizedModel(Model, FantasizeMixin):
         k, n_new = len(idx), X.shape[-2]
         X_tf = self.transform_inputs(X)
         ot = self._outcome_transform_for(idx)
+        Y_orig = Y
         if ot is not None:
             Y, _ = ot(Y, X=X_tf)
         J, f = self._features(X_tf, idx)
@@ -177,13 +197,20 @@ class _LinearizedModel(Model, FantasizeMixin):
         train_X = self._train_X
         if X.ndim == 2:
             train_X = torch.cat([train_X, X.to(train_X)], dim=0)
-        return ConditionedLaplaceBNN(self, gaussian, train_X)
+        out = ConditionedLaplaceBNN(self, gaussian, train_X)
+        if self._mixture:
+            out._mixture = [(w, c.condition_on_observations(X, Y_orig, noise, **kwargs))
+                            for w, c in self._mixture]
+        return out
 
     def subset_output(self, idcs: list[int]) -> _LinearizedModel:
         """The model restricted to outputs ``idcs`` (exact: a row selection of ``J``)."""
-        return ConditionedLaplaceBNN(
+        out = ConditionedLaplaceBNN(
             self, self._gaussian(), self._train_X, outputs=[self._outputs[i] for i in idcs]
         )
+        if self._mixture:
+            out._mixture = [(w, c.subset_output(idcs)) for w, c in self._mixture]
+        return out
 
 
 class ConditionedLaplaceBNN(_LinearizedModel):

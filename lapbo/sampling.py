@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lapbo import averaging
 from lapbo.linearized_model import _LinearizedModel
 
 
@@ -56,9 +57,32 @@ class PathwiseSamples(nn.Module):
         return values
 
 
+class MixturePathwiseSamples(nn.Module):
+    """Sample paths of an evidence-weighted mixture: those of each component, stacked.
+
+    Args:
+        parts: one ``PathwiseSamples`` per component with at least one path, holding
+            its share of the paths (``averaging.allocate_samples``).
+    """
+
+    def __init__(self, parts: list[PathwiseSamples]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    @property
+    def n_samples(self) -> int:
+        return sum(p.n_samples for p in self.parts)
+
+    def forward(self, X: Tensor) -> Tensor:
+        """``(n_samples, *b, q, m)``, as ``PathwiseSamples.forward``."""
+        values = [p(X) for p in self.parts]
+        batch = torch.broadcast_shapes(*(v.shape[1:] for v in values))
+        return torch.cat([v.expand(v.shape[0], *batch) for v in values])
+
+
 def draw_pathwise_samples(
     model: _LinearizedModel, n_samples: int, generator: torch.Generator | None = None
-) -> PathwiseSamples:
+) -> PathwiseSamples | MixturePathwiseSamples:
     """Draw ``n_samples`` posterior sample paths ``f_s``.
 
     Args:
@@ -68,7 +92,14 @@ def draw_pathwise_samples(
         generator: a ``torch.Generator`` (on the model's device) for reproducible draws.
 
     Returns:
-        A module mapping ``X`` ``(*batch, q, d)`` to ``(n_samples, *b, q, m)``.
+        A module mapping ``X`` ``(*batch, q, d)`` to ``(n_samples, *b, q, m)``; for a
+        model that averages candidates, each component's share of the paths (the paths
+        of one component are consecutive).
     """
+    if model._mixture:
+        counts = averaging.allocate_samples([w for w, _ in model._mixture], n_samples)
+        return MixturePathwiseSamples([
+            draw_pathwise_samples(c, n, generator)
+            for (_, c), n in zip(model._mixture, counts) if n > 0])
     offsets = model._gaussian().sample_offsets(n_samples, generator)
     return PathwiseSamples(model, offsets)

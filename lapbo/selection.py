@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lapbo import lengthscales
+from lapbo import averaging, lengthscales
 
 if TYPE_CHECKING:
     from lapbo.model import LaplaceBNN
@@ -74,10 +74,11 @@ def default_family(configured: Sequence[str]) -> tuple[dict[str, Any], ...]:
 
 # Options whose change alters what the evidence measures (another set of weights, another
 # curvature approximation, another likelihood): evidences would not be comparable.
+# ``model_averaging`` is the parent's choice of how to use the family, not a candidate's.
 INCOMPARABLE = ("subset_of_weights", "hessian_structure", "backend", "mean", "likelihood",
-                "prior_structure", "prior_mean", "compute_dtype", "outcome_transform",
-                "input_transform", "candidates", "warm_start", "train_X", "train_Y",
-                "train_Yvar")
+                "model_averaging", "prior_structure", "prior_mean", "compute_dtype",
+                "outcome_transform", "input_transform", "candidates", "warm_start", "train_X",
+                "train_Y", "train_Yvar")
 
 
 @dataclass
@@ -95,6 +96,8 @@ class CandidateScore:
             for a candidate not refit this round: ``fit_by_evidence``).
         n_weights: the weights of its posterior (a random-feature candidate has fewer
             than its options say above ``lengthscales.FULL_FEATURE_ROWS`` observations).
+        weight: its share of the predictive (``lapbo.averaging``): the evidence weight
+            with ``model_averaging``, else 1 for the chosen candidate and 0 for others.
     """
 
     options: dict[str, Any]
@@ -104,6 +107,7 @@ class CandidateScore:
     chosen: bool = False
     n_observations: int = 0
     n_weights: int = 0
+    weight: float = 0.0
 
 
 def check_candidates(candidates: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
@@ -131,7 +135,8 @@ def check_candidates(candidates: Sequence[Mapping[str, Any]] | None) -> list[dic
 
 def fit_by_evidence(model: LaplaceBNN) -> LaplaceBNN:
     """Fit every candidate of ``model``, then make ``model`` the one with the highest
-    evidence (in place). Returns ``model``.
+    evidence (in place); with ``model.model_averaging``, its predictive is then the
+    evidence-weighted mixture of the candidates (``lapbo.averaging``). Returns ``model``.
 
     Above ``lengthscales.EXACT_FIT_ROWS`` observations a warm-started model refits only
     the candidate it chose last, until the data has grown by ``RECHECK_GROWTH`` since the
@@ -162,6 +167,12 @@ def fit_by_evidence(model: LaplaceBNN) -> LaplaceBNN:
     scores[best].chosen = True
     model._adopt(children[best])
     model._candidate_models = children
+    weights = (averaging.evidence_weights(scores, n) if model.model_averaging
+               else [float(i == best) for i in range(len(scores))])
+    for score, w in zip(scores, weights):
+        score.weight = w
+    mixture = [(w, child) for w, child in zip(weights, children) if w > 0]
+    model._mixture = mixture if len(mixture) > 1 else None
     model.selection = scores
     if incumbent is None:
         model._last_selection = (n, scores)
@@ -202,10 +213,10 @@ def _build_candidate(model: LaplaceBNN, options: dict[str, Any],
 def selection_table(scores: Sequence[CandidateScore]) -> str:
     """``model.selection`` as a small text table, best first."""
     rows = sorted(scores, key=lambda s: -s.log_marginal_likelihood)
-    lines = [f"{'chosen':6s} {'log p(y)':>10s} {'delta':>9s} {'sigma':>9s} {'n':>6s} "
-             f"{'P':>6s}  options"]
+    lines = [f"{'chosen':6s} {'log p(y)':>10s} {'weight':>7s} {'delta':>9s} {'sigma':>9s} "
+             f"{'n':>6s} {'P':>6s}  options"]
     for s in rows:
         lines.append(f"{'*' if s.chosen else '':6s} {s.log_marginal_likelihood:10.2f} "
-                     f"{s.prior_precision:9.3g} {s.sigma_noise:9.3g} {s.n_observations:6d} "
-                     f"{s.n_weights:6d}  {s.options}")
+                     f"{s.weight:7.3f} {s.prior_precision:9.3g} {s.sigma_noise:9.3g} "
+                     f"{s.n_observations:6d} {s.n_weights:6d}  {s.options}")
     return "\n".join(lines)
