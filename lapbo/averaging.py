@@ -7,10 +7,12 @@ model probabilities under a uniform prior over the family,
     w_k = p(y | M_k) / Σ_j p(y | M_j)       (the softmax of the Laplace evidences),
 
 instead of with the candidate of highest evidence alone. The mixture is passed to BoTorch
-as the Gaussian with its mean and covariance (moment matching, jointly over the ``q``
-points and outputs): every acquisition function, analytic or Monte Carlo, and every
-gradient through it keep working. Pathwise (Thompson) samples come from the mixture
-itself: each component contributes its share of the paths.
+as a ``MixturePosterior``: a ``GPyTorchPosterior`` whose Gaussian has the mixture's mean
+and covariance (jointly over the ``q`` points and outputs: what analytic acquisition
+functions and ``mean``/``variance`` see) and whose samples come from the mixture itself
+(what Monte Carlo acquisition functions and fantasies see): every acquisition function
+and every gradient through it keep working. Pathwise (Thompson) samples also come from
+the mixture: each component contributes its share of the paths.
 
 Weights below ``MIN_WEIGHT`` are dropped (the rest renormalised), so that a family whose
 evidence is decisive costs no more to query than one model; so is every candidate whose
@@ -25,6 +27,11 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import torch
+from botorch.exceptions.errors import UnsupportedError
+from botorch.posteriors.gpytorch import GPyTorchPosterior
+from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
+from linear_operator.operators import DenseLinearOperator
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -72,3 +79,56 @@ def allocate_samples(weights: Sequence[float], n_samples: int) -> list[int]:
         counts[k] += 1
     return counts
 
+
+
+class MixturePosterior(GPyTorchPosterior):
+    """The mixture ``Σ_k w_k p_k`` of Gaussian posteriors over the same points.
+
+    ``distribution`` is the Gaussian with the mixture's mean and covariance, so
+    ``mean``, ``variance``, analytic acquisition functions and BoTorch's choice of
+    sampler see a ``GPyTorchPosterior``; ``rsample_from_base_samples`` returns samples
+    of the mixture itself: of the ``S`` samples, the ``k``-th block of
+    ``allocate_samples(w, S)`` comes from component ``k``, all from the same base
+    samples (so Monte Carlo acquisition values are ``Σ_k (n_k / S)`` times those of the
+    components, smooth in the inputs).
+
+    Args:
+        components: ``GPyTorchPosterior`` s of one shape (original outcome scale).
+        weights: their mixture weights, summing to one.
+    """
+
+    def __init__(self, components: Sequence[GPyTorchPosterior], weights: Sequence[float]
+                 ) -> None:
+        if any(not isinstance(c, GPyTorchPosterior) for c in components):
+            raise UnsupportedError("model averaging needs Gaussian component posteriors; a "
+                                   "posterior_transform returned another kind.")
+        dists = [c.distribution for c in components]
+        mean, cov = mixture_moments(weights, [d.mean.reshape(*d.batch_shape, -1) for d in dists],
+                                    [d.covariance_matrix for d in dists])
+        if isinstance(dists[0], MultitaskMultivariateNormal):
+            mvn: MultivariateNormal = MultitaskMultivariateNormal(
+                mean.reshape(dists[0].mean.shape), DenseLinearOperator(cov), interleaved=True)
+        else:
+            mvn = MultivariateNormal(mean, DenseLinearOperator(cov))
+        super().__init__(mvn)
+        self.components = list(components)
+        self.weights = list(weights)
+
+    def rsample_from_base_samples(self, sample_shape: torch.Size, base_samples: Tensor
+                                  ) -> Tensor:
+        """Mixture samples ``sample_shape × (*b, q, m)`` from base samples of shape
+        ``sample_shape × base_sample_shape`` (as ``GPyTorchPosterior``)."""
+        parts = torch.stack([c.rsample_from_base_samples(sample_shape, base_samples)
+                             for c in self.components])  # (K, *sample_shape, *b, q, m)
+        n = sample_shape.numel()
+        counts = torch.tensor(allocate_samples(self.weights, n), device=parts.device)
+        which = torch.repeat_interleave(torch.arange(len(counts), device=parts.device), counts)
+        flat = parts.reshape(len(counts), n, *parts.shape[1 + len(sample_shape):])
+        return flat[which, torch.arange(n, device=parts.device)].reshape(parts.shape[1:])
+
+    def rsample(self, sample_shape: torch.Size | None = None) -> Tensor:
+        """Mixture samples ``sample_shape × (*b, q, m)`` (default one sample)."""
+        sample_shape = torch.Size([1]) if sample_shape is None else torch.Size(sample_shape)
+        base = torch.randn(sample_shape + self.base_sample_shape, dtype=self.dtype,
+                           device=self.device)
+        return self.rsample_from_base_samples(sample_shape, base)

@@ -103,7 +103,8 @@ class _LinearizedModel(Model, FantasizeMixin):
         Returns:
             ``GPyTorchPosterior`` over ``MultivariateNormal`` (mean ``(*b, q)``) for one
             output, interleaved ``MultitaskMultivariateNormal`` (mean ``(*b, q, m)``,
-            covariance ``(*b, q·m, q·m)``) for several.
+            covariance ``(*b, q·m, q·m)``) for several; for a model that averages
+            candidates, their ``averaging.MixturePosterior``.
         """
         self.eval()
         validation.check_query("X", X, self._train_X.shape[-1])
@@ -112,14 +113,12 @@ class _LinearizedModel(Model, FantasizeMixin):
         sel = list(range(self.num_outputs)) if output_indices is None else list(output_indices)
         idx = [self._outputs[i] for i in sel]
         k = len(idx)
-        q = X.shape[-2]
         if self._mixture:
-            weights, parts = zip(*[(w, c._moments(X, idx, observation_noise))
-                                   for w, c in self._mixture])
-            mean, cov = averaging.mixture_moments(
-                weights, [m.to(X.dtype) for m, _ in parts], [c.to(X.dtype) for _, c in parts])
-        else:
-            mean, cov = self._moments(X, idx, observation_noise)
+            return averaging.MixturePosterior(
+                [c.posterior(X, output_indices, observation_noise, posterior_transform)
+                 for _, c in self._mixture], [w for w, _ in self._mixture])
+        q = X.shape[-2]
+        mean, cov = self._moments(X, idx, observation_noise)
         jitter = 1e-10 * cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-6)
         cov = cov + jitter[..., None, None] * torch.eye(q * k, dtype=cov.dtype, device=cov.device)
         mean, cov = mean.to(X.dtype), cov.to(X.dtype)

@@ -184,7 +184,7 @@ class LaplaceBNN(_LinearizedModel):
             paths from the mixture itself; ``lapbo.averaging``) instead of the candidate
             of highest evidence alone (default). The chosen candidate is still the one
             ``net``, ``la`` and ``log_marginal_likelihood`` describe. The mixture's test
-            NLL is lower (30 points: within the GP's + 0.1 nats in 34 of 40 cells
+            NLL is lower (30 points: within the GP's + 0.1 nats in 35 of 40 cells
             against 30), but BO with it converged more slowly on low-dimensional
             problems, and each candidate's predictive costs one more evaluation per
             acquisition step (``docs/lapbo_defaults.md``, session 13).

@@ -11,7 +11,7 @@ from botorch.models.transforms.input import Normalize
 from torch import Tensor
 
 from lapbo import LaplaceBNN, draw_pathwise_samples
-from lapbo.averaging import MIN_WEIGHT, allocate_samples, evidence_weights
+from lapbo.averaging import MIN_WEIGHT, MixturePosterior, allocate_samples, evidence_weights
 from lapbo.selection import CandidateScore, selection_table
 
 RF = {"net": "random_features", "random_features": 256}
@@ -174,3 +174,65 @@ def test_a_loaded_state_predicts_with_the_chosen_candidate(model: LaplaceBNN) ->
     Xt = torch.rand(5, 2, dtype=torch.float64)
     assert clone._mixture is None
     assert torch.allclose(clone.posterior(Xt).mean, best.posterior(Xt).mean, atol=1e-10)
+
+
+def test_samples_come_from_the_components_in_blocks(model: LaplaceBNN) -> None:
+    X = torch.rand(2, 3, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64,
+                   requires_grad=True)
+    post = model.posterior(X)
+    assert isinstance(post, MixturePosterior)
+    shape = torch.Size([4, 8])
+    base = torch.randn(shape + post.base_sample_shape, generator=torch.Generator().manual_seed(8),
+                       dtype=torch.float64)
+    samples = post.rsample_from_base_samples(shape, base)
+    assert samples.shape == post._extended_shape(shape) == (4, 8, 2, 3, 1)
+    counts = allocate_samples(post.weights, 32)
+    flat = samples.reshape(32, 2, 3, 1)
+    start = 0
+    for component, n in zip(post.components, counts):
+        own = component.rsample_from_base_samples(shape, base).reshape(32, 2, 3, 1)
+        assert torch.equal(flat[start:start + n], own[start:start + n])
+        start += n
+    (grad,) = torch.autograd.grad(samples.sum(), X)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert post.rsample(torch.Size([5])).shape == (5, 2, 3, 1)
+
+
+@pytest.mark.filterwarnings("ignore:qExpectedImprovement has known numerical issues")
+def test_monte_carlo_acquisition_averages_the_components(model: LaplaceBNN) -> None:
+    from botorch.acquisition import qExpectedImprovement
+    from botorch.sampling import SobolQMCNormalSampler
+
+    X = torch.rand(5, 1, 2, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    best = float(model._train_Y.max())
+    sampler = SobolQMCNormalSampler(torch.Size([64]), seed=3)
+    value = qExpectedImprovement(model, best_f=best, sampler=sampler)(X)
+    base = sampler.base_samples  # the mixture's base samples, shared by the components
+    counts, start, expected = allocate_samples([w for w, _ in model._mixture], 64), 0, 0.0
+    for (_, component), n in zip(model._mixture, counts):
+        samples = component.posterior(X).rsample_from_base_samples(torch.Size([64]),
+                                                                   base.expand(64, 5, 1))
+        block = (samples[start:start + n, ..., 0] - best).clamp_min(0).amax(-1)
+        expected = expected + block.sum(0) / 64
+        start += n
+    assert torch.allclose(value, expected, atol=1e-12)
+
+
+def test_two_outputs_and_a_scalarized_objective() -> None:
+    from botorch.acquisition.objective import ScalarizedPosteriorTransform
+
+    X, Y = data()
+    Y2 = torch.cat([Y, X.sum(-1, keepdim=True)], -1)
+    two = LaplaceBNN(X, Y2, seed=0, candidates=FAMILY, model_averaging=True).fit()
+    # equal weights set by hand: two outputs make the evidence decisive on this data
+    two._mixture = [(0.5, c) for c in two._candidate_models[:2]]
+    Xt = torch.rand(3, 4, 2, dtype=torch.float64)
+    post = two.posterior(Xt)
+    assert post.mean.shape == (3, 4, 2) and post.variance.shape == (3, 4, 2)
+    mean, _ = mixture_reference(two.subset_output([1]), Xt)
+    assert torch.allclose(post.mean[..., 1], mean, atol=1e-10)
+    transform = ScalarizedPosteriorTransform(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    scalar = two.posterior(Xt, posterior_transform=transform)
+    assert isinstance(scalar, MixturePosterior) and scalar.mean.shape == (3, 4, 1)
+    assert torch.allclose(scalar.mean[..., 0], post.mean[..., 0] - post.mean[..., 1],
+                          atol=1e-10)
