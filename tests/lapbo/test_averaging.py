@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,14 +16,6 @@ from lapbo.selection import CandidateScore, selection_table
 RF = {"net": "random_features", "random_features": 256}
 FAMILY = [{**RF, "trend": None}, {**RF, "trend": "quadratic"},
           {**RF, "trend": None, "random_feature_kernel": "matern52"}]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def data(n: int = 14) -> tuple[Tensor, Tensor]:
