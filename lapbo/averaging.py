@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from botorch.exceptions.errors import UnsupportedError
@@ -34,28 +33,26 @@ from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNorm
 from linear_operator.operators import DenseLinearOperator
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from lapbo.selection import CandidateScore
-
 #: Mixture weights below this are dropped (and the rest renormalised).
 MIN_WEIGHT = 1e-3
 
 
-def evidence_weights(scores: Sequence[CandidateScore], n_observations: int,
+def evidence_weights(evidences: Sequence[float], rows: Sequence[int], n_observations: int,
                      min_weight: float = MIN_WEIGHT) -> list[float]:
-    """The mixture weight of every candidate ``(K,)`` (zeros included), from the evidences
-    of those refit on all ``n_observations`` rows; weights below ``min_weight`` are set to
-    zero and the others renormalised to sum to one."""
-    usable = [i for i, s in enumerate(scores)
-              if s.n_observations == n_observations and math.isfinite(s.log_marginal_likelihood)]
+    """The mixture weight of every candidate ``(K,)`` (zeros included), from the
+    ``evidences`` of those whose evidence is over all ``n_observations`` rows (``rows``:
+    the rows of each one's evidence); weights below ``min_weight`` are set to zero and the
+    others renormalised to sum to one."""
+    usable = [i for i, (e, r) in enumerate(zip(evidences, rows))
+              if r == n_observations and math.isfinite(e)]
     if not usable:
-        return [0.0] * len(scores)
-    top = max(scores[i].log_marginal_likelihood for i in usable)
-    raw = {i: math.exp(scores[i].log_marginal_likelihood - top) for i in usable}
+        return [0.0] * len(evidences)
+    top = max(evidences[i] for i in usable)
+    raw = {i: math.exp(evidences[i] - top) for i in usable}
     total = sum(raw.values())
     kept = {i: r for i, r in raw.items() if r / total >= min_weight}
     total = sum(kept.values())
-    return [kept.get(i, 0.0) / total for i in range(len(scores))]
+    return [kept.get(i, 0.0) / total for i in range(len(evidences))]
 
 
 def mixture_moments(weights: Sequence[float], means: Sequence[Tensor],

@@ -167,7 +167,9 @@ def fit_by_evidence(model: LaplaceBNN) -> LaplaceBNN:
     scores[best].chosen = True
     model._adopt(children[best])
     model._candidate_models = children
-    weights = (averaging.evidence_weights(scores, n) if model.model_averaging
+    weights = (averaging.evidence_weights([s.log_marginal_likelihood for s in scores],
+                                          [s.n_observations for s in scores], n)
+               if model.model_averaging
                else [float(i == best) for i in range(len(scores))])
     for score, w in zip(scores, weights):
         score.weight = w

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from lapbo import LaplaceBNN, draw_pathwise_samples
 from lapbo.averaging import MIN_WEIGHT, MixturePosterior, allocate_samples, evidence_weights
-from lapbo.selection import CandidateScore, selection_table
+from lapbo.selection import selection_table
 
 RF = {"net": "random_features", "random_features": 256}
 FAMILY = [{**RF, "trend": None}, {**RF, "trend": "quadratic"},
@@ -139,11 +139,7 @@ def test_allocation_tracks_the_weights() -> None:
 
 
 def test_weights_skip_stale_candidates_and_prune_small_ones() -> None:
-    def score(evidence: float, n: int) -> CandidateScore:
-        return CandidateScore({}, evidence, 1.0, 0.1, n_observations=n)
-
-    weights = evidence_weights([score(0.0, 50), score(-1.0, 50), score(5.0, 40),
-                                score(-20.0, 50), score(-math.inf, 50)], 50)
+    weights = evidence_weights([0.0, -1.0, 5.0, -20.0, -math.inf], [50, 50, 40, 50, 50], 50)
     top = 1 / (1 + math.exp(-1.0))
     assert weights == pytest.approx([top, 1 - top, 0.0, 0.0, 0.0], abs=1e-12)
 
