@@ -177,11 +177,19 @@ class _LinearizedModel(Model, FantasizeMixin):
         if Y.shape[-2] != X.shape[-2] or Y.shape[-1] != self.num_outputs:
             raise ValueError(f"Y must have shape (*batch, {X.shape[-2]}, {self.num_outputs}) to "
                              f"match X {tuple(X.shape)}; got {tuple(Y.shape)}.")
+        train_X = self._train_X
+        if X.ndim == 2:
+            train_X = torch.cat([train_X, X.to(train_X)], dim=0)
+        if self._mixture:  # each component conditioned; the first one's posterior for shapes
+            parts = [(w, c.condition_on_observations(X, Y, noise, **kwargs))
+                     for w, c in self._mixture]
+            out = ConditionedLaplaceBNN(self, parts[0][1]._gaussian(), train_X)
+            out._mixture = parts
+            return out
         idx = self._outputs
         k, n_new = len(idx), X.shape[-2]
         X_tf = self.transform_inputs(X)
         ot = self._outcome_transform_for(idx)
-        Y_orig = Y
         if ot is not None:
             Y, _ = ot(Y, X=X_tf)
         J, f = self._features(X_tf, idx)
@@ -193,14 +201,7 @@ class _LinearizedModel(Model, FantasizeMixin):
             noise = noise.to(dtype).expand(*noise.shape[:-2], n_new, k)
             noise_var = noise.reshape(*noise.shape[:-2], n_new * k)
         gaussian = self._gaussian().condition(J, y - f, noise_var.clamp_min(1e-12))
-        train_X = self._train_X
-        if X.ndim == 2:
-            train_X = torch.cat([train_X, X.to(train_X)], dim=0)
-        out = ConditionedLaplaceBNN(self, gaussian, train_X)
-        if self._mixture:
-            out._mixture = [(w, c.condition_on_observations(X, Y_orig, noise, **kwargs))
-                            for w, c in self._mixture]
-        return out
+        return ConditionedLaplaceBNN(self, gaussian, train_X)
 
     def subset_output(self, idcs: list[int]) -> _LinearizedModel:
         """The model restricted to outputs ``idcs`` (exact: a row selection of ``J``)."""

@@ -404,7 +404,7 @@ class LaplaceBNN(_LinearizedModel):
         self._warm_candidates = (previous if previous is not None
                                  and len(previous) == len(self.candidates) else None)
         self._candidate_models: list[LaplaceBNN] | None = None
-        self.model_averaging = model_averaging
+        self._model_averaging = model_averaging
         # (observations, scores) of the last fit that refit every candidate
         self._last_selection: tuple[int, list[selection.CandidateScore]] | None = \
             getattr(warm_start, "_last_selection", None)
@@ -413,6 +413,18 @@ class LaplaceBNN(_LinearizedModel):
         self._evidence: SampleSpaceEvidence | None = None
         self._post: LinearizedPosterior | None = None
         self._noise_cache: Tensor | None = None
+
+    @property
+    def model_averaging(self) -> bool:
+        """Whether ``fit`` makes the model predict with its candidates' evidence-weighted
+        mixture (``lapbo.averaging``); set before ``fit``."""
+        return self._model_averaging
+
+    @model_averaging.setter
+    def model_averaging(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"model_averaging must be True or False, not {value!r}.")
+        self._model_averaging = value
 
     @staticmethod
     def _make_net(

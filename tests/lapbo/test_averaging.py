@@ -150,6 +150,11 @@ def test_bad_model_averaging_is_rejected() -> None:
         LaplaceBNN(X, Y, model_averaging="yes")
     with pytest.raises(ValueError, match="model_averaging"):
         LaplaceBNN(X, Y, candidates=[{"model_averaging": False}])
+    model = LaplaceBNN(X, Y)
+    with pytest.raises(ValueError, match="model_averaging"):
+        model.model_averaging = 1
+    model.model_averaging = True
+    assert model.model_averaging is True
 
 
 def test_a_loaded_state_predicts_with_the_chosen_candidate(model: LaplaceBNN) -> None:
