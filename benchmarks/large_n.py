@@ -251,7 +251,9 @@ def main() -> None:
     parser.add_argument("--q", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--output", default="benchmarks/results/large_n")
+    parser.add_argument("--output", default=None,
+                        help="stem of the result files (default benchmarks/results/large_n; "
+                        "with --progress: none, the table is only printed)")
     parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
                         help="tabulate the runs of these result files together (same "
                              "protocol) into --output, running nothing")
@@ -279,11 +281,14 @@ def main() -> None:
         design = math.log10(float(problem.optimal_value) - float(problem(X).max()))
         text, table = progress_table(args.progress, design)
         print(text)
-        out = Path(args.output)
-        out.with_suffix(".json").write_text(json.dumps({"progress": args.progress, **table},
-                                                       indent=1))
-        out.with_suffix(".md").write_text(text)
+        if args.output is not None:  # never over the committed results unless asked
+            out = Path(args.output)
+            out.with_suffix(".json").write_text(json.dumps(
+                {"progress": args.progress, **table}, indent=1))
+            out.with_suffix(".md").write_text(text)
         return
+    if args.output is None:
+        args.output = "benchmarks/results/large_n"
     if args.combine:
         parts = [json.loads(Path(f).read_text()) for f in args.combine]
         meta = {**parts[0]["meta"], "command": " + ".join(p["meta"]["command"] for p in parts)}
