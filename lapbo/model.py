@@ -173,7 +173,9 @@ class LaplaceBNN(_LinearizedModel):
             ``hessian_structure``, ...) cannot vary. Default: with ``net=None``,
             ``selection.DEFAULT_CANDIDATES`` (random-feature networks of the
             squared-exponential and Matérn-5/2 kernels, with and without a quadratic
-            trend), or ``selection.MLP_CANDIDATES`` (the default MLP as configured, and
+            trend; ``trend``, ``random_feature_kernel`` or ``random_features`` set here
+            holds for all of them: ``selection.default_family``), or
+            ``selection.MLP_CANDIDATES`` (the default MLP as configured, and
             one with ``√d``-scaled length scales trained from ``σ = 1``) when one of
             ``selection.MLP_OPTIONS`` (``width``, ``depth``, ``n_epochs``, ...) is set;
             with ``net`` given, none.

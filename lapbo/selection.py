@@ -68,8 +68,19 @@ MLP_OPTIONS = ("width", "depth", "activation", "init_scale", "input_map",
 def default_family(configured: Sequence[str]) -> tuple[dict[str, Any], ...]:
     """The family of ``LaplaceBNN(net=None)`` with default ``candidates``, given the names
     of the options the user set: ``MLP_CANDIDATES`` when one of them is in
-    ``MLP_OPTIONS``, else ``DEFAULT_CANDIDATES``."""
-    return MLP_CANDIDATES if set(configured) & set(MLP_OPTIONS) else DEFAULT_CANDIDATES
+    ``MLP_OPTIONS``, else ``DEFAULT_CANDIDATES`` varying only what the user left open: an
+    option the user set (``trend``, ``random_feature_kernel``, ``random_features``)
+    holds for every candidate, and candidates that then coincide are kept once
+    (``trend=None``: the squared-exponential and the Matérn-5/2 network without a
+    trend)."""
+    if set(configured) & set(MLP_OPTIONS):
+        return MLP_CANDIDATES
+    family: list[dict[str, Any]] = []
+    for candidate in DEFAULT_CANDIDATES:
+        kept = {k: v for k, v in candidate.items() if k not in configured}
+        if kept not in family:
+            family.append(kept)
+    return tuple(family)
 
 
 # Options whose change alters what the evidence measures (another set of weights, another

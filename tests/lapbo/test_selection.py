@@ -125,6 +125,23 @@ def test_default_family_with_the_default_network_and_none_with_a_given_one() -> 
     assert single.selection == []
 
 
+def test_default_family_keeps_the_options_the_user_set() -> None:
+    """An option of the random-feature family set on ``LaplaceBNN`` holds for every
+    candidate (it used to be overridden by the family's own value in some of them), and
+    candidates that then coincide are kept once."""
+    X = torch.rand(12, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    Y = X.sum(-1, keepdim=True).sin()
+    rf = {"net": "random_features", "random_features": 4096}
+    assert LaplaceBNN(X, Y, trend=None).candidates == [
+        {**rf}, {**rf, "random_feature_kernel": "matern52"}]
+    assert LaplaceBNN(X, Y, random_feature_kernel="matern52").candidates == [
+        {**rf, "trend": None}, {**rf, "trend": "quadratic"}]
+    model = LaplaceBNN(X, Y, random_features=256).fit()
+    assert len(model.selection) == 4
+    # 256 features and the bias, and the trend's [z, z²] (2 × 3) where there is one
+    assert [s.n_weights for s in model.selection] == [257, 257, 263, 263]
+
+
 def _matern_sample(kernel: str, n: int = 60) -> tuple[Tensor, Tensor]:
     """``n`` points in ``[0, 1]²`` and one draw of a GP with GPyTorch's ``kernel``
     (length scale 0.3, variance 1) plus noise of SD 0.01."""
