@@ -173,8 +173,12 @@ class LaplaceBNN(_LinearizedModel):
             ``hessian_structure``, ...) cannot vary. Default: with ``net=None``,
             ``selection.DEFAULT_CANDIDATES`` (random-feature networks of the
             squared-exponential and Matérn-5/2 kernels, with and without a quadratic
-            trend; ``trend``, ``random_feature_kernel`` or ``random_features`` set here
-            holds for all of them: ``selection.default_family``), or
+            trend) below ``selection.HIGH_DIMENSIONAL`` (10) inputs and
+            ``selection.HIGH_DIMENSIONAL_CANDIDATES`` (one squared-exponential network
+            under ``SingleTaskGP``'s hyperpriors) from there on; ``trend``,
+            ``random_feature_kernel``, ``random_features``, ``noise_prior`` or
+            ``prior_precision_prior`` set here holds for all of them
+            (``selection.default_family``), or
             ``selection.MLP_CANDIDATES`` (the default MLP as configured, and
             one with ``√d``-scaled length scales trained from ``σ = 1``) when one of
             ``selection.MLP_OPTIONS`` (``width``, ``depth``, ``n_epochs``, ...) is set;
@@ -396,8 +400,8 @@ class LaplaceBNN(_LinearizedModel):
         self._mode_check: tuple[int, bool] | None = getattr(warm_start, "_mode_check", None)
         self._init_options = init_options
         if candidates is DEFAULT:
-            candidates = (selection.default_family(_configured(init_options)) if net is None
-                          else None)
+            candidates = (selection.default_family(_configured(init_options), train_X.shape[-1])
+                          if net is None else None)
         self.candidates = selection.check_candidates(candidates)
         if self.candidates and isinstance(net, nn.Module):
             raise ValueError("candidates need net=None or a network factory, not one module "

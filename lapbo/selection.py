@@ -43,6 +43,25 @@ DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = tuple(
                                               {"random_feature_kernel": kernel})}
     for trend in (None, "quadratic") for kernel in ("rbf", "matern52"))
 
+#: Inputs of this many dimensions or more get ``HIGH_DIMENSIONAL_CANDIDATES`` by default.
+HIGH_DIMENSIONAL = 10
+
+#: The default family for ``d ≥ HIGH_DIMENSIONAL``: one squared-exponential random-feature
+#: network without a trend, under ``SingleTaskGP``'s hyperpriors (noise ``σ² ~
+#: LogNormal(−4, 1)``; ``δ`` held at the reference precision, where the prior function
+#: variance is 1, as ``SingleTaskGP`` fixes its output scale at 1): a GP of BoTorch's
+#: default kernel and priors, by 4,096 features. With the 2d + 2 + 15 observations of a
+#: small budget in 10 to 20 dimensions the evidences of ``DEFAULT_CANDIDATES`` differ by a
+#: few nats, the one chosen has a free output scale (the evidence puts the prior function
+#: variance at 1.3–3.4) and explores where the GP exploits: on the development seeds the
+#: four-network family lost Ackley-10, Ackley-20 and Powell-12 to the GP (2, 0 and 2 of
+#: 10 paired wins) and this network did not (5, 4 and 6). See ``docs/lapbo_defaults.md``
+#: (session 15).
+HIGH_DIMENSIONAL_CANDIDATES: tuple[dict[str, Any], ...] = (
+    {**_RANDOM_FEATURES, "trend": None, "noise_prior": (-4.0, 1.0),
+     "prior_precision_prior": 0.01},
+)
+
 #: The family of the default MLP (``LaplaceBNN``'s default until session 8, and its
 #: default still when a network or training option is set, ``default_family``): the
 #: network as configured, and the same network with length scales grown by ``√d``
@@ -65,18 +84,20 @@ MLP_OPTIONS = ("width", "depth", "activation", "init_scale", "input_map",
                "keep_best", "mean")
 
 
-def default_family(configured: Sequence[str]) -> tuple[dict[str, Any], ...]:
+def default_family(configured: Sequence[str], dim: int = 1) -> tuple[dict[str, Any], ...]:
     """The family of ``LaplaceBNN(net=None)`` with default ``candidates``, given the names
-    of the options the user set: ``MLP_CANDIDATES`` when one of them is in
-    ``MLP_OPTIONS``, else ``DEFAULT_CANDIDATES`` varying only what the user left open: an
-    option the user set (``trend``, ``random_feature_kernel``, ``random_features``)
-    holds for every candidate, and candidates that then coincide are kept once
-    (``trend=None``: the squared-exponential and the Matérn-5/2 network without a
-    trend)."""
+    of the options the user set and the input dimension ``dim``: ``MLP_CANDIDATES`` when
+    one of them is in ``MLP_OPTIONS``, else ``DEFAULT_CANDIDATES`` (``dim <
+    HIGH_DIMENSIONAL``) or ``HIGH_DIMENSIONAL_CANDIDATES`` varying only what the user
+    left open: an option the user set (``trend``, ``random_feature_kernel``,
+    ``random_features``, ``noise_prior``, ``prior_precision_prior``) holds for every
+    candidate, and candidates that then coincide are kept once (``trend=None``: the
+    squared-exponential and the Matérn-5/2 network without a trend)."""
     if set(configured) & set(MLP_OPTIONS):
         return MLP_CANDIDATES
+    base = DEFAULT_CANDIDATES if dim < HIGH_DIMENSIONAL else HIGH_DIMENSIONAL_CANDIDATES
     family: list[dict[str, Any]] = []
-    for candidate in DEFAULT_CANDIDATES:
+    for candidate in base:
         kept = {k: v for k, v in candidate.items() if k not in configured}
         if kept not in family:
             family.append(kept)

@@ -127,7 +127,8 @@ def test_public_names_include_the_non_all_modules() -> None:
     import lapbo.selection
 
     assert public_names(lapbo.selection) == [
-        "DEFAULT_CANDIDATES", "MLP_CANDIDATES", "RANDOM_FEATURE_CANDIDATE", "MLP_OPTIONS",
+        "DEFAULT_CANDIDATES", "HIGH_DIMENSIONAL", "HIGH_DIMENSIONAL_CANDIDATES",
+        "MLP_CANDIDATES", "RANDOM_FEATURE_CANDIDATE", "MLP_OPTIONS",
         "default_family", "INCOMPARABLE", "CandidateScore", "check_candidates",
         "fit_by_evidence", "selection_table",
     ]

@@ -142,6 +142,37 @@ def test_default_family_keeps_the_options_the_user_set() -> None:
     assert [s.n_weights for s in model.selection] == [257, 257, 263, 263]
 
 
+def test_high_dimensional_inputs_get_the_gp_equivalent_network() -> None:
+    """From ``HIGH_DIMENSIONAL`` inputs on, the default family is one squared-exponential
+    network under ``SingleTaskGP``'s hyperpriors: its ``δ`` stays at the reference
+    precision (prior function variance 1), it predicts as the same network given
+    explicitly, and an option the user sets still holds."""
+    from lapbo.lengthscales import REFERENCE_PRECISION
+    from lapbo.selection import DEFAULT_CANDIDATES, HIGH_DIMENSIONAL, HIGH_DIMENSIONAL_CANDIDATES
+
+    g = torch.Generator().manual_seed(2)
+    X = torch.rand(24, HIGH_DIMENSIONAL, generator=g, dtype=torch.float64)
+    Y = (X - 0.5).square().sum(-1, keepdim=True) + 0.05 * torch.randn(24, 1, generator=g,
+                                                                      dtype=X.dtype)
+    assert LaplaceBNN(X[:, :-1], Y).candidates == [dict(c) for c in DEFAULT_CANDIDATES]
+    model = LaplaceBNN(X, Y, seed=0).fit()
+    assert model.candidates == [dict(c) for c in HIGH_DIMENSIONAL_CANDIDATES]
+    (score,) = model.selection
+    assert score.chosen and score.options["trend"] is None
+    assert score.prior_precision == pytest.approx(REFERENCE_PRECISION, rel=0.05)
+    explicit = LaplaceBNN(X, Y, seed=0, candidates=None, net="random_features",
+                          random_features=4096, trend=None, noise_prior=(-4.0, 1.0),
+                          prior_precision_prior=0.01).fit()
+    Xt = torch.rand(5, HIGH_DIMENSIONAL, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        a, b = model.posterior(Xt), explicit.posterior(Xt)
+    assert torch.allclose(a.mean, b.mean, atol=1e-8)
+    assert torch.allclose(a.variance, b.variance, rtol=1e-6)
+    assert LaplaceBNN(X, Y, noise_prior=(-8.0, 1.0)).candidates == [
+        {"net": "random_features", "random_features": 4096, "trend": None,
+         "prior_precision_prior": 0.01}]
+
+
 def _matern_sample(kernel: str, n: int = 60) -> tuple[Tensor, Tensor]:
     """``n`` points in ``[0, 1]²`` and one draw of a GP with GPyTorch's ``kernel``
     (length scale 0.3, variance 1) plus noise of SD 0.01."""
