@@ -208,6 +208,11 @@ class LaplaceBNN(_LinearizedModel):
             (``lapbo.training.TrainingOptions``; full GGN only), or ``None``. Without it
             one or two observations send ``δ`` to its bound and the posterior variance
             to ~0 everywhere, so an acquisition function has no reason to explore.
+        prior_precision_reference: the centre ``δ_ref`` of that hyperprior in place of
+            the default (``None``; ``lapbo.training.TrainingOptions``): ``1.0`` gives a
+            random-feature network's kernel part the prior variance 1, as
+            ``SingleTaskGP``'s output scale (the default ``2.0`` gives the kernel and the
+            constant 1/2 each).
         trend: ``"quadratic"`` (default: the default network's output layer also sees
             ``z`` and ``z²``, ``networks.QuadraticFeatures``; a random-feature network's
             features end with ``[z, z²]/√d``) or ``None``.
@@ -251,6 +256,7 @@ class LaplaceBNN(_LinearizedModel):
         input_map: str = "box", prior_mean: str = "init",
         noise_prior: tuple[float, float] | None = (-8.0, 2.0),
         prior_precision_prior: float | None = 1.0,
+        prior_precision_reference: float | None = None,
         init_scale: float | None = 1.25, mean: str = "map", trend: str | None = "quadratic",
         random_features: int = 100,
         random_feature_lengthscale: float | tuple[float, float] = (0.2, 1.0),
@@ -283,6 +289,8 @@ class LaplaceBNN(_LinearizedModel):
             validation.check_positive(name, value)
         if prior_precision_prior is not None:
             validation.check_positive("prior_precision_prior", prior_precision_prior)
+        if prior_precision_reference is not None:
+            validation.check_positive("prior_precision_reference", prior_precision_reference)
         if reference_dim is not None:
             validation.check_positive("reference_dim", reference_dim)
         for name, value in (("keep_best", keep_best), ("model_averaging", model_averaging)):
@@ -344,7 +352,8 @@ class LaplaceBNN(_LinearizedModel):
             final_marglik_steps=final_marglik_steps, marglik_lr=marglik_lr,
             tune_noise=tune_noise, min_noise_std=min_noise_std,
             noise_prior=None if noise_prior is None else tuple(noise_prior),
-            prior_precision_prior=prior_precision_prior, keep_best=keep_best,
+            prior_precision_prior=prior_precision_prior,
+            prior_precision_reference=prior_precision_reference, keep_best=keep_best,
         )
         device = train_X.device
         net_options = {

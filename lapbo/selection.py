@@ -49,14 +49,16 @@ HIGH_DIMENSIONAL = 10
 #: The default family for ``d ≥ HIGH_DIMENSIONAL``: one squared-exponential random-feature
 #: network without a trend, under ``SingleTaskGP``'s hyperpriors (noise ``σ² ~
 #: LogNormal(−4, 1)``; ``δ`` held at the reference precision, where the prior function
-#: variance is 1, as ``SingleTaskGP`` fixes its output scale at 1): a GP of BoTorch's
-#: default kernel and priors, by 4,096 features. With the 2d + 2 + 15 observations of a
-#: small budget in 10 to 20 dimensions the evidences of ``DEFAULT_CANDIDATES`` differ by a
-#: few nats, the one chosen has a free output scale (the evidence puts the prior function
-#: variance at 1.3–3.4) and explores where the GP exploits: on the development seeds the
-#: four-network family lost Ackley-10, Ackley-20 and Powell-12 to the GP (2, 0 and 2 of
-#: 10 paired wins) and this network did not (5, 4 and 6). See ``docs/lapbo_defaults.md``
-#: (session 15).
+#: variance is 1, as ``SingleTaskGP`` fixes its output scale at 1): nearly a GP of
+#: BoTorch's default kernel, by 4,096 features, but for the split of that variance (1/2
+#: for the kernel and 1/2 for the constant, whose weight shares ``δ``; ``SingleTaskGP``:
+#: output scale 1 and a constant mean fitted without a prior). With the 2d + 2 + 15
+#: observations of a small budget in 10 to 20 dimensions the evidences of
+#: ``DEFAULT_CANDIDATES`` differ by a few nats, the one chosen has a free output scale
+#: (the evidence puts the prior function variance at 1.3–3.4) and explores where the GP
+#: exploits: on the development seeds the four-network family lost Ackley-10, Ackley-20
+#: and Powell-12 to the GP (4, 0 and 2 of 10 paired wins) and this network did not (5, 4
+#: and 6). See ``docs/lapbo_defaults.md`` (session 15).
 HIGH_DIMENSIONAL_CANDIDATES: tuple[dict[str, Any], ...] = (
     {**_RANDOM_FEATURES, "trend": None, "noise_prior": (-4.0, 1.0),
      "prior_precision_prior": 0.01},

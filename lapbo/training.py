@@ -88,6 +88,11 @@ class TrainingOptions:
             bound (an observed standardized 0 is best explained by no signal at all)
             and the posterior variance collapses everywhere; the hyperprior keeps it at
             the outcome scale. ``None``: none. Full GGN only (it needs the rows).
+        prior_precision_reference: the centre ``δ_ref`` of that hyperprior in place of
+            the default (``None``): e.g. ``1.0`` for a random-feature network gives its
+            kernel part the prior variance 1, where the default ``E‖[ψ(x), 1]‖² = 2``
+            splits a prior function variance of 1 evenly between the kernel and the
+            constant.
     """
 
     n_epochs: int = 1000
@@ -106,6 +111,7 @@ class TrainingOptions:
     max_prior_precision: float = 1e6
     noise_prior: tuple[float, float] | None = None
     prior_precision_prior: float | None = None
+    prior_precision_reference: float | None = None
     keep_best: bool = False
 
 
@@ -208,10 +214,13 @@ def hyperpriors(
 ) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
     """``(loc, scale)`` of the log-normal hyperpriors on ``δ`` and ``σ²`` (or ``None``).
 
-    On ``δ``: centred on ``log δ_ref`` (``reference_precision``, see ``TrainingOptions``)
-    with scale ``options.prior_precision_prior``; on ``σ²``: ``options.noise_prior`` when
-    ``σ`` is refit.
+    On ``δ``: centred on ``log δ_ref`` (``options.prior_precision_reference`` when set,
+    else ``reference_precision``, see ``TrainingOptions``) with scale
+    ``options.prior_precision_prior``; on ``σ²``: ``options.noise_prior`` when ``σ`` is
+    refit.
     """
+    if options.prior_precision_reference is not None and reference_precision is not None:
+        reference_precision = options.prior_precision_reference
     scale = options.prior_precision_prior
     prior_hp = None
     if scale is not None and reference_precision is not None:

@@ -173,6 +173,22 @@ def test_high_dimensional_inputs_get_the_gp_equivalent_network() -> None:
          "prior_precision_prior": 0.01}]
 
 
+def test_prior_precision_reference_moves_the_centre_of_the_hyperprior() -> None:
+    """``prior_precision_reference`` replaces the centre of the hyperprior on ``δ``: held
+    by a tight hyperprior, the refit ``δ`` lands on it instead of on the default 2; a
+    non-positive value is rejected by name."""
+    X = torch.rand(20, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    Y = X.sum(-1, keepdim=True).sin()
+    held = {"candidates": None, "net": "random_features", "random_features": 512,
+            "trend": None, "prior_precision_prior": 0.01, "seed": 0}
+    default = LaplaceBNN(X, Y, **held).fit()
+    moved = LaplaceBNN(X, Y, prior_precision_reference=0.5, **held).fit()
+    assert float(default.prior_precision) == pytest.approx(2.0, rel=0.05)
+    assert float(moved.prior_precision) == pytest.approx(0.5, rel=0.05)
+    with pytest.raises(ValueError, match="prior_precision_reference"):
+        LaplaceBNN(X, Y, prior_precision_reference=0.0)
+
+
 def _matern_sample(kernel: str, n: int = 60) -> tuple[Tensor, Tensor]:
     """``n`` points in ``[0, 1]²`` and one draw of a GP with GPyTorch's ``kernel``
     (length scale 0.3, variance 1) plus noise of SD 0.01."""
