@@ -212,7 +212,10 @@ class LaplaceBNN(_LinearizedModel):
             the default (``None``; ``lapbo.training.TrainingOptions``): ``1.0`` gives a
             random-feature network's kernel part the prior variance 1, as
             ``SingleTaskGP``'s output scale (the default ``2.0`` gives the kernel and the
-            constant 1/2 each).
+            constant 1/2 each). With ``prior_structure="layerwise"``, a tuple of one
+            centre per weight tensor: ``(1.0, 0.01)`` for a random-feature network's
+            ``(W, b)`` gives the kernel the prior variance 1 and the constant the broad
+            variance 100 (``SingleTaskGP``: output scale 1, constant mean without a prior).
         trend: ``"quadratic"`` (default: the default network's output layer also sees
             ``z`` and ``z²``, ``networks.QuadraticFeatures``; a random-feature network's
             features end with ``[z, z²]/√d``) or ``None``.
@@ -256,7 +259,7 @@ class LaplaceBNN(_LinearizedModel):
         input_map: str = "box", prior_mean: str = "init",
         noise_prior: tuple[float, float] | None = (-8.0, 2.0),
         prior_precision_prior: float | None = 1.0,
-        prior_precision_reference: float | None = None,
+        prior_precision_reference: float | Sequence[float] | None = None,
         init_scale: float | None = 1.25, mean: str = "map", trend: str | None = "quadratic",
         random_features: int = 100,
         random_feature_lengthscale: float | tuple[float, float] = (0.2, 1.0),
@@ -289,7 +292,12 @@ class LaplaceBNN(_LinearizedModel):
             validation.check_positive(name, value)
         if prior_precision_prior is not None:
             validation.check_positive("prior_precision_prior", prior_precision_prior)
-        if prior_precision_reference is not None:
+        if prior_precision_reference is not None and \
+                isinstance(prior_precision_reference, (list, tuple)):
+            prior_precision_reference = tuple(prior_precision_reference)
+            for value in prior_precision_reference:
+                validation.check_positive("prior_precision_reference", value)
+        elif prior_precision_reference is not None:
             validation.check_positive("prior_precision_reference", prior_precision_reference)
         if reference_dim is not None:
             validation.check_positive("reference_dim", reference_dim)
@@ -385,6 +393,12 @@ class LaplaceBNN(_LinearizedModel):
             )
         self.prior_structure = prior_structure
         shape = (len(list(self.net.parameters())),) if prior_structure == "layerwise" else ()
+        if isinstance(prior_precision_reference, tuple) and (
+                prior_structure != "layerwise" or len(prior_precision_reference) != shape[0]):
+            raise ValueError(
+                "prior_precision_reference as a tuple needs prior_structure='layerwise' and "
+                f"one value per weight tensor ({len(list(self.net.parameters()))} here), "
+                f"not {prior_precision_reference!r}.")
         prior = torch.full(shape, prior_precision, dtype=dtype, device=device)
         if warm_start is not None:
             sigma_noise = float(warm_start.sigma_noise)

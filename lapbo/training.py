@@ -92,7 +92,11 @@ class TrainingOptions:
             the default (``None``): e.g. ``1.0`` for a random-feature network gives its
             kernel part the prior variance 1, where the default ``E‖[ψ(x), 1]‖² = 2``
             splits a prior function variance of 1 evenly between the kernel and the
-            constant.
+            constant. With one ``δ`` per weight tensor (``prior_structure="layerwise"``),
+            a tuple of one centre per tensor: ``(1.0, 0.01)`` for a random-feature
+            network's ``(W, b)`` gives the kernel the prior variance 1 and the constant a
+            broad prior (variance 100), as ``SingleTaskGP``'s output scale 1 and constant
+            mean fitted without a prior.
     """
 
     n_epochs: int = 1000
@@ -111,7 +115,7 @@ class TrainingOptions:
     max_prior_precision: float = 1e6
     noise_prior: tuple[float, float] | None = None
     prior_precision_prior: float | None = None
-    prior_precision_reference: float | None = None
+    prior_precision_reference: float | tuple[float, ...] | None = None
     keep_best: bool = False
 
 
@@ -211,11 +215,12 @@ def maximize_marglik(
 
 def hyperpriors(
     options: TrainingOptions, reference_precision: float | None, tune_noise: bool
-) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+) -> tuple[tuple[float | tuple[float, ...], float] | None, tuple[float, float] | None]:
     """``(loc, scale)`` of the log-normal hyperpriors on ``δ`` and ``σ²`` (or ``None``).
 
     On ``δ``: centred on ``log δ_ref`` (``options.prior_precision_reference`` when set,
-    else ``reference_precision``, see ``TrainingOptions``) with scale
+    else ``reference_precision``, see ``TrainingOptions``; a tuple gives one centre per
+    entry of ``δ``) with scale
     ``options.prior_precision_prior``; on ``σ²``: ``options.noise_prior`` when ``σ`` is
     refit.
     """
@@ -224,7 +229,11 @@ def hyperpriors(
     scale = options.prior_precision_prior
     prior_hp = None
     if scale is not None and reference_precision is not None:
-        prior_hp = (math.log(max(reference_precision, options.min_prior_precision)), scale)
+        low = options.min_prior_precision
+        loc = math.log(max(reference_precision, low)) \
+            if isinstance(reference_precision, (int, float)) \
+            else tuple(math.log(max(r, low)) for r in reference_precision)
+        prior_hp = (loc, scale)
     return prior_hp, (options.noise_prior if tune_noise else None)
 
 

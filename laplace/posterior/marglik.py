@@ -14,7 +14,7 @@ on the noise variance ``σ²`` (not on ``σ``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -27,9 +27,13 @@ METHODS = ("adam", "lbfgs")
 Objective = Callable[[Tensor, "Tensor | None"], Tensor]
 
 
-def log_normal_density(x: Tensor, loc: float, scale: float) -> Tensor:
-    """``Σ log LogNormal(xᵢ; loc, scale)`` up to a constant for positive ``x`` ``(...)``."""
+def log_normal_density(x: Tensor, loc: float | Sequence[float] | Tensor, scale: float
+                       ) -> Tensor:
+    """``Σ log LogNormal(xᵢ; locᵢ, scale)`` up to a constant for positive ``x`` ``(...)``;
+    ``loc`` is one number or one per entry of ``x`` (broadcast against it)."""
     log_x = x.log()
+    if not isinstance(loc, (int, float)):
+        loc = torch.as_tensor(loc, dtype=x.dtype, device=x.device)
     return -(log_x + 0.5 * ((log_x - loc) / scale) ** 2).sum()
 
 
@@ -69,7 +73,7 @@ def maximize(
     method: str = "adam", n_steps: int = 100, lr: float = 0.1,
     prior_bounds: tuple[float, float] | None = None,
     sigma_bounds: tuple[float, float] | None = None,
-    prior_hyperprior: tuple[float, float] | None = None,
+    prior_hyperprior: tuple[float | Sequence[float], float] | None = None,
     noise_hyperprior: tuple[float, float] | None = None,
     keep_best: bool = False, progress_bar: bool = False,
     tolerance_grad: float = 1e-9, tolerance_change: float = 1e-12,
@@ -85,7 +89,8 @@ def maximize(
             returned).
         prior_bounds, sigma_bounds: log-bounds ``(log low, log high)`` (see
             ``check_bounds``); the arguments are clamped, so the gradient vanishes beyond.
-        prior_hyperprior, noise_hyperprior: ``(loc, scale)`` log-normals on ``δ`` / ``σ²``.
+        prior_hyperprior, noise_hyperprior: ``(loc, scale)`` log-normals on ``δ`` / ``σ²``
+            (``prior_hyperprior``'s ``loc``: one number, or one per entry of ``δ``).
         keep_best: Adam returns the best iterate instead of the last (L-BFGS always does).
         tolerance_grad, tolerance_change: L-BFGS stopping tolerances (positive; on the
             gradient and on the change of the objective / parameters, as in

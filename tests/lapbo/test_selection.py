@@ -189,6 +189,45 @@ def test_prior_precision_reference_moves_the_centre_of_the_hyperprior() -> None:
         LaplaceBNN(X, Y, prior_precision_reference=0.0)
 
 
+def test_per_tensor_prior_precision_reference_gives_the_kernel_variance_one() -> None:
+    """A tuple ``prior_precision_reference`` centres one hyperprior per weight tensor of a
+    layerwise prior: ``(1.0, 0.01)`` holds the random-feature weights at ``δ = 1`` (kernel
+    variance 1) and the constant at ``0.01``, and the posterior is the Bayesian linear
+    regression on ``Φ = [ψ(x), 1]`` with the prior precisions ``(1, …, 1, 0.01)``; a tuple
+    without ``prior_structure="layerwise"``, of the wrong length or with a non-positive
+    entry is rejected by name."""
+    from lapbo.networks import random_feature_layer
+
+    g = torch.Generator().manual_seed(4)
+    X = torch.rand(12, 10, generator=g, dtype=torch.float64)
+    Y = (X - 0.5).square().sum(-1, keepdim=True)
+    held = {"candidates": None, "net": "random_features", "random_features": 1024,
+            "trend": None, "prior_precision_prior": 0.01, "seed": 0}
+    model = LaplaceBNN(X, Y, prior_structure="layerwise",
+                       prior_precision_reference=[1.0, 0.01], **held).fit()
+    assert model.prior_precision.tolist() == pytest.approx([1.0, 0.01], rel=0.05)
+    layer = random_feature_layer(model.net)
+
+    def design(x: Tensor) -> Tensor:  # Φ (n, N + 1)
+        feats = layer.features(x, layer.lengthscale)
+        return torch.cat([feats, torch.ones_like(feats[:, :1])], dim=-1)
+
+    phi, s2 = design(X), model.sigma_noise.square()
+    precision = torch.cat([model.prior_precision[0].expand(phi.shape[-1] - 1),
+                           model.prior_precision[1:]])
+    covariance = torch.linalg.inv(phi.mT @ phi / s2 + torch.diag(precision))
+    far = torch.rand(50, 10, generator=g, dtype=torch.float64)
+    phi_far = design(far)
+    expected = ((phi_far @ covariance) * phi_far).sum(-1)
+    got = model.posterior(far).variance.squeeze(-1) / model.outcome_transform.stdvs.square()
+    assert torch.allclose(got.squeeze(), expected, rtol=1e-6)
+    for bad in ({"prior_precision_reference": (1.0, 0.01)},
+                {"prior_precision_reference": (1.0, 0.01, 1.0), "prior_structure": "layerwise"},
+                {"prior_precision_reference": (1.0, -1.0), "prior_structure": "layerwise"}):
+        with pytest.raises(ValueError, match="prior_precision_reference"):
+            LaplaceBNN(X, Y, **{**held, **bad})
+
+
 def _matern_sample(kernel: str, n: int = 60) -> tuple[Tensor, Tensor]:
     """``n`` points in ``[0, 1]²`` and one draw of a GP with GPyTorch's ``kernel``
     (length scale 0.3, variance 1) plus noise of SD 0.01."""
