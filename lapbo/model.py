@@ -393,12 +393,9 @@ class LaplaceBNN(_LinearizedModel):
             )
         self.prior_structure = prior_structure
         shape = (len(list(self.net.parameters())),) if prior_structure == "layerwise" else ()
-        if isinstance(prior_precision_reference, tuple) and (
-                prior_structure != "layerwise" or len(prior_precision_reference) != shape[0]):
-            raise ValueError(
-                "prior_precision_reference as a tuple needs prior_structure='layerwise' and "
-                f"one value per weight tensor ({len(list(self.net.parameters()))} here), "
-                f"not {prior_precision_reference!r}.")
+        if isinstance(prior_precision_reference, tuple) and prior_structure != "layerwise":
+            raise ValueError("prior_precision_reference as a tuple needs "
+                             f"prior_structure='layerwise', not {prior_structure!r}.")
         prior = torch.full(shape, prior_precision, dtype=dtype, device=device)
         if warm_start is not None:
             sigma_noise = float(warm_start.sigma_noise)
@@ -426,6 +423,11 @@ class LaplaceBNN(_LinearizedModel):
             candidates = (selection.default_family(_configured(init_options), train_X.shape[-1])
                           if net is None else None)
         self.candidates = selection.check_candidates(candidates)
+        if isinstance(prior_precision_reference, tuple) and not self.candidates \
+                and len(prior_precision_reference) != shape[0]:  # candidates check their own
+            raise ValueError(
+                "prior_precision_reference as a tuple needs one value per weight tensor "
+                f"({shape[0]} here), not {prior_precision_reference!r}.")
         if self.candidates and isinstance(net, nn.Module):
             raise ValueError("candidates need net=None or a network factory, not one module "
                              "instance that every candidate would share.")

@@ -295,3 +295,21 @@ def test_above_exact_rows_rounds_refit_the_incumbent_until_the_data_grows(monkey
     heads = [m.net[1].weight.numel() + 1 for m in first._candidate_models]
     assert [s.n_weights for s in first.selection] == heads and heads[0] == 32 + 1
     assert [s.n_weights for s in small.selection] == [h + 32 for h in heads]
+
+
+def test_per_tensor_prior_precision_reference_reaches_the_candidates() -> None:
+    """The parent passes a per-tensor reference on to its candidates (the default
+    families' random-feature networks have two weight tensors, with or without the
+    trend), which hold ``δ`` at it under a tight hyperprior; a candidate with another
+    number of tensors (the default MLP) fails at the fit, by name."""
+    g = torch.Generator().manual_seed(5)
+    X = torch.rand(14, 10, generator=g, dtype=torch.float64)
+    Y = X.sum(-1, keepdim=True).sin()
+    for x in (X, X[:, :2]):  # the d >= 10 network and the four-network family
+        model = LaplaceBNN(x, Y, prior_structure="layerwise", prior_precision_prior=0.01,
+                           prior_precision_reference=(1.0, 0.01)).fit()
+        assert model.prior_precision.tolist() == pytest.approx([1.0, 0.01], rel=0.05)
+    mlp = LaplaceBNN(X, Y, prior_structure="layerwise", candidates=[{}],
+                     prior_precision_reference=(1.0, 0.01), n_epochs=5)
+    with pytest.raises(ValueError, match="prior_precision_reference"):
+        mlp.fit()
