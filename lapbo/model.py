@@ -572,6 +572,7 @@ class LaplaceBNN(_LinearizedModel):
         self.net = child.net
         self._param_names = child._param_names
         self.options = child.options
+        self.prior_structure = child.prior_structure
         for name in ("sigma_noise", "prior_precision", "is_fitted"):
             self.register_buffer(name, getattr(child, name).clone())
         if self.prior_mean_kind == "init":

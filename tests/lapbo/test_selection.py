@@ -142,12 +142,13 @@ def test_default_family_keeps_the_options_the_user_set() -> None:
     assert [s.n_weights for s in model.selection] == [257, 257, 263, 263]
 
 
-def test_high_dimensional_inputs_get_the_gp_equivalent_network() -> None:
-    """From ``HIGH_DIMENSIONAL`` inputs on, the default family is one squared-exponential
-    network under ``SingleTaskGP``'s hyperpriors: its ``δ`` stays at the reference
-    precision (prior function variance 1), it predicts as the same network given
-    explicitly, and an option the user sets still holds."""
-    from lapbo.lengthscales import REFERENCE_PRECISION
+def test_high_dimensional_inputs_get_the_gp_equivalent_networks() -> None:
+    """From ``HIGH_DIMENSIONAL`` inputs on, the default family is two squared-exponential
+    networks under ``SingleTaskGP``'s hyperpriors that split the prior variance
+    differently: each keeps ``δ`` at its per-tensor reference, the one of higher evidence
+    is chosen and predicts as the same network given explicitly, and an option the user
+    sets still holds (a user-set ``prior_structure`` drops the references with it, and
+    the two then coincide)."""
     from lapbo.selection import DEFAULT_CANDIDATES, HIGH_DIMENSIONAL, HIGH_DIMENSIONAL_CANDIDATES
 
     g = torch.Generator().manual_seed(2)
@@ -157,20 +158,26 @@ def test_high_dimensional_inputs_get_the_gp_equivalent_network() -> None:
     assert LaplaceBNN(X[:, :-1], Y).candidates == [dict(c) for c in DEFAULT_CANDIDATES]
     model = LaplaceBNN(X, Y, seed=0).fit()
     assert model.candidates == [dict(c) for c in HIGH_DIMENSIONAL_CANDIDATES]
-    (score,) = model.selection
-    assert score.chosen and score.options["trend"] is None
-    assert score.prior_precision == pytest.approx(REFERENCE_PRECISION, rel=0.05)
-    explicit = LaplaceBNN(X, Y, seed=0, candidates=None, net="random_features",
-                          random_features=4096, trend=None, noise_prior=(-4.0, 1.0),
-                          prior_precision_prior=0.01).fit()
+    assert [c["prior_precision_reference"] for c in model.candidates] == [(2.0, 2.0),
+                                                                          (1.0, 0.01)]
+    for score, expected in zip(model.selection, (2.0, (1.0 + 0.01) / 2)):
+        assert score.options["trend"] is None
+        assert score.prior_precision == pytest.approx(expected, rel=0.05)
+    best = max(model.selection, key=lambda s: s.log_marginal_likelihood)
+    assert best.chosen and sum(s.chosen for s in model.selection) == 1
+    explicit = LaplaceBNN(X, Y, seed=0, candidates=None, **best.options).fit()
+    assert model.prior_structure == "layerwise"
+    assert torch.equal(model.prior_precision, explicit.prior_precision)
     Xt = torch.rand(5, HIGH_DIMENSIONAL, generator=g, dtype=torch.float64)
     with torch.no_grad():
         a, b = model.posterior(Xt), explicit.posterior(Xt)
     assert torch.allclose(a.mean, b.mean, atol=1e-8)
     assert torch.allclose(a.variance, b.variance, rtol=1e-6)
-    assert LaplaceBNN(X, Y, noise_prior=(-8.0, 1.0)).candidates == [
+    assert [c.get("noise_prior") for c in LaplaceBNN(X, Y, noise_prior=(-8.0, 1.0)).candidates
+            ] == [None, None]
+    assert LaplaceBNN(X, Y, prior_structure="layerwise").candidates == [
         {"net": "random_features", "random_features": 4096, "trend": None,
-         "prior_precision_prior": 0.01}]
+         "noise_prior": (-4.0, 1.0), "prior_precision_prior": 0.01}]
 
 
 def test_prior_precision_reference_moves_the_centre_of_the_hyperprior() -> None:
