@@ -174,10 +174,12 @@ class LaplaceBNN(_LinearizedModel):
             ``selection.DEFAULT_CANDIDATES`` (random-feature networks of the
             squared-exponential and Matérn-5/2 kernels, with and without a quadratic
             trend) below ``selection.HIGH_DIMENSIONAL`` (10) inputs and
-            ``selection.HIGH_DIMENSIONAL_CANDIDATES`` (one squared-exponential network
-            under ``SingleTaskGP``'s hyperpriors) from there on; ``trend``,
-            ``random_feature_kernel``, ``random_features``, ``noise_prior`` or
-            ``prior_precision_prior`` set here holds for all of them
+            ``selection.HIGH_DIMENSIONAL_CANDIDATES`` (two squared-exponential networks
+            under ``SingleTaskGP``'s hyperpriors that split the prior variance between
+            kernel and constant differently) from there on; ``trend``,
+            ``random_feature_kernel``, ``random_features``, ``noise_prior``,
+            ``prior_precision_prior`` or ``prior_precision_reference`` set here holds for
+            all of them
             (``selection.default_family``), or
             ``selection.MLP_CANDIDATES`` (the default MLP as configured, and
             one with ``√d``-scaled length scales trained from ``σ = 1``) when one of
