@@ -679,10 +679,32 @@ class LaplaceBNN(_LinearizedModel):
         chosen candidate only: a model loaded from it predicts with that candidate, not
         with the evidence-weighted mixture (``model_averaging``) it was saved from."""
         self._match_network(state_dict)
+        self._match_prior_structure(state_dict)
         out = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self._invalidate()
         self._mixture = None  # the state holds the chosen candidate only
         return out
+
+    def _match_prior_structure(self, state_dict: Any) -> None:
+        """Take the saved model's ``prior_structure`` (one ``δ``, or one per weight tensor:
+        the candidates of a family may differ in it) from the shape of its
+        ``prior_precision``, and shape this model's buffer to match."""
+        saved = state_dict.get("prior_precision")
+        if saved is None:
+            return
+        structure = "layerwise" if saved.ndim == 1 else "scalar"
+        if structure == "layerwise" and (
+                saved.numel() != len(list(self.net.parameters()))
+                or self.subset_of_weights != "all" or self.hessian_structure != "full"
+                or self.backend is not None):
+            raise UnsupportedError(
+                f"The saved state has one prior precision per weight tensor ({saved.numel()}); "
+                "prior_structure='layerwise' needs as many weight tensors, "
+                "subset_of_weights='all' and the full GGN (native backend).")
+        self.prior_structure = structure
+        if saved.shape != self.prior_precision.shape:
+            self.register_buffer("prior_precision",
+                                 torch.empty_like(saved).to(self.sigma_noise))
 
     def _match_network(self, state_dict: Any) -> None:
         """Rebuild ``self.net`` (and the shapes of its prior buffers) when ``state_dict``

@@ -421,3 +421,22 @@ def test_registrations() -> None:
     assert CLASS_TO_REVERSE_REGISTRY[Model]["LaplaceBNN"] is LaplaceBNN
     gs = lax.laplace_generation_strategy(n_sobol=0)
     assert gs.name == "MBM:LaplaceBNN" and list(gs.nodes_by_name) == ["MBM"]
+
+
+def test_ten_inputs_use_the_high_dimensional_family() -> None:
+    """From ten inputs on the default family's chosen network has one ``δ`` per weight
+    tensor; Ax's fits, predictions (which load the model's state) and the best-point
+    report work with it."""
+    client = Client(random_seed=0)
+    client.configure_experiment(parameters=[
+        RangeParameterConfig(name=f"x{i}", bounds=(0.0, 1.0), parameter_type="float")
+        for i in range(10)])
+    client.configure_optimization(objective="-loss")
+    client.set_generation_strategy(lax.laplace_generation_strategy(
+        n_sobol=12, optimizer_options=CHEAP_ACQF))
+    run(client, lambda p: {"loss": sum((v - 0.3) ** 2 for v in p.values())}, 14)
+    model = surrogate_model(client)
+    assert type(model) is LaplaceBNN and model.prior_structure == "layerwise"
+    assert len(model.selection) == 2
+    params, prediction, index, _ = client.get_best_parameterization()
+    assert len(params) == 10 and math.isfinite(prediction["loss"][0]) and 0 <= index < 14

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from botorch.exceptions.errors import UnsupportedError
 from botorch.models.transforms.outcome import Standardize
 from torch import Tensor
 
@@ -192,6 +193,32 @@ def test_a_state_of_either_architecture_loads_into_a_default_model() -> None:
         p0, p1 = saved.posterior(Xt), fresh.posterior(Xt)
         assert torch.allclose(p1.mean, p0.mean, atol=1e-10)
         assert torch.allclose(p1.variance, p0.variance, atol=1e-10)
+
+
+def test_a_state_with_one_prior_precision_per_tensor_loads_with_its_structure() -> None:
+    """The default family from ten inputs on chooses a network with one ``δ`` per weight
+    tensor: its state loads into a fresh default model (as Ax does for every fit) with that
+    structure and predicts the same; loading a scalar state back restores one ``δ``; a
+    per-tensor state does not load into a model whose curvature cannot take it."""
+    g = torch.Generator().manual_seed(6)
+    X = torch.rand(22, 10, generator=g, dtype=torch.float64)
+    Y = (X - 0.4).square().sum(-1, keepdim=True)
+    saved = LaplaceBNN(X, Y, seed=0).fit()
+    assert saved.prior_structure == "layerwise" and saved.prior_precision.shape == (2,)
+    scalar = LaplaceBNN(X, Y, candidates=None, net="random_features", random_features=4096,
+                        trend=None, seed=0).fit()
+    Xt = torch.rand(6, 10, generator=g, dtype=torch.float64)
+    fresh = LaplaceBNN(X, Y, seed=9)
+    for state in (saved, scalar, saved):
+        fresh.load_state_dict(state.state_dict())
+        assert fresh.prior_structure == state.prior_structure
+        p0, p1 = state.posterior(Xt), fresh.posterior(Xt)
+        assert torch.allclose(p1.mean, p0.mean, atol=1e-10)
+        assert torch.allclose(p1.variance, p0.variance, atol=1e-10)
+    kron = LaplaceBNN(X, Y, candidates=None, net="random_features", random_features=4096,
+                      trend=None, hessian_structure="kron")
+    with pytest.raises(UnsupportedError, match="prior_structure='layerwise'"):
+        kron.load_state_dict(saved.state_dict())
 
 
 @pytest.mark.parametrize("known_noise", [False, True])
