@@ -174,9 +174,10 @@ class LaplaceBNN(_LinearizedModel):
             ``selection.DEFAULT_CANDIDATES`` (random-feature networks of the
             squared-exponential and Matérn-5/2 kernels, with and without a quadratic
             trend) below ``selection.HIGH_DIMENSIONAL`` (10) inputs and
-            ``selection.HIGH_DIMENSIONAL_CANDIDATES`` (two squared-exponential networks
-            under ``SingleTaskGP``'s hyperpriors that split the prior variance between
-            kernel and constant differently) from there on; ``trend``,
+            ``selection.HIGH_DIMENSIONAL_CANDIDATES`` (squared-exponential networks
+            under ``SingleTaskGP``'s hyperpriors: two that split the prior variance
+            between kernel and constant differently, and the second with a quadratic
+            trend) from there on; ``trend``,
             ``random_feature_kernel``, ``random_features``, ``noise_prior``,
             ``prior_precision_prior`` or ``prior_precision_reference`` set here holds for
             all of them

@@ -437,6 +437,6 @@ def test_ten_inputs_use_the_high_dimensional_family() -> None:
     run(client, lambda p: {"loss": sum((v - 0.3) ** 2 for v in p.values())}, 14)
     model = surrogate_model(client)
     assert type(model) is LaplaceBNN and model.prior_structure == "layerwise"
-    assert len(model.selection) == 2
+    assert len(model.selection) == 3
     params, prediction, index, _ = client.get_best_parameterization()
     assert len(params) == 10 and math.isfinite(prediction["loss"][0]) and 0 <= index < 14

@@ -143,28 +143,30 @@ def test_default_family_keeps_the_options_the_user_set() -> None:
 
 
 def test_high_dimensional_inputs_get_the_gp_equivalent_networks() -> None:
-    """From ``HIGH_DIMENSIONAL`` inputs on, the default family is two squared-exponential
-    networks under ``SingleTaskGP``'s hyperpriors that split the prior variance
-    differently: each keeps ``δ`` at its per-tensor reference, the one of higher evidence
-    is chosen and predicts as the same network given explicitly, and an option the user
-    sets still holds (a user-set ``prior_structure`` drops the references with it, and
-    the two then coincide)."""
+    """From ``HIGH_DIMENSIONAL`` inputs on, the default family is three squared-exponential
+    networks under ``SingleTaskGP``'s hyperpriors: two that split the prior variance
+    differently and the second with a quadratic trend. Each keeps ``δ`` at its per-tensor
+    reference; on a bowl the trend network has the highest evidence and is chosen, on a
+    function with no global trend one without it; the chosen one predicts as the same
+    network given explicitly, and an option the user sets still holds (a user-set
+    ``prior_structure`` drops the references with it, and the two without a trend then
+    coincide)."""
     from lapbo.selection import DEFAULT_CANDIDATES, HIGH_DIMENSIONAL, HIGH_DIMENSIONAL_CANDIDATES
 
     g = torch.Generator().manual_seed(2)
-    X = torch.rand(24, HIGH_DIMENSIONAL, generator=g, dtype=torch.float64)
-    Y = (X - 0.5).square().sum(-1, keepdim=True) + 0.05 * torch.randn(24, 1, generator=g,
+    X = torch.rand(60, HIGH_DIMENSIONAL, generator=g, dtype=torch.float64)
+    Y = (X - 0.5).square().sum(-1, keepdim=True) + 0.05 * torch.randn(60, 1, generator=g,
                                                                       dtype=X.dtype)
     assert LaplaceBNN(X[:, :-1], Y).candidates == [dict(c) for c in DEFAULT_CANDIDATES]
     model = LaplaceBNN(X, Y, seed=0).fit()
     assert model.candidates == [dict(c) for c in HIGH_DIMENSIONAL_CANDIDATES]
-    assert [c["prior_precision_reference"] for c in model.candidates] == [(2.0, 2.0),
-                                                                          (1.0, 0.01)]
-    for score, expected in zip(model.selection, (2.0, (1.0 + 0.01) / 2)):
-        assert score.options["trend"] is None
+    assert [(c["trend"], c["prior_precision_reference"]) for c in model.candidates] == [
+        (None, (2.0, 2.0)), (None, (1.0, 0.01)), ("quadratic", (1.0, 0.01))]
+    for score, expected in zip(model.selection, (2.0, (1.0 + 0.01) / 2, (1.0 + 0.01) / 2)):
         assert score.prior_precision == pytest.approx(expected, rel=0.05)
     best = max(model.selection, key=lambda s: s.log_marginal_likelihood)
     assert best.chosen and sum(s.chosen for s in model.selection) == 1
+    assert best.options["trend"] == "quadratic"
     explicit = LaplaceBNN(X, Y, seed=0, candidates=None, **best.options).fit()
     assert model.prior_structure == "layerwise"
     assert torch.equal(model.prior_precision, explicit.prior_precision)
@@ -173,11 +175,18 @@ def test_high_dimensional_inputs_get_the_gp_equivalent_networks() -> None:
         a, b = model.posterior(Xt), explicit.posterior(Xt)
     assert torch.allclose(a.mean, b.mean, atol=1e-8)
     assert torch.allclose(a.variance, b.variance, rtol=1e-6)
+    # a product of two periods, orthogonal to any separable quadratic: no trend is chosen
+    wave = (2 * math.pi * X[:, :2]).cos().prod(-1, keepdim=True)
+    scores = LaplaceBNN(X, wave, seed=0).fit().selection
+    assert next(s for s in scores if s.chosen).options["trend"] is None
+    assert scores[2].log_marginal_likelihood < max(s.log_marginal_likelihood
+                                                   for s in scores[:2]) - 10
     assert [c.get("noise_prior") for c in LaplaceBNN(X, Y, noise_prior=(-8.0, 1.0)).candidates
-            ] == [None, None]
+            ] == [None, None, None]
     assert LaplaceBNN(X, Y, prior_structure="layerwise").candidates == [
-        {"net": "random_features", "random_features": 4096, "trend": None,
-         "noise_prior": (-4.0, 1.0), "prior_precision_prior": 0.01}]
+        {"net": "random_features", "random_features": 4096, "trend": trend,
+         "noise_prior": (-4.0, 1.0), "prior_precision_prior": 0.01}
+        for trend in (None, "quadratic")]
 
 
 def test_prior_precision_reference_moves_the_centre_of_the_hyperprior() -> None:
