@@ -78,6 +78,7 @@ from torch import Tensor  # noqa: E402
 from torch.quasirandom import SobolEngine  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.problems import DEVELOPMENT_PROBLEMS  # noqa: E402
 from benchmarks.problems import PROBLEMS as TEN_PROBLEMS  # noqa: E402
 from lapbo import LaplaceBNN  # noqa: E402
 
@@ -89,6 +90,7 @@ PROBLEMS = {  # the three problems of issue 5, then the ten of issue 13
     "hartmann": lambda: Hartmann(dim=6, negate=True),
     "ackley": lambda: Ackley(dim=10, negate=True),
     **{name: factory for name, factory in TEN_PROBLEMS.items() if name != "branin"},
+    **DEVELOPMENT_PROBLEMS,  # development seeds only
 }
 BASE_METHODS = {
     "laplace": {},  # LaplaceBNN defaults
