@@ -1,5 +1,5 @@
 """The benchmark problems of issue 13: ten ``botorch.test_functions`` spanning d = 2…20
-(``PROBLEMS``), and eight more for development checks of how a change generalises
+(``PROBLEMS``), and ten more for development checks of how a change generalises
 (``DEVELOPMENT_PROBLEMS``).
 
 Two of the ten observe noise (``levy5_noisy``, ``cosine8_noisy``). All are maximised (the
@@ -46,7 +46,7 @@ PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
 }
 
 
-#: Eight further ``botorch.test_functions`` (d = 2…12, two of them with ten or more inputs)
+#: Ten further ``botorch.test_functions`` (d = 2…12, four of them with ten or more inputs)
 #: for development checks of generalisation (session 17 of issue 13).
 DEVELOPMENT_PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
     "three_hump_camel": lambda: ThreeHumpCamel(negate=True),
@@ -56,6 +56,8 @@ DEVELOPMENT_PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
     "rastrigin6": lambda: Rastrigin(dim=6, negate=True),
     "dixon_price8": lambda: DixonPrice(dim=8, negate=True),
     "griewank10": lambda: Griewank(dim=10, negate=True),
+    "styblinski_tang10": lambda: StyblinskiTang(dim=10, negate=True),
+    "rastrigin10": lambda: Rastrigin(dim=10, negate=True),
     "levy12": lambda: Levy(dim=12, negate=True),
 }
 
