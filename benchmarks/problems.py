@@ -1,5 +1,5 @@
 """The benchmark problems of issue 13: ten ``botorch.test_functions`` spanning d = 2…20
-(``PROBLEMS``), and ten more for development checks of how a change generalises
+(``PROBLEMS``), and twelve more for development checks of how a change generalises
 (``DEVELOPMENT_PROBLEMS``).
 
 Two of the ten observe noise (``levy5_noisy``, ``cosine8_noisy``). All are maximised (the
@@ -46,7 +46,7 @@ PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
 }
 
 
-#: Ten further ``botorch.test_functions`` (d = 2…12, four of them with ten or more inputs)
+#: Twelve further ``botorch.test_functions`` (d = 2…20, six of them with ten or more inputs)
 #: for development checks of generalisation (session 17 of issue 13).
 DEVELOPMENT_PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
     "three_hump_camel": lambda: ThreeHumpCamel(negate=True),
@@ -59,6 +59,8 @@ DEVELOPMENT_PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
     "styblinski_tang10": lambda: StyblinskiTang(dim=10, negate=True),
     "rastrigin10": lambda: Rastrigin(dim=10, negate=True),
     "levy12": lambda: Levy(dim=12, negate=True),
+    "griewank20": lambda: Griewank(dim=20, negate=True),
+    "levy20": lambda: Levy(dim=20, negate=True),
 }
 
 
