@@ -110,7 +110,12 @@ class _LinearizedModel(Model, FantasizeMixin):
         validation.check_query("X", X, self._train_X.shape[-1])
         if isinstance(observation_noise, Tensor):
             validation.check_non_negative("observation_noise", observation_noise)
-        sel = list(range(self.num_outputs)) if output_indices is None else list(output_indices)
+        elif not isinstance(observation_noise, bool):
+            raise ValueError("observation_noise must be True, False or a (*batch, q, m) tensor "
+                             f"of noise variances, not {observation_noise!r}.")
+        sel = (list(range(self.num_outputs)) if output_indices is None else
+               validation.check_output_indices("output_indices", output_indices,
+                                               self.num_outputs))
         idx = [self._outputs[i] for i in sel]
         k = len(idx)
         if self._mixture:
@@ -174,7 +179,7 @@ class _LinearizedModel(Model, FantasizeMixin):
         validation.check_query("X", X, self._train_X.shape[-1])
         validation.check_finite("Y", Y)
         validation.check_non_negative("noise", noise)
-        if Y.shape[-2] != X.shape[-2] or Y.shape[-1] != self.num_outputs:
+        if Y.ndim < 2 or Y.shape[-2] != X.shape[-2] or Y.shape[-1] != self.num_outputs:
             raise ValueError(f"Y must have shape (*batch, {X.shape[-2]}, {self.num_outputs}) to "
                              f"match X {tuple(X.shape)}; got {tuple(Y.shape)}.")
         train_X = self._train_X
@@ -205,6 +210,7 @@ class _LinearizedModel(Model, FantasizeMixin):
 
     def subset_output(self, idcs: list[int]) -> _LinearizedModel:
         """The model restricted to outputs ``idcs`` (exact: a row selection of ``J``)."""
+        idcs = validation.check_output_indices("idcs", idcs, self.num_outputs)
         out = ConditionedLaplaceBNN(
             self, self._gaussian(), self._train_X, outputs=[self._outputs[i] for i in idcs]
         )

@@ -20,10 +20,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from botorch import settings
 from botorch.exceptions.errors import UnsupportedError
 from botorch.models.gpytorch import GPyTorchModel
 from botorch.models.transforms.input import InputTransform
 from botorch.models.transforms.outcome import OutcomeTransform, Standardize
+from botorch.models.utils.assorted import check_min_max_scaling
 from botorch.utils.datasets import SupervisedDataset
 from botorch.utils.types import DEFAULT, _DefaultType
 from torch import Tensor, nn
@@ -43,6 +45,75 @@ def _check_warm_start(warm_start: Any, d: int, m: int) -> None:
     if (d_old, m_old) != (d, m):
         raise ValueError(f"warm_start was trained on {d_old} inputs and {m_old} outputs; "
                          f"this model has {d} inputs and {m} outputs.")
+    if not bool(warm_start.is_fitted):
+        raise ValueError("warm_start is not fitted: call warm_start.fit() first (a warm "
+                         "start continues from a fitted model's network and hyperparameters).")
+
+
+#: Network options that only initialise the weights: a warm start, which copies its
+#: network's weights, may differ in them.
+_INITIALIZATION_OPTIONS = ("init_scale",)
+
+
+def _architecture_mismatch(old: Any, new: Any) -> str:
+    """The error for a ``warm_start`` whose network was built from other options."""
+    if old is None:
+        return ("warm_start's network was given as a module or factory (net=...); pass the "
+                "same net, or no warm_start, to build a default network.")
+    if old[0] != new[0]:
+        return f"warm_start was built with net={old[0]!r}, this model with net={new[0]!r}."
+    differ = {k: (old[1].get(k), v) for k, v in new[1].items() if old[1].get(k) != v}
+    return ("warm_start's network was built with other options: "
+            + ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in differ.items())
+            + " (a warm start copies its network).")
+
+
+def _check_network_options(init_scale: Any, lengthscale: Any, variance: Any,
+                           activation: Any) -> None:
+    """``init_scale``, ``random_feature_lengthscale`` (a number or ``(low, high)``),
+    ``random_feature_variance`` and ``activation`` (a name or a sequence of names)."""
+    if init_scale is not None:
+        validation.check_positive("init_scale", init_scale)
+    scales = lengthscale if isinstance(lengthscale, (tuple, list)) else (lengthscale,)
+    if len(scales) not in (1, 2):
+        raise ValueError("random_feature_lengthscale must be a number or (low, high), not "
+                         f"{lengthscale!r}.")
+    for value in scales:
+        validation.check_positive("random_feature_lengthscale", value)
+    validation.check_positive("random_feature_variance", variance)
+    names = (activation,) if isinstance(activation, str) else activation
+    if not isinstance(names, (tuple, list)) or not all(isinstance(a, str) for a in names):
+        raise ValueError(f"activation must be a name or a sequence of names, not {activation!r}.")
+
+
+def _check_bounds(options: training.TrainingOptions, prior_precision: float,
+                  sigma_noise: float) -> None:
+    """The starting hyperparameters and ``min_noise_std`` within the bounds of the fits."""
+    validation.check_in_range("min_noise_std", options.min_noise_std, 0.0,
+                              options.max_noise_std)
+    validation.check_in_range("sigma_noise", sigma_noise, 0.0, options.max_noise_std)
+    validation.check_in_range("prior_precision", prior_precision,
+                              options.min_prior_precision, options.max_prior_precision)
+
+
+def _check_network_outputs(net: nn.Module, X: Tensor, m: int) -> None:
+    """``net`` maps ``X[:1]`` ``(1, d)`` to ``(1, m)`` outputs (one per column of
+    ``train_Y``); run in eval mode and without gradients, so nothing it holds changes."""
+    param = next(iter(net.parameters()), None)
+    if param is None:
+        raise ValueError("net has no parameters: LaplaceBNN needs trainable weights.")
+    modes = [module.training for module in net.modules()]
+    try:
+        net.eval()
+        with torch.no_grad():
+            out = net(X[:1].to(param))
+    finally:
+        for module, mode in zip(net.modules(), modes):
+            module.training = mode
+    if not isinstance(out, Tensor) or out.shape != (1, m):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"net must map (n, d) inputs to (n, {m}) outputs, one per column of "
+                         f"train_Y; on one input it returns {shape}.")
 
 
 def _configured(options: dict[str, Any]) -> list[str]:
@@ -304,9 +375,15 @@ class LaplaceBNN(_LinearizedModel):
             validation.check_positive("prior_precision_reference", prior_precision_reference)
         if reference_dim is not None:
             validation.check_positive("reference_dim", reference_dim)
-        for name, value in (("keep_best", keep_best), ("model_averaging", model_averaging)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{name} must be True or False, not {value!r}.")
+        for name, value in (("keep_best", keep_best), ("model_averaging", model_averaging),
+                            ("tune_noise", tune_noise)):
+            validation.check_bool(name, value)
+        validation.check_seed(seed)
+        _check_network_options(init_scale, random_feature_lengthscale,
+                               random_feature_variance, activation)
+        if compute_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, not "
+                             f"{compute_dtype!r}.")
         for name, value in (("n_epochs", n_epochs), ("n_epochs_warm_start", n_epochs_warm_start),
                             ("width", width), ("depth", depth)):
             validation.check_positive(name, value, integer=True)
@@ -317,10 +394,7 @@ class LaplaceBNN(_LinearizedModel):
                 raise ValueError(f"{name} must be a non-negative integer, not {value!r}.")
         if optimizer not in ("lbfgs", "adam"):
             raise ValueError(f"optimizer must be 'lbfgs' or 'adam', not {optimizer!r}.")
-        if noise_prior is not None:
-            if len(noise_prior) != 2:
-                raise ValueError(f"noise_prior must be (loc, scale) or None, not {noise_prior!r}.")
-            validation.check_positive("noise_prior scale", noise_prior[1])
+        validation.check_noise_prior(noise_prior)
         if warm_start is not None:
             _check_warm_start(warm_start, train_X.shape[-1], train_Y.shape[-1])
         if isinstance(net, str) and net != "random_features":
@@ -340,6 +414,8 @@ class LaplaceBNN(_LinearizedModel):
             outcome_transform = Standardize(m=m)
         with torch.no_grad():
             X_tf = self.transform_inputs(train_X, input_transform=input_transform)
+        if settings.validate_input_scaling.on():  # as BoTorch's GPs: warn outside [0, 1]^d
+            check_min_max_scaling(X_tf)
         if outcome_transform is not None:
             outcome_transform.train()
             outcome_transform(Y=train_Y, Yvar=train_Yvar, X=X_tf)
@@ -366,6 +442,7 @@ class LaplaceBNN(_LinearizedModel):
             prior_precision_prior=prior_precision_prior,
             prior_precision_reference=prior_precision_reference, keep_best=keep_best,
         )
+        _check_bounds(self.options, prior_precision, sigma_noise)
         device = train_X.device
         net_options = {
             "width": width, "depth": depth, "activation": activation, "input_map": input_map,
@@ -374,8 +451,17 @@ class LaplaceBNN(_LinearizedModel):
             "random_feature_variance": random_feature_variance, "trend_scale": trend_scale,
             "reference_dim": reference_dim, "random_feature_kernel": random_feature_kernel,
         }
+        # what the network is built from: a warm start must have been built the same way
+        self._architecture = (None if not (net is None or isinstance(net, str)) else
+                              (net, {k: v for k, v in net_options.items()
+                                     if k not in _INITIALIZATION_OPTIONS}))
+        if warm_start is not None and self._architecture is not None \
+                and warm_start._architecture != self._architecture:
+            raise ValueError(_architecture_mismatch(warm_start._architecture,
+                                                    self._architecture))
         self.net = self._make_net(net, warm_start, X_tf.shape[-1], m, net_options,
                                   compute_dtype, device, seed)
+        _check_network_outputs(self.net, X_tf, m)
         kept = None
         if isinstance(net, str) and len(train_X) > lengthscales.FULL_FEATURE_ROWS:
             kept = networks.truncate_random_features(
@@ -425,7 +511,8 @@ class LaplaceBNN(_LinearizedModel):
         if candidates is DEFAULT:
             candidates = (selection.default_family(_configured(init_options), train_X.shape[-1])
                           if net is None else None)
-        self.candidates = selection.check_candidates(candidates)
+        self.candidates = selection.check_candidates(
+            candidates, inspect.signature(LaplaceBNN.__init__).parameters)
         if isinstance(prior_precision_reference, tuple) and not self.candidates \
                 and len(prior_precision_reference) != shape[0]:  # candidates check their own
             raise ValueError(
@@ -479,6 +566,9 @@ class LaplaceBNN(_LinearizedModel):
                 module = net
             elif callable(net):
                 module = net()
+                if not isinstance(module, nn.Module):
+                    raise TypeError("net, a factory, must return an nn.Module, not "
+                                    f"{type(module).__name__}.")
             else:
                 raise TypeError("net must be an nn.Module, a zero-argument factory or None.")
         if warm_start is not None and module is not warm_start.net and net is not None \

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -158,9 +158,12 @@ class CandidateScore:
     weight: float = 0.0
 
 
-def check_candidates(candidates: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
-    """The candidates as a list of dicts; ``ValueError`` for an empty list, a non-dict or
-    an option whose evidence would not be comparable (``INCOMPARABLE``)."""
+def check_candidates(candidates: Sequence[Mapping[str, Any]] | None,
+                     known: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """The candidates as a list of dicts; ``ValueError`` for an empty list, a non-dict, an
+    option not in ``known`` (the names ``LaplaceBNN`` takes; ``None``: not checked) or
+    one whose evidence would not be comparable (``INCOMPARABLE``). The values are checked
+    when each candidate is built, at ``fit``."""
     if candidates is None:
         return []
     if isinstance(candidates, Mapping) or not isinstance(candidates, Sequence):
@@ -173,6 +176,10 @@ def check_candidates(candidates: Sequence[Mapping[str, Any]] | None) -> list[dic
         if not isinstance(options, Mapping):
             raise ValueError(f"candidates[{i}] must be a dict of LaplaceBNN options, not "
                              f"{type(options).__name__}.")
+        unknown = sorted(set(options) - set(known)) if known is not None else []
+        if unknown:
+            raise ValueError(f"candidates[{i}] sets {unknown}, which are not LaplaceBNN "
+                             "options.")
         bad = sorted(set(options) & set(INCOMPARABLE))
         if bad:
             raise ValueError(f"candidates[{i}] sets {bad}: candidates must share these "

@@ -57,6 +57,10 @@ def check_training_data(train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | N
     if train_Yvar is not None and train_Yvar.shape != train_Y.shape:
         raise ValueError(f"train_Yvar has shape {tuple(train_Yvar.shape)}; train_Y has "
                          f"{tuple(train_Y.shape)}.")
+    check_floating("train_X", train_X)
+    check_floating("train_Y", train_Y)
+    if train_Yvar is not None:
+        check_floating("train_Yvar", train_Yvar)
     check_finite("train_X", train_X)
     check_finite("train_Y", train_Y)
     check_non_negative("train_Yvar", train_Yvar)
@@ -68,4 +72,64 @@ def check_query(name: str, X: Tensor, d: int) -> None:
         raise ValueError(f"{name} must have shape (*batch, q, {d}); got {tuple(X.shape)}.")
     if X.shape[-2] == 0:
         raise ValueError(f"{name} has no points (q = 0): shape {tuple(X.shape)}.")
+    if X.numel() == 0:
+        raise ValueError(f"{name} has an empty batch: shape {tuple(X.shape)}.")
+    check_floating(name, X)
     check_finite(name, X)
+
+
+def check_floating(name: str, value: Tensor) -> None:
+    """``value`` is a floating-point tensor (integer inputs would be truncated)."""
+    if not value.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, not {value.dtype}.")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """``value`` is ``True`` or ``False`` (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, not {value!r}.")
+
+
+def check_seed(value: Any) -> None:
+    """``seed`` is ``None`` or an integer that ``torch.manual_seed`` accepts."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not -2**63 <= value < 2**64:
+        raise ValueError(f"seed must be None or an integer in [-2**63, 2**64), not {value!r}.")
+
+
+def check_noise_prior(value: Any) -> None:
+    """``noise_prior`` is ``None`` or ``(loc, scale)``: a finite location and scale > 0."""
+    if value is None:
+        return
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"noise_prior must be (loc, scale) or None, not {value!r}.")
+    try:
+        loc = float(value[0])
+    except (TypeError, ValueError):
+        raise ValueError(f"noise_prior loc must be a finite number, not {value[0]!r}.") from None
+    if not math.isfinite(loc):
+        raise ValueError(f"noise_prior loc must be a finite number, not {value[0]!r}.")
+    check_positive("noise_prior scale", value[1])
+
+
+def check_in_range(name: str, value: float, low: float, high: float) -> None:
+    """``low ≤ value ≤ high`` (the bounds that the hyperparameter fits keep)."""
+    if not low <= float(value) <= high:
+        raise ValueError(f"{name} must lie in [{low:g}, {high:g}] (the bounds of its fit), "
+                         f"not {value!r}.")
+
+
+def check_output_indices(name: str, indices: Any, m: int) -> list[int]:
+    """``indices``: a non-empty sequence of distinct output indices in ``[0, m)``."""
+    try:
+        out = [int(i) for i in indices]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a list of output indices, not {indices!r}.") from None
+    if not out:
+        raise ValueError(f"{name} is empty: select at least one of the {m} output(s).")
+    if any(i < 0 or i >= m for i in out) or any(float(a) != b for a, b in zip(indices, out)):
+        raise ValueError(f"{name} must be indices in [0, {m}), not {list(indices)!r}.")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} has repeated outputs: {out!r}.")
+    return out

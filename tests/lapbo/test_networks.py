@@ -78,7 +78,7 @@ def test_random_features_travel_with_state_and_warm_starts() -> None:
     # the prior mean covers trainable weights only; coefficients start at zero
     n_trainable = sum(p.numel() for p in net.parameters())
     assert model.prior_mean.numel() == n_trainable
-    warm = LaplaceBNN(X, Y, warm_start=model, **SMALL)
+    warm = LaplaceBNN(X, Y, warm_start=model, random_features=12, candidates=None, **SMALL)
     assert torch.equal(warm.net.bases[1].omega, omega)
     other = LaplaceBNN(X, Y, seed=1, random_features=12, **SMALL)
     assert not torch.equal(other.net.bases[1].omega, omega)

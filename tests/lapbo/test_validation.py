@@ -68,14 +68,70 @@ CONSTRUCTOR_CASES = [
     ({"random_feature_kernel": "cauchy"}, "random_feature_kernel must be one of"),
     ({"reference_dim": 0}, "reference_dim must be a positive"),
     ({"keep_best": "yes"}, "keep_best must be True or False"),
+    ({"tune_noise": "no"}, "tune_noise must be True or False"),
+    ({"train_X": X0.round().long()}, "train_X must be a floating-point tensor"),
+    ({"train_Y": Y0.round().int()}, "train_Y must be a floating-point tensor"),
+    ({"noise_prior": (math.nan, 1.0)}, "noise_prior loc must be a finite number"),
+    ({"noise_prior": 5}, r"noise_prior must be \(loc, scale\)"),
+    ({"min_noise_std": 100.0}, r"min_noise_std must lie in \[0, 10\]"),
+    ({"sigma_noise": 50.0}, r"sigma_noise must lie in \[0, 10\]"),
+    ({"prior_precision": 1e30}, r"prior_precision must lie in \[1e-06, 1e\+06\]"),
+    ({"seed": 1.5}, "seed must be None or an integer"),
+    ({"seed": "a"}, "seed must be None or an integer"),
+    ({"init_scale": -1.0}, "init_scale must be a positive"),
+    ({"random_feature_lengthscale": math.nan}, "random_feature_lengthscale must be a positive"),
+    ({"random_feature_lengthscale": (0.1, 0.2, 0.3)}, "random_feature_lengthscale must be"),
+    ({"random_feature_variance": math.nan}, "random_feature_variance must be a positive"),
+    ({"activation": 5}, "activation must be a name or a sequence of names"),
+    ({"compute_dtype": torch.float16}, "compute_dtype must be torch.float32 or torch.float64"),
+    ({"compute_dtype": "float64"}, "compute_dtype must be torch.float32 or torch.float64"),
+    ({"candidates": [{"foo": 1}]}, r"candidates\[0\] sets \['foo'\], which are not"),
+    ({"net": lambda: None}, None),  # TypeError: a factory must return a module
 ]
 
 
 @pytest.mark.parametrize(("change", "message"), CONSTRUCTOR_CASES)
 def test_constructor_rejects(change: dict, message: str) -> None:
     kwargs = {"train_X": X0, "train_Y": Y0, **SMALL, **change}
+    if message is None:
+        with pytest.raises(TypeError, match="net, a factory, must return an nn.Module"):
+            LaplaceBNN(**kwargs)
+        return
     with pytest.raises(ValueError, match=message):
         LaplaceBNN(**kwargs)
+
+
+def test_a_network_with_other_outputs_than_train_Y_is_rejected() -> None:
+    # three outputs for one column of train_Y: each observation would count three times
+    def net() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(),
+                                   torch.nn.Linear(4, 3)).double()
+
+    with pytest.raises(ValueError, match=r"net must map \(n, d\) inputs to \(n, 1\) outputs"):
+        LaplaceBNN(X0, Y0, net=net, candidates=None)
+    with pytest.raises(ValueError, match="net has no parameters"):
+        LaplaceBNN(X0, Y0, net=torch.nn.Identity(), candidates=None)
+
+
+def test_warm_start_built_from_other_network_options_is_rejected(fitted: LaplaceBNN) -> None:
+    with pytest.raises(ValueError, match="width=8 there, 64 here"):
+        LaplaceBNN(X0, Y0, warm_start=fitted, **{**SMALL, "width": 64})
+    with pytest.raises(ValueError, match="net=None, this model with net='random_features'"):
+        LaplaceBNN(X0, Y0, warm_start=fitted, net="random_features", **SMALL)
+    unfitted = LaplaceBNN(X0, Y0, seed=0, **SMALL)
+    with pytest.raises(ValueError, match="warm_start is not fitted"):
+        LaplaceBNN(X0, Y0, warm_start=unfitted, **SMALL)
+    # an initialisation-only option may differ: the warm start's weights are copied
+    warm = LaplaceBNN(X0, Y0, warm_start=fitted, **{**SMALL, "init_scale": 0.3})
+    assert all(torch.equal(a, b) for a, b in zip(warm.net.parameters(),
+                                                  fitted.net.parameters()))
+
+
+def test_inputs_outside_the_unit_cube_warn_as_in_botorch() -> None:
+    from botorch.exceptions.warnings import InputDataWarning
+
+    with pytest.warns(InputDataWarning, match="not contained to the unit cube"):
+        LaplaceBNN(100 * X0, Y0, **SMALL)
 
 
 def test_warm_start_of_another_shape_is_rejected(fitted: LaplaceBNN) -> None:
@@ -98,6 +154,18 @@ def test_query_checks(fitted: LaplaceBNN) -> None:
         fitted.posterior(torch.zeros(4, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="observation_noise must be non-negative"):
         fitted.posterior(X0[:3], observation_noise=-torch.ones(3, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="observation_noise must be True, False or a"):
+        fitted.posterior(X0[:3], observation_noise=0.5)
+    with pytest.raises(ValueError, match="X must be a floating-point tensor"):
+        fitted.posterior(torch.tensor([[0, 0], [1, 1]]))
+    with pytest.raises(ValueError, match="X has an empty batch"):
+        fitted.posterior(torch.zeros(0, 3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"output_indices must be indices in \[0, 1\)"):
+        fitted.posterior(X0[:3], output_indices=[5])
+    with pytest.raises(ValueError, match="output_indices is empty"):
+        fitted.posterior(X0[:3], output_indices=[])
+    with pytest.raises(ValueError, match=r"idcs must be indices in \[0, 1\)"):
+        fitted.subset_output([1])
 
 
 def test_conditioning_checks(fitted: LaplaceBNN) -> None:
@@ -108,6 +176,8 @@ def test_conditioning_checks(fitted: LaplaceBNN) -> None:
         fitted.condition_on_observations(_with(X, (0, 0), math.nan), Y)
     with pytest.raises(ValueError, match="noise must be non-negative"):
         fitted.condition_on_observations(X, Y, noise=-torch.ones_like(Y))
+    with pytest.raises(ValueError, match=r"Y must have shape \(\*batch, 2, 1\)"):
+        fitted.condition_on_observations(X, Y.squeeze(-1))
     with pytest.raises(ValueError, match=r"Y must have shape \(\*batch, 2, 1\)"):
         fitted.condition_on_observations(X, Y[:1])
     # a zero noise variance is legal (exact observations): the update still interpolates
