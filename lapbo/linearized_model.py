@@ -108,6 +108,12 @@ class _LinearizedModel(Model, FantasizeMixin):
         """
         self.eval()
         validation.check_query("X", X, self._train_X.shape[-1])
+        try:
+            torch.broadcast_shapes(X.shape[:-2], self.batch_shape)
+        except RuntimeError:
+            raise ValueError(f"X's batch shape {tuple(X.shape[:-2])} does not broadcast with "
+                             f"the model's {tuple(self.batch_shape)} (e.g. a model conditioned "
+                             "on a batch of fantasies).") from None
         if isinstance(observation_noise, Tensor):
             validation.check_non_negative("observation_noise", observation_noise)
         elif not isinstance(observation_noise, bool):

@@ -54,6 +54,9 @@ def check_training_data(train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | N
                          f"{train_Y.shape[0]}.")
     if train_X.shape[0] == 0:
         raise ValueError("train_X is empty: LaplaceBNN needs at least one training point.")
+    if train_X.shape[1] == 0 or train_Y.shape[1] == 0:
+        raise ValueError(f"train_X {tuple(train_X.shape)} and train_Y {tuple(train_Y.shape)} "
+                         "need at least one input and one output column.")
     if train_Yvar is not None and train_Yvar.shape != train_Y.shape:
         raise ValueError(f"train_Yvar has shape {tuple(train_Yvar.shape)}; train_Y has "
                          f"{tuple(train_Y.shape)}.")

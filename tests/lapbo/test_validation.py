@@ -43,6 +43,8 @@ CONSTRUCTOR_CASES = [
     ({"train_Y": Y0[:5]}, "train_X has 8 points but train_Y has 5"),
     ({"train_Y": Y0.squeeze(-1)}, r"train_Y must be \(n, m\)"),
     ({"train_X": X0[:0], "train_Y": Y0[:0]}, "train_X is empty"),
+    ({"train_X": X0[:, :0]}, "need at least one input and one output column"),
+    ({"train_Y": Y0[:, :0]}, "need at least one input and one output column"),
     ({"train_Yvar": -torch.ones_like(Y0)}, "train_Yvar must be non-negative"),
     ({"train_Yvar": torch.full_like(Y0, math.nan)}, "train_Yvar contains 8 NaN"),
     ({"train_Yvar": torch.ones(8, 2, dtype=torch.float64)}, "train_Yvar has shape"),
@@ -178,6 +180,10 @@ def test_conditioning_checks(fitted: LaplaceBNN) -> None:
         fitted.condition_on_observations(X, Y, noise=-torch.ones_like(Y))
     with pytest.raises(ValueError, match=r"Y must have shape \(\*batch, 2, 1\)"):
         fitted.condition_on_observations(X, Y.squeeze(-1))
+    batched = fitted.condition_on_observations(X.expand(3, 2, 2), Y.expand(3, 2, 1))
+    with pytest.raises(ValueError, match=r"batch shape \(5,\) does not broadcast with"):
+        batched.posterior(X0[:4].expand(5, 4, 2))
+    assert batched.posterior(X0[:4].expand(7, 3, 4, 2)).mean.shape == (7, 3, 4, 1)
     with pytest.raises(ValueError, match=r"Y must have shape \(\*batch, 2, 1\)"):
         fitted.condition_on_observations(X, Y[:1])
     # a zero noise variance is legal (exact observations): the update still interpolates
