@@ -20,7 +20,9 @@ regret after the design and after the last round.
 ``--save-data`` checkpoints each run after every round and ``--resume`` continues it (the
 exact GP's 100 rounds take hours). ``--replay DATA --at N …`` runs one round of each
 method on the same first ``N`` rows of a saved trajectory: CPU on identical data, the
-model's posterior at the incumbent, and the best true value of the batch it chooses.
+model's posterior at the incumbent, the best true value of the batch it chooses, and the
+test NLL and mean ``|z|`` of its predictive, uniformly and near the incumbent
+(``predictive_calibration``).
 
     .venv/bin/python benchmarks/large_n.py --replay \\
         benchmarks/results/large_n_trajectory.laplace.pt --at 1130 1500 1900 \\
@@ -175,7 +177,39 @@ def replay_round(method: str, data: str, n: int, q: int, seed: int) -> dict[str,
             # what the round achieves: the best new value against the incumbent's, and the
             # model's posterior at the incumbent (mean, SD) against its observed value
             "incumbent": float(Y[best]), "batch_best": float(batch.max()),
-            "incumbent_mean": float(post.mean), "incumbent_sd": float(post.variance.sqrt())}
+            "incumbent_mean": float(post.mean), "incumbent_sd": float(post.variance.sqrt()),
+            **predictive_calibration(model, X, Y, bounds)}
+
+
+#: Test points of ``predictive_calibration``: uniform in the box, and around the incumbent
+#: (each coordinate within ``NEAR_INCUMBENT`` of it, clipped to the box: about a tenth of
+#: the range, where the later rounds of a trajectory concentrate their rows).
+UNIFORM_TEST_POINTS, NEAR_TEST_POINTS, NEAR_INCUMBENT = 500, 300, 3.0
+
+
+def predictive_calibration(model: Any, X: Tensor, Y: Tensor, bounds: Tensor,
+                     seed: int = 12345) -> dict[str, float]:
+    """Gaussian test NLL (per point, in units of the SD of ``Y``) and mean ``|z|`` of the
+    posterior predictive with observation noise, on fresh points uniform in ``bounds``
+    (``(2, d)``) and near the incumbent of ``X`` ``(n, d)``, ``Y`` ``(n, 1)``: how well a
+    model fitted to a trajectory's clustered rows predicts where the next rounds look."""
+    problem = Ackley(dim=X.shape[-1], negate=True)
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = bounds
+    uniform = lo + (hi - lo) * torch.rand(UNIFORM_TEST_POINTS, len(lo), generator=g,
+                                          dtype=X.dtype)
+    step = 2 * torch.rand(NEAR_TEST_POINTS, len(lo), generator=g, dtype=X.dtype) - 1
+    near = torch.maximum(torch.minimum(X[Y.argmax()] + NEAR_INCUMBENT * step, hi), lo)
+    scale = float(Y.std())
+    out = {}
+    for name, T in (("uniform", uniform), ("near", near)):
+        with torch.no_grad():
+            post = model.posterior(T, observation_noise=True)
+        mean, var = post.mean.squeeze(-1), post.variance.squeeze(-1)
+        z = (problem(T) - mean) / var.sqrt()
+        nll = 0.5 * (math.log(2 * math.pi) + torch.log(var / scale**2) + z**2)
+        out[f"{name}_nll"], out[f"{name}_abs_z"] = float(nll.mean()), float(z.abs().mean())
+    return out
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -364,8 +398,9 @@ def replay_markdown(rows: list[dict[str, Any]], command: str, commit: str) -> st
     lines = [f"# Rounds replayed on a saved trajectory: `{rows[0]['data']}`" if rows else "",
              "", f"`{command}` at commit {commit}; {torch.get_num_threads()} thread(s).", "",
              "| N | method | fit CPU s | acq CPU s | round CPU s | ratio to GP | peak RSS MB "
-             "| incumbent | posterior at incumbent | best of the batch |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "| incumbent | posterior at incumbent | best of the batch "
+             "| test NLL uniform (mean abs z) | test NLL near incumbent (mean abs z) |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|"]
     for r in sorted(rows, key=lambda r: (r["n"], METHODS.index(r["method"]))):
         gp = next((g for g in rows if g["method"] == "gp" and g["n"] == r["n"]), None)
         ratio = "" if gp is None else f"{r['round_cpu_s'] / gp['round_cpu_s']:.2f}"
@@ -374,8 +409,16 @@ def replay_markdown(rows: list[dict[str, Any]], command: str, commit: str) -> st
         lines.append(f"| {r['n']} | {r['method']} | {r['fit_cpu_s']:.1f} | "
                      f"{r['acq_cpu_s']:.1f} | {r['round_cpu_s']:.1f} | {ratio} | "
                      f"{r['peak_rss_mb']:.0f} | {r.get('incumbent', float('nan')):.2f} | "
-                     f"{view} | {r.get('batch_best', float('nan')):.2f} |")
+                     f"{view} | {r.get('batch_best', float('nan')):.2f} | "
+                     f"{_nll_cell(r, 'uniform')} | {_nll_cell(r, 'near')} |")
     return "\n".join(lines) + "\n"
+
+
+def _nll_cell(row: dict[str, Any], where: str) -> str:
+    """``NLL (mean |z|)`` of ``predictive_calibration`` (empty for rows written before it)."""
+    if f"{where}_nll" not in row:
+        return ""
+    return f"{row[f'{where}_nll']:.2f} ({row[f'{where}_abs_z']:.2f})"
 
 
 def write(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
