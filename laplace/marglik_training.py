@@ -25,6 +25,7 @@ from laplace.curvature.curvature import CurvatureInterface
 from laplace.curvature.torchfunc import TorchFuncGGN
 from laplace.laplace import Laplace
 from laplace.posterior.base import BaseLaplace
+from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import dataset_size, inputs_to, split_batch
 from laplace.utils.enums import HessianStructure, Likelihood, PriorStructure, parse_option
@@ -214,6 +215,9 @@ def marglik_training(
             X, y = inputs_to(X, device), y.to(device)
             optimizer.zero_grad()
             f = model(X)
+            if epoch == 1:  # the targets, before the first step
+                checks.fit_targets(y, f.shape[0], tuple(f.shape[1:]) or (1,), regression,
+                                   n_batches)
             theta = vector_of(params)
             data_loss = _data_loss(f, y, regression)
             loss = data_loss + 0.5 * (delta * theta) @ theta / N / crit_factor

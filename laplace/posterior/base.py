@@ -23,7 +23,7 @@ from laplace.posterior.marglik import (
 )
 from laplace.posterior.tuning import gridsearch, marglik
 from laplace.utils import checks
-from laplace.utils.data import Inputs, inputs_to
+from laplace.utils.data import Inputs, batch_size, inputs_to
 from laplace.utils.distributed import unwrap_parallel
 from laplace.utils.enums import (
     Likelihood,
@@ -84,6 +84,9 @@ class BaseLaplace:
         self.dict_key_y = dict_key_y
         self.backend_kwargs = dict(backend_kwargs or {})
         self.asdl_fisher_kwargs = dict(asdl_fisher_kwargs or {})
+        if backend is not None and not isinstance(backend, type):
+            raise ValueError(f"backend must be a curvature class (a CurvatureInterface "
+                             f"subclass such as laplace.curvature.AsdlGGN), not {backend!r}.")
         self._backend_cls = backend or self._default_backend()
         self._backend: CurvatureInterface | None = None
         self.loss: Tensor | float = 0.0
@@ -344,9 +347,14 @@ class BaseLaplace:
                     stacklevel=2,
                 )
             n_steps = checks.positive_int(n_steps, "n_steps")
+            lr = checks.positive_float(lr, "lr")
             marglik(self, n_steps, lr, init_prior_prec, structure, progress_bar, verbose)
         else:
             grid_size = checks.positive_int(grid_size, "grid_size")
+            base = checks.positive_float(log_prior_prec_base, "log_prior_prec_base")
+            if base == 1.0:
+                raise ValueError("log_prior_prec_base must not be 1: every grid point would "
+                                 "be 1.")
             gridsearch(
                 self, pred_type, val_loader, loss, log_prior_prec_min, log_prior_prec_max,
                 grid_size, link_approx, n_samples, progress_bar, verbose, log_prior_prec_base,
@@ -444,6 +452,8 @@ class BaseLaplace:
         outputs (one network pass checks it), else a ``ValueError`` names ``x``.
         """
         x = inputs_to(x, self._device)
+        if batch_size(x, self.dict_key_x) == 0:
+            raise ValueError("Input x has no points (its first dimension, the batch, is 0).")
         if isinstance(x, Tensor) and x.ndim == 1:
             with torch.no_grad():
                 checks.batch_output(x, self.model(x), self.dict_key_x)

@@ -24,6 +24,7 @@ from torch import Tensor
 from laplace.posterior.conditioning import ConditioningMixin
 from laplace.posterior.parametric import ParametricLaplace
 from laplace.precision import DensePrecision, GramSpectrum, PrecisionMatrix, WoodburyPrecision
+from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs
 
@@ -200,6 +201,7 @@ class FullLaplace(ConditioningMixin, ParametricLaplace):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        checks.state_keys(state_dict, ("cls_name",), type(self).__name__)
         form = state_dict.get("precision_form", "dense")
         if form not in ("dense", "sample"):
             raise ValueError(f"State has precision_form {form!r}: expected 'dense' or 'sample'.")

@@ -34,9 +34,11 @@ from torch.utils.data import DataLoader, Subset
 from laplace.posterior.base import BaseLaplace
 from laplace.posterior.lastlayer import LastLayerMixin
 from laplace.predictive import links
+from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs, dataset_size, inputs_to, split_batch
 from laplace.utils.enums import Likelihood, LinkApprox, PredType, parse_option
+from laplace.utils.errors import NotPositiveDefiniteError
 from laplace.utils.feature_extractor import FeatureExtractor
 from laplace.utils.parameters import vector_of
 
@@ -110,10 +112,10 @@ class FunctionalLaplace(BaseLaplace):
                 f = self.model(X)
             if i == 0:
                 self.n_outputs = f.shape[-1]
+            checks.fit_targets(y, f.shape[0], tuple(f.shape[1:]),
+                               self.likelihood == Likelihood.REGRESSION, i)
             f = f.reshape(-1, f.shape[-1])
             target = y.reshape(f.shape) if self.likelihood == Likelihood.REGRESSION else y
-            if not bool(torch.isfinite(y.float()).all()):
-                raise ValueError(f"Batch {i}: targets contain NaN or inf.")
             self.loss = self.loss + self.backend.factor * self.backend.lossfunc(f, target)
         subset = DataLoader(Subset(train_loader.dataset, self.sod_indices.tolist()),
                             batch_size=train_loader.batch_size or self.n_subset, shuffle=False)
@@ -203,7 +205,14 @@ class FunctionalLaplace(BaseLaplace):
         S = self._L_sqrt()
         eye = torch.eye(len(S), dtype=S.dtype, device=S.device)
         A = eye + S @ (self.K_MM * self._prior_var()) @ S
-        return S, torch.linalg.cholesky(A)
+        chol, info = torch.linalg.cholesky_ex(A)
+        if bool(info.any()) or not bool(torch.isfinite(chol).all()):
+            raise NotPositiveDefiniteError(
+                "The function-space posterior's kernel matrix I + L^1/2 K L^1/2 / δ is not "
+                f"positive definite at prior precision {self.prior_precision.tolist()}: a "
+                "positive, finite prior precision is needed (a zero one has infinite prior "
+                "variance).")
+        return S, chol
 
     # ----------------------------------------------------- marginal lik.
     @property
@@ -344,12 +353,18 @@ class FunctionalLaplace(BaseLaplace):
         }
 
     def _load_common_state(self, state: dict[str, Any]) -> None:
-        if state.get("cls_name") != type(self).__name__:
-            raise ValueError(f"State of a {state.get('cls_name')} cannot be loaded into a "
+        if not isinstance(state, Mapping) or state.get("cls_name") != type(self).__name__:
+            name = state.get("cls_name") if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"State of a {name} cannot be loaded into a "
                              f"{type(self).__name__}.")
         if state["likelihood"] != str(self.likelihood):
             raise ValueError(f"State of a {state['likelihood']} fit cannot be loaded into a "
                              f"{self.likelihood} Laplace.")
+        n_params = getattr(self, "n_params", None)
+        if n_params is not None and state["mean"].numel() != n_params:
+            raise ValueError(f"State has {state['mean'].numel()} parameters, this LA "
+                             f"{n_params}: recreate the model and the Laplace object as they "
+                             "were when the state was saved.")
         device = self._device
         self.mean, self.loss = state["mean"].to(device), state["loss"].to(device)
         self.n_data, self.n_outputs = int(state["n_data"]), int(state["n_outputs"])

@@ -25,6 +25,7 @@ from laplace.posterior.diag import DiagLaplace
 from laplace.posterior.full import FullLaplace
 from laplace.posterior.kron import KronLaplace
 from laplace.posterior.parametric import ParametricLaplace
+from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs
 from laplace.utils.feature_extractor import FeatureExtractor
@@ -319,6 +320,7 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        checks.state_keys(state_dict, ("cls_name",), type(self).__name__)
         self._set_layer_from_state(state_dict.get("last_layer_name"))
         super().load_state_dict(state_dict)
 

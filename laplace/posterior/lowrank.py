@@ -11,6 +11,7 @@ from laplace.curvature.lowrank import top_eigenpairs
 from laplace.posterior.parametric import ParametricLaplace
 from laplace.precision import NotFittedError
 from laplace.precision.lowrank import LowRankPrecision
+from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import dataset_size, inputs_to, split_batch
 
@@ -32,6 +33,8 @@ class LowRankLaplace(ParametricLaplace):
 
     def __init__(self, model: nn.Module, likelihood: str, *args: Any,
                  n_eigenvalues: int | None = None, **kwargs: Any) -> None:
+        if n_eigenvalues is not None:
+            n_eigenvalues = checks.positive_int(n_eigenvalues, "n_eigenvalues")
         self.n_eigenvalues = n_eigenvalues
         super().__init__(model, likelihood, *args, **kwargs)
 

@@ -185,35 +185,8 @@ class ParametricLaplace(BaseLaplace):
         self.model.output_size = self.n_outputs
 
     def _check_targets(self, X: Inputs, y: Tensor, index: int) -> None:
-        n = batch_size(X, self.dict_key_x)
-        if y.shape[0] != n:
-            raise ValueError(f"Batch {index}: {y.shape[0]} targets for {n} inputs.")
-        if self.likelihood == Likelihood.REGRESSION:
-            if not bool(torch.isfinite(y).all()):
-                raise ValueError(f"Batch {index}: regression targets contain NaN or inf.")
-            expected = (n, *self._output_shape)
-            if y.numel() != n * _prod(self._output_shape) or (
-                y.ndim > 1 and tuple(y.shape) != expected
-            ):
-                raise ValueError(
-                    f"Batch {index}: targets of shape {tuple(y.shape)} do not match model "
-                    f"outputs of shape {expected}."
-                )
-        else:
-            if y.is_floating_point():
-                raise ValueError(
-                    f"Batch {index}: classification targets must be integer class indices, "
-                    f"got {y.dtype} (NaN-free integer labels expected)."
-                )
-            if y.numel() != n * _prod(self._output_shape[:-1]):
-                raise ValueError(
-                    f"Batch {index}: targets of shape {tuple(y.shape)} do not match logits "
-                    f"of shape {(n, *self._output_shape)}."
-                )
-            if bool((y < 0).any()) or bool((y >= self.n_outputs).any()):
-                raise ValueError(
-                    f"Batch {index}: class labels must lie in [0, {self.n_outputs - 1}]."
-                )
+        checks.fit_targets(y, batch_size(X, self.dict_key_x), self._output_shape,
+                           self.likelihood == Likelihood.REGRESSION, index)
 
     # ---------------------------------------------------------- the Gaussian
     def _invalidate(self) -> None:
@@ -386,6 +359,9 @@ class ParametricLaplace(BaseLaplace):
     def _nn_predictive(
         self, X: Inputs, regression: bool, n_samples: int, generator: torch.Generator | None
     ) -> Tensor | tuple[Tensor, Tensor]:
+        if regression and n_samples < 2:  # laplace-torch returns a NaN variance
+            raise ValueError(f"pred_type='nn' for regression needs n_samples >= 2 to estimate "
+                             f"a variance, not {n_samples}.")
         f = self._nn_samples(X, n_samples, generator)
         if regression:
             return f.mean(0), f.var(0)
@@ -414,6 +390,7 @@ class ParametricLaplace(BaseLaplace):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a posterior saved by ``state_dict`` (the model is loaded separately)."""
+        checks.state_keys(state_dict, ("cls_name", "likelihood", "mean"), type(self).__name__)
         if state_dict["cls_name"] != type(self).__name__:
             raise ValueError(
                 f"State of a {state_dict['cls_name']} cannot be loaded into {type(self).__name__}."
@@ -463,13 +440,6 @@ class ParametricLaplace(BaseLaplace):
         state = self.__dict__.copy()
         state["_cached"] = None
         return state
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 def _shapes(state: Any) -> Any:

@@ -136,6 +136,10 @@ class SubnetLaplace(ParametricLaplace):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        checks.state_keys(state_dict, ("cls_name",), type(self).__name__)
+        if "subnetwork_indices" not in state_dict:
+            raise ValueError(f"State of a {state_dict['cls_name']} cannot be loaded into "
+                             f"{type(self).__name__} (it has no subnetwork_indices).")
         if not torch.equal(state_dict["subnetwork_indices"].cpu(), self.subnetwork_indices.cpu()):
             raise ValueError("The state was saved for different subnetwork_indices.")
         super().load_state_dict(state_dict)

@@ -169,3 +169,77 @@ def pair_output(X: Any, out: Tensor) -> None:
             f"of shape {tuple(out.shape)}, not (batch, 2) (one reward per item of each "
             "pair); pass x of shape (batch, 2, ...) with labels in {0, 1}."
         )
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+def fit_targets(y: Tensor, n: int, output_shape: tuple[int, ...], regression: bool,
+                index: int) -> None:
+    """The targets ``y`` of fit batch ``index`` for ``n`` inputs whose model output per
+    input has shape ``output_shape`` (``(K,)`` or ``(..., K)``): finite regression targets
+    with one value per output, or integer class labels in ``[0, K)`` (one per input, or
+    one per position of a sequence output).
+
+    Raises:
+        ValueError: naming the batch and what does not match.
+    """
+    if y.shape[0] != n:
+        raise ValueError(f"Batch {index}: {y.shape[0]} targets for {n} inputs.")
+    if regression:
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError(f"Batch {index}: regression targets contain NaN or inf.")
+        expected = (n, *output_shape)
+        if y.numel() != n * _prod(output_shape) or (y.ndim > 1 and tuple(y.shape) != expected):
+            raise ValueError(f"Batch {index}: targets of shape {tuple(y.shape)} do not match "
+                             f"model outputs of shape {expected}.")
+        return
+    if y.is_floating_point():
+        raise ValueError(f"Batch {index}: classification targets must be integer class "
+                         f"indices, got {y.dtype} (NaN-free integer labels expected).")
+    if y.numel() != n * _prod(output_shape[:-1]):
+        raise ValueError(f"Batch {index}: targets of shape {tuple(y.shape)} do not match "
+                         f"logits of shape {(n, *output_shape)}.")
+    if bool((y < 0).any()) or bool((y >= output_shape[-1]).any()):
+        raise ValueError(f"Batch {index}: class labels must lie in [0, {output_shape[-1] - 1}].")
+
+
+def validation_targets(y: Tensor, prediction: Tensor, regression: bool, index: int) -> None:
+    """Targets of validation batch ``index`` against the predictive mean (``regression``)
+    or class probabilities ``prediction`` ``(n, ...)``: one row per input; finite
+    regression targets with one value per output; integer class labels within the
+    classes (float targets, e.g. soft labels for a custom loss, pass).
+
+    Raises:
+        ValueError: naming the validation batch and what does not match.
+    """
+    n = prediction.shape[0]
+    if y.ndim == 0 or y.shape[0] != n:
+        raise ValueError(f"Validation batch {index}: targets of shape {tuple(y.shape)} for "
+                         f"{n} inputs.")
+    if y.is_floating_point() and not bool(torch.isfinite(y).all()):
+        raise ValueError(f"Validation batch {index}: targets contain NaN or inf.")
+    if regression:
+        if y.numel() != prediction.numel():
+            raise ValueError(f"Validation batch {index}: targets of shape {tuple(y.shape)} do "
+                             f"not match predictions of shape {tuple(prediction.shape)}.")
+        return
+    if not y.is_floating_point() and prediction.ndim > 1 and (
+            bool((y < 0).any()) or bool((y >= prediction.shape[-1]).any())):
+        raise ValueError(f"Validation batch {index}: class labels must lie in "
+                         f"[0, {prediction.shape[-1] - 1}].")
+
+
+def state_keys(state: Any, keys: tuple[str, ...], into: str) -> None:
+    """``state`` is a ``state_dict`` (a mapping) with ``keys``, to be loaded into ``into``."""
+    if not isinstance(state, Mapping):
+        raise ValueError(f"state_dict must be a dict saved by state_dict(), not "
+                         f"{type(state).__name__}, to load into {into}.")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(f"The state lacks {missing}: not a state_dict() of a Laplace "
+                         f"approximation, cannot be loaded into {into}.")

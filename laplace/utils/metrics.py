@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from laplace.utils import checks
 from laplace.utils.data import inputs_to, split_batch
 from laplace.utils.enums import LinkApprox, PredType
 
@@ -188,6 +189,8 @@ def validate(
         X, y = inputs_to(X, laplace._device), y.to(laplace._device)
         out = laplace(X, pred_type=pred_type, link_approx=link_approx, n_samples=n_samples,
                       fitting=True)
+        checks.validation_targets(y, out[0] if isinstance(out, tuple) else out,
+                                  isinstance(out, tuple), n_batches)
         n_batches += 1
         if isinstance(out, tuple):
             if is_metric:
