@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from lapbo.feature_evidence import random_feature_evidence
 from lapbo.networks import lengthscale_hyperprior, random_feature_layer
 from lapbo.training import TrainingOptions, hyperpriors
 from laplace import (
@@ -163,7 +164,12 @@ def fit_random_feature_network(
     reduced = exact_rows is not None and len(X) > exact_rows
     n_fit = min(FIT_FEATURES, layer.omega.shape[-1] * 2) if reduced else None
 
+    fused = _closed_form_inputs(layer, X, Y, Yvar, theta0, prior_mean is not None, n_fit)
+
     def evidence(log_ls: Tensor, log_prior: Tensor, log_sigma: Tensor) -> Tensor:
+        if fused is not None:  # the same value, its gradient without autograd's graph
+            return random_feature_evidence(X, fused[0], fused[1], fused[2], log_ls,
+                                           log_prior.exp(), noise(log_sigma))
         phi = design(log_ls.exp(), n_features=n_fit)
         # the prior mean θ₀ lives on all features: y − Φθ₀ needs the full Φ
         r = residual(phi if n_fit is None or prior_mean is None else design(log_ls.exp()))
@@ -217,6 +223,25 @@ def fit_random_feature_network(
         phi = design(layer.lengthscale)
         _set_posterior_mean(net, phi, residual(phi), prior, noise(sigma.log()), theta0)
     return RandomFeatureFit(sigma.to(sigma_noise), prior.to(prior_precision), two_optima)
+
+
+def _closed_form_inputs(layer: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None,
+                        theta0: tuple[Tensor, Tensor], has_prior_mean: bool,
+                        n_fit: int | None) -> tuple[Tensor, Tensor | None, Tensor] | None:
+    """``(Ω, trend features (n, 2d) | None, Y − b₀ (n, K))`` for
+    ``feature_evidence.random_feature_evidence`` when it computes this fit's objective:
+    the sample-space form (no more rows than weights), one noise variance per row (``σ``,
+    not known variances per output) and a prior mean whose feature weights are zero (the
+    residual then does not depend on ``ℓ``); else ``None`` (autograd through the design)."""
+    omega = layer.omega if n_fit is None else layer.omega[:, :max(n_fit // 2, 1)]
+    trend = None
+    if layer.has_trend:
+        u = 2 * X - 1
+        trend = layer.trend_scale.to(u) * torch.cat([u, u.square()], dim=-1)
+    columns = 2 * omega.shape[-1] + (0 if trend is None else trend.shape[-1]) + 1
+    if Yvar is not None or len(X) > columns or (has_prior_mean and bool(theta0[0].any())):
+        return None
+    return omega.to(X), trend, Y - theta0[1]
 
 
 def _refit_scales(u: Tensor, d: int, design: Callable[[Tensor], Tensor],

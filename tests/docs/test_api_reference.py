@@ -29,7 +29,7 @@ PUBLIC_MODULES = [
     "laplace.baselaplace", "laplace.lllaplace", "laplace.subnetlaplace", "laplace.curvature",
     "laplace.utils", "laplace.marglik_training", "lapbo.model", "lapbo.linearized_model",
     "lapbo.ax", "lapbo.sampling",
-    "lapbo.selection", "lapbo.networks", "lapbo.lengthscales",
+    "lapbo.selection", "lapbo.networks", "lapbo.lengthscales", "lapbo.feature_evidence",
 ]
 DIRECTIVE = re.compile(r"^::: *(\S+) *$")
 
