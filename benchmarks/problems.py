@@ -1,6 +1,6 @@
 """The benchmark problems of issue 13: ten ``botorch.test_functions`` spanning d = 2…20
-(``PROBLEMS``), and twelve more for development checks of how a change generalises
-(``DEVELOPMENT_PROBLEMS``).
+(``PROBLEMS``), and sixteen more for development checks of how a change generalises
+(``DEVELOPMENT_PROBLEMS``; four of them observe noise).
 
 Two of the ten observe noise (``levy5_noisy``, ``cosine8_noisy``). All are maximised (the
 minimisation problems negated; Cosine-8 is a maximisation problem already), so the simple
@@ -46,8 +46,9 @@ PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
 }
 
 
-#: Twelve further ``botorch.test_functions`` (d = 2…20, six of them with ten or more inputs)
-#: for development checks of generalisation (session 17 of issue 13).
+#: Sixteen further ``botorch.test_functions`` problems (d = 2…20, six of them with ten or
+#: more inputs) for development checks of generalisation (session 17 of issue 13); the
+#: last four observe noise of a few percent of the function's range (session 18).
 DEVELOPMENT_PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
     "three_hump_camel": lambda: ThreeHumpCamel(negate=True),
     "shekel4": lambda: Shekel(m=10, negate=True),
@@ -61,6 +62,10 @@ DEVELOPMENT_PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
     "levy12": lambda: Levy(dim=12, negate=True),
     "griewank20": lambda: Griewank(dim=20, negate=True),
     "levy20": lambda: Levy(dim=20, negate=True),
+    "branin_noisy": lambda: Branin(noise_std=5.0, negate=True),
+    "hartmann3_noisy": lambda: Hartmann(dim=3, noise_std=0.2, negate=True),
+    "styblinski_tang4_noisy": lambda: StyblinskiTang(dim=4, noise_std=10.0, negate=True),
+    "hartmann6_noisy": lambda: Hartmann(dim=6, noise_std=0.1, negate=True),
 }
 
 
