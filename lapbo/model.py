@@ -50,72 +50,6 @@ def _check_warm_start(warm_start: Any, d: int, m: int) -> None:
                          "start continues from a fitted model's network and hyperparameters).")
 
 
-#: Network options that only initialise the weights: a warm start, which copies its
-#: network's weights, may differ in them.
-_INITIALIZATION_OPTIONS = ("init_scale",)
-
-
-def _architecture_mismatch(old: Any, new: Any) -> str:
-    """The error for a ``warm_start`` whose network was built from other options."""
-    if old is None:
-        return ("warm_start's network was given as a module or factory (net=...); pass the "
-                "same net, or no warm_start, to build a default network.")
-    if old[0] != new[0]:
-        return f"warm_start was built with net={old[0]!r}, this model with net={new[0]!r}."
-    differ = {k: (old[1].get(k), v) for k, v in new[1].items() if old[1].get(k) != v}
-    return ("warm_start's network was built with other options: "
-            + ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in differ.items())
-            + " (a warm start copies its network).")
-
-
-def _check_network_options(init_scale: Any, lengthscale: Any, variance: Any,
-                           activation: Any) -> None:
-    """``init_scale``, ``random_feature_lengthscale`` (a number or ``(low, high)``),
-    ``random_feature_variance`` and ``activation`` (a name or a sequence of names)."""
-    if init_scale is not None:
-        validation.check_positive("init_scale", init_scale)
-    scales = lengthscale if isinstance(lengthscale, (tuple, list)) else (lengthscale,)
-    if len(scales) not in (1, 2):
-        raise ValueError("random_feature_lengthscale must be a number or (low, high), not "
-                         f"{lengthscale!r}.")
-    for value in scales:
-        validation.check_positive("random_feature_lengthscale", value)
-    validation.check_positive("random_feature_variance", variance)
-    names = (activation,) if isinstance(activation, str) else activation
-    if not isinstance(names, (tuple, list)) or not all(isinstance(a, str) for a in names):
-        raise ValueError(f"activation must be a name or a sequence of names, not {activation!r}.")
-
-
-def _check_bounds(options: training.TrainingOptions, prior_precision: float,
-                  sigma_noise: float) -> None:
-    """The starting hyperparameters and ``min_noise_std`` within the bounds of the fits."""
-    validation.check_in_range("min_noise_std", options.min_noise_std, 0.0,
-                              options.max_noise_std)
-    validation.check_in_range("sigma_noise", sigma_noise, 0.0, options.max_noise_std)
-    validation.check_in_range("prior_precision", prior_precision,
-                              options.min_prior_precision, options.max_prior_precision)
-
-
-def _check_network_outputs(net: nn.Module, X: Tensor, m: int) -> None:
-    """``net`` maps ``X[:1]`` ``(1, d)`` to ``(1, m)`` outputs (one per column of
-    ``train_Y``); run in eval mode and without gradients, so nothing it holds changes."""
-    param = next(iter(net.parameters()), None)
-    if param is None:
-        raise ValueError("net has no parameters: LaplaceBNN needs trainable weights.")
-    modes = [module.training for module in net.modules()]
-    try:
-        net.eval()
-        with torch.no_grad():
-            out = net(X[:1].to(param))
-    finally:
-        for module, mode in zip(net.modules(), modes):
-            module.training = mode
-    if not isinstance(out, Tensor) or out.shape != (1, m):
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"net must map (n, d) inputs to (n, {m}) outputs, one per column of "
-                         f"train_Y; on one input it returns {shape}.")
-
-
 def _configured(options: dict[str, Any]) -> list[str]:
     """The names of ``LaplaceBNN``'s keyword options that differ from their defaults."""
     defaults = inspect.signature(LaplaceBNN.__init__).parameters
@@ -379,7 +313,7 @@ class LaplaceBNN(_LinearizedModel):
                             ("tune_noise", tune_noise)):
             validation.check_bool(name, value)
         validation.check_seed(seed)
-        _check_network_options(init_scale, random_feature_lengthscale,
+        validation.check_network_options(init_scale, random_feature_lengthscale,
                                random_feature_variance, activation)
         if compute_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, not "
@@ -442,7 +376,7 @@ class LaplaceBNN(_LinearizedModel):
             prior_precision_prior=prior_precision_prior,
             prior_precision_reference=prior_precision_reference, keep_best=keep_best,
         )
-        _check_bounds(self.options, prior_precision, sigma_noise)
+        validation.check_bounds(self.options, prior_precision, sigma_noise)
         device = train_X.device
         net_options = {
             "width": width, "depth": depth, "activation": activation, "input_map": input_map,
@@ -454,14 +388,14 @@ class LaplaceBNN(_LinearizedModel):
         # what the network is built from: a warm start must have been built the same way
         self._architecture = (None if not (net is None or isinstance(net, str)) else
                               (net, {k: v for k, v in net_options.items()
-                                     if k not in _INITIALIZATION_OPTIONS}))
+                                     if k not in validation.INITIALIZATION_OPTIONS}))
         if warm_start is not None and self._architecture is not None \
                 and warm_start._architecture != self._architecture:
-            raise ValueError(_architecture_mismatch(warm_start._architecture,
+            raise ValueError(validation.architecture_mismatch(warm_start._architecture,
                                                     self._architecture))
         self.net = self._make_net(net, warm_start, X_tf.shape[-1], m, net_options,
                                   compute_dtype, device, seed)
-        _check_network_outputs(self.net, X_tf, m)
+        validation.check_network_outputs(self.net, X_tf, m)
         kept = None
         if isinstance(net, str) and len(train_X) > lengthscales.FULL_FEATURE_ROWS:
             kept = networks.truncate_random_features(

@@ -1,12 +1,16 @@
-"""Argument checks of ``LaplaceBNN``: each raises ``ValueError`` naming the argument."""
+"""Argument checks of ``LaplaceBNN``: each raises ``ValueError`` naming the argument (the
+warm-start and network checks return or raise the message that names what differs)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from lapbo.training import TrainingOptions
 
 
 def check_finite(name: str, value: Tensor | None) -> None:
@@ -136,3 +140,69 @@ def check_output_indices(name: str, indices: Any, m: int) -> list[int]:
     if len(set(out)) != len(out):
         raise ValueError(f"{name} has repeated outputs: {out!r}.")
     return out
+
+
+#: Network options that only initialise the weights: a warm start, which copies its
+#: network's weights, may differ in them.
+INITIALIZATION_OPTIONS = ("init_scale",)
+
+
+def architecture_mismatch(old: Any, new: Any) -> str:
+    """The error for a ``warm_start`` whose network was built from other options."""
+    if old is None:
+        return ("warm_start's network was given as a module or factory (net=...); pass the "
+                "same net, or no warm_start, to build a default network.")
+    if old[0] != new[0]:
+        return f"warm_start was built with net={old[0]!r}, this model with net={new[0]!r}."
+    differ = {k: (old[1].get(k), v) for k, v in new[1].items() if old[1].get(k) != v}
+    return ("warm_start's network was built with other options: "
+            + ", ".join(f"{k}={a!r} there, {b!r} here" for k, (a, b) in differ.items())
+            + " (a warm start copies its network).")
+
+
+def check_network_options(init_scale: Any, lengthscale: Any, variance: Any,
+                           activation: Any) -> None:
+    """``init_scale``, ``random_feature_lengthscale`` (a number or ``(low, high)``),
+    ``random_feature_variance`` and ``activation`` (a name or a sequence of names)."""
+    if init_scale is not None:
+        check_positive("init_scale", init_scale)
+    scales = lengthscale if isinstance(lengthscale, (tuple, list)) else (lengthscale,)
+    if len(scales) not in (1, 2):
+        raise ValueError("random_feature_lengthscale must be a number or (low, high), not "
+                         f"{lengthscale!r}.")
+    for value in scales:
+        check_positive("random_feature_lengthscale", value)
+    check_positive("random_feature_variance", variance)
+    names = (activation,) if isinstance(activation, str) else activation
+    if not isinstance(names, (tuple, list)) or not all(isinstance(a, str) for a in names):
+        raise ValueError(f"activation must be a name or a sequence of names, not {activation!r}.")
+
+
+def check_bounds(options: TrainingOptions, prior_precision: float,
+                  sigma_noise: float) -> None:
+    """The starting hyperparameters and ``min_noise_std`` within the bounds of the fits."""
+    check_in_range("min_noise_std", options.min_noise_std, 0.0,
+                              options.max_noise_std)
+    check_in_range("sigma_noise", sigma_noise, 0.0, options.max_noise_std)
+    check_in_range("prior_precision", prior_precision,
+                              options.min_prior_precision, options.max_prior_precision)
+
+
+def check_network_outputs(net: nn.Module, X: Tensor, m: int) -> None:
+    """``net`` maps ``X[:1]`` ``(1, d)`` to ``(1, m)`` outputs (one per column of
+    ``train_Y``); run in eval mode and without gradients, so nothing it holds changes."""
+    param = next(iter(net.parameters()), None)
+    if param is None:
+        raise ValueError("net has no parameters: LaplaceBNN needs trainable weights.")
+    modes = [module.training for module in net.modules()]
+    try:
+        net.eval()
+        with torch.no_grad():
+            out = net(X[:1].to(param))
+    finally:
+        for module, mode in zip(net.modules(), modes):
+            module.training = mode
+    if not isinstance(out, Tensor) or out.shape != (1, m):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"net must map (n, d) inputs to (n, {m}) outputs, one per column of "
+                         f"train_Y; on one input it returns {shape}.")
