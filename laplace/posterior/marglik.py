@@ -107,9 +107,22 @@ def maximize(
         _clamp_(log_sigma, sigma_bounds)
     params = [p.requires_grad_(True) for p in (log_prior, log_sigma) if p is not None]
 
+    def diverged(prior: Tensor, sigma: Tensor | None) -> ValueError:
+        return ValueError(
+            f"Marginal-likelihood optimisation diverged ({method}, {n_steps} steps, lr={lr}): "
+            f"the prior precision became {prior.detach().flatten()[:4].tolist()}"
+            + ("" if sigma is None else f" and the noise {float(sigma):.4g}")
+            + "; lower lr or start from a positive, finite prior precision.")
+
+    def finite(prior: Tensor, sigma: Tensor | None) -> bool:
+        return bool(torch.isfinite(prior).all()) and (sigma is None
+                                                      or bool(torch.isfinite(sigma)))
+
     def objective() -> Tensor:
         prior = _clamped(log_prior, prior_bounds).exp()
         sigma = None if log_sigma is None else _clamped(log_sigma, sigma_bounds).exp()
+        if not finite(prior, sigma):
+            raise diverged(prior, sigma)
         value = lml(prior, sigma)
         if prior_hyperprior is not None:
             value = value + log_normal_density(prior, *prior_hyperprior)
@@ -127,6 +140,8 @@ def maximize(
     final = best.point if keep_best and best.value > -math.inf else [p.detach() for p in params]
     prior = _clamped(final[0], prior_bounds).exp()
     sigma = None if log_sigma is None else _clamped(final[1], sigma_bounds).exp()
+    if not finite(prior, sigma):
+        raise diverged(prior, sigma)
     return prior, sigma
 
 

@@ -42,6 +42,11 @@ def marglik(
 ) -> None:
     """Maximise the log marginal likelihood over ``log δ`` with Adam (laplace-torch's
     route: ``n_steps`` steps of rate ``lr``, the last iterate is kept)."""
+    init_tensor = torch.as_tensor(init.detach() if isinstance(init, Tensor) else init,
+                                  dtype=torch.float64)
+    if not bool(torch.isfinite(init_tensor).all()) or not bool((init_tensor > 0).all()):
+        raise ValueError(f"init_prior_prec must be positive and finite (its log is optimised), "
+                         f"not {init_tensor.flatten()[:4].tolist()}.")
     la.prior_precision = la._init_prior(init, structure)
     la._prepare_for_tuning()
 

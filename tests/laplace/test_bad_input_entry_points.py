@@ -178,3 +178,11 @@ def test_gridsearch_where_every_grid_point_fails_says_why(fitted_full):
         fitted_full.optimize_prior_precision(
             method="gridsearch", grid_size=2, val_loader=reg_loader(10),
             log_prior_prec_min=-400.0, log_prior_prec_max=-399.0)
+
+
+def test_marglik_tuning_names_its_own_arguments(fitted_full):
+    # laplace-torch reports both as a non-finite prior precision
+    with pytest.raises(ValueError, match=r"init_prior_prec must be positive and finite"):
+        fitted_full.optimize_prior_precision(init_prior_prec=0.0, n_steps=5)
+    with pytest.raises(ValueError, match=r"optimisation diverged \(adam, 5 steps, lr=1000000"):
+        fitted_full.optimize_prior_precision(lr=1e6, n_steps=5)
