@@ -29,9 +29,6 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -44,6 +41,7 @@ from botorch.test_functions import Branin, Hartmann  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import output  # noqa: E402
 from lapbo import LaplaceBNN, lengthscales, networks  # noqa: E402
 from lapbo.feature_evidence import random_feature_evidence  # noqa: E402
 from laplace import linear_gaussian_evidence  # noqa: E402
@@ -148,11 +146,7 @@ def table(evaluations: list[dict[str, Any]], fits: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="two small settings, no fits")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    args = output.parse_arguments(__doc__, "two small settings, no fits")
     settings = [(8, 2), (20, 2)] if args.quick else [
         (8, 2), (20, 2), (20, 6), (40, 10), (60, 20), (100, 20)]
     evaluations = [measure_evaluation(n, d, 20 if args.quick else 100,
@@ -160,22 +154,16 @@ def main() -> None:
     fits = [] if args.quick else [
         measure_fit("branin", Branin(negate=True)),
         measure_fit("hartmann6", Hartmann(dim=6, negate=True))]
-    text = table(evaluations, fits)
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "machine": platform.machine(),
-            "threads": torch.get_num_threads(), "quick": args.quick}
-    (out / "feature_evidence.json").write_text(json.dumps(
-        {"meta": meta, "evaluations": evaluations, "fits": fits}, indent=1))
+    meta = output.machine(args.quick)
     header = ("# Random-feature evidence: the length-scale gradient in closed form against "
               "autograd\n\n`benchmarks/feature_evidence.py`: float64, "
               f"{meta['threads']} thread, torch {meta['torch']}. One evaluation with its "
               "gradient (4,096 features and the quadratic trend; best of 5 repeats of 100 "
               "calls, wall ms), and the mean CPU of 15 warm-started fits of `LaplaceBNN`'s "
               "default family. Speed-up = autograd / closed form.\n\n")
-    (out / "feature_evidence.md").write_text(header + text + "\n")
-    print(f"wrote {out / 'feature_evidence.json'} and feature_evidence.md")
+    output.write_result(args.out, "feature_evidence",
+                        {"meta": meta, "evaluations": evaluations, "fits": fits}, header,
+                        table(evaluations, fits))
 
 
 if __name__ == "__main__":

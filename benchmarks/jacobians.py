@@ -30,9 +30,6 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -46,6 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks import output  # noqa: E402
 from lapbo.networks import default_network  # noqa: E402
 from laplace.curvature import jacobians_by_autodiff, linear_layer_jacobians  # noqa: E402
 
@@ -107,28 +105,18 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="two small settings, 3 repeats")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    args = output.parse_arguments(__doc__, "two small settings, 3 repeats")
     settings = [(2, 1, 20), (6, 1, 40)] if args.quick else [
         (2, 1, 20), (6, 1, 40), (20, 1, 60), (6, 2, 40), (20, 1, 1000), (20, 1, 2000)]
     rows = [measure(d, K, n, 3 if args.quick or n > 100 else 15) for d, K, n in settings]
-    text = table(rows)
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "machine": platform.machine(),
-            "threads": torch.get_num_threads(), "quick": args.quick}
-    (out / "jacobians.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    meta = output.machine(args.quick)
     header = ("# Network Jacobians: `vmap(jacrev)` against `linear_layer_jacobians`\n\n"
               "`benchmarks/jacobians.py`: `LaplaceBNN`'s default network at random weights, "
               f"float64, {meta['threads']} thread, torch {meta['torch']}; median wall time "
               "of one call (refit: no graph; acquisition: graph to the inputs and one input "
               "gradient). Speed-up = vmap time / linear-layer time.\n\n")
-    (out / "jacobians.md").write_text(header + text + "\n")
-    print(f"wrote {out / 'jacobians.json'} and jacobians.md")
+    output.write_result(args.out, "jacobians", {"meta": meta, "rows": rows}, header,
+                        table(rows))
 
 
 if __name__ == "__main__":

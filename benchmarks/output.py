@@ -1,0 +1,43 @@
+"""What the one-table micro-benchmarks share: their command line (``--quick``, ``--out``)
+and how they write a result (``<stem>.json`` with the machine, ``<stem>.md`` with the
+table under a header, the table also printed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def parse_arguments(doc: str, quick_help: str) -> argparse.Namespace:
+    """``--quick`` and ``--out`` (default ``benchmarks/results``); one thread from here on."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    return args
+
+
+def machine(quick: bool) -> dict[str, Any]:
+    """torch version, architecture, threads and whether the run was ``--quick``."""
+    return {"torch": torch.__version__, "machine": platform.machine(),
+            "threads": torch.get_num_threads(), "quick": quick}
+
+
+def write_result(out: str | Path, stem: str, payload: dict[str, Any], header: str,
+                 table: str) -> None:
+    """Print ``table``; write ``payload`` to ``out/stem.json`` and ``header + table`` to
+    ``out/stem.md``."""
+    print(table)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    (folder / f"{stem}.md").write_text(header + table + "\n")
+    print(f"wrote {folder / (stem + '.json')} and {stem}.md")
