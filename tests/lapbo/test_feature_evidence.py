@@ -72,16 +72,39 @@ def test_the_fit_finds_what_the_autograd_objective_finds(monkeypatch):
                                                                      dtype=DT)
     Y = (Y - Y.mean()) / Y.std()
     options = TrainingOptions()
-    results = []
+    results, calls = [], []
+    closed = lengthscales.random_feature_evidence
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return closed(*args, **kwargs)
+
+    monkeypatch.setattr(lengthscales, "random_feature_evidence", counted)
     for closed_form in (True, False):
         net = networks.random_feature_network(2, 1, 512, trend="quadratic").to(DT)
         net.load_state_dict(layer_net.state_dict())
         if not closed_form:
+            n_closed = len(calls)
             monkeypatch.setattr(lengthscales, "_closed_form_inputs", lambda *a, **k: None)
         fit = lengthscales.fit_random_feature_network(
             net, X, Y, None, torch.tensor(0.01, dtype=DT), torch.tensor(1.0, dtype=DT),
             options)
         results.append((net[0].lengthscale.clone(), fit.sigma, fit.prior))
+    # the default fit evaluated the closed form (every evaluation), the other never
+    assert n_closed > 10 and len(calls) == n_closed
     (ls_a, s_a, p_a), (ls_b, s_b, p_b) = results
     assert torch.allclose(ls_a, ls_b, rtol=1e-5)
     assert torch.allclose(s_a, s_b, rtol=1e-5) and torch.allclose(p_a, p_b, rtol=1e-5)
+
+
+def test_the_default_model_fits_with_the_closed_form(monkeypatch):
+    from lapbo import LaplaceBNN
+
+    calls = []
+    closed = lengthscales.random_feature_evidence
+    monkeypatch.setattr(lengthscales, "random_feature_evidence",
+                        lambda *a, **k: calls.append(1) or closed(*a, **k))
+    g = torch.Generator().manual_seed(4)
+    X = torch.rand(10, 2, generator=g, dtype=DT)
+    LaplaceBNN(X, torch.sin(6 * X[:, :1]), seed=0).fit()
+    assert len(calls) > 10
