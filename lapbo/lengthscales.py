@@ -233,11 +233,8 @@ def _closed_form_inputs(layer: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | N
     the sample-space form (no more rows than weights), one noise variance per row (``σ``,
     not known variances per output) and a prior mean whose feature weights are zero (the
     residual then does not depend on ``ℓ``); else ``None`` (autograd through the design)."""
-    omega = layer.omega if n_fit is None else layer.omega[:, :max(n_fit // 2, 1)]
-    trend = None
-    if layer.has_trend:
-        u = 2 * X - 1
-        trend = layer.trend_scale.to(u) * torch.cat([u, u.square()], dim=-1)
+    omega = layer.frequencies(n_fit)
+    trend = layer.trend_features(X) if layer.has_trend else None
     columns = 2 * omega.shape[-1] + (0 if trend is None else trend.shape[-1]) + 1
     if Yvar is not None or len(X) > columns or (has_prior_mean and bool(theta0[0].any())):
         return None

@@ -184,13 +184,21 @@ class ScaledRandomFeatures(nn.Module):
         ``(d,)`` (differentiable in them); with ``n_features``, the same map on the first
         ``n_features / 2`` frequencies only (a Sobol prefix, itself a quasi-random set):
         ``(n, n_features)`` (plus the trend), the kernel approximated with fewer features."""
-        omega = self.omega if n_features is None else self.omega[:, :max(n_features // 2, 1)]
+        omega = self.frequencies(n_features)
         z = (x / lengthscale) @ omega
         parts = [math.sqrt(1.0 / omega.shape[-1]) * torch.cat([z.cos(), z.sin()], dim=-1)]
         if self.has_trend:
-            u = 2 * x - 1
-            parts.append(self.trend_scale.to(u) * torch.cat([u, u.square()], dim=-1))
+            parts.append(self.trend_features(x))
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+    def frequencies(self, n_features: int | None = None) -> Tensor:
+        """``Ω`` ``(d, M)``: all frequencies, or the first ``n_features / 2``."""
+        return self.omega if n_features is None else self.omega[:, :max(n_features // 2, 1)]
+
+    def trend_features(self, x: Tensor) -> Tensor:
+        """``s·[z, z²]`` ``(n, 2d)``, ``z = 2x − 1`` (the layer must have the trend)."""
+        u = 2 * x - 1
+        return self.trend_scale.to(u) * torch.cat([u, u.square()], dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x, self.lengthscale)
