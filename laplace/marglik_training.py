@@ -251,6 +251,7 @@ def marglik_training(
             neg_marglik = -lap.log_marginal_likelihood(prior_prec, sigma_noise)
             neg_marglik.backward()
             hyper_optimizer.step()
+            _check_hyperstep(epoch, lr_hyp, neg_marglik, hyperparameters)
             margliks.append(neg_marglik.item())
 
         # Keep the weights (and the hyperparameters they were scored with) of the best one.
@@ -269,6 +270,27 @@ def marglik_training(
     lap = make_laplace(prior_prec, sigma_noise if regression else 1.0)
     lap.fit(train_loader, distributed=dist)
     return lap, model, margliks, losses
+
+
+def _check_hyperstep(epoch: int, lr_hyp: float, neg_marglik: Tensor,
+                     hyperparameters: list[Tensor]) -> None:
+    """Stop with a named error once a hyperparameter step leaves the finite numbers.
+
+    A too large ``lr_hyp`` makes Adam overshoot ``log δ`` (or ``log σ``) until ``exp``
+    overflows; without this check the next Laplace fit reports an infinite prior precision,
+    which hides the cause.
+    """
+    finite = bool(torch.isfinite(neg_marglik)) and all(
+        bool(torch.isfinite(h).all() and torch.isfinite(h.detach().exp()).all())
+        for h in hyperparameters
+    )
+    if not finite:
+        raise RuntimeError(
+            f"The marginal-likelihood optimisation diverged at epoch {epoch}: the negative "
+            f"log marginal likelihood is {neg_marglik.item():.4g} and the log hyperparameters "
+            f"are {[h.detach().tolist() for h in hyperparameters]}. Lower lr_hyp "
+            f"(now {lr_hyp:g}) or start from closer prior_prec_init / sigma_noise_init."
+        )
 
 
 def _average_gradients(params: list[Tensor]) -> None:

@@ -298,7 +298,7 @@ class ParametricLaplace(BaseLaplace):
         if pred_type == PredType.GP:
             raise ValueError("pred_type='gp' needs a function-space (hessian_structure='gp') LA.")
         if pred_type == PredType.NN:
-            return self._nn_predictive(x, regression, n_samples, generator)
+            return self._nn_predictive(x, regression, n_samples, generator, joint)
         if regression:
             return self._glm_predictive_distribution(x, joint, diagonal_output)
         # Probit needs only the variances: never form K×K blocks for it.
@@ -357,15 +357,25 @@ class ParametricLaplace(BaseLaplace):
         return torch.stack(outs)
 
     def _nn_predictive(
-        self, X: Inputs, regression: bool, n_samples: int, generator: torch.Generator | None
+        self, X: Inputs, regression: bool, n_samples: int, generator: torch.Generator | None,
+        joint: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
+        """Sample moments of the network under weight samples: regression gives the mean
+        ``(n, K)`` and variances ``(n, K)`` (laplace-torch's form), or with ``joint`` the
+        flattened mean ``(n·K,)`` and the sample covariance ``(n·K, n·K)`` (laplace-torch
+        ignores ``joint`` here and returns the variances); classification the mean softmax.
+        """
         if regression and n_samples < 2:  # laplace-torch returns a NaN variance
             raise ValueError(f"pred_type='nn' for regression needs n_samples >= 2 to estimate "
                              f"a variance, not {n_samples}.")
         f = self._nn_samples(X, n_samples, generator)
-        if regression:
+        if not regression:
+            return torch.softmax(f, dim=-1).mean(0)
+        if not joint:
             return f.mean(0), f.var(0)
-        return torch.softmax(f, dim=-1).mean(0)
+        f = f.flatten(1)  # (S, n·K), in the order of the GLM's joint covariance
+        centred = f - f.mean(0)
+        return f.mean(0), centred.T @ centred / (n_samples - 1)
 
     # --------------------------------------------------------- serialization
     def state_dict(self) -> dict[str, Any]:

@@ -256,3 +256,30 @@ def test_lml_exact_at_other_hyperparameters():
             sigma_noise=torch.tensor(sigma, dtype=torch.float64),
         ))
         assert lml == pytest.approx(exact_log_evidence(X, y, sigma, delta), rel=1e-8)
+
+
+@pytest.mark.parametrize("K", [1, 2])
+def test_nn_predictive_joint_is_the_sample_covariance_of_linear_outputs(K):
+    # A linear network's outputs under weight samples θₛ are J θₛ exactly, so the
+    # sampling predictive's joint covariance is J S Jᵀ with S the θ samples' covariance,
+    # and its diagonal is the non-joint variance of the same draws.
+    d, S = 3, 4000
+    X, y = make_data(40, d, K, seed=11)
+    _, P, theta = exact_posterior(X, y)
+    la = fitted("full", X, y, theta)
+    Xs = torch.randn(5, d, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    thetas = la.sample(S, generator=torch.Generator().manual_seed(3))
+    Jflat = jacobians(Xs, K).reshape(5 * K, -1)
+    centred = thetas - thetas.mean(0)
+    expected = Jflat @ (centred.T @ centred / (S - 1)) @ Jflat.T
+
+    mu, cov = la(Xs, pred_type="nn", joint=True, n_samples=S,
+                 generator=torch.Generator().manual_seed(3))
+    assert mu.shape == (5 * K,) and cov.shape == (5 * K, 5 * K)
+    torch.testing.assert_close(mu, Jflat @ thetas.mean(0), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(cov, expected, rtol=1e-9, atol=1e-12)
+    _, var = la(Xs, pred_type="nn", n_samples=S, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(var.flatten(), cov.diagonal(), rtol=1e-9, atol=1e-12)
+    # and the draws estimate the exact joint covariance J Σ Jᵀ (4,000 samples: a few %)
+    exact = Jflat @ torch.linalg.inv(P) @ Jflat.T
+    torch.testing.assert_close(cov, exact, rtol=0.1, atol=0.1 * float(exact.diagonal().max()))

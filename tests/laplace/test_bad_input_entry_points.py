@@ -186,3 +186,16 @@ def test_marglik_tuning_names_its_own_arguments(fitted_full):
         fitted_full.optimize_prior_precision(init_prior_prec=0.0, n_steps=5)
     with pytest.raises(ValueError, match=r"optimisation diverged \(adam, 5 steps, lr=1000000"):
         fitted_full.optimize_prior_precision(lr=1e6, n_steps=5)
+
+
+def test_marglik_training_names_lr_hyp_when_the_hyperparameters_diverge():
+    # laplace-torch carries on with an infinite prior precision; the next fit then
+    # reports the precision, not the step size that caused it.
+    torch.manual_seed(0)
+    X = torch.randn(64, 3)
+    y = X.sum(1, keepdim=True) + 0.1 * torch.randn(64, 1)
+    loader = DataLoader(TensorDataset(X, y), batch_size=16)
+    net = nn.Sequential(nn.Linear(3, 10), nn.Tanh(), nn.Linear(10, 1))
+    with pytest.raises(RuntimeError, match=r"diverged at epoch 2.*Lower lr_hyp \(now 100000\)"):
+        marglik_training(net, loader, likelihood="regression", n_epochs=6, n_epochs_burnin=2,
+                         marglik_frequency=2, lr_hyp=1e5)
