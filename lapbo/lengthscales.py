@@ -280,11 +280,13 @@ def _minimize(objective: Callable[[Tensor], Tensor], start: Tensor,
 
     A coordinate that left the box sees no gradient there, so each further pass restarts
     from the projection onto the box (where the gradient of a bound that should no longer
-    be active points back inside)."""
+    be active points back inside). Every point is evaluated once: the value and gradient
+    at the start (which also sets the tolerance's scale) and at the final point (which
+    L-BFGS has evaluated) are reused, not recomputed."""
     u = start.detach().clone().requires_grad_(True)
-    with torch.no_grad():
-        scale = float(objective(u))
-    scale = max(abs(scale), 1.0) if math.isfinite(scale) else 1.0
+    seen = _Evaluations(objective, u)
+    value, _ = seen.at(u.detach())
+    scale = max(abs(value), 1.0) if math.isfinite(value) else 1.0
     for i in range(PASSES):
         with torch.no_grad():
             inside = torch.clamp(u, bounds[0], bounds[1])
@@ -295,19 +297,40 @@ def _minimize(objective: Callable[[Tensor], Tensor], start: Tensor,
                                       line_search_fn="strong_wolfe",
                                       tolerance_grad=GRAD_TOLERANCE,
                                       tolerance_change=RELATIVE_TOLERANCE * scale)
-
-        def closure(optimizer: torch.optim.LBFGS = optimizer) -> Tensor:
-            optimizer.zero_grad()
-            loss = objective(u)
-            loss.backward()
-            return loss
-
         with torch.enable_grad():
-            optimizer.step(closure)
+            optimizer.step(seen.closure)
     u = u.detach()
-    with torch.no_grad():
-        value = float(objective(u))
+    value, _ = seen.at(u)
     return u, value if math.isfinite(value) else math.inf
+
+
+class _Evaluations:
+    """The objective's value and gradient at the last few points L-BFGS visited, so that
+    a point is never evaluated twice (a line search's accepted point is one it tried)."""
+
+    KEEP = 8
+
+    def __init__(self, objective: Callable[[Tensor], Tensor], u: Tensor) -> None:
+        self.objective, self.u = objective, u
+        self.points: list[tuple[Tensor, float, Tensor]] = []
+
+    def at(self, point: Tensor) -> tuple[float, Tensor]:
+        """``(value, gradient)`` at ``point`` (detached), evaluated if not yet seen."""
+        for seen, value, grad in reversed(self.points):
+            if torch.equal(seen, point):
+                return value, grad
+        x = point.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = self.objective(x)
+            (grad,) = torch.autograd.grad(loss, x)
+        self.points = [*self.points[-self.KEEP + 1:], (x.detach(), float(loss), grad)]
+        return float(loss), grad
+
+    def closure(self) -> Tensor:
+        """L-BFGS's closure: the value at ``u`` (a 0-d tensor) with ``u.grad`` set."""
+        value, grad = self.at(self.u.detach())
+        self.u.grad = grad.clone()
+        return torch.tensor(value, dtype=self.u.dtype, device=self.u.device)
 
 
 def _fit_in_double(net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None,
