@@ -323,8 +323,9 @@ class _Evaluations:
         with torch.enable_grad():
             loss = self.objective(x)
             (grad,) = torch.autograd.grad(loss, x)
-        self.points = [*self.points[-self.KEEP + 1:], (x.detach(), float(loss), grad)]
-        return float(loss), grad
+        value = float(loss.detach())
+        self.points = [*self.points[-self.KEEP + 1:], (x.detach(), value, grad)]
+        return value, grad
 
     def closure(self) -> Tensor:
         """L-BFGS's closure: the value at ``u`` (a 0-d tensor) with ``u.grad`` set."""
