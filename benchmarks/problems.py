@@ -1,6 +1,6 @@
 """The benchmark problems of issue 13: ten ``botorch.test_functions`` spanning d = 2…20
-(``PROBLEMS``), and sixteen more for development checks of how a change generalises
-(``DEVELOPMENT_PROBLEMS``; four of them observe noise).
+(``PROBLEMS``), and twenty-six more for development checks of how a change generalises
+(``DEVELOPMENT_PROBLEMS``; six of them observe noise).
 
 Two of the ten observe noise (``levy5_noisy``, ``cosine8_noisy``). All are maximised (the
 minimisation problems negated; Cosine-8 is a maximisation problem already), so the simple
@@ -15,11 +15,16 @@ from collections.abc import Callable
 
 from botorch.test_functions import (
     Ackley,
+    Beale,
     Branin,
+    Bukin,
     Cosine8,
     DixonPrice,
+    DropWave,
+    EggHolder,
     Griewank,
     Hartmann,
+    HolderTable,
     Levy,
     Michalewicz,
     Powell,
@@ -46,9 +51,12 @@ PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
 }
 
 
-#: Sixteen further ``botorch.test_functions`` problems (d = 2…20, six of them with ten or
-#: more inputs) for development checks of generalisation (session 17 of issue 13); the
-#: last four observe noise of a few percent of the function's range (session 18).
+#: Twenty-six further ``botorch.test_functions`` problems (d = 2…20, seven of them with ten
+#: or more inputs) for development checks of generalisation: twelve from session 17 of
+#: issue 13, four that observe noise of a few percent of the function's range (session
+#: 18), and ten that no choice had seen when they joined (session 19: five rugged
+#: two-input functions, Shekel with five maxima, Ackley-5 and Levy-8 with noise,
+#: Rosenbrock-8, Michalewicz-10).
 DEVELOPMENT_PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
     "three_hump_camel": lambda: ThreeHumpCamel(negate=True),
     "shekel4": lambda: Shekel(m=10, negate=True),
@@ -66,6 +74,16 @@ DEVELOPMENT_PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
     "hartmann3_noisy": lambda: Hartmann(dim=3, noise_std=0.2, negate=True),
     "styblinski_tang4_noisy": lambda: StyblinskiTang(dim=4, noise_std=10.0, negate=True),
     "hartmann6_noisy": lambda: Hartmann(dim=6, noise_std=0.1, negate=True),
+    "beale": lambda: Beale(negate=True),
+    "bukin": lambda: Bukin(negate=True),
+    "drop_wave": lambda: DropWave(negate=True),
+    "egg_holder": lambda: EggHolder(negate=True),
+    "holder_table": lambda: HolderTable(negate=True),
+    "shekel5": lambda: Shekel(m=5, negate=True),
+    "ackley5_noisy": lambda: Ackley(dim=5, noise_std=0.5, negate=True),
+    "rosenbrock8": lambda: Rosenbrock(dim=8, negate=True),
+    "levy8_noisy": lambda: Levy(dim=8, noise_std=1.0, negate=True),
+    "michalewicz10": lambda: Michalewicz(dim=10, negate=True),
 }
 
 

@@ -25,14 +25,15 @@ def test_optimal_value_is_the_maximum(name: str) -> None:
     assert float(values.max()) <= f_star + 1e-9
     try:
         optimizers = problem.optimizers.to(torch.float64)
-    except NotImplementedError:  # Michalewicz-5: BoTorch knows the value, not the point
-        assert name == "michalewicz5"
+    except NotImplementedError:  # Michalewicz-5, -10: BoTorch knows the value, not the point
+        assert name in ("michalewicz5", "michalewicz10")
         return
-    assert float(problem(optimizers, noise=False).max()) == pytest.approx(f_star, abs=1e-4)
+    # BoTorch rounds some optimizers (Shekel-5's [4, 4, 4, 4] is 1.7e-4 below its maximum)
+    assert float(problem(optimizers, noise=False).max()) == pytest.approx(f_star, abs=5e-4)
 
 
 def test_the_development_problems_are_not_the_reported_ones() -> None:
-    assert len(PROBLEMS) == 10 and len(DEVELOPMENT_PROBLEMS) == 16
+    assert len(PROBLEMS) == 10 and len(DEVELOPMENT_PROBLEMS) == 26
     assert not set(PROBLEMS) & set(DEVELOPMENT_PROBLEMS)
 
 
