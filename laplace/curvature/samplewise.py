@@ -1,13 +1,17 @@
 """Per-sample maps: ``vmap`` where ``torch.func`` can batch the model, a loop where not.
 
 ``torch.func`` has no batching rule for the fused recurrent kernels of ``nn.RNN``,
-``nn.GRU`` and ``nn.LSTM``; for models containing them the per-sample Jacobians and
-gradients are computed one sample at a time (same numbers, slower), with cuDNN off
-(its fused RNN kernels have no backward pass in eval mode).
+``nn.GRU`` and ``nn.LSTM``, and ``vmap`` refuses models whose forward branches on tensor
+values (Hugging Face transformers inspect the attention mask with ``.item()``/``if``,
+GPT-2 among them). For such models the per-sample Jacobians and gradients are computed one
+sample at a time (same numbers, slower): recurrent models from the start, with cuDNN off
+(its fused RNN kernels have no backward pass in eval mode), the others once ``vmap`` has
+refused them (remembered per model).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,13 +27,12 @@ def needs_loop(model: nn.Module) -> bool:
 
 
 def per_sample(fn: Callable[..., Any], in_dims: tuple[Any, ...], model: nn.Module) -> Callable:
-    """``vmap(fn, in_dims)``, or an equivalent loop over dimension 0 for recurrent models.
+    """``vmap(fn, in_dims)``, or an equivalent loop over dimension 0 for the models
+    ``vmap`` cannot batch (recurrent layers; a forward that ``vmap`` refuses).
 
     ``in_dims`` entries are ``None`` (shared), ``0`` (batched) or, for dict inputs, a
     dict of those per key (as ``vmap`` takes them).
     """
-    if not needs_loop(model):
-        return vmap(fn, in_dims=in_dims)
 
     def looped(*args: Any) -> Any:
         n = _batch_size(args, in_dims)
@@ -39,7 +42,31 @@ def per_sample(fn: Callable[..., Any], in_dims: tuple[Any, ...], model: nn.Modul
         leaves, spec = zip(*(tree_flatten(o) for o in outs))
         return tree_unflatten([torch.stack(ls) for ls in zip(*leaves)], spec[0])
 
-    return looped
+    if needs_loop(model):
+        return looped
+    batched = vmap(fn, in_dims=in_dims)
+
+    def vmapped_or_looped(*args: Any) -> Any:
+        if model not in _UNBATCHABLE:
+            try:
+                return batched(*args)
+            except RuntimeError as error:
+                if not _refused_by_vmap(error):
+                    raise
+                _UNBATCHABLE.add(model)
+        return looped(*args)
+
+    return vmapped_or_looped
+
+
+#: Models whose forward ``vmap`` refused (data-dependent control flow): looped from then on.
+_UNBATCHABLE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def _refused_by_vmap(error: RuntimeError) -> bool:
+    """Whether ``error`` is ``vmap`` refusing the forward, not an error of the model."""
+    message = str(error)
+    return message.startswith("vmap:") or "data-dependent control flow" in message
 
 
 def _take(arg: Any, dim: Any, i: int) -> Any:

@@ -223,3 +223,33 @@ def test_peft_lora_subset_matches_hand_written_lora(structure):
         la.fit(dict_loader())
         torch.testing.assert_close(la.H, explicit_ggn_diagonal(peft_model, X), **TOL)
     assert_round_trip(la, make_la, X)
+
+
+def test_a_forward_that_vmap_refuses_is_looped_with_the_same_numbers():
+    # The document's "disable grad" example on GPT-2 with its default (SDPA) attention:
+    # transformers' mask code branches on tensor values, which vmap refuses; the
+    # per-sample Jacobians then loop over the samples and must equal those of the same
+    # weights with eager attention, which vmap batches.
+    from laplace.curvature import samplewise
+
+    def classifier(attention: str) -> DictModel:
+        model = tiny_gpt2()
+        model.config._attn_implementation = attention
+        for p in model.parameters():
+            p.requires_grad = False
+        for p in model.score.parameters():
+            p.requires_grad = True
+        return DictModel(model)
+
+    X = full_batch()
+    out = {}
+    for attention in ("sdpa", "eager"):
+        model = classifier(attention)
+        la = Laplace(model, "classification", subset_of_weights="all", hessian_structure="full")
+        la.fit(dict_loader())
+        out[attention] = (la.H, la(X, link_approx="probit"), la(X, link_approx="mc",
+                          n_samples=50, generator=torch.Generator().manual_seed(0)))
+        assert (model in samplewise._UNBATCHABLE) == (attention == "sdpa")
+    for a, b in zip(out["sdpa"], out["eager"]):
+        torch.testing.assert_close(a, b, **TOL)
+    assert out["sdpa"][1].shape == (N, K)
