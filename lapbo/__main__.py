@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from lapbo.loop import SURROGATES, BORun, run_bo
+from lapbo.loop import MAX_SEED, SURROGATES, BORun, run_bo
 from lapbo.problems import PROBLEMS, get_problem
 
 #: BoTorch's ``optimize_acqf`` (botorch/optim/optimize.py) warns when L-BFGS-B stops
@@ -56,7 +56,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--surrogates repeats {repeated}")
     if args.iterations < 1:
         parser.error(f"--iterations must be at least 1, not {args.iterations}")
+    if abs(args.seed) > MAX_SEED:
+        parser.error(f"--seed must lie in [-{MAX_SEED}, {MAX_SEED}], not {args.seed}")
+    problem = _unwritable(args.output)
+    if problem:
+        parser.error(f"--output {args.output}: {problem}")
     return args
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot receive the results (created if missing), or ``None``: checked
+    before the runs, so that no finished run is lost to a bad path."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".lapbo_write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        return f"not a writable folder ({error.strerror or error})"
+    return None
 
 
 def plot(runs: list[BORun], title: str, path: Path) -> None:
@@ -100,8 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=BOTORCH_RETRY_NOTICE, category=RuntimeWarning)
         runs = [run_with_progress(problem, surrogate, args) for surrogate in args.surrogates]
-    plot(runs, f"{problem.name} ({problem.dim}-D), seed {args.seed}",
-         args.output / "convergence.png")
     summary = {
         "problem": problem.name,
         "dim": problem.dim,
@@ -120,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot(runs, f"{problem.name} ({problem.dim}-D), seed {args.seed}",
+         args.output / "convergence.png")
     for run in runs:
         print(f"{run.surrogate:>8}: final regret {run.regret[-1]:.4g}")
     print(f"Wrote {args.output / 'convergence.png'} and {args.output / 'summary.json'}")

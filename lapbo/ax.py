@@ -49,7 +49,9 @@ from ax.generators.torch.botorch_modular.surrogate import (
 from ax.generators.torch.botorch_modular.utils import ModelConfig, fit_botorch_model
 from ax.storage.botorch_modular_registry import register_model
 from botorch.acquisition.acquisition import AcquisitionFunction
+from botorch.optim import optimize_acqf
 from botorch.utils.datasets import MultiTaskDataset, SupervisedDataset
+from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from lapbo import training
 from lapbo.model import LaplaceBNN
@@ -94,7 +96,11 @@ def validate_model_options(model_options: dict[str, Any]) -> dict[str, Any]:
         ValueError: an unknown option, or an option whose value Ax's JSON storage
             cannot save (e.g. an ``nn.Module`` for ``net``).
     """
-    options = dict(model_options)
+    if model_options is None:
+        return {}
+    if not isinstance(model_options, dict):
+        raise ValueError(f"model_options must be a dict, not {type(model_options).__name__}.")
+    options = {name: _plain(value) for name, value in model_options.items()}
     unknown = sorted(set(options) - LAPLACE_MODEL_OPTIONS)
     if unknown:
         raise ValueError(
@@ -104,14 +110,26 @@ def validate_model_options(model_options: dict[str, Any]) -> dict[str, Any]:
             "ModelConfig.input_transform_classes / outcome_transform_classes."
         )
     for name, value in options.items():
-        if not isinstance(value, _OPTION_TYPES):
+        items = value if isinstance(value, tuple) else (value,)
+        if not all(isinstance(v, _OPTION_TYPES) and not isinstance(v, tuple) for v in items):
             raise ValueError(
                 f"LaplaceBNN model option {name}={value!r} is not JSON-serialisable; "
-                "use numbers, strings, booleans, None or a torch dtype."
+                "use numbers, strings, booleans, None, a torch dtype or a tuple/list of "
+                "those."
             )
-        if isinstance(value, float) and not math.isfinite(value):
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
             raise ValueError(f"LaplaceBNN model option {name}={value!r} must be finite.")
     return options
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds, a list as a tuple (Ax's JSON store
+    gives tuples back as lists; ``LaplaceBNN`` takes either)."""
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        return value.item()
+    if isinstance(value, list | tuple):
+        return tuple(_plain(v) for v in value)
+    return value
 
 
 def laplace_model_config(name: str = "LaplaceBNN", **model_options: Any) -> ModelConfig:
@@ -157,8 +175,8 @@ def laplace_generation_strategy(
             ``depth``, ``hessian_structure``, ``seed``, ...; see
             ``LAPLACE_MODEL_OPTIONS``).
     """
-    if n_sobol < 0:
-        raise ValueError(f"n_sobol must be >= 0, got {n_sobol}.")
+    _check_strategy_arguments(n_sobol, sobol_seed, botorch_acqf_class, optimizer_options,
+                              refit_on_cv)
     struct = GenerationStrategyDispatchStruct(
         method="custom", initialization_budget=n_sobol,
         initialization_random_seed=sobol_seed, initialize_with_center=False,
@@ -178,6 +196,46 @@ def laplace_generation_strategy(
                     "model_gen_options": {"optimizer_kwargs": dict(optimizer_options)}
                 }
     return gs
+
+
+def _check_strategy_arguments(n_sobol: Any, sobol_seed: Any, botorch_acqf_class: Any,
+                              optimizer_options: Any, refit_on_cv: Any) -> None:
+    """``laplace_generation_strategy``'s own arguments, checked before Ax sees them (a bad
+    one otherwise fails only at the first BO step, after the Sobol trials ran)."""
+    def integer(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not integer(n_sobol) or n_sobol < 0:
+        raise ValueError(f"n_sobol must be an integer >= 0, not {n_sobol!r}.")
+    if sobol_seed is not None and not integer(sobol_seed):
+        raise ValueError(f"sobol_seed must be an integer or None, not {sobol_seed!r}.")
+    if not isinstance(refit_on_cv, bool):
+        raise ValueError(f"refit_on_cv must be True or False, not {refit_on_cv!r}.")
+    if botorch_acqf_class is not None and not (
+            isinstance(botorch_acqf_class, type)
+            and issubclass(botorch_acqf_class, AcquisitionFunction)):
+        raise ValueError("botorch_acqf_class must be a BoTorch AcquisitionFunction class "
+                         f"(e.g. qLogNoisyExpectedImprovement), not {botorch_acqf_class!r}.")
+    if optimizer_options is None:
+        return
+    if not isinstance(optimizer_options, dict):
+        raise ValueError("optimizer_options must be a dict of optimize_acqf keyword "
+                         f"arguments, not {optimizer_options!r}.")
+    unknown = sorted(set(optimizer_options) - _OPTIMIZER_OPTIONS)
+    if unknown:
+        raise ValueError(f"Unknown optimizer_options {unknown}; optimize_acqf takes "
+                         f"{sorted(_OPTIMIZER_OPTIONS)} (q, bounds and the acquisition "
+                         "function are set by Ax).")
+    for name in ("num_restarts", "raw_samples"):
+        value = optimizer_options.get(name, 1)
+        if not integer(value) or value < 1:
+            raise ValueError(f"optimizer_options[{name!r}] must be a positive integer, "
+                             f"not {value!r}.")
+
+
+#: ``optimize_acqf`` keywords a user may set through ``optimizer_options``.
+_OPTIMIZER_OPTIONS = frozenset(inspect.signature(optimize_acqf).parameters) - {
+    "acq_function", "bounds", "q"}
 
 
 # ------------------------------------------------------- Ax dispatchers
@@ -228,6 +286,11 @@ def _laplace_bnn_inputs(
                 f"LaplaceBNN has no GP kernel or GPyTorch likelihood: leave "
                 f"ModelConfig.{attr} unset."
             )
+    if model_config.mll_class not in (None, ExactMarginalLogLikelihood):
+        raise UserInputError(
+            f"LaplaceBNN is fitted by its own Laplace marginal likelihood: leave "
+            f"ModelConfig.mll_class unset (got {model_config.mll_class.__name__})."
+        )
     if model_config.mll_options:
         raise UserInputError(
             "LaplaceBNN is fitted by its own marginal likelihood and takes no "

@@ -42,9 +42,18 @@ class BORun:
     acq_seconds: list[float] = field(default_factory=list)
 
 
+#: ``LaplaceBNN`` options that ``fit_surrogate`` sets itself.
+MANAGED_OPTIONS = ("input_transform", "warm_start")
+#: Largest ``|seed|``: ``run_bo`` seeds round ``i`` with ``1000·seed + i`` (64-bit).
+MAX_SEED = 2**40
+
+
 def fit_surrogate(name: str, X: Tensor, Y: Tensor, bounds: Tensor,
                   previous: Model | None = None, **options: object) -> Model:
-    """Fit ``"laplace"`` (``LaplaceBNN``, warm-started from ``previous``) or ``"gp"``."""
+    """Fit ``"laplace"`` (``LaplaceBNN``, warm-started from ``previous``, with keyword
+    ``options``) or ``"gp"`` (``SingleTaskGP``, no options)."""
+    _check_surrogate(name, options)
+    _check_bounds(bounds)
     normalize = Normalize(d=X.shape[-1], bounds=bounds)
     if name == "gp":
         model = SingleTaskGP(X, Y, input_transform=normalize, outcome_transform=Standardize(1))
@@ -60,6 +69,11 @@ def fit_surrogate(name: str, X: Tensor, Y: Tensor, bounds: Tensor,
 def propose(model: Model, Y: Tensor, bounds: Tensor, num_restarts: int = 4,
             raw_samples: int = 128) -> Tensor:
     """Maximise qLogEI (q=1) and return the candidate ``(1, d)``."""
+    for arg, value in (("num_restarts", num_restarts), ("raw_samples", raw_samples)):
+        _check_int(arg, value, minimum=1)
+    if not isinstance(Y, Tensor) or Y.numel() == 0 or not bool(torch.isfinite(Y).all()):
+        raise ValueError("Y must be a non-empty tensor of finite observed values (its "
+                         "maximum is the incumbent of qLogEI).")
     acqf = qLogExpectedImprovement(model, best_f=Y.max())
     candidate, _ = optimize_acqf(acqf, bounds=bounds, q=1, num_restarts=num_restarts,
                                  raw_samples=raw_samples)
@@ -77,8 +91,13 @@ def run_bo(
         on_iteration: called after the initial design and after every iteration.
         model_options: keyword options of ``LaplaceBNN``.
     """
+    _check_surrogate(surrogate, model_options)
+    _check_int("n_iterations", n_iterations, minimum=0)
+    _check_int("seed", seed, minimum=-MAX_SEED, maximum=MAX_SEED)
+    if n_init is not None:
+        _check_int("n_init", n_init, minimum=1)
     bounds = problem.bounds
-    n_init = n_init or 2 * problem.dim + 2
+    n_init = n_init if n_init is not None else 2 * problem.dim + 2
     X = draw_sobol_samples(bounds, n=n_init, q=1, seed=seed).squeeze(1)
     Y = problem(X)
     run = BORun(surrogate, X, Y, regret=[problem.optimum - Y.max().item()])
@@ -107,3 +126,32 @@ def run_bo(
         if on_iteration:
             on_iteration(run)
     return run
+
+
+def _check_surrogate(name: str, options: dict[str, object]) -> None:
+    """A known surrogate; ``LaplaceBNN`` options only for ``"laplace"`` and never the
+    ones the loop sets itself."""
+    if name not in SURROGATES:
+        raise ValueError(f"Unknown surrogate {name!r}; choose one of {SURROGATES}.")
+    if options and name != "laplace":
+        raise ValueError(f"Model options {sorted(options)} apply to surrogate='laplace' "
+                         f"(LaplaceBNN) only, not to {name!r}.")
+    managed = sorted(set(options) & set(MANAGED_OPTIONS))
+    if managed:
+        raise ValueError(f"{managed} are set by the loop (from bounds and the previous "
+                         "round's model): do not pass them as model options.")
+
+
+def _check_bounds(bounds: Tensor) -> None:
+    if not isinstance(bounds, Tensor) or bounds.ndim != 2 or bounds.shape[0] != 2:
+        raise ValueError("bounds must be a (2, d) tensor of lower and upper bounds.")
+    if not bool((bounds[0] < bounds[1]).all()):
+        raise ValueError("bounds must have lower < upper in every input "
+                         f"(got lower {bounds[0].tolist()}, upper {bounds[1].tolist()}).")
+
+
+def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
+            or (maximum is not None and value > maximum):
+        upper = "" if maximum is None else f" and <= {maximum}"
+        raise ValueError(f"{name} must be an integer >= {minimum}{upper}, not {value!r}.")

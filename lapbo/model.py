@@ -352,7 +352,12 @@ class LaplaceBNN(_LinearizedModel):
             check_min_max_scaling(X_tf)
         if outcome_transform is not None:
             outcome_transform.train()
-            outcome_transform(Y=train_Y, Yvar=train_Yvar, X=X_tf)
+            Y_tf, _ = outcome_transform(Y=train_Y, Yvar=train_Yvar, X=X_tf)
+            if not bool(torch.isfinite(Y_tf).all()):
+                raise ValueError(
+                    f"The outcome transform {type(outcome_transform).__name__} maps the "
+                    "finite train_Y to NaN or inf (e.g. Log of standardized, partly "
+                    "negative values): choose a transform defined on these targets.")
             self.outcome_transform = outcome_transform
         if input_transform is not None:
             self.input_transform = input_transform

@@ -35,6 +35,10 @@ class Problem:
 
     def __call__(self, X: Tensor) -> Tensor:
         """Noise-free values ``(n, 1)`` at ``X`` ``(n, d)``."""
+        if not isinstance(X, Tensor) or X.ndim != 2:
+            shape = tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__
+            raise ValueError(f"{self.name} takes points as an (n, {self.dim}) tensor, "
+                             f"not {shape}.")
         return self.function(X).unsqueeze(-1)
 
 
