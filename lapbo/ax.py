@@ -49,6 +49,7 @@ from ax.generators.torch.botorch_modular.surrogate import (
 from ax.generators.torch.botorch_modular.utils import ModelConfig, fit_botorch_model
 from ax.storage.botorch_modular_registry import register_model
 from botorch.acquisition.acquisition import AcquisitionFunction
+from botorch.exceptions.errors import UnsupportedError
 from botorch.optim import optimize_acqf
 from botorch.utils.datasets import MultiTaskDataset, SupervisedDataset
 from gpytorch.mlls import ExactMarginalLogLikelihood
@@ -119,7 +120,19 @@ def validate_model_options(model_options: dict[str, Any]) -> dict[str, Any]:
             )
         if any(isinstance(v, float) and not math.isfinite(v) for v in items):
             raise ValueError(f"LaplaceBNN model option {name}={value!r} must be finite.")
+    _check_option_values(options)
     return options
+
+
+def _check_option_values(options: dict[str, Any]) -> None:
+    """Run ``LaplaceBNN``'s own argument checks on the options now (a model on three
+    one-input points, not fitted: milliseconds), not at the first BO step after the
+    Sobol trials."""
+    X = torch.tensor([[0.0], [0.5], [1.0]], dtype=torch.float64)
+    try:
+        LaplaceBNN(X, X.square(), **options)
+    except (ValueError, TypeError, UnsupportedError) as error:
+        raise ValueError(f"LaplaceBNN model_options {options}: {error}") from error
 
 
 def _plain(value: Any) -> Any:

@@ -98,8 +98,10 @@ def test_generation_strategy_checks_its_arguments(kwargs, message):
 
 def test_model_options_take_lists_tuples_and_numpy_scalars():
     config = laplace_model_config(noise_prior=[-8.0, 2.0], width=np.int64(32),
-                                  prior_precision_reference=(1.0, 0.01))
+                                  prior_structure="layerwise",
+                                  prior_precision_reference=[1.0, 0.01])
     assert config.model_options == {"noise_prior": (-8.0, 2.0), "width": 32,
+                                    "prior_structure": "layerwise",
                                     "prior_precision_reference": (1.0, 0.01)}
     assert type(config.model_options["width"]) is int
     assert validate_model_options(None) == {}
@@ -124,3 +126,15 @@ def test_an_mll_class_is_refused_and_a_transform_that_makes_nan_is_named():
     log_after_standardize = ChainedOutcomeTransform(s=Standardize(m=1), log=Log())
     with pytest.raises(ValueError, match="outcome transform ChainedOutcomeTransform maps"):
         LaplaceBNN(X, Y, outcome_transform=log_after_standardize)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"width": -1}, "width must be a positive integer"),
+    ({"hessian_structure": "bogus"}, "Unsupported hessian_structure 'bogus'"),
+    ({"compute_dtype": torch.float16}, "compute_dtype must be torch.float32"),
+    ({"n_epochs": 1.5}, "n_epochs must be a positive integer"),
+])
+def test_model_option_values_are_checked_when_the_strategy_is_built(options, message):
+    # before: accepted here, refused only at the first BO step after the Sobol trials
+    with pytest.raises(ValueError, match=message):
+        laplace_generation_strategy(n_sobol=2, **options)
