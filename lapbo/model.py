@@ -530,6 +530,14 @@ class LaplaceBNN(_LinearizedModel):
     def batch_shape(self) -> torch.Size:  # one network, also before fitting
         return torch.Size()
 
+    @property
+    def train_targets(self) -> Tensor:
+        """The outcome-transformed training targets in GPyTorch's layout, ``(n,)`` for
+        one output and ``(m, n)`` for ``m`` (BoTorch's input constructors read it, e.g.
+        for ``qNegIntegratedPosteriorVariance``), in ``train_Y``'s dtype."""
+        Y = self._training_data()[1].to(self._train_Y.dtype)
+        return Y.squeeze(-1) if Y.shape[-1] == 1 else Y.mT
+
     # ----------------------------------------------------------------- data
     def _training_data(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """Transformed ``X (n, d)``, ``Y (n, m)``, ``Yvar (n, m) | None`` in compute dtype."""

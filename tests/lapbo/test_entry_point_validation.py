@@ -138,3 +138,20 @@ def test_model_option_values_are_checked_when_the_strategy_is_built(options, mes
     # before: accepted here, refused only at the first BO step after the Sobol trials
     with pytest.raises(ValueError, match=message):
         laplace_generation_strategy(n_sobol=2, **options)
+
+
+def test_train_targets_serves_botorch_input_constructors():
+    # Ax's qNegIntegratedPosteriorVariance step failed on a missing train_targets.
+    from botorch.acquisition.active_learning import qNegIntegratedPosteriorVariance
+    from botorch.acquisition.input_constructors import get_acqf_input_constructor
+
+    X = torch.rand(8, 2, dtype=torch.float64)
+    Y = torch.stack([X.sum(-1), X.prod(-1)], -1)
+    model = LaplaceBNN(X, Y[:, :1], seed=0).fit()
+    standardized = (Y[:, 0] - Y[:, 0].mean()) / Y[:, 0].std()
+    torch.testing.assert_close(model.train_targets, standardized)
+    assert LaplaceBNN(X, Y).train_targets.shape == (2, 8)
+    build = get_acqf_input_constructor(qNegIntegratedPosteriorVariance)
+    acqf = qNegIntegratedPosteriorVariance(**build(model, bounds=[(0.0, 1.0)] * 2))
+    value = acqf(torch.rand(3, 1, 2, dtype=torch.float64))
+    assert value.shape == (3,) and bool((value < 0).all())
