@@ -56,6 +56,7 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from lapbo import training
 from lapbo.model import LaplaceBNN
+from lapbo.validation import check_bool, check_integer, check_positive
 
 __all__ = [
     "LAPLACE_MODEL_OPTIONS",
@@ -215,15 +216,10 @@ def _check_strategy_arguments(n_sobol: Any, sobol_seed: Any, botorch_acqf_class:
                               optimizer_options: Any, refit_on_cv: Any) -> None:
     """``laplace_generation_strategy``'s own arguments, checked before Ax sees them (a bad
     one otherwise fails only at the first BO step, after the Sobol trials ran)."""
-    def integer(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    if not integer(n_sobol) or n_sobol < 0:
-        raise ValueError(f"n_sobol must be an integer >= 0, not {n_sobol!r}.")
-    if sobol_seed is not None and not integer(sobol_seed):
-        raise ValueError(f"sobol_seed must be an integer or None, not {sobol_seed!r}.")
-    if not isinstance(refit_on_cv, bool):
-        raise ValueError(f"refit_on_cv must be True or False, not {refit_on_cv!r}.")
+    check_integer("n_sobol", n_sobol, minimum=0)
+    if sobol_seed is not None:
+        check_integer("sobol_seed", sobol_seed, minimum=-2**63, maximum=2**64 - 1)
+    check_bool("refit_on_cv", refit_on_cv)
     if botorch_acqf_class is not None and not (
             isinstance(botorch_acqf_class, type)
             and issubclass(botorch_acqf_class, AcquisitionFunction)):
@@ -240,10 +236,9 @@ def _check_strategy_arguments(n_sobol: Any, sobol_seed: Any, botorch_acqf_class:
                          f"{sorted(_OPTIMIZER_OPTIONS)} (q, bounds and the acquisition "
                          "function are set by Ax).")
     for name in ("num_restarts", "raw_samples"):
-        value = optimizer_options.get(name, 1)
-        if not integer(value) or value < 1:
-            raise ValueError(f"optimizer_options[{name!r}] must be a positive integer, "
-                             f"not {value!r}.")
+        if name in optimizer_options:
+            check_positive(f"optimizer_options[{name!r}]", optimizer_options[name],
+                           integer=True)
 
 
 #: ``optimize_acqf`` keywords a user may set through ``optimizer_options``.

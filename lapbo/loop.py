@@ -19,6 +19,7 @@ from torch import Tensor
 
 from lapbo.model import LaplaceBNN
 from lapbo.problems import Problem
+from lapbo.validation import check_integer
 
 SURROGATES = ("laplace", "gp", "sobol")
 
@@ -63,14 +64,14 @@ def fit_surrogate(name: str, X: Tensor, Y: Tensor, bounds: Tensor,
         warm = previous if isinstance(previous, LaplaceBNN) else None
         model = LaplaceBNN(X, Y, input_transform=normalize, warm_start=warm, **options)
         return model.fit()
-    raise ValueError(f"Unknown surrogate {name!r}; choose one of {SURROGATES}.")
+    raise ValueError(f"fit_surrogate fits 'laplace' or 'gp', not {name!r}.")
 
 
 def propose(model: Model, Y: Tensor, bounds: Tensor, num_restarts: int = 4,
             raw_samples: int = 128) -> Tensor:
     """Maximise qLogEI (q=1) and return the candidate ``(1, d)``."""
     for arg, value in (("num_restarts", num_restarts), ("raw_samples", raw_samples)):
-        _check_int(arg, value, minimum=1)
+        check_integer(arg, value, minimum=1)
     if not isinstance(Y, Tensor) or Y.numel() == 0 or not bool(torch.isfinite(Y).all()):
         raise ValueError("Y must be a non-empty tensor of finite observed values (its "
                          "maximum is the incumbent of qLogEI).")
@@ -92,10 +93,10 @@ def run_bo(
         model_options: keyword options of ``LaplaceBNN``.
     """
     _check_surrogate(surrogate, model_options)
-    _check_int("n_iterations", n_iterations, minimum=0)
-    _check_int("seed", seed, minimum=-MAX_SEED, maximum=MAX_SEED)
+    check_integer("n_iterations", n_iterations, minimum=0)
+    check_integer("seed", seed, minimum=-MAX_SEED, maximum=MAX_SEED)
     if n_init is not None:
-        _check_int("n_init", n_init, minimum=1)
+        check_integer("n_init", n_init, minimum=1)
     bounds = problem.bounds
     n_init = n_init if n_init is not None else 2 * problem.dim + 2
     X = draw_sobol_samples(bounds, n=n_init, q=1, seed=seed).squeeze(1)
@@ -148,10 +149,3 @@ def _check_bounds(bounds: Tensor) -> None:
     if not bool((bounds[0] < bounds[1]).all()):
         raise ValueError("bounds must have lower < upper in every input "
                          f"(got lower {bounds[0].tolist()}, upper {bounds[1].tolist()}).")
-
-
-def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
-            or (maximum is not None and value > maximum):
-        upper = "" if maximum is None else f" and <= {maximum}"
-        raise ValueError(f"{name} must be an integer >= {minimum}{upper}, not {value!r}.")

@@ -91,6 +91,14 @@ def check_floating(name: str, value: Tensor) -> None:
         raise ValueError(f"{name} must be a floating-point tensor, not {value.dtype}.")
 
 
+def check_integer(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
+    """``value`` is an ``int`` (not a ``bool``) in ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
+            or (maximum is not None and value > maximum):
+        upper = "" if maximum is None else f" and <= {maximum}"
+        raise ValueError(f"{name} must be an integer >= {minimum}{upper}, not {value!r}.")
+
+
 def check_bool(name: str, value: Any) -> None:
     """``value`` is ``True`` or ``False`` (not merely truthy)."""
     if not isinstance(value, bool):

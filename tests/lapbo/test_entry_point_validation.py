@@ -83,7 +83,7 @@ def test_cli_checks_seed_and_output_before_the_runs(tmp_path):
     ({"n_sobol": 1.5}, "n_sobol must be an integer >= 0"),
     ({"n_sobol": True}, "n_sobol must be an integer >= 0"),
     ({"n_sobol": "5"}, "n_sobol must be an integer >= 0"),
-    ({"sobol_seed": "a"}, "sobol_seed must be an integer or None"),
+    ({"sobol_seed": "a"}, "sobol_seed must be an integer"),
     ({"botorch_acqf_class": "qLogNoisyExpectedImprovement"}, "AcquisitionFunction class"),
     ({"optimizer_options": "fast"}, "optimizer_options must be a dict"),
     ({"optimizer_options": {"num_restart": 2}}, r"Unknown optimizer_options \['num_restart'\]"),
