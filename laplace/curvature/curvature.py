@@ -115,21 +115,27 @@ class CurvatureInterface:
 
     def _subnet_plan(self) -> tuple[list[str], Tensor]:
         """Names of the tensors holding subnetwork entries, and the entries' positions
-        within the concatenation of just those tensors."""
+        within the concatenation of just those tensors, in the order of
+        ``subnetwork_indices`` (which need not be sorted: the posterior's entries follow
+        the user's order, as in laplace-torch and the other backends)."""
         idx = self.subnetwork_indices.to(torch.long)
-        names, local, offset, kept = [], [], 0, 0
+        names, local, grouped, offset, kept = [], [], [], 0, 0
         for name, p in self.named_params:
             inside = idx[(idx >= offset) & (idx < offset + p.numel())]
             if inside.numel():
                 names.append(name)
                 local.append(inside - offset + kept)
+                grouped.append(inside)
                 kept += p.numel()
             offset += p.numel()
         if sum(t.numel() for t in local) != idx.numel():
             raise ValueError(
                 f"subnetwork_indices must lie in [0, {offset}) (the trainable parameters)."
             )
-        return names, torch.cat(local)
+        grouped_idx = torch.cat(grouped)  # idx regrouped by parameter tensor
+        order = torch.argsort(grouped_idx)
+        back = order[torch.searchsorted(grouped_idx[order], idx)]  # grouped[back] == idx
+        return names, torch.cat(local)[back]
 
     def _select(self, M: Tensor) -> Tensor:
         """Keep the subnetwork columns of a ``(..., P_touched)`` tensor."""

@@ -2,7 +2,12 @@
 
 Every mask's ``select(train_loader)`` returns the (ascending) positions of the chosen
 parameters in ``torch.nn.utils.parameters_to_vector(model.parameters())`` as a
-``LongTensor``; pass them as ``subnetwork_indices`` to a subnetwork Laplace.
+``LongTensor``; pass them as ``subnetwork_indices`` to a subnetwork Laplace. A subnetwork
+Laplace indexes the *trainable* parameters, so on a model with frozen parameters
+(``requires_grad=False``) ``select`` returns positions among those (the same positions
+when nothing is frozen), never selects a frozen entry (score-based masks rank the
+trainable ones; a name-based mask that names a frozen tensor is an error), where
+laplace-torch returns positions in the full vector and the Laplace fits other entries.
 """
 
 from __future__ import annotations
@@ -124,7 +129,8 @@ class SubnetMask:
         if self._indices is not None:
             raise ValueError("Subnetwork mask already selected.")
         subnet_mask = self.get_subnet_mask(train_loader)
-        self._indices = self.convert_subnet_mask_to_indices(subnet_mask)
+        indices = self.convert_subnet_mask_to_indices(subnet_mask)
+        self._indices = _trainable_positions(self.model, indices)
         return self._indices
 
     def get_subnet_mask(self, train_loader: Any) -> Tensor:
@@ -184,7 +190,12 @@ class ScoreBasedSubnetMask(SubnetMask):
         if self._param_scores is None:
             self._param_scores = self.compute_param_scores(train_loader).detach()
         self._check_param_scores()
-        order = torch.argsort(self._param_scores, descending=True, stable=True)
+        trainable = _trainable_mask(self.model).to(self._param_scores.device)
+        if self._n_params_subnet > int(trainable.sum()):
+            raise ValueError(f"Subnetwork ({self._n_params_subnet}) cannot be larger than "
+                             f"the model's {int(trainable.sum())} trainable parameters.")
+        scores = self._param_scores.masked_fill(~trainable, -torch.inf)
+        order = torch.argsort(scores, descending=True, stable=True)
         idx = order[: self._n_params_subnet]
         subnet_mask = torch.zeros(self._n_params, dtype=torch.bool, device=idx.device)
         subnet_mask[idx] = True
@@ -387,6 +398,28 @@ class LastLayerSubnetMask(ParamNameSubnetMask):
 
 
 # ------------------------------------------------------------------- helpers
+def _trainable_mask(model: nn.Module) -> Tensor:
+    """``(n_params,)`` booleans over ``parameters_to_vector(model.parameters())``: which
+    entries belong to parameters with ``requires_grad``."""
+    parts = [torch.full((p.numel(),), p.requires_grad, dtype=torch.bool)
+             for p in model.parameters()]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+
+
+def _trainable_positions(model: nn.Module, indices: Tensor) -> Tensor:
+    """``indices`` over all parameters as positions among the trainable ones (what a
+    subnetwork Laplace indexes); a ``ValueError`` if one points at a frozen parameter."""
+    trainable = _trainable_mask(model).to(indices.device)
+    if bool(trainable.all()):
+        return indices
+    if not bool(trainable[indices].all()):
+        frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+        raise ValueError(f"The subnetwork selects frozen parameters (requires_grad=False, "
+                         f"among {frozen}); a subnetwork Laplace covers trainable "
+                         "parameters only: select among those.")
+    return (torch.cumsum(trainable.long(), 0) - 1)[indices]
+
+
 def _mask_of_params(model: nn.Module, selected: set[int]) -> Tensor:
     """Boolean mask over ``parameters_to_vector(model.parameters())`` of ``selected``."""
     params = list(model.parameters())

@@ -153,3 +153,46 @@ def test_only_ggn_or_ef_backends(backend):
 def test_empirical_fisher_backend_accepted():
     la, _, X = fitted("full", backend=TorchFuncEF)
     assert la(X[:2])[1].shape == (2, 2, 2)
+
+
+@pytest.mark.parametrize("backend", [None, "backpack"])
+@pytest.mark.parametrize("structure", ["full", "diag"])
+def test_unsorted_indices_order_the_posterior_as_given(structure, backend):
+    # The native backend used to build the curvature in parameter order while the mean,
+    # samples and per-entry priors followed the given order: each posterior entry then
+    # described another parameter. Unsorted indices must give the sorted posterior,
+    # permuted, with every backend.
+    from laplace.curvature.backpack import BackPackGGN
+
+    kwargs = {} if backend is None else {"backend": BackPackGGN}
+    perm = torch.tensor([4, 0, 5, 2, 1, 3])
+    ordered, _, X = fitted(structure, **kwargs)
+    shuffled, _, _ = fitted(structure, indices=INDICES[perm], **kwargs)
+    torch.testing.assert_close(shuffled.posterior_variance, ordered.posterior_variance[perm])
+    torch.testing.assert_close(shuffled.mean_subnet, ordered.mean_subnet[perm])
+    for a, b in zip(shuffled(X), ordered(X)):
+        torch.testing.assert_close(a, b)
+    prior = torch.ones(6, dtype=DT)
+    prior[0] = 1e3  # on θ[INDICES[perm[0]]] = θ[33]
+    shuffled.prior_precision = prior
+    assert shuffled.posterior_variance[0] < 1e-3 < float(shuffled.posterior_variance[1:].min())
+
+
+def test_masks_on_a_partly_frozen_model_index_the_trainable_parameters():
+    # A subnetwork Laplace indexes the trainable parameters; masks used to index all of
+    # them, so on a frozen model the Laplace covered other entries than those selected.
+    from laplace.utils import LargestMagnitudeSubnetMask, ParamNameSubnetMask
+
+    model, loader, _ = problem()
+    model[0].bias.requires_grad_(False)  # 8 frozen entries after 0.weight's 24
+    trainable = parameters_to_vector([p for p in model.parameters() if p.requires_grad])
+    idx = LargestMagnitudeSubnetMask(model, 5).select()
+    expected = trainable.abs().argsort(descending=True)[:5].sort().values
+    assert idx.tolist() == expected.tolist()
+    la = Laplace(model, "regression", "subnetwork", "diag", subnetwork_indices=idx)
+    la.fit(loader)
+    torch.testing.assert_close(la.mean_subnet, trainable[idx].detach())
+    head = ParamNameSubnetMask(model, ["2.weight"]).select()
+    assert head.tolist() == list(range(24, 40))  # after 0.weight, the frozen bias skipped
+    with pytest.raises(ValueError, match=r"selects frozen parameters .*'0.bias'"):
+        ParamNameSubnetMask(model, ["0.bias"]).select()
