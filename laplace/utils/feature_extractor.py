@@ -139,6 +139,10 @@ class FeatureExtractor(nn.Module):
                 out = self.model(x)
         finally:
             handle.remove()
+        if "phi" not in store:
+            raise ValueError(f"The last layer {self.last_layer_name!r} was not called in the "
+                             "model's forward pass: last_layer_name must name the layer that "
+                             "produces the output.")
         return out, reduce_features(store["phi"], self.feature_reduction)
 
     def forward_features(self, x: Inputs) -> Tensor:

@@ -96,6 +96,9 @@ class RunningNLLMetric:
             raise ValueError(
                 f"{targets.numel()} targets for {probs.shape[0]} probability vectors."
             )
+        if targets.is_floating_point() and not bool((targets == targets.round()).all()):
+            raise ValueError("RunningNLLMetric needs integer class targets; got fractional "
+                             "values (soft labels), which would be truncated.")
         nll = F.nll_loss(
             torch.log(probs), targets.long(), ignore_index=self.ignore_index, reduction="sum"
         )

@@ -270,6 +270,15 @@ class LargestVarianceSWAGSubnetMask(ScoreBasedSubnetMask):
     ) -> None:
         super().__init__(model, n_params_subnet)
         self.likelihood = parse_option(Likelihood, likelihood, "likelihood")
+        # one snapshot, or a step size of 0, gives every parameter the same variance and
+        # the "largest" would be the first n_params_subnet positions
+        if isinstance(swag_n_snapshots, bool) or not isinstance(swag_n_snapshots, int) \
+                or swag_n_snapshots < 2:
+            raise ValueError("swag_n_snapshots must be an integer >= 2 (a variance needs "
+                             f"two snapshots), not {swag_n_snapshots!r}.")
+        if isinstance(swag_lr, bool) or not isinstance(swag_lr, (int, float)) \
+                or not swag_lr > 0 or swag_lr == float("inf"):
+            raise ValueError(f"swag_lr must be a finite number > 0, not {swag_lr!r}.")
         self.swag_n_snapshots = swag_n_snapshots
         self.swag_snapshot_freq = swag_snapshot_freq
         self.swag_lr = swag_lr

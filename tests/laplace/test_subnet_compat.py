@@ -196,3 +196,28 @@ def test_masks_on_a_partly_frozen_model_index_the_trainable_parameters():
     assert head.tolist() == list(range(24, 40))  # after 0.weight, the frozen bias skipped
     with pytest.raises(ValueError, match=r"selects frozen parameters .*'0.bias'"):
         ParamNameSubnetMask(model, ["0.bias"]).select()
+
+
+def test_utils_name_the_inputs_they_cannot_use():
+    from laplace.utils import FeatureExtractor, LargestVarianceSWAGSubnetMask, RunningNLLMetric
+
+    model, _, X = problem()
+    for kwargs in ({"swag_n_snapshots": 1}, {"swag_lr": 0.0}, {"swag_lr": "0.01"}):
+        with pytest.raises(ValueError, match="swag_n_snapshots must be|swag_lr must be"):
+            LargestVarianceSWAGSubnetMask(model, 5, **kwargs)
+    metric = RunningNLLMetric()
+    probs = torch.tensor([[0.6, 0.4], [0.3, 0.7]])
+    metric.update(probs, torch.tensor([0.0, 1.0]))  # integral floats are class indices
+    with pytest.raises(ValueError, match="needs integer class targets"):
+        metric.update(probs, torch.tensor([0.7, 1.9]))
+
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head, self.aux_head = nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    with pytest.raises(ValueError, match="'aux_head' was not called in the model's forward"):
+        FeatureExtractor(TwoHeads(), last_layer_name="aux_head").forward_features(X.float())
