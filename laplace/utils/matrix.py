@@ -11,6 +11,7 @@ Any factor may also be diagonal, given as a vector ``(d,)`` that stands for
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -46,10 +47,15 @@ class Kron:
     def __add__(self, other: Kron) -> Kron:
         if not isinstance(other, Kron):
             raise ValueError("Can only add Kron to Kron.")
+        shapes = [[tuple(f.shape) for f in F] for F in self.kfacs]
+        if shapes != [[tuple(f.shape) for f in F] for F in other.kfacs]:
+            raise ValueError("Can only add Kron objects with the same blocks and factor "
+                             f"shapes; got {len(self.kfacs)} and {len(other.kfacs)} blocks.")
         return Kron([[a + b for a, b in zip(F, G)] for F, G in zip(self.kfacs, other.kfacs)])
 
     def __mul__(self, scalar: float | Tensor) -> Kron:
         """Scale the blocks by ``scalar`` (each of ``k`` factors by ``scalar^(1/k)``)."""
+        _check_scale(scalar)
         return Kron([[f * scalar ** (1 / len(F)) for f in F] for F in self.kfacs])
 
     __rmul__ = __mul__
@@ -93,6 +99,7 @@ class Kron:
         the factors for ``exponent=1``, through ``decompose`` otherwise."""
         if exponent != 1:
             return self.decompose().bmm(W, exponent)
+        _check_width(W, sum(_numel(F) for F in self.kfacs))
         outs, start = [], 0
         for F in self.kfacs:
             sizes = [len(f) for f in F]
@@ -109,6 +116,29 @@ class Kron:
 
     def state(self) -> list[list[Tensor]]:
         return self.kfacs
+
+
+def _numel(F: list[Tensor]) -> int:
+    """Parameters of one block: the product of its factors' sizes."""
+    n = 1
+    for f in F:
+        n *= len(f)
+    return n
+
+
+def _check_width(W: Tensor, P: int) -> None:
+    if W.shape[-1] != P:
+        raise ValueError(f"W must have the {P} parameters in its last dimension, got shape "
+                         f"{tuple(W.shape)}.")
+
+
+def _check_scale(scalar: object) -> None:
+    """A non-negative scalar (each factor is scaled by a root of it)."""
+    valid = isinstance(scalar, numbers.Real) and not isinstance(scalar, bool) or (
+        isinstance(scalar, Tensor) and scalar.numel() == 1 and scalar.ndim <= 1)
+    if not valid or float(torch.as_tensor(scalar).detach()) < 0:
+        raise ValueError(f"A Kronecker matrix can only be scaled by a non-negative scalar, "
+                         f"not {scalar!r}.")
 
 
 def factor_sizes(p: Tensor) -> list[int]:
@@ -179,6 +209,7 @@ class KronDecomposed:
 
     def __mul__(self, scalar: float | Tensor) -> KronDecomposed:
         """Scale the curvature part (each of ``k`` factors by ``scalar^(1/k)``)."""
+        _check_scale(scalar)
         eigvals = [[lam * scalar ** (1 / len(ls)) for lam in ls] for ls in self.eigenvalues]
         return KronDecomposed(self.eigenvectors, eigvals, self.deltas, self.damping)
 
@@ -216,6 +247,7 @@ class KronDecomposed:
 
     def _apply(self, W: Tensor, power: float) -> Tensor:
         """``M^power W`` for ``W`` of shape ``(..., P)``."""
+        _check_width(W, sum(self._block_sizes()))
         outs, start = [], 0
         for i, size in enumerate(self._block_sizes()):
             Wi = W[..., start : start + size]
@@ -254,6 +286,7 @@ class KronDecomposed:
 
     def whiten(self, W: Tensor) -> Tensor:
         """``W`` in the eigenbasis scaled by ``λ^{-1/2}``, so ``W M⁻¹ Wᵀ = VVᵀ``."""
+        _check_width(W, sum(self._block_sizes()))
         outs, start = [], 0
         for i, size in enumerate(self._block_sizes()):
             Vi = self._to_eigenbasis(i, W[..., start : start + size])

@@ -120,3 +120,27 @@ def test_detach():
     assert not D.deltas.requires_grad and not D.logdet().requires_grad
     assert all(not t.requires_grad for ls in D.eigenvalues + D.eigenvectors for t in ls)
     assert torch.equal(D.to_matrix(), ref)
+
+
+def test_kron_refuses_operands_it_would_truncate_or_make_complex():
+    import numpy as np
+
+
+    g = torch.Generator().manual_seed(0)
+    B, A, F = (torch.randn(n, n, generator=g, dtype=torch.float64) for n in (2, 3, 4))
+    K = Kron([[B @ B.T, A @ A.T], [F @ F.T]])  # P = 6 + 4
+    with pytest.raises(ValueError, match="same blocks and factor shapes"):
+        K + Kron([[B @ B.T, A @ A.T]])
+    with pytest.raises(ValueError, match="non-negative scalar"):
+        K * -1.0
+    with pytest.raises(ValueError, match="non-negative scalar"):
+        K * torch.tensor([1.0, 2.0])
+    torch.testing.assert_close((K * np.float32(4.0)).to_matrix(), 4 * K.to_matrix())
+    for W in (torch.ones(11, dtype=torch.float64), torch.ones(3, 9, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="the 10 parameters in its last dimension"):
+            K.bmm(W)
+    decomposed = K.decompose()
+    with pytest.raises(ValueError, match="the 10 parameters in its last dimension"):
+        decomposed.inv_square_form(torch.ones(3, 2, 9, dtype=torch.float64))
+    with pytest.raises(ValueError, match="the 10 parameters"):
+        decomposed.bmm(torch.ones(11, dtype=torch.float64))
