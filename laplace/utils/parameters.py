@@ -22,7 +22,16 @@ def expand_prior_precision(prior_prec: Tensor, model: nn.Module) -> Tensor:
 
 
 def expand_to_parameters(prior_prec: Tensor, sizes: list[int]) -> Tensor:
-    """Expand a ``(1,)``, ``(len(sizes),)`` or ``(sum(sizes),)`` vector to ``(sum(sizes),)``."""
+    """Expand a ``(1,)``, ``(len(sizes),)`` or ``(sum(sizes),)`` vector to ``(sum(sizes),)``.
+
+    A 0-d tensor counts as ``(1,)``; a tensor of two or more dimensions is refused (as
+    laplace-torch asserts a vector), whatever its number of entries.
+    """
+    if not isinstance(prior_prec, Tensor):
+        raise TypeError(f"prior_prec must be a torch.Tensor, got {type(prior_prec).__name__}.")
+    if prior_prec.ndim > 1:
+        raise ValueError(f"prior_prec must be a scalar or a vector, got shape "
+                         f"{tuple(prior_prec.shape)}.")
     n_params = sum(sizes)
     if prior_prec.ndim == 0 or prior_prec.numel() == 1:
         return prior_prec.reshape(1).expand(n_params)

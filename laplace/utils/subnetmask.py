@@ -230,6 +230,14 @@ class LargestVarianceDiagLaplaceSubnetMask(ScoreBasedSubnetMask):
         self, model: nn.Module, n_params_subnet: int, diag_laplace_model: Any
     ) -> None:
         super().__init__(model, n_params_subnet)
+        la_model = getattr(diag_laplace_model, "model", None)
+        if not isinstance(la_model, nn.Module) or not hasattr(diag_laplace_model, "fit"):
+            raise ValueError("diag_laplace_model must be a Laplace approximation (e.g. "
+                             f"DiagLaplace) over model, got {type(diag_laplace_model).__name__}.")
+        if la_model is not model and not _same_parameters(la_model, model):
+            raise ValueError("diag_laplace_model was built on another network: its "
+                             "parameters differ from model's, so its variances would "
+                             "score other weights.")
         self.diag_laplace_model = diag_laplace_model
 
     def compute_param_scores(self, train_loader: Any) -> Tensor:
@@ -321,6 +329,7 @@ class ParamNameSubnetMask(SubnetMask):
     def __init__(self, model: nn.Module, parameter_names: Iterable[str]) -> None:
         super().__init__(model)
         self._parameter_names = _as_name_list(parameter_names, "Parameter")
+        self._selected_param_ids()  # empty or unknown names are refused here already
 
     def _selected_param_ids(self) -> set[int]:
         names = self._parameter_names
@@ -348,6 +357,7 @@ class ModuleNameSubnetMask(SubnetMask):
     def __init__(self, model: nn.Module, module_names: Iterable[str]) -> None:
         super().__init__(model)
         self._module_names = _as_name_list(module_names, "Module")
+        self._selected_param_ids()  # empty, unknown or parameterless modules refused here
 
     def _selected_param_ids(self) -> set[int]:
         names = self._module_names
@@ -407,6 +417,15 @@ class LastLayerSubnetMask(ParamNameSubnetMask):
 
 
 # ------------------------------------------------------------------- helpers
+def _same_parameters(a: nn.Module, b: nn.Module) -> bool:
+    """Whether ``a`` and ``b`` hold parameters of the same shapes and values (``a`` may
+    be a copy of ``b``)."""
+    pa, pb = list(a.parameters()), list(b.parameters())
+    return len(pa) == len(pb) and all(
+        x.shape == y.shape and torch.equal(x.detach().to(y), y.detach())
+        for x, y in zip(pa, pb))
+
+
 def _trainable_mask(model: nn.Module) -> Tensor:
     """``(n_params,)`` booleans over ``parameters_to_vector(model.parameters())``: which
     entries belong to parameters with ``requires_grad``."""

@@ -97,8 +97,14 @@ def symeig(M: Tensor) -> tuple[Tensor, Tensor]:
     Eigenvalues are clamped at 0 and NaNs in either output are replaced by 0.
 
     Raises:
+        ValueError: ``M`` is not a square matrix (or batch of them) or has NaN or
+            infinite entries (eigh would give NaNs that the clamp turns into zeros).
         torch.linalg.LinAlgError: the jittered retry failed too (laplace-torch exits).
     """
+    if M.ndim < 2 or M.shape[-1] != M.shape[-2]:
+        raise ValueError(f"symeig needs a square matrix M, got shape {tuple(M.shape)}.")
+    if not bool(torch.isfinite(M).all()):
+        raise ValueError("symeig: M has NaN or infinite entries.")
     try:
         L, W = torch.linalg.eigh(M, UPLO="U")
     except RuntimeError:  # torch.linalg.LinAlgError: did not converge
@@ -142,10 +148,23 @@ def normal_samples(
 
     Unlike laplace-torch, which reuses one ``(k, n_samples)`` noise draw for every row,
     each row gets its own draw: the marginals are the same, rows are independent.
+    Non-finite ``mean`` or ``var`` and negative variances are refused (laplace-torch's
+    ``sqrt`` returns NaN samples); negative rounding (above ``−1e-10`` relative to the
+    largest variance) is clamped to zero.
     """
+    n_samples = positive_int(n_samples, "n_samples")
     if mean.ndim != 2:
         raise ValueError(f"mean must be 2-d (n, k), got shape {tuple(mean.shape)}.")
+    if not bool(torch.isfinite(mean).all()):
+        raise ValueError("normal_samples: mean has NaN or infinite entries.")
+    if not bool(torch.isfinite(var).all()):
+        raise ValueError("normal_samples: var has NaN or infinite entries.")
     if var.shape == mean.shape:
+        tol = 1e-10 * float(var.abs().max()) if var.numel() else 0.0
+        if bool((var < -tol).any()):
+            raise ValueError(f"normal_samples: var has negative variances (min "
+                             f"{float(var.min()):.3g}).")
+        var = var.clamp(min=0.0)
         eps = torch.randn((n_samples, *mean.shape), generator=generator, device=mean.device,
                           dtype=mean.dtype)
         return mean + var.sqrt() * eps

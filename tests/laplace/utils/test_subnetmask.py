@@ -134,10 +134,11 @@ def test_param_name_mask(names, expected):
 
 
 def test_param_name_mask_errors():
+    # refused where the names enter (laplace-torch: only at select())
     with pytest.raises(ValueError, match="empty"):
-        ParamNameSubnetMask(mlp(), []).select()
+        ParamNameSubnetMask(mlp(), [])
     with pytest.raises(ValueError, match="do not exist"):
-        ParamNameSubnetMask(mlp(), ["0.weight", "3.weight"]).select()
+        ParamNameSubnetMask(mlp(), ["0.weight", "3.weight"])
 
 
 def test_module_name_mask():
@@ -153,11 +154,11 @@ def test_module_name_mask():
 
 def test_module_name_mask_errors():
     with pytest.raises(ValueError, match="empty"):
-        ModuleNameSubnetMask(mlp(), []).select()
+        ModuleNameSubnetMask(mlp(), [])
     with pytest.raises(ValueError, match="do not exist"):
-        ModuleNameSubnetMask(mlp(), ["5"]).select()
+        ModuleNameSubnetMask(mlp(), ["5"])
     with pytest.raises(ValueError, match="does not have any parameters"):
-        ModuleNameSubnetMask(mlp(), ["1"]).select()
+        ModuleNameSubnetMask(mlp(), ["1"])
 
 
 def test_last_layer_mask():
@@ -190,6 +191,20 @@ def test_diag_laplace_variance_mask():
     assert_top(idx, var, 5)  # (dead ReLU units tie at variance 1 / prior)
     # an already fitted DiagLaplace is used as is
     assert torch.equal(LargestVarianceDiagLaplaceSubnetMask(model, 5, la).select(), idx)
+    # one fitted on a copy of the network scores the same weights: accepted, same choice
+    twin = DiagLaplace(deepcopy(model), "classification", prior_precision=0.5)
+    twin.fit(cls_loader())
+    assert torch.equal(LargestVarianceDiagLaplaceSubnetMask(model, 5, twin).select(), idx)
+
+
+def test_diag_laplace_variance_mask_of_another_network_is_refused():
+    # same architecture, other weights: its variances describe other parameters
+    other = DiagLaplace(mlp(seed=1), "classification")
+    other.fit(cls_loader())
+    with pytest.raises(ValueError, match="another network"):
+        LargestVarianceDiagLaplaceSubnetMask(mlp(), 5, other)
+    with pytest.raises(ValueError, match="diag_laplace_model must be"):
+        LargestVarianceDiagLaplaceSubnetMask(mlp(), 5, mlp())
 
 
 def test_swag_variance_mask():

@@ -63,6 +63,12 @@ def test_parameters_per_layer_and_expand_prior_precision():
     prior = UU.expand_prior_precision(torch.tensor([1.0, 2.0, 3.0, 4.0]), model)
     assert torch.equal(prior, torch.tensor([1.0] * 12 + [2.0] * 4 + [3.0] * 8 + [4.0] * 2))
     assert torch.equal(UU.fix_prior_prec_structure(0.5, "layerwise", 4, 26), torch.full((4,), 0.5))
+    assert torch.equal(UU.expand_prior_precision(torch.tensor(2.0), model), torch.full((26,), 2.0))
+    # a (1, 4) or (4, 1) tensor is no vector (laplace-torch asserts ndim == 1): refused,
+    # where (1, 4) used to index out of range and (4, 1) to pass as layerwise
+    for shape in [(1, 4), (4, 1), (1, 26)]:
+        with pytest.raises(ValueError, match="scalar or a vector"):
+            UU.expand_prior_precision(torch.ones(shape), model)
 
 
 # ------------------------------------------------------------ linear algebra
@@ -201,6 +207,28 @@ def test_normal_samples_singular_covariance_and_bad_shapes():
         normal_samples(torch.zeros(2, 3), torch.ones(2, 2), 4)
     with pytest.raises(ValueError, match="2-d"):
         normal_samples(torch.zeros(3), torch.ones(3), 4)
+
+
+def test_normal_samples_refuses_what_would_give_nan_samples():
+    mean = torch.zeros(2, 1, dtype=DT)
+    with pytest.raises(ValueError, match="negative variances"):
+        normal_samples(mean, torch.tensor([[1.0], [-0.5]], dtype=DT), 3)
+    with pytest.raises(ValueError, match="var has NaN"):
+        normal_samples(mean, torch.tensor([[1.0], [float("nan")]], dtype=DT), 3)
+    with pytest.raises(ValueError, match="mean has NaN"):
+        normal_samples(mean.fill_(float("inf")), torch.ones(2, 1, dtype=DT), 3)
+    with pytest.raises(ValueError, match="n_samples"):
+        normal_samples(torch.zeros(2, 1), torch.ones(2, 1), 0)
+    # rounding below zero is clamped: those rows are exactly their mean
+    s = normal_samples(torch.ones(2, 1, dtype=DT), torch.tensor([[1.0], [-1e-14]], dtype=DT), 5)
+    assert torch.equal(s[:, 1], torch.ones(5, 1, dtype=DT))
+
+
+def test_symeig_refuses_non_finite_and_non_square():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        U.symeig(torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]]))
+    with pytest.raises(ValueError, match="square"):
+        U.symeig(torch.ones(2, 3))
 
 
 @pytest.mark.parametrize("name", ["reg1", "cls3"])
