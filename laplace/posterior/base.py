@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -237,6 +239,18 @@ class BaseLaplace:
     def _prepare_for_tuning(self) -> None:
         """Hook: precompute what repeated marginal-likelihood evaluations share."""
 
+    @contextmanager
+    def _hyperparameters_kept_on_error(self) -> Iterator[None]:
+        """A tuning run that raises leaves ``prior_precision`` and ``sigma_noise`` as
+        they were (not its last iterate, which may still require gradients)."""
+        previous = self._prior_precision, self._sigma_noise
+        try:
+            yield
+        except BaseException:
+            self._prior_precision, self._sigma_noise = previous
+            self._invalidate()
+            raise
+
     # -------------------------------------------------------- likelihood terms
     @property
     def log_likelihood(self) -> Tensor:
@@ -348,17 +362,20 @@ class BaseLaplace:
                 )
             n_steps = checks.positive_int(n_steps, "n_steps")
             lr = checks.positive_float(lr, "lr")
-            marglik(self, n_steps, lr, init_prior_prec, structure, progress_bar, verbose)
+            with self._hyperparameters_kept_on_error():
+                marglik(self, n_steps, lr, init_prior_prec, structure, progress_bar, verbose)
         else:
             grid_size = checks.positive_int(grid_size, "grid_size")
             base = checks.positive_float(log_prior_prec_base, "log_prior_prec_base")
             if base == 1.0:
                 raise ValueError("log_prior_prec_base must not be 1: every grid point would "
                                  "be 1.")
-            gridsearch(
-                self, pred_type, val_loader, loss, log_prior_prec_min, log_prior_prec_max,
-                grid_size, link_approx, n_samples, progress_bar, verbose, log_prior_prec_base,
-            )
+            with self._hyperparameters_kept_on_error():
+                gridsearch(
+                    self, pred_type, val_loader, loss, log_prior_prec_min, log_prior_prec_max,
+                    grid_size, link_approx, n_samples, progress_bar, verbose,
+                    log_prior_prec_base,
+                )
 
     def optimize_marginal_likelihood(
         self,
@@ -402,6 +419,15 @@ class BaseLaplace:
                                               "prior_precision_hyperprior"),
             noise_hyperprior=check_hyperprior(sigma_noise_hyperprior, "sigma_noise_hyperprior"),
         )
+        with self._hyperparameters_kept_on_error():
+            return self._maximize_marginal_likelihood(prior_structure, tune_sigma_noise,
+                                                      method, n_steps, lr, progress_bar,
+                                                      options)
+
+    def _maximize_marginal_likelihood(self, prior_structure: Any, tune_sigma_noise: bool,
+                                      method: str, n_steps: int, lr: float,
+                                      progress_bar: bool, options: dict[str, Any]) -> Tensor:
+        """``optimize_marginal_likelihood`` after its arguments were checked."""
         if prior_structure is not None:
             structure = parse_option(PriorStructure, prior_structure, "prior_structure")
             lengths = {PriorStructure.SCALAR: 1, PriorStructure.LAYERWISE: self.n_layers,

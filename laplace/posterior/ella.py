@@ -143,6 +143,7 @@ class ELLA(FunctionalLaplace):
     """
 
     _key = ("all", "gp")
+    _STATE_KEYS = ("n_eigenvalues", "eigenvalues", "Psi", "G")
 
     def __init__(self, model: nn.Module, likelihood: str, n_subset: int, *args: Any,
                  n_eigenvalues: int = 20, seed: int = 0, **kwargs: Any) -> None:

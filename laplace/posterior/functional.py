@@ -36,9 +36,9 @@ from laplace.posterior.lastlayer import LastLayerMixin
 from laplace.predictive import links
 from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
-from laplace.utils.data import Inputs, dataset_size, inputs_to, split_batch
+from laplace.utils.data import Inputs, batch_size, dataset_size, inputs_to, split_batch
 from laplace.utils.enums import Likelihood, LinkApprox, PredType, parse_option
-from laplace.utils.errors import NotPositiveDefiniteError
+from laplace.utils.errors import NotFittedError, NotPositiveDefiniteError
 from laplace.utils.feature_extractor import FeatureExtractor
 from laplace.utils.parameters import vector_of
 
@@ -66,17 +66,20 @@ class FunctionalLaplace(BaseLaplace):
         output_hessian: str = "diag", seed: int = 0, **kwargs: Any,
     ) -> None:
         super().__init__(model, likelihood, *args, **kwargs)
-        if "Hessian" in self._backend_cls.__name__ or "EF" in self._backend_cls.__name__:
-            raise ValueError("Function-space Laplace needs a GGN backend.")
+        backend = self._backend_cls.__name__
+        if "Hessian" in backend or "EF" in backend:
+            raise ValueError(f"Function-space Laplace needs a GGN backend, not backend={backend}.")
         if output_hessian not in ("diag", "block"):
-            raise ValueError("output_hessian must be 'diag' or 'block'.")
-        if int(n_subset) < 1:
-            raise ValueError("n_subset must be a positive integer.")
-        self.n_subset = int(n_subset)
-        self.independent_outputs = independent_outputs or diagonal_kernel
-        self.diagonal_kernel = diagonal_kernel
+            raise ValueError(f"output_hessian must be 'diag' or 'block', not {output_hessian!r}.")
+        self.n_subset = checks.positive_int(n_subset, self._subset_arg)
+        for name, value in (("independent_outputs", independent_outputs),
+                            ("diagonal_kernel", diagonal_kernel)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{name} must be a bool, not {value!r}.")
+        self.independent_outputs = bool(independent_outputs or diagonal_kernel)
+        self.diagonal_kernel = bool(diagonal_kernel)
         self.output_hessian = output_hessian
-        self.seed = seed
+        self.seed = _check_seed(seed)
         params = self._params  # none yet for a last layer found at fit
         self.mean = vector_of(p.detach() for p in params) if params else None
 
@@ -91,6 +94,10 @@ class FunctionalLaplace(BaseLaplace):
             eye = torch.eye(K.shape[1], dtype=K.dtype, device=K.device)
             K = K * eye[None, :, None, :]
         return K
+
+    def _prior_precision_lengths(self) -> tuple[list[tuple[int, str]], str]:
+        return [(1, "a scalar")], (" (function-space Laplace has one kernel scale: a scalar "
+                                   "prior precision only)")
 
     @property
     def prior_factor_sod(self) -> float:
@@ -205,14 +212,30 @@ class FunctionalLaplace(BaseLaplace):
         S = self._L_sqrt()
         eye = torch.eye(len(S), dtype=S.dtype, device=S.device)
         A = eye + S @ (self.K_MM * self._prior_var()) @ S
+        return S, self._psd_cholesky(A, "I + L^1/2 K L^1/2 / δ")
+
+    def _psd_cholesky(self, A: Tensor, what: str) -> Tensor:
+        """Cholesky factor of ``A`` (``I`` or ``σ²I`` plus a PSD kernel, so positive
+        definite in exact arithmetic): symmetrised, and retried once with a jitter at the
+        rounding scale of its largest diagonal entry; else ``NotPositiveDefiniteError``
+        naming the hyperparameters that set its scale."""
+        A = (A + A.mT) / 2
         chol, info = torch.linalg.cholesky_ex(A)
+        if bool(info.any()) and bool(torch.isfinite(A).all()):
+            jitter = len(A) * torch.finfo(A.dtype).eps * float(A.diagonal().abs().max())
+            chol, info = torch.linalg.cholesky_ex(A + jitter * torch.eye(
+                len(A), dtype=A.dtype, device=A.device))
         if bool(info.any()) or not bool(torch.isfinite(chol).all()):
+            noise = (f", sigma_noise {float(self.sigma_noise):.3g}"
+                     if self.likelihood == Likelihood.REGRESSION else "")
             raise NotPositiveDefiniteError(
-                "The function-space posterior's kernel matrix I + L^1/2 K L^1/2 / δ is not "
-                f"positive definite at prior precision {self.prior_precision.tolist()}: a "
-                "positive, finite prior precision is needed (a zero one has infinite prior "
-                "variance).")
-        return S, chol
+                f"The function-space posterior's matrix {what} is not positive definite in "
+                f"floating point at prior precision {self.prior_precision.tolist()}{noise}, "
+                f"temperature {self.temperature:.3g}: a positive, finite prior precision is "
+                "needed (a zero one has infinite prior variance), and a tiny one (huge prior "
+                "variance) or a tiny sigma_noise or temperature (huge output Hessians) makes "
+                "it too ill-conditioned.")
+        return chol
 
     # ----------------------------------------------------- marginal lik.
     @property
@@ -232,7 +255,9 @@ class FunctionalLaplace(BaseLaplace):
         m = self.mu.reshape(-1)
         A = self.K_MM * self._prior_var() + noise * torch.eye(len(m), dtype=m.dtype,
                                                               device=m.device)
-        return m @ torch.cholesky_solve(m.unsqueeze(-1), torch.linalg.cholesky(A)).squeeze(-1)
+        regression = self.likelihood == Likelihood.REGRESSION
+        chol = self._psd_cholesky(A, "K / δ + σ²I" if regression else "K / δ + εI")
+        return m @ torch.cholesky_solve(m.unsqueeze(-1), chol).squeeze(-1)
 
     def log_marginal_likelihood(self, prior_precision: Any = None, sigma_noise: Any = None):
         return super().log_marginal_likelihood(prior_precision, sigma_noise)
@@ -248,7 +273,7 @@ class FunctionalLaplace(BaseLaplace):
 
     def _require_fit(self) -> None:
         if getattr(self, "K_MM", None) is None:
-            raise ValueError(f"{type(self).__name__} is not fitted: call fit(train_loader).")
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit(train_loader).")
 
     # ----------------------------------------------------------- predictive
     def _cross_kernel(self, Js_star: Tensor) -> Tensor:
@@ -341,6 +366,14 @@ class FunctionalLaplace(BaseLaplace):
         return draws.reshape(n_samples, -1, C)
 
     # --------------------------------------------------------- serialization
+    _STATE_KEYS = ("X_M", "mu", "Lambda", "K_MM")  # this class's own, beside the common ones
+    _COMMON_KEYS = ("cls_name", "likelihood", "mean", "loss", "n_data", "n_outputs",
+                    "prior_precision", "prior_mean", "sigma_noise", "temperature",
+                    "sod_indices")
+    #: options that change what the saved quantities mean: a state loads only into an LA
+    #: with the same values
+    _STATE_OPTIONS = ("independent_outputs", "diagonal_kernel", "output_hessian")
+
     def _common_state(self) -> dict[str, Any]:
         """Hyperparameters and training summary every function-space state carries."""
         self._require_fit()
@@ -350,13 +383,17 @@ class FunctionalLaplace(BaseLaplace):
             "n_outputs": self.n_outputs, "prior_precision": self.prior_precision,
             "prior_mean": self.prior_mean, "sigma_noise": self.sigma_noise,
             "temperature": self.temperature, "sod_indices": torch.as_tensor(self.sod_indices),
+            "seed": self.seed, "param_shapes": [list(p.shape) for p in self._params],
+            **{name: getattr(self, name) for name in self._STATE_OPTIONS},
         }
 
-    def _load_common_state(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, Mapping) or state.get("cls_name") != type(self).__name__:
-            name = state.get("cls_name") if isinstance(state, Mapping) else type(state).__name__
-            raise ValueError(f"State of a {name} cannot be loaded into a "
+    def _check_common_state(self, state: Any) -> None:
+        """Refuse a state that does not belong to this LA, before anything is set."""
+        if isinstance(state, Mapping) and "cls_name" in state \
+                and state["cls_name"] != type(self).__name__:
+            raise ValueError(f"State of a {state['cls_name']} cannot be loaded into a "
                              f"{type(self).__name__}.")
+        checks.state_keys(state, (*self._COMMON_KEYS, *self._STATE_KEYS), type(self).__name__)
         if state["likelihood"] != str(self.likelihood):
             raise ValueError(f"State of a {state['likelihood']} fit cannot be loaded into a "
                              f"{self.likelihood} Laplace.")
@@ -365,6 +402,20 @@ class FunctionalLaplace(BaseLaplace):
             raise ValueError(f"State has {state['mean'].numel()} parameters, this LA "
                              f"{n_params}: recreate the model and the Laplace object as they "
                              "were when the state was saved.")
+        params = self._params
+        shapes = [list(p.shape) for p in params] if params else None
+        if shapes is not None and state.get("param_shapes", shapes) != shapes:
+            raise ValueError(f"State was saved for parameter tensors of shapes "
+                             f"{state['param_shapes']}, this model has {shapes}: a different "
+                             "architecture.")
+        for name in self._STATE_OPTIONS:
+            if name in state and state[name] != getattr(self, name):
+                raise ValueError(f"State was saved with {name}={state[name]!r}, this LA has "
+                                 f"{name}={getattr(self, name)!r}: its kernel quantities mean "
+                                 "something else here; create the LA with the saved value.")
+
+    def _load_common_state(self, state: dict[str, Any]) -> None:
+        self._check_common_state(state)
         device = self._device
         self.mean, self.loss = state["mean"].to(device), state["loss"].to(device)
         self.n_data, self.n_outputs = int(state["n_data"]), int(state["n_outputs"])
@@ -374,22 +425,25 @@ class FunctionalLaplace(BaseLaplace):
         self.sigma_noise = state["sigma_noise"].to(device)
         self.sod_indices = state["sod_indices"].cpu().numpy()
         self.n_subset = len(self.sod_indices)
+        if "seed" in state:  # the seed of the saved draw, not this object's
+            self.seed = _check_seed(state["seed"])
 
     def state_dict(self) -> dict[str, Any]:
         """Hyperparameters, the kernel quantities ``K_MM``, ``μ``, the output Hessians and
         the subset's inputs (for the cross-kernel of predictions); no Jacobians."""
+        common = self._common_state()
         X_M = [dict(X) if isinstance(X, Mapping) else X for X in self._X_M]
-        return {**self._common_state(), "X_M": X_M, "mu": self.mu,
-                "Lambda": self._Lambda, "K_MM": self.K_MM}
+        return {**common, "X_M": X_M, "mu": self.mu, "Lambda": self._Lambda, "K_MM": self.K_MM}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._check_common_state(state)
+        _check_kernel_state(state, self.dict_key_x)
         self._load_common_state(state)
         device = self._device
         self._X_M = [inputs_to(X, device) for X in state["X_M"]]
         self.mu = state["mu"].to(device)
         self._Lambda, self.K_MM = state["Lambda"].to(device), state["K_MM"].to(device)
         self.L = self._Lambda.diagonal(dim1=-2, dim2=-1).reshape(-1)
-
 
 
 class FunctionalLLLaplace(LastLayerMixin, FunctionalLaplace):
@@ -412,7 +466,8 @@ class FunctionalLLLaplace(LastLayerMixin, FunctionalLaplace):
     def fit(self, train_loader: Any, progress_bar: bool = False,
             distributed: bool | None = None) -> None:
         distributed_fit.require_local(distributed, type(self).__name__)
-        self._prepare_last_layer(train_loader)
+        X = self._prepare_last_layer(train_loader)
+        self._check_output_is_last_layer(X)
         super().fit(train_loader, progress_bar=progress_bar, distributed=False)
 
     def state_dict(self) -> dict[str, Any]:
@@ -421,3 +476,24 @@ class FunctionalLLLaplace(LastLayerMixin, FunctionalLaplace):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._set_layer_from_state(state.get("last_layer_name"))
         super().load_state_dict(state)
+
+
+def _check_kernel_state(state: Mapping[str, Any], dict_key_x: str) -> None:
+    """``K_MM`` square over the entries of ``μ``, one ``C × C`` output Hessian per entry
+    group of ``μ`` (``C = n_outputs``) and ``X_M`` with ``M = len(sod_indices)`` rows."""
+    M, C = len(state["sod_indices"]), int(state["n_outputs"])
+    K, mu, Lam = state["K_MM"], state["mu"], state["Lambda"]
+    rows = sum(batch_size(X, dict_key_x) for X in state["X_M"])
+    if (K.shape != (mu.numel(), mu.numel()) or Lam.shape[-2:] != (C, C)
+            or Lam.numel() != mu.numel() * C or rows != M):
+        raise ValueError(
+            f"The state's kernel quantities do not fit its {M} subset points and {C} "
+            f"outputs: K_MM {tuple(K.shape)}, mu {tuple(mu.shape)}, Lambda "
+            f"{tuple(Lam.shape)}, X_M with {rows} rows.")
+
+
+def _check_seed(seed: Any) -> int:
+    """The subset draw's seed: a non-negative integer (``numpy.random.default_rng``)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, not {seed!r}.")
+    return int(seed)

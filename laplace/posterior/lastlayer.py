@@ -129,6 +129,35 @@ class LastLayerMixin:
             self.model.set_last_layer(name)
         self.__dict__.pop("_deferred_priors", None)
 
+    def _check_output_is_last_layer(self, X: Inputs) -> None:
+        """The Jacobian ``I ⊗ φᵀ`` holds only if the output *is* ``last_layer(φ)``.
+
+        With ``feature_reduction`` the model may pool the head's outputs its own way
+        (e.g. at the last non-padding token): only the shape ``(batch, K)`` is checked
+        then, and the model's own output is the predictive mean.
+        """
+        with torch.no_grad():
+            f, phi = self.model.forward_with_features(X)
+            expected = self.model.last_layer(phi)
+        if f.shape == expected.shape and (
+            self.model.feature_reduction is not None
+            or torch.allclose(f, expected, rtol=1e-5, atol=1e-6)
+        ):
+            return
+        if self.model.feature_reduction is not None:
+            raise ValueError(
+                f"The model output of shape {tuple(f.shape)} does not match the last layer "
+                f"{self.model.last_layer_name!r} on the reduced features "
+                f"{tuple(expected.shape)} (feature_reduction="
+                f"{str(self.model.feature_reduction)!r}); the model must return (batch, K)."
+            )
+        raise ValueError(
+            f"The model output is not the output of its last layer "
+            f"{self.model.last_layer_name!r} (an operation follows it); last-layer "
+            "Laplace needs f = last_layer(φ). Pass last_layer_name or use "
+            "subset_of_weights='all'."
+        )
+
 
 class LLLaplace(LastLayerMixin, ParametricLaplace):
     """Laplace approximation over the last ``nn.Linear`` layer.
@@ -238,35 +267,6 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
             override = True  # nothing accumulated yet: allocate the curvature
         super().fit(train_loader, override=override, progress_bar=progress_bar,
                     distributed=dist)
-
-    def _check_output_is_last_layer(self, X: Inputs) -> None:
-        """The Jacobian ``I ⊗ φᵀ`` holds only if the output *is* ``last_layer(φ)``.
-
-        With ``feature_reduction`` the model may pool the head's outputs its own way
-        (e.g. at the last non-padding token): only the shape ``(batch, K)`` is checked
-        then, and the model's own output is the predictive mean.
-        """
-        with torch.no_grad():
-            f, phi = self.model.forward_with_features(X)
-            expected = self.model.last_layer(phi)
-        if f.shape == expected.shape and (
-            self.model.feature_reduction is not None
-            or torch.allclose(f, expected, rtol=1e-5, atol=1e-6)
-        ):
-            return
-        if self.model.feature_reduction is not None:
-            raise ValueError(
-                f"The model output of shape {tuple(f.shape)} does not match the last layer "
-                f"{self.model.last_layer_name!r} on the reduced features "
-                f"{tuple(expected.shape)} (feature_reduction="
-                f"{str(self.model.feature_reduction)!r}); the model must return (batch, K)."
-            )
-        raise ValueError(
-            f"The model output is not the output of its last layer "
-            f"{self.model.last_layer_name!r} (an operation follows it); last-layer "
-            "Laplace needs f = last_layer(φ). Pass last_layer_name or use "
-            "subset_of_weights='all'."
-        )
 
     def _glm_predictive_distribution(
         self, X: Inputs, joint: bool = False, diagonal_output: bool = False

@@ -37,6 +37,10 @@ class LowRankLaplace(ParametricLaplace):
             n_eigenvalues = checks.positive_int(n_eigenvalues, "n_eigenvalues")
         self.n_eigenvalues = n_eigenvalues
         super().__init__(model, likelihood, *args, **kwargs)
+        if n_eigenvalues is not None and n_eigenvalues > self.n_params:
+            raise ValueError(f"n_eigenvalues={n_eigenvalues} exceeds the model's "
+                             f"{self.n_params} parameters (the rank k must lie in "
+                             f"[1, {self.n_params}]).")
 
     def _init_H(self) -> None:
         self.H: tuple[Tensor, Tensor] | None = None

@@ -111,7 +111,7 @@ def maximize(
         return ValueError(
             f"Marginal-likelihood optimisation diverged ({method}, {n_steps} steps, lr={lr}): "
             f"the prior precision became {prior.detach().flatten()[:4].tolist()}"
-            + ("" if sigma is None else f" and the noise {float(sigma):.4g}")
+            + ("" if sigma is None else f" and the noise {float(sigma.detach()):.4g}")
             + "; lower lr or start from a positive, finite prior precision.")
 
     def finite(prior: Tensor, sigma: Tensor | None) -> bool:

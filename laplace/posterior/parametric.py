@@ -400,7 +400,10 @@ class ParametricLaplace(BaseLaplace):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a posterior saved by ``state_dict`` (the model is loaded separately)."""
-        checks.state_keys(state_dict, ("cls_name", "likelihood", "mean"), type(self).__name__)
+        checks.state_keys(state_dict, ("cls_name", "likelihood", "mean", "H", "loss", "n_data",
+                                       "n_outputs", "output_shape", "temperature",
+                                       "enable_backprop", "sigma_noise", "prior_mean",
+                                       "prior_precision"), type(self).__name__)
         if state_dict["cls_name"] != type(self).__name__:
             raise ValueError(
                 f"State of a {state_dict['cls_name']} cannot be loaded into {type(self).__name__}."

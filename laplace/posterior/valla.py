@@ -100,6 +100,7 @@ class VaLLA(FunctionalLaplace):
     """
 
     _subset_arg = "n_inducing"
+    _STATE_KEYS = ("V", "sv", "U", "W")
 
     _key = ("all", "gp")
 

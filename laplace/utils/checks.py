@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from laplace.utils.errors import MissingKeyError
+
 
 def _is_real_number(value: Any) -> bool:
     """A real Python/NumPy number that is not a ``bool``."""
@@ -241,5 +243,5 @@ def state_keys(state: Any, keys: tuple[str, ...], into: str) -> None:
                          f"{type(state).__name__}, to load into {into}.")
     missing = [k for k in keys if k not in state]
     if missing:
-        raise ValueError(f"The state lacks {missing}: not a state_dict() of a Laplace "
-                         f"approximation, cannot be loaded into {into}.")
+        raise MissingKeyError(f"The state lacks {missing}: not a state_dict() of a Laplace "
+                              f"approximation, cannot be loaded into {into}.")

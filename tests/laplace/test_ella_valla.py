@@ -351,9 +351,9 @@ def test_rejections():
         la.fit(loader)
         with pytest.raises(ValueError, match="Only gp"):
             la(X, pred_type="glm")
-        la.prior_precision = torch.ones(la.n_layers, dtype=torch.float64)
         with pytest.raises(ValueError, match="scalar prior precision only"):
-            la(X)
+            la.prior_precision = torch.ones(la.n_layers, dtype=torch.float64)  # refused here
+        assert la.prior_precision.shape == (1,)
         with pytest.raises(ValueError, match="scalar prior precision only"):
             la.optimize_prior_precision(prior_structure="layerwise")
     ella_state = ELLA(model, "regression", 10, n_eigenvalues=5)
