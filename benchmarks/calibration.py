@@ -43,7 +43,7 @@ from gpytorch.mlls import ExactMarginalLogLikelihood  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.problems import PROBLEMS, make_problem  # noqa: E402
+from benchmarks.problems import DEVELOPMENT_PROBLEMS, PROBLEMS, make_problem  # noqa: E402
 from lapbo import LaplaceBNN  # noqa: E402
 
 DTYPE = torch.float64
@@ -123,7 +123,7 @@ def run_one(problem_name: str, n: int, seed: int, method: str,
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Medians over seeds per (problem, n, method)."""
     keys = sorted({(r["problem"], r["n"], r["method"]) for r in rows},
-                  key=lambda k: (list(PROBLEMS).index(k[0]), k[1], k[2]))
+                  key=lambda k: ([*PROBLEMS, *DEVELOPMENT_PROBLEMS].index(k[0]), k[1], k[2]))
     table = []
     for key in keys:
         cell = [r for r in rows if (r["problem"], r["n"], r["method"]) == key]
@@ -175,7 +175,10 @@ def targets_line(table: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--problems", nargs="+", choices=list(PROBLEMS), default=list(PROBLEMS))
+    parser.add_argument("--problems", nargs="+", choices=[*PROBLEMS, *DEVELOPMENT_PROBLEMS],
+                        default=list(PROBLEMS),
+                        help="the ten problems, or development problems (development "
+                             "seeds only)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[30, 100, 1000])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=["laplace", "gp"])
