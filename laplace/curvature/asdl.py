@@ -52,6 +52,7 @@ from laplace.curvature.curvature import (
     features_and_outputs,
     find_last_layer,
 )
+from laplace.curvature.layers import unsupported_layer
 from laplace.utils.data import Inputs
 from laplace.utils.enums import Likelihood
 from laplace.utils.matrix import Kron
@@ -117,6 +118,10 @@ class AsdlInterface(CurvatureInterface):
             ValueError: a parameter of ``self.params`` lives in a module ASDL lacks.
         """
         wanted = {id(p) for p in self.params}
+        problem = unsupported_layer(net, [p for p in self.params if p.requires_grad])
+        if problem:
+            raise ValueError(f"{type(self).__name__}: ASDL's layer-wise curvature is wrong "
+                             f"here: {problem}; use TorchFuncGGN or TorchFuncEF.")
         order: list[nn.Parameter] = []
         ignore: list[nn.Module] = []
         supported = (nn.Linear, nn.Conv2d) if kron else ASDL_MODULES
@@ -135,11 +140,18 @@ class AsdlInterface(CurvatureInterface):
                     f"({type(module).__name__}), which has trainable parameters; supported: "
                     f"{', '.join(c.__name__ for c in supported)}."
                 )
-            if isinstance(module, nn.Conv2d) and module.dilation != (1, 1):
+            if isinstance(module, nn.Conv2d) and (
+                    module.dilation != (1, 1) or module.groups != 1
+                    or isinstance(module.padding, str)):
                 raise ValueError(
-                    f"{type(self).__name__}: ASDL does not support dilated convolutions "
-                    f"(module {name!r})."
-                )
+                    f"{type(self).__name__}: ASDL does not support dilated, grouped or "
+                    f"'same'/'valid'-padded convolutions (module {name!r}); use "
+                    "TorchFuncGGN or CurvlinopsGGN.")
+            if isinstance(module, nn.Embedding):
+                raise ValueError(
+                    f"{type(self).__name__}: ASDL's curvature of nn.Embedding (module "
+                    f"{name!r}) is wrong when a token repeats within a sample; use "
+                    "TorchFuncGGN, CurvlinopsGGN or BackPackEF.")
             for attr in ("weight", "bias"):
                 p = getattr(module, attr, None)
                 if p is not None and p.requires_grad:

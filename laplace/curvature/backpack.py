@@ -73,6 +73,7 @@ from laplace.curvature.curvature import (
     features_and_outputs,
     find_last_layer,
 )
+from laplace.curvature.layers import unsupported_layer
 from laplace.utils.data import Inputs
 from laplace.utils.feature_extractor import FeatureExtractor
 from laplace.utils.matrix import Kron
@@ -289,6 +290,14 @@ def _check_network(
     name = type(iface).__name__
     ext_name = type(extension).__name__
     supported = _module_extensions(extension)
+    problem = unsupported_layer(net, list(wanted.values()))
+    if problem is None and second_order:
+        problem = next((f"module {m_name!r} has padding={m.padding!r}, which BackPACK's "
+                        "unfolding cannot take" for m_name, m in net.named_modules()
+                        if isinstance(m, nn.Conv2d) and isinstance(m.padding, str)), None)
+    if problem:
+        raise ValueError(f"{name}: BackPACK's layer-wise curvature is wrong or unavailable "
+                         f"here: {problem}; use TorchFuncGGN or TorchFuncEF.")
     if second_order:
         leaves = _sequential_leaves(net)
         if leaves is None:

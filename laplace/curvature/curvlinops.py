@@ -41,6 +41,7 @@ from laplace.curvature.curvature import (
     _targets,
     curvature_options,
 )
+from laplace.curvature.layers import unsupported_layer
 from laplace.utils.data import Inputs, batch_size
 from laplace.utils.enums import Likelihood
 from laplace.utils.matrix import Kron
@@ -237,7 +238,12 @@ class _FlatLoss(nn.Module):
 
 
 def _check_kfac_modules(iface: CurvlinopsInterface) -> None:
-    """Curvlinops' KFAC factors ``nn.Linear`` and ``nn.Conv2d`` layers only."""
+    """Curvlinops' KFAC factors ``nn.Linear`` and ``nn.Conv2d`` layers only (zero
+    padding, each parameter in one module)."""
+    problem = unsupported_layer(iface.model, iface.params)
+    if problem:
+        raise ValueError(f"{type(iface).__name__}: Curvlinops' KFAC is wrong here: "
+                         f"{problem}. Use 'full' or 'diag'.")
     wanted = {id(p) for p in iface.params}
     for name, module in iface.model.named_modules():
         owns = any(id(p) in wanted for p in module.parameters(recurse=False))

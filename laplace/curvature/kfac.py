@@ -26,6 +26,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from laplace.curvature.layers import nonzero_padding, shared_parameters
 from laplace.curvature.outputs import (
     _targets,
     features_and_outputs,
@@ -64,20 +65,27 @@ def kfac_modules(
             ``strict``; otherwise ``None`` is returned).
     """
     wanted = {id(p) for p in iface.params}
+    shared = shared_parameters(iface.model, iface.params)
+    if shared:
+        if not strict:
+            return None
+        raise ValueError(
+            f"KFAC (hessian_structure='kron') needs each parameter in one module; "
+            f"{'; '.join(shared)} are shared (tied weights). Use 'full' or 'diag'.")
     found: list[tuple[nn.Module, list[str]]] = []
     for name, module in iface.model.named_modules():
         own = [(n, p) for n, p in module.named_parameters(recurse=False) if id(p) in wanted]
         if not own:
             continue
         conv_unsupported = isinstance(module, nn.Conv2d) and (
-            module.groups != 1 or isinstance(module.padding, str)
+            module.groups != 1 or isinstance(module.padding, str) or nonzero_padding(module)
         )
         if not isinstance(module, SUPPORTED) or conv_unsupported:
             if not strict:
                 return None
             raise ValueError(
                 f"KFAC (hessian_structure='kron') supports nn.Linear and nn.Conv2d only "
-                f"(numeric padding, groups=1); module {name!r} of type "
+                f"(numeric zero padding, groups=1); module {name!r} of type "
                 f"{type(module).__name__} has trainable parameters. Use 'full' or 'diag', "
                 "or freeze that module (requires_grad=False)."
             )
@@ -127,6 +135,8 @@ class _Recording:
         finally:
             for h in handles:
                 h.remove()
+        #: outputs ``(n, ..., K)``: several data points per sample
+        self.per_position = f.ndim > 2
         self.f = f.reshape(-1, f.shape[-1]) if f.ndim > 1 else f.unsqueeze(-1)
         self.loss = iface.lossfunc(self.f, _targets(y, self.f, iface.likelihood))
         self.inputs = [inputs[id(m)] for m, _ in modules]
@@ -226,11 +236,17 @@ def diagonal(
     iface: HookedInterface, x: Inputs, y: Tensor, fisher: str, mc_samples: int = 1
 ) -> tuple[Tensor, Tensor] | None:
     """Loss and the exact curvature diagonal ``(P,)`` of one batch, or ``None`` when a
-    trainable parameter lives outside ``nn.Linear``/``nn.Conv2d`` layers."""
+    trainable parameter lives outside ``nn.Linear``/``nn.Conv2d`` layers (or in a layer
+    ``kfac_modules`` refuses), or when a GGN's model output is ``(n, ..., K)``: every
+    output position is then a data point, and one backward pass per output row would
+    sum the gradients of a sample's positions before squaring them (the EF's per-sample
+    gradient is that sum, so it stays here)."""
     modules = kfac_modules(iface, strict=False)
     if modules is None:
         return None
     rec = _Recording(iface, x, y, modules)
+    if rec.per_position and fisher != "ef":
+        return None
     acts = [_per_sample(m, a, is_input=True) for (m, _), a in zip(modules, rec.inputs)]
     diag: list[list[Tensor]] = [[0.0] * len(names) for _, names in modules]
     for grads in rec.output_gradients(fisher, mc_samples):
