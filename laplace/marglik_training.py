@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from copy import deepcopy
 from typing import Any
 
@@ -139,10 +140,18 @@ def marglik_training(
         )
     _check_counts(0, n_epochs=n_epochs, n_epochs_burnin=n_epochs_burnin)
     _check_counts(1, n_hypersteps=n_hypersteps, marglik_frequency=marglik_frequency)
-    _check_positive(
-        lr_hyp=lr_hyp, prior_prec_init=prior_prec_init, sigma_noise_init=sigma_noise_init,
-        temperature=temperature,
-    )
+    lr_hyp, prior_prec_init, sigma_noise_init, temperature = (
+        checks.positive_float(value, name) for name, value in (
+            ("lr_hyp", lr_hyp), ("prior_prec_init", prior_prec_init),
+            ("sigma_noise_init", sigma_noise_init), ("temperature", temperature)))
+    _check_callables(backend, optimizer_cls, optimizer_kwargs, scheduler_cls, scheduler_kwargs)
+    for name, flag in (("fix_sigma_noise", fix_sigma_noise), ("progress_bar", progress_bar),
+                       ("enable_backprop", enable_backprop)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be a bool, got {flag!r}.")
+    for name, key in (("dict_key_x", dict_key_x), ("dict_key_y", dict_key_y)):
+        if not isinstance(key, str):
+            raise ValueError(f"{name} must be a string, got {key!r}.")
     if likelihood == Likelihood.CLASSIFICATION and sigma_noise_init != 1.0:
         raise ValueError("sigma_noise_init must be 1 for classification.")
 
@@ -325,7 +334,22 @@ def _check_counts(minimum: int, **counts: int) -> None:
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
-def _check_positive(**values: float) -> None:
-    for name, value in values.items():
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be positive and finite, got {value!r}.")
+def _check_callables(backend: Any, optimizer_cls: Any, optimizer_kwargs: Any,
+                     scheduler_cls: Any, scheduler_kwargs: Any) -> None:
+    """The classes and keyword dicts of ``marglik_training``, checked before training."""
+    if not (isinstance(backend, type) and issubclass(backend, CurvatureInterface)):
+        raise ValueError(f"backend must be a curvature class (e.g. laplace.curvature."
+                         f"TorchFuncGGN), got {backend!r}.")
+    if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
+        raise ValueError(f"optimizer_cls must be a torch.optim.Optimizer class, got "
+                         f"{optimizer_cls!r}.")
+    if scheduler_cls is not None and not isinstance(scheduler_cls, type):
+        raise ValueError(f"scheduler_cls must be a learning-rate scheduler class or None, "
+                         f"got {scheduler_cls!r}.")
+    for name, kwargs in (("optimizer_kwargs", optimizer_kwargs),
+                         ("scheduler_kwargs", scheduler_kwargs)):
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise ValueError(f"{name} must be a dict or None, got {type(kwargs).__name__}.")
+    if scheduler_kwargs and scheduler_cls is None:
+        raise ValueError("scheduler_kwargs were given without scheduler_cls: they would be "
+                         "ignored.")

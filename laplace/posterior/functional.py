@@ -327,6 +327,9 @@ class FunctionalLaplace(BaseLaplace):
         if parse_option(PredType, pred_type, "pred_type") != PredType.GP:
             raise ValueError("Only gp is supported as a functional prediction type.")
         link_approx = parse_option(LinkApprox, link_approx, "link_approx")
+        joint, diagonal_output = checks.flag(joint, "joint"), checks.flag(
+            diagonal_output, "diagonal_output")
+        checks.ignored_keywords(kwargs, "The predictive")
         regression = self.likelihood == Likelihood.REGRESSION or (
             self.likelihood == Likelihood.REWARD_MODELING and not fitting
         )

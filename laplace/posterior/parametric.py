@@ -290,6 +290,9 @@ class ParametricLaplace(BaseLaplace):
         """
         pred_type = parse_option(PredType, pred_type, "pred_type")
         link_approx = parse_option(LinkApprox, link_approx, "link_approx")
+        joint, diagonal_output = checks.flag(joint, "joint"), checks.flag(
+            diagonal_output, "diagonal_output")
+        checks.ignored_keywords(model_kwargs, "The predictive")
         self._require_curvature()
         x = self._prediction_inputs(x)
         regression = self.likelihood == Likelihood.REGRESSION or (

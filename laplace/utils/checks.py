@@ -7,6 +7,7 @@ gradients (marginal-likelihood tuning) pass through unchanged.
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -124,6 +125,22 @@ def positive_int(value: Any, name: str) -> int:
     if int(value) < 1:
         raise ValueError(f"{name} must be a positive integer, got {int(value)}.")
     return int(value)
+
+
+def flag(value: Any, name: str) -> bool:
+    """A bool (NumPy bools and the integers 0 and 1 accepted): ``"no"`` is not true."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral)
+                                                and int(value) in (0, 1)):
+        return bool(value)
+    raise ValueError(f"{name} must be a bool, got {value!r}.")
+
+
+def ignored_keywords(kwargs: dict[str, Any], where: str) -> None:
+    """Warn about keyword arguments that ``where`` accepts for compatibility but does
+    not use (a misspelt ``n_sample=10`` would otherwise fall back to the default)."""
+    if kwargs:
+        warnings.warn(f"{where} ignores the keyword arguments {sorted(kwargs)}.",
+                      UserWarning, stacklevel=3)
 
 
 def finite_inputs(X: Any, name: str = "x") -> None:

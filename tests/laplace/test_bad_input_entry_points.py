@@ -119,6 +119,18 @@ def test_nn_predictive_variance_needs_two_samples(fitted_full):
     assert bool(torch.isfinite(var).all())
 
 
+def test_predictive_flags_are_bools_and_unused_keywords_are_named(fitted_full):
+    # "no" is truthy: it used to give the joint covariance
+    for name in ("joint", "diagonal_output"):
+        with pytest.raises(ValueError, match=f"{name} must be a bool"):
+            fitted_full(X(3), **{name: "no"})
+    mu, var = fitted_full(X(3), joint=1)  # 0 and 1 are bools enough
+    torch.testing.assert_close(var, fitted_full(X(3), joint=True)[1], rtol=0, atol=0)
+    # a misspelt keyword (n_sample) fell back to the default silently
+    with pytest.warns(UserWarning, match=r"ignores the keyword arguments \['n_sample'\]"):
+        fitted_full(X(3), pred_type="nn", n_sample=10)
+
+
 def test_lowrank_rank_zero_is_refused():
     with pytest.raises(ValueError, match="n_eigenvalues must be a positive integer"):
         Laplace(mlp(), "regression", "all", "lowrank", n_eigenvalues=0)

@@ -299,6 +299,20 @@ def test_dict_batches_and_progress_bar():
         ({"prior_prec_init": 0.0}, "prior_prec_init"),
         ({"likelihood": "regression", "sigma_noise_init": -1.0}, "sigma_noise_init"),
         ({"sigma_noise_init": 0.5}, "sigma_noise_init"),
+        # named where they enter (raw TypeErrors, or silently accepted, before)
+        ({"lr_hyp": "0.1"}, "lr_hyp"),
+        ({"lr_hyp": None}, "lr_hyp"),
+        ({"prior_prec_init": True}, "prior_prec_init"),
+        ({"prior_prec_init": torch.tensor([1.0, 2.0])}, "prior_prec_init must be a scalar"),
+        ({"backend": nn.Linear}, "backend must be a curvature class"),
+        ({"optimizer_cls": "adam"}, "optimizer_cls"),
+        ({"scheduler_cls": "cos"}, "scheduler_cls"),
+        ({"optimizer_kwargs": [1]}, "optimizer_kwargs must be a dict"),
+        ({"scheduler_kwargs": {"T_max": 3}}, "without scheduler_cls"),
+        ({"fix_sigma_noise": "no"}, "fix_sigma_noise must be a bool"),
+        ({"progress_bar": "yes"}, "progress_bar must be a bool"),
+        ({"enable_backprop": 1}, "enable_backprop must be a bool"),
+        ({"dict_key_x": 3}, "dict_key_x must be a string"),
     ],
 )
 def test_invalid_options(kwargs, match):
