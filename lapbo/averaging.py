@@ -97,8 +97,13 @@ class MixturePosterior(GPyTorchPosterior):
     def __init__(self, components: Sequence[GPyTorchPosterior], weights: Sequence[float]
                  ) -> None:
         if any(not isinstance(c, GPyTorchPosterior) for c in components):
-            raise UnsupportedError("model averaging needs Gaussian component posteriors; a "
-                                   "posterior_transform returned another kind.")
+            kind = next(type(c).__name__ for c in components
+                        if not isinstance(c, GPyTorchPosterior))
+            raise UnsupportedError(
+                f"model averaging needs Gaussian component posteriors, got a {kind}: a "
+                "non-affine outcome transform (e.g. Log, Power, Bilog) or a "
+                "posterior_transform makes each component's posterior non-Gaussian. Use "
+                "model_averaging=False with such a transform.")
         dists = [c.distribution for c in components]
         mean, cov = mixture_moments(weights, [d.mean.reshape(*d.batch_shape, -1) for d in dists],
                                     [d.covariance_matrix for d in dists])

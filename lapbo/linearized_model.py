@@ -9,6 +9,7 @@ update or subsetting returns; it shares its parent's network and transforms.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,6 +24,18 @@ from torch import Tensor, nn
 from lapbo import averaging, networks, validation
 from laplace import LinearizedPosterior
 from laplace.curvature import network_jacobians
+
+
+def device_only(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``fn`` (a ``Module._apply`` conversion) without its change of floating dtype."""
+
+    def apply(t: Tensor) -> Tensor:
+        if not (t.is_floating_point() or t.is_complex()):
+            return fn(t)
+        target = fn(torch.empty(0, dtype=t.dtype, device=t.device))
+        return fn(t) if target.dtype == t.dtype else t.to(device=target.device)
+
+    return apply
 
 
 class _LinearizedModel(Model, FantasizeMixin):
@@ -68,6 +81,15 @@ class _LinearizedModel(Model, FantasizeMixin):
     @property
     def _compute_dtype(self) -> torch.dtype:
         return next(self.net.parameters()).dtype
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> _LinearizedModel:
+        """``.to``, ``.cuda``, ``.float()``… move the model between devices but keep its
+        dtypes: the network computes in its ``compute_dtype`` and posteriors come back in
+        the query's dtype. (BoTorch's analytic acquisitions call ``model.to(X)`` on every
+        evaluation: a float32 ``X`` used to cast the network, shared with the models
+        derived from it, to float32 — wrong signs in the covariance of a random-feature
+        posterior, and dtype errors in the parent after a fantasy model was cast.)"""
+        return super()._apply(device_only(fn), *args, **kwargs)
 
     def _outcome_transform_for(self, idx: list[int]) -> OutcomeTransform | None:
         ot = getattr(self, "outcome_transform", None)
@@ -194,7 +216,8 @@ class _LinearizedModel(Model, FantasizeMixin):
         if self._mixture:  # each component conditioned; the first one's posterior for shapes
             parts = [(w, c.condition_on_observations(X, Y, noise, **kwargs))
                      for w, c in self._mixture]
-            out = ConditionedLaplaceBNN(self, parts[0][1]._gaussian(), train_X)
+            out = ConditionedLaplaceBNN(self, parts[0][1]._gaussian(), train_X,
+                                        targets=parts[0][1]._targets)
             out._mixture = parts
             return out
         idx = self._outputs
@@ -203,6 +226,7 @@ class _LinearizedModel(Model, FantasizeMixin):
         ot = self._outcome_transform_for(idx)
         if ot is not None:
             Y, _ = ot(Y, X=X_tf)
+        targets = self._targets_after(Y)
         J, f = self._features(X_tf, idx)
         dtype = self._compute_dtype
         y = Y.to(dtype).reshape(*Y.shape[:-2], n_new * k)
@@ -212,14 +236,28 @@ class _LinearizedModel(Model, FantasizeMixin):
             noise = noise.to(dtype).expand(*noise.shape[:-2], n_new, k)
             noise_var = noise.reshape(*noise.shape[:-2], n_new * k)
         gaussian = self._gaussian().condition(J, y - f, noise_var.clamp_min(1e-12))
-        return ConditionedLaplaceBNN(self, gaussian, train_X)
+        return ConditionedLaplaceBNN(self, gaussian, train_X, targets=targets)
+
+    def _targets_after(self, Y_tf: Tensor) -> Tensor:
+        """``train_targets`` with the outcome-transformed observations ``Y_tf``
+        ``(*b, n', k)`` appended, broadcast over the batch dimensions (GPyTorch's
+        layout: ``(*b, n + n')`` for one output, ``(*b, k, n + n')`` for ``k``)."""
+        old = self.train_targets
+        new = (Y_tf.squeeze(-1) if Y_tf.shape[-1] == 1 else Y_tf.mT).to(old)
+        batch = torch.broadcast_shapes(old.shape[:-1], new.shape[:-1])
+        return torch.cat([old.expand(*batch, old.shape[-1]),
+                          new.expand(*batch, new.shape[-1])], dim=-1)
 
     def subset_output(self, idcs: list[int]) -> _LinearizedModel:
         """The model restricted to outputs ``idcs`` (exact: a row selection of ``J``)."""
         idcs = validation.check_output_indices("idcs", idcs, self.num_outputs)
+        targets = self.train_targets
+        if self.num_outputs > 1:  # (*b, m, n) → (*b, k, n), or (*b, n) for one output
+            targets = targets[..., idcs, :]
+            targets = targets.squeeze(-2) if len(idcs) == 1 else targets
         out = ConditionedLaplaceBNN(
-            self, self._gaussian(), self._train_X, outputs=[self._outputs[i] for i in idcs]
-        )
+            self, self._gaussian(), self._train_X, outputs=[self._outputs[i] for i in idcs],
+            targets=targets)
         if self._mixture:
             out._mixture = [(w, c.subset_output(idcs)) for w, c in self._mixture]
         return out
@@ -233,13 +271,15 @@ class ConditionedLaplaceBNN(_LinearizedModel):
         gaussian: its (possibly batched) weight posterior.
         train_X: ``(n, d)`` original inputs reported as ``train_inputs``.
         outputs: network output indices (default: the parent's).
+        targets: its ``train_targets`` (GPyTorch's layout, outcome-transformed).
     """
 
     def __init__(
         self, parent: _LinearizedModel, gaussian: LinearizedPosterior, train_X: Tensor,
-        outputs: list[int] | None = None,
+        outputs: list[int] | None = None, targets: Tensor | None = None,
     ) -> None:
         super().__init__()
+        self._targets = targets
         self.net = parent.net
         for name in ("input_transform", "outcome_transform"):
             if getattr(parent, name, None) is not None:
@@ -254,3 +294,9 @@ class ConditionedLaplaceBNN(_LinearizedModel):
 
     def _gaussian(self) -> LinearizedPosterior:
         return self._post
+
+    @property
+    def train_targets(self) -> Tensor:
+        """The parent's outcome-transformed targets and the conditioned observations, in
+        GPyTorch's layout (``LaplaceBNN.train_targets``), broadcast to the batch shape."""
+        return self._targets

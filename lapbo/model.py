@@ -31,7 +31,7 @@ from botorch.utils.types import DEFAULT, _DefaultType
 from torch import Tensor, nn
 
 from lapbo import lengthscales, networks, selection, training, validation
-from lapbo.linearized_model import _LinearizedModel
+from lapbo.linearized_model import _LinearizedModel, device_only
 from laplace import LinearizedPosterior, SampleSpaceEvidence
 from laplace.baselaplace import ParametricLaplace
 from laplace.curvature import network_jacobians
@@ -161,7 +161,10 @@ class LaplaceBNN(_LinearizedModel):
         marglik_every, marglik_steps, final_marglik_steps, marglik_lr: see
             ``lapbo.training.TrainingOptions``.
         compute_dtype: dtype of the network and all linear algebra (posteriors are
-            returned in the dtype of the query ``X``).
+            returned in the dtype of the query ``X``); ``model.to(dtype)`` (which
+            BoTorch's analytic acquisitions call with the query) keeps it and moves
+            devices only. ``input_transform`` may not be one that BoTorch applies at
+            evaluation only (``InputPerturbation``, ``AppendFeatures``).
         seed: seed of the network initialisation.
         input_map: a fixed map of the unit box in front of the default network
             (``"box"``: none; ``"centered"``, ``"circle"``, ``"sphere"``: see
@@ -346,6 +349,7 @@ class LaplaceBNN(_LinearizedModel):
         m = train_Y.shape[-1]
         if outcome_transform is DEFAULT:
             outcome_transform = Standardize(m=m)
+        validation.check_input_transform(input_transform)
         with torch.no_grad():
             X_tf = self.transform_inputs(train_X, input_transform=input_transform)
         if settings.validate_input_scaling.on():  # as BoTorch's GPs: warn outside [0, 1]^d
@@ -777,8 +781,9 @@ class LaplaceBNN(_LinearizedModel):
         for _, component in self._mixture or []:  # not submodules: moved with the model
             if component is not self:
                 component._apply(fn, *args, **kwargs)
-        self._train_X, self._train_Y = fn(self._train_X), fn(self._train_Y)
+        move = device_only(fn)
+        self._train_X, self._train_Y = move(self._train_X), move(self._train_Y)
         if self._train_Yvar is not None:
-            self._train_Yvar = fn(self._train_Yvar)
+            self._train_Yvar = move(self._train_Yvar)
         self._invalidate()
         return out

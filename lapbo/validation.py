@@ -128,6 +128,24 @@ def check_noise_prior(value: Any) -> None:
     check_positive("noise_prior scale", value[1])
 
 
+def check_input_transform(transform: Any) -> None:
+    """``LaplaceBNN`` applies its input transform to training and query inputs alike:
+    a transform (or a part of a chain) that BoTorch applies only at evaluation
+    (``transform_on_train=False``: ``InputPerturbation``, ``AppendFeatures``, which
+    change the number of points) is refused here instead of failing in ``fit``."""
+    if transform is None:
+        return
+    parts = list(transform.values()) if hasattr(transform, "values") and callable(
+        transform.values) else [transform]
+    for part in parts:
+        if getattr(part, "transform_on_train", True) is False and getattr(
+                part, "transform_on_eval", False):
+            raise ValueError(
+                f"input_transform {type(part).__name__} applies only at evaluation "
+                "(transform_on_train=False) and changes the points a model sees; "
+                "LaplaceBNN transforms training and query inputs alike and cannot use it.")
+
+
 def check_in_range(name: str, value: float, low: float, high: float) -> None:
     """``low ≤ value ≤ high`` (the bounds that the hyperparameter fits keep)."""
     if not low <= float(value) <= high:
