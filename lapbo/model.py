@@ -161,7 +161,8 @@ class LaplaceBNN(_LinearizedModel):
         marglik_every, marglik_steps, final_marglik_steps, marglik_lr: see
             ``lapbo.training.TrainingOptions``.
         compute_dtype: dtype of the network and all linear algebra (posteriors are
-            returned in the dtype of the query ``X``); ``model.to(dtype)`` (which
+            returned in the dtype of the query ``X``, promoted to ``train_Y``'s by an
+            outcome transform's buffers, e.g. ``Standardize``); ``model.to(dtype)`` (which
             BoTorch's analytic acquisitions call with the query) keeps it and moves
             devices only. ``input_transform`` may not be one that BoTorch applies at
             evaluation only (``InputPerturbation``, ``AppendFeatures``).
