@@ -26,6 +26,13 @@ from laplace import LinearizedPosterior
 from laplace.curvature import network_jacobians
 
 
+def _check_noise_shape(name: str, noise: Tensor, n: int, k: int) -> None:
+    """``noise`` must broadcast to ``(*b, n, k)``: ``n`` points and ``k`` outputs."""
+    if noise.ndim < 2 or noise.shape[-2] not in (1, n) or noise.shape[-1] not in (1, k):
+        raise ValueError(f"{name} must have shape (*batch, {n}, {k}) for {n} points and {k} "
+                         f"outputs (or broadcast to it); got {tuple(noise.shape)}.")
+
+
 def device_only(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     """``fn`` (a ``Module._apply`` conversion) without its change of floating dtype."""
 
@@ -182,6 +189,7 @@ class _LinearizedModel(Model, FantasizeMixin):
         if observation_noise is True:
             cov = cov + torch.diag_embed(self._noise_var[idx].repeat(q).to(cov))
         elif isinstance(observation_noise, Tensor):
+            _check_noise_shape("observation_noise", observation_noise, q, k)
             noise = observation_noise.to(cov).expand(*observation_noise.shape[:-2], q, k)
             cov = cov + torch.diag_embed(noise.reshape(*noise.shape[:-2], q * k))
         return mean, cov
@@ -233,6 +241,7 @@ class _LinearizedModel(Model, FantasizeMixin):
         if noise is None:
             noise_var = self._noise_var[idx].to(dtype).repeat(n_new)
         else:
+            _check_noise_shape("noise", noise, n_new, k)
             noise = noise.to(dtype).expand(*noise.shape[:-2], n_new, k)
             noise_var = noise.reshape(*noise.shape[:-2], n_new * k)
         gaussian = self._gaussian().condition(J, y - f, noise_var.clamp_min(1e-12))

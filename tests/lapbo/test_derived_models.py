@@ -81,3 +81,20 @@ def test_conditioned_models_carry_train_targets():
 def test_evaluation_only_input_transforms_are_refused(transform):
     with pytest.raises(ValueError, match="transform_on_train=False"):
         LaplaceBNN(*data(), input_transform=transform)
+
+
+def test_noise_of_the_wrong_shape_is_named():
+    model = LaplaceBNN(*data(), seed=0)
+    model.fit()
+    X = torch.rand(3, 2, generator=torch.Generator().manual_seed(4), dtype=DT)
+    with pytest.raises(ValueError, match=r"observation_noise must have shape \(\*batch, 3, 1\)"):
+        model.posterior(X, observation_noise=torch.ones(3, 3, dtype=DT))
+    with pytest.raises(ValueError, match=r"noise must have shape \(\*batch, 2, 1\)"):
+        model.condition_on_observations(X[:2], torch.zeros(2, 1, dtype=DT),
+                                        noise=torch.ones(3, 1, dtype=DT))
+    # a broadcastable noise still adds to the variance
+    plain = model.posterior(X).variance
+    noisy = model.posterior(X, observation_noise=torch.full((1, 1), 0.1, dtype=DT)).variance
+    scale = model.outcome_transform.stdvs.squeeze() ** 2  # noise is in the transformed space
+    torch.testing.assert_close(noisy - plain, torch.full_like(plain, 0.1) * scale,
+                               rtol=1e-6, atol=1e-9)
