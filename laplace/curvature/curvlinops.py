@@ -176,6 +176,7 @@ class CurvlinopsHessian(CurvlinopsInterface):
         self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
     ) -> tuple[Tensor, Tensor]:
         curvature_options(self, kwargs)
+        _check_hessian_layers(self)
         loss, targets = self._loss_and_targets(x, y)
         op = HessianLinearOperator(
             self.model, _FlatLoss(self.lossfunc, self.likelihood), self.params, [(x, targets)],
@@ -235,6 +236,19 @@ class _FlatLoss(nn.Module):
     def forward(self, f: Tensor, y: Tensor) -> Tensor:
         f = f.reshape(-1, f.shape[-1]) if f.ndim > 1 else f.unsqueeze(-1)
         return self.lossfunc(f, _targets(y, f, self.likelihood))
+
+
+def _check_hessian_layers(iface: CurvlinopsInterface) -> None:
+    """Curvlinops' Hessian products are ``torch.func`` forward-over-reverse products, and
+    those of ``nn.LayerNorm`` with an elementwise affine transform are wrong in the
+    PyTorch releases this project runs on (2 % off an autograd double backward, and not
+    symmetric): such a model is refused rather than given a wrong Hessian."""
+    for name, module in iface.model.named_modules():
+        if isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+            raise ValueError(
+                f"{type(iface).__name__}: torch.func's second derivatives through "
+                f"nn.LayerNorm with elementwise_affine=True (module {name!r}) are wrong "
+                f"in torch {torch.__version__}; use AsdlHessian, or a GGN backend.")
 
 
 def _check_kfac_modules(iface: CurvlinopsInterface) -> None:

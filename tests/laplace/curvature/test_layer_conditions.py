@@ -120,3 +120,25 @@ def test_asdl_refuses_embeddings_and_grouped_convolutions():
     x = torch.randn(3, 2, 5, 5, dtype=DT)
     with pytest.raises(ValueError, match="grouped"):
         C.AsdlGGN(grouped, "classification").diag(x, torch.tensor([0, 1, 0]))
+
+
+def test_curvlinops_hessian_refuses_an_affine_layer_norm():
+    # torch.func's forward-over-reverse Hessian through an affine LayerNorm is 2 % off an
+    # autograd double backward (and not symmetric); ASDL's Hessian uses double backward
+    torch.manual_seed(0)
+    norm = nn.LayerNorm(6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    model = nn.Sequential(nn.Linear(4, 6), norm, nn.Tanh(), nn.Linear(6, 2)).to(DT)
+    x = torch.randn(8, 4, dtype=DT, generator=torch.Generator().manual_seed(1))
+    y = torch.randn(8, 2, dtype=DT, generator=torch.Generator().manual_seed(2))
+    with pytest.raises(ValueError, match="LayerNorm with elementwise_affine=True"):
+        C.CurvlinopsHessian(model, "regression").full(x, y)
+    params = [p for p in model.parameters()]
+    loss = 0.5 * (model(x) - y).square().sum()  # factor·MSE(sum) of the regression loss
+    grads = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params, create_graph=True)])
+    rows = [torch.cat([h.flatten() for h in torch.autograd.grad(g, params, retain_graph=True)])
+            for g in grads]
+    _, H = C.AsdlHessian(model, "regression").full(x, y)
+    torch.testing.assert_close(H, torch.stack(rows), rtol=1e-8, atol=1e-10)
