@@ -31,7 +31,9 @@ class LowRankPrecision(PrecisionMatrix):
             raise NotPositiveDefiniteError(
                 not_pd_message("low-rank", " (the prior precision must be positive)")
             )
-        self.W = U * (scale * eigenvalues.clamp(min=0)).sqrt()
+        # √λ and √scale apart: at λ = 0 (a curvature of lower rank than k) the product's
+        # square root has an infinite derivative, and 0·∞ made the σ gradient NaN
+        self.W = U * (eigenvalues.clamp(min=0).sqrt() * scale**0.5)
 
     @cached_property
     def _DinvW(self) -> Tensor:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from laplace import Laplace
 from tests.laplace import reference as R
@@ -52,3 +54,23 @@ def test_lowrank_sampling_covariance():
         low.posterior_precision[0][1]) @ low.posterior_precision[0][0].T
         + torch.diag(low.prior_precision_diag))
     torch.testing.assert_close(low.posterior_variance, dense.diagonal(), rtol=1e-9, atol=0)
+
+
+def test_sigma_gradient_is_finite_when_the_curvature_has_lower_rank_than_k():
+    # n·K = 3 < P = 17: the default rank keeps zero eigenvalues, whose √ has an infinite
+    # derivative; the σ gradient was NaN and σ tuning failed as a "divergence"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    g = torch.Generator().manual_seed(1)
+    X, y = torch.randn(3, 2, generator=g, dtype=torch.float64), torch.randn(3, 1, generator=g,
+                                                                             dtype=torch.float64)
+    loader = DataLoader(TensorDataset(X, y), batch_size=3)
+    grads = []
+    for structure in ("lowrank", "full"):
+        la = Laplace(model, "regression", "all", structure, sigma_noise=0.5)
+        la.fit(loader)
+        sigma = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+        la.log_marginal_likelihood(sigma_noise=sigma).backward()
+        grads.append(sigma.grad)
+    assert torch.isfinite(grads[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=0)
