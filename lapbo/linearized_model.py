@@ -33,7 +33,7 @@ def _check_noise_shape(name: str, noise: Tensor, n: int, k: int) -> None:
                          f"outputs (or broadcast to it); got {tuple(noise.shape)}.")
 
 
-def device_only(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+def _device_only(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     """``fn`` (a ``Module._apply`` conversion) without its change of floating dtype."""
 
     def apply(t: Tensor) -> Tensor:
@@ -96,7 +96,7 @@ class _LinearizedModel(Model, FantasizeMixin):
         evaluation: a float32 ``X`` used to cast the network, shared with the models
         derived from it, to float32 — wrong signs in the covariance of a random-feature
         posterior, and dtype errors in the parent after a fantasy model was cast.)"""
-        return super()._apply(device_only(fn), *args, **kwargs)
+        return super()._apply(_device_only(fn), *args, **kwargs)
 
     def _outcome_transform_for(self, idx: list[int]) -> OutcomeTransform | None:
         ot = getattr(self, "outcome_transform", None)

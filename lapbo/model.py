@@ -31,7 +31,7 @@ from botorch.utils.types import DEFAULT, _DefaultType
 from torch import Tensor, nn
 
 from lapbo import lengthscales, networks, selection, training, validation
-from lapbo.linearized_model import _LinearizedModel, device_only
+from lapbo.linearized_model import _device_only, _LinearizedModel
 from laplace import LinearizedPosterior, SampleSpaceEvidence
 from laplace.baselaplace import ParametricLaplace
 from laplace.curvature import network_jacobians
@@ -782,7 +782,7 @@ class LaplaceBNN(_LinearizedModel):
         for _, component in self._mixture or []:  # not submodules: moved with the model
             if component is not self:
                 component._apply(fn, *args, **kwargs)
-        move = device_only(fn)
+        move = _device_only(fn)
         self._train_X, self._train_Y = move(self._train_X), move(self._train_Y)
         if self._train_Yvar is not None:
             self._train_Yvar = move(self._train_Yvar)
