@@ -80,7 +80,9 @@ def marglik_training(
         model: the network (trained in place; its trainable parameters are the weights).
         train_loader: a ``DataLoader`` of ``(X, y)`` or dict-like batches; ``N`` is
             ``len(train_loader.dataset)``.
-        likelihood: ``"classification"`` or ``"regression"``.
+        likelihood: ``"classification"``, ``"regression"`` or ``"reward_modeling"`` (pair
+            batches ``(batch, 2, ...)``: trained and fitted as two-class classification
+            of the preference, as ``Laplace(..., likelihood="reward_modeling")``).
         hessian_structure: ``"full"``, ``"kron"`` or ``"diag"``.
         backend: curvature backend class for the Laplace approximations.
         optimizer_cls, optimizer_kwargs: the network's optimizer (``weight_decay`` is
@@ -121,10 +123,10 @@ def marglik_training(
             non-positive initial hyperparameters or counts, or an empty data loader.
     """
     likelihood = parse_option(Likelihood, likelihood, "likelihood")
-    if likelihood not in (Likelihood.CLASSIFICATION, Likelihood.REGRESSION):
-        raise ValueError(
-            f"marglik_training supports 'classification' and 'regression', not {likelihood!r}."
-        )
+    if likelihood not in (Likelihood.CLASSIFICATION, Likelihood.REGRESSION,
+                          Likelihood.REWARD_MODELING):
+        raise ValueError(f"marglik_training supports 'classification', 'regression' and "
+                         f"'reward_modeling', not {likelihood!r}.")
     hessian_structure = parse_option(HessianStructure, hessian_structure, "hessian_structure")
     if hessian_structure not in _STRUCTURES:
         raise ValueError(
@@ -152,8 +154,8 @@ def marglik_training(
     for name, key in (("dict_key_x", dict_key_x), ("dict_key_y", dict_key_y)):
         if not isinstance(key, str):
             raise ValueError(f"{name} must be a string, got {key!r}.")
-    if likelihood == Likelihood.CLASSIFICATION and sigma_noise_init != 1.0:
-        raise ValueError("sigma_noise_init must be 1 for classification.")
+    if likelihood != Likelihood.REGRESSION and sigma_noise_init != 1.0:
+        raise ValueError(f"sigma_noise_init must be 1 for {likelihood}.")
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -225,8 +227,14 @@ def marglik_training(
             optimizer.zero_grad()
             f = model(X)
             if epoch == 1:  # the targets, before the first step
+                if likelihood == Likelihood.CLASSIFICATION and n_batches == 0:
+                    checks.class_logits(f.shape[-1] if f.ndim > 1 else 1)
+                if likelihood == Likelihood.REWARD_MODELING:
+                    checks.pair_output(X, f)
                 checks.fit_targets(y, f.shape[0], tuple(f.shape[1:]) or (1,), regression,
                                    n_batches)
+            if not regression:
+                y = checks.class_labels(y, n_batches)
             theta = vector_of(params)
             data_loss = _data_loss(f, y, regression)
             loss = data_loss + 0.5 * (delta * theta) @ theta / N / crit_factor

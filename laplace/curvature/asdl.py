@@ -201,20 +201,8 @@ class AsdlInterface(CurvatureInterface):
         dummy_y = maker.setup_model_call(net, inp)
         lossfn = nn.functional.mse_loss if loss_type == LOSS_MSE else nn.functional.cross_entropy
         maker.setup_loss_call(lossfn, dummy_y, targets)
-        positions: dict[int, int] = {}
-
-        def record(m: nn.Module, args: tuple[Tensor, ...]) -> None:
-            a = args[0]
-            positions[id(m)] = a[0].numel() // a.shape[-1] if a.ndim > 2 else 1
-
-        handles = [m.register_forward_pre_hook(record) for m in net.modules()
-                   if isinstance(m, nn.Linear)]
-        try:
-            with _asdl_call(net):
-                maker.forward_and_backward()
-        finally:
-            for h in handles:
-                h.remove()
+        with _asdl_call(net), _linear_positions(net) as positions:
+            maker.forward_and_backward()
         loss = self.factor * self.lossfunc(f, targets)
         return loss.detach(), net, order, positions, self._scale(mc)
 
@@ -232,10 +220,39 @@ class AsdlInterface(CurvatureInterface):
         return idx
 
     # ---------------------------------------------------------------- structures
+    def _sequence_fallback(self, method: str, net: nn.Module, order: list[nn.Parameter],
+                           positions: dict[int, int]) -> bool:
+        """Whether ASDL's ``method`` curvature is wrong here: an ``nn.Linear`` whose
+        parameters are wanted saw inputs ``(n, T, d)`` with ``T > 1``. ASDL's diagonal
+        (GGN and EF) and full EF then sum per-position squares ``Σₜ gₜ²`` and drop the
+        cross-position terms of ``(Σₜ gₜ)²`` (up to 75% off with four positions; its full
+        GGN and the Kronecker factors, scaled by the positions, are right). The caller then
+        computes the curvature by the native route of the same type (exact), with a
+        warning."""
+        wanted = {id(p) for p in order}
+        seq = [m for m in net.modules() if isinstance(m, nn.Linear) and positions.get(id(m), 1) > 1
+               and any(id(p) in wanted for p in m.parameters(recurse=False))]
+        if seq:
+            _cleanup(net)
+            warnings.warn(
+                f"{type(self).__name__}: ASDL's {method} curvature of an nn.Linear that sees a "
+                "sequence (inputs (n, T, d)) drops the cross-position terms; it is computed by "
+                "the native torch.func route instead (exact).", UserWarning, stacklevel=3)
+        return bool(seq)
+
+    def _native(self, method: str, x: Inputs, y: Tensor, N: int | None,
+                kwargs: dict[str, Any]) -> Any:
+        """The native (``torch.func``) ``method`` of this backend's curvature type."""
+        kept = {k: v for k, v in kwargs.items() if k not in ASDL_KEYWORDS}
+        return getattr(super(), method)(x, y, N=N, **kept)
+
     def full(
         self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
     ) -> tuple[Tensor, Tensor]:
-        loss, net, order, _, scale = self._fisher(x, y, SHAPE_FULL, kwargs)
+        loss, net, order, positions, scale = self._fisher(x, y, SHAPE_FULL, kwargs)
+        if self._fisher_type == FISHER_EMP and self._sequence_fallback(
+                "full", net, order, positions):
+            return self._native("full", x, y, N, kwargs)
         F = net.fisher.data
         _cleanup(net)
         idx = self._index(order).to(F.device)
@@ -244,7 +261,9 @@ class AsdlInterface(CurvatureInterface):
     def diag(
         self, x: Inputs, y: Tensor, N: int | None = None, **kwargs: Any
     ) -> tuple[Tensor, Tensor]:
-        loss, net, _, _, scale = self._fisher(x, y, SHAPE_DIAG, kwargs)
+        loss, net, order, positions, scale = self._fisher(x, y, SHAPE_DIAG, kwargs)
+        if self._sequence_fallback("diagonal", net, order, positions):
+            return self._native("diag", x, y, N, kwargs)
         values = {}
         for module in net.modules():
             fisher = getattr(module, "fisher", None)
@@ -285,6 +304,25 @@ class AsdlInterface(CurvatureInterface):
         return loss, Kron([found[id(p)] for p in self.params])
 
 
+@contextmanager
+def _linear_positions(net: nn.Module) -> Iterator[dict[int, int]]:
+    """Record, per ``nn.Linear`` of ``net`` (by ``id``), how many positions per sample its
+    input has in the forward passes run inside (``T`` for ``(n, T, d)``, else 1)."""
+    positions: dict[int, int] = {}
+
+    def record(m: nn.Module, args: tuple[Tensor, ...]) -> None:
+        a = args[0]
+        positions[id(m)] = a[0].numel() // a.shape[-1] if a.ndim > 2 else 1
+
+    handles = [m.register_forward_pre_hook(record) for m in net.modules()
+               if isinstance(m, nn.Linear)]
+    try:
+        yield positions
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class AsdlGGN(AsdlInterface, GGNInterface):
     """Generalized Gauss-Newton from ASDL's ``fisher_exact`` (``fisher_mc`` if stochastic).
 
@@ -321,7 +359,8 @@ class AsdlEF(AsdlInterface, EFInterface):
         """Per-sample gradients of ``lossfunc`` from ASDL's ``batch_grads`` operation."""
         net, inp = self._network(x)
         order, ignore = self._layout(net)
-        with _asdl_call(net), asdl.extend(net, OP_BATCH_GRADS, ignore_modules=ignore) as cxt:
+        with _asdl_call(net), asdl.extend(net, OP_BATCH_GRADS, ignore_modules=ignore) as cxt, \
+                _linear_positions(net) as positions:
             f = net(inp)
             if f.ndim != 2:
                 raise ValueError(
@@ -337,6 +376,8 @@ class AsdlEF(AsdlInterface, EFInterface):
                     continue
                 for attr, g in bg.items():
                     grads[id(getattr(module, attr))] = g
+        if self._sequence_fallback("per-sample gradient", net, order, positions):
+            return super().gradients(x, y)
         Gs = torch.cat([grads[id(p)].flatten(start_dim=1) for p in self.params], dim=1)
         if self.subnetwork_indices is not None:
             Gs = Gs[:, self.subnetwork_indices]

@@ -488,6 +488,14 @@ class BaseLaplace:
     def __call__(self, x: Inputs, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
 
+    def _detached(self, f_mu: Tensor, f_var: Tensor) -> tuple[Tensor, Tensor]:
+        """The predictive moments, detached unless ``enable_backprop`` (laplace-torch's
+        rule: a loop that tunes ``prior_precision`` by autograd leaves it requiring grad,
+        and its predictions are still plain tensors)."""
+        if self.enable_backprop:
+            return f_mu, f_var
+        return f_mu.detach(), f_var.detach()
+
     def functional_samples(self, x: Inputs, pred_type: str, n_samples: int = 100,
                            diagonal_output: bool = False,
                            generator: torch.Generator | None = None) -> Tensor:

@@ -119,11 +119,16 @@ class FunctionalLaplace(BaseLaplace):
                 f = self.model(X)
             if i == 0:
                 self.n_outputs = f.shape[-1]
+                if self.likelihood == Likelihood.CLASSIFICATION:
+                    checks.class_logits(self.n_outputs)
             checks.fit_targets(y, f.shape[0], tuple(f.shape[1:]),
                                self.likelihood == Likelihood.REGRESSION, i)
             f = f.reshape(-1, f.shape[-1])
-            target = y.reshape(f.shape) if self.likelihood == Likelihood.REGRESSION else y
-            self.loss = self.loss + self.backend.factor * self.backend.lossfunc(f, target)
+            target = y.reshape(f.shape) if self.likelihood == Likelihood.REGRESSION \
+                else checks.class_labels(y, i)
+            loss = self.backend.factor * self.backend.lossfunc(f, target)
+            checks.finite_loss(loss, i)
+            self.loss = self.loss + loss
         subset = DataLoader(Subset(train_loader.dataset, self.sod_indices.tolist()),
                             batch_size=train_loader.batch_size or self.n_subset, shuffle=False)
         self._fit_subset(subset)
@@ -316,9 +321,10 @@ class FunctionalLaplace(BaseLaplace):
         """GP mean ``(n, C)`` and covariance ``(n, C, C)`` (``(nC, nC)`` if ``joint``)."""
         self._require_fit()
         J, f_mu = self._jacobians(self._prediction_inputs(X), self.enable_backprop)
+        checks.finite_outputs(f_mu)
         if joint:
-            return f_mu.reshape(-1), self.functional_covariance(J)
-        return f_mu, self.functional_variance(J)
+            return self._detached(f_mu.reshape(-1), self.functional_covariance(J))
+        return self._detached(f_mu, self.functional_variance(J))
 
     def __call__(self, x: Inputs, pred_type: str = "gp", joint: bool = False,
                  link_approx: str = "probit", n_samples: int = 100,
@@ -330,6 +336,7 @@ class FunctionalLaplace(BaseLaplace):
         joint, diagonal_output = checks.flag(joint, "joint"), checks.flag(
             diagonal_output, "diagonal_output")
         checks.ignored_keywords(kwargs, "The predictive")
+        checks.random_generator(generator, self._device)
         regression = self.likelihood == Likelihood.REGRESSION or (
             self.likelihood == Likelihood.REWARD_MODELING and not fitting
         )
@@ -356,6 +363,7 @@ class FunctionalLaplace(BaseLaplace):
         ``joint=True`` keeps the covariance between the inputs.
         """
         parse_option(PredType, pred_type, "pred_type")
+        checks.random_generator(generator, self._device)
         f_mu, f_var = self.predictive_moments(x, joint=joint)
         if not joint:
             if diagonal_output:

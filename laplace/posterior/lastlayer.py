@@ -154,8 +154,8 @@ class LastLayerMixin:
         raise ValueError(
             f"The model output is not the output of its last layer "
             f"{self.model.last_layer_name!r} (an operation follows it); last-layer "
-            "Laplace needs f = last_layer(φ). Pass last_layer_name or use "
-            "subset_of_weights='all'."
+            "Laplace needs f = last_layer(φ): name a layer whose output is the model's "
+            "output (last_layer_name) or use subset_of_weights='all'."
         )
 
 
@@ -272,12 +272,13 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
         self, X: Inputs, joint: bool = False, diagonal_output: bool = False
     ) -> tuple[Tensor, Tensor]:
         f_mu, phi = self._outputs_and_features(X)
+        checks.finite_outputs(f_mu)
         if self._glm_offset is not None:
             f_mu = f_mu + self._last_layer_map(phi, self._glm_offset[None])[0]
         f_var = self._precision().last_layer_variance(
             phi, f_mu.shape[-1], self._has_bias, joint=joint, diagonal=diagonal_output
         )
-        return (f_mu.flatten(), f_var) if joint else (f_mu, f_var)
+        return self._detached(f_mu.flatten() if joint else f_mu, f_var)
 
     def _outputs_and_features(self, X: Inputs) -> tuple[Tensor, Tensor]:
         """The model's outputs ``(n, K)`` and the (reduced) features ``(n, D)``."""
@@ -300,10 +301,11 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
         pools its head's outputs its own way, the change of the declared linear map
         around the model's output.
         """
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.enable_backprop and torch.is_grad_enabled()):
             f, phi = self._outputs_and_features(X)
-        theta_map = self.mean if self._glm_offset is None else self.mean - self._glm_offset
-        return f + self._last_layer_map(phi, self.sample(n_samples, generator) - theta_map)
+            checks.finite_outputs(f)
+            theta_map = self.mean if self._glm_offset is None else self.mean - self._glm_offset
+            return f + self._last_layer_map(phi, self.sample(n_samples, generator) - theta_map)
 
     def _last_layer_map(self, phi: Tensor, deltas: Tensor) -> Tensor:
         """``φ ΔWᵀ + Δb`` for features ``(n, D)`` and changes ``(s, P)``: ``(s, n, K)``."""

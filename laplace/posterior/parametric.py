@@ -160,7 +160,10 @@ class ParametricLaplace(BaseLaplace):
             if batches == 0:
                 self._set_n_outputs(X)
             self._check_targets(X, y, batches)
+            if self.likelihood != Likelihood.REGRESSION:
+                y = checks.class_labels(y, batches)
             loss_batch, H_batch = self._curv_closure(X, y, N)
+            checks.finite_loss(loss_batch, batches)
             self.loss = self.loss + loss_batch
             self._accumulate(H_batch)
             batches += 1
@@ -182,6 +185,8 @@ class ParametricLaplace(BaseLaplace):
             checks.pair_output(X, out)
         self._output_shape = tuple(out.shape[1:]) if out.ndim > 1 else (1,)
         self.n_outputs = self._output_shape[-1]
+        if self.likelihood == Likelihood.CLASSIFICATION:
+            checks.class_logits(self.n_outputs)
         self.model.output_size = self.n_outputs
 
     def _check_targets(self, X: Inputs, y: Tensor, index: int) -> None:
@@ -230,6 +235,7 @@ class ParametricLaplace(BaseLaplace):
     def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
         """Weight samples ``θ ~ N(θ*, Σ)``: ``(n_samples, n_params)``."""
         n_samples = checks.positive_int(n_samples, "n_samples")
+        checks.random_generator(generator, self._device)
         return self.mean + self._precision().sample(n_samples, generator)
 
     @property
@@ -293,6 +299,7 @@ class ParametricLaplace(BaseLaplace):
         joint, diagonal_output = checks.flag(joint, "joint"), checks.flag(
             diagonal_output, "diagonal_output")
         checks.ignored_keywords(model_kwargs, "The predictive")
+        checks.random_generator(generator, self._device)
         self._require_curvature()
         x = self._prediction_inputs(x)
         regression = self.likelihood == Likelihood.REGRESSION or (
@@ -300,6 +307,9 @@ class ParametricLaplace(BaseLaplace):
         )
         if pred_type == PredType.GP:
             raise ValueError("pred_type='gp' needs a function-space (hessian_structure='gp') LA.")
+        if pred_type == PredType.NN and not regression and link_approx != LinkApprox.MC:
+            # laplace-torch's check; regression has no link and ignores link_approx
+            raise ValueError("Only mc link approximation is supported for nn prediction type.")
         if pred_type == PredType.NN:
             return self._nn_predictive(x, regression, n_samples, generator, joint)
         if regression:
@@ -322,13 +332,14 @@ class ParametricLaplace(BaseLaplace):
     ) -> tuple[Tensor, Tensor]:
         """Linearized latent mean ``(n, K)`` and covariance ``(n, K, K)`` (or joint)."""
         Js, f_mu = self.backend.jacobians(X, enable_backprop=self.enable_backprop)
+        checks.finite_outputs(f_mu)
         f_mu = self._linearized_outputs(f_mu, Js)
         if joint:
-            return f_mu.flatten(), self.functional_covariance(Js)
+            return self._detached(f_mu.flatten(), self.functional_covariance(Js))
         f_var = self.functional_variance(Js)
         if diagonal_output:
             f_var = f_var.diagonal(dim1=-2, dim2=-1)
-        return f_mu, f_var
+        return self._detached(f_mu, f_var)
 
     def functional_samples(
         self, x: Inputs, pred_type: str = "glm", n_samples: int = 100,
@@ -337,6 +348,7 @@ class ParametricLaplace(BaseLaplace):
         """Draws of the latent function ``(n_samples, n, K)``: of the linearized model
         (``"glm"``) or of the network under weight samples (``"nn"``)."""
         pred_type = parse_option(PredType, pred_type, "pred_type")
+        checks.random_generator(generator, self._device)
         x = self._prediction_inputs(x)
         if pred_type == PredType.NN:
             return self._nn_samples(x, n_samples, generator)
@@ -347,17 +359,22 @@ class ParametricLaplace(BaseLaplace):
 
     def _nn_samples(self, X: Inputs, n_samples: int, generator: torch.Generator | None) -> Tensor:
         """Network outputs under weight samples: ``(n_samples, n, K)``."""
-        thetas = self.sample(n_samples, generator)
+        with torch.set_grad_enabled(self.enable_backprop and torch.is_grad_enabled()):
+            thetas = self.sample(n_samples, generator)
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         sizes = self._layer_sizes
         shapes = [p.shape for p in self._params]
         outs = []
-        for theta in thetas:
-            chunks = self._full_parameters(theta).split(sizes)
-            params = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}
-            out = functional_call(self.model, params, (X,))
-            outs.append(out.reshape(-1, out.shape[-1]) if out.ndim > 1 else out[:, None])
-        return torch.stack(outs)
+        # laplace-torch detaches these outputs unless enable_backprop
+        with torch.set_grad_enabled(self.enable_backprop and torch.is_grad_enabled()):
+            for theta in thetas:
+                chunks = self._full_parameters(theta).split(sizes)
+                params = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}
+                out = functional_call(self.model, params, (X,))
+                outs.append(out.reshape(-1, out.shape[-1]) if out.ndim > 1 else out[:, None])
+        outs = torch.stack(outs)
+        checks.finite_outputs(outs, "The network's output at x under the weight samples")
+        return outs
 
     def _nn_predictive(
         self, X: Inputs, regression: bool, n_samples: int, generator: torch.Generator | None,
@@ -473,3 +490,4 @@ def _to_device(state: Any, device: torch.device) -> Any:
     if isinstance(state, (list, tuple)):
         return [_to_device(s, device) for s in state]
     return state
+

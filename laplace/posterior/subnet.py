@@ -118,6 +118,7 @@ class SubnetLaplace(ParametricLaplace):
         """Full-network samples ``(n_samples, n_params)``: the subnetwork entries drawn
         from the posterior, the others at their MAP values."""
         n_samples = checks.positive_int(n_samples, "n_samples")
+        checks.random_generator(generator, self._device)
         subnet = self.mean_subnet + self._precision().sample(n_samples, generator)
         return self.assemble_full_samples(subnet)
 

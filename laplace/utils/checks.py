@@ -143,6 +143,52 @@ def ignored_keywords(kwargs: dict[str, Any], where: str) -> None:
                       UserWarning, stacklevel=3)
 
 
+def random_generator(generator: Any, device: torch.device) -> None:
+    """``generator`` is ``None`` or a ``torch.Generator`` on ``device``'s type (laplace-torch's
+    message)."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator) or \
+            generator.device.type != torch.device(device).type:
+        raise ValueError("Invalid random generator (check type and device): generator must "
+                         f"be a torch.Generator on {torch.device(device).type}, not "
+                         f"{generator!r}.")
+
+
+def finite_outputs(out: Tensor, what: str = "The model's output at x") -> None:
+    """Refuse NaN/inf in model outputs computed from finite inputs (a network that is not
+    defined there, e.g. ``sqrt`` of a negative input): its predictive would be NaN."""
+    bad = ~torch.isfinite(out.detach())
+    if bool(bad.any()):
+        raise ValueError(f"{what} contains NaN or inf ({int(bad.sum())} of {out.numel()} "
+                         "entries) although the inputs are finite.")
+
+
+def finite_loss(loss: Tensor, index: int) -> None:
+    """Refuse a non-finite loss of fit batch ``index`` (the model's outputs are NaN/inf
+    at finite inputs): its curvature would be NaN too."""
+    if not bool(torch.isfinite(torch.as_tensor(loss)).all()):
+        raise ValueError(f"Batch {index}: the loss is {float(loss)}: the model's outputs "
+                         "contain NaN or inf at finite inputs.")
+
+
+def class_logits(n_outputs: int) -> None:
+    """Classification needs one logit per class: a single output is a one-class softmax
+    (every prediction 1), not a sigmoid."""
+    if n_outputs < 2:
+        raise ValueError(f"classification needs one logit per class (at least 2 model "
+                         f"outputs), the model gives {n_outputs}: for a binary task use two "
+                         "logits.")
+
+
+def class_labels(y: Tensor, index: int) -> Tensor:
+    """Integer class labels as ``long`` (the losses need it); ``bool`` labels refused."""
+    if y.dtype == torch.bool:
+        raise ValueError(f"Batch {index}: classification targets must be integer class "
+                         "indices, got torch.bool.")
+    return y if y.is_floating_point() or y.dtype == torch.long else y.long()
+
+
 def finite_inputs(X: Any, name: str = "x") -> None:
     """Refuse NaN/inf in a floating input tensor (or in the tensors of a dict input)."""
     tensors = X.items() if isinstance(X, Mapping) else [(None, X)]
@@ -217,7 +263,7 @@ def fit_targets(y: Tensor, n: int, output_shape: tuple[int, ...], regression: bo
             raise ValueError(f"Batch {index}: targets of shape {tuple(y.shape)} do not match "
                              f"model outputs of shape {expected}.")
         return
-    if y.is_floating_point():
+    if y.is_floating_point() or y.dtype == torch.bool:
         raise ValueError(f"Batch {index}: classification targets must be integer class "
                          f"indices, got {y.dtype} (NaN-free integer labels expected).")
     if y.numel() != n * _prod(output_shape[:-1]):

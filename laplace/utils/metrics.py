@@ -90,12 +90,15 @@ class RunningNLLMetric:
             probs: class probabilities ``(..., C)``.
             targets: integer class indices of shape ``probs.shape[:-1]``.
         """
+        if targets.numel() != probs[..., 0].numel():
+            raise ValueError(
+                f"RunningNLLMetric needs integer class labels of shape "
+                f"{tuple(probs.shape[:-1])} for probabilities of shape {tuple(probs.shape)}, "
+                f"got targets of shape {tuple(targets.shape)} (one-hot targets are not "
+                "class labels)."
+            )
         probs = probs.detach().reshape(-1, probs.shape[-1])
         targets = targets.detach().reshape(-1).to(probs.device)
-        if targets.numel() != probs.shape[0]:
-            raise ValueError(
-                f"{targets.numel()} targets for {probs.shape[0]} probability vectors."
-            )
         if targets.is_floating_point() and not bool((targets == targets.round()).all()):
             raise ValueError("RunningNLLMetric needs integer class targets; got fractional "
                              "values (soft labels), which would be truncated.")

@@ -292,7 +292,7 @@ def test_dict_batches_and_progress_bar():
         ({"prior_structure": "diag", "hessian_structure": "kron"}, "Kronecker"),
         ({"hessian_structure": "lowrank"}, "hessian_structure"),
         ({"likelihood": "ranking"}, "likelihood"),
-        ({"likelihood": "reward_modeling"}, "classification"),
+        ({"likelihood": "reward_modeling"}, "pair batches"),
         ({"n_hypersteps": 0}, "n_hypersteps"),
         ({"marglik_frequency": 0}, "marglik_frequency"),
         ({"n_epochs": -1}, "n_epochs"),
