@@ -20,6 +20,7 @@ from laplace.posterior.diag import DiagLaplace
 from laplace.posterior.full import FullLaplace
 from laplace.posterior.parametric import ParametricLaplace
 from laplace.utils import checks
+from laplace.utils.errors import MissingArgumentError
 from laplace.utils.parameters import vector_of
 
 _INDEX_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
@@ -33,7 +34,8 @@ def check_subnetwork_indices(indices: Any, n_params: int) -> Tensor:
             ``[0, n_params)``.
     """
     if indices is None:
-        raise ValueError("subnetwork_indices cannot be None.")
+        raise MissingArgumentError("subnetwork_indices cannot be None: SubnetLaplace needs "
+                                   "the indices of the subnetwork's parameters.")
     if not isinstance(indices, Tensor) or indices.dtype not in _INDEX_DTYPES:
         kind = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
         raise ValueError(

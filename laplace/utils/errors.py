@@ -19,6 +19,15 @@ class MissingKeyError(KeyError, ValueError):
         return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
 
+class MissingArgumentError(TypeError, ValueError):
+    """A required argument was not given (or given as ``None``).
+
+    A ``TypeError`` as Python raises where laplace-torch makes the argument required
+    (``SubnetLaplace``'s ``subnetwork_indices``), and a ``ValueError`` as this project
+    raised before.
+    """
+
+
 class NotPositiveDefiniteError(ValueError):
     """The posterior precision is not positive definite."""
 
