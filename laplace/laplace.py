@@ -49,7 +49,7 @@ def Laplace(  # noqa: N802  (the public name users know)
     subset_of_weights: SubsetOfWeights | str = SubsetOfWeights.LAST_LAYER,
     hessian_structure: HessianStructure | str = HessianStructure.KRON,
     *args: Any,
-    functional_approximation: FunctionalApproximation | str | None = None,
+    functional_approximation: FunctionalApproximation | str | None = FunctionalApproximation.SOD,
     **kwargs: Any,
 ) -> BaseLaplace:
     """Build the Laplace approximation for ``subset_of_weights`` × ``hessian_structure``.
@@ -59,8 +59,9 @@ def Laplace(  # noqa: N802  (the public name users know)
         likelihood: ``"regression"``, ``"classification"`` or ``"reward_modeling"``.
         subset_of_weights: ``"all"``, ``"last_layer"`` or ``"subnetwork"``.
         hessian_structure: ``"full"``, ``"kron"``, ``"diag"``, ``"lowrank"`` or ``"gp"``.
-        functional_approximation: for ``"all"`` × ``"gp"`` only: ``None`` (subset-of-data
-            ``FunctionalLaplace``), ``"nystrom"`` (``ELLA``) or ``"variational"``
+        functional_approximation: for ``hessian_structure="gp"``: ``"sod"`` (the default,
+            subset-of-data ``FunctionalLaplace``/``FunctionalLLLaplace``; ``None`` is the
+            same), and for ``"all"`` only ``"nystrom"`` (``ELLA``) or ``"variational"``
             (``VaLLA``).
         *args, **kwargs: passed to the variant (``prior_precision``, ``sigma_noise``,
             ``backend``, ...).
@@ -75,9 +76,9 @@ def Laplace(  # noqa: N802  (the public name users know)
     ):
         raise ValueError("Subnetwork Laplace requires a full or diagonal Hessian approximation!")
     cls = _VARIANTS.get((subset, structure))
-    if functional_approximation is not None:
-        approx = parse_option(FunctionalApproximation, functional_approximation,
-                              "functional_approximation")
+    approx = None if functional_approximation is None else parse_option(
+        FunctionalApproximation, functional_approximation, "functional_approximation")
+    if approx is not None and approx != FunctionalApproximation.SOD:
         if (subset, structure) != (SubsetOfWeights.ALL, HessianStructure.GP):
             raise ValueError("functional_approximation applies to subset_of_weights='all' "
                              "with hessian_structure='gp' only.")
@@ -85,3 +86,7 @@ def Laplace(  # noqa: N802  (the public name users know)
     if cls is None:
         raise ValueError(f"Unsupported Laplace combination: {subset}, {structure}.")
     return cls(model, likelihood, *args, **kwargs)
+
+from laplace.utils.reexports import reexports  # noqa: E402
+
+__getattr__ = reexports(__name__, ("Likelihood",))

@@ -361,3 +361,7 @@ def _check_callables(backend: Any, optimizer_cls: Any, optimizer_kwargs: Any,
     if scheduler_kwargs and scheduler_cls is None:
         raise ValueError("scheduler_kwargs were given without scheduler_cls: they would be "
                          "ignored.")
+
+from laplace.utils.reexports import reexports  # noqa: E402
+
+__getattr__ = reexports(__name__, ("AsdlGGN", "SubsetOfWeights", "expand_prior_precision"))

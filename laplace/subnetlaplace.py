@@ -3,3 +3,9 @@
 from laplace.posterior.subnet import DiagSubnetLaplace, FullSubnetLaplace, SubnetLaplace
 
 __all__ = ["DiagSubnetLaplace", "FullSubnetLaplace", "SubnetLaplace"]
+
+from laplace.utils.reexports import reexports  # noqa: E402
+
+__getattr__ = reexports(__name__, (
+    "CurvatureInterface", "EFInterface", "GGNInterface", "DiagLaplace", "FullLaplace",
+    "ParametricLaplace", "Likelihood"))

@@ -38,6 +38,8 @@ _ADAPTERS = {
 def __getattr__(name: str) -> Any:
     if name in _ADAPTERS:
         return getattr(import_module(f"laplace.curvature.{_ADAPTERS[name]}"), name)
+    if name in set(_ADAPTERS.values()):  # the adapter modules, as laplace-torch exposes them
+        return import_module(f"laplace.curvature.{name}")
     raise AttributeError(f"module 'laplace.curvature' has no attribute {name!r}")
 
 

@@ -140,3 +140,8 @@ class _FlatLoss(nn.Module):
     def forward(self, f: Tensor, y: Tensor) -> Tensor:
         f = f.reshape(-1, f.shape[-1]) if f.ndim > 1 else f.unsqueeze(-1)
         return self.iface.lossfunc(f, _targets(y, f, self.iface.likelihood))
+
+from laplace.utils.reexports import reexports  # noqa: E402
+
+__getattr__ = reexports(__name__, ("CurvatureInterface", "EFInterface", "GGNInterface", "Kron",
+                                     "Likelihood"))

@@ -96,6 +96,11 @@ class AsdlInterface(CurvatureInterface):
     #: Scale turning ASDL's result into the curvature of ``factor·lossfunc``.
     _uses_lossfunc = True
 
+    @property
+    def loss_type(self) -> str:
+        """ASDL's name of the loss: ``"mse"`` (regression) or ``"cross_entropy"``."""
+        return LOSS_MSE if self.likelihood == Likelihood.REGRESSION else LOSS_CROSS_ENTROPY
+
     # --------------------------------------------------------------- the graph
     def _network(self, x: Inputs) -> tuple[nn.Module, Any]:
         """The module ASDL runs on and its input: the last layer alone on detached
@@ -192,7 +197,7 @@ class AsdlInterface(CurvatureInterface):
         net, inp = self._network(x)
         order, ignore = self._layout(net, kron=shape == SHAPE_KRON)
         f, targets = self._outputs(net, inp, y)
-        loss_type = LOSS_MSE if self.likelihood == Likelihood.REGRESSION else LOSS_CROSS_ENTROPY
+        loss_type = self.loss_type
         config = FisherConfig(
             fisher_type=self._fisher_type, fisher_shapes=[shape], loss_type=loss_type,
             n_mc_samples=mc, data_size=1, ignore_modules=ignore, **extra,

@@ -357,3 +357,7 @@ def _reset_hook_kind(modules: list[nn.Module]) -> None:
     for module in modules:
         if not module._backward_hooks:
             module._is_full_backward_hook = None
+
+from laplace.utils.reexports import reexports  # noqa: E402
+
+__getattr__ = reexports(__name__, ("Likelihood",))

@@ -144,6 +144,29 @@ class CurvatureInterface:
         return M[..., self._subnet_plan()[1].to(M.device)]
 
     # ------------------------------------------------------------------ jacobians
+    def selected_output_jacobians(self, x: Inputs, outputs: Tensor,
+                                  enable_backprop: bool = False) -> tuple[Tensor, Tensor]:
+        """The Jacobians of selected outputs per input (laplace-torch's method).
+
+        Args:
+            x: inputs ``(n, ...)``.
+            outputs: output indices per input, ``(n,)`` or ``(n, s)``.
+        Returns:
+            ``Js`` ``(n, s, P)`` (``s = 1`` for ``(n,)`` indices) and the outputs ``f``
+            ``(n, K)``.
+        """
+        Js, f = self.jacobians(x, enable_backprop=enable_backprop)
+        if not isinstance(outputs, Tensor) or outputs.dtype.is_floating_point:
+            raise ValueError("outputs must be an integer tensor of output indices.")
+        index = outputs[:, None] if outputs.ndim == 1 else outputs
+        if index.ndim != 2 or index.shape[0] != Js.shape[0]:
+            raise ValueError(f"outputs of shape {tuple(outputs.shape)} must be (n,) or (n, s) "
+                             f"for {Js.shape[0]} inputs.")
+        if bool((index < 0).any()) or bool((index >= Js.shape[1]).any()):
+            raise ValueError(f"outputs must lie in [0, {Js.shape[1] - 1}].")
+        index = index.to(Js.device, torch.long)
+        return torch.gather(Js, 1, index[..., None].expand(-1, -1, Js.shape[-1])), f
+
     def jacobians(self, x: Inputs, enable_backprop: bool = False) -> tuple[Tensor, Tensor]:
         """Per-sample Jacobians of the outputs w.r.t. the parameters.
 

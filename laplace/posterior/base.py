@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from laplace.curvature.curvature import CurvatureInterface
+from laplace.posterior import arguments
 from laplace.posterior.marglik import (
     check_bounds,
     check_hyperprior,
@@ -38,7 +39,7 @@ from laplace.utils.enums import (
 from laplace.utils.parameters import expand_to_parameters, fix_prior_prec_structure
 
 
-class BaseLaplace:
+class BaseLaplace(metaclass=arguments.PositionalArguments):
     """Common state of a Laplace approximation.
 
     Args:
@@ -62,6 +63,10 @@ class BaseLaplace:
         backend_kwargs: extra keyword arguments for the backend.
         asdl_fisher_kwargs: keyword arguments forwarded to ASDL's Fisher calls.
     """
+
+    #: laplace-torch's order of the positional arguments after ``(model, likelihood)``
+    #: (``arguments.PositionalArguments``); ``None``: the constructor's own binding.
+    _POSITIONAL: tuple[str, ...] | None = arguments.BASE
 
     def __init__(
         self,
@@ -110,6 +115,16 @@ class BaseLaplace:
     def _params(self) -> list[nn.Parameter]:
         """Parameters the posterior is over (trainable ones for subset ``all``)."""
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        """The model's trainable parameters (laplace-torch's attribute)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @property
+    def is_subset_params(self) -> bool:
+        """Whether some of the model's parameters are frozen (``requires_grad=False``)."""
+        return any(not p.requires_grad for p in self.model.parameters())
 
     @property
     def _device(self) -> torch.device:
@@ -487,6 +502,12 @@ class BaseLaplace:
 
     def __call__(self, x: Inputs, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
+
+    def predictive(self, x: Inputs, pred_type: PredType | str, link_approx: LinkApprox | str,
+                   n_samples: int) -> Any:
+        """``self(x, pred_type=..., link_approx=..., n_samples=...)`` (laplace-torch's
+        older name of the predictive)."""
+        return self(x, pred_type=pred_type, link_approx=link_approx, n_samples=n_samples)
 
     def _detached(self, f_mu: Tensor, f_var: Tensor) -> tuple[Tensor, Tensor]:
         """The predictive moments, detached unless ``enable_backprop`` (laplace-torch's

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from laplace.curvature.curvature import output_hessian_sqrt
+from laplace.posterior import arguments
 from laplace.posterior.functional import FunctionalLaplace
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs, inputs_to, split_batch
@@ -143,6 +144,9 @@ class ELLA(FunctionalLaplace):
     """
 
     _key = ("all", "gp")
+    #: laplace-torch's order and name (``subsample_size``) of the subset size.
+    _POSITIONAL = ("subsample_size", "n_eigenvalues", *arguments.BASE[:-1], "seed")
+    _ALIASES = {"subsample_size": "n_subset"}
     _STATE_KEYS = ("n_eigenvalues", "eigenvalues", "Psi", "G")
 
     def __init__(self, model: nn.Module, likelihood: str, n_subset: int, *args: Any,

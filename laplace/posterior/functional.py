@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
+from laplace.posterior import arguments
 from laplace.posterior.base import BaseLaplace
 from laplace.posterior.lastlayer import LastLayerMixin
 from laplace.predictive import links
@@ -59,6 +60,7 @@ class FunctionalLaplace(BaseLaplace):
 
     _key = ("all", "gp")
     _subset_arg = "n_subset"  # the constructor argument naming the subset size
+    _POSITIONAL = ("n_subset", *arguments.BASE[:-1], "independent_outputs", "seed")
 
     def __init__(
         self, model: nn.Module, likelihood: str, n_subset: int, *args: Any,
@@ -352,6 +354,12 @@ class FunctionalLaplace(BaseLaplace):
             return links.monte_carlo(f_mu, f_var, n_samples, generator)
         return links.bridge(f_mu, f_var, normalize=link_approx == LinkApprox.BRIDGE_NORM)
 
+    def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
+        """Weight samples: a function-space posterior has none (laplace-torch raises
+        ``NotImplementedError`` too); ``functional_samples`` draws functions."""
+        raise NotImplementedError(f"{type(self).__name__} is a posterior over functions: it "
+                                  "has no weight samples; use functional_samples.")
+
     def functional_samples(self, x: Inputs, pred_type: str = "glm", n_samples: int = 100,
                            diagonal_output: bool = False,
                            generator: torch.Generator | None = None,
@@ -465,6 +473,8 @@ class FunctionalLLLaplace(LastLayerMixin, FunctionalLaplace):
     """
 
     _key = ("last_layer", "gp")
+    _POSITIONAL = ("n_subset", *arguments.LAST_LAYER[:8], "last_layer_name", "backend",
+                   "backend_kwargs", "independent_outputs", "seed")
 
     def __init__(self, model: nn.Module, likelihood: str, n_subset: int, *args: Any,
                  last_layer_name: str | None = None, feature_reduction: str | None = None,

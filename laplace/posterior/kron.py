@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from laplace.posterior import arguments
 from laplace.posterior.parametric import ParametricLaplace
 from laplace.precision import KronPrecision, NotFittedError, PrecisionMatrix
 from laplace.utils import distributed as distributed_fit
@@ -35,6 +36,7 @@ class KronLaplace(ParametricLaplace):
     """
 
     _key = ("all", "kron")
+    _POSITIONAL = arguments.insert_after(arguments.BASE, "backend", "damping")
 
     def __init__(self, model: nn.Module, likelihood: str, *args: Any, damping: bool = False,
                  **kwargs: Any) -> None:

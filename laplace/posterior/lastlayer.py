@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from laplace.posterior import arguments
 from laplace.posterior.diag import DiagLaplace
 from laplace.posterior.full import FullLaplace
 from laplace.posterior.kron import KronLaplace
@@ -172,6 +173,8 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
 
     Other arguments are those of ``BaseLaplace``.
     """
+
+    _POSITIONAL = arguments.LAST_LAYER
 
     def __init__(
         self,
@@ -346,6 +349,7 @@ class KronLLLaplace(LLLaplace, KronLaplace):
     """Last-layer Laplace with Kronecker-factored precision."""
 
     _key = ("last_layer", "kron")
+    _POSITIONAL = arguments.insert_after(arguments.LAST_LAYER, "last_layer_name", "damping")
 
 
 class DiagLLLaplace(LLLaplace, DiagLaplace):

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from laplace.curvature.lowrank import top_eigenpairs
+from laplace.posterior import arguments  # noqa: F401
 from laplace.posterior.parametric import ParametricLaplace
 from laplace.precision import NotFittedError
 from laplace.precision.lowrank import LowRankPrecision
@@ -30,6 +31,8 @@ class LowRankLaplace(ParametricLaplace):
     """
 
     _key = ("all", "lowrank")
+    _POSITIONAL = ("backend", "sigma_noise", "prior_precision", "prior_mean", "temperature",
+                   "enable_backprop", "dict_key_x", "dict_key_y", "backend_kwargs")
 
     def __init__(self, model: nn.Module, likelihood: str, *args: Any,
                  n_eigenvalues: int | None = None, **kwargs: Any) -> None:

@@ -64,6 +64,9 @@ class SubnetLaplace(ParametricLaplace):
     Other arguments are those of ``BaseLaplace``; ``backend`` must be a GGN or EF one.
     """
 
+    _POSITIONAL = ("subnetwork_indices", "sigma_noise", "prior_precision", "prior_mean",
+                   "temperature", "backend", "backend_kwargs", "asdl_fisher_kwargs")
+
     def __init__(self, model: nn.Module, likelihood: str,
                  subnetwork_indices: Tensor | None = None, *args: Any, **kwargs: Any) -> None:
         backend = kwargs.get("backend")

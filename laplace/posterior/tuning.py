@@ -124,7 +124,7 @@ def _validate(la: Tunable, val_loader: Any, loss: Any, pred_type: str, link_appr
               n_samples: int) -> float:
     """The validation loss: over this loader, or over every process's shard of it when
     ``la`` was fitted across processes."""
-    kwargs = {"laplace": la, "loader": val_loader, "pred_type": pred_type,
+    kwargs = {"laplace": la, "val_loader": val_loader, "pred_type": pred_type,
               "link_approx": link_approx, "n_samples": n_samples, "dict_key_y": la.dict_key_y}
     if not getattr(la, "_distributed", False):
         return validate(loss=loss, **kwargs)

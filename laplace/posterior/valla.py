@@ -103,6 +103,8 @@ class VaLLA(FunctionalLaplace):
     _STATE_KEYS = ("V", "sv", "U", "W")
 
     _key = ("all", "gp")
+    #: laplace-torch's VaLLA takes inducing locations, not a count: no positional mapping.
+    _POSITIONAL = None
 
     def __init__(self, model: nn.Module, likelihood: str, n_inducing: int, *args: Any,
                  seed: int = 0, n_iter: int = 300, lr: float = 1e-2, n_mc_samples: int = 32,

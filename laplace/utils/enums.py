@@ -59,6 +59,7 @@ class PriorStructure(_StrEnum):
 
 
 class FunctionalApproximation(_StrEnum):
+    SOD = "sod"
     NYSTROM = "nystrom"
     VARIATIONAL = "variational"
 

@@ -327,3 +327,7 @@ class KronDecomposed:
             start += size
             outs.append(self._from_eigenbasis(i, scaled))
         return torch.cat(outs, dim=-1)
+
+from laplace.utils.reexports import reexports  # noqa: E402
+
+__getattr__ = reexports(__name__, ("kron", "block_diag", "symeig"))

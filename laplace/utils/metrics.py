@@ -148,21 +148,21 @@ def _is_metric(loss: Any) -> bool:
 @torch.no_grad()
 def validate(
     laplace: Predictive,
-    loader: Any,
+    val_loader: Any,
     loss: Metric | Callable[..., Tensor],
     pred_type: PredType | str = PredType.GLM,
     link_approx: LinkApprox | str = LinkApprox.PROBIT,
     n_samples: int = 100,
     dict_key_y: str = "labels",
 ) -> float:
-    """Validation loss of the current posterior predictive over ``loader``.
+    """Validation loss of the current posterior predictive over ``val_loader``.
 
     The predictive is called with ``fitting=True`` (as laplace-torch does), so a
     ``"reward_modeling"`` LA is validated like a classifier, on class probabilities.
 
     Args:
         laplace: a fitted Laplace approximation.
-        loader: batches ``(X, y)`` or dict-like batches (targets under ``dict_key_y``;
+        val_loader: batches ``(X, y)`` or dict-like batches (targets under ``dict_key_y``;
             the whole batch is the model input).
         loss: either a metric object with ``update``/``compute``/``reset`` (e.g.
             ``RunningNLLMetric`` or a torchmetrics metric) — it is **reset first**, fed
@@ -190,7 +190,7 @@ def validate(
     variances: list[Tensor] = []
     targets: list[Tensor] = []
     n_batches = 0
-    for batch in loader:
+    for batch in val_loader:
         X, y = split_batch(batch, laplace.dict_key_x, dict_key_y)
         X, y = inputs_to(X, laplace._device), y.to(laplace._device)
         out = laplace(X, pred_type=pred_type, link_approx=link_approx, n_samples=n_samples,

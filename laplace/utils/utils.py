@@ -200,3 +200,7 @@ class SoDSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.M
+
+from laplace.utils.reexports import reexports  # noqa: E402
+
+__getattr__ = reexports(__name__, ("LinkApprox", "PredType", "PriorStructure"))
