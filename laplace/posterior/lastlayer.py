@@ -28,7 +28,7 @@ from laplace.posterior.kron import KronLaplace
 from laplace.posterior.parametric import ParametricLaplace
 from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
-from laplace.utils.data import Inputs
+from laplace.utils.data import Inputs, inputs_to
 from laplace.utils.feature_extractor import FeatureExtractor
 
 _PRIORS = ("prior_precision", "prior_mean")
@@ -325,8 +325,16 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a state of ``state_dict``, or one saved by laplace-torch, which keeps a
+        batch (``data``) instead of the layer's name: the layer is found on it."""
         checks.state_keys(state_dict, ("cls_name",), type(self).__name__)
-        self._set_layer_from_state(state_dict.get("last_layer_name"))
+        name = state_dict.get("last_layer_name")
+        data = state_dict.get("data")
+        if name is None and self.model.last_layer is None and data is not None:
+            X = data[0] if isinstance(data, (list, tuple)) else data
+            self.model.find_last_layer(inputs_to(X, self._device))
+            name = self.model.last_layer_name
+        self._set_layer_from_state(name)
         super().load_state_dict(state_dict)
 
 

@@ -421,7 +421,7 @@ class ParametricLaplace(BaseLaplace):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a posterior saved by ``state_dict`` (the model is loaded separately)."""
         checks.state_keys(state_dict, ("cls_name", "likelihood", "mean", "H", "loss", "n_data",
-                                       "n_outputs", "output_shape", "temperature",
+                                       "n_outputs", "temperature",
                                        "enable_backprop", "sigma_noise", "prior_mean",
                                        "prior_precision"), type(self).__name__)
         if state_dict["cls_name"] != type(self).__name__:
@@ -450,7 +450,8 @@ class ParametricLaplace(BaseLaplace):
         self.loss = state_dict["loss"].to(device)
         self.n_data = int(state_dict["n_data"])
         self.n_outputs = int(state_dict["n_outputs"])
-        self._output_shape = tuple(state_dict["output_shape"])
+        # laplace-torch's states have no output shape: one output vector per input
+        self._output_shape = tuple(state_dict.get("output_shape", (self.n_outputs,)))
         self.temperature = state_dict["temperature"]
         self.enable_backprop = state_dict["enable_backprop"]
         self.sigma_noise = state_dict["sigma_noise"].to(device)
