@@ -272,7 +272,8 @@ class BaseLaplace(metaclass=arguments.PositionalArguments):
         """Log likelihood of the training data at the MAP (up to the Laplace terms)."""
         factor = -self._H_factor
         if self.likelihood == Likelihood.REGRESSION:
-            c = self.n_data * self.n_outputs * torch.log(self.sigma_noise * math.sqrt(2 * math.pi))
+            outputs = self.n_outputs or 0  # before fit: no data, no term (laplace-torch: −0)
+            c = self.n_data * outputs * torch.log(self.sigma_noise * math.sqrt(2 * math.pi))
             return factor * self.loss - c
         return factor * self.loss
 

@@ -187,3 +187,8 @@ def test_laplace_torch_import_paths():
     assert issubclass(ELLA, BaseFunctionalLaplace)
     with pytest.raises(ImportError):
         from laplace.baselaplace import NoSuchName  # noqa: F401
+
+
+def test_log_likelihood_before_fit_is_zero_as_in_laplace_torch():
+    for likelihood in ("regression", "classification"):
+        assert float(FullLaplace(model(), likelihood).log_likelihood) == 0.0
