@@ -286,6 +286,8 @@ def marglik_training(
         prior_prec, sigma_noise = log_prior_prec.detach().exp(), current_sigma()
     lap = make_laplace(prior_prec, sigma_noise if regression else 1.0)
     lap.fit(train_loader, distributed=dist)
+    for p in params:  # no stale training gradients on the returned model (laplace-torch)
+        p.grad = None
     return lap, model, margliks, losses
 
 

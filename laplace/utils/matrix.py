@@ -201,8 +201,11 @@ class KronDecomposed:
         self.damping = damping
 
     def __add__(self, deltas: Tensor) -> KronDecomposed:
-        """Add a scalar or per-block diagonal shift."""
+        """Add a scalar or per-block diagonal shift (one per block)."""
         deltas = torch.as_tensor(deltas, device=self.deltas.device, dtype=self.deltas.dtype)
+        if deltas.numel() not in (1, len(self.deltas)) or deltas.ndim > 1:
+            raise ValueError(f"Invalid shape of delta: {tuple(deltas.shape)}; a scalar or one "
+                             f"per Kronecker block ({len(self.deltas)},) is expected.")
         return KronDecomposed(
             self.eigenvectors, self.eigenvalues, self.deltas + deltas, self.damping
         )

@@ -192,3 +192,21 @@ def test_laplace_torch_import_paths():
 def test_log_likelihood_before_fit_is_zero_as_in_laplace_torch():
     for likelihood in ("regression", "classification"):
         assert float(FullLaplace(model(), likelihood).log_likelihood) == 0.0
+
+
+def test_kron_decomposed_refuses_a_delta_of_the_wrong_length():
+    la = KronLaplace(model(), "regression")
+    la.fit(regression_loader())
+    H = la.H  # decomposed after fit, one block per weight/bias tensor (4)
+    assert len((H + torch.ones(4, dtype=DT)).deltas) == 4
+    with pytest.raises(ValueError, match="Invalid shape of delta"):
+        H + torch.ones(3, dtype=DT)
+
+
+def test_marglik_training_leaves_no_gradients():
+    from laplace.marglik_training import marglik_training
+
+    net = model()
+    marglik_training(net, regression_loader(), likelihood="regression", n_epochs=2,
+                     n_epochs_burnin=1, n_hypersteps=2)
+    assert all(p.grad is None for p in net.parameters())
