@@ -32,33 +32,22 @@ from laplace.utils import RunningNLLMetric, validate
 torch.set_num_threads(1)
 DT = torch.float64
 
+_BASE = ["sigma_noise", "prior_precision", "prior_mean", "temperature", "enable_backprop",
+         "dict_key_x", "dict_key_y", "backend"]
+_LAST_LAYER = [*_BASE[:5], "feature_reduction", *_BASE[5:], "last_layer_name",
+               "backend_kwargs", "asdl_fisher_kwargs"]
 LAPLACE_TORCH_ORDERS = {
-    FullLaplace: ["sigma_noise", "prior_precision", "prior_mean", "temperature",
-                  "enable_backprop", "dict_key_x", "dict_key_y", "backend", "backend_kwargs"],
-    KronLaplace: ["sigma_noise", "prior_precision", "prior_mean", "temperature",
-                  "enable_backprop", "dict_key_x", "dict_key_y", "backend", "damping",
-                  "backend_kwargs", "asdl_fisher_kwargs"],
-    LowRankLaplace: ["backend", "sigma_noise", "prior_precision", "prior_mean", "temperature",
-                     "enable_backprop", "dict_key_x", "dict_key_y", "backend_kwargs"],
-    FullLLLaplace: ["sigma_noise", "prior_precision", "prior_mean", "temperature",
-                    "enable_backprop", "feature_reduction", "dict_key_x", "dict_key_y",
-                    "backend", "last_layer_name", "backend_kwargs", "asdl_fisher_kwargs"],
-    KronLLLaplace: ["sigma_noise", "prior_precision", "prior_mean", "temperature",
-                    "enable_backprop", "feature_reduction", "dict_key_x", "dict_key_y",
-                    "backend", "last_layer_name", "damping", "backend_kwargs",
-                    "asdl_fisher_kwargs"],
-    FullSubnetLaplace: ["subnetwork_indices", "sigma_noise", "prior_precision", "prior_mean",
-                        "temperature", "backend", "backend_kwargs", "asdl_fisher_kwargs"],
-    FunctionalLaplace: ["n_subset", "sigma_noise", "prior_precision", "prior_mean",
-                        "temperature", "enable_backprop", "dict_key_x", "dict_key_y",
-                        "backend", "backend_kwargs", "independent_outputs", "seed"],
-    FunctionalLLLaplace: ["n_subset", "sigma_noise", "prior_precision", "prior_mean",
-                          "temperature", "enable_backprop", "feature_reduction", "dict_key_x",
-                          "dict_key_y", "last_layer_name", "backend", "backend_kwargs",
-                          "independent_outputs", "seed"],
-    ELLA: ["subsample_size", "n_eigenvalues", "sigma_noise", "prior_precision", "prior_mean",
-           "temperature", "enable_backprop", "dict_key_x", "dict_key_y", "backend",
-           "backend_kwargs", "seed"],
+    FullLaplace: [*_BASE, "backend_kwargs"],
+    KronLaplace: [*_BASE, "damping", "backend_kwargs", "asdl_fisher_kwargs"],
+    LowRankLaplace: ["backend", *_BASE[:-1], "backend_kwargs"],
+    FullLLLaplace: _LAST_LAYER,
+    KronLLLaplace: [*_LAST_LAYER[:10], "damping", *_LAST_LAYER[10:]],
+    FullSubnetLaplace: ["subnetwork_indices", *_BASE[:4], "backend", "backend_kwargs",
+                        "asdl_fisher_kwargs"],
+    FunctionalLaplace: ["n_subset", *_BASE, "backend_kwargs", "independent_outputs", "seed"],
+    FunctionalLLLaplace: ["n_subset", *_LAST_LAYER[:8], "last_layer_name", "backend",
+                          "backend_kwargs", "independent_outputs", "seed"],
+    ELLA: ["subsample_size", "n_eigenvalues", *_BASE, "backend_kwargs", "seed"],
 }
 
 
