@@ -197,7 +197,17 @@ class BackPackGGN(BackPackInterface, GGNInterface):
         (``(mc_samples·n, P)`` sampled rows with ``stochastic=True``)."""
         mc = mc_samples or self.num_samples
         ext = SqrtGGNMC(mc_samples=mc) if self.stochastic else SqrtGGNExact()
-        loss, sqrts = self._run(x, y, ext, second_order=True)
+        try:
+            loss, sqrts = self._run(x, y, ext, second_order=True)
+        except RuntimeError as error:
+            # BackPACK's square root through nn.AvgPool2d builds float32 tensors: a float64
+            # model fails inside it. The exact rows are the native route's.
+            if self.stochastic or "scalar type" not in str(error):
+                raise
+            warnings.warn(f"BackPackGGN: BackPACK's GGN square root failed here ({error}); "
+                          "the exact GGN rows are computed by the native torch.func route.",
+                          UserWarning, stacklevel=2)
+            return GGNInterface.sqrt_rows(self, x, y)
         rows = torch.cat([s.flatten(start_dim=2) for s in sqrts], dim=2)  # (K, n, P)
         rows = rows.reshape(-1, rows.shape[-1]) * self.factor**0.5
         if self.subnetwork_indices is not None:

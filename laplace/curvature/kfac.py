@@ -35,6 +35,7 @@ from laplace.curvature.outputs import (
 )
 from laplace.utils.data import Inputs
 from laplace.utils.enums import Likelihood
+from laplace.utils.errors import UnsupportedLayerError
 from laplace.utils.matrix import Kron
 
 
@@ -83,7 +84,7 @@ def kfac_modules(
         if not isinstance(module, SUPPORTED) or conv_unsupported:
             if not strict:
                 return None
-            raise ValueError(
+            raise UnsupportedLayerError(
                 f"KFAC (hessian_structure='kron') supports nn.Linear and nn.Conv2d only "
                 f"(numeric zero padding, groups=1); module {name!r} of type "
                 f"{type(module).__name__} has trainable parameters. Use 'full' or 'diag', "

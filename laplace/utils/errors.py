@@ -28,6 +28,12 @@ class MissingArgumentError(TypeError, ValueError):
     """
 
 
+class UnsupportedLayerError(NotImplementedError, ValueError):
+    """A curvature structure that a layer of the model does not support (e.g. Kronecker
+    factors of an ``nn.Embedding``): laplace-torch raises ``NotImplementedError`` there,
+    this project raised ``ValueError``."""
+
+
 class NotPositiveDefiniteError(ValueError):
     """The posterior precision is not positive definite."""
 

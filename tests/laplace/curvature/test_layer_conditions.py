@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev
+from torch.utils.data import DataLoader, TensorDataset
 
 import laplace.curvature as C
 
@@ -142,3 +143,41 @@ def test_curvlinops_hessian_refuses_an_affine_layer_norm():
             for g in grads]
     _, H = C.AsdlHessian(model, "regression").full(x, y)
     torch.testing.assert_close(H, torch.stack(rows), rtol=1e-8, atol=1e-10)
+
+
+def test_backpack_ggn_rows_through_average_pooling_in_float64():
+    """BackPACK's square root through ``nn.AvgPool2d`` builds float32 tensors and fails on
+    a float64 model; the exact rows then come from the native route (warned)."""
+    from laplace import Laplace
+    from laplace.curvature import BackPackGGN, TorchFuncGGN
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                        nn.Linear(8, 3)).double()
+    X = torch.randn(12, 1, 6, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (12,))
+    loader = DataLoader(TensorDataset(X, y), batch_size=6)
+    exact = Laplace(cnn, "classification", "all", "full", backend=TorchFuncGGN)
+    exact.fit(loader)
+    la = Laplace(cnn, "classification", "all", "full", backend=BackPackGGN)
+    with pytest.warns(UserWarning, match="native torch.func route"):
+        la.fit(loader)
+    torch.testing.assert_close(la.H, exact.H, rtol=1e-12, atol=1e-14)
+
+
+def test_kron_of_an_embedding_is_laplace_torchs_not_implemented_error():
+    from laplace import Laplace
+
+    class Bag(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.head = nn.Embedding(10, 4), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.embed(x).mean(1))
+
+    X, y = torch.randint(0, 10, (8, 3)), torch.randint(0, 2, (8,))
+    for error in (NotImplementedError, ValueError):
+        with pytest.raises(error, match="module 'embed' of type Embedding"):
+            Laplace(Bag(), "classification", "all", "kron").fit(
+                DataLoader(TensorDataset(X, y), batch_size=4))
