@@ -95,14 +95,21 @@ class PositionalArguments(type):
 
     def __init__(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any]) -> None:
         super().__init__(name, bases, namespace)
-        if cls._POSITIONAL is not None:
+        # A subclass that declares its own constructor but no order (a user's class with
+        # its own positional arguments) binds them itself.
+        mro = cls.__mro__
+        order_at = next(i for i, k in enumerate(mro) if "_POSITIONAL" in k.__dict__)
+        init_at = next(i for i, k in enumerate(mro) if "__init__" in k.__dict__)
+        cls._maps_positional = cls._POSITIONAL is not None and order_at <= init_at
+        init = inspect.signature(cls.__init__)
+        forwards = any(p.kind == p.VAR_POSITIONAL for p in init.parameters.values())
+        if cls._maps_positional or (cls._POSITIONAL is not None and forwards):
             cls.__signature__ = laplace_torch_signature(cls)
         else:  # the constructor's own, not an inherited laplace-torch order
-            init = inspect.signature(cls.__init__)
             cls.__signature__ = init.replace(parameters=list(init.parameters.values())[1:])
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls._POSITIONAL is not None and (len(args) > 2 or getattr(cls, "_ALIASES", None)):
+        if cls._maps_positional and (len(args) > 2 or getattr(cls, "_ALIASES", None)):
             kwargs = keywords_from_positional(cls, args[2:], kwargs)
             args = args[:2]
         return super().__call__(*args, **kwargs)

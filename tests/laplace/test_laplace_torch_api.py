@@ -97,10 +97,11 @@ def test_positional_arguments_set_the_options_laplace_torch_sets():
 
 def test_positional_mistakes_are_type_errors_as_in_python():
     m = model()
-    with pytest.raises(TypeError, match="at most 12 positional arguments"):
-        FullLaplace(m, "regression", *([1.0] * 11))
-    with pytest.raises(TypeError, match="multiple values for argument 'sigma_noise'"):
-        FullLaplace(m, "regression", 1.0, sigma_noise=2.0)
+    for cls in (FullLaplace, KronLaplace):  # forwarded as given / mapped to keywords
+        with pytest.raises(TypeError, match="positional arguments"):
+            cls(m, "regression", *([1.0] * 12))
+        with pytest.raises(TypeError, match="multiple values for argument 'sigma_noise'"):
+            cls(m, "regression", 1.0, sigma_noise=2.0)
 
 
 def test_small_methods_and_attributes():
@@ -199,3 +200,15 @@ def test_marglik_training_leaves_no_gradients():
     marglik_training(net, regression_loader(), likelihood="regression", n_epochs=2,
                      n_epochs_burnin=1, n_hypersteps=2)
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_a_subclass_with_its_own_positional_arguments_binds_them_itself():
+    class Tagged(FullLaplace):
+        def __init__(self, model, likelihood, tag, **kwargs):
+            self.tag = tag
+            super().__init__(model, likelihood, **kwargs)
+
+    la = Tagged(model(), "regression", "mine", sigma_noise=0.5)
+    assert la.tag == "mine" and float(la.sigma_noise) == 0.5
+    assert list(inspect.signature(Tagged).parameters) == ["model", "likelihood", "tag",
+                                                          "kwargs"]
