@@ -140,6 +140,9 @@ class LastLayerMixin:
         with torch.no_grad():
             f, phi = self.model.forward_with_features(X)
             expected = self.model.last_layer(phi)
+            if self.likelihood == "reward_modeling" and self.model(X).shape != expected.shape:
+                # a pair's two rewards from one-output heads: not f = last_layer(φ) per row
+                f = self.model(X)
         if f.shape == expected.shape and (
             self.model.feature_reduction is not None
             or torch.allclose(f, expected, rtol=1e-5, atol=1e-6)

@@ -131,7 +131,7 @@ class FeatureExtractor(nn.Module):
         store: dict[str, Tensor] = {}
 
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: Tensor) -> None:
-            store["phi"] = inputs[0]
+            store["phi"], store["shape"] = inputs[0], output.shape
 
         handle = self.last_layer.register_forward_hook(hook)
         try:
@@ -143,6 +143,12 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"The last layer {self.last_layer_name!r} was not called in the "
                              "model's forward pass: last_layer_name must name the layer that "
                              "produces the output.")
+        shape = store["shape"]
+        if self.feature_reduction is None and isinstance(out, Tensor) and out.shape != shape \
+                and out.numel() == shape.numel() and out.ndim and out.shape[0] == shape[0]:
+            # the output is the layer's, reshaped (head(φ).squeeze(-1) for (n,) regression
+            # outputs, as laplace-torch accepts): in the layer's shape, one row per φ
+            out = out.reshape(shape)
         return out, reduce_features(store["phi"], self.feature_reduction)
 
     def forward_features(self, x: Inputs) -> Tensor:

@@ -332,3 +332,34 @@ def test_reduction_kron_empirical_fisher_uses_model_output():
 def test_unknown_feature_reduction_named():
     with pytest.raises(ValueError, match=r"Unknown feature_reduction 'max'; choose one of"):
         Laplace(head_first(), "regression", "last_layer", "full", feature_reduction="max")
+
+
+def test_a_head_followed_by_squeeze_is_the_same_last_layer_posterior():
+    """``head(φ).squeeze(-1)`` for ``(n,)`` regression targets (laplace-torch fits it): the
+    output is the layer's, reshaped; every structure gives the unsqueezed model's numbers."""
+
+    class Head(nn.Module):
+        def __init__(self, squeeze: bool) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.squeeze = squeeze
+            self.body = nn.Sequential(nn.Linear(2, 5), nn.Tanh())
+            self.head = nn.Linear(5, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.head(self.body(x))
+            return out.squeeze(-1) if self.squeeze else out
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(20, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(20, generator=g, dtype=torch.float64)
+    for structure in ("full", "kron", "diag"):
+        las = []
+        for squeeze, targets in ((True, y), (False, y[:, None])):
+            la = Laplace(Head(squeeze).double(), "regression", "last_layer", structure)
+            la.fit(DataLoader(TensorDataset(X, targets), batch_size=5))
+            las.append(la)
+        assert float(las[0].log_marginal_likelihood()) == float(
+            las[1].log_marginal_likelihood())
+        for a, b in zip(las[0](X[:3]), las[1](X[:3])):
+            assert torch.equal(a, b)
