@@ -57,7 +57,7 @@ def marglik(
                         progress_bar=distributed_fit.show_progress(progress_bar))
     la.prior_precision = prior
     if verbose:
-        print(f"Optimized prior precision: {la.prior_precision.tolist()}")
+        print(f"Optimized prior precision is {la.prior_precision}.")  # laplace-torch's line
 
 
 def default_metric(la: Tunable) -> Any:
@@ -116,7 +116,7 @@ def gridsearch(
         )
     la.prior_precision = float(grid[int(losses.argmin())])
     if verbose:
-        print(f"Grid search chose prior precision {la.prior_precision.item():.4g}")
+        print(f"Optimized prior precision is {la.prior_precision}.")  # laplace-torch's line
     return grid, losses
 
 

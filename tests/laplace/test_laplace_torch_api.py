@@ -212,3 +212,11 @@ def test_a_subclass_with_its_own_positional_arguments_binds_them_itself():
     assert la.tag == "mine" and float(la.sigma_noise) == 0.5
     assert list(inspect.signature(Tagged).parameters) == ["model", "likelihood", "tag",
                                                           "kwargs"]
+
+
+def test_verbose_tuning_prints_laplace_torchs_line(capsys):
+    la = FullLaplace(model(), "regression")
+    la.fit(regression_loader())
+    la.optimize_prior_precision(method="marglik", n_steps=5, verbose=True)
+    out = capsys.readouterr().out
+    assert out.strip() == f"Optimized prior precision is {la.prior_precision}."
