@@ -11,6 +11,7 @@ with warnings.catch_warnings():
     # lapbo` runs before lapbo/__main__.py, so it also serves `python -m lapbo`.
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
                             category=FutureWarning)
+    import lapbo.matheron  # noqa: F401  (registers LaplaceBNN with BoTorch's path sampling)
     from lapbo.linearized_model import ConditionedLaplaceBNN
     from lapbo.model import LaplaceBNN
     from lapbo.sampling import draw_pathwise_samples

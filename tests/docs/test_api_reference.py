@@ -28,7 +28,7 @@ PACKAGES = ["laplace", "lapbo"]
 PUBLIC_MODULES = [
     "laplace.baselaplace", "laplace.lllaplace", "laplace.subnetlaplace", "laplace.curvature",
     "laplace.utils", "laplace.marglik_training", "lapbo.model", "lapbo.linearized_model",
-    "lapbo.ax", "lapbo.sampling",
+    "lapbo.ax", "lapbo.sampling", "lapbo.matheron",
     "lapbo.selection", "lapbo.networks", "lapbo.lengthscales", "lapbo.feature_evidence",
 ]
 DIRECTIVE = re.compile(r"^::: *(\S+) *$")
