@@ -457,6 +457,7 @@ class LaplaceBNN(_LinearizedModel):
                           if net is None else None)
         self.candidates = selection.check_candidates(
             candidates, inspect.signature(LaplaceBNN.__init__).parameters)
+        validation.check_candidate_features(self.candidates, net, random_features)
         if isinstance(prior_precision_reference, tuple) and not self.candidates \
                 and len(prior_precision_reference) != shape[0]:  # candidates check their own
             raise ValueError(

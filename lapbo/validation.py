@@ -26,6 +26,8 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> None:
     """``value`` is a finite number > 0 (an ``int`` with ``integer``)."""
     if integer and (isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"{name} must be a positive integer, not {value!r}.")
+    if isinstance(value, (str, bytes)):  # float("0.1") parses, torch.full does not
+        raise ValueError(f"{name} must be a positive number, not the string {value!r}.")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -68,6 +70,11 @@ def check_training_data(train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | N
     check_floating("train_Y", train_Y)
     if train_Yvar is not None:
         check_floating("train_Yvar", train_Yvar)
+    for name, value in (("train_X", train_X), ("train_Y", train_Y), ("train_Yvar", train_Yvar)):
+        if value is not None and value.dtype in (torch.float16, torch.bfloat16):
+            raise ValueError(f"{name} is {value.dtype}: LaplaceBNN fits and predicts in "
+                             "float32 or float64 (BoTorch's samplers do not run in half "
+                             "precision).")
     check_finite("train_X", train_X)
     check_finite("train_Y", train_Y)
     check_non_negative("train_Yvar", train_Yvar)
@@ -82,6 +89,8 @@ def check_query(name: str, X: Tensor, d: int) -> None:
     if X.numel() == 0:
         raise ValueError(f"{name} has an empty batch: shape {tuple(X.shape)}.")
     check_floating(name, X)
+    if X.dtype in (torch.float16, torch.bfloat16):
+        raise ValueError(f"{name} is {X.dtype}: LaplaceBNN predicts in float32 or float64.")
     check_finite(name, X)
 
 
@@ -138,12 +147,34 @@ def check_input_transform(transform: Any) -> None:
     parts = list(transform.values()) if hasattr(transform, "values") and callable(
         transform.values) else [transform]
     for part in parts:
+        learnable = [n for n, p in part.named_parameters() if p.requires_grad] \
+            if isinstance(part, nn.Module) else []
+        if learnable:
+            raise ValueError(
+                f"input_transform {type(part).__name__} has learnable parameters "
+                f"{learnable}, which LaplaceBNN would leave at their initial values (it fits "
+                "the network and its Laplace hyperparameters, not the transform's): fix them "
+                "(requires_grad_(False)) or use a transform without parameters.")
         if getattr(part, "transform_on_train", True) is False and getattr(
                 part, "transform_on_eval", False):
             raise ValueError(
                 f"input_transform {type(part).__name__} applies only at evaluation "
                 "(transform_on_train=False) and changes the points a model sees; "
                 "LaplaceBNN transforms training and query inputs alike and cannot use it.")
+
+
+def check_candidate_features(candidates: list[dict[str, Any]], net: Any,
+                             random_features: int) -> None:
+    """Every candidate that is a ``net="random_features"`` network has an even number of
+    features > 0 (the option may come from the parent, e.g. the default family's)."""
+    for i, options in enumerate(candidates):
+        count = options.get("random_features", random_features)
+        if options.get("net", net) == "random_features" and (count == 0 or count % 2):
+            source = "" if "random_features" in options else (
+                " (set on the model, it holds for every candidate of the default family)")
+            raise ValueError(f"candidates[{i}] is a net='random_features' network, which needs "
+                             f"an even random_features > 0 (cosine and sine pairs), not "
+                             f"{count!r}{source}.")
 
 
 def check_in_range(name: str, value: float, low: float, high: float) -> None:
@@ -225,6 +256,9 @@ def check_network_outputs(net: nn.Module, X: Tensor, m: int) -> None:
         net.eval()
         with torch.no_grad():
             out = net(X[:1].to(param))
+    except RuntimeError as error:  # e.g. a first layer of another input width
+        raise ValueError(f"net cannot take the (n, {X.shape[-1]}) inputs of this model (after "
+                         f"its input transform): {error}") from error
     finally:
         for module, mode in zip(net.modules(), modes):
             module.training = mode

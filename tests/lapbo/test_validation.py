@@ -88,6 +88,10 @@ CONSTRUCTOR_CASES = [
     ({"compute_dtype": torch.float16}, "compute_dtype must be torch.float32 or torch.float64"),
     ({"compute_dtype": "float64"}, "compute_dtype must be torch.float32 or torch.float64"),
     ({"candidates": [{"foo": 1}]}, r"candidates\[0\] sets \['foo'\], which are not"),
+    ({"sigma_noise": "0.1"}, "sigma_noise must be a positive number, not the string"),
+    ({"prior_precision": "1"}, "prior_precision must be a positive number, not the string"),
+    ({"train_X": X0.half(), "train_Y": Y0.half()}, "train_X is torch.float16"),
+    ({"train_Y": Y0.bfloat16()}, "train_Y is torch.bfloat16"),
     ({"net": lambda: None}, None),  # TypeError: a factory must return a module
 ]
 
@@ -113,6 +117,28 @@ def test_a_network_with_other_outputs_than_train_Y_is_rejected() -> None:
         LaplaceBNN(X0, Y0, net=net, candidates=None)
     with pytest.raises(ValueError, match="net has no parameters"):
         LaplaceBNN(X0, Y0, net=torch.nn.Identity(), candidates=None)
+    with pytest.raises(ValueError, match=r"net cannot take the \(n, 2\) inputs"):
+        LaplaceBNN(X0, Y0, net=torch.nn.Linear(3, 1).double(), candidates=None)
+
+
+def test_random_features_zero_is_named_for_the_random_feature_family() -> None:
+    # the default family is random-feature networks: 0 features is no network at all
+    with pytest.raises(ValueError, match=r"candidates\[0\] is a net='random_features' "
+                                         r"network.*not 0 \(set on the model"):
+        LaplaceBNN(X0, Y0, random_features=0)
+    LaplaceBNN(X0, Y0, random_features=0, width=8)  # an MLP without features: fine
+
+
+def test_learnable_input_transforms_are_refused() -> None:
+    from botorch.models.transforms.input import ChainedInputTransform, Normalize, Warp
+
+    with pytest.raises(ValueError, match=r"Warp has learnable parameters \['concentration0'"):
+        LaplaceBNN(X0, Y0, input_transform=Warp(d=2, indices=[0, 1]), **SMALL)
+    chain = ChainedInputTransform(n=Normalize(d=2), w=Warp(d=2, indices=[0]))
+    with pytest.raises(ValueError, match="Warp has learnable parameters"):
+        LaplaceBNN(X0, Y0, input_transform=chain, **SMALL)
+    fixed = Warp(d=2, indices=[0, 1]).requires_grad_(False)  # a fixed warp is a transform
+    LaplaceBNN(X0, Y0, input_transform=fixed, **SMALL)
 
 
 def test_warm_start_built_from_other_network_options_is_rejected(fitted: LaplaceBNN) -> None:
@@ -160,6 +186,8 @@ def test_query_checks(fitted: LaplaceBNN) -> None:
         fitted.posterior(X0[:3], observation_noise=0.5)
     with pytest.raises(ValueError, match="X must be a floating-point tensor"):
         fitted.posterior(torch.tensor([[0, 0], [1, 1]]))
+    with pytest.raises(ValueError, match="X is torch.float16: LaplaceBNN predicts in float32"):
+        fitted.posterior(X0[:3].half())
     with pytest.raises(ValueError, match="X has an empty batch"):
         fitted.posterior(torch.zeros(0, 3, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"output_indices must be indices in \[0, 1\)"):
