@@ -78,8 +78,9 @@ def marglik_training(
 
     Args:
         model: the network (trained in place; its trainable parameters are the weights).
-        train_loader: a ``DataLoader`` of ``(X, y)`` or dict-like batches; ``N`` is
-            ``len(train_loader.dataset)``.
+        train_loader: a ``DataLoader`` of ``(X, y)`` or dict-like batches; ``N`` is the
+            number of points it yields (``len(train_loader.dataset)`` unless its sampler
+            covers fewer or it drops a last batch: ``laplace.utils.data.dataset_size``).
         likelihood: ``"classification"``, ``"regression"`` or ``"reward_modeling"`` (pair
             batches ``(batch, 2, ...)``: trained and fitted as two-class classification
             of the preference, as ``Laplace(..., likelihood="reward_modeling")``).

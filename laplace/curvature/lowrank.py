@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.func import functional_call, jvp, vjp
 
 from laplace.curvature.outputs import _targets
-from laplace.utils.data import inputs_to, split_batch
+from laplace.utils.data import dataset_size, inputs_to, split_batch
 from laplace.utils.enums import Likelihood
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def top_eigenpairs(
     Args:
         dense_fraction: form and fully decompose the dense curvature when
             ``k ≥ dense_fraction·P`` (or when the backend has no GGN products).
-        N: the number of data points (default ``len(loader.dataset)``).
+        N: the number of data points (default ``laplace.utils.data.dataset_size``).
         reduce: for a loader holding one shard of the data, the sum over all shards of
             a tensor or list of tensors (``laplace.utils.distributed.all_reduce_nested``):
             applied to the loss, the dense curvature and every curvature-vector
@@ -80,7 +80,7 @@ def top_eigenpairs(
     batches = _batches(loader, iface, device)
     if not batches:
         raise ValueError("The data loader yielded no batches: nothing to fit on.")
-    N = len(loader.dataset) if N is None else N
+    N = dataset_size(loader) if N is None else N
     exact_ggn = hasattr(iface, "_sqrt_ggn_rows") and not getattr(iface, "stochastic", False)
     use_products = exact_ggn and k < dense_fraction * n_params
     if not use_products:

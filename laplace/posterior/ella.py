@@ -143,6 +143,8 @@ class ELLA(FunctionalLaplace):
     matrix is formed. See the module docstring for the math.
     """
 
+    _DISCOURAGE_MARGLIK = False
+
     _key = ("all", "gp")
     #: laplace-torch's order and name (``subsample_size``) of the subset size.
     _POSITIONAL = ("subsample_size", "n_eigenvalues", *arguments.BASE[:-1], "seed")

@@ -23,6 +23,7 @@ and the output Hessians).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,6 +62,9 @@ class FunctionalLaplace(BaseLaplace):
     _key = ("all", "gp")
     _subset_arg = "n_subset"  # the constructor argument naming the subset size
     _POSITIONAL = ("n_subset", *arguments.BASE[:-1], "independent_outputs", "seed")
+    #: warn as laplace-torch does when the prior is tuned by the marginal likelihood of the
+    #: subset-of-data GP (ELLA and VaLLA, whose evidence is their own, do not)
+    _DISCOURAGE_MARGLIK = True
 
     def __init__(
         self, model: nn.Module, likelihood: str, n_subset: int, *args: Any,
@@ -123,6 +127,11 @@ class FunctionalLaplace(BaseLaplace):
                 self.n_outputs = f.shape[-1]
                 if self.likelihood == Likelihood.CLASSIFICATION:
                     checks.class_logits(self.n_outputs)
+                elif self.n_outputs > 1 and self.independent_outputs:
+                    warnings.warn(  # laplace-torch's warning, in its words
+                        "Using FunctionalLaplace with the diagonal approximation of a GP "
+                        "kernel is not recommended in the case of multivariate regression. "
+                        "Predictive variance will likely be overestimated.", stacklevel=2)
             checks.fit_targets(y, f.shape[0], tuple(f.shape[1:]),
                                self.likelihood == Likelihood.REGRESSION, i)
             f = f.reshape(-1, f.shape[-1])
@@ -181,6 +190,11 @@ class FunctionalLaplace(BaseLaplace):
         The subset is ``numpy.random.default_rng(seed).choice(N, n_subset)`` in that
         order (laplace-torch's subset-of-data draw)."""
         N = dataset_size(train_loader)
+        if N != len(train_loader.dataset):
+            raise ValueError(
+                f"{type(self).__name__} draws its subset from train_loader.dataset, but the "
+                f"loader yields {N} of its {len(train_loader.dataset)} points (a sampler over "
+                "part of it, or drop_last): build the loader over the points to fit.")
         if self.n_subset > N:
             raise ValueError(
                 f"{self._subset_arg}={self.n_subset} exceeds the {N} training points."
@@ -276,6 +290,9 @@ class FunctionalLaplace(BaseLaplace):
             raise ValueError("Function-space Laplace tunes a scalar prior precision only.")
         if method == "gridsearch" and parse_option(PredType, pred_type, "pred_type") != "gp":
             raise ValueError("Only gp is supported as a functional prediction type.")
+        if method == "marglik" and self._DISCOURAGE_MARGLIK:  # laplace-torch's ('CV' there)
+            warnings.warn("Use of method='marglik' in case of FunctionalLaplace is discouraged, "
+                          "rather use method='gridsearch' (cross-validation).", stacklevel=2)
         super().optimize_prior_precision(pred_type, method, *args, **kwargs)
 
     def _require_fit(self) -> None:
@@ -412,6 +429,12 @@ class FunctionalLaplace(BaseLaplace):
                 and state["cls_name"] != type(self).__name__:
             raise ValueError(f"State of a {state['cls_name']} cannot be loaded into a "
                              f"{type(self).__name__}.")
+        if isinstance(state, Mapping) and "train_loader" in state and "X_M" not in state:
+            raise ValueError(
+                "This is a function-space state saved by laplace-torch (it holds the training "
+                "loader, 'train_loader', where this package's states hold the subset's "
+                "inputs): it does not load here. Refit with fit(train_loader) on the same "
+                "data; laplace-torch's weight-space states do load.")
         checks.state_keys(state, (*self._COMMON_KEYS, *self._STATE_KEYS), type(self).__name__)
         if state["likelihood"] != str(self.likelihood):
             raise ValueError(f"State of a {state['likelihood']} fit cannot be loaded into a "

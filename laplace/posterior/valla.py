@@ -99,6 +99,8 @@ class VaLLA(FunctionalLaplace):
     See the module docstring for the math.
     """
 
+    _DISCOURAGE_MARGLIK = False
+
     _subset_arg = "n_inducing"
     _STATE_KEYS = ("V", "sv", "U", "W")
 

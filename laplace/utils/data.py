@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from laplace.utils.checks import finite_inputs
 from laplace.utils.errors import MissingKeyError
@@ -60,7 +61,12 @@ def inputs_to(X: Inputs, device: torch.device, name: str = "x") -> Inputs:
 
 
 def dataset_size(loader: Any) -> int:
-    """``len(loader.dataset)`` with a clear error when the loader has no sized dataset."""
+    """The number of data points an epoch of ``loader`` yields: ``len(loader.dataset)``,
+    or fewer for a torch ``DataLoader`` whose sampler covers part of the data (a
+    ``SubsetRandomSampler``, a ``RandomSampler`` with ``num_samples``) or that drops the
+    last partial batch (``drop_last=True``). laplace-torch counts ``len(dataset)`` in
+    those cases too, which scales the prior against more data than the curvature holds.
+    A clear error when the loader has no sized dataset or yields nothing."""
     try:
         n = len(loader.dataset)
     except (AttributeError, TypeError):
@@ -70,4 +76,14 @@ def dataset_size(loader: Any) -> int:
         ) from None
     if n == 0:
         raise ValueError("The data loader is empty: it has no data points to fit on.")
+    if isinstance(loader, DataLoader) and loader.batch_size is not None:
+        try:
+            n = len(loader.sampler)
+        except TypeError:  # an unsized sampler: only the data set's size is known
+            return n
+        if loader.drop_last:
+            n -= n % loader.batch_size
+        if n == 0:
+            raise ValueError("The data loader yields no data points (its sampler covers none, "
+                             "or drop_last drops its only, partial batch).")
     return n

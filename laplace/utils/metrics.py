@@ -197,6 +197,9 @@ def validate(
                       fitting=True)
         checks.validation_targets(y, out[0] if isinstance(out, tuple) else out,
                                   isinstance(out, tuple), n_batches)
+        if not isinstance(out, tuple) and not y.is_floating_point() \
+                and y.ndim == out.ndim and y.shape[-1] == 1:
+            y = y.reshape(out.shape[:-1])  # (n, 1) class labels, as fit() takes them
         n_batches += 1
         if isinstance(out, tuple):
             if is_metric:

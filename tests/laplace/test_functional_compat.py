@@ -119,3 +119,34 @@ def test_no_subset_jacobians_stored(variant):
     tensors = [t for v in state.values()
                for t in (v if isinstance(v, list) else [v]) if isinstance(t, torch.Tensor)]
     assert all(t.numel() < size for t in tensors)
+
+
+def test_laplace_torchs_function_space_warnings():
+    """laplace-torch warns on a diagonal kernel for multi-output regression and on
+    marglik tuning of ``FunctionalLaplace`` (not of ELLA or VaLLA): so do we."""
+    import warnings
+
+    model, loader, _ = problem()
+    la = Laplace(model, "regression", hessian_structure="gp", sigma_noise=SIGMA,
+                 independent_outputs=True, n_subset=M)
+    with pytest.warns(UserWarning, match="diagonal approximation of a GP kernel is not "
+                                         "recommended in the case of multivariate regression"):
+        la.fit(loader)
+    with pytest.warns(UserWarning, match="Use of method='marglik' in case of FunctionalLaplace "
+                                         "is discouraged"):
+        la.optimize_prior_precision(method="marglik", n_steps=2)
+    for variant in ("ella", "valla"):
+        other, _ = fitted(variant)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            other.optimize_prior_precision(method="marglik", n_steps=2)
+
+
+def test_a_loader_over_part_of_the_data_set_is_refused():
+    """The subset of data is drawn from ``train_loader.dataset``: a sampler over part of
+    it would mix points the loader never yields into the kernel."""
+    model, loader, _ = problem()
+    partial = DataLoader(loader.dataset, batch_size=3, sampler=list(range(0, N, 2)))
+    la = Laplace(model, "regression", hessian_structure="gp", n_subset=M)
+    with pytest.raises(ValueError, match=f"the loader yields {N // 2} of its {N} points"):
+        la.fit(partial)

@@ -49,3 +49,24 @@ def test_public_gridsearch_call_matches_laplace_torch_signature():
     per_point = R.decode(name, rec["diagnostic_per_point_loss"])
     grid = torch.logspace(-2, 2, 21, dtype=torch.float64)
     assert la.prior_precision.item() == pytest.approx(grid[int(per_point.argmin())].item())
+
+
+def test_column_class_labels_validate_as_fit_takes_them():
+    """``(n, 1)`` class labels: a callable loss (``get_nll``) gets them as ``(n,)``, as
+    ``fit`` and ``RunningNLLMetric`` take them (torch's NLL raised on the column)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from laplace.utils import get_nll
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    X = torch.randn(40, 2)
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 0.5).long()
+    la = Laplace(model, "classification", hessian_structure="diag")
+    la.fit(DataLoader(TensorDataset(X, y[:, None]), batch_size=16))
+    chosen = []
+    for labels in (y[:, None], y):
+        la.optimize_prior_precision(method="gridsearch", loss=get_nll, grid_size=7,
+                                    val_loader=DataLoader(TensorDataset(X, labels), batch_size=8))
+        chosen.append(la.prior_precision.clone())
+    torch.testing.assert_close(chosen[0], chosen[1], rtol=0, atol=0)

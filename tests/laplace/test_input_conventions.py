@@ -168,3 +168,35 @@ def test_missing_key_error_is_a_key_error_and_a_value_error():
     assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
     # str() is the message itself, not KeyError's quoted repr of it
     assert str(info.value) == "The model has no module named 'head' (last_layer_name)."
+
+
+# ----------------------------------------------- loaders that yield part of the data
+def _regression_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 1)).to(DT)
+
+
+@pytest.mark.parametrize("structure", ["full", "kron", "diag"])
+def test_a_loader_over_part_of_the_data_counts_the_points_it_yields(structure):
+    """A sampler over 20 of 40 points, or ``drop_last`` leaving 32: the posterior is the
+    one of those points alone (laplace-torch counts ``len(dataset)``, 40, against a
+    curvature of 20 or 32 points)."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(40, 2, generator=g, dtype=DT)
+    y = torch.sin(3 * X.sum(-1, keepdim=True))
+    data = TensorDataset(X, y)
+    net = _regression_net()
+    for loader, rows in (
+        (DataLoader(data, batch_size=8, sampler=list(range(0, 40, 2))), slice(0, 40, 2)),
+        (DataLoader(data, batch_size=16, drop_last=True), slice(0, 32)),
+    ):
+        la = Laplace(net, "regression", hessian_structure=structure, sigma_noise=0.3)
+        la.fit(loader)
+        alone = Laplace(net, "regression", hessian_structure=structure, sigma_noise=0.3)
+        alone.fit(DataLoader(TensorDataset(X[rows], y[rows]), batch_size=8))
+        assert la.n_data == alone.n_data == len(X[rows])
+        torch.testing.assert_close(la.log_marginal_likelihood(),
+                                   alone.log_marginal_likelihood(), rtol=1e-10, atol=0)
+    with pytest.raises(ValueError, match="drops its only, partial batch"):
+        Laplace(net, "regression", subset_of_weights="all", hessian_structure=structure).fit(
+            DataLoader(data, batch_size=64, drop_last=True))

@@ -4,7 +4,9 @@ The fixtures in ``tests/fixtures/laplace_torch_0.3_states`` were written by lapl
 0.3 itself (``la.state_dict()`` after ``fit`` of a 2→3→2 tanh network on 20 regression
 points, prior precision 0.7), with its log marginal likelihood and GLM predictive
 variances at four inputs. laplace-torch's states have no ``output_shape``, and its
-last-layer states keep a batch (``data``) instead of the layer's name.
+last-layer states keep a batch (``data``) instead of the layer's name. ``functional_gp.pt``
+is laplace-torch's state of a ``FunctionalLaplace`` (30 points, ``n_subset=30``), which
+pickles its training loader: refused by name.
 """
 
 from __future__ import annotations
@@ -37,3 +39,17 @@ def test_a_laplace_torch_state_loads_with_its_numbers(subset, structure):
                                                                   rel=1e-10)
     _, f_var = la(problem["X"][:4])
     torch.testing.assert_close(f_var, expected["f_var"], rtol=1e-8, atol=1e-12)
+
+
+def test_a_laplace_torch_function_space_state_is_named():
+    """laplace-torch's function-space state (``functional_gp.pt``, written by it after a
+    ``FunctionalLaplace`` fit) pickles its training loader instead of the subset's inputs:
+    refused as what it is, not as "not a state_dict()"."""
+    from laplace import FunctionalLaplace
+
+    state = torch.load(FIXTURES / "functional_gp.pt", weights_only=False)  # a DataLoader
+    assert "train_loader" in state and "X_M" not in state
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+    la = FunctionalLaplace(model, "regression", n_subset=30)
+    with pytest.raises(ValueError, match="function-space state saved by laplace-torch"):
+        la.load_state_dict(state)
