@@ -4,8 +4,6 @@ equal to the posterior's, and the acquisition functions that use them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from botorch.acquisition.joint_entropy_search import qJointEntropySearch
@@ -21,25 +19,7 @@ from torch import Tensor
 from lapbo import LaplaceBNN
 from lapbo.matheron import LinearizedSamplePath, MixtureSamplePath
 from lapbo.sampling import PathwiseSamples
-
-SMALL = {"width": 16, "n_epochs": 100, "marglik_every": 50, "marglik_steps": 10,
-         "final_marglik_steps": 30}
-BOUNDS = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def objective(X: Tensor) -> Tensor:
-    """``(n, 2) → (n, 2)``."""
-    y1 = torch.sin(5 * X[:, :1]) + X[:, 1:2].square()
-    y2 = torch.cos(3 * X.sum(-1, keepdim=True))
-    return torch.cat([y1, y2], dim=-1)
+from tests.lapbo.test_acquisition import BOUNDS, SMALL, _one_thread, objective  # noqa: F401
 
 
 @pytest.fixture(scope="module")
