@@ -50,6 +50,7 @@ from laplace.posterior.functional import FunctionalLaplace
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs, inputs_to, split_batch
 from laplace.utils.enums import Likelihood
+from laplace.utils.errors import NotFittedError
 
 _GP_ONLY = ("independent_outputs", "diagonal_kernel", "output_hessian")
 
@@ -203,7 +204,7 @@ class ELLA(FunctionalLaplace):
     def features(self, X: Inputs) -> tuple[Tensor, Tensor]:
         """``φ(x) = J(x) Ψ`` ``(n, C, K)`` and the MAP outputs ``f(x; θ*)`` ``(n, C)``."""
         self._require_fit()
-        J, f = self._jacobians(inputs_to(X, self._device), self.enable_backprop)
+        J, f = self._jacobians(self._prediction_inputs(X), self.enable_backprop)
         return J @ self._Psi, f
 
     # ---------------------------------------------------- hyperparameters
@@ -239,7 +240,7 @@ class ELLA(FunctionalLaplace):
 
     def _require_fit(self) -> None:
         if getattr(self, "_Psi", None) is None:
-            raise ValueError(f"{type(self).__name__} is not fitted: call fit(train_loader).")
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit(train_loader).")
 
     # ----------------------------------------------------------- predictive
     def _covariance_root(self, Js: Tensor) -> Tensor:
@@ -262,7 +263,7 @@ class ELLA(FunctionalLaplace):
     def predictive_moments(self, X: Inputs, joint: bool = False) -> tuple[Tensor, Tensor]:
         """``f(x; θ*)`` ``(n, C)`` and ``φ Σ_K φᵀ`` ``(n, C, C)`` (``(nC, nC)`` if ``joint``)."""
         self._require_fit()
-        J, f_mu = self._jacobians(inputs_to(X, self._device), self.enable_backprop)
+        J, f_mu = self._jacobians(self._prediction_inputs(X), self.enable_backprop)
         if joint:
             return f_mu.reshape(-1), self.functional_covariance(J)
         return f_mu, self.functional_variance(J)

@@ -453,6 +453,8 @@ class FunctionalLaplace(BaseLaplace):
             raise ValueError(f"State was saved for parameter tensors of shapes "
                              f"{state['param_shapes']}, this model has {shapes}: a different "
                              "architecture.")
+        if params:
+            _check_same_weights(vector_of(p.detach() for p in params), state["mean"])
         for name in self._STATE_OPTIONS:
             if name in state and state[name] != getattr(self, name):
                 raise ValueError(f"State was saved with {name}={state[name]!r}, this LA has "
@@ -544,3 +546,16 @@ def _check_seed(seed: Any) -> int:
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}.")
     return int(seed)
+
+
+def _check_same_weights(current: Tensor, saved: Tensor) -> None:
+    """A function-space state holds kernel quantities of the weights it was fitted at
+    (``saved``), and predictions take Jacobians of the model's ``current`` weights: they
+    must be the same weights (laplace-torch's ``ELLA``/``VaLLA`` refuse others too)."""
+    saved = saved.to(current)
+    scale = float(saved.abs().max()) if saved.numel() else 0.0
+    gap = float((current - saved).abs().max()) if saved.numel() else 0.0
+    if gap > 1e-6 * max(scale, 1.0):
+        raise ValueError(f"The state was fitted at other network weights (largest difference "
+                         f"{gap:.3g}): load the weights it was fitted at into the model first; "
+                         "its kernel quantities belong to those weights.")

@@ -74,8 +74,9 @@ from laplace.posterior.ella import (
 )
 from laplace.posterior.functional import FunctionalLaplace
 from laplace.utils import distributed as distributed_fit
-from laplace.utils.data import Inputs, inputs_to
+from laplace.utils.data import Inputs
 from laplace.utils.enums import Likelihood
+from laplace.utils.errors import NotFittedError
 
 _REGRESSION_STATE = ("beta", "rr", "trace_res", "n_obs")
 _CLASSIFICATION_STATE = ("m_w", "L_w", "A_train", "D_sqrt", "f_train", "y_train", "eps_u",
@@ -301,7 +302,7 @@ class VaLLA(FunctionalLaplace):
 
     def _require_fit(self) -> None:
         if getattr(self, "_V", None) is None:
-            raise ValueError(f"{type(self).__name__} is not fitted: call fit(train_loader).")
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit(train_loader).")
 
     # ----------------------------------------------------------- predictive
     def _covariance_roots(self, J: Tensor) -> tuple[Tensor, Tensor]:
@@ -326,7 +327,7 @@ class VaLLA(FunctionalLaplace):
     def predictive_moments(self, X: Inputs, joint: bool = False) -> tuple[Tensor, Tensor]:
         """Mean ``(n, C)`` and covariance ``(n, C, C)`` (``(nC, nC)`` if ``joint``)."""
         self._require_fit()
-        J, f = self._jacobians(inputs_to(X, self._device), self.enable_backprop)
+        J, f = self._jacobians(self._prediction_inputs(X), self.enable_backprop)
         m_w, _ = self.whitened_variational()
         f_mu = f + (J @ self._V @ m_w) * self._delta().rsqrt()
         if joint:

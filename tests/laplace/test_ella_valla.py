@@ -370,3 +370,35 @@ def test_rank_deficient_kernel_keeps_the_nonzero_eigenvalues():
     with pytest.warns(RuntimeWarning, match="numerically nonzero"):
         la = ella(model, loader, 55)
     assert la.n_features == 50 and math.isfinite(la.log_marginal_likelihood().item())
+
+
+@pytest.mark.parametrize("variant", ["gp", "ella", "valla"])
+def test_states_load_only_at_their_weights_and_misuse_is_named(variant):
+    """A function-space state holds kernel quantities of the weights it was fitted at:
+    loading it into a network with other weights raised nothing and predicted from
+    mismatched Jacobians. Before ``fit``, ``NotFittedError``; an empty input is named."""
+    import copy
+
+    from laplace.utils.errors import NotFittedError
+
+    model, loader, _, X_test = wide_problem()
+    make = {"gp": lambda m: FunctionalLaplace(m, "regression", 6, sigma_noise=SIGMA,
+                                              prior_precision=DELTA),
+            "ella": lambda m: ELLA(m, "regression", 6, n_eigenvalues=4, sigma_noise=SIGMA,
+                                   prior_precision=DELTA),
+            "valla": lambda m: VaLLA(m, "regression", 6, sigma_noise=SIGMA,
+                                     prior_precision=DELTA)}[variant]
+    with pytest.raises(NotFittedError):
+        make(copy.deepcopy(model)).state_dict()
+    la = make(model)
+    la.fit(loader)
+    with pytest.raises(ValueError, match="Input x has no points"):
+        la(X_test[:0])
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other[0].weight.add_(0.1)
+    with pytest.raises(ValueError, match="fitted at other network weights"):
+        make(other).load_state_dict(la.state_dict())
+    same = make(copy.deepcopy(model))
+    same.load_state_dict(la.state_dict())
+    close(same(X_test)[1], la(X_test)[1])
