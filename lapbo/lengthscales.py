@@ -334,6 +334,34 @@ class _Evaluations:
         return torch.tensor(value, dtype=self.u.dtype, device=self.u.device)
 
 
+def condition_weights(net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None,
+                      sigma_noise: Tensor, prior_precision: Tensor,
+                      prior_mean: list[Tensor] | None = None) -> None:
+    """Set a ``random_feature_network``'s output layer to its posterior mean on ``(X, Y)``
+    at its length scales, ``δ`` and ``σ`` (known ``Yvar`` instead, if given), without
+    fitting them: what a GP does with new data at fixed hyperparameters. The weights of
+    a random-feature network are a posterior mean, not hyperparameters: a fitted state
+    loaded onto other data (Ax's cross-validation folds) is conditioned on that data."""
+    layer = random_feature_layer(net)
+    if layer is None:
+        raise ValueError("condition_weights needs a networks.random_feature_network.")
+    dtype, double = net[1].weight.dtype, lambda t: t.detach().to(torch.float64)  # noqa: E731
+    X, Y = double(X), double(Y)
+    net.to(torch.float64)
+    try:
+        with torch.no_grad():
+            phi = layer.features(X, layer.lengthscale)
+            phi = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=-1)
+            theta0 = ((torch.zeros_like(net[1].weight), torch.zeros_like(net[1].bias))
+                      if prior_mean is None else (double(prior_mean[0]), double(prior_mean[1])))
+            residual = Y - phi[:, :-1] @ theta0[0].mT - theta0[1]
+            noise = (double(sigma_noise).square().expand(len(X)) if Yvar is None
+                     else double(Yvar).clamp_min(1e-12))
+            _set_posterior_mean(net, phi, residual, double(prior_precision), noise, theta0)
+    finally:
+        net.to(dtype)
+
+
 def _fit_in_double(net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None,
                    sigma_noise: Tensor, prior_precision: Tensor, options: TrainingOptions,
                    prior_mean: list[Tensor] | None, max_iter: int,

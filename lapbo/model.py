@@ -716,7 +716,9 @@ class LaplaceBNN(_LinearizedModel):
     # --------------------------------------------------------- module state
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """Load weights, hyperparameters and transforms; the posterior is rebuilt lazily
-        from this model's own training data (no retraining). A state of the other
+        from this model's own training data (no retraining; a random-feature network's
+        weights, a posterior mean, are conditioned on it: ``lengthscales.condition_weights``,
+        as a GP conditions on its data). A state of the other
         architecture of the default family (the random-feature network where this model
         has the default MLP, or the reverse: whichever candidate the saved model had
         selected) first rebuilds this model's network to match. The state holds the
@@ -725,6 +727,9 @@ class LaplaceBNN(_LinearizedModel):
         self._match_network(state_dict)
         self._match_prior_structure(state_dict)
         out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if networks.random_feature_layer(self.net) is not None and bool(self.is_fitted):
+            lengthscales.condition_weights(self.net, *self._training_data(), self.sigma_noise,
+                                           self.prior_precision, self._prior_mean_list())
         self._invalidate()
         self._mixture = None  # the state holds the chosen candidate only
         return out

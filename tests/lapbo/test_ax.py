@@ -241,6 +241,27 @@ def test_generation_strategy_json_roundtrip_with_dtype_option() -> None:
     assert spec.generator_kwargs["refit_on_cv"] is True
 
 
+def test_candidates_go_through_ax_and_its_json_store() -> None:
+    """A custom family (``candidates``, a list of dicts) was listed as an option but
+    refused as not JSON-serialisable; it is stored and comes back as the same family."""
+    family = [{"width": 16}, {"width": 32, "noise_prior": (-4.0, 1.0)}]
+    gs = lax.laplace_generation_strategy(n_sobol=2, candidates=family)
+    kwargs = dict(encoder_registry=CORE_ENCODER_REGISTRY,
+                  class_encoder_registry=CORE_CLASS_ENCODER_REGISTRY)
+    decoded = object_from_json(object_to_json(gs, **kwargs),
+                               decoder_registry=CORE_DECODER_REGISTRY,
+                               class_decoder_registry=CORE_CLASS_DECODER_REGISTRY)
+    spec = decoded.nodes_by_name["MBM"].generator_specs[0]
+    options = lax.validate_model_options(
+        spec.generator_kwargs["surrogate_spec"].model_configs[0].model_options)
+    X = torch.rand(6, 2, dtype=torch.float64)
+    assert LaplaceBNN(X, X.sum(-1, keepdim=True), **options).candidates == family
+    with pytest.raises(ValueError, match="JSON"):
+        lax.laplace_model_config(candidates=[{"activation": nn.Tanh}])
+    with pytest.raises(ValueError, match="finite"):
+        lax.laplace_model_config(candidates=[{"prior_precision": float("inf")}])
+
+
 # No objective thresholds on purpose (Ax infers them); Ax notes it winsorizes per objective.
 @pytest.mark.filterwarnings("ignore:Encountered a `MultiObjective` without objective thresholds")
 def test_branin_currin_two_objectives(fit_spy: FitSpy) -> None:

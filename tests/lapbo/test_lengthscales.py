@@ -402,11 +402,10 @@ def test_above_exact_rows_a_random_feature_model_keeps_its_first_features(monkey
     phi, y = design(big, big._training_data()[0]), standardized(big)
     exact = linear_gaussian_evidence(phi, y, big.prior_precision, big.sigma_noise.square())
     assert lml == pytest.approx(float(exact), rel=1e-8)
-    fresh = LaplaceBNN(X[:30], Y[:30], **RF)
-    fresh.load_state_dict(big.state_dict())
+    fresh = LaplaceBNN(X[:30], Y[:30], **RF)  # its network: all 128 frequencies
     Xt = torch.rand(5, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    fresh._train_X, fresh._train_Y = big._train_X, big._train_Y
-    fresh._invalidate()
+    fresh._train_X, fresh._train_Y = big._train_X, big._train_Y  # the loaded weights are
+    fresh.load_state_dict(big.state_dict())  # conditioned on the loading model's data
     p0, p1 = big.posterior(Xt), fresh.posterior(Xt)
     assert torch.allclose(p0.mean, p1.mean, atol=1e-10)
     assert torch.allclose(p0.variance, p1.variance, atol=1e-10)

@@ -256,6 +256,41 @@ def test_state_dict_round_trip(model1: LaplaceBNN) -> None:
     assert torch.allclose(post.mean, p0.mean, atol=0.5)
 
 
+def test_a_random_feature_state_is_conditioned_on_the_loading_models_data() -> None:
+    """Ax's cross-validation folds load the full model's state onto the fold's data: a
+    random-feature network's weights (a posterior mean) are then the posterior mean on
+    the fold, at the loaded hyperparameters, as a GP conditions on its fold (they held
+    the left-out point, and leave-one-out looked good on pure noise); on the same data
+    the weights load bit for bit."""
+    from lapbo.networks import random_feature_layer
+    from laplace.posterior.linear_gaussian import linear_gaussian_posterior_mean
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(12, 3, dtype=torch.float64, generator=g)
+    Y = torch.randn(12, 1, dtype=torch.float64, generator=g)
+    full = LaplaceBNN(X, Y, net="random_features", random_features=64, candidates=None,
+                      seed=0).fit()
+    state = full.state_dict()
+    same = LaplaceBNN(X, Y, net="random_features", random_features=64, candidates=None)
+    same.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(same.net.parameters(), full.net.parameters()))
+    fold = LaplaceBNN(X[1:], Y[1:], net="random_features", random_features=64,
+                      candidates=None)
+    fold.load_state_dict(state)
+    Xf, Yf, _ = fold._training_data()  # the loaded outcome transform, as for a GP fold
+    layer = random_feature_layer(fold.net)
+    with torch.no_grad():
+        phi = layer.features(Xf, layer.lengthscale)
+        phi = torch.cat([phi, torch.ones_like(phi[:, :1])], -1)
+    expected = linear_gaussian_posterior_mean(
+        phi, Yf[:, 0], fold.prior_precision.reshape(()), fold.sigma_noise.square().expand(11))
+    head = fold.net[1]
+    torch.testing.assert_close(torch.cat([head.weight[0], head.bias]), expected,
+                               rtol=1e-9, atol=1e-12)
+    left_out = fold.posterior(X[:1]).mean - full.posterior(X[:1]).mean
+    assert float(left_out.abs()) > 1e-3  # no longer the value that saw the point
+
+
 def test_warm_start_and_helpers(model1: LaplaceBNN) -> None:
     X, Y = data(n=16)
     warm = LaplaceBNN(X, Y[:, :1], warm_start=model1, **SMALL)
