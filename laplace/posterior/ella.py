@@ -131,12 +131,19 @@ class ELLA(FunctionalLaplace):
 
     Args:
         n_subset: ``M``, the number of training points whose NTK Gram matrix gives the
-            Nyström features (drawn with ``numpy.random.default_rng(seed)``, as
-            ``FunctionalLaplace`` draws its subset).
+            Nyström features, and of the rows of ``J_M``: one output per point, drawn
+            uniformly, for several outputs (laplace-torch's draws:
+            ``torch.randperm(N)[:M]`` from a generator seeded with ``seed``, the outputs
+            by ``torch.randint`` from one seeded with ``seed + 1``).
         n_eigenvalues: ``K``, the number of features (top eigenpairs of ``K_MM``);
-            at most ``M·C``. If fewer eigenvalues are numerically nonzero, only those
-            are kept (with a ``RuntimeWarning``); ``n_features`` says how many.
-        seed: seed of the subset draw.
+            at most ``M`` (default ``min(20, M)``; laplace-torch requires it). If fewer
+            eigenvalues are numerically nonzero, only those are kept (with a
+            ``RuntimeWarning``; laplace-torch raises); ``n_features`` says how many.
+        seed: seed of the subset and output draws (laplace-torch's default, 1234).
+        all_outputs: use every output of each subset point (``M·C`` rows of ``J_M``,
+            ``n_eigenvalues`` up to ``M·C``) instead of one drawn output: ``C`` times the
+            cost of the basis, and with ``M = N`` and ``K`` the rank of ``J`` the
+            full-GGN posterior at the training inputs (module docstring).
 
     Other arguments are those of ``BaseLaplace``; only scalar prior precisions.
 
@@ -153,11 +160,19 @@ class ELLA(FunctionalLaplace):
     _STATE_KEYS = ("n_eigenvalues", "eigenvalues", "Psi", "G")
 
     def __init__(self, model: nn.Module, likelihood: str, n_subset: int, *args: Any,
-                 n_eigenvalues: int = 20, seed: int = 0, **kwargs: Any) -> None:
+                 n_eigenvalues: int | None = None, seed: int = 1234, all_outputs: bool = False,
+                 **kwargs: Any) -> None:
         reject_gp_options(type(self).__name__, kwargs)
         super().__init__(model, likelihood, positive_int(n_subset, "n_subset"), *args,
                          output_hessian="block", seed=seed, **kwargs)
-        self.n_eigenvalues = positive_int(n_eigenvalues, "n_eigenvalues")
+        self.n_eigenvalues = (min(20, self.n_subset) if n_eigenvalues is None
+                              else positive_int(n_eigenvalues, "n_eigenvalues"))
+        if not isinstance(all_outputs, bool):
+            raise ValueError(f"all_outputs must be True or False, not {all_outputs!r}.")
+        self.all_outputs = all_outputs
+        if self.n_eigenvalues > self.n_subset and not all_outputs:
+            raise ValueError(f"n_eigenvalues={self.n_eigenvalues} exceeds n_subset (subsample_"
+                             f"size)={self.n_subset}, the size of the subset's kernel K_MM.")
         self._Psi: Tensor | None = None
         self.G: Tensor | None = None
 
@@ -167,15 +182,18 @@ class ELLA(FunctionalLaplace):
         """Features from the subset, then ``G`` and the loss over all training data."""
         distributed_fit.require_local(distributed, type(self).__name__)
         N = self._begin_fit(train_loader)
-        J_M = subset_jacobians(self, train_loader, self.sod_indices)
-        J_M = J_M.reshape(-1, J_M.shape[-1])
-        if self.n_eigenvalues > J_M.shape[0]:
-            raise ValueError(
-                f"n_eigenvalues={self.n_eigenvalues} exceeds the size M·C = {J_M.shape[0]} "
-                "of the subset's kernel matrix K_MM."
-            )
-        sv, self._Psi = row_basis(J_M, self.n_eigenvalues)
-        self.eigenvalues = sv.square()  # top eigenvalues of K_MM
+        J_M = subset_jacobians(self, train_loader, self.sod_indices)  # (M, C, P)
+        if self.all_outputs:
+            J_M = J_M.reshape(-1, J_M.shape[-1])
+            if self.n_eigenvalues > len(J_M):
+                raise ValueError(f"n_eigenvalues={self.n_eigenvalues} exceeds the size "
+                                 f"M·C = {len(J_M)} of the subset's kernel matrix K_MM.")
+        else:
+            outputs = torch.randint(J_M.shape[1], (len(J_M),),
+                                    generator=torch.Generator().manual_seed(self.seed + 1))
+            J_M = J_M[torch.arange(len(J_M)), outputs.to(J_M.device)]  # one output a point
+        sv, Psi = row_basis(J_M.double(), self.n_eigenvalues)  # as laplace-torch: in double
+        self._Psi, self.eigenvalues = Psi.to(self._dtype), sv.square().to(self._dtype)
         del J_M
         K = self._Psi.shape[1]
         G = torch.zeros(K, K, dtype=self._dtype, device=self._device)
@@ -191,6 +209,11 @@ class ELLA(FunctionalLaplace):
         self.G = (G + G.T) / 2
         self.loss, self.n_data = loss, N
         self._decompose()
+
+    def _draw_subset(self, N: int) -> np.ndarray:
+        """laplace-torch's draw: the first ``M`` of a seeded random permutation."""
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.randperm(N, generator=generator)[: self.n_subset].numpy()
 
     def _decompose(self) -> None:
         g, self._G_vecs = torch.linalg.eigh(self.G)

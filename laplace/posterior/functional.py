@@ -201,10 +201,13 @@ class FunctionalLaplace(BaseLaplace):
             )
         self.model.eval()
         self.mean = vector_of(p.detach() for p in self._params)
-        self.sod_indices = np.random.default_rng(self.seed).choice(
-            list(range(N)), self.n_subset, replace=False
-        )
+        self.sod_indices = self._draw_subset(N)
         return N
+
+    def _draw_subset(self, N: int) -> np.ndarray:
+        """``n_subset`` distinct indices of ``range(N)``, in draw order."""
+        return np.random.default_rng(self.seed).choice(list(range(N)), self.n_subset,
+                                                       replace=False)
 
     # ---------------------------------------------------- shared algebra
     def _prior_var(self) -> Tensor:

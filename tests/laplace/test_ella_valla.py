@@ -101,7 +101,7 @@ def test_ella_full_rank_subspace_equals_full_ggn_at_training_inputs(likelihood):
     J, _ = stacked_jacobian(full, X)
     rank = int(torch.linalg.matrix_rank(J))
     assert rank == J.shape[0] < full.n_params
-    la = ella(model, loader, rank, likelihood)
+    la = ella(model, loader, rank, likelihood, all_outputs=True)
     assert la.n_features == rank
     close(la.predictive_moments(X)[1], full._glm_predictive_distribution(X)[1])
     close(la.log_marginal_likelihood(), full.log_marginal_likelihood(), rtol=1e-10, atol=0)
@@ -121,7 +121,7 @@ def test_ella_equals_full_ggn_everywhere_when_jacobian_has_full_column_rank():
                         dtype=torch.float64) * 4 - 2
     J, _ = stacked_jacobian(full, loader.dataset.tensors[0])
     assert int(torch.linalg.matrix_rank(J)) == full.n_params == 50
-    la = ella(model, loader, 50)
+    la = ella(model, loader, 50, all_outputs=True)
     for joint in (False, True):
         (m1, v1), (m2, v2) = full(X_test, joint=joint), la(X_test, joint=joint)
         close(m2, m1, rtol=0, atol=0)
@@ -142,7 +142,7 @@ def test_ella_variance_grows_monotonically_to_the_full_ggn(M):
     ref = full(X_test, joint=True)[1]
     errors, previous = [], None
     for K in (1, 3, 8, 15, 24) + ((50,) if M == 30 else ()):
-        cov = ella(model, loader, K, M=M)(X_test, joint=True)[1]
+        cov = ella(model, loader, K, M=M, all_outputs=True)(X_test, joint=True)[1]
         assert float(torch.linalg.eigvalsh(ref - cov).min()) > -1e-12
         if previous is not None:
             assert float(torch.linalg.eigvalsh(cov - previous).min()) > -1e-12
@@ -156,7 +156,7 @@ def test_ella_variance_grows_monotonically_to_the_full_ggn(M):
 def test_ella_features_are_the_nystrom_map():
     """``φ(x) = κ(x, M) V Λ^{-1/2}`` with the top-K eigenpairs of ``K_MM``."""
     model, loader, X, X_test = wide_problem()
-    la = ella(model, loader, 5, M=4)
+    la = ella(model, loader, 5, M=4, all_outputs=True)
     J_M = stacked_jacobian(la, X[torch.as_tensor(la.sod_indices)])[0]
     lam, V = torch.linalg.eigh(J_M @ J_M.T)
     lam, V = lam.flip(0)[:5], V.flip(-1)[:, :5]
@@ -368,7 +368,7 @@ def test_rank_deficient_kernel_keeps_the_nonzero_eigenvalues():
     """More features than rank(K_MM) = P: a warning, and only the nonzero ones are kept."""
     model, loader, _ = regression_problem(torch.float64)
     with pytest.warns(RuntimeWarning, match="numerically nonzero"):
-        la = ella(model, loader, 55)
+        la = ella(model, loader, 55, all_outputs=True)
     assert la.n_features == 50 and math.isfinite(la.log_marginal_likelihood().item())
 
 
@@ -402,3 +402,24 @@ def test_states_load_only_at_their_weights_and_misuse_is_named(variant):
     same = make(copy.deepcopy(model))
     same.load_state_dict(la.state_dict())
     close(same(X_test)[1], la(X_test)[1])
+
+
+@pytest.mark.parametrize("likelihood", ["regression", "classification"])
+def test_ella_gives_laplace_torchs_numbers(likelihood):
+    """``tests/fixtures/laplace_torch_0.3_ella.pt`` holds laplace-torch 0.3's ELLA (default
+    seed, 12 of 30 points, 8 eigenvalues, one drawn output per point) on a 2-output
+    regression and a 3-class classification: the same subset and output draws give its
+    predictive to round-off (they differed by up to 12× with all outputs and numpy's draw)."""
+    from pathlib import Path
+
+    case = torch.load(Path(__file__).parents[1] / "fixtures" / "laplace_torch_0.3_ella.pt",
+                      weights_only=True)[likelihood]
+    C = case["f_mu"].shape[-1]
+    model = nn.Sequential(nn.Linear(2, 10), nn.Tanh(), nn.Linear(10, C)).double()
+    model.load_state_dict(case["model"])
+    kw = {"sigma_noise": 0.3} if likelihood == "regression" else {}
+    la = ELLA(model, likelihood, 12, 8, prior_precision=2.0, **kw)
+    la.fit(DataLoader(TensorDataset(case["X"], case["y"]), batch_size=7))
+    f_mu, f_var = la.predictive_moments(case["Xt"])
+    close(f_mu, case["f_mu"])
+    close(f_var, case["f_var"], rtol=1e-8, atol=1e-12)
