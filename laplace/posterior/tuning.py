@@ -3,6 +3,7 @@ validation grid search."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Protocol
 
 import torch
@@ -114,6 +115,16 @@ def gridsearch(
             f"gridsearch: every one of the {grid_size} grid points failed ({cause}); "
             "check val_loader (NaN targets or predictions) and the grid bounds."
         )
+    finite = losses[torch.isfinite(losses)]
+    if grid_size > 1 and len(finite) == grid_size \
+            and float(finite.max() - finite.min()) <= 1e-12 * max(1.0, float(finite.abs().max())):
+        warnings.warn(
+            f"gridsearch: the validation loss is {float(finite[0]):.6g} at every grid point, "
+            "so it does not depend on the prior precision (e.g. the mean squared error of a "
+            "regression GLM predictive, whose mean is the MAP output); the first grid value "
+            f"{float(grid[0]):.3g} is kept. Use a loss of the predictive distribution, e.g. a "
+            "callable loss(f_mu, f_var, y) giving the Gaussian negative log likelihood.",
+            UserWarning, stacklevel=3)
     la.prior_precision = float(grid[int(losses.argmin())])
     if verbose:
         print(f"Optimized prior precision is {la.prior_precision}.")  # laplace-torch's line

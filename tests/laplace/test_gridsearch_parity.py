@@ -19,6 +19,7 @@ CASES = [(p, sub, s) for p in R.PROBLEMS for sub in ("all", "last_layer")
          for s in ("full", "kron", "diag")]
 
 
+@pytest.mark.filterwarnings("ignore:gridsearch. the validation loss is")  # regression MSE
 @pytest.mark.parametrize("name,subset,structure", CASES, ids=["-".join(c) for c in CASES])
 def test_gridsearch_per_point_losses(name, subset, structure):
     rec = R.combo(name, f"{subset}.{structure}.default")["optimize_prior_precision"]["gridsearch"]
@@ -70,3 +71,31 @@ def test_column_class_labels_validate_as_fit_takes_them():
                                     val_loader=DataLoader(TensorDataset(X, labels), batch_size=8))
         chosen.append(la.prior_precision.clone())
     torch.testing.assert_close(chosen[0], chosen[1], rtol=0, atol=0)
+
+
+def test_a_loss_that_ignores_the_prior_is_named():
+    """Regression's default loss, the mean squared error of the GLM predictive mean (the
+    MAP output), is the same at every grid point: a warning says the choice is empty and
+    names the way out; a loss of the predictive distribution chooses."""
+    import warnings
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    X = torch.randn(40, 2)
+    y = X.sin().sum(-1, keepdim=True)
+    val = DataLoader(TensorDataset(X[:20], y[:20]), batch_size=8)
+    la = Laplace(model, "regression", hessian_structure="diag", sigma_noise=0.3)
+    la.fit(DataLoader(TensorDataset(X, y), batch_size=8))
+    with pytest.warns(UserWarning, match="does not depend on the prior precision"):
+        la.optimize_prior_precision(method="gridsearch", val_loader=val, grid_size=5)
+
+    def gaussian_nll(f_mu, f_var, y):
+        var = f_var.reshape(f_mu.shape) + la.sigma_noise.square()
+        return (0.5 * ((y - f_mu).square() / var + var.log())).mean()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        la.optimize_prior_precision(method="gridsearch", val_loader=val, grid_size=5,
+                                    loss=gaussian_nll)
