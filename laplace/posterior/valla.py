@@ -25,6 +25,13 @@ so ``K_ZZ`` is never inverted (``K_ZZ⁻¹`` is the pseudo-inverse when ``J_Z`` 
 deficient, e.g. ``M·C > P``) and the Nyström residual is PSD by construction.
 ``inducing_mean`` / ``inducing_covariance`` return ``m = R m_w`` and ``S = R S_w Rᵀ``.
 
+**The mean.** By default ``m = 0``: the predictive mean is the MAP network's output and
+only the covariance is variational, as in the paper and laplace-torch; ``free_mean=True``
+fits ``m`` as well (a sparse variational GP whose mean moves off the network). The
+formulas below give the free mean; with ``m = 0`` the regression ELBO at the optimal
+``S_w`` is the collapsed bound minus the optimal mean's gain ``½ (s²/δ) Σᵢ bᵢ² / (1 + s wᵢ/δ)``
+(``b = Qᵀ Σₙ Aₙᵀ(yₙ − fₙ)``, ``W = Q diag(w) Qᵀ``), and classification optimises ``L`` only.
+
 **Regression** (noise variance ``σ² T``, ``s = 1/(σ² T)``): the optimal ``q(u)`` is
 Titsias' (2009), ``Σ = (K_ZZ + s K_ZN K_NZ)⁻¹``, ``m = s K_ZZ Σ K_ZN (y − f)``,
 ``S = K_ZZ Σ K_ZZ``; whitened, with ``Aₙ = J(xₙ) V`` and ``W = Σₙ Aₙᵀ Aₙ``,
@@ -93,6 +100,10 @@ class VaLLA(FunctionalLaplace):
         n_iter: Adam steps on the classification ELBO (unused for regression).
         lr: Adam learning rate.
         n_mc_samples: Monte Carlo draws of the expected log-likelihood (classification).
+        free_mean: also fit the mean of ``q(u)`` (``m``; a sparse variational GP whose
+            predictive mean moves off the network's output). Default: ``m = 0``, the
+            predictive mean is the MAP network's output and only the covariance is
+            variational, as in the paper and laplace-torch.
 
     Other arguments are those of ``BaseLaplace``; only scalar prior precisions, and
     ``prior_mean`` is unused (the prior mean is the MAP network).
@@ -103,6 +114,7 @@ class VaLLA(FunctionalLaplace):
     _DISCOURAGE_MARGLIK = False
 
     _subset_arg = "n_inducing"
+    _STATE_OPTIONS = (*FunctionalLaplace._STATE_OPTIONS, "free_mean")
     _STATE_KEYS = ("V", "sv", "U", "W")
 
     _key = ("all", "gp")
@@ -111,7 +123,7 @@ class VaLLA(FunctionalLaplace):
 
     def __init__(self, model: nn.Module, likelihood: str, n_inducing: int, *args: Any,
                  seed: int = 0, n_iter: int = 300, lr: float = 1e-2, n_mc_samples: int = 32,
-                 **kwargs: Any) -> None:
+                 free_mean: bool = False, **kwargs: Any) -> None:
         reject_gp_options(type(self).__name__, kwargs)
         super().__init__(model, likelihood, positive_int(n_inducing, "n_inducing"), *args,
                          output_hessian="block", seed=seed, **kwargs)
@@ -121,6 +133,9 @@ class VaLLA(FunctionalLaplace):
             raise ValueError(f"lr must be positive, got {lr!r}.")
         self.n_iter, self.lr = int(n_iter), float(lr)
         self.n_mc_samples = positive_int(n_mc_samples, "n_mc_samples")
+        if not isinstance(free_mean, bool):
+            raise ValueError(f"free_mean must be True or False, not {free_mean!r}.")
+        self.free_mean = free_mean
         self._V: Tensor | None = None
 
     @property
@@ -207,7 +222,7 @@ class VaLLA(FunctionalLaplace):
             return self.m_w, self.L_w
         d, Q = self._laplace_q()
         m_w = self._H_factor * self._delta().rsqrt() * (Q @ (d * (Q.T @ self.beta)))
-        return m_w, Q * d.sqrt()
+        return (m_w if self.free_mean else torch.zeros_like(m_w)), Q * d.sqrt()
 
     @property
     def inducing_mean(self) -> Tensor:
@@ -234,10 +249,12 @@ class VaLLA(FunctionalLaplace):
             dtype=self._dtype, device=self._device)
         d, Q = self._laplace_q()
         L0 = torch.linalg.cholesky((Q * d) @ Q.T).detach()
-        m = torch.zeros(r, dtype=self._dtype, device=self._device, requires_grad=True)
+        m = torch.zeros(r, dtype=self._dtype, device=self._device,
+                        requires_grad=self.free_mean)
         off = L0.tril(-1).clone().requires_grad_(True)
         log_diag = L0.diagonal().log().clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([m, off, log_diag], lr=self.lr)
+        optimizer = torch.optim.Adam([m, off, log_diag] if self.free_mean else [off, log_diag],
+                                     lr=self.lr)
         delta = self._delta().detach()
         best, history = None, []
         for step in range(self.n_iter + 1):
@@ -274,7 +291,10 @@ class VaLLA(FunctionalLaplace):
         a = s / delta
         w, Q = self._W_vals, self._W_vecs
         b = Q.T @ self.beta
-        quad = s * self.rr - s * a * (b.square() / (1 + a * w)).sum()
+        # the optimal mean's gain in fit; with m = 0 (the MAP mean) the bound lacks it and
+        # the rest of the uncollapsed ELBO at the optimal S_w is the same expression
+        gain = s * a * (b.square() / (1 + a * w)).sum() if self.free_mean else 0.0
+        quad = s * self.rr - gain
         return 0.5 * (-self.n_obs * math.log(2 * math.pi) + self.n_obs * torch.log(s)
                       - torch.log1p(a * w).sum() - quad - a * self.trace_res)
 

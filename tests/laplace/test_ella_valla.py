@@ -208,12 +208,16 @@ def test_valla_with_all_inducing_points_is_the_exact_gp(problem):
         X_test = torch.rand(7, 3, generator=torch.Generator().manual_seed(3),
                             dtype=torch.float64) * 4 - 2
     y = loader.dataset.tensors[1]
-    full, la = full_laplace(model, loader), valla(model, loader)
+    full, la = full_laplace(model, loader), valla(model, loader, free_mean=True)
     mean, evidence = exact_gp(full, X, y, X_test)
+    fixed = valla(model, loader)  # the default: the MAP output is the predictive mean
     for joint in (False, True):
         v1, (m2, v2) = full(X_test, joint=joint)[1], la(X_test, joint=joint)
         close(v2, v1)
         close(m2, mean.reshape(m2.shape))
+        m3, v3 = fixed(X_test, joint=joint)
+        close(v3, v1)
+        close(m3, full(X_test, joint=joint)[0], rtol=0, atol=0)
     close(la.log_marginal_likelihood(), evidence, rtol=1e-10, atol=0)
 
 
@@ -222,7 +226,7 @@ def test_valla_regression_is_titsias_with_the_brief_formulas():
     the textbook (N·C × N·C) formulas."""
     model, loader, X, X_test = wide_problem(n=10, outputs=2)
     y = loader.dataset.tensors[1]
-    full, la = full_laplace(model, loader), valla(model, loader, M=4)
+    full, la = full_laplace(model, loader), valla(model, loader, M=4, free_mean=True)
     Z = X[torch.as_tensor(la.sod_indices)]
     (J, f), (J_Z, _), (Jt, ft) = (stacked_jacobian(full, A) for A in (X, Z, X_test))
     K_ZZ, K_ZN, K_sZ = J_Z @ J_Z.T / DELTA, J_Z @ J.T / DELTA, Jt @ J_Z.T / DELTA
@@ -245,6 +249,17 @@ def test_valla_regression_is_titsias_with_the_brief_formulas():
             - s / 2 * torch.trace(K_NN - Q))
     close(la.log_marginal_likelihood(), elbo, rtol=1e-9, atol=0)
     assert float(la.log_marginal_likelihood()) < float(exact_gp(full, X, y, X_test)[1])
+    # the default keeps m = 0 (the MAP mean): the same S, and the uncollapsed ELBO at m = 0
+    fixed = valla(model, loader, M=4)
+    close(fixed.inducing_covariance, S)
+    m3, v3 = fixed(X_test, joint=True)
+    close(m3, ft.reshape(-1), rtol=0, atol=0)
+    close(v3, cov, rtol=1e-7, atol=1e-9)
+    latent = torch.diagonal(K_NN - Q + K_ZN.T @ Ki @ S @ Ki @ K_ZN)
+    kl = 0.5 * (torch.trace(Ki @ S) - len(S) + torch.logdet(K_ZZ) - torch.logdet(S))
+    elbo0 = (-0.5 * len(r) * math.log(2 * math.pi / s) - s / 2 * (r.square() + latent).sum()
+             - kl)
+    close(fixed.log_marginal_likelihood(), elbo0, rtol=1e-9, atol=0)
 
 
 def test_valla_marglik_tuning_and_hyperparameter_gradients():
