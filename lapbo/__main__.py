@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -40,8 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: %(default)s)")
     parser.add_argument("--iterations", type=int, default=15,
                         help="BO iterations after the 2d+2 Sobol points (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--output", type=Path, default=Path("outputs"),
+    parser.add_argument("--seed", type=int, default=0,
+                        help=f"random seed in [0, {MAX_SEED}] (default: %(default)s)")
+    parser.add_argument("--output", type=_folder, default=Path("outputs"),
                         help="folder for convergence.png and summary.json "
                         "(default: %(default)s)")
     args = parser.parse_args(argv)
@@ -56,17 +58,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--surrogates repeats {repeated}")
     if args.iterations < 1:
         parser.error(f"--iterations must be at least 1, not {args.iterations}")
-    if abs(args.seed) > MAX_SEED:
-        parser.error(f"--seed must lie in [-{MAX_SEED}, {MAX_SEED}], not {args.seed}")
+    if not 0 <= args.seed <= MAX_SEED:
+        parser.error(f"--seed must lie in [0, {MAX_SEED}] (larger or negative seeds repeat "
+                     f"others in torch's 32-bit generator), not {args.seed}")
     problem = _unwritable(args.output)
     if problem:
         parser.error(f"--output {args.output}: {problem}")
     return args
 
 
+OUTPUTS = ("summary.json", "convergence.png")
+
+
+def _folder(text: str) -> Path:
+    """``--output``: a non-empty path, ``~`` expanded."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the output folder is empty")
+    return Path(text).expanduser()
+
+
 def _unwritable(folder: Path) -> str | None:
     """Why ``folder`` cannot receive the results (created if missing), or ``None``: checked
     before the runs, so that no finished run is lost to a bad path."""
+    if folder.exists() and not folder.is_dir():
+        return "exists and is not a folder"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".lapbo_write_test"
@@ -74,12 +89,14 @@ def _unwritable(folder: Path) -> str | None:
         probe.unlink()
     except OSError as error:
         return f"not a writable folder ({error.strerror or error})"
-    return None
+    taken = [name for name in OUTPUTS if (folder / name).is_dir()]
+    return f"{taken} inside it are folders, not files" if taken else None
 
 
 def plot(runs: list[BORun], title: str, path: Path) -> None:
     """Log10 simple regret per iteration, one line per surrogate."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -89,6 +106,7 @@ def plot(runs: list[BORun], title: str, path: Path) -> None:
     for run in runs:
         regret = [math.log10(max(r, 1e-12)) for r in run.regret]
         ax.plot(range(len(regret)), regret, marker="o", ms=3, label=labels[run.surrogate])
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("iteration (0 = initial Sobol design)")
     ax.set_ylabel("log10 simple regret")
     ax.set_title(title)
@@ -102,7 +120,7 @@ def plot(runs: list[BORun], title: str, path: Path) -> None:
 def run_with_progress(problem: Any, surrogate: str, args: argparse.Namespace) -> BORun:
     """One BO run with a progress bar per round."""
     with tqdm(total=args.iterations, desc=f"{surrogate:>7} on {problem.name}",
-              unit="round", file=sys.stdout) as bar:
+              unit="round", file=sys.stderr) as bar:
         def update(run: BORun) -> None:
             if run.fit_seconds:
                 bar.update(1)
@@ -115,9 +133,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     problem = get_problem(args.problem)
     args.output.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=BOTORCH_RETRY_NOTICE, category=RuntimeWarning)
-        runs = [run_with_progress(problem, surrogate, args) for surrogate in args.surrogates]
+    runs: list[BORun] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=BOTORCH_RETRY_NOTICE,
+                                    category=RuntimeWarning)
+            for surrogate in args.surrogates:
+                runs.append(run_with_progress(problem, surrogate, args))
+    except KeyboardInterrupt:
+        print(f"\nInterrupted: {len(runs)} of {len(args.surrogates)} runs finished",
+              file=sys.stderr)
+        if not runs:
+            return 130
+        write_results(runs, problem, args)
+        return 130
+    write_results(runs, problem, args)
+    for run in runs:
+        print(f"{run.surrogate:>8}: final regret {run.regret[-1]:.4g}")
+    print(f"Wrote {args.output / 'convergence.png'} and {args.output / 'summary.json'}")
+    return 0
+
+
+def write_results(runs: list[BORun], problem: Any, args: argparse.Namespace) -> None:
+    """``summary.json`` and ``convergence.png`` of ``runs``: both written to temporary
+    files first and then renamed, so that the folder never holds one from another run."""
     summary = {
         "problem": problem.name,
         "dim": problem.dim,
@@ -135,13 +174,12 @@ def main(argv: list[str] | None = None) -> int:
             for run in runs
         },
     }
-    (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot(runs, f"{problem.name} ({problem.dim}-D), seed {args.seed}",
-         args.output / "convergence.png")
-    for run in runs:
-        print(f"{run.surrogate:>8}: final regret {run.regret[-1]:.4g}")
-    print(f"Wrote {args.output / 'convergence.png'} and {args.output / 'summary.json'}")
-    return 0
+    staged = {name: args.output / f".{name}.partial.{name.rsplit('.', 1)[1]}"
+              for name in OUTPUTS}
+    staged["summary.json"].write_text(json.dumps(summary, indent=2))
+    plot(runs, f"{problem.name} ({problem.dim}-D), seed {args.seed}", staged["convergence.png"])
+    for name, path in staged.items():
+        path.replace(args.output / name)
 
 
 def _mean(values: list[float]) -> float:
@@ -149,4 +187,8 @@ def _mean(values: list[float]) -> float:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except BrokenPipeError:  # a reader that closed early (``| head``): exit quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None

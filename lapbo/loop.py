@@ -45,8 +45,9 @@ class BORun:
 
 #: ``LaplaceBNN`` options that ``fit_surrogate`` sets itself.
 MANAGED_OPTIONS = ("input_transform", "warm_start")
-#: Largest ``|seed|``: ``run_bo`` seeds round ``i`` with ``1000·seed + i`` (64-bit).
-MAX_SEED = 2**40
+#: Largest seed: ``run_bo`` seeds round ``i`` with ``1000·seed + i``, and torch's CPU
+#: generator keeps 32 bits of a seed, so larger (or negative) seeds would repeat others.
+MAX_SEED = 2**32 // 1000 - 1
 
 
 def fit_surrogate(name: str, X: Tensor, Y: Tensor, bounds: Tensor,
@@ -94,24 +95,25 @@ def run_bo(
     """
     _check_surrogate(surrogate, model_options)
     check_integer("n_iterations", n_iterations, minimum=0)
-    check_integer("seed", seed, minimum=-MAX_SEED, maximum=MAX_SEED)
+    check_integer("seed", seed, minimum=0, maximum=MAX_SEED)
     if n_init is not None:
         check_integer("n_init", n_init, minimum=1)
     bounds = problem.bounds
     n_init = n_init if n_init is not None else 2 * problem.dim + 2
-    X = draw_sobol_samples(bounds, n=n_init, q=1, seed=seed).squeeze(1)
+    # the "sobol" baseline continues the scrambled sequence of the initial design
+    sobol = draw_sobol_samples(bounds, n=n_init + (n_iterations if surrogate == "sobol" else 0),
+                               q=1, seed=seed).squeeze(1)
+    X = sobol[:n_init]
     Y = problem(X)
     run = BORun(surrogate, X, Y, regret=[problem.optimum - Y.max().item()])
     if on_iteration:
         on_iteration(run)
-    generator = torch.Generator().manual_seed(seed + 1000)
     model = None
     for i in range(n_iterations):
         torch.manual_seed(seed * 1000 + i)
         t0 = time.process_time()
         if surrogate == "sobol":
-            u = torch.rand(1, problem.dim, dtype=X.dtype, generator=generator)
-            candidate = bounds[0] + u * (bounds[1] - bounds[0])
+            candidate = sobol[n_init + i: n_init + i + 1]
             t1 = t0
         else:
             model = fit_surrogate(surrogate, X, Y, bounds, model, **model_options)

@@ -69,3 +69,35 @@ def test_botorch_retry_notice_filter_keeps_a_failed_retry_visible():
         warnings.warn(first, RuntimeWarning, stacklevel=1)
         warnings.warn(second, RuntimeWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == [second]
+
+
+def test_sobol_baseline_continues_the_sobol_sequence():
+    """The baseline labelled Sobol drew uniform random points after the design."""
+    import torch
+    from botorch.utils.sampling import draw_sobol_samples
+
+    from lapbo.loop import run_bo
+
+    problem = get_problem("branin")
+    run = run_bo(problem, "sobol", 4, seed=3)
+    expected = draw_sobol_samples(problem.bounds, n=6 + 4, q=1, seed=3).squeeze(1)
+    assert torch.equal(run.X, expected)
+
+
+def test_an_interrupted_run_keeps_the_finished_surrogates(tmp_path, monkeypatch, capsys):
+    import lapbo.__main__ as cli
+
+    finished = cli.run_with_progress
+
+    def interrupt_the_second(problem, surrogate, args):
+        if surrogate == "gp":
+            raise KeyboardInterrupt
+        return finished(problem, surrogate, args)
+
+    monkeypatch.setattr(cli, "run_with_progress", interrupt_the_second)
+    code = main(["--iterations", "1", "--surrogates", "sobol,gp", "--output", str(tmp_path)])
+    assert code == 130
+    assert "Interrupted: 1 of 2 runs finished" in capsys.readouterr().err
+    assert set(json.loads((tmp_path / "summary.json").read_text())["results"]) == {"sobol"}
+    assert (tmp_path / "convergence.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["convergence.png", "summary.json"]

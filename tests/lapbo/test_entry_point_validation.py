@@ -16,7 +16,7 @@ from gpytorch.mlls import LeaveOneOutPseudoLikelihood
 from lapbo import LaplaceBNN
 from lapbo.__main__ import parse_args
 from lapbo.ax import laplace_generation_strategy, laplace_model_config, validate_model_options
-from lapbo.loop import fit_surrogate, propose, run_bo
+from lapbo.loop import MAX_SEED, fit_surrogate, propose, run_bo
 from lapbo.problems import get_problem
 
 BRANIN = get_problem("branin")
@@ -75,7 +75,16 @@ def test_cli_checks_seed_and_output_before_the_runs(tmp_path):
         parse_args(["--output", str(a_file)])
     with pytest.raises(SystemExit):
         parse_args(["--seed", str(2**62)])
+    for seed in (-1, 2**32, MAX_SEED + 1):  # they would repeat others in torch's generator
+        with pytest.raises(SystemExit):
+            parse_args(["--seed", str(seed)])
+    (tmp_path / "taken" / "summary.json").mkdir(parents=True)  # would fail after the runs
+    with pytest.raises(SystemExit):
+        parse_args(["--output", str(tmp_path / "taken")])
+    with pytest.raises(SystemExit):
+        parse_args(["--output", ""])
     assert parse_args(["--output", str(tmp_path / "new")]).output.is_dir()
+    assert parse_args(["--seed", str(MAX_SEED), "--output", str(tmp_path)]).seed == MAX_SEED
 
 
 @pytest.mark.parametrize("kwargs, message", [
