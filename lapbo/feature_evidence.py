@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from laplace import gram_evidence
+from laplace import gram_evidence, gram_evidence_gradients
 
 
 def random_feature_evidence(X: Tensor, omega: Tensor, trend: Tensor | None, Y: Tensor,
@@ -46,11 +46,52 @@ def random_feature_evidence(X: Tensor, omega: Tensor, trend: Tensor | None, Y: T
         noise_var: ``σ²`` per row ``(n,)``.
     """
     gram = _FeatureGram.apply(log_lengthscale, X, omega)
+    return gram_evidence(_grams(gram, trend, prior_precision.numel()), Y, prior_precision,
+                         noise_var)
+
+
+def random_feature_evidence_gradients(
+    X: Tensor, omega: Tensor, trend: Tensor | None, Y: Tensor, log_lengthscale: Tensor,
+    prior_precision: Tensor, noise_var: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``random_feature_evidence`` and its gradients in closed form, without autograd
+    (``laplace.gram_evidence_gradients``, then the feature map's backward above): what a
+    hyperparameter fit needs at each of its ~20 evaluations per candidate, without the
+    graph's per-operation cost. Arguments as ``random_feature_evidence`` (no gradients).
+
+    Returns:
+        ``(value (0-d), ∂/∂log ℓ (d,), ∂/∂δ (G,), ∂/∂σ² (n,))``.
+    """
+    gram, cos, sin = _feature_gram(log_lengthscale, X, omega)
+    value, d_prior, d_noise, d_cov = gram_evidence_gradients(
+        _grams(gram, trend, prior_precision.numel()), Y, prior_precision, noise_var)
+    d_gram = d_cov / prior_precision.reshape(-1)[0]
+    d_log_ls = _lengthscale_gradient(d_gram, log_lengthscale, X, omega, cos, sin)
+    return value, d_log_ls, d_prior, d_noise
+
+
+def _grams(gram: Tensor, trend: Tensor | None, n_groups: int) -> list[Tensor]:
+    """The Gram matrices of the column groups ``[features (+ trend) (+ bias)]`` or
+    ``[features (+ trend), bias]`` (``n_groups`` = 1 or 2)."""
     if trend is not None:
         gram = gram + trend @ trend.mT
     ones = torch.ones_like(gram)
-    grams = [gram + ones] if prior_precision.numel() == 1 else [gram, ones]
-    return gram_evidence(grams, Y, prior_precision, noise_var)
+    return [gram + ones] if n_groups == 1 else [gram, ones]
+
+
+def _feature_gram(log_ls: Tensor, X: Tensor, omega: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(Ψ Ψᵀ (n, n), cos z (n, M), sin z (n, M))`` at ``log ℓ``."""
+    z = (X / log_ls.exp()) @ omega
+    cos, sin = z.cos(), z.sin()
+    return (cos @ cos.mT + sin @ sin.mT) / omega.shape[-1], cos, sin
+
+
+def _lengthscale_gradient(grad: Tensor, log_ls: Tensor, X: Tensor, omega: Tensor,
+                          cos: Tensor, sin: Tensor) -> Tensor:
+    """``∂/∂log ℓ`` ``(d,)`` of a function whose gradient in ``Ψ Ψᵀ`` is ``grad`` ``(n, n)``."""
+    H = grad + grad.mT
+    d_z = (cos * (H @ sin) - sin * (H @ cos)) / omega.shape[-1]
+    return -(X * (d_z @ omega.mT)).sum(0) / log_ls.exp()
 
 
 class _FeatureGram(torch.autograd.Function):
@@ -59,14 +100,11 @@ class _FeatureGram(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_ls: Tensor, X: Tensor, omega: Tensor) -> Tensor:  # noqa: ANN001
-        z = (X / log_ls.exp()) @ omega
-        cos, sin = z.cos(), z.sin()
+        gram, cos, sin = _feature_gram(log_ls, X, omega)
         ctx.save_for_backward(log_ls, X, omega, cos, sin)
-        return (cos @ cos.mT + sin @ sin.mT) / omega.shape[-1]
+        return gram
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
         log_ls, X, omega, cos, sin = ctx.saved_tensors
-        H = grad + grad.mT
-        d_z = (cos * (H @ sin) - sin * (H @ cos)) / omega.shape[-1]
-        return -(X * (d_z @ omega.mT)).sum(0) / log_ls.exp(), None, None
+        return _lengthscale_gradient(grad, log_ls, X, omega, cos, sin), None, None

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from lapbo.feature_evidence import random_feature_evidence
+from lapbo.feature_evidence import random_feature_evidence, random_feature_evidence_gradients
 from lapbo.networks import lengthscale_hyperprior, random_feature_layer
 from lapbo.training import TrainingOptions, hyperpriors
 from laplace import (
@@ -199,6 +199,18 @@ def fit_random_feature_network(
         value = value + log_normal_density(log_ls.exp(), ls_loc, ls_scale)
         return -add_hyperpriors(value, log_prior, log_sigma)
 
+    hyperprior = _LogNormalHyperpriors(d, g, (ls_loc, ls_scale), prior_hp, noise_hp, X)
+
+    def closed_form(u: Tensor) -> tuple[float, Tensor]:  # objective(u) and its gradient
+        v, keep = torch.clamp(u, bounds[0], bounds[1]), _clamp_gradient(u, *bounds)
+        log_ls, log_prior, log_sigma = v[:d], v[d:d + g], v[d + g]
+        noise_var = (2 * log_sigma).exp()
+        value, d_ls, d_prior, d_noise = random_feature_evidence_gradients(
+            X, fused[0], fused[1], fused[2], log_ls, log_prior.exp(), noise_var.expand(len(X)))
+        prior_value, prior_grad = hyperprior(v)
+        grad = torch.cat([d_ls, d_prior * log_prior.exp(), 2 * d_noise.sum() * noise_var[None]])
+        return -float(value + prior_value), -(grad + prior_grad) * keep
+
     if not tune_noise:
         bounds[0][-1] = bounds[1][-1] = start[-1].clamp(bounds[0][-1], bounds[1][-1])
     starts = [start]
@@ -208,7 +220,8 @@ def fit_random_feature_network(
         smooth = start.clone()
         smooth[-1] = math.log(SMOOTH_START_SIGMA)
         starts.append(smooth)
-    fits = [_minimize(objective, u0, bounds, max_iter) for u0 in starts]
+    gradient = None if fused is None else closed_form
+    fits = [_minimize(objective, u0, bounds, max_iter, gradient) for u0 in starts]
     u = min(fits, key=lambda fit: fit[1])[0]
     two_optima = None if len(fits) == 1 else _distinct(fits[0], fits[1], bounds)
     if reduced and n_fit < layer.omega.shape[-1] * 2 and len(X) <= FULL_FEATURE_ROWS:
@@ -274,8 +287,44 @@ def _distinct(a: tuple[Tensor, float], b: tuple[Tensor, float],
         or abs(log_sigma[0] - log_sigma[1]) > math.log(2)
 
 
+class _LogNormalHyperpriors:
+    """The log-normal hyperpriors of the fit on ``ℓ`` (each), ``δ`` and ``σ²`` (those not
+    ``None``) as a function of ``u = (log ℓ, log δ, log σ)`` ``(d + g + 1,)``: the sum of
+    ``log_normal_density`` terms and its gradient in ``u``, in closed form."""
+
+    def __init__(self, d: int, g: int, lengthscale: tuple[float, float],
+                 prior: tuple[float | tuple[float, ...], float] | None,
+                 noise: tuple[float, float] | None, like: Tensor) -> None:
+        def entries(hp: tuple[Any, float] | None, size: int) -> list[tuple[float, float, float]]:
+            if hp is None:
+                return [(0.0, 1.0, 0.0)] * size  # (loc, scale, present)
+            locs = hp[0] if isinstance(hp[0], tuple) else (hp[0],) * size
+            return [(float(loc), float(hp[1]), 1.0) for loc in locs]
+
+        table = like.new_tensor(entries(lengthscale, d) + entries(prior, g) + entries(noise, 1))
+        self.loc, self.scale, self.present = table.unbind(-1)
+        self.factor = like.new_tensor([1.0] * (d + g) + [2.0])  # log σ² = 2 log σ
+
+    def __call__(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """``(Σ log densities (0-d), gradient in u (d + g + 1,))``."""
+        log_x = u * self.factor
+        standard = (log_x - self.loc) / self.scale
+        value = -(self.present * (log_x + 0.5 * standard.square())).sum()
+        return value, -self.present * (1 + standard / self.scale) * self.factor
+
+
+def _clamp_gradient(u: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """The derivative of ``torch.clamp(u, low, high)`` as autograd computes it: 1 inside,
+    0 outside, ½ on a bound (the tie of ``max``/``min``), 1 where ``low = u = high``."""
+    inside = ((u > low) & (u < high)).to(u)
+    on_bound = ((u == low) ^ (u == high)).to(u)
+    return inside + 0.5 * on_bound + ((u == low) & (u == high)).to(u)
+
+
 def _minimize(objective: Callable[[Tensor], Tensor], start: Tensor,
-              bounds: tuple[Tensor, Tensor], max_iter: int) -> tuple[Tensor, float]:
+              bounds: tuple[Tensor, Tensor], max_iter: int,
+              gradient: Callable[[Tensor], tuple[float, Tensor]] | None = None
+              ) -> tuple[Tensor, float]:
     """L-BFGS on ``objective`` clamped to ``bounds`` from ``start``: ``(u, objective(u))``.
 
     A coordinate that left the box sees no gradient there, so each further pass restarts
@@ -284,7 +333,7 @@ def _minimize(objective: Callable[[Tensor], Tensor], start: Tensor,
     at the start (which also sets the tolerance's scale) and at the final point (which
     L-BFGS has evaluated) are reused, not recomputed."""
     u = start.detach().clone().requires_grad_(True)
-    seen = _Evaluations(objective, u)
+    seen = _Evaluations(objective, u, gradient)
     value, _ = seen.at(u.detach())
     scale = max(abs(value), 1.0) if math.isfinite(value) else 1.0
     for i in range(PASSES):
@@ -310,8 +359,9 @@ class _Evaluations:
 
     KEEP = 8
 
-    def __init__(self, objective: Callable[[Tensor], Tensor], u: Tensor) -> None:
-        self.objective, self.u = objective, u
+    def __init__(self, objective: Callable[[Tensor], Tensor], u: Tensor,
+                 gradient: Callable[[Tensor], tuple[float, Tensor]] | None = None) -> None:
+        self.objective, self.u, self.gradient = objective, u, gradient
         self.points: list[tuple[Tensor, float, Tensor]] = []
 
     def at(self, point: Tensor) -> tuple[float, Tensor]:
@@ -319,11 +369,16 @@ class _Evaluations:
         for seen, value, grad in reversed(self.points):
             if torch.equal(seen, point):
                 return value, grad
-        x = point.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            loss = self.objective(x)
-            (grad,) = torch.autograd.grad(loss, x)
-        value = float(loss.detach())
+        if self.gradient is not None:  # the value and its gradient in closed form
+            x = point.detach().clone()
+            with torch.no_grad():
+                value, grad = self.gradient(x)
+        else:
+            x = point.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                loss = self.objective(x)
+                (grad,) = torch.autograd.grad(loss, x)
+            value = float(loss.detach())
         self.points = [*self.points[-self.KEEP + 1:], (x.detach(), value, grad)]
         return value, grad
 

@@ -500,8 +500,9 @@ class LaplaceBNN(_LinearizedModel):
         """The network: a copy of the warm start's, ``net`` (module or factory) or
         ``networks.default_network(d, m, **options)``, seeded by ``seed``."""
         cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-        with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
-            if seed is not None:
+        copied = warm_start is not None and (net is None or isinstance(net, str))
+        with torch.random.fork_rng(devices=cuda, enabled=seed is not None and not copied):
+            if seed is not None and not copied:  # a copy draws nothing
                 torch.manual_seed(seed)
             if net is None or isinstance(net, str):
                 module = (copy.deepcopy(warm_start.net) if warm_start is not None

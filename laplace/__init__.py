@@ -19,6 +19,7 @@ from laplace.posterior.evidence import SampleSpaceEvidence
 from laplace.posterior.functional import FunctionalLaplace, FunctionalLLLaplace
 from laplace.posterior.linear_gaussian import (
     gram_evidence,
+    gram_evidence_gradients,
     group_grams,
     linear_gaussian_evidence,
     linear_gaussian_posterior_mean,
@@ -75,6 +76,7 @@ __all__ = [
     "LinearizedPosterior",
     "SampleSpaceEvidence",
     "gram_evidence",
+    "gram_evidence_gradients",
     "group_grams",
     "linear_gaussian_evidence",
     "linear_gaussian_posterior_mean",

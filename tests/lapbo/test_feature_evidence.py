@@ -73,13 +73,13 @@ def test_the_fit_finds_what_the_autograd_objective_finds(monkeypatch):
     Y = (Y - Y.mean()) / Y.std()
     options = TrainingOptions()
     results, calls = [], []
-    closed = lengthscales.random_feature_evidence
+    closed = lengthscales.random_feature_evidence_gradients
 
     def counted(*args, **kwargs):
         calls.append(1)
         return closed(*args, **kwargs)
 
-    monkeypatch.setattr(lengthscales, "random_feature_evidence", counted)
+    monkeypatch.setattr(lengthscales, "random_feature_evidence_gradients", counted)
     for closed_form in (True, False):
         net = networks.random_feature_network(2, 1, 512, trend="quadratic").to(DT)
         net.load_state_dict(layer_net.state_dict())
@@ -101,10 +101,50 @@ def test_the_default_model_fits_with_the_closed_form(monkeypatch):
     from lapbo import LaplaceBNN
 
     calls = []
-    closed = lengthscales.random_feature_evidence
-    monkeypatch.setattr(lengthscales, "random_feature_evidence",
+    closed = lengthscales.random_feature_evidence_gradients
+    monkeypatch.setattr(lengthscales, "random_feature_evidence_gradients",
                         lambda *a, **k: calls.append(1) or closed(*a, **k))
     g = torch.Generator().manual_seed(4)
     X = torch.rand(10, 2, generator=g, dtype=DT)
     LaplaceBNN(X, torch.sin(6 * X[:, :1]), seed=0).fit()
     assert len(calls) > 10
+
+
+@pytest.mark.parametrize("trend", [False, True])
+@pytest.mark.parametrize(("reference", "hyperprior", "C"), [
+    (None, 1.0, 1), ((1.0, 0.01), 0.01, 2), (None, None, 1)])
+def test_the_closed_form_objective_equals_autograd_at_every_point(monkeypatch, trend,
+                                                                  reference, hyperprior, C):
+    """The objective the fit minimises (evidence plus the hyperpriors on ``ℓ``, ``δ`` and
+    ``σ²``, clamped to the bounds) and its gradient, computed in closed form, equal
+    autograd's through the same objective: inside the bounds, on them and beyond them."""
+    net = networks.random_feature_network(3, C, 256, trend="quadratic" if trend else None)
+    net = net.to(DT)
+    g = torch.Generator().manual_seed(5)
+    X = torch.rand(12, 3, generator=g, dtype=DT)
+    Y = torch.cos(3 * X[:, :C]) + 0.1 * torch.randn(12, C, generator=g, dtype=DT)
+    options = TrainingOptions(prior_precision_prior=hyperprior,
+                              prior_precision_reference=reference, noise_prior=(-4.0, 1.0))
+    prior = torch.tensor([1.0, 0.01] if reference else 1.0, dtype=DT)
+    captured = []
+    minimize = lengthscales._minimize
+
+    def capture(objective, start, bounds, max_iter, gradient=None):
+        captured.append((objective, gradient, bounds))
+        return minimize(objective, start, bounds, max_iter, gradient)
+
+    monkeypatch.setattr(lengthscales, "_minimize", capture)
+    lengthscales.fit_random_feature_network(net, X, Y, None, torch.tensor(0.1, dtype=DT),
+                                            prior, options, second_start=False)
+    objective, gradient, (low, high) = captured[0]
+    assert gradient is not None
+    points = [low + (high - low) * torch.rand(len(low), generator=g, dtype=DT)
+              for _ in range(3)]
+    points += [torch.where(torch.arange(len(low)) % 2 == 0, low, high), low - 1, high + 0.5]
+    for u in points:
+        value, grad = gradient(u.clone())
+        x = u.clone().requires_grad_(True)
+        expected = objective(x)
+        (expected_grad,) = torch.autograd.grad(expected, x)
+        assert value == pytest.approx(float(expected.detach()), rel=1e-11, abs=1e-9)
+        assert torch.allclose(grad, expected_grad, rtol=1e-8, atol=1e-8)

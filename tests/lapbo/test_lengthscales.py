@@ -364,9 +364,9 @@ def test_a_warm_start_skips_the_second_start_while_its_check_found_one_optimum(
     starts = []
     minimize = lengthscales._minimize
 
-    def counting(objective, start, bounds, max_iter):  # noqa: ANN001, ANN202
+    def counting(objective, start, bounds, max_iter, gradient=None):  # noqa: ANN001, ANN202
         starts.append(float(start[-1].exp()))
-        return minimize(objective, start, bounds, max_iter)
+        return minimize(objective, start, bounds, max_iter, gradient)
 
     monkeypatch.setattr(lengthscales, "_minimize", counting)
     cold = LaplaceBNN(X[:30], Y[:30], **RF, candidates=None, sigma_noise=0.1).fit()

@@ -11,6 +11,7 @@ from torch.distributions import MultivariateNormal
 from laplace import (
     FullLaplace,
     gram_evidence,
+    gram_evidence_gradients,
     group_grams,
     linear_gaussian_evidence,
     linear_gaussian_posterior_mean,
@@ -122,3 +123,20 @@ def test_the_evidence_from_group_grams_equals_the_evidence_of_the_rows(groups) -
         gram_evidence(grams[:1], y, torch.ones(2, dtype=torch.float64), v)
     with pytest.raises(ValueError, match="prior_precision must be positive"):
         gram_evidence(grams, y, -torch.ones(len(grams), dtype=torch.float64), v)
+
+
+@pytest.mark.parametrize("groups", [None, [7, 2]])
+def test_the_closed_form_gradients_equal_autograd(groups) -> None:
+    """``gram_evidence_gradients`` gives ``gram_evidence`` and its gradients in the prior
+    precisions, the noise variances and each Gram matrix (``W / δ_g``)."""
+    R, y, v = problem(6, 9, C=2)
+    prior = torch.tensor(0.7 if groups is None else [0.7, 3.0], dtype=torch.float64)
+    grams = group_grams(R, groups)
+    value, d_prior, d_noise, W = gram_evidence_gradients(grams, y, prior, v)
+    leaves = [prior.clone().requires_grad_(True), v.clone().requires_grad_(True),
+              *[G.clone().requires_grad_(True) for G in grams]]
+    expected = gram_evidence(leaves[2:], y, leaves[0], leaves[1])
+    assert float(value) == pytest.approx(float(expected), rel=1e-12)
+    got = [d_prior, d_noise, *[W / p for p in prior.reshape(-1)]]
+    for a, b in zip(got, torch.autograd.grad(expected, leaves)):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
