@@ -217,9 +217,11 @@ def spectral_frequencies(d: int, count: int, kernel: str = "rbf") -> Tensor:
     u = sobol.draw(count, dtype=torch.float64).clamp(1e-10, 1 - 1e-10)
     omega = torch.distributions.Normal(0.0, 1.0).icdf(u[:, :d])
     if nu is not None:
-        from scipy.stats import chi2  # a dependency of BoTorch
+        # the χ²(2ν) quantile, 2 · gammaincinv(ν, u), as scipy.stats.chi2.ppf computes it
+        # (bit for bit), without importing scipy.stats (0.6–0.9 s of a process's first fit)
+        from scipy.special import gammaincinv  # a dependency of BoTorch
 
-        radial = torch.from_numpy(chi2.ppf(u[:, d].numpy(), 2 * nu)).to(omega)
+        radial = torch.from_numpy(2 * gammaincinv(nu, u[:, d].numpy())).to(omega)
         omega = omega * (2 * nu / radial).sqrt().unsqueeze(-1)
     return omega.mT.contiguous()
 

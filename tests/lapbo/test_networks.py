@@ -189,3 +189,24 @@ def test_random_feature_network_with_a_quadratic_trend() -> None:
     assert not plain[0].has_trend and "0.trend_scale" not in plain.state_dict()
     with pytest.raises(ValueError, match="trend 'cubic'"):
         random_feature_network(3, 1, trend="cubic")
+
+
+@pytest.mark.parametrize("kernel", ["matern12", "matern32", "matern52"])
+def test_matern_frequencies_are_the_student_t_draws_of_scipy_stats(kernel) -> None:
+    """The radial χ²(2ν) quantiles of the Matérn frequencies (computed without importing
+    ``scipy.stats``) equal ``scipy.stats.chi2.ppf`` bit for bit."""
+    from scipy.stats import chi2
+
+    from lapbo.networks import MATERN_NU, spectral_frequencies
+
+    nu, d = MATERN_NU[kernel], 3
+    torch.manual_seed(4)
+    omega = spectral_frequencies(d, 256, kernel)
+    torch.manual_seed(4)
+    seed = int(torch.randint(2**31 - 1, ()))
+    sobol = torch.quasirandom.SobolEngine(d + 1, scramble=True, seed=seed)
+    u = sobol.draw(256, dtype=torch.float64).clamp(1e-10, 1 - 1e-10)
+    normal = torch.distributions.Normal(0.0, 1.0).icdf(u[:, :d])
+    radial = torch.from_numpy(chi2.ppf(u[:, d].numpy(), 2 * nu))
+    expected = (normal * (2 * nu / radial).sqrt().unsqueeze(-1)).mT
+    assert torch.equal(omega, expected)
