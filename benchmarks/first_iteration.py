@@ -13,8 +13,8 @@ cell here is a new Python process (`subprocess`, one thread) that imports BoTorc
 `optimize_acqf(num_restarts=4, raw_samples=128)`, the new point added): CPU seconds
 (`time.process_time`) of each iteration's fit and acquisition, after the imports, and
 whether `torch._dynamo` was imported by then (constructing any `torch.optim` optimizer
-imports it: 1.7 s of CPU on this machine; `LaplaceBNN`'s default fit uses scipy's
-L-BFGS-B, as the GP's does, since session 23). Median over `--repeats` processes.
+imports it: 1.7 s of CPU on this machine; `LaplaceBNN`'s fits use `torch.optim.LBFGS`,
+the GP's fit scipy's L-BFGS-B). Median over three processes.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ evidence the exact log marginal likelihood, for output ``k``
     log p(y_k | ℓ, δ, σ) = log N(y_k; Φ θ₀_k, Φ Λ⁻¹ Φᵀ + D_k),   Φ = [ψ_ℓ(X), 1] (n, N + 1),
 
 with ``D_k`` the noise variances. ``fit_random_feature_network`` maximises the sum over
-outputs plus log-normal hyperpriors over ``(log ℓ, log δ, log σ)`` by L-BFGS-B, then sets
+outputs plus log-normal hyperpriors over ``(log ℓ, log δ, log σ)`` by L-BFGS, then sets
 the weights to the posterior mean. The length scales, which a multilayer network learns
 as weights by MAP training, are here hyperparameters of the evidence, as for a GP: the
 hyperprior on ``ℓ`` is the dimension-scaled log-normal of BoTorch's ``SingleTaskGP``
@@ -22,8 +22,6 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import numpy as np
-import scipy.optimize
 import torch
 from torch import Tensor, nn
 
@@ -42,18 +40,16 @@ from laplace import (
 LENGTHSCALE_BOUNDS = (0.025, 1e3)
 #: ``E‖[ψ(x), 1]‖²``: the centre of the hyperprior on ``δ`` (``training.hyperpriors``).
 REFERENCE_PRECISION = 2.0
-#: L-BFGS-B iterations of one fit (a warm start usually stops well before).
+#: L-BFGS iterations of one fit (a warm start usually stops well before).
 MAX_ITER = 100
-#: Convergence of L-BFGS-B (scipy's defaults, which BoTorch's GP fit uses): stop when no
-#: projected-gradient entry exceeds ``GRAD_TOLERANCE`` or when the objective's relative
-#: reduction falls below ``RELATIVE_TOLERANCE``.
+#: L-BFGS passes, each from the projection of the last onto the bounds (a pass that ends
+#: inside the bounds is the last).
+PASSES = 2
+#: Convergence of one L-BFGS pass, as scipy's L-BFGS-B defaults that BoTorch's GP fit uses:
+#: stop when no gradient entry exceeds ``GRAD_TOLERANCE`` or when the objective (or the
+#: step) changes by less than ``RELATIVE_TOLERANCE`` times the objective's magnitude.
 GRAD_TOLERANCE = 1e-5
 RELATIVE_TOLERANCE = 2.2e-9
-#: Corrections L-BFGS-B keeps (scipy's default is 10; ``torch.optim.LBFGS``, this fit's
-#: optimizer before session 23, kept 100). The log-normal hyperpriors of scale 0.01 on
-#: ``δ`` at ``d ≥ 10`` make the objective stiff: with 10, a fit at Powell-12 took 110 or
-#: more evaluations per start where 100 corrections take 30–90.
-HISTORY = 100
 #: ``σ`` of the second start of the fit (the outcome SD): with few features per point the
 #: objective has a mode that interpolates (small ``σ``) and one that smooths; a fit that
 #: starts in the first cannot reach the second, so both are tried and the better kept.
@@ -196,8 +192,9 @@ def fit_random_feature_network(
             value = value + log_normal_density((2 * log_sigma).exp(), *noise_hp)
         return value
 
-    def objective(u: Tensor) -> Tensor:  # −(evidence + log hyperpriors) at u (in bounds)
-        log_ls, log_prior, log_sigma = u[:d], u[d:d + g], u[d + g]
+    def objective(u: Tensor) -> Tensor:  # −(evidence + log hyperpriors) at u
+        v = torch.clamp(u, bounds[0], bounds[1])
+        log_ls, log_prior, log_sigma = v[:d], v[d:d + g], v[d + g]
         value = evidence(log_ls, log_prior, log_sigma)
         value = value + log_normal_density(log_ls.exp(), ls_loc, ls_scale)
         return -add_hyperpriors(value, log_prior, log_sigma)
@@ -205,13 +202,14 @@ def fit_random_feature_network(
     hyperprior = _LogNormalHyperpriors(d, g, (ls_loc, ls_scale), prior_hp, noise_hp, X)
 
     def closed_form(u: Tensor) -> tuple[float, Tensor]:  # objective(u) and its gradient
-        log_ls, log_prior, log_sigma = u[:d], u[d:d + g], u[d + g]
+        v, keep = torch.clamp(u, bounds[0], bounds[1]), _clamp_gradient(u, *bounds)
+        log_ls, log_prior, log_sigma = v[:d], v[d:d + g], v[d + g]
         noise_var = (2 * log_sigma).exp()
         value, d_ls, d_prior, d_noise = random_feature_evidence_gradients(
             X, fused[0], fused[1], fused[2], log_ls, log_prior.exp(), noise_var.expand(len(X)))
-        prior_value, prior_grad = hyperprior(u)
+        prior_value, prior_grad = hyperprior(v)
         grad = torch.cat([d_ls, d_prior * log_prior.exp(), 2 * d_noise.sum() * noise_var[None]])
-        return -float(value + prior_value), -(grad + prior_grad)
+        return -float(value + prior_value), -(grad + prior_grad) * keep
 
     if not tune_noise:
         bounds[0][-1] = bounds[1][-1] = start[-1].clamp(bounds[0][-1], bounds[1][-1])
@@ -270,6 +268,7 @@ def _refit_scales(u: Tensor, d: int, design: Callable[[Tensor], Tensor],
     low, high = bounds[0][d:], bounds[1][d:]
 
     def objective(w: Tensor) -> Tensor:
+        w = torch.clamp(w, low, high)
         log_prior, log_sigma = w[:-1], w[-1]
         v = noise(log_sigma)
         value = gram_evidence(grams, r, log_prior.exp(), v) if v.ndim == 1 else sum(
@@ -314,53 +313,80 @@ class _LogNormalHyperpriors:
         return value, -self.present * (1 + standard / self.scale) * self.factor
 
 
+def _clamp_gradient(u: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """The derivative of ``torch.clamp(u, low, high)`` as autograd computes it: 1 inside,
+    0 outside, ½ on a bound (the tie of ``max``/``min``), 1 where ``low = u = high``."""
+    inside = ((u > low) & (u < high)).to(u)
+    on_bound = ((u == low) ^ (u == high)).to(u)
+    return inside + 0.5 * on_bound + ((u == low) & (u == high)).to(u)
+
+
 def _minimize(objective: Callable[[Tensor], Tensor], start: Tensor,
               bounds: tuple[Tensor, Tensor], max_iter: int,
               gradient: Callable[[Tensor], tuple[float, Tensor]] | None = None
               ) -> tuple[Tensor, float]:
-    """``(u, objective(u))``: scipy's L-BFGS-B on ``objective`` within ``bounds`` from
-    ``start`` (projected onto them), the optimizer and tolerances of BoTorch's GP fit.
+    """L-BFGS on ``objective`` clamped to ``bounds`` from ``start``: ``(u, objective(u))``.
 
-    ``gradient`` gives the value and gradient at a point in closed form; without it,
-    autograd differentiates ``objective``. (``torch.optim.LBFGS`` with clamped passes did
-    this before session 23: constructing any ``torch.optim`` optimizer imports
-    ``torch._dynamo``, 1.7 s of CPU in the first fit of a process, which the GP's fit does
-    not pay.) A point where the objective is not finite counts as infinitely bad; the
-    best finite point seen is returned if the optimizer ends elsewhere."""
-    low, high = (b.detach().cpu().double().numpy() for b in bounds)
-    value_and_grad = gradient if gradient is not None else _autograd(objective)
-    best: list[Any] = [math.inf, None]
-
-    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+    A coordinate that left the box sees no gradient there, so each further pass restarts
+    from the projection onto the box (where the gradient of a bound that should no longer
+    be active points back inside). Every point is evaluated once: the value and gradient
+    at the start (which also sets the tolerance's scale) and at the final point (which
+    L-BFGS has evaluated) are reused, not recomputed."""
+    u = start.detach().clone().requires_grad_(True)
+    seen = _Evaluations(objective, u, gradient)
+    value, _ = seen.at(u.detach())
+    scale = max(abs(value), 1.0) if math.isfinite(value) else 1.0
+    for i in range(PASSES):
         with torch.no_grad():
-            value, grad = value_and_grad(torch.from_numpy(x).to(start))
-        if not math.isfinite(value):
-            return math.inf, np.zeros_like(x)
-        if value < best[0]:
-            best[:] = [value, x.copy()]
-        return value, grad.detach().cpu().double().numpy()
-
-    x0 = np.clip(start.detach().cpu().double().numpy(), low, high)
-    result = scipy.optimize.minimize(
-        fun, x0, jac=True, method="L-BFGS-B", bounds=list(zip(low, high)),
-        options={"maxiter": max_iter, "maxcor": HISTORY, "gtol": GRAD_TOLERANCE,
-                 "ftol": RELATIVE_TOLERANCE})
-    value, x = (float(result.fun), result.x) if math.isfinite(result.fun) \
-        and result.fun <= best[0] else (best[0], best[1] if best[1] is not None else x0)
-    return torch.from_numpy(np.asarray(x, dtype=np.float64)).to(start), value
-
-
-def _autograd(objective: Callable[[Tensor], Tensor]) -> Callable[[Tensor], tuple[float, Tensor]]:
-    """``u ↦ (objective(u), ∇objective(u))`` by autograd."""
-
-    def value_and_grad(u: Tensor) -> tuple[float, Tensor]:
-        x = u.detach().clone().requires_grad_(True)
+            inside = torch.clamp(u, bounds[0], bounds[1])
+            if i > 0 and torch.equal(inside, u):
+                break
+            u.copy_(inside)
+        optimizer = torch.optim.LBFGS([u], lr=1.0, max_iter=max_iter,
+                                      line_search_fn="strong_wolfe",
+                                      tolerance_grad=GRAD_TOLERANCE,
+                                      tolerance_change=RELATIVE_TOLERANCE * scale)
         with torch.enable_grad():
-            loss = objective(x)
-            (grad,) = torch.autograd.grad(loss, x)
-        return float(loss.detach()), grad
+            optimizer.step(seen.closure)
+    u = u.detach()
+    value, _ = seen.at(u)
+    return u, value if math.isfinite(value) else math.inf
 
-    return value_and_grad
+
+class _Evaluations:
+    """The objective's value and gradient at the last few points L-BFGS visited, so that
+    a point is never evaluated twice (a line search's accepted point is one it tried)."""
+
+    KEEP = 8
+
+    def __init__(self, objective: Callable[[Tensor], Tensor], u: Tensor,
+                 gradient: Callable[[Tensor], tuple[float, Tensor]] | None = None) -> None:
+        self.objective, self.u, self.gradient = objective, u, gradient
+        self.points: list[tuple[Tensor, float, Tensor]] = []
+
+    def at(self, point: Tensor) -> tuple[float, Tensor]:
+        """``(value, gradient)`` at ``point`` (detached), evaluated if not yet seen."""
+        for seen, value, grad in reversed(self.points):
+            if torch.equal(seen, point):
+                return value, grad
+        if self.gradient is not None:  # the value and its gradient in closed form
+            x = point.detach().clone()
+            with torch.no_grad():
+                value, grad = self.gradient(x)
+        else:
+            x = point.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                loss = self.objective(x)
+                (grad,) = torch.autograd.grad(loss, x)
+            value = float(loss.detach())
+        self.points = [*self.points[-self.KEEP + 1:], (x.detach(), value, grad)]
+        return value, grad
+
+    def closure(self) -> Tensor:
+        """L-BFGS's closure: the value at ``u`` (a 0-d tensor) with ``u.grad`` set."""
+        value, grad = self.at(self.u.detach())
+        self.u.grad = grad.clone()
+        return torch.tensor(value, dtype=self.u.dtype, device=self.u.device)
 
 
 def condition_weights(net: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | None,

@@ -116,8 +116,8 @@ def test_the_default_model_fits_with_the_closed_form(monkeypatch):
 def test_the_closed_form_objective_equals_autograd_at_every_point(monkeypatch, trend,
                                                                   reference, hyperprior, C):
     """The objective the fit minimises (evidence plus the hyperpriors on ``ℓ``, ``δ`` and
-    ``σ²``) and its gradient, computed in closed form, equal autograd's through the same
-    objective, inside the bounds and on them."""
+    ``σ²``, clamped to the bounds) and its gradient, computed in closed form, equal
+    autograd's through the same objective: inside the bounds, on them and beyond them."""
     net = networks.random_feature_network(3, C, 256, trend="quadratic" if trend else None)
     net = net.to(DT)
     g = torch.Generator().manual_seed(5)
@@ -140,7 +140,7 @@ def test_the_closed_form_objective_equals_autograd_at_every_point(monkeypatch, t
     assert gradient is not None
     points = [low + (high - low) * torch.rand(len(low), generator=g, dtype=DT)
               for _ in range(3)]
-    points += [torch.where(torch.arange(len(low)) % 2 == 0, low, high)]
+    points += [torch.where(torch.arange(len(low)) % 2 == 0, low, high), low - 1, high + 0.5]
     for u in points:
         value, grad = gradient(u.clone())
         x = u.clone().requires_grad_(True)

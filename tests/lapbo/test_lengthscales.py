@@ -420,36 +420,3 @@ def test_a_bad_exact_rows_is_rejected(bad) -> None:
     with pytest.raises(ValueError, match="exact_rows"):
         fit_random_feature_network(model.net, X, Y, None, model.sigma_noise,
                                    model.prior_precision, model.options, exact_rows=bad)
-
-
-def test_the_optimizer_respects_the_bounds_and_survives_non_finite_values() -> None:
-    """``_minimize`` (scipy's L-BFGS-B) finds a quadratic's minimum inside the box and on
-    a bound, starts from the projection of a start outside the box, gives the same
-    answer with a closed-form gradient and with autograd, and treats non-finite values
-    as infinitely bad (the best finite point is returned)."""
-    import lapbo.lengthscales as lengthscales
-
-    dt = torch.float64
-    centre = torch.tensor([0.3, -2.0, 5.0], dtype=dt)
-    bounds = (torch.tensor([-1.0, -1.0, -1.0], dtype=dt), torch.tensor([1.0, 1.0, 1.0], dtype=dt))
-
-    def objective(u: torch.Tensor) -> torch.Tensor:
-        return ((u - centre) ** 2 * torch.tensor([1.0, 10.0, 0.1], dtype=dt)).sum()
-
-    def closed(u: torch.Tensor) -> tuple[float, torch.Tensor]:
-        return float(objective(u)), 2 * (u - centre) * torch.tensor([1.0, 10.0, 0.1], dtype=dt)
-
-    expected = torch.tensor([0.3, -1.0, 1.0], dtype=dt)  # clipped to the box
-    for gradient in (None, closed):
-        u, value = lengthscales._minimize(objective, torch.tensor([9.0, 0.0, 0.0], dtype=dt),
-                                          bounds, 100, gradient)
-        assert torch.allclose(u, expected, atol=1e-6)
-        assert value == pytest.approx(float(objective(expected)), rel=1e-9)
-
-    def holed(u: torch.Tensor) -> torch.Tensor:  # not finite right of 0.5 in u[0]
-        return objective(u) + torch.where(u[0] > 0.5, torch.tensor(float("nan"), dtype=dt),
-                                          torch.zeros((), dtype=dt))
-
-    u, value = lengthscales._minimize(holed, torch.tensor([0.0, 0.0, 0.0], dtype=dt), bounds, 100)
-    assert math.isfinite(value) and float(u[0]) <= 0.5
-    assert value <= float(objective(torch.zeros(3, dtype=dt)))
