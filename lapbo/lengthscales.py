@@ -331,7 +331,9 @@ def _minimize(objective: Callable[[Tensor], Tensor], start: Tensor,
     from the projection onto the box (where the gradient of a bound that should no longer
     be active points back inside). Every point is evaluated once: the value and gradient
     at the start (which also sets the tolerance's scale) and at the final point (which
-    L-BFGS has evaluated) are reused, not recomputed."""
+    L-BFGS has evaluated) are reused, not recomputed. ``gradient`` gives the objective's
+    value and gradient at a point in closed form (``None``: autograd through
+    ``objective``)."""
     u = start.detach().clone().requires_grad_(True)
     seen = _Evaluations(objective, u, gradient)
     value, _ = seen.at(u.detach())
