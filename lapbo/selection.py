@@ -20,9 +20,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from botorch.exceptions.warnings import InputDataWarning
 
 from lapbo import averaging, lengthscales
 
@@ -259,12 +262,16 @@ def _build_candidate(model: LaplaceBNN, options: dict[str, Any],
                      warm: LaplaceBNN | None) -> LaplaceBNN:
     """A ``LaplaceBNN`` on ``model``'s data with ``model``'s options updated by ``options``
     (its own copies of the transforms), warm-started from ``warm``. Built as ``type(model)``
-    so that this module, which ``lapbo.model`` imports, does not import it back."""
+    so that this module, which ``lapbo.model`` imports, does not import it back. The
+    parent's constructor has already warned about its data (single precision, inputs
+    outside the unit cube): the candidates, built on the same data, do not repeat it."""
     kwargs = {**model._init_options, **options, "candidates": None, "warm_start": warm}
     for name in ("input_transform", "outcome_transform"):
         if name in kwargs and kwargs[name] is not None and not isinstance(kwargs[name], str):
             kwargs[name] = copy.deepcopy(kwargs[name])
-    return type(model)(model._train_X, model._train_Y, model._train_Yvar, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputDataWarning)
+        return type(model)(model._train_X, model._train_Y, model._train_Yvar, **kwargs)
 
 
 def selection_table(scores: Sequence[CandidateScore]) -> str:

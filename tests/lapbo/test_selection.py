@@ -329,3 +329,25 @@ def test_per_tensor_prior_precision_reference_reaches_the_candidates() -> None:
                      prior_precision_reference=(1.0, 0.01), n_epochs=5)
     with pytest.raises(ValueError, match="prior_precision_reference"):
         mlp.fit()
+
+
+def test_the_family_does_not_repeat_the_parents_data_warnings() -> None:
+    """Single-precision inputs outside the unit cube: the constructor warns once for each
+    (as BoTorch's GPs do); the candidates that ``fit()`` builds on the same data are
+    silent."""
+    import warnings
+
+    from botorch.exceptions.warnings import InputDataWarning
+
+    X = 3.0 * torch.rand(8, 2)
+    Y = X.sum(-1, keepdim=True)
+    with warnings.catch_warnings(record=True) as constructed:
+        warnings.simplefilter("always")
+        model = LaplaceBNN(X, Y, seed=0)
+    messages = [str(w.message) for w in constructed if w.category is InputDataWarning]
+    assert any("float32" in m for m in messages) and any("unit cube" in m for m in messages)
+    with warnings.catch_warnings(record=True) as fitted:
+        warnings.simplefilter("always")
+        model.fit()
+    assert len(model.selection) == 4
+    assert not [w for w in fitted if w.category is InputDataWarning]
