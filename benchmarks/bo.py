@@ -2,7 +2,8 @@
 
 Protocol (issue 5): Branin (2-D), Hartmann (6-D) and Ackley (10-D) from
 ``botorch.test_functions``, negated (maximised); an initial design of ``2d + 2`` scrambled
-Sobol points shared by all methods of a seed; then ``--iterations`` rounds of qLogEI
+Sobol points shared by all methods of a seed (and, on noisy problems, the noise draws of
+each step: ``observe``); then ``--iterations`` rounds of qLogEI
 (``q = 1``, default 512 QMC samples) optimised by ``optimize_acqf(num_restarts=4,
 raw_samples=128)``. Sobol continues the same Sobol sequence. ``LaplaceBNN`` is
 warm-started from the previous round's model (``LaplaceBNN(X, Y, warm_start=old)``).
@@ -115,6 +116,20 @@ def sobol_points(problem: Any, n: int, seed: int) -> Tensor:
     return lo + (hi - lo) * u
 
 
+def observe(problem: Any, X: Tensor, seed: int, step: int) -> tuple[Tensor, Tensor]:
+    """``(Y, F)``, each of shape ``n``: the observations of ``problem`` at ``X`` (``n × d``)
+    and its true values. A noisy problem's noise comes from a generator seeded by
+    ``(seed, step)``, not the global one (which a method's fits consume), so that every
+    method of a seed sees the same noise draws at step ``step`` (0: the initial design),
+    whatever it and the runs before it in the process drew."""
+    F = problem(X, noise=False)
+    if problem.noise_std is None:
+        return F.clone(), F
+    generator = torch.Generator().manual_seed(1_000_003 * seed + step)
+    noise = torch.randn(F.shape, generator=generator, dtype=F.dtype)
+    return F + float(problem.noise_std) * noise.to(F.device), F
+
+
 def fit_model(method: str, options: dict[str, Any], X: Tensor, Y: Tensor, problem: Any,
               previous: Any, seed: int) -> Any:
     bounds = problem.bounds.to(DTYPE)
@@ -145,8 +160,8 @@ def run_bo(problem_name: str, method: str, options: dict[str, Any], seed: int,
     f_star = float(problem.optimal_value)
     all_sobol = sobol_points(problem, n_init + iterations, seed)
     X = all_sobol[:n_init]
-    Y = problem(X).unsqueeze(-1)  # observed (noisy for noisy problems)
-    F = problem(X, noise=False)  # true values: the regret of noisy problems uses these
+    Y, F = observe(problem, X, seed, 0)  # F: true values, which the regret uses
+    Y = Y.unsqueeze(-1)
     fit_times, acq_times, wall_times, log_regret = [], [], [], []
     chosen: list[int] = []  # per round: the index of the candidate the evidence chose
     model = None
@@ -174,8 +189,9 @@ def run_bo(problem_name: str, method: str, options: dict[str, Any], seed: int,
                 chosen.append(next(i for i, s in enumerate(model.selection) if s.chosen))
         x_new = x_new.detach()
         X = torch.cat([X, x_new])
-        Y = torch.cat([Y, problem(x_new).unsqueeze(-1)])
-        F = torch.cat([F, problem(x_new, noise=False)])
+        y_new, f_new = observe(problem, x_new, seed, it + 1)
+        Y = torch.cat([Y, y_new.unsqueeze(-1)])
+        F = torch.cat([F, f_new])
         fit_times.append(t_fit)
         acq_times.append(t_acq)
         wall_times.append(time.perf_counter() - t_wall)

@@ -40,3 +40,25 @@ def test_the_development_problems_are_not_the_reported_ones() -> None:
 def test_unknown_problem_is_named() -> None:
     with pytest.raises(ValueError, match="Unknown problem 'sphere'"):
         make_problem("sphere")
+
+
+def test_observations_share_their_noise_across_methods() -> None:
+    """``benchmarks.bo.observe``: the noise of a step depends on (seed, step) only, not on
+    what the global generator drew before (a method's fits), and has the problem's SD."""
+    from benchmarks.bo import observe
+
+    problem = make_problem("levy5_noisy")
+    X = torch.rand(2000, problem.dim, dtype=torch.float64) * 20 - 10
+    torch.manual_seed(1)
+    Y1, F1 = observe(problem, X, seed=3, step=7)
+    torch.rand(123)  # another method's fit consumed the global generator
+    Y2, F2 = observe(problem, X, seed=3, step=7)
+    assert torch.equal(Y1, Y2) and torch.equal(F1, F2)
+    assert torch.equal(F1, problem(X, noise=False))
+    assert float((Y1 - F1).std()) == pytest.approx(problem.noise_std, rel=0.05)
+    Y3, _ = observe(problem, X, seed=3, step=8)
+    assert not torch.equal(Y1, Y3)
+    clean = make_problem("branin")
+    lo, hi = clean.bounds.to(torch.float64)
+    Yc, Fc = observe(clean, lo + (hi - lo) * torch.rand(50, 2, dtype=torch.float64), 3, 7)
+    assert torch.equal(Yc, Fc)
