@@ -30,7 +30,7 @@ from botorch.utils.datasets import SupervisedDataset
 from botorch.utils.types import DEFAULT, _DefaultType
 from torch import Tensor, nn
 
-from lapbo import lengthscales, networks, selection, training, validation
+from lapbo import lengthscales, networks, saved_state, selection, training, validation
 from lapbo.linearized_model import _device_only, _LinearizedModel
 from laplace import LinearizedPosterior, SampleSpaceEvidence
 from laplace.baselaplace import ParametricLaplace
@@ -56,11 +56,6 @@ def _configured(options: dict[str, Any]) -> list[str]:
     same = lambda a, b: (tuple(a) if isinstance(a, list) else a) == b  # noqa: E731
     return [k for k, v in options.items()
             if k in defaults and not same(v, defaults[k].default)]
-
-
-def _mlp_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The ``networks.default_network`` options among ``LaplaceBNN``'s network options."""
-    return {k: v for k, v in options.items() if k != "random_feature_kernel"}
 
 
 def _random_feature_network(d: int, m: int, options: dict[str, Any]) -> nn.Module:
@@ -506,7 +501,7 @@ class LaplaceBNN(_LinearizedModel):
                 torch.manual_seed(seed)
             if net is None or isinstance(net, str):
                 module = (copy.deepcopy(warm_start.net) if warm_start is not None
-                          else networks.default_network(d, m, **_mlp_options(options))
+                          else networks.default_network(d, m, **saved_state.mlp_options(options))
                           if net is None else _random_feature_network(d, m, options))
             elif isinstance(net, nn.Module):
                 module = net
@@ -725,8 +720,8 @@ class LaplaceBNN(_LinearizedModel):
         selected) first rebuilds this model's network to match. The state holds the
         chosen candidate only: a model loaded from it predicts with that candidate, not
         with the evidence-weighted mixture (``model_averaging``) it was saved from."""
-        self._match_network(state_dict)
-        self._match_prior_structure(state_dict)
+        saved_state.match_network(self, state_dict)
+        saved_state.match_prior_structure(self, state_dict)
         out = super().load_state_dict(state_dict, strict=strict, assign=assign)
         if networks.random_feature_layer(self.net) is not None and bool(self.is_fitted):
             lengthscales.condition_weights(self.net, *self._training_data(), self.sigma_noise,
@@ -734,55 +729,6 @@ class LaplaceBNN(_LinearizedModel):
         self._invalidate()
         self._mixture = None  # the state holds the chosen candidate only
         return out
-
-    def _match_prior_structure(self, state_dict: Any) -> None:
-        """Take the saved model's ``prior_structure`` (one ``δ``, or one per weight tensor:
-        the candidates of a family may differ in it) from the shape of its
-        ``prior_precision``, and shape this model's buffer to match."""
-        saved = state_dict.get("prior_precision")
-        if saved is None:
-            return
-        structure = "layerwise" if saved.ndim == 1 else "scalar"
-        if structure == "layerwise" and (
-                saved.numel() != len(list(self.net.parameters()))
-                or self.subset_of_weights != "all" or self.hessian_structure != "full"
-                or self.backend is not None):
-            raise UnsupportedError(
-                f"The saved state has one prior precision per weight tensor ({saved.numel()}); "
-                "prior_structure='layerwise' needs as many weight tensors, "
-                "subset_of_weights='all' and the full GGN (native backend).")
-        self.prior_structure = structure
-        if saved.shape != self.prior_precision.shape:
-            self.register_buffer("prior_precision",
-                                 torch.empty_like(saved).to(self.sigma_noise))
-
-    def _match_network(self, state_dict: Any) -> None:
-        """Rebuild ``self.net`` (and the shapes of its prior buffers) when ``state_dict``
-        holds another default-family architecture (a random-feature network with or
-        without its trend or with another number of features, or the MLP); a given
-        network is left alone."""
-        saved_rf = "net.0.lengthscale" in state_dict and "net.0.omega" in state_dict
-        saved = (saved_rf, saved_rf and "net.0.trend_scale" in state_dict,
-                 state_dict["net.0.omega"].shape[-1] if saved_rf else 0)
-        layer = networks.random_feature_layer(self.net)
-        current = (layer is not None, layer is not None and layer.has_trend,
-                   layer.omega.shape[-1] if layer is not None else 0)
-        if self._net_options is None or saved == current:
-            return
-        d, m = self._train_X.shape[-1], self._num_net_outputs
-        like = self.sigma_noise
-        if saved_rf:
-            n_features = 2 * state_dict["net.0.omega"].shape[-1]
-            net = networks.random_feature_network(d, m, n_features, dtype=torch.float64,
-                                                  trend="quadratic" if saved[1] else None)
-        else:
-            net = networks.default_network(d, m, **_mlp_options(self._net_options),
-                                           dtype=like.dtype)
-        self.net = net.to(device=like.device)
-        self._param_names = training.posterior_parameter_names(self.net, self.subset_of_weights)
-        for name in ("prior_mean", "prior_precision"):
-            if name in state_dict and hasattr(self, name):
-                self.register_buffer(name, torch.empty_like(state_dict[name]).to(like))
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> LaplaceBNN:
         out = super()._apply(fn, *args, **kwargs)

@@ -42,7 +42,8 @@ PUBLIC = {
     "laplace", "laplace.baselaplace", "laplace.lllaplace", "laplace.subnetlaplace",
     "laplace.curvature", "laplace.utils", "laplace.marglik_training",
 }
-ANNOTATION_ONLY = {("lapbo.training", "lapbo.model"), ("lapbo.selection", "lapbo.model")}
+ANNOTATION_ONLY = {("lapbo.training", "lapbo.model"), ("lapbo.selection", "lapbo.model"),
+                   ("lapbo.saved_state", "lapbo.model")}
 
 
 @dataclass(frozen=True)
