@@ -447,9 +447,11 @@ class LaplaceBNN(_LinearizedModel):
         # (rows, two optima?) of the last random-feature fit that ran both starts in σ
         self._mode_check: tuple[int, bool] | None = getattr(warm_start, "_mode_check", None)
         self._init_options = init_options
+        cold = False  # the default family refits from its initial values (refits_cold)
         if candidates is DEFAULT:
-            candidates = (selection.default_family(_configured(init_options), train_X.shape[-1])
-                          if net is None else None)
+            configured, d = _configured(init_options), train_X.shape[-1]
+            candidates = selection.default_family(configured, d) if net is None else None
+            cold = net is None and selection.refits_cold(configured, d, len(train_X))
         self.candidates = selection.check_candidates(
             candidates, inspect.signature(LaplaceBNN.__init__).parameters)
         validation.check_candidate_features(self.candidates, net, random_features)
@@ -461,7 +463,7 @@ class LaplaceBNN(_LinearizedModel):
         if self.candidates and isinstance(net, nn.Module):
             raise ValueError("candidates need net=None or a network factory, not one module "
                              "instance that every candidate would share.")
-        previous = getattr(warm_start, "_candidate_models", None)
+        previous = None if cold else getattr(warm_start, "_candidate_models", None)
         self._warm_candidates = (previous if previous is not None
                                  and len(previous) == len(self.candidates) else None)
         self._candidate_models: list[LaplaceBNN] | None = None

@@ -49,6 +49,18 @@ DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = tuple(
 #: Inputs of this many dimensions or more get ``HIGH_DIMENSIONAL_CANDIDATES`` by default.
 HIGH_DIMENSIONAL = 10
 
+#: From this many inputs up to ``HIGH_DIMENSIONAL − 1`` the default family is
+#: ``HIGH_DIMENSIONAL_CANDIDATES`` too, and up to ``lengthscales.EXACT_FIT_ROWS``
+#: observations each candidate is refit from its initial hyperparameters every round
+#: (``refits_cold``), as BoTorch refits a GP, rather than from its model of the last round:
+#: the fit is then a function of the round's data, not of the path of earlier rounds.
+#: Chosen on the development seeds of fifteen problems with 4 ≤ d ≤ 9 (rule written before
+#: the runs): the warm-started four-network family had its median at most the GP's on 6
+#: of them with 64 of 150 paired wins, this one on 9 with 80, nowhere worse than the
+#: four-network family's by more than 0.07; the same family warm-started 5 and 68, the
+#: four-network family refit cold 4 and 57 (``docs/lapbo_defaults.md``, session 24).
+MID_DIMENSIONAL = 4
+
 #: The default family for ``d ≥ HIGH_DIMENSIONAL``: squared-exponential random-feature
 #: networks under ``SingleTaskGP``'s hyperpriors (noise ``σ² ~ LogNormal(−4, 1)``; one
 #: ``δ`` per weight tensor, each held at its reference by a log-normal hyperprior of
@@ -101,7 +113,7 @@ def default_family(configured: Sequence[str], dim: int = 1) -> tuple[dict[str, A
     """The family of ``LaplaceBNN(net=None)`` with default ``candidates``, given the names
     of the options the user set and the input dimension ``dim``: ``MLP_CANDIDATES`` when
     one of them is in ``MLP_OPTIONS``, else ``DEFAULT_CANDIDATES`` (``dim <
-    HIGH_DIMENSIONAL``) or ``HIGH_DIMENSIONAL_CANDIDATES`` varying only what the user
+    MID_DIMENSIONAL``) or ``HIGH_DIMENSIONAL_CANDIDATES`` varying only what the user
     left open: an option the user set (``trend``, ``random_feature_kernel``,
     ``random_features``, ``noise_prior``, ``prior_precision_prior``,
     ``prior_precision_reference``; ``prior_structure`` with the reference) holds for
@@ -109,7 +121,7 @@ def default_family(configured: Sequence[str], dim: int = 1) -> tuple[dict[str, A
     squared-exponential and the Matérn-5/2 network without a trend)."""
     if set(configured) & set(MLP_OPTIONS):
         return MLP_CANDIDATES
-    base = DEFAULT_CANDIDATES if dim < HIGH_DIMENSIONAL else HIGH_DIMENSIONAL_CANDIDATES
+    base = DEFAULT_CANDIDATES if dim < MID_DIMENSIONAL else HIGH_DIMENSIONAL_CANDIDATES
     family: list[dict[str, Any]] = []
     # a per-tensor reference goes with the structure that gives one δ per tensor
     dropped = set(configured) | ({"prior_precision_reference"}
@@ -119,6 +131,16 @@ def default_family(configured: Sequence[str], dim: int = 1) -> tuple[dict[str, A
         if kept not in family:
             family.append(kept)
     return tuple(family)
+
+
+def refits_cold(configured: Sequence[str], dim: int, n: int) -> bool:
+    """Whether the default family of ``dim`` inputs (``default_family(configured, dim)``)
+    refits every candidate from its initial hyperparameters with ``n`` observations,
+    leaving a warm start's candidates unused: from ``MID_DIMENSIONAL`` up to
+    ``HIGH_DIMENSIONAL − 1`` inputs and up to ``lengthscales.EXACT_FIT_ROWS`` rows."""
+    return (not set(configured) & set(MLP_OPTIONS)
+            and MID_DIMENSIONAL <= dim < HIGH_DIMENSIONAL
+            and n <= lengthscales.EXACT_FIT_ROWS)
 
 
 # Options whose change alters what the evidence measures (another set of weights, another

@@ -151,13 +151,21 @@ def test_high_dimensional_inputs_get_the_gp_equivalent_networks() -> None:
     network given explicitly, and an option the user sets still holds (a user-set
     ``prior_structure`` drops the references with it, and the two without a trend then
     coincide)."""
-    from lapbo.selection import DEFAULT_CANDIDATES, HIGH_DIMENSIONAL, HIGH_DIMENSIONAL_CANDIDATES
+    from lapbo.selection import (
+        DEFAULT_CANDIDATES,
+        HIGH_DIMENSIONAL,
+        HIGH_DIMENSIONAL_CANDIDATES,
+        MID_DIMENSIONAL,
+    )
 
     g = torch.Generator().manual_seed(2)
     X = torch.rand(60, HIGH_DIMENSIONAL, generator=g, dtype=torch.float64)
     Y = (X - 0.5).square().sum(-1, keepdim=True) + 0.05 * torch.randn(60, 1, generator=g,
                                                                       dtype=X.dtype)
-    assert LaplaceBNN(X[:, :-1], Y).candidates == [dict(c) for c in DEFAULT_CANDIDATES]
+    below = LaplaceBNN(X[:, :MID_DIMENSIONAL - 1], Y).candidates
+    assert below == [dict(c) for c in DEFAULT_CANDIDATES]
+    for d in (MID_DIMENSIONAL, HIGH_DIMENSIONAL - 1):
+        assert LaplaceBNN(X[:, :d], Y).candidates == [dict(c) for c in HIGH_DIMENSIONAL_CANDIDATES]
     model = LaplaceBNN(X, Y, seed=0).fit()
     assert model.candidates == [dict(c) for c in HIGH_DIMENSIONAL_CANDIDATES]
     assert [(c["trend"], c["prior_precision_reference"]) for c in model.candidates] == [
@@ -351,3 +359,34 @@ def test_the_family_does_not_repeat_the_parents_data_warnings() -> None:
         model.fit()
     assert len(model.selection) == 4
     assert not [w for w in fitted if w.category is InputDataWarning]
+
+
+def test_from_mid_dimensional_inputs_every_round_refits_from_the_initial_values() -> None:
+    """From ``MID_DIMENSIONAL`` to ``HIGH_DIMENSIONAL − 1`` inputs and up to
+    ``EXACT_FIT_ROWS`` observations, the default family ignores a warm start's candidates:
+    the warm-started fit equals a fit from scratch (the fit is a function of the data, as
+    BoTorch's GP refit), and differs from one that starts at the last round's values. Below
+    ``MID_DIMENSIONAL`` inputs, and with candidates the user gives, the warm start is used."""
+    from lapbo import lengthscales
+    from lapbo.selection import HIGH_DIMENSIONAL_CANDIDATES, MID_DIMENSIONAL, refits_cold
+
+    assert refits_cold([], MID_DIMENSIONAL, lengthscales.EXACT_FIT_ROWS)
+    assert not refits_cold([], MID_DIMENSIONAL - 1, 20)
+    assert not refits_cold([], MID_DIMENSIONAL, lengthscales.EXACT_FIT_ROWS + 1)
+    assert not refits_cold(["width"], MID_DIMENSIONAL, 20)  # the MLP family
+    g = torch.Generator().manual_seed(3)
+    X = torch.rand(30, 5, generator=g, dtype=torch.float64)
+    Y = (3 * X[:, :1]).sin() + (X[:, 1:] - 0.3).square().sum(-1, keepdim=True)
+    old = LaplaceBNN(X[:20], Y[:20], seed=0).fit()
+    warm = LaplaceBNN(X, Y, seed=0, warm_start=old).fit()
+    cold = LaplaceBNN(X, Y, seed=0).fit()
+    assert [s.log_marginal_likelihood for s in warm.selection] == [
+        s.log_marginal_likelihood for s in cold.selection]
+    Xt = torch.rand(6, 5, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(warm.posterior(Xt).mean, cold.posterior(Xt).mean)
+    given = [dict(c) for c in HIGH_DIMENSIONAL_CANDIDATES]  # user-given: warm starts
+    old_given = LaplaceBNN(X[:20], Y[:20], seed=0, candidates=given).fit()
+    warm_given = LaplaceBNN(X, Y, seed=0, candidates=given, warm_start=old_given).fit()
+    assert [s.log_marginal_likelihood for s in warm_given.selection] != [
+        s.log_marginal_likelihood for s in cold.selection]
