@@ -177,11 +177,13 @@ class LaplaceBNN(_LinearizedModel):
             ``hessian_structure``, ...) cannot vary. Default: with ``net=None``,
             ``selection.DEFAULT_CANDIDATES`` (random-feature networks of the
             squared-exponential and Matérn-5/2 kernels, with and without a quadratic
-            trend) below ``selection.HIGH_DIMENSIONAL`` (10) inputs and
+            trend) below ``selection.MID_DIMENSIONAL`` (4) inputs and
             ``selection.HIGH_DIMENSIONAL_CANDIDATES`` (squared-exponential networks
             under ``SingleTaskGP``'s hyperpriors: two that split the prior variance
             between kernel and constant differently, and the second with a quadratic
-            trend) from there on; ``trend``,
+            trend) from there on, below ``selection.HIGH_DIMENSIONAL`` (10) inputs refit
+            from their initial values every round up to 512 rows (a warm start's
+            candidates unused: ``selection.refits_cold``); ``trend``,
             ``random_feature_kernel``, ``random_features``, ``noise_prior``,
             ``prior_precision_prior`` or ``prior_precision_reference`` set here holds for
             all of them

@@ -127,9 +127,10 @@ def test_public_names_include_the_non_all_modules() -> None:
     import lapbo.selection
 
     assert public_names(lapbo.selection) == [
-        "DEFAULT_CANDIDATES", "HIGH_DIMENSIONAL", "HIGH_DIMENSIONAL_CANDIDATES",
-        "MLP_CANDIDATES", "RANDOM_FEATURE_CANDIDATE", "MLP_OPTIONS",
-        "default_family", "INCOMPARABLE", "CandidateScore", "check_candidates",
+        "DEFAULT_CANDIDATES", "HIGH_DIMENSIONAL", "MID_DIMENSIONAL",
+        "HIGH_DIMENSIONAL_CANDIDATES", "MLP_CANDIDATES", "RANDOM_FEATURE_CANDIDATE",
+        "MLP_OPTIONS", "default_family", "refits_cold", "INCOMPARABLE", "CandidateScore",
+        "check_candidates",
         "fit_by_evidence", "selection_table",
     ]
 
