@@ -82,7 +82,9 @@ class LaplaceBNN(_LinearizedModel):
     **Defaults** (the measurements behind each, and the history of what was tried, are
     in ``docs/lapbo_defaults.md``):
 
-    - *Family* (``selection.DEFAULT_CANDIDATES``): four random-feature networks
+    - *Family* (``selection.DEFAULT_CANDIDATES`` below four inputs; from there on the
+      GP-like ``selection.HIGH_DIMENSIONAL_CANDIDATES``, see ``candidates``): four
+      random-feature networks
       (``net="random_features"``: 4,096 quasi-random Fourier features of the
       squared-exponential or the Matérn-5/2 kernel, each with and without a quadratic
       trend). They are linear in their weights, so their Laplace posterior and evidence
