@@ -183,9 +183,8 @@ class LaplaceBNN(_LinearizedModel):
             ``selection.HIGH_DIMENSIONAL_CANDIDATES`` (squared-exponential networks
             under ``SingleTaskGP``'s hyperpriors: two that split the prior variance
             between kernel and constant differently, and the second with a quadratic
-            trend) from there on, below ``selection.HIGH_DIMENSIONAL`` (10) inputs refit
-            from their initial values every round up to 512 rows (a warm start's
-            candidates unused: ``selection.refits_cold``); ``trend``,
+            trend) from there on, refit from their initial values every round up to 512
+            rows (a warm start's candidates unused: ``selection.refits_cold``); ``trend``,
             ``random_feature_kernel``, ``random_features``, ``noise_prior``,
             ``prior_precision_prior`` or ``prior_precision_reference`` set here holds for
             all of them

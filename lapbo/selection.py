@@ -49,16 +49,16 @@ DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = tuple(
 #: Inputs of this many dimensions or more get ``HIGH_DIMENSIONAL_CANDIDATES`` by default.
 HIGH_DIMENSIONAL = 10
 
-#: From this many inputs up to ``HIGH_DIMENSIONAL − 1`` the default family is
-#: ``HIGH_DIMENSIONAL_CANDIDATES`` too, and up to ``lengthscales.EXACT_FIT_ROWS``
-#: observations each candidate is refit from its initial hyperparameters every round
-#: (``refits_cold``), as BoTorch refits a GP, rather than from its model of the last round:
-#: the fit is then a function of the round's data, not of the path of earlier rounds.
-#: Chosen on the development seeds of fifteen problems with 4 ≤ d ≤ 9 (rule written before
-#: the runs): the warm-started four-network family had its median at most the GP's on 6
-#: of them with 64 of 150 paired wins, this one on 9 with 80, nowhere worse than the
-#: four-network family's by more than 0.07; the same family warm-started 5 and 68, the
-#: four-network family refit cold 4 and 57 (``docs/lapbo_defaults.md``, session 24).
+#: From this many inputs on the default family is ``HIGH_DIMENSIONAL_CANDIDATES``, and up
+#: to ``lengthscales.EXACT_FIT_ROWS`` observations each candidate is refit from its initial
+#: hyperparameters every round (``refits_cold``), as BoTorch refits a GP, rather than from
+#: its model of the last round: the fit is then a function of the round's data, not of the
+#: path of earlier rounds. Chosen on development seeds (rules written before the runs):
+#: on fifteen problems with 4 ≤ d ≤ 9 the warm-started four-network family had its median
+#: at most the GP's on 6 with 64 of 150 paired wins, this one on 9 with 80 (warm-started:
+#: 5 and 68; the four-network family refit cold: 4 and 57); on ten problems with d ≥ 10
+#: the same family warm-started 6 and 59, refit cold 8 and 66 (``docs/lapbo_defaults.md``,
+#: session 24).
 MID_DIMENSIONAL = 4
 
 #: The default family for ``d ≥ HIGH_DIMENSIONAL``: squared-exponential random-feature
@@ -136,10 +136,9 @@ def default_family(configured: Sequence[str], dim: int = 1) -> tuple[dict[str, A
 def refits_cold(configured: Sequence[str], dim: int, n: int) -> bool:
     """Whether the default family of ``dim`` inputs (``default_family(configured, dim)``)
     refits every candidate from its initial hyperparameters with ``n`` observations,
-    leaving a warm start's candidates unused: from ``MID_DIMENSIONAL`` up to
-    ``HIGH_DIMENSIONAL − 1`` inputs and up to ``lengthscales.EXACT_FIT_ROWS`` rows."""
-    return (not set(configured) & set(MLP_OPTIONS)
-            and MID_DIMENSIONAL <= dim < HIGH_DIMENSIONAL
+    leaving a warm start's candidates unused: from ``MID_DIMENSIONAL`` inputs on and up
+    to ``lengthscales.EXACT_FIT_ROWS`` rows."""
+    return (not set(configured) & set(MLP_OPTIONS) and dim >= MID_DIMENSIONAL
             and n <= lengthscales.EXACT_FIT_ROWS)
 
 

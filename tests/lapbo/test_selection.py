@@ -361,9 +361,9 @@ def test_the_family_does_not_repeat_the_parents_data_warnings() -> None:
     assert not [w for w in fitted if w.category is InputDataWarning]
 
 
-def test_from_mid_dimensional_inputs_every_round_refits_from_the_initial_values() -> None:
-    """From ``MID_DIMENSIONAL`` to ``HIGH_DIMENSIONAL − 1`` inputs and up to
-    ``EXACT_FIT_ROWS`` observations, the default family ignores a warm start's candidates:
+def test_from_mid_dimensional_inputs_on_every_round_refits_from_the_initial_values() -> None:
+    """From ``MID_DIMENSIONAL`` inputs on and up to ``EXACT_FIT_ROWS`` observations, the
+    default family ignores a warm start's candidates:
     the warm-started fit equals a fit from scratch (the fit is a function of the data, as
     BoTorch's GP refit), and differs from one that starts at the last round's values. Below
     ``MID_DIMENSIONAL`` inputs, and with candidates the user gives, the warm start is used."""
@@ -371,6 +371,7 @@ def test_from_mid_dimensional_inputs_every_round_refits_from_the_initial_values(
     from lapbo.selection import HIGH_DIMENSIONAL_CANDIDATES, MID_DIMENSIONAL, refits_cold
 
     assert refits_cold([], MID_DIMENSIONAL, lengthscales.EXACT_FIT_ROWS)
+    assert refits_cold([], 20, 30)
     assert not refits_cold([], MID_DIMENSIONAL - 1, 20)
     assert not refits_cold([], MID_DIMENSIONAL, lengthscales.EXACT_FIT_ROWS + 1)
     assert not refits_cold(["width"], MID_DIMENSIONAL, 20)  # the MLP family
