@@ -2,9 +2,10 @@
 
 Each candidate is a ``LaplaceBNN`` with the parent's options updated by one dict of
 keyword options. Every round each candidate is trained on the round's data (warm-started
-from its own model of the previous round; above ``lengthscales.EXACT_FIT_ROWS``
-observations only the incumbent, until the data has grown by a fifth: ``fit_by_evidence``),
-its prior precision and noise are refit, and
+from its own model of the previous round, except where the default family of four or more
+inputs is refit from its initial values: ``refits_cold``; above
+``lengthscales.EXACT_FIT_ROWS`` observations only the incumbent, until the data has grown
+by a fifth: ``fit_by_evidence``), its prior precision and noise are refit, and
 its Laplace log marginal likelihood ``log p(y | δ̂, σ̂, candidate)`` is computed over the
 same weights that its prior regularises. The parent then *becomes* the candidate with the
 highest evidence (its network, prior and hyperparameters): selection, not averaging,
