@@ -62,3 +62,19 @@ def test_observations_share_their_noise_across_methods() -> None:
     lo, hi = clean.bounds.to(torch.float64)
     Yc, Fc = observe(clean, lo + (hi - lo) * torch.rand(50, 2, dtype=torch.float64), 3, 7)
     assert torch.equal(Yc, Fc)
+
+
+def test_a_second_gp_differs_from_the_gp_only_in_its_acquisition_draws() -> None:
+    """``benchmarks.bo.run_bo``: a variant ``{"model": "gp", "acquisition_seed": 1}`` is a
+    ``SingleTaskGP`` run on the same initial design whose acquisition draws other random
+    starts (the null comparison of the BO protocol); ``acquisition_seed`` 0 is the GP."""
+    from benchmarks.bo import run_bo
+
+    gp = run_bo("branin", "gp", {}, seed=0, iterations=3)
+    same = run_bo("branin", "gp_copy", {"model": "gp"}, seed=0, iterations=3)
+    other = run_bo("branin", "gp2", {"model": "gp", "acquisition_seed": 1}, seed=0,
+                   iterations=3)
+    assert gp["log10_regret"][0] == other["log10_regret"][0]  # the same initial design
+    assert same["log10_regret"] == gp["log10_regret"]
+    assert other["log10_regret"][1:] != gp["log10_regret"][1:]
+    assert "final_sigma_noise" not in other  # not a LaplaceBNN
