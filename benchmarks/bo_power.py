@@ -50,8 +50,14 @@ def count_distribution(chances: list[float]) -> list[float]:
 def analyse(runs: list[dict[str, Any]], method: str, target: int, resamples: int,
             seed: int) -> dict[str, Any]:
     """Per-problem chances and the count's distribution for ``method`` against ``gp``."""
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"resamples must be a positive integer, not {resamples!r}.")
+    if isinstance(target, bool) or not isinstance(target, int) or target < 0:
+        raise ValueError(f"target must be a non-negative integer, not {target!r}.")
     final = {(r["problem"], r["method"], r["seed"]): r["final_log10_regret"] for r in runs}
     problems = list(dict.fromkeys(r["problem"] for r in runs if r["method"] == method))
+    if not problems:
+        raise ValueError(f"no runs of method {method!r}")
     rng = random.Random(seed)
     chances = {}
     for problem in problems:

@@ -45,3 +45,16 @@ def test_analyse_pairs_the_runs_by_seed() -> None:
     assert res["p_at_least_2"] == 1.0 and res["null_p_at_least_2"] == 0.25
     with pytest.raises(ValueError, match="no paired GP runs for 'laplace'"):
         analyse([r for r in runs if r["method"] != "gp"], "laplace", 2, 10, 0)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"resamples": 0}, "resamples must be a positive integer"),
+    ({"target": -1}, "target must be a non-negative integer"),
+    ({"method": "cold"}, "no runs of method 'cold'"),
+])
+def test_analyse_names_bad_arguments(kwargs: dict, match: str) -> None:
+    runs = [{"problem": "a", "method": m, "seed": 0, "final_log10_regret": 0.0}
+            for m in ("gp", "laplace")]
+    args = {"method": "laplace", "target": 1, "resamples": 10, "seed": 0, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        analyse(runs, args["method"], args["target"], args["resamples"], args["seed"])
