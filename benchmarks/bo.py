@@ -154,8 +154,25 @@ def fit_model(method: str, options: dict[str, Any], X: Tensor, Y: Tensor, proble
     return model.fit()
 
 
+def check_variant_options(options: dict[str, Any]) -> None:
+    """Reject the benchmark's own variant keys when they are malformed: ``"model"`` may only
+    be ``"gp"`` (a ``SingleTaskGP`` takes no other option but ``"acquisition_seed"``), and
+    ``"acquisition_seed"`` is a non-negative integer."""
+    if "model" in options and options["model"] != "gp":
+        raise ValueError(f"variant option 'model' must be 'gp', not {options['model']!r}.")
+    if options.get("model") == "gp":
+        extra = sorted(set(options) - {"model", "acquisition_seed"})
+        if extra:
+            raise ValueError(f"a SingleTaskGP variant takes no LaplaceBNN options: {extra}.")
+    seed = options.get("acquisition_seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"variant option 'acquisition_seed' must be a non-negative integer, "
+                         f"not {seed!r}.")
+
+
 def run_bo(problem_name: str, method: str, options: dict[str, Any], seed: int,
            iterations: int) -> dict[str, Any]:
+    check_variant_options(options)
     problem = PROBLEMS[problem_name]()
     d = problem.dim
     n_init = 2 * d + 2

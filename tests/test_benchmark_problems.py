@@ -78,3 +78,16 @@ def test_a_second_gp_differs_from_the_gp_only_in_its_acquisition_draws() -> None
     assert same["log10_regret"] == gp["log10_regret"]
     assert other["log10_regret"][1:] != gp["log10_regret"][1:]
     assert "final_sigma_noise" not in other  # not a LaplaceBNN
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"model": "svgp"}, "'model' must be 'gp', not 'svgp'"),
+    ({"model": "gp", "warm": False}, r"takes no LaplaceBNN options: \['warm'\]"),
+    ({"acquisition_seed": -1}, "'acquisition_seed' must be a non-negative integer"),
+    ({"model": "gp", "acquisition_seed": 1.5}, "'acquisition_seed' must be a non-negative"),
+])
+def test_malformed_variant_options_are_named(options: dict, match: str) -> None:
+    from benchmarks.bo import run_bo
+
+    with pytest.raises(ValueError, match=match):
+        run_bo("branin", "v", options, seed=0, iterations=1)
