@@ -21,6 +21,11 @@ loop, and equals it to rounding (``tests/lapbo/test_feature_evidence.py``).
 ``lengthscales.fit_random_feature_network`` uses it whenever the sample-space form
 applies: no more rows than weights, one noise variance per row, a prior mean whose
 feature weights are zero.
+
+``limit_feature_evidence`` is the same evidence with ``Ψ Ψᵀ`` replaced by its limit as the
+features grow, the kernel ``k((x − x')/ℓ)`` that they approximate: ``O(n³)`` per
+evaluation whatever the feature count, the objective of the length scales between
+``lengthscales.EXACT_FIT_ROWS`` and ``lengthscales.FULL_FEATURE_ROWS`` rows.
 """
 
 from __future__ import annotations
@@ -48,6 +53,41 @@ def random_feature_evidence(X: Tensor, omega: Tensor, trend: Tensor | None, Y: T
     gram = _FeatureGram.apply(log_lengthscale, X, omega)
     return gram_evidence(_grams(gram, trend, prior_precision.numel()), Y, prior_precision,
                          noise_var)
+
+
+def limit_feature_evidence(X: Tensor, kernel: str, trend: Tensor | None, Y: Tensor,
+                           log_lengthscale: Tensor, prior_precision: Tensor,
+                           noise_var: Tensor) -> Tensor:
+    """``random_feature_evidence`` of infinitely many features: ``Ψ Ψᵀ`` replaced by the
+    kernel matrix ``feature_kernel(X, X)`` (0-d, differentiable by autograd).
+
+    Args:
+        kernel: the features' kernel (``networks.RANDOM_FEATURE_KERNELS``); the other
+            arguments as ``random_feature_evidence`` (no ``Ω``).
+    """
+    gram = feature_kernel(X, X, log_lengthscale.exp(), kernel)
+    return gram_evidence(_grams(gram, trend, prior_precision.numel()), Y, prior_precision,
+                         noise_var)
+
+
+def feature_kernel(X1: Tensor, X2: Tensor, lengthscale: Tensor, kernel: str) -> Tensor:
+    """``k((x₁ − x₂)/ℓ)`` ``(n₁, n₂)``: the limit of ``ψ(x₁)ᵀψ(x₂)`` of
+    ``networks.ScaledRandomFeatures`` as its frequencies grow in number —
+    ``exp(−r²/2)`` (``"rbf"``) or GPyTorch's Matérn kernel of smoothness ``ν``
+    (``"matern12"``, ``"matern32"``, ``"matern52"``), ``r = ‖(x₁ − x₂)/ℓ‖``."""
+    from lapbo.networks import MATERN_NU  # networks imports this module's users
+
+    A, B = X1 / lengthscale, X2 / lengthscale
+    sq = (A.square().sum(-1, keepdim=True) - 2 * A @ B.mT
+          + B.square().sum(-1).unsqueeze(-2)).clamp_min(0.0)
+    if kernel == "rbf":
+        return (-0.5 * sq).exp()
+    nu = MATERN_NU.get(kernel)
+    if nu is None:
+        raise ValueError(f"Unknown random-feature kernel {kernel!r}.")
+    s = (2 * nu * sq).clamp_min(1e-30).sqrt() * (sq > 0)  # √(2ν) r, zero gradient at r = 0
+    polynomial = {0.5: 1.0, 1.5: 1 + s, 2.5: 1 + s + s.square() / 3}[nu]
+    return polynomial * (-s).exp()
 
 
 def random_feature_evidence_gradients(

@@ -25,7 +25,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lapbo.feature_evidence import random_feature_evidence, random_feature_evidence_gradients
+from lapbo.feature_evidence import (
+    limit_feature_evidence,
+    random_feature_evidence,
+    random_feature_evidence_gradients,
+)
 from lapbo.networks import lengthscale_hyperprior, random_feature_layer
 from lapbo.training import TrainingOptions, hyperpriors
 from laplace import (
@@ -63,8 +67,9 @@ RECHECK_GROWTH = 1.2
 MODE_TOLERANCE = 0.1
 #: Rows up to which the objective is the exact evidence of all ``N`` features, whose
 #: sample-space form costs ``O(n² N)`` per evaluation (about a quarter of a second at
-#: ``n = 512``, ``N = 4,096`` on one core, four times that at ``n = 1,024``). Above it,
-#: the length scales, ``δ`` and ``σ`` are those of the evidence of the first
+#: ``n = 512``, ``N = 4,096`` on one core, four times that at ``n = 1,024``). Above it
+#: (above ``FULL_FEATURE_ROWS`` with ``LIMIT_KERNEL_FIT``, which fits the kernel between
+#: the two), the length scales, ``δ`` and ``σ`` are those of the evidence of the first
 #: ``FIT_FEATURES`` features (``ScaledRandomFeatures.features``) on all rows, in its
 #: weight-space form: ``O(n · FIT_FEATURES²)`` per evaluation, linear in ``n``; a
 #: ``LaplaceBNN(net="random_features")`` then keeps only those features (``LaplaceBNN``).
@@ -80,11 +85,40 @@ EXACT_FIT_ROWS = 512
 FIT_FEATURES = 512
 #: Rows up to which a model keeps all its features (``LaplaceBNN`` truncates a
 #: ``net="random_features"`` network to ``FIT_FEATURES`` above it). Between
-#: ``EXACT_FIT_ROWS`` and this, the length scales are those of the reduced objective and
-#: ``δ`` and ``σ`` are then refit by the exact evidence of all features at those length
-#: scales (``group_grams`` once, ``O(n² N)``, then ``O(n³)`` per evaluation): the reduced
+#: ``EXACT_FIT_ROWS`` and this, the length scales are those of the limit kernel
+#: (``LIMIT_KERNEL_FIT``; of the reduced objective without it) and ``δ`` and ``σ`` are
+#: then refit by the exact evidence of all features at those length scales
+#: (``group_grams`` once, ``O(n² N)``, then ``O(n³)`` per evaluation): the reduced
 #: model's ``σ`` also absorbs what its 512 features cannot fit.
 FULL_FEATURE_ROWS = 1024
+#: Whether, between ``EXACT_FIT_ROWS`` and ``FULL_FEATURE_ROWS`` rows, the length scales
+#: (with ``δ`` and ``σ``) maximise the evidence of the kernel that the features approximate
+#: (``feature_evidence.limit_feature_evidence``, ``O(n³)`` per evaluation, the GP's cost)
+#: instead of that of ``FIT_FEATURES`` features; ``δ`` and ``σ`` are then refit by the
+#: exact evidence of all the network's features at those length scales as before.
+LIMIT_KERNEL_FIT = True
+#: Features of a ``LaplaceBNN(net="random_features")`` fitted where ``limit_kernel_fit``
+#: holds (``networks.extend_random_features``; the Sobol sequence of its first features
+#: continued): at the limit kernel's length scales, 4,096 features leave a misfit that
+#: ``σ`` absorbs at ``n ≈ 1,000`` on a smooth function (Hartmann-6: ``σ`` 0.12 against the
+#: GP's 0.03, docs/lapbo_defaults.md session 26), while the ``N × N`` route costs
+#: ``O(n² · features)`` once per fit.
+LIMIT_FEATURES = 16384
+
+
+#: Inputs from which the limit kernel fits the length scales (``limit_kernel_fit``). At
+#: d ≤ 3 the default family's test NLL at ``n = 1,000`` is about 2 nats below the GP's
+#: already, and the limit fit lost 0.14–0.25 nats of it on Hartmann-3 (calibration
+#: development seeds 0–1, docs/lapbo_defaults.md session 27).
+LIMIT_KERNEL_DIM = 4
+
+
+def limit_kernel_fit(n: int, d: int, exact_rows: int | None = None) -> bool:
+    """Whether a fit on ``n`` rows of ``d`` inputs takes its length scales from the limit
+    kernel (``LIMIT_KERNEL_FIT``, ``d ≥ LIMIT_KERNEL_DIM``, ``exact_rows < n ≤
+    FULL_FEATURE_ROWS``; ``exact_rows`` defaults to ``EXACT_FIT_ROWS``)."""
+    low = EXACT_FIT_ROWS if exact_rows is None else exact_rows
+    return LIMIT_KERNEL_FIT and d >= LIMIT_KERNEL_DIM and low < n <= FULL_FEATURE_ROWS
 
 
 class RandomFeatureFit(NamedTuple):
@@ -164,9 +198,22 @@ def fit_random_feature_network(
     reduced = exact_rows is not None and len(X) > exact_rows
     n_fit = min(FIT_FEATURES, layer.omega.shape[-1] * 2) if reduced else None
 
-    fused = _closed_form_inputs(layer, X, Y, Yvar, theta0, prior_mean is not None, n_fit)
+    limit = exact_rows is not None and limit_kernel_fit(len(X), X.shape[-1], exact_rows)
+    fused = None if limit else _closed_form_inputs(layer, X, Y, Yvar, theta0,
+                                                   prior_mean is not None, n_fit)
+    trend = layer.trend_features(X) if layer.has_trend else None
+
+    # y − Φθ₀ does not depend on ℓ when θ₀'s feature weights are zero (as they start)
+    fixed_residual = Y - theta0[1] if not bool(theta0[0].any()) else None
 
     def evidence(log_ls: Tensor, log_prior: Tensor, log_sigma: Tensor) -> Tensor:
+        if limit:  # the features' limit: their kernel
+            r = fixed_residual if fixed_residual is not None \
+                else residual(design(log_ls.exp()))
+            v = noise(log_sigma)
+            return sum(limit_feature_evidence(X, layer.kernel, trend, r_k, log_ls,
+                                              log_prior.exp(), v_k)
+                       for r_k, v_k in _per_output_noise(r, v))
         if fused is not None:  # the same value, its gradient without autograd's graph
             return random_feature_evidence(X, fused[0], fused[1], fused[2], log_ls,
                                            log_prior.exp(), noise(log_sigma))
@@ -224,7 +271,7 @@ def fit_random_feature_network(
     fits = [_minimize(objective, u0, bounds, max_iter, gradient) for u0 in starts]
     u = min(fits, key=lambda fit: fit[1])[0]
     two_optima = None if len(fits) == 1 else _distinct(fits[0], fits[1], bounds)
-    if reduced and n_fit < layer.omega.shape[-1] * 2 and len(X) <= FULL_FEATURE_ROWS:
+    if limit or (reduced and n_fit < layer.omega.shape[-1] * 2 and len(X) <= FULL_FEATURE_ROWS):
         u = _refit_scales(u, d, design, residual, noise, add_hyperpriors, bounds, max_iter)
     with torch.no_grad():
         v = torch.clamp(u, bounds[0], bounds[1])
@@ -252,6 +299,14 @@ def _closed_form_inputs(layer: nn.Module, X: Tensor, Y: Tensor, Yvar: Tensor | N
     if Yvar is not None or len(X) > columns or (has_prior_mean and bool(theta0[0].any())):
         return None
     return omega.to(X), trend, Y - theta0[1]
+
+
+def _per_output_noise(residual: Tensor, noise: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """``[(targets (n, C), noise variances (n,))]``: all outputs at once when they share the
+    noise ``(n,)``, else one pair per output of ``(n, K)`` known variances."""
+    if noise.ndim == 1:
+        return [(residual, noise)]
+    return [(residual[:, k:k + 1], noise[:, k]) for k in range(residual.shape[-1])]
 
 
 def _refit_scales(u: Tensor, d: int, design: Callable[[Tensor], Tensor],

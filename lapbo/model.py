@@ -72,6 +72,15 @@ def _truncated_head_vector(theta: Tensor, columns: Tensor, m: int) -> Tensor:
     return torch.cat([W[:, columns].reshape(-1), b])
 
 
+def _grown_head_vector(theta: Tensor, columns: Tensor, m: int, width: int) -> Tensor:
+    """``[vec W (m, P_old), b (m,)]`` placed at the head ``columns`` of
+    ``networks.extend_random_features`` in a head of ``width`` inputs, zero elsewhere."""
+    W, b = theta[:-m].reshape(m, -1), theta[-m:]
+    grown = W.new_zeros(m, width)
+    grown[:, columns] = W
+    return torch.cat([grown.reshape(-1), b])
+
+
 class LaplaceBNN(_LinearizedModel):
     r"""A neural network surrogate with a linearized Laplace posterior.
 
@@ -128,7 +137,11 @@ class LaplaceBNN(_LinearizedModel):
             ``random_features`` features: linear in its weights, its length scales,
             ``δ`` and ``σ`` are fitted by the exact evidence instead of MAP training
             (``lapbo.lengthscales``; the MLP and training options do not apply, and it
-            computes in float64 whatever ``compute_dtype``).
+            computes in float64 whatever ``compute_dtype``). Its feature count follows
+            the data: from 513 to 1,024 rows of four or more inputs the network grows to
+            at least 16,384 features (``lengthscales.LIMIT_FEATURES``), whose length
+            scales are those of the kernel they approximate; above 1,024 rows it keeps
+            its first 512.
         likelihood: only ``"regression"``.
         subset_of_weights: ``"all"`` (default: the Gaussian over every weight) or
             ``"last_layer"`` (the output layer only, i.e. Bayesian linear regression on the
@@ -404,10 +417,13 @@ class LaplaceBNN(_LinearizedModel):
         self.net = self._make_net(net, warm_start, X_tf.shape[-1], m, net_options,
                                   compute_dtype, device, seed)
         validation.check_network_outputs(self.net, X_tf, m)
-        kept = None
+        kept = grown = None
         if isinstance(net, str) and len(train_X) > lengthscales.FULL_FEATURE_ROWS:
             kept = networks.truncate_random_features(
                 self.net, min(random_features, lengthscales.FIT_FEATURES))
+        elif isinstance(net, str) and lengthscales.limit_kernel_fit(*train_X.shape[-2:]):
+            grown = networks.extend_random_features(
+                self.net, max(random_features, lengthscales.LIMIT_FEATURES))
         self._net_options = net_options if net is None or isinstance(net, str) else None
         self._param_names = training.posterior_parameter_names(self.net, subset_of_weights)
         dtype = self._compute_dtype
@@ -443,6 +459,8 @@ class LaplaceBNN(_LinearizedModel):
                 theta0 = warm_start.prior_mean.detach().clone().to(dtype=dtype, device=device)
                 if kept is not None:  # the same entries of the truncated head
                     theta0 = _truncated_head_vector(theta0, kept, m)
+                if grown is not None:  # the same entries of the grown head, zero elsewhere
+                    theta0 = _grown_head_vector(theta0, grown, m, self.net[1].in_features)
             else:
                 theta0 = torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
             self.register_buffer("prior_mean", theta0)

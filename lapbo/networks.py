@@ -168,8 +168,13 @@ class ScaledRandomFeatures(nn.Module):
             raise ValueError(f"Unknown random-feature kernel {kernel!r}; choose from "
                              f"{list(RANDOM_FEATURE_KERNELS)}.")
         self.kernel = kernel
-        self.register_buffer("omega", spectral_frequencies(d, n_features // 2, kernel)
-                             .to(torch.get_default_dtype()))
+        #: the Sobol seed of ``Ω`` (not state: a loaded ``Ω`` may come from another),
+        #: from which ``extend_random_features`` draws more frequencies after these
+        self.sobol_seed = int(torch.randint(2**31 - 1, ()))
+        self.omega_dtype = torch.get_default_dtype()  # the rounding of Ω's draw
+        self.register_buffer("omega", spectral_frequencies(d, n_features // 2, kernel,
+                                                           self.sobol_seed)
+                             .to(self.omega_dtype))
         self.register_buffer("lengthscale", torch.full((d,), float(lengthscale)))
         if trend:  # the trend's presence is part of the state dict
             self.register_buffer("trend_scale", torch.tensor(1.0 / math.sqrt(d)))
@@ -207,11 +212,14 @@ class ScaledRandomFeatures(nn.Module):
         return f"kernel={self.kernel!r}, trend={self.has_trend}"
 
 
-def spectral_frequencies(d: int, count: int, kernel: str = "rbf") -> Tensor:
+def spectral_frequencies(d: int, count: int, kernel: str = "rbf", seed: int | None = None
+                         ) -> Tensor:
     """``Ω`` ``(d, count)``: quasi-random frequencies of the unit-length-scale ``kernel``
-    (see ``ScaledRandomFeatures``), float64, from a scrambled Sobol sequence seeded by
-    the global torch generator."""
-    seed = int(torch.randint(2**31 - 1, ()))
+    (see ``ScaledRandomFeatures``), float64, from a scrambled Sobol sequence of the given
+    ``seed`` (default: drawn from the global torch generator). The frequencies of a
+    larger ``count`` from the same seed begin with these."""
+    if seed is None:
+        seed = int(torch.randint(2**31 - 1, ()))
     nu = MATERN_NU.get(kernel)
     sobol = torch.quasirandom.SobolEngine(d + (nu is not None), scramble=True, seed=seed)
     u = sobol.draw(count, dtype=torch.float64).clamp(1e-10, 1 - 1e-10)
@@ -265,6 +273,47 @@ def random_feature_layer(net: nn.Module) -> ScaledRandomFeatures | None:
             and isinstance(net[0], ScaledRandomFeatures) and isinstance(net[1], nn.Linear)):
         return net[0]
     return None
+
+
+def extend_random_features(net: nn.Sequential, n_features: int) -> Tensor | None:
+    """Grow a ``random_feature_network`` to ``n_features`` features (in place): ``Ω``
+    becomes the first ``n_features / 2`` frequencies of its own Sobol sequence
+    (``ScaledRandomFeatures.sobol_seed``), which begin with the current ones, and the
+    head gets zero weights on the new cosines and sines and keeps its weights on the old
+    ones and the trend (the inverse of ``truncate_random_features``; the function changes
+    with the features' normalization ``1/√M``: a fit of the weights follows).
+
+    Returns:
+        The head columns ``(P_old,)`` of the new head that hold the old ones (to place a
+        vector over the old head), or ``None`` when nothing changed: the network has as
+        many features already, or its ``Ω`` is not a prefix of its seed's sequence (a
+        state loaded from another network).
+    """
+    layer = random_feature_layer(net)
+    if layer is None:
+        raise ValueError("extend_random_features needs a random_feature_network.")
+    if n_features <= 0 or n_features % 2:
+        raise ValueError(f"n_features must be even and positive, not {n_features}.")
+    half, grown = layer.omega.shape[-1], n_features // 2
+    if grown <= half:
+        return None
+    omega = spectral_frequencies(layer.omega.shape[0], grown, layer.kernel,
+                                 layer.sobol_seed).to(layer.omega_dtype).to(layer.omega)
+    if not torch.equal(omega[:, :half], layer.omega):
+        return None
+    head = net[1]
+    idx = torch.arange(half, device=head.weight.device)
+    trend = torch.arange(2 * half, head.in_features, device=head.weight.device)
+    columns = torch.cat([idx, grown + idx, trend + 2 * (grown - half)])
+    layer.omega = omega.contiguous()
+    new = nn.Linear(head.in_features + 2 * (grown - half), head.out_features,
+                    dtype=head.weight.dtype, device=head.weight.device)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, columns] = head.weight
+        new.bias.copy_(head.bias)
+    net[1] = new
+    return columns
 
 
 def truncate_random_features(net: nn.Sequential, n_features: int) -> Tensor | None:

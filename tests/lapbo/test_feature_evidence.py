@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lapbo import lengthscales, networks
-from lapbo.feature_evidence import random_feature_evidence
+from lapbo.feature_evidence import feature_kernel, limit_feature_evidence, random_feature_evidence
 from lapbo.training import TrainingOptions
 from laplace import linear_gaussian_evidence
 
@@ -148,3 +148,52 @@ def test_the_closed_form_objective_equals_autograd_at_every_point(monkeypatch, t
         (expected_grad,) = torch.autograd.grad(expected, x)
         assert value == pytest.approx(float(expected.detach()), rel=1e-11, abs=1e-9)
         assert torch.allclose(grad, expected_grad, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize(("kernel", "nu"), [("rbf", None), ("matern12", 0.5),
+                                            ("matern32", 1.5), ("matern52", 2.5)])
+def test_the_limit_kernel_is_gpytorchs_and_the_features_approximate_it(kernel, nu):
+    import gpytorch
+
+    g = torch.Generator().manual_seed(6)
+    X1, X2 = torch.rand(9, 3, generator=g, dtype=DT), torch.rand(7, 3, generator=g, dtype=DT)
+    ls = torch.tensor([0.3, 0.5, 0.9], dtype=DT)
+    reference = (gpytorch.kernels.RBFKernel(ard_num_dims=3) if nu is None else
+                 gpytorch.kernels.MaternKernel(nu=nu, ard_num_dims=3)).to(DT)
+    reference.lengthscale = ls
+    exact = feature_kernel(X1, X2, ls, kernel)
+    assert exact.shape == (9, 7)
+    assert torch.allclose(exact, reference(X1, X2).to_dense(), atol=1e-7)
+    torch.manual_seed(0)
+    layer = networks.ScaledRandomFeatures(3, 2**15, kernel=kernel).to(DT)
+    gram = layer.features(X1, ls) @ layer.features(X2, ls).mT
+    assert float((gram - exact).abs().max()) < (1e-3 if nu is None else 1e-2)
+    with pytest.raises(ValueError, match="kernel 'cosine'"):
+        feature_kernel(X1, X2, ls, "cosine")
+
+
+@pytest.mark.parametrize(("trend", "n_prior"), [(False, 1), (True, 2)])
+def test_the_limit_evidence_is_a_gaussian_log_density_with_its_gradient(trend, n_prior):
+    layer, X, Y = problem(n=12, d=3, C=2, trend=trend, kernel="matern52")
+    T = layer.trend_features(X) if trend else None
+    prior = torch.tensor([0.7, 0.05][:n_prior], dtype=DT)
+    noise = torch.linspace(0.01, 0.05, 12, dtype=DT)
+    log_ls = torch.tensor([-0.3, 0.2, -1.0], dtype=DT)
+    value = limit_feature_evidence(X, "matern52", T, Y, log_ls, prior, noise)
+    K = feature_kernel(X, X, log_ls.exp(), "matern52") + (0 if T is None else T @ T.mT)
+    cov = (K + 1) / prior[0] if n_prior == 1 else K / prior[0] + 1 / prior[1]
+    normal = torch.distributions.MultivariateNormal(torch.zeros(12, dtype=DT),
+                                                    cov + torch.diag(noise))
+    assert float(value) == pytest.approx(float(normal.log_prob(Y.mT).sum()), rel=1e-12)
+    # against the features' own evidence, which converges to it
+    torch.manual_seed(1)
+    many = networks.ScaledRandomFeatures(3, 2**15, kernel="matern52").to(DT)
+    finite = random_feature_evidence(X, many.omega, T, Y, log_ls, prior, noise)
+    assert float(finite) == pytest.approx(float(value), abs=0.05)
+
+    def f(x):
+        return limit_feature_evidence(X, "matern52", T, Y, x[:3], x[3:3 + n_prior].exp(),
+                                      (2 * x[-1]).exp().expand(12))
+
+    x0 = torch.tensor([-0.3, 0.2, -1.0, -0.4, 1.0][:3 + n_prior] + [-1.5], dtype=DT)
+    assert torch.autograd.gradcheck(f, (x0.requires_grad_(True),), eps=1e-6, atol=1e-6)

@@ -262,13 +262,15 @@ def test_above_exact_rows_the_hyperparameters_are_those_of_the_first_features_an
 def test_between_exact_and_full_feature_rows_delta_and_sigma_are_refit_on_all_features(
     known_noise: bool, monkeypatch,
 ) -> None:
-    """``EXACT_FIT_ROWS < n ≤ FULL_FEATURE_ROWS``: the length scales are the reduced
-    objective's, then ``(δ, σ)`` maximize the exact evidence of all features (plus the
-    hyperpriors) at those length scales; the weights are that posterior's mean."""
+    """``EXACT_FIT_ROWS < n ≤ FULL_FEATURE_ROWS`` without the limit kernel: the length
+    scales are the reduced objective's, then ``(δ, σ)`` maximize the exact evidence of all
+    features (plus the hyperpriors) at those length scales; the weights are that
+    posterior's mean."""
     from lapbo import lengthscales
     from lapbo.lengthscales import fit_random_feature_network
 
     monkeypatch.setattr(lengthscales, "FIT_FEATURES", 24)
+    monkeypatch.setattr(lengthscales, "LIMIT_KERNEL_FIT", False)
     X, Y = data(n=60)
     Y = Y + 0.05 * torch.randn(60, 1, generator=torch.Generator().manual_seed(3),
                                dtype=torch.float64)
@@ -310,6 +312,59 @@ def test_between_exact_and_full_feature_rows_delta_and_sigma_are_refit_on_all_fe
     noise = sigma**2 if Yvar is None else Yvar[:, 0]
     mean = linear_gaussian_posterior_mean(phi, Ys, prior, noise)
     assert torch.allclose(refit.net[1].weight.detach().reshape(-1), mean[:-1, 0], atol=1e-9)
+
+
+@pytest.mark.parametrize("trend", [None, "quadratic"])
+def test_between_exact_and_full_feature_rows_the_length_scales_are_the_limit_kernels(
+    trend: str | None, monkeypatch,
+) -> None:
+    """``EXACT_FIT_ROWS < n ≤ FULL_FEATURE_ROWS``: ``(ℓ, δ, σ)`` maximize the evidence of
+    the kernel the features approximate plus the hyperpriors (a stationary point of it),
+    then ``(δ, σ)`` are refit by all the features' evidence at those length scales."""
+    from lapbo import lengthscales
+    from lapbo.feature_evidence import limit_feature_evidence
+    from lapbo.lengthscales import fit_random_feature_network
+
+    monkeypatch.setattr(lengthscales, "LIMIT_KERNEL_FIT", True)
+    X, Y = data(n=60, d=4)  # from LIMIT_KERNEL_DIM inputs on
+    Y = Y + 0.05 * torch.randn(60, 1, generator=torch.Generator().manual_seed(3),
+                               dtype=torch.float64)
+    fits = {}
+    refit = lengthscales._refit_scales
+    for refits in (False, True):
+        monkeypatch.setattr(lengthscales, "_refit_scales",
+                            refit if refits else lambda u, *args: u)
+        model = LaplaceBNN(X, Y, **{**RF, "trend": trend})
+        Xs, Ys, _ = model._training_data()
+        fits[refits] = model, fit_random_feature_network(
+            model.net, Xs, Ys, None, model.sigma_noise, model.prior_precision,
+            model.options, exact_rows=40)
+    (limit, (sigma, prior, _)), (full, (sigma_full, _, _)) = fits[False], fits[True]
+    layer = random_feature_layer(limit.net)
+    assert torch.allclose(layer.lengthscale, random_feature_layer(full.net).lengthscale)
+    assert float(sigma_full) != pytest.approx(float(sigma), rel=1e-3)  # refit on features
+    assert lengthscales.limit_kernel_fit(60, 4, 40) and not lengthscales.limit_kernel_fit(
+        60, 3, 40)  # below LIMIT_KERNEL_DIM inputs: the reduced objective, as before
+    options, d = limit.options, X.shape[-1]
+    trend_features = layer.trend_features(Xs) if layer.has_trend else None
+
+    def objective(u: Tensor) -> Tensor:
+        value = limit_feature_evidence(Xs, "rbf", trend_features, Ys, u[:d],
+                                           u[d:d + 1].exp(), (2 * u[-1]).exp().expand(60))
+        value = value + log_normal_density(u[:d].exp(), *lengthscale_hyperprior(d))
+        value = value + log_normal_density(u[d].exp(), math.log(REFERENCE_PRECISION),
+                                           options.prior_precision_prior)
+        return value + log_normal_density((2 * u[-1]).exp(), *options.noise_prior)
+
+    u = torch.cat([layer.lengthscale.log(), prior.log().reshape(1), sigma.log().reshape(1)])
+    u.requires_grad_(True)
+    best = objective(u)
+    (grad,) = torch.autograd.grad(best, u)
+    assert float(grad.abs().max()) < 1e-2  # L-BFGS's tolerance: 1e-5 relative
+    with torch.no_grad():
+        for i in range(d + 2):
+            for h in (-0.05, 0.05):
+                assert float(objective(u + h * torch.eye(d + 2, dtype=u.dtype)[i])) < float(best)
 
 
 def test_the_first_features_approximate_the_kernel_of_all() -> None:
@@ -409,6 +464,57 @@ def test_above_exact_rows_a_random_feature_model_keeps_its_first_features(monkey
     p0, p1 = big.posterior(Xt), fresh.posterior(Xt)
     assert torch.allclose(p0.mean, p1.mean, atol=1e-10)
     assert torch.allclose(p0.variance, p1.variance, atol=1e-10)
+
+
+@pytest.mark.parametrize("trend", [None, "quadratic"])
+def test_between_exact_and_full_feature_rows_a_random_feature_model_grows(trend,
+                                                                         monkeypatch) -> None:
+    """``EXACT_FIT_ROWS < n ≤ FULL_FEATURE_ROWS``: the network grows to ``LIMIT_FEATURES``
+    features whose first ones are a warm start's (its Sobol sequence continued), with the
+    warm start's prior-mean entries in place; its evidence is the laplace object's; below
+    and above that range the model is as before, and its state loads into a fresh model."""
+    from lapbo import lengthscales
+
+    monkeypatch.setattr(lengthscales, "EXACT_FIT_ROWS", 40)
+    monkeypatch.setattr(lengthscales, "FULL_FEATURE_ROWS", 50)
+    monkeypatch.setattr(lengthscales, "FIT_FEATURES", 32)
+    monkeypatch.setattr(lengthscales, "LIMIT_FEATURES", 512)
+    monkeypatch.setattr(lengthscales, "LIMIT_KERNEL_FIT", True)
+    X, Y = data(n=60, d=4)
+    options = {**RF, "trend": trend, "candidates": None}
+    small = LaplaceBNN(X[:30], Y[:30], **options).fit()
+    first = random_feature_layer(small.net).omega.clone()
+    assert first.shape[-1] == 128  # 30 rows: as before
+    theta = torch.randn(small.prior_mean.shape, generator=torch.Generator().manual_seed(4),
+                        dtype=torch.float64)
+    small.prior_mean.copy_(theta)  # entries a warm start must carry to their columns
+    grown = LaplaceBNN(X[:45], Y[:45], **options, warm_start=small)
+    layer, t = random_feature_layer(grown.net), 8 if trend else 0
+    assert layer.omega.shape[-1] == 256 and grown.net[1].weight.shape == (1, 512 + t)
+    assert torch.equal(layer.omega[:, :128], first)
+    fresh = random_feature_layer(LaplaceBNN(X[:30], Y[:30], **{**options,
+                                                                "random_features": 512}).net)
+    assert torch.equal(layer.omega, fresh.omega)  # the same sequence, continued
+    W = grown.prior_mean[:-1].reshape(1, -1)
+    assert torch.equal(W[:, :128], theta[:-1].reshape(1, -1)[:, :128])  # cosines
+    assert torch.equal(W[:, 256:384], theta[:-1].reshape(1, -1)[:, 128:256])  # sines
+    assert torch.equal(W[:, 512:], theta[:-1].reshape(1, -1)[:, 256:])  # trend
+    assert bool((W[:, 128:256] == 0).all()) and bool((W[:, 384:512] == 0).all())
+    assert float(grown.prior_mean[-1]) == float(theta[-1])
+    grown.fit()
+    lml = float(grown.log_marginal_likelihood())
+    assert lml == pytest.approx(float(grown.la.log_marginal_likelihood()), rel=1e-8)
+    # above FULL_FEATURE_ROWS: the first FIT_FEATURES of the grown network
+    big = LaplaceBNN(X, Y, **options, warm_start=grown).fit()
+    assert torch.equal(random_feature_layer(big.net).omega, first[:, :16])
+    loaded = LaplaceBNN(X[:30], Y[:30], **options)
+    loaded._train_X, loaded._train_Y = grown._train_X, grown._train_Y
+    loaded.load_state_dict(grown.state_dict())
+    Xt = torch.rand(5, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert torch.allclose(loaded.posterior(Xt).variance, grown.posterior(Xt).variance,
+                          atol=1e-10)
+    three = LaplaceBNN(X[:45, :3], Y[:45], **options)  # below LIMIT_KERNEL_DIM: no growth
+    assert random_feature_layer(three.net).omega.shape[-1] == 128
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])

@@ -210,3 +210,39 @@ def test_matern_frequencies_are_the_student_t_draws_of_scipy_stats(kernel) -> No
     radial = torch.from_numpy(chi2.ppf(u[:, d].numpy(), 2 * nu))
     expected = (normal * (2 * nu / radial).sqrt().unsqueeze(-1)).mT
     assert torch.equal(omega, expected)
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "matern52"])
+def test_extending_continues_the_sobol_sequence_and_truncating_undoes_it(kernel) -> None:
+    torch.manual_seed(3)
+    net = networks.random_feature_network(2, 2, 16, kernel=kernel, trend="quadratic")
+    with torch.no_grad():
+        net[1].weight.normal_()
+    before = [t.clone() for t in (net[0].omega, net[1].weight, net[1].bias)]
+    columns = networks.extend_random_features(net, 64)
+    assert net[0].omega.shape == (2, 32) and net[1].weight.shape == (2, 64 + 4)
+    assert torch.equal(net[0].omega[:, :8], before[0])
+    assert torch.equal(columns, torch.tensor([*range(8), *range(32, 40), *range(64, 68)]))
+    assert torch.equal(net[1].weight[:, columns], before[1])
+    assert float(net[1].weight.abs().sum()) == float(before[1].abs().sum())  # zeros elsewhere
+    torch.manual_seed(3)
+    direct = networks.random_feature_network(2, 2, 64, kernel=kernel, trend="quadratic")
+    assert torch.equal(net[0].omega, direct[0].omega)
+    assert networks.extend_random_features(net, 64) is None  # as many already
+    networks.truncate_random_features(net, 16)
+    for now, then in zip((net[0].omega, net[1].weight, net[1].bias), before):
+        assert torch.equal(now, then)
+
+
+def test_a_loaded_frequency_set_is_not_extended_and_bad_counts_are_named() -> None:
+    torch.manual_seed(0)
+    net = networks.random_feature_network(2, 1, 16)
+    other = networks.random_feature_network(2, 1, 16)  # another Sobol seed
+    net.load_state_dict(other.state_dict())
+    assert networks.extend_random_features(net, 64) is None
+    assert net[0].omega.shape == (2, 8)
+    for bad in (0, 7, -2):
+        with pytest.raises(ValueError, match=f"n_features must be even and positive, not {bad}"):
+            networks.extend_random_features(net, bad)
+    with pytest.raises(ValueError, match="needs a random_feature_network"):
+        networks.extend_random_features(torch.nn.Sequential(torch.nn.Linear(2, 1)), 64)
