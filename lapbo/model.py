@@ -618,7 +618,8 @@ class LaplaceBNN(_LinearizedModel):
         second = lengthscales.needs_second_start(self._mode_check, len(X))
         fit = lengthscales.fit_random_feature_network(
             self.net, X, Y, Yvar, self.sigma_noise, self.prior_precision, self.options,
-            prior_mean=self._prior_mean_list(), second_start=second)
+            prior_mean=self._prior_mean_list(), exact_rows=lengthscales.EXACT_FIT_ROWS,
+            second_start=second)
         if fit.two_optima is not None:
             self._mode_check = (len(X), fit.two_optima)
         self.sigma_noise.copy_(fit.sigma)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -167,7 +168,10 @@ class ScaledRandomFeatures(nn.Module):
         if kernel not in RANDOM_FEATURE_KERNELS:
             raise ValueError(f"Unknown random-feature kernel {kernel!r}; choose from "
                              f"{list(RANDOM_FEATURE_KERNELS)}.")
-        self.kernel = kernel
+        # the kernel is state (the limit kernel of ``lapbo.lengthscales`` must be the one
+        # that Ω samples); a state saved before it was loads with the constructor's
+        self.register_buffer("kernel_index",
+                             torch.tensor(RANDOM_FEATURE_KERNELS.index(kernel)))
         #: the Sobol seed of ``Ω`` (not state: a loaded ``Ω`` may come from another),
         #: from which ``extend_random_features`` draws more frequencies after these
         self.sobol_seed = int(torch.randint(2**31 - 1, ()))
@@ -182,6 +186,18 @@ class ScaledRandomFeatures(nn.Module):
     @property
     def has_trend(self) -> bool:
         return hasattr(self, "trend_scale")
+
+    @property
+    def kernel(self) -> str:
+        """The kernel whose spectral density ``Ω`` samples (``RANDOM_FEATURE_KERNELS``)."""
+        return RANDOM_FEATURE_KERNELS[int(self.kernel_index)]
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        key = prefix + "kernel_index"
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        missing = args[2]  # (local_metadata, strict, missing_keys, ...)
+        if key not in state_dict and key in missing:  # saved before the kernel was state
+            missing.remove(key)
 
     def features(self, x: Tensor, lengthscale: Tensor, n_features: int | None = None
                  ) -> Tensor:

@@ -64,7 +64,10 @@ def match_network(model: LaplaceBNN, state_dict: Mapping[str, Tensor]) -> None:
     like = model.sigma_noise
     if saved_rf:
         n_features = 2 * state_dict["net.0.omega"].shape[-1]
+        index = state_dict.get("net.0.kernel_index")  # absent from states saved before
+        kernel = "rbf" if index is None else networks.RANDOM_FEATURE_KERNELS[int(index)]
         net = networks.random_feature_network(d, m, n_features, dtype=torch.float64,
+                                              kernel=kernel,
                                               trend="quadratic" if saved[1] else None)
     else:
         net = networks.default_network(d, m, **mlp_options(model._net_options),

@@ -367,6 +367,37 @@ def test_between_exact_and_full_feature_rows_the_length_scales_are_the_limit_ker
                 assert float(objective(u + h * torch.eye(d + 2, dtype=u.dtype)[i])) < float(best)
 
 
+def test_the_limit_kernel_fit_with_known_noise_per_output(monkeypatch) -> None:
+    """Known noise variances per output: the limit objective is the sum of each output's
+    evidence under its own variances, and ``ℓ`` a stationary point of it (with the
+    hyperpriors); the model then predicts both outputs."""
+    from lapbo import lengthscales
+    from lapbo.feature_evidence import limit_feature_evidence
+
+    monkeypatch.setattr(lengthscales, "EXACT_FIT_ROWS", 40)
+    monkeypatch.setattr(lengthscales, "LIMIT_FEATURES", 512)
+    monkeypatch.setattr(lengthscales, "LIMIT_KERNEL_FIT", True)
+    monkeypatch.setattr(lengthscales, "_refit_scales", lambda u, *args: u)
+    X, _ = data(n=60, d=4)
+    Y = torch.cat([torch.sin(5 * X[:, :1]), torch.cos(3 * X[:, 1:2])], -1)
+    Yvar = torch.stack([torch.full((60,), 1e-3), torch.linspace(1e-3, 1e-2, 60)], -1).double()
+    model = LaplaceBNN(X, Y, train_Yvar=Yvar, **{**RF, "candidates": None, "trend": None}
+                       ).fit()
+    layer = random_feature_layer(model.net)
+    assert layer.omega.shape[-1] == 256
+    Xs, Ys, Yv = model._training_data()
+    u = torch.cat([layer.lengthscale.log(), model.prior_precision.log().reshape(1)])
+    u.requires_grad_(True)
+    value = sum(limit_feature_evidence(Xs, "rbf", None, Ys[:, k:k + 1], u[:4], u[4:].exp(),
+                                       Yv[:, k]) for k in range(2))
+    value = value + log_normal_density(u[:4].exp(), *lengthscale_hyperprior(4))
+    value = value + log_normal_density(u[4].exp(), math.log(REFERENCE_PRECISION),
+                                       model.options.prior_precision_prior)
+    (grad,) = torch.autograd.grad(value, u)
+    assert float(grad.abs().max()) < 1e-2
+    assert model.posterior(torch.rand(3, 4, dtype=torch.float64)).mean.shape == (3, 2)
+
+
 def test_the_first_features_approximate_the_kernel_of_all() -> None:
     model = LaplaceBNN(*data(), **{**RF, "random_features": 4096, "trend": None})
     layer = random_feature_layer(model.net)

@@ -246,3 +246,26 @@ def test_a_loaded_frequency_set_is_not_extended_and_bad_counts_are_named() -> No
             networks.extend_random_features(net, bad)
     with pytest.raises(ValueError, match="needs a random_feature_network"):
         networks.extend_random_features(torch.nn.Sequential(torch.nn.Linear(2, 1)), 64)
+
+
+def test_the_kernel_is_state_and_a_state_saved_without_it_still_loads() -> None:
+    """The limit kernel of ``lapbo.lengthscales`` must be the one ``Ω`` samples: a loaded
+    state brings its kernel, also when ``LaplaceBNN`` rebuilds the network for it."""
+    torch.manual_seed(0)
+    matern = networks.random_feature_network(3, 1, 16, kernel="matern52")
+    rbf = networks.random_feature_network(3, 1, 16)
+    rbf.load_state_dict(matern.state_dict())
+    assert rbf[0].kernel == "matern52"
+    old = {k: v for k, v in matern.state_dict().items() if k != "0.kernel_index"}
+    fresh = networks.random_feature_network(3, 1, 16)
+    fresh.load_state_dict(old)  # saved before the kernel was state: the constructor's
+    assert fresh[0].kernel == "rbf" and torch.equal(fresh[0].omega, matern[0].omega)
+    X = torch.rand(20, 3, dtype=torch.float64)
+    Y = torch.sin(4 * X[:, :1])
+    saved = LaplaceBNN(X, Y, net="random_features", random_features=64, seed=0,
+                       random_feature_kernel="matern32", candidates=None).fit()
+    loading = LaplaceBNN(X, Y, net="random_features", random_features=256, seed=1,
+                         candidates=None)
+    loading.load_state_dict(saved.state_dict())  # another feature count: rebuilt
+    layer = networks.random_feature_layer(loading.net)
+    assert layer.kernel == "matern32" and layer.omega.shape == (3, 32)
