@@ -305,12 +305,8 @@ def extend_random_features(net: nn.Sequential, n_features: int) -> Tensor | None
         many features already, or its ``Ω`` is not a prefix of its seed's sequence (a
         state loaded from another network).
     """
-    layer = random_feature_layer(net)
-    if layer is None:
-        raise ValueError("extend_random_features needs a random_feature_network.")
-    if n_features <= 0 or n_features % 2:
-        raise ValueError(f"n_features must be even and positive, not {n_features}.")
-    half, grown = layer.omega.shape[-1], n_features // 2
+    layer, grown = _resizable_layer(net, n_features, "extend_random_features")
+    half = layer.omega.shape[-1]
     if grown <= half:
         return None
     omega = spectral_frequencies(layer.omega.shape[0], grown, layer.kernel,
@@ -318,17 +314,12 @@ def extend_random_features(net: nn.Sequential, n_features: int) -> Tensor | None
     if not torch.equal(omega[:, :half], layer.omega):
         return None
     head = net[1]
-    idx = torch.arange(half, device=head.weight.device)
-    trend = torch.arange(2 * half, head.in_features, device=head.weight.device)
-    columns = torch.cat([idx, grown + idx, trend + 2 * (grown - half)])
+    n_trend = head.in_features - 2 * half
+    columns = _feature_columns(half, grown, n_trend, head.weight.device)
     layer.omega = omega.contiguous()
-    new = nn.Linear(head.in_features + 2 * (grown - half), head.out_features,
-                    dtype=head.weight.dtype, device=head.weight.device)
+    net[1] = _new_head(head, 2 * grown + n_trend)
     with torch.no_grad():
-        new.weight.zero_()
-        new.weight[:, columns] = head.weight
-        new.bias.copy_(head.bias)
-    net[1] = new
+        net[1].weight[:, columns] = head.weight
     return columns
 
 
@@ -341,26 +332,46 @@ def truncate_random_features(net: nn.Sequential, n_features: int) -> Tensor | No
         The kept head columns ``(n_features (+ 2d),)`` (to select the same entries of a
         vector over the old head), or ``None`` when the network has no more features.
     """
-    layer = random_feature_layer(net)
-    if layer is None:
-        raise ValueError("truncate_random_features needs a random_feature_network.")
-    if n_features <= 0 or n_features % 2:
-        raise ValueError(f"n_features must be even and positive, not {n_features}.")
-    half, keep = layer.omega.shape[-1], n_features // 2
+    layer, keep = _resizable_layer(net, n_features, "truncate_random_features")
+    half = layer.omega.shape[-1]
     if keep >= half:
         return None
     head = net[1]
-    idx = torch.arange(keep, device=head.weight.device)
-    trend = torch.arange(2 * half, head.in_features, device=head.weight.device)
-    columns = torch.cat([idx, half + idx, trend])
+    columns = _feature_columns(keep, half, head.in_features - 2 * half, head.weight.device)
     layer.omega = layer.omega[:, :keep].contiguous()
-    new = nn.Linear(len(columns), head.out_features, dtype=head.weight.dtype,
+    net[1] = _new_head(head, len(columns))
+    with torch.no_grad():
+        net[1].weight.copy_(head.weight[:, columns])
+    return columns
+
+
+def _resizable_layer(net: nn.Module, n_features: int, caller: str
+                     ) -> tuple[ScaledRandomFeatures, int]:
+    """``(the network's ScaledRandomFeatures, n_features / 2)``, with the arguments checked."""
+    layer = random_feature_layer(net)
+    if layer is None:
+        raise ValueError(f"{caller} needs a random_feature_network.")
+    if n_features <= 0 or n_features % 2:
+        raise ValueError(f"n_features must be even and positive, not {n_features}.")
+    return layer, n_features // 2
+
+
+def _feature_columns(count: int, half: int, n_trend: int, device: torch.device) -> Tensor:
+    """Columns of a head over ``half`` frequencies (``[cos (half), sin (half), trend]``)
+    that hold the first ``count`` cosines, the first ``count`` sines and the trend."""
+    idx = torch.arange(count, device=device)
+    trend = torch.arange(2 * half, 2 * half + n_trend, device=device)
+    return torch.cat([idx, half + idx, trend])
+
+
+def _new_head(head: nn.Linear, width: int) -> nn.Linear:
+    """An ``nn.Linear`` ``(width → head's outputs)`` like ``head``, zero weights, its bias."""
+    new = nn.Linear(width, head.out_features, dtype=head.weight.dtype,
                     device=head.weight.device)
     with torch.no_grad():
-        new.weight.copy_(head.weight[:, columns])
+        new.weight.zero_()
         new.bias.copy_(head.bias)
-    net[1] = new
-    return columns
+    return new
 
 
 class AugmentedMLP(nn.Module):
