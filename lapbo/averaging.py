@@ -41,8 +41,12 @@ def evidence_weights(evidences: Sequence[float], rows: Sequence[int], n_observat
                      min_weight: float = MIN_WEIGHT) -> list[float]:
     """The mixture weight of every candidate ``(K,)`` (zeros included), from the
     ``evidences`` of those whose evidence is over all ``n_observations`` rows (``rows``:
-    the rows of each one's evidence); weights below ``min_weight`` are set to zero and the
-    others renormalised to sum to one."""
+    the rows of each one's evidence); weights below ``min_weight`` (in ``[0, 1)``) are set
+    to zero and the others renormalised to sum to one. The candidates of highest evidence
+    are always kept, whatever ``min_weight``."""
+    if isinstance(min_weight, bool) or not isinstance(min_weight, (int, float)) \
+            or not 0 <= min_weight < 1:
+        raise ValueError(f"min_weight must be a number in [0, 1), not {min_weight!r}.")
     usable = [i for i, (e, r) in enumerate(zip(evidences, rows))
               if r == n_observations and math.isfinite(e)]
     if not usable:
@@ -50,7 +54,7 @@ def evidence_weights(evidences: Sequence[float], rows: Sequence[int], n_observat
     top = max(evidences[i] for i in usable)
     raw = {i: math.exp(evidences[i] - top) for i in usable}
     total = sum(raw.values())
-    kept = {i: r for i, r in raw.items() if r / total >= min_weight}
+    kept = {i: r for i, r in raw.items() if r / total >= min_weight or r == 1.0}
     total = sum(kept.values())
     return [kept.get(i, 0.0) / total for i in range(len(evidences))]
 

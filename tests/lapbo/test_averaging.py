@@ -144,6 +144,19 @@ def test_weights_skip_stale_candidates_and_prune_small_ones() -> None:
     assert weights == pytest.approx([top, 1 - top, 0.0, 0.0, 0.0], abs=1e-12)
 
 
+def test_a_threshold_above_every_weight_keeps_the_best_candidate() -> None:
+    # three equal evidences weigh 1/3 each: a threshold of 1/2 used to drop all of them
+    assert evidence_weights([0.0, 0.0, 0.0], [9, 9, 9], 9, min_weight=0.5) == pytest.approx(
+        [1 / 3] * 3, abs=1e-15)  # all tied for the highest evidence
+    assert evidence_weights([0.0, -1.0, -9.0], [9, 9, 9], 9, min_weight=0.8) == [1.0, 0.0, 0.0]
+    weights = evidence_weights([0.0, -0.5, -9.0], [9, 9, 9], 9, min_weight=0.3)
+    top = 1 / (1 + math.exp(-0.5))
+    assert weights == pytest.approx([top, 1 - top, 0.0], abs=1e-12)
+    for bad in (-0.1, 1.0, 2, True, "0.1", None):
+        with pytest.raises(ValueError, match="min_weight must be a number in"):
+            evidence_weights([0.0], [9], 9, min_weight=bad)
+
+
 def test_bad_model_averaging_is_rejected() -> None:
     X, Y = data()
     with pytest.raises(ValueError, match="model_averaging"):
