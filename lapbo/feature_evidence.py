@@ -25,7 +25,8 @@ feature weights are zero.
 ``limit_feature_evidence`` is the same evidence with ``Ψ Ψᵀ`` replaced by its limit as the
 features grow, the kernel ``k((x − x')/ℓ)`` that they approximate: ``O(n³)`` per
 evaluation whatever the feature count, the objective of the length scales between
-``lengthscales.EXACT_FIT_ROWS`` and ``lengthscales.FULL_FEATURE_ROWS`` rows.
+``lengthscales.EXACT_FIT_ROWS`` and ``lengthscales.FULL_FEATURE_ROWS`` rows from
+``lengthscales.LIMIT_KERNEL_DIM`` inputs on.
 """
 
 from __future__ import annotations
