@@ -31,7 +31,7 @@ from lapbo.feature_evidence import (
     random_feature_evidence_gradients,
 )
 from lapbo.networks import lengthscale_hyperprior, random_feature_layer
-from lapbo.training import TrainingOptions, hyperpriors
+from lapbo.training import TrainingOptions, gamma_prior, hyperpriors
 from laplace import (
     gram_evidence,
     group_grams,
@@ -223,7 +223,9 @@ def fit_random_feature_network(
         return _evidence(phi, r, log_prior.exp(), noise(log_sigma))
 
     d = X.shape[-1]
-    ls_loc, ls_scale = lengthscale_hyperprior(d)
+    ls_prior = options.lengthscale_prior
+    ls_loc, ls_scale = lengthscale_hyperprior(d) if ls_prior is None else ls_prior[1:]
+    gamma = _GammaHyperpriors.of(options, d, prior_precision.numel(), tune_noise, X)
     # The hyperprior on δ is centred where the prior function variance is 1 (the
     # outcome variance), as for the other candidates: E‖[ψ(x), 1]‖² = 2 at every ℓ.
     prior_hp, noise_hp = hyperpriors(options, REFERENCE_PRECISION, tune_noise)
@@ -231,22 +233,28 @@ def fit_random_feature_network(
     start = torch.cat([layer.lengthscale.log(), prior_precision.detach().reshape(-1).log(),
                        sigma_noise.detach().reshape(1).log()]).to(X)
     g = prior_precision.numel()
+    if gamma is not None:  # each δ starts at its hyperprior's mode (see ``start_at_modes``)
+        start[d:d + g] = gamma.start_at_modes(start[d:d + g], prior_hp)
 
     def add_hyperpriors(value: Tensor, log_prior: Tensor, log_sigma: Tensor) -> Tensor:
         if prior_hp is not None:  # value + log densities of δ and σ²
-            value = value + log_normal_density(log_prior.exp(), *prior_hp)
+            value = value + (log_normal_density(log_prior.exp(), *prior_hp) if gamma is None
+                             else gamma.log_normal_precisions(log_prior, prior_hp))
         if noise_hp is not None:
             value = value + log_normal_density((2 * log_sigma).exp(), *noise_hp)
-        return value
+        return value if gamma is None else value + gamma.scales(log_prior, log_sigma)
 
     def objective(u: Tensor) -> Tensor:  # −(evidence + log hyperpriors) at u
         v = torch.clamp(u, bounds[0], bounds[1])
         log_ls, log_prior, log_sigma = v[:d], v[d:d + g], v[d + g]
         value = evidence(log_ls, log_prior, log_sigma)
-        value = value + log_normal_density(log_ls.exp(), ls_loc, ls_scale)
+        value = value + (log_normal_density(log_ls.exp(), ls_loc, ls_scale) if gamma is None
+                         or not gamma.on_lengthscales else gamma.lengthscales(log_ls))
         return -add_hyperpriors(value, log_prior, log_sigma)
 
-    hyperprior = _LogNormalHyperpriors(d, g, (ls_loc, ls_scale), prior_hp, noise_hp, X)
+    hyperprior = _LogNormalHyperpriors(
+        d, g, None if gamma is not None and gamma.on_lengthscales else (ls_loc, ls_scale),
+        prior_hp, noise_hp, X, skip_first_prior=gamma is not None and gamma.on_outputscale)
 
     def closed_form(u: Tensor) -> tuple[float, Tensor]:  # objective(u) and its gradient
         v, keep = torch.clamp(u, bounds[0], bounds[1]), _clamp_gradient(u, *bounds)
@@ -255,6 +263,9 @@ def fit_random_feature_network(
         value, d_ls, d_prior, d_noise = random_feature_evidence_gradients(
             X, fused[0], fused[1], fused[2], log_ls, log_prior.exp(), noise_var.expand(len(X)))
         prior_value, prior_grad = hyperprior(v)
+        if gamma is not None:
+            gamma_value, gamma_grad = gamma(v)
+            prior_value, prior_grad = prior_value + gamma_value, prior_grad + gamma_grad
         grad = torch.cat([d_ls, d_prior * log_prior.exp(), 2 * d_noise.sum() * noise_var[None]])
         return -float(value + prior_value), -(grad + prior_grad) * keep
 
@@ -347,9 +358,10 @@ class _LogNormalHyperpriors:
     ``None``) as a function of ``u = (log ℓ, log δ, log σ)`` ``(d + g + 1,)``: the sum of
     ``log_normal_density`` terms and its gradient in ``u``, in closed form."""
 
-    def __init__(self, d: int, g: int, lengthscale: tuple[float, float],
+    def __init__(self, d: int, g: int, lengthscale: tuple[float, float] | None,
                  prior: tuple[float | tuple[float, ...], float] | None,
-                 noise: tuple[float, float] | None, like: Tensor) -> None:
+                 noise: tuple[float, float] | None, like: Tensor,
+                 skip_first_prior: bool = False) -> None:
         def entries(hp: tuple[Any, float] | None, size: int) -> list[tuple[float, float, float]]:
             if hp is None:
                 return [(0.0, 1.0, 0.0)] * size  # (loc, scale, present)
@@ -358,6 +370,9 @@ class _LogNormalHyperpriors:
 
         table = like.new_tensor(entries(lengthscale, d) + entries(prior, g) + entries(noise, 1))
         self.loc, self.scale, self.present = table.unbind(-1)
+        if skip_first_prior:  # the first δ has a Gamma hyperprior (``_GammaHyperpriors``)
+            self.present = self.present.clone()
+            self.present[d] = 0.0
         self.factor = like.new_tensor([1.0] * (d + g) + [2.0])  # log σ² = 2 log σ
 
     def __call__(self, u: Tensor) -> tuple[Tensor, Tensor]:
@@ -366,6 +381,84 @@ class _LogNormalHyperpriors:
         standard = (log_x - self.loc) / self.scale
         value = -(self.present * (log_x + 0.5 * standard.square())).sum()
         return value, -self.present * (1 + standard / self.scale) * self.factor
+
+
+class _GammaHyperpriors:
+    """The Gamma hyperpriors of the fit (``TrainingOptions``: ``lengthscale_prior``,
+    ``outputscale_prior``, ``noise_prior`` of the form ``("gamma", α, β)``) as a
+    function of ``u = (log ℓ, log δ, log σ)`` ``(d + g + 1,)``: the sum of
+    ``(α − 1) log x − β x`` (the log density of ``x``, as ``GammaPrior.log_prob`` up to a
+    constant) over ``x = ℓ`` (each), ``x = 1/δ₀`` (the kernel's output scale) and
+    ``x = σ²``, and its gradient in ``u``, in closed form."""
+
+    def __init__(self, d: int, g: int, lengthscale: tuple[float, float] | None,
+                 outputscale: tuple[float, float] | None, noise: tuple[float, float] | None,
+                 like: Tensor) -> None:
+        rows = [(*(lengthscale or (1.0, 0.0)), 1.0, float(lengthscale is not None))] * d
+        rows += [(*(outputscale or (1.0, 0.0)), -1.0, float(outputscale is not None))]
+        rows += [(1.0, 0.0, -1.0, 0.0)] * (g - 1) + [(*(noise or (1.0, 0.0)), 2.0,
+                                                       float(noise is not None))]
+        self.alpha, self.beta, self.factor, self.present = like.new_tensor(rows).unbind(-1)
+        self.d = d
+        self.on_lengthscales, self.on_outputscale = lengthscale is not None, \
+            outputscale is not None
+
+    @classmethod
+    def of(cls, options: TrainingOptions, d: int, g: int, tune_noise: bool,
+           like: Tensor) -> _GammaHyperpriors | None:
+        """The Gamma hyperpriors that ``options`` set (``None`` if none)."""
+        priors = (gamma_prior(options.lengthscale_prior), gamma_prior(options.outputscale_prior),
+                  gamma_prior(options.noise_prior) if tune_noise else None)
+        return None if priors == (None, None, None) else cls(d, g, *priors, like)
+
+    def __call__(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """``(Σ log densities (0-d), gradient in u (d + g + 1,))``."""
+        log_x = u * self.factor
+        x = log_x.exp()
+        value = (self.present * ((self.alpha - 1) * log_x - self.beta * x)).sum()
+        return value, self.present * ((self.alpha - 1) - self.beta * x) * self.factor
+
+    def lengthscales(self, log_ls: Tensor) -> Tensor:
+        """The terms of ``ℓ`` at ``log ℓ`` ``(d,)`` (0-d; differentiable)."""
+        return self._terms(log_ls, slice(0, self.d))
+
+    def scales(self, log_prior: Tensor, log_sigma: Tensor) -> Tensor:
+        """The terms of ``1/δ₀`` and ``σ²`` (0-d; differentiable)."""
+        return self._terms(torch.cat([log_prior.reshape(-1), log_sigma.reshape(1)]),
+                           slice(self.d, None))
+
+    def log_normal_precisions(self, log_prior: Tensor,
+                              prior_hp: tuple[float | tuple[float, ...], float]) -> Tensor:
+        """The log-normal hyperprior ``prior_hp`` on the entries of ``δ`` that have no
+        Gamma hyperprior (all but the first with ``outputscale_prior``)."""
+        if not self.on_outputscale:
+            return log_normal_density(log_prior.exp(), *prior_hp)
+        loc = prior_hp[0] if isinstance(prior_hp[0], (int, float)) else prior_hp[0][1:]
+        rest = log_prior.reshape(-1)[1:]
+        return log_normal_density(rest.exp(), loc, prior_hp[1]) if rest.numel() \
+            else log_prior.new_zeros(())
+
+    def start_at_modes(self, log_prior: Tensor,
+                       prior_hp: tuple[float | tuple[float, ...], float] | None) -> Tensor:
+        """``log δ`` ``(g,)`` with each entry that has a hyperprior at its mode: ``1/δ₀``
+        at the output-scale prior's, the others at their log-normal's ``loc − scale²``.
+        A start far out in a narrow hyperprior (the constant's, scale 0.01) makes the
+        start's objective, which sets the fit's relative tolerance, so large that L-BFGS
+        stops before the length scales have converged."""
+        out = log_prior.clone()
+        if self.on_outputscale:
+            alpha, beta = float(self.alpha[self.d]), float(self.beta[self.d])
+            out[0] = -math.log((alpha - 1) / beta if alpha > 1 else alpha / beta)
+        if prior_hp is not None:
+            locs = torch.as_tensor(prior_hp[0], dtype=out.dtype).expand(out.shape)
+            first = 1 if self.on_outputscale else 0
+            out[first:] = locs[first:] - prior_hp[1] ** 2
+        return out
+
+    def _terms(self, u: Tensor, part: slice) -> Tensor:
+        log_x = u * self.factor[part]
+        alpha, beta, present = self.alpha[part], self.beta[part], self.present[part]
+        return (present * ((alpha - 1) * log_x - beta * log_x.exp())).sum()
 
 
 def _clamp_gradient(u: Tensor, low: Tensor, high: Tensor) -> Tensor:

@@ -60,9 +60,10 @@ def _configured(options: dict[str, Any]) -> list[str]:
 
 def _random_feature_network(d: int, m: int, options: dict[str, Any]) -> nn.Module:
     """``networks.random_feature_network`` with ``LaplaceBNN``'s network options."""
-    return networks.random_feature_network(d, m, options["random_features"],
-                                           kernel=options["random_feature_kernel"],
-                                           trend=options["trend"])
+    return networks.random_feature_network(
+        d, m, options["random_features"], kernel=options["random_feature_kernel"],
+        trend=options["trend"],
+        lengthscale=networks.lengthscale_start(d, options.get("lengthscale_prior")))
 
 
 def _truncated_head_vector(theta: Tensor, columns: Tensor, m: int) -> Tensor:
@@ -183,7 +184,12 @@ class LaplaceBNN(_LinearizedModel):
         prior_mean: ``"init"`` (the prior is centred on the initial weights) or
             ``"zero"``.
         noise_prior: ``(loc, scale)`` of a log-normal hyperprior on ``σ²`` for the
-            refit, or ``None``.
+            refit, ``("gamma", α, β)`` (``net="random_features"``), or ``None``.
+        lengthscale_prior, outputscale_prior: ``net="random_features"``'s hyperpriors on
+            each length scale (default BoTorch's dimension-scaled log-normal; or
+            ``("gamma", α, β)``, ``("lognormal", loc, scale)``) and, as
+            ``("gamma", α, β)``, on its kernel's output scale ``1/δ`` of the feature
+            weights (``lapbo.training.TrainingOptions``).
         candidates: a list of dicts of options, each one candidate surrogate on top of
             these options; ``fit()`` trains each (warm-started from its own model of the
             previous round) and keeps the one of highest Laplace evidence
@@ -280,7 +286,9 @@ class LaplaceBNN(_LinearizedModel):
         marglik_steps: int = 20, final_marglik_steps: int = 100, marglik_lr: float = 0.1,
         compute_dtype: torch.dtype = torch.float64, seed: int | None = None,
         input_map: str = "box", prior_mean: str = "init",
-        noise_prior: tuple[float, float] | None = (-8.0, 2.0),
+        noise_prior: tuple[Any, ...] | None = (-8.0, 2.0),
+        lengthscale_prior: tuple[Any, ...] | None = None,
+        outputscale_prior: tuple[Any, ...] | None = None,
         prior_precision_prior: float | None = 1.0,
         prior_precision_reference: float | Sequence[float] | None = None,
         init_scale: float | None = 1.25, mean: str = "map", trend: str | None = "quadratic",
@@ -344,6 +352,10 @@ class LaplaceBNN(_LinearizedModel):
         if optimizer not in ("lbfgs", "adam"):
             raise ValueError(f"optimizer must be 'lbfgs' or 'adam', not {optimizer!r}.")
         validation.check_noise_prior(noise_prior)
+        lengthscale_prior = validation.check_hyperprior("lengthscale_prior", lengthscale_prior,
+                                                        ("gamma", "lognormal"))
+        outputscale_prior = validation.check_hyperprior("outputscale_prior", outputscale_prior,
+                                                        ("gamma",))
         if warm_start is not None:
             _check_warm_start(warm_start, train_X.shape[-1], train_Y.shape[-1])
         if isinstance(net, str) and net != "random_features":
@@ -394,6 +406,7 @@ class LaplaceBNN(_LinearizedModel):
             final_marglik_steps=final_marglik_steps, marglik_lr=marglik_lr,
             tune_noise=tune_noise, min_noise_std=min_noise_std,
             noise_prior=None if noise_prior is None else tuple(noise_prior),
+            lengthscale_prior=lengthscale_prior, outputscale_prior=outputscale_prior,
             prior_precision_prior=prior_precision_prior,
             prior_precision_reference=prior_precision_reference, keep_best=keep_best,
         )
@@ -405,6 +418,7 @@ class LaplaceBNN(_LinearizedModel):
             "random_feature_lengthscale": random_feature_lengthscale,
             "random_feature_variance": random_feature_variance, "trend_scale": trend_scale,
             "reference_dim": reference_dim, "random_feature_kernel": random_feature_kernel,
+            "lengthscale_prior": lengthscale_prior,
         }
         # what the network is built from: a warm start must have been built the same way
         self._architecture = (None if not (net is None or isinstance(net, str)) else

@@ -257,9 +257,21 @@ def lengthscale_hyperprior(d: int) -> tuple[float, float]:
     return math.sqrt(2.0) + 0.5 * math.log(d), math.sqrt(3.0)
 
 
+def lengthscale_start(d: int, prior: tuple[Any, ...] | None = None) -> float:
+    """The mode of the hyperprior on each length scale for ``d`` inputs, where a
+    ``random_feature_network`` starts: of ``lengthscale_hyperprior(d)`` (``prior=None``),
+    ``("lognormal", loc, scale)`` or ``("gamma", α, β)`` (the mean ``α/β`` if ``α ≤ 1``)."""
+    if prior is not None and prior[0] == "gamma":
+        alpha, beta = float(prior[1]), float(prior[2])
+        return (alpha - 1) / beta if alpha > 1 else alpha / beta
+    loc, scale = lengthscale_hyperprior(d) if prior is None else (prior[1], prior[2])
+    return math.exp(loc - scale**2)
+
+
 def random_feature_network(
     d: int, m: int, n_features: int = 1024, dtype: torch.dtype = torch.float64,
     device: torch.device | None = None, kernel: str = "rbf", trend: str | None = None,
+    lengthscale: float | None = None,
 ) -> nn.Sequential:
     """``x ↦ W ψ(x) + b``: ``ScaledRandomFeatures`` ``(d → n_features)`` then an
     ``nn.Linear`` ``(n_features → m)`` initialised at zero. Linear in its weights, so its
@@ -270,12 +282,13 @@ def random_feature_network(
         kernel: the kernel the features approximate (``RANDOM_FEATURE_KERNELS``).
         trend: ``"quadratic"`` appends a separable quadratic trend to the features
             (``2d`` more weights per output), or ``None``.
+        lengthscale: the initial length scale of every input (default
+            ``lengthscale_start(d)``).
     """
     if trend not in (None, "quadratic"):
         raise ValueError(f"Unknown trend {trend!r}; use None or 'quadratic'.")
-    loc, scale = lengthscale_hyperprior(d)
-    layer = ScaledRandomFeatures(d, n_features, math.exp(loc - scale**2), kernel,
-                                 trend == "quadratic")
+    start = lengthscale_start(d) if lengthscale is None else lengthscale
+    layer = ScaledRandomFeatures(d, n_features, start, kernel, trend == "quadratic")
     head = nn.Linear(n_features + (2 * d if layer.has_trend else 0), m)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 def mlp_options(options: dict[str, Any]) -> dict[str, Any]:
     """The ``networks.default_network`` options among ``LaplaceBNN``'s network options."""
-    return {k: v for k, v in options.items() if k != "random_feature_kernel"}
+    return {k: v for k, v in options.items()
+            if k not in ("random_feature_kernel", "lengthscale_prior")}
 
 
 def match_prior_structure(model: LaplaceBNN, state_dict: Mapping[str, Tensor]) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from botorch.exceptions.errors import UnsupportedError
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -79,7 +80,16 @@ class TrainingOptions:
         min_noise_std, max_noise_std: bounds of ``σ`` in standardized units.
         min_prior_precision, max_prior_precision: bounds of ``δ``.
         noise_prior: ``(loc, scale)`` of a log-normal hyperprior on ``σ²`` added to the
-            marginal likelihood when ``σ`` is refit (``None``: none).
+            marginal likelihood when ``σ`` is refit, ``("gamma", α, β)`` a Gamma
+            hyperprior (random-feature networks only), or ``None``: none.
+        lengthscale_prior: the hyperprior on each length scale of a random-feature
+            network: ``None`` (BoTorch's dimension-scaled log-normal,
+            ``networks.lengthscale_hyperprior``), ``("lognormal", loc, scale)`` or
+            ``("gamma", α, β)`` (shape and rate, as ``gpytorch.priors.GammaPrior``).
+        outputscale_prior: ``("gamma", α, β)`` on the prior variance ``1/δ`` of a
+            random-feature network's feature weights (the kernel's output scale, the
+            first ``δ`` with ``prior_structure="layerwise"``) in place of the
+            log-normal hyperprior on that ``δ``, or ``None``.
         prior_precision_prior: scale ``s`` of a log-normal hyperprior on ``δ`` centred on
             ``δ_ref = mean_i ‖rᵢ‖²``, the mean squared norm of the Jacobian rows at the
             training points, i.e. the precision at which the prior function variance
@@ -113,7 +123,9 @@ class TrainingOptions:
     max_noise_std: float = 10.0
     min_prior_precision: float = 1e-6
     max_prior_precision: float = 1e6
-    noise_prior: tuple[float, float] | None = None
+    noise_prior: tuple[Any, ...] | None = None
+    lengthscale_prior: tuple[Any, ...] | None = None
+    outputscale_prior: tuple[Any, ...] | None = None
     prior_precision_prior: float | None = None
     prior_precision_reference: float | tuple[float, ...] | None = None
     keep_best: bool = False
@@ -234,7 +246,27 @@ def hyperpriors(
             if isinstance(reference_precision, (int, float)) \
             else tuple(math.log(max(r, low)) for r in reference_precision)
         prior_hp = (loc, scale)
-    return prior_hp, (options.noise_prior if tune_noise else None)
+    noise = options.noise_prior if tune_noise and gamma_prior(options.noise_prior) is None \
+        else None
+    return prior_hp, noise
+
+
+def gamma_prior(spec: tuple[Any, ...] | None) -> tuple[float, float] | None:
+    """``(α, β)`` of a ``("gamma", α, β)`` hyperprior option, else ``None``."""
+    if spec is None or len(spec) != 3 or spec[0] != "gamma":
+        return None
+    return float(spec[1]), float(spec[2])
+
+
+def check_log_normal_hyperpriors(options: TrainingOptions) -> None:
+    """Gamma hyperpriors and ``lengthscale_prior``/``outputscale_prior`` are fitted in
+    closed form for random-feature networks only: name them for any other network."""
+    for name in ("lengthscale_prior", "outputscale_prior", "noise_prior"):
+        spec = getattr(options, name)
+        if spec is not None and (name != "noise_prior" or gamma_prior(spec) is not None):
+            raise UnsupportedError(f"{name}={spec!r} applies to net='random_features' "
+                                   "only; this network's refits take a log-normal "
+                                   "noise_prior.")
 
 
 def network_evidence(
@@ -380,6 +412,7 @@ def fit_network_and_laplace(
         that ``LaplaceBNN.log_marginal_likelihood`` need not build it again), else
         ``None``.
     """
+    check_log_normal_hyperpriors(options)
     tune_noise = options.tune_noise and Yvar is None
     if hessian_structure == "full" and backend is None:
         return _fit_full_ggn(net, X, Y, Yvar, sigma_noise, prior_precision, n_epochs, options,

@@ -4,6 +4,7 @@ warm-start and network checks return or raise the message that names what differ
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -123,11 +124,16 @@ def check_seed(value: Any) -> None:
 
 
 def check_noise_prior(value: Any) -> None:
-    """``noise_prior`` is ``None`` or ``(loc, scale)``: a finite location and scale > 0."""
+    """``noise_prior`` is ``None``, ``(loc, scale)`` (log-normal: a finite location and
+    scale > 0) or ``("gamma", α, β)``."""
     if value is None:
         return
+    if not isinstance(value, (str, bytes)) and hasattr(value, "__len__") and len(value) == 3:
+        check_hyperprior("noise_prior", value, ("gamma",))
+        return
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-        raise ValueError(f"noise_prior must be (loc, scale) or None, not {value!r}.")
+        raise ValueError(f"noise_prior must be (loc, scale), ('gamma', α, β) or None, not "
+                         f"{value!r}.")
     try:
         loc = float(value[0])
     except (TypeError, ValueError):
@@ -135,6 +141,30 @@ def check_noise_prior(value: Any) -> None:
     if not math.isfinite(loc):
         raise ValueError(f"noise_prior loc must be a finite number, not {value[0]!r}.")
     check_positive("noise_prior scale", value[1])
+
+
+def check_hyperprior(name: str, value: Any, families: Sequence[str]) -> tuple[Any, ...] | None:
+    """A hyperprior option ``(family, a, b)`` with ``family`` in ``families``:
+    ``("gamma", α > 0, β > 0)`` or ``("lognormal", finite loc, scale > 0)``; ``None``
+    passes. Returns it as a tuple of the family and two floats."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3 \
+            or value[0] not in families:
+        forms = " or ".join(f"({f!r}, {'α, β' if f == 'gamma' else 'loc, scale'})"
+                            for f in families)
+        raise ValueError(f"{name} must be {forms} or None, not {value!r}.")
+    if value[0] == "gamma":
+        check_positive(f"{name} concentration", value[1])
+    else:
+        try:
+            ok = math.isfinite(float(value[1]))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} loc must be a finite number, not {value[1]!r}.")
+    check_positive(f"{name} {'rate' if value[0] == 'gamma' else 'scale'}", value[2])
+    return (value[0], float(value[1]), float(value[2]))
 
 
 def check_input_transform(transform: Any) -> None:
@@ -201,7 +231,7 @@ def check_output_indices(name: str, indices: Any, m: int) -> list[int]:
 
 #: Network options that only initialise the weights: a warm start, which copies its
 #: network's weights, may differ in them.
-INITIALIZATION_OPTIONS = ("init_scale",)
+INITIALIZATION_OPTIONS = ("init_scale", "lengthscale_prior")
 
 
 def architecture_mismatch(old: Any, new: Any) -> str:
