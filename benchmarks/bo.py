@@ -82,6 +82,7 @@ from torch import Tensor  # noqa: E402
 from torch.quasirandom import SobolEngine  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.output import package_versions  # noqa: E402
 from benchmarks.problems import DEVELOPMENT_PROBLEMS  # noqa: E402
 from benchmarks.problems import PROBLEMS as TEN_PROBLEMS  # noqa: E402
 from lapbo import LaplaceBNN  # noqa: E402
@@ -528,6 +529,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, torch "
                    f"{torch.__version__}, {torch.get_num_threads()} thread(s)",
         "load_average": os.getloadavg(), "total_wall_s": time.perf_counter() - t_start,
+        "packages": package_versions(),
     }
     md = markdown(table, checks, post, meta)
     print("\n" + md)

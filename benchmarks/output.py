@@ -25,6 +25,21 @@ def parse_arguments(doc: str, quick_help: str) -> argparse.Namespace:
     return args
 
 
+def package_versions() -> dict[str, str]:
+    """The versions of the packages a BO trajectory depends on: with unpinned dependencies
+    a fresh environment may install newer ones, and the same seed then follows another
+    trajectory (session 29: the stored development runs did not reproduce)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "botorch", "gpytorch", "linear_operator", "scipy", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 def machine(quick: bool) -> dict[str, Any]:
     """torch version, architecture, threads and whether the run was ``--quick``."""
     return {"torch": torch.__version__, "machine": platform.machine(),

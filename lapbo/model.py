@@ -92,8 +92,9 @@ class LaplaceBNN(_LinearizedModel):
     **Defaults** (the measurements behind each, and the history of what was tried, are
     in ``docs/lapbo_defaults.md``):
 
-    - *Family* (``selection.DEFAULT_CANDIDATES`` below four inputs; from there on the
-      GP-like ``selection.HIGH_DIMENSIONAL_CANDIDATES``, see ``candidates``): four
+    - *Family* (``selection.DEFAULT_CANDIDATES`` below four inputs; from there on
+      ``selection.MID_DIMENSIONAL_CANDIDATES``, from ten on the GP-like
+      ``selection.HIGH_DIMENSIONAL_CANDIDATES``, see ``candidates``): four
       random-feature networks
       (``net="random_features"``: 4,096 quasi-random Fourier features of the
       squared-exponential or the Matérn-5/2 kernel, each with and without a quadratic
@@ -198,13 +199,16 @@ class LaplaceBNN(_LinearizedModel):
             ``hessian_structure``, ...) cannot vary. Default: with ``net=None``,
             ``selection.DEFAULT_CANDIDATES`` (random-feature networks of the
             squared-exponential and Matérn-5/2 kernels, with and without a quadratic
-            trend) below ``selection.MID_DIMENSIONAL`` (4) inputs and
-            ``selection.HIGH_DIMENSIONAL_CANDIDATES`` (squared-exponential networks
-            under ``SingleTaskGP``'s hyperpriors: two that split the prior variance
-            between kernel and constant differently, and the second with a quadratic
-            trend) from there on, refit from their initial values every round up to 512
+            trend) below ``selection.MID_DIMENSIONAL`` (4) inputs,
+            ``selection.MID_DIMENSIONAL_CANDIDATES`` (Matérn-5/2 networks under the
+            Gamma hyperpriors of BoTorch's GP before 0.12, without and with the trend)
+            up to nine and ``selection.HIGH_DIMENSIONAL_CANDIDATES`` (squared-exponential
+            networks under ``SingleTaskGP``'s hyperpriors: two that split the prior
+            variance between kernel and constant differently, and the second with a
+            quadratic trend) from ten on, refit from their initial values every round up to 512
             rows (a warm start's candidates unused: ``selection.refits_cold``); ``trend``,
             ``random_feature_kernel``, ``random_features``, ``noise_prior``,
+            ``lengthscale_prior``, ``outputscale_prior``,
             ``prior_precision_prior`` or ``prior_precision_reference`` set here holds for
             all of them
             (``selection.default_family``), or

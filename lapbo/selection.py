@@ -47,10 +47,12 @@ DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = tuple(
                                               {"random_feature_kernel": kernel})}
     for trend in (None, "quadratic") for kernel in ("rbf", "matern52"))
 
-#: Inputs of this many dimensions or more get ``HIGH_DIMENSIONAL_CANDIDATES`` by default.
+#: Inputs of this many dimensions or more get ``HIGH_DIMENSIONAL_CANDIDATES`` by default
+#: (``MID_DIMENSIONAL_CANDIDATES`` below it).
 HIGH_DIMENSIONAL = 10
 
-#: From this many inputs on the default family is ``HIGH_DIMENSIONAL_CANDIDATES``, and up
+#: From this many inputs on the default family is ``MID_DIMENSIONAL_CANDIDATES`` (from
+#: ``HIGH_DIMENSIONAL`` on ``HIGH_DIMENSIONAL_CANDIDATES``), and up
 #: to ``lengthscales.EXACT_FIT_ROWS`` observations each candidate is refit from its initial
 #: hyperparameters every round (``refits_cold``), as BoTorch refits a GP, rather than from
 #: its model of the last round: the fit is then a function of the round's data, not of the
@@ -88,6 +90,28 @@ HIGH_DIMENSIONAL_CANDIDATES: tuple[dict[str, Any], ...] = tuple(
     for trend, reference in ((None, (2.0, 2.0)), (None, (1.0, 0.01)),
                              ("quadratic", (1.0, 0.01))))
 
+#: The default family for ``MID_DIMENSIONAL ≤ d < HIGH_DIMENSIONAL``: Matérn-5/2
+#: random-feature networks under the hyperpriors of BoTorch's GP before version 0.12
+#: (``GammaPrior(3, 6)`` on each length scale, ``GammaPrior(2, 0.15)`` on the kernel's
+#: output scale, free, and ``GammaPrior(1.1, 0.05)`` on the noise; the constant broad, as
+#: that GP's constant mean without a prior), without and with the quadratic trend of
+#: ``HIGH_DIMENSIONAL_CANDIDATES``. The length scales of that prior (mode 1/3 of the unit
+#: box) are not scaled with ``d``: at 20 inputs the family made no progress where the
+#: dimension-scaled one did (development seeds: Griewank-20, Levy-20, Ackley-20 won 0, 0
+#: and 1 of 10 paired runs against the GP), so it stops below ``HIGH_DIMENSIONAL``. From
+#: four to nine inputs, on fresh development seeds (10–19) in one environment with the GP
+#: and the previous family (``HIGH_DIMENSIONAL_CANDIDATES``) in the same processes, it won
+#: 93 of 150 paired runs against the GP (the previous family 75), its median
+#: at most the GP's on 13 of 15 problems (10), at 1.34× the GP's CPU per
+#: iteration at most (1.70×; two candidates where that family has three), see
+#: ``docs/lapbo_defaults.md`` (session 29).
+MID_DIMENSIONAL_CANDIDATES: tuple[dict[str, Any], ...] = tuple(
+    {**_RANDOM_FEATURES, "random_feature_kernel": "matern52", "trend": trend,
+     "lengthscale_prior": ("gamma", 3.0, 6.0), "outputscale_prior": ("gamma", 2.0, 0.15),
+     "noise_prior": ("gamma", 1.1, 0.05), "prior_precision_prior": 0.01,
+     "prior_structure": "layerwise", "prior_precision_reference": (1.0, 0.01)}
+    for trend in (None, "quadratic"))
+
 #: The family of the default MLP (``LaplaceBNN``'s default until session 8, and its
 #: default still when a network or training option is set, ``default_family``): the
 #: network as configured, and the same network with length scales grown by ``√d``
@@ -114,15 +138,18 @@ def default_family(configured: Sequence[str], dim: int = 1) -> tuple[dict[str, A
     """The family of ``LaplaceBNN(net=None)`` with default ``candidates``, given the names
     of the options the user set and the input dimension ``dim``: ``MLP_CANDIDATES`` when
     one of them is in ``MLP_OPTIONS``, else ``DEFAULT_CANDIDATES`` (``dim <
-    MID_DIMENSIONAL``) or ``HIGH_DIMENSIONAL_CANDIDATES`` varying only what the user
+    MID_DIMENSIONAL``), ``MID_DIMENSIONAL_CANDIDATES`` (``dim < HIGH_DIMENSIONAL``) or
+    ``HIGH_DIMENSIONAL_CANDIDATES`` varying only what the user
     left open: an option the user set (``trend``, ``random_feature_kernel``,
-    ``random_features``, ``noise_prior``, ``prior_precision_prior``,
+    ``random_features``, ``noise_prior``, ``lengthscale_prior``, ``outputscale_prior``,
+    ``prior_precision_prior``,
     ``prior_precision_reference``; ``prior_structure`` with the reference) holds for
     every candidate, and candidates that then coincide are kept once (``trend=None``: the
     squared-exponential and the Matérn-5/2 network without a trend)."""
     if set(configured) & set(MLP_OPTIONS):
         return MLP_CANDIDATES
-    base = DEFAULT_CANDIDATES if dim < MID_DIMENSIONAL else HIGH_DIMENSIONAL_CANDIDATES
+    base = (DEFAULT_CANDIDATES if dim < MID_DIMENSIONAL else MID_DIMENSIONAL_CANDIDATES
+            if dim < HIGH_DIMENSIONAL else HIGH_DIMENSIONAL_CANDIDATES)
     family: list[dict[str, Any]] = []
     # a per-tensor reference goes with the structure that gives one δ per tensor
     dropped = set(configured) | ({"prior_precision_reference"}

@@ -156,6 +156,7 @@ def test_high_dimensional_inputs_get_the_gp_equivalent_networks() -> None:
         HIGH_DIMENSIONAL,
         HIGH_DIMENSIONAL_CANDIDATES,
         MID_DIMENSIONAL,
+        MID_DIMENSIONAL_CANDIDATES,
     )
 
     g = torch.Generator().manual_seed(2)
@@ -165,7 +166,7 @@ def test_high_dimensional_inputs_get_the_gp_equivalent_networks() -> None:
     below = LaplaceBNN(X[:, :MID_DIMENSIONAL - 1], Y).candidates
     assert below == [dict(c) for c in DEFAULT_CANDIDATES]
     for d in (MID_DIMENSIONAL, HIGH_DIMENSIONAL - 1):
-        assert LaplaceBNN(X[:, :d], Y).candidates == [dict(c) for c in HIGH_DIMENSIONAL_CANDIDATES]
+        assert LaplaceBNN(X[:, :d], Y).candidates == [dict(c) for c in MID_DIMENSIONAL_CANDIDATES]
     model = LaplaceBNN(X, Y, seed=0).fit()
     assert model.candidates == [dict(c) for c in HIGH_DIMENSIONAL_CANDIDATES]
     assert [(c["trend"], c["prior_precision_reference"]) for c in model.candidates] == [
@@ -195,6 +196,35 @@ def test_high_dimensional_inputs_get_the_gp_equivalent_networks() -> None:
         {"net": "random_features", "random_features": 4096, "trend": trend,
          "noise_prior": (-4.0, 1.0), "prior_precision_prior": 0.01}
         for trend in (None, "quadratic")]
+
+
+def test_mid_dimensional_inputs_get_the_gamma_prior_matern_networks() -> None:
+    """From ``MID_DIMENSIONAL`` to ``HIGH_DIMENSIONAL − 1`` inputs the default family is
+    two Matérn-5/2 networks under the Gamma hyperpriors of BoTorch's earlier GP, without
+    and with the trend: on a bowl the trend network is chosen, the constant's ``δ`` stays
+    at its reference while the kernel's output scale is fitted, and the chosen network
+    predicts as the same network given explicitly."""
+    from lapbo.selection import MID_DIMENSIONAL_CANDIDATES
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.rand(40, 6, generator=g, dtype=torch.float64)
+    Y = (X - 0.5).square().sum(-1, keepdim=True) + 0.05 * torch.randn(40, 1, generator=g,
+                                                                      dtype=X.dtype)
+    model = LaplaceBNN(X, Y, seed=0).fit()
+    assert model.candidates == [dict(c) for c in MID_DIMENSIONAL_CANDIDATES]
+    assert [c["trend"] for c in model.candidates] == [None, "quadratic"]
+    assert all(c["random_feature_kernel"] == "matern52"
+               and c["lengthscale_prior"] == ("gamma", 3.0, 6.0) for c in model.candidates)
+    best = max(model.selection, key=lambda s: s.log_marginal_likelihood)
+    assert best.chosen and best.options["trend"] == "quadratic"
+    assert float(model.prior_precision[1]) == pytest.approx(0.01, rel=0.05)
+    explicit = LaplaceBNN(X, Y, seed=0, candidates=None, **best.options).fit()
+    assert torch.equal(model.prior_precision, explicit.prior_precision)
+    Xt = torch.rand(5, 6, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        a, b = model.posterior(Xt), explicit.posterior(Xt)
+    assert torch.allclose(a.mean, b.mean, atol=1e-8)
+    assert torch.allclose(a.variance, b.variance, rtol=1e-6)
 
 
 def test_prior_precision_reference_moves_the_centre_of_the_hyperprior() -> None:
