@@ -201,8 +201,9 @@ class LaplaceBNN(_LinearizedModel):
             squared-exponential and Matérn-5/2 kernels, with and without a quadratic
             trend) below ``selection.MID_DIMENSIONAL`` (4) inputs,
             ``selection.MID_DIMENSIONAL_CANDIDATES`` (Matérn-5/2 networks under the
-            Gamma hyperpriors of BoTorch's GP before 0.12, without and with the trend)
-            up to nine and ``selection.HIGH_DIMENSIONAL_CANDIDATES`` (squared-exponential
+            Gamma hyperpriors of BoTorch's GP before 0.12, without and with the trend;
+            above 512 rows also the squared-exponential one) up to nine and
+            ``selection.HIGH_DIMENSIONAL_CANDIDATES`` (squared-exponential
             networks under ``SingleTaskGP``'s hyperpriors: two that split the prior
             variance between kernel and constant differently, and the second with a
             quadratic trend) from ten on, refit from their initial values every round up to 512
@@ -489,7 +490,8 @@ class LaplaceBNN(_LinearizedModel):
         cold = False  # the default family refits from its initial values (refits_cold)
         if candidates is DEFAULT:
             configured, d = _configured(init_options), train_X.shape[-1]
-            candidates = selection.default_family(configured, d) if net is None else None
+            candidates = (selection.default_family(configured, d, len(train_X))
+                          if net is None else None)
             cold = net is None and selection.refits_cold(configured, d, len(train_X))
         self.candidates = selection.check_candidates(
             candidates, inspect.signature(LaplaceBNN.__init__).parameters)

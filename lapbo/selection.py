@@ -112,6 +112,19 @@ MID_DIMENSIONAL_CANDIDATES: tuple[dict[str, Any], ...] = tuple(
      "prior_structure": "layerwise", "prior_precision_reference": (1.0, 0.01)}
     for trend in (None, "quadratic"))
 
+#: Added to ``MID_DIMENSIONAL_CANDIDATES`` above ``lengthscales.EXACT_FIT_ROWS``
+#: observations: the squared-exponential network under the same Gamma hyperpriors, no
+#: trend. With many rows of a smooth function the Matérn-5/2 network falls short of its
+#: kernel: its features cannot interpolate where the kernel's GP does (Hartmann-6,
+#: 1,000 rows, calibration development seeds 4–5: the Matérn GP's evidence −201 at a
+#: noise of 10⁻⁴, the Matérn network's −312 at ``σ = 0.11``; the squared-exponential GP
+#: −142, this network −157), and the evidence chooses this one. Not added below: on
+#: fifteen problems from four to nine inputs with 2d + 2 + 15 observations the
+#: three-network family had its median at most the GP's on 11 where the two-network one
+#: had 13, at up to 1.93× the GP's CPU (``docs/lapbo_defaults.md``, session 30).
+MID_DIMENSIONAL_LARGE_DATA_CANDIDATE: dict[str, Any] = {
+    **MID_DIMENSIONAL_CANDIDATES[0], "random_feature_kernel": "rbf"}
+
 #: The family of the default MLP (``LaplaceBNN``'s default until session 8, and its
 #: default still when a network or training option is set, ``default_family``): the
 #: network as configured, and the same network with length scales grown by ``√d``
@@ -134,11 +147,14 @@ MLP_OPTIONS = ("width", "depth", "activation", "init_scale", "input_map",
                "keep_best", "mean")
 
 
-def default_family(configured: Sequence[str], dim: int = 1) -> tuple[dict[str, Any], ...]:
+def default_family(configured: Sequence[str], dim: int = 1,
+                   n: int = 0) -> tuple[dict[str, Any], ...]:
     """The family of ``LaplaceBNN(net=None)`` with default ``candidates``, given the names
-    of the options the user set and the input dimension ``dim``: ``MLP_CANDIDATES`` when
-    one of them is in ``MLP_OPTIONS``, else ``DEFAULT_CANDIDATES`` (``dim <
-    MID_DIMENSIONAL``), ``MID_DIMENSIONAL_CANDIDATES`` (``dim < HIGH_DIMENSIONAL``) or
+    of the options the user set, the input dimension ``dim`` and the observations ``n``:
+    ``MLP_CANDIDATES`` when one of them is in ``MLP_OPTIONS``, else ``DEFAULT_CANDIDATES``
+    (``dim < MID_DIMENSIONAL``), ``MID_DIMENSIONAL_CANDIDATES`` (``dim <
+    HIGH_DIMENSIONAL``; with ``MID_DIMENSIONAL_LARGE_DATA_CANDIDATE`` above
+    ``lengthscales.EXACT_FIT_ROWS`` observations) or
     ``HIGH_DIMENSIONAL_CANDIDATES`` varying only what the user
     left open: an option the user set (``trend``, ``random_feature_kernel``,
     ``random_features``, ``noise_prior``, ``lengthscale_prior``, ``outputscale_prior``,
@@ -150,6 +166,8 @@ def default_family(configured: Sequence[str], dim: int = 1) -> tuple[dict[str, A
         return MLP_CANDIDATES
     base = (DEFAULT_CANDIDATES if dim < MID_DIMENSIONAL else MID_DIMENSIONAL_CANDIDATES
             if dim < HIGH_DIMENSIONAL else HIGH_DIMENSIONAL_CANDIDATES)
+    if base is MID_DIMENSIONAL_CANDIDATES and n > lengthscales.EXACT_FIT_ROWS:
+        base = (*base, MID_DIMENSIONAL_LARGE_DATA_CANDIDATE)
     family: list[dict[str, Any]] = []
     # a per-tensor reference goes with the structure that gives one δ per tensor
     dropped = set(configured) | ({"prior_precision_reference"}

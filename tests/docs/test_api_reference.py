@@ -128,8 +128,8 @@ def test_public_names_include_the_non_all_modules() -> None:
 
     assert public_names(lapbo.selection) == [
         "DEFAULT_CANDIDATES", "HIGH_DIMENSIONAL", "MID_DIMENSIONAL",
-        "HIGH_DIMENSIONAL_CANDIDATES", "MID_DIMENSIONAL_CANDIDATES", "MLP_CANDIDATES",
-        "RANDOM_FEATURE_CANDIDATE",
+        "HIGH_DIMENSIONAL_CANDIDATES", "MID_DIMENSIONAL_CANDIDATES",
+        "MID_DIMENSIONAL_LARGE_DATA_CANDIDATE", "MLP_CANDIDATES", "RANDOM_FEATURE_CANDIDATE",
         "MLP_OPTIONS", "default_family", "refits_cold", "INCOMPARABLE", "CandidateScore",
         "check_candidates",
         "fit_by_evidence", "selection_table",

@@ -198,6 +198,61 @@ def test_high_dimensional_inputs_get_the_gp_equivalent_networks() -> None:
         for trend in (None, "quadratic")]
 
 
+def test_mid_dimensional_family_adds_the_squared_exponential_network_above_512_rows() -> None:
+    """From four to nine inputs the squared-exponential network under the same Gamma
+    hyperpriors joins the family above ``EXACT_FIT_ROWS`` observations only; a
+    user-set kernel makes it coincide with the Matérn network without trend (kept once),
+    and the other families do not change with ``n``."""
+    from lapbo.lengthscales import EXACT_FIT_ROWS
+    from lapbo.selection import (
+        DEFAULT_CANDIDATES,
+        HIGH_DIMENSIONAL_CANDIDATES,
+        MID_DIMENSIONAL_CANDIDATES,
+        MID_DIMENSIONAL_LARGE_DATA_CANDIDATE,
+        default_family,
+    )
+
+    large = MID_DIMENSIONAL_LARGE_DATA_CANDIDATE
+    assert large["random_feature_kernel"] == "rbf" and large["trend"] is None
+    assert {k: v for k, v in large.items() if k != "random_feature_kernel"} == {
+        k: v for k, v in MID_DIMENSIONAL_CANDIDATES[0].items() if k != "random_feature_kernel"}
+    assert default_family((), 6, EXACT_FIT_ROWS) == MID_DIMENSIONAL_CANDIDATES
+    assert default_family((), 6, EXACT_FIT_ROWS + 1) == (*MID_DIMENSIONAL_CANDIDATES, large)
+    assert default_family((), 3, 5000) == DEFAULT_CANDIDATES
+    assert default_family((), 12, 5000) == HIGH_DIMENSIONAL_CANDIDATES
+    assert default_family(("random_feature_kernel",), 6, 5000) == tuple(
+        {k: v for k, v in c.items() if k != "random_feature_kernel"}
+        for c in MID_DIMENSIONAL_CANDIDATES)
+    g = torch.Generator().manual_seed(4)
+    X = torch.rand(EXACT_FIT_ROWS + 1, 5, generator=g, dtype=torch.float64)
+    Y = X.sum(-1, keepdim=True)
+    assert LaplaceBNN(X, Y).candidates == [*map(dict, MID_DIMENSIONAL_CANDIDATES), large]
+    assert LaplaceBNN(X[:-1], Y[:-1]).candidates == [*map(dict, MID_DIMENSIONAL_CANDIDATES)]
+
+
+@pytest.mark.slow
+def test_the_evidence_picks_the_squared_exponential_network_on_many_smooth_rows() -> None:
+    """Above 512 rows of a smooth (analytic) function of five inputs the
+    squared-exponential network explains the data better than the Matérn-5/2 ones, whose
+    features cannot interpolate it, and the evidence chooses it; the model predicts as
+    that network given explicitly."""
+    g = torch.Generator().manual_seed(5)
+    X = torch.rand(600, 5, generator=g, dtype=torch.float64)
+    Y = (2 * X).sin().sum(-1, keepdim=True) + (X[:, :1] * X[:, 1:2]).exp()
+    model = LaplaceBNN(X, Y, seed=0).fit()
+    kernels = [s.options["random_feature_kernel"] for s in model.selection]
+    assert kernels == ["matern52", "matern52", "rbf"]
+    assert model.selection[2].chosen
+    evidences = [s.log_marginal_likelihood for s in model.selection]
+    assert evidences[2] > max(evidences[:2]) + 10
+    explicit = LaplaceBNN(X, Y, seed=0, candidates=None, **model.selection[2].options).fit()
+    Xt = torch.rand(5, 5, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        a, b = model.posterior(Xt), explicit.posterior(Xt)
+    assert torch.allclose(a.mean, b.mean, atol=1e-8)
+    assert torch.allclose(a.variance, b.variance, rtol=1e-6)
+
+
 def test_mid_dimensional_inputs_get_the_gamma_prior_matern_networks() -> None:
     """From ``MID_DIMENSIONAL`` to ``HIGH_DIMENSIONAL − 1`` inputs the default family is
     two Matérn-5/2 networks under the Gamma hyperpriors of BoTorch's earlier GP, without
