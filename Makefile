@@ -13,11 +13,11 @@ env: $(STAMP)
 
 # torch and torchvision through plain pip (the CPU machines carry these wheels locally;
 # backpack-for-pytorch needs torchvision, and PyPI's torchvision does not match every torch).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e ".[dev]"  # dev includes the hf and docs extras
+	$(PY) -m pip install --quiet -e ".[dev]" -c constraints.txt  # dev: hf and docs extras too
 	touch $(STAMP)
 
 demo: $(STAMP)
