@@ -253,6 +253,31 @@ def test_the_evidence_picks_the_squared_exponential_network_on_many_smooth_rows(
     assert torch.allclose(a.variance, b.variance, rtol=1e-6)
 
 
+@pytest.mark.slow
+def test_a_warm_start_across_512_rows_refits_the_grown_family_then_the_incumbent() -> None:
+    """A BO loop that crosses ``EXACT_FIT_ROWS`` observations with four to nine inputs:
+    the round that first has more rows fits all three candidates (the warm start had two),
+    the next refits only the one it chose, keeping the others' scores."""
+    from lapbo.lengthscales import EXACT_FIT_ROWS
+
+    g = torch.Generator().manual_seed(6)
+    X = torch.rand(EXACT_FIT_ROWS + 20, 5, generator=g, dtype=torch.float64)
+    Y = (2 * X).sin().sum(-1, keepdim=True) + 0.01 * torch.randn(len(X), 1, generator=g,
+                                                                 dtype=X.dtype)
+    below = LaplaceBNN(X[:-22], Y[:-22], seed=0).fit()
+    assert len(below.selection) == 2
+    crossed = LaplaceBNN(X[:-10], Y[:-10], seed=0, warm_start=below).fit()
+    assert [s.n_observations for s in crossed.selection] == [EXACT_FIT_ROWS + 10] * 3
+    after = LaplaceBNN(X, Y, seed=0, warm_start=crossed).fit()
+    chosen = next(i for i, s in enumerate(crossed.selection) if s.chosen)
+    for i, (old, new) in enumerate(zip(crossed.selection, after.selection)):
+        if i == chosen:
+            assert new.chosen and new.n_observations == len(X)
+        else:
+            assert new.log_marginal_likelihood == old.log_marginal_likelihood
+            assert new.n_observations == EXACT_FIT_ROWS + 10
+
+
 def test_mid_dimensional_inputs_get_the_gamma_prior_matern_networks() -> None:
     """From ``MID_DIMENSIONAL`` to ``HIGH_DIMENSIONAL − 1`` inputs the default family is
     two Matérn-5/2 networks under the Gamma hyperpriors of BoTorch's earlier GP, without
