@@ -116,7 +116,7 @@ MID_DIMENSIONAL_CANDIDATES: tuple[dict[str, Any], ...] = tuple(
 #: observations: the squared-exponential network under the same Gamma hyperpriors, no
 #: trend. With many rows of a smooth function the Matérn-5/2 network falls short of its
 #: kernel: its features cannot interpolate where the kernel's GP does (Hartmann-6,
-#: 1,000 rows, calibration development seeds 4–5: the Matérn GP's evidence −201 at a
+#: 1,000 rows, calibration development seed 4: the Matérn GP's evidence −201 at a
 #: noise of 10⁻⁴, the Matérn network's −312 at ``σ = 0.11``; the squared-exponential GP
 #: −142, this network −157), and the evidence chooses this one. Not added below: on
 #: fifteen problems from four to nine inputs with 2d + 2 + 15 observations the
