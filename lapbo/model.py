@@ -132,7 +132,8 @@ class LaplaceBNN(_LinearizedModel):
     Args:
         train_X: ``(n, d)`` training inputs.
         train_Y: ``(n, m)`` training observations.
-        train_Yvar: optional ``(n, m)`` known noise variances (then ``σ`` is not refit).
+        train_Yvar: optional ``(n, m)`` known noise variances (then ``σ`` is not refit;
+            in standardized units, those below ``min_noise_std²`` are raised to it).
         net: an ``nn.Module`` mapping ``(n, d)`` transformed inputs to ``(n, m)``, a
             zero-argument factory, ``None`` for ``networks.default_network``, or
             ``"random_features"`` for ``networks.random_feature_network`` with
@@ -169,7 +170,7 @@ class LaplaceBNN(_LinearizedModel):
             parameter tensor, all refit by the marginal likelihood; full GGN over all
             weights only).
         tune_noise: refit ``σ`` by the marginal likelihood.
-        min_noise_std: lower bound of ``σ`` (standardized units).
+        min_noise_std: lower bound of ``σ`` and of known noise SDs (standardized units).
         marglik_every, marglik_steps, final_marglik_steps, marglik_lr: see
             ``lapbo.training.TrainingOptions``.
         compute_dtype: dtype of the network and all linear algebra (posteriors are
@@ -595,6 +596,8 @@ class LaplaceBNN(_LinearizedModel):
             ot = getattr(self, "outcome_transform", None)
             if ot is not None:
                 Y, Yvar = ot(Y, Yvar, X=X)
+            if Yvar is not None:
+                Yvar = training.floor_known_noise(Yvar, self.options.min_noise_std)
         return X.to(dtype), Y.to(dtype), (Yvar.to(dtype) if Yvar is not None else None)
 
     @property

@@ -38,6 +38,7 @@ from laplace.posterior.lastlayer import LastLayerMixin
 from laplace.predictive import links
 from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
+from laplace.utils.cholesky import jittered_cholesky
 from laplace.utils.data import Inputs, batch_size, dataset_size, inputs_to, split_batch
 from laplace.utils.enums import Likelihood, LinkApprox, PredType, parse_option
 from laplace.utils.errors import NotFittedError, NotPositiveDefiniteError
@@ -244,12 +245,11 @@ class FunctionalLaplace(BaseLaplace):
         rounding scale of its largest diagonal entry; else ``NotPositiveDefiniteError``
         naming the hyperparameters that set its scale."""
         A = (A + A.mT) / 2
-        chol, info = torch.linalg.cholesky_ex(A)
-        if bool(info.any()) and bool(torch.isfinite(A).all()):
-            jitter = len(A) * torch.finfo(A.dtype).eps * float(A.diagonal().abs().max())
-            chol, info = torch.linalg.cholesky_ex(A + jitter * torch.eye(
-                len(A), dtype=A.dtype, device=A.device))
-        if bool(info.any()) or not bool(torch.isfinite(chol).all()):
+        rounding = len(A) * torch.finfo(A.dtype).eps  # one retry at the rounding scale
+        factor = jittered_cholesky(A, (rounding,) if bool(torch.isfinite(A).all()) else (),
+                                   float(A.diagonal().abs().max()))
+        chol = None if factor is None else factor[0]
+        if chol is None or not bool(torch.isfinite(chol).all()):
             noise = (f", sigma_noise {float(self.sigma_noise):.3g}"
                      if self.likelihood == Likelihood.REGRESSION else "")
             raise NotPositiveDefiniteError(

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from laplace.utils.cholesky import jittered_cholesky
+
 
 def linear_gaussian_evidence(rows: Tensor, targets: Tensor, prior_precision: Tensor,
                              noise_var: Tensor, groups: Sequence[int] | None = None) -> Tensor:
@@ -147,15 +149,10 @@ def linear_gaussian_posterior_mean(rows: Tensor, targets: Tensor, prior_precisio
 def _cholesky(matrix: Tensor) -> Tensor:
     """The Cholesky factor; if the matrix is numerically singular, with a jitter of
     1e-8, 1e-6, then 1e-4 × its mean diagonal (the first that succeeds)."""
-    chol, info = torch.linalg.cholesky_ex(matrix)
-    if int(info) == 0:
-        return chol
-    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
-    scale = matrix.diagonal().mean().detach().abs()
-    for jitter in (1e-8, 1e-6, 1e-4):
-        chol, info = torch.linalg.cholesky_ex(matrix + jitter * scale * eye)
-        if int(info) == 0:
-            return chol
+    factor = jittered_cholesky(matrix, (1e-8, 1e-6, 1e-4),
+                               matrix.diagonal().mean().detach().abs())
+    if factor is not None:
+        return factor[0]
     raise ValueError("The Gram matrix is not positive definite even with a jitter of 1e-4 x "
                      "its mean diagonal: check the rows, prior_precision and noise_var for "
                      "non-finite values.")

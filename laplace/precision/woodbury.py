@@ -22,6 +22,7 @@ of the linearized model is exact: the precision gains the rows ``J/√(s·v)`` (
 
 from __future__ import annotations
 
+import warnings
 from functools import cached_property
 
 import torch
@@ -30,6 +31,16 @@ from torch import Tensor
 from laplace.precision import lastlayer
 from laplace.precision.base import NotPositiveDefiniteError, PrecisionMatrix, not_pd_message
 from laplace.utils import checks
+from laplace.utils.cholesky import jittered_cholesky
+
+#: Jitters, relative to the mean diagonal of ``W D⁻¹ Wᵀ``, added in turn to the
+#: capacitance when its Cholesky factorisation fails. ``C = I + W D⁻¹ Wᵀ`` is positive
+#: definite by construction (finite rows, positive ``s`` and ``δ``), so a failure is
+#: rounding: with ``s/δ`` of 10¹² (a noise SD of 10⁻⁶) and hundreds of nearly collinear
+#: rows the errors of ``W D⁻¹ Wᵀ`` exceed the identity. A jitter ``ε`` times that mean
+#: diagonal acts as an observation noise variance of ``ε`` times the prior's function
+#: variance, as GPyTorch's ``psd_safe_cholesky`` adds 10⁻⁸ and more to a kernel matrix.
+CAPACITANCE_JITTERS = (1e-10, 1e-8, 1e-6)
 
 
 def _check_rows(rows: Tensor, name: str = "rows") -> Tensor:
@@ -60,6 +71,23 @@ def _check_prior(prior: Tensor, n_params: int, ref: Tensor) -> Tensor:
             not_pd_message("sample-space", " (the prior precision must be positive)")
         )
     return prior
+
+
+def _jittered_cholesky(A: Tensor, eye: Tensor,
+                       where: str = " (the capacitance Cholesky failed)") -> Tensor:
+    """Lower Cholesky factor of ``I + A`` ``(*b, M, M)`` (``A`` positive semi-definite
+    up to rounding) with a jitter of ``ε·mean(diag A)`` for the first ``ε`` of
+    ``CAPACITANCE_JITTERS`` at which it exists, and a ``RuntimeWarning``;
+    ``NotPositiveDefiniteError`` if none (non-finite entries)."""
+    scale = A.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1.0)[..., None, None]
+    factor = jittered_cholesky(A + eye, CAPACITANCE_JITTERS, scale)
+    if factor is None:
+        raise NotPositiveDefiniteError(not_pd_message("sample-space", where))
+    warnings.warn(f"A sample-space Cholesky factorisation failed to rounding{where}; it "
+                  f"succeeded with a jitter of {factor[1]:g} times the mean diagonal (as an "
+                  "observation noise variance of that fraction of the prior function "
+                  "variance).", RuntimeWarning, stacklevel=4)
+    return factor[0]
 
 
 def _lift(T: Tensor, batch_ndim: int, n_lead: int) -> Tensor:
@@ -222,12 +250,10 @@ class WoodburyPrecision(PrecisionMatrix):
     def _capacitance_cholesky(self) -> Tensor:
         """Lower ``L`` with ``L Lᵀ = I + W D⁻¹ Wᵀ`` ``(*b, M, M)``."""
         C = self._cross(self.rows) * self.scale.sqrt()
-        C = C + torch.eye(self.n_rows, dtype=C.dtype, device=C.device)
-        L, info = torch.linalg.cholesky_ex(C)
-        if bool((info != 0).any()):
-            raise NotPositiveDefiniteError(
-                not_pd_message("sample-space", " (the capacitance Cholesky failed)")
-            )
+        eye = torch.eye(self.n_rows, dtype=C.dtype, device=C.device)
+        L, info = torch.linalg.cholesky_ex(C + eye)
+        if bool((info != 0).any()):  # C is positive definite: rounding (CAPACITANCE_JITTERS)
+            L = _jittered_cholesky(C, eye)
         return L
 
     def _whitened_cross(self, X: Tensor) -> Tensor:
@@ -414,11 +440,11 @@ class WoodburyPrecision(PrecisionMatrix):
         Y = Wn @ (Wn / self.D).mT + torch.eye(k, dtype=J.dtype, device=J.device)
         L = self._capacitance_cholesky
         Z = torch.linalg.solve_triangular(L, X, upper=False)
-        L22, info = torch.linalg.cholesky_ex(Y - Z.mT @ Z)
+        eye = torch.eye(k, dtype=J.dtype, device=J.device)
+        schur = Y - Z.mT @ Z  # I + (a positive semi-definite part)
+        L22, info = torch.linalg.cholesky_ex(schur)
         if bool((info != 0).any()):
-            raise NotPositiveDefiniteError(
-                not_pd_message("sample-space", " (the conditioning update failed)")
-            )
+            L22 = _jittered_cholesky(schur - eye, eye, " (the conditioning update failed)")
         batch = torch.broadcast_shapes(self.batch_shape, Wn.shape[:-2], Z.shape[:-2])
         L = L.expand(*batch, *L.shape[-2:])
         top = torch.cat([L, L.new_zeros(*batch, self.n_rows, k)], -1)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 from botorch.acquisition import qLogExpectedImprovement
-from botorch.exceptions.warnings import InputDataWarning
+from botorch.exceptions.warnings import InputDataWarning, NumericsWarning
 from botorch.models.transforms.input import Normalize
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 from botorch.sampling import SobolQMCNormalSampler
@@ -328,6 +328,33 @@ def test_train_yvar() -> None:
     post = model.posterior(X, observation_noise=True)
     assert torch.isfinite(post.variance).all()
     assert (post.variance >= 1e-4 * 0.99).all()
+
+
+def test_known_noise_below_the_floor_is_raised_to_it() -> None:
+    """``train_Yvar`` below ``min_noise_std²`` (standardized) is raised to it, with a
+    warning, as GPyTorch raises a fixed noise below ``settings.min_fixed_noise``."""
+    X, Y = data()
+    with pytest.warns(NumericsWarning, match="min_noise_std"):
+        model = LaplaceBNN(X, Y, torch.zeros_like(Y), seed=0, **SMALL).fit()
+    assert torch.allclose(model._training_data()[2], torch.full_like(Y, 1e-6))
+    std = Y.std(0)  # Standardize: the floor in the data's units is 1e-6 · var(Y) per output
+    post = model.posterior(X, observation_noise=True)
+    assert (post.variance >= 1e-6 * std**2 * 0.99).all()
+
+
+def test_noise_free_observations_at_600_rows_fit() -> None:
+    """``train_Yvar = 0`` at 600 rows with a floor of 10⁻⁶ (``min_noise_std``): the
+    family's evidence factorisation fails to rounding and is jittered (it raised
+    ``NotPositiveDefiniteError`` before); the predictive is finite and accurate."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.rand(600, 6, generator=g, dtype=torch.float64)
+    Y = X.sum(-1, keepdim=True)
+    with pytest.warns(RuntimeWarning, match="jitter"):
+        model = LaplaceBNN(X, Y, torch.zeros_like(Y), min_noise_std=1e-6, seed=0).fit()
+    Xt = torch.rand(50, 6, generator=g, dtype=torch.float64)
+    post = model.posterior(Xt)
+    assert torch.isfinite(post.variance).all() and (post.variance > 0).all()
+    assert (post.mean - Xt.sum(-1, keepdim=True)).abs().max() < 0.05
 
 
 def test_pathwise_samples(model1: LaplaceBNN) -> None:

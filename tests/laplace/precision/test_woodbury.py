@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -256,3 +258,42 @@ def test_invalid_arguments():
         wb.sample(0)
     with pytest.raises(ValueError, match="scale and prior must be positive"):
         GramSpectrum(R).logdet(1.0, 0.0)
+
+
+def test_capacitance_rounding_is_jittered_with_a_warning():
+    """``C = I + s·R D⁻¹ Rᵀ`` is positive definite by construction; with ``s = 10¹⁴`` and
+    rank-deficient rows its Cholesky factorisation fails to rounding, and the factor of
+    ``C + ε·mean(diag(s R D⁻¹ Rᵀ))·I`` is used instead for the first ``ε`` of
+    ``CAPACITANCE_JITTERS`` at which it exists: ``(M − r)`` eigenvalues ``1 + ε·m``."""
+    from laplace.precision.woodbury import CAPACITANCE_JITTERS
+
+    m_rows, p, r, s = 300, 500, 20, 1e14
+    g = _gen(11)
+    A = torch.randn(m_rows, r, generator=g, dtype=DT)
+    B = torch.randn(r, p, generator=g, dtype=DT)
+    R = A @ B  # rank r: R Rᵀ has r positive eigenvalues, those of Lᵀ AᵀA L (B Bᵀ = L Lᵀ)
+    C = torch.eye(m_rows, dtype=DT) + s * R @ R.mT
+    assert int(torch.linalg.cholesky_ex(C)[1]) != 0  # the case: rounding breaks it
+    prec = WoodburyPrecision(R, s, torch.ones(1, dtype=DT))
+    with pytest.warns(RuntimeWarning, match="jitter"):
+        logdet = prec.logdet()
+    L = torch.linalg.cholesky(B @ B.mT)
+    lam = torch.linalg.eigvalsh(L.mT @ A.mT @ A @ L)
+    mean_diag = s * float(lam.sum()) / m_rows
+    candidates = [float(torch.log1p(eps * mean_diag + s * lam).sum()
+                        + (m_rows - r) * math.log1p(eps * mean_diag))
+                  for eps in CAPACITANCE_JITTERS]
+    assert min(abs(float(logdet) - c) / abs(c) for c in candidates) < 1e-6
+    J = torch.randn(4, 1, p, generator=g, dtype=DT)
+    var = prec.inv_square_form(J)
+    assert torch.isfinite(var).all() and (var > 0).all()
+
+
+def test_capacitance_with_non_finite_curvature_still_raises():
+    prec = WoodburyPrecision(_rows(), 2.5, _prior("scalar"))
+    prec.rows = prec.rows.clone()
+    prec.rows[0, 0] = float("inf")  # past the constructor's check
+    prec.__dict__.pop("_W", None)
+    prec.__dict__.pop("_DinvW", None)
+    with pytest.raises(NotPositiveDefiniteError, match="not positive definite"):
+        prec.logdet()
