@@ -384,9 +384,10 @@ class LaplaceBNN(_LinearizedModel):
             X_tf = self.transform_inputs(train_X, input_transform=input_transform)
         if settings.validate_input_scaling.on():  # as BoTorch's GPs: warn outside [0, 1]^d
             check_min_max_scaling(X_tf)
+        Yvar_tf = train_Yvar
         if outcome_transform is not None:
             outcome_transform.train()
-            Y_tf, _ = outcome_transform(Y=train_Y, Yvar=train_Yvar, X=X_tf)
+            Y_tf, Yvar_tf = outcome_transform(Y=train_Y, Yvar=train_Yvar, X=X_tf)
             if not bool(torch.isfinite(Y_tf).all()):
                 raise ValueError(
                     f"The outcome transform {type(outcome_transform).__name__} maps the "
@@ -417,6 +418,7 @@ class LaplaceBNN(_LinearizedModel):
             prior_precision_reference=prior_precision_reference, keep_best=keep_best,
         )
         validation.check_bounds(self.options, prior_precision, sigma_noise)
+        validation.warn_small_known_noise(Yvar_tf, min_noise_std)
         device = train_X.device
         net_options = {
             "width": width, "depth": depth, "activation": activation, "input_map": input_map,

@@ -21,14 +21,12 @@ and every refit runs ``laplace.maximize_marginal_likelihood``.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from botorch.exceptions.errors import UnsupportedError
-from botorch.exceptions.warnings import NumericsWarning
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -135,17 +133,13 @@ class TrainingOptions:
 
 def floor_known_noise(Yvar: Tensor, min_noise_std: float) -> Tensor:
     """Known noise variances ``(n, m)`` in standardized units raised to
-    ``min_noise_std²``, the floor of a fitted ``σ``, with a ``NumericsWarning`` when any
-    is raised (GPyTorch raises a fixed noise below ``settings.min_fixed_noise``, 10⁻⁶ in
-    double, and warns, as this does). Below it, the Gram matrix of a few hundred rows of
-    a smooth network is singular to double precision: with ``train_Yvar = 0`` a
-    random-feature fit of 600 rows failed its Cholesky factorisation."""
-    floor = min_noise_std**2
-    if bool((Yvar < floor).any()):
-        warnings.warn(f"train_Yvar below min_noise_std² = {floor:.3g} (in standardized "
-                      "units) was raised to it.", NumericsWarning, stacklevel=3)
-        return Yvar.clamp_min(floor)
-    return Yvar
+    ``min_noise_std²``, the floor of a fitted ``σ`` (``LaplaceBNN`` warns once, at
+    construction: ``validation.warn_small_known_noise``). GPyTorch raises a fixed noise
+    below ``settings.min_fixed_noise`` (10⁻⁶ in double) likewise. Below it, the Gram
+    matrix of a few hundred rows of a smooth network is singular to double precision:
+    with ``train_Yvar = 0`` a random-feature fit of 600 rows failed its Cholesky
+    factorisation."""
+    return Yvar.clamp_min(min_noise_std**2)
 
 
 def make_loader(X: Tensor, Y: Tensor) -> DataLoader:

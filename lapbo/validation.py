@@ -4,10 +4,12 @@ warm-start and network checks return or raise the message that names what differ
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from botorch.exceptions.warnings import InputDataWarning
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
@@ -296,3 +298,15 @@ def check_network_outputs(net: nn.Module, X: Tensor, m: int) -> None:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"net must map (n, d) inputs to (n, {m}) outputs, one per column of "
                          f"train_Y; on one input it returns {shape}.")
+
+
+def warn_small_known_noise(Yvar: Tensor | None, min_noise_std: float) -> None:
+    """An ``InputDataWarning`` when a known noise variance ``(n, m)`` (standardized units,
+    after the outcome transform) is below ``min_noise_std²``, to which the fits raise it
+    (``training.floor_known_noise``)."""
+    floor = min_noise_std**2
+    if Yvar is not None and bool((Yvar < floor).any()):
+        warnings.warn(f"train_Yvar has values below min_noise_std² = {floor:.3g} (in "
+                      "standardized units); the model raises them to it, as GPyTorch "
+                      "raises a fixed noise below settings.min_fixed_noise.",
+                      InputDataWarning, stacklevel=3)

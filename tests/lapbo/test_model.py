@@ -3,12 +3,13 @@ conditioning, serialization, warm starts and pathwise samples."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import pytest
 import torch
 from botorch.acquisition import qLogExpectedImprovement
-from botorch.exceptions.warnings import InputDataWarning, NumericsWarning
+from botorch.exceptions.warnings import InputDataWarning
 from botorch.models.transforms.input import Normalize
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 from botorch.sampling import SobolQMCNormalSampler
@@ -331,11 +332,16 @@ def test_train_yvar() -> None:
 
 
 def test_known_noise_below_the_floor_is_raised_to_it() -> None:
-    """``train_Yvar`` below ``min_noise_std²`` (standardized) is raised to it, with a
-    warning, as GPyTorch raises a fixed noise below ``settings.min_fixed_noise``."""
+    """``train_Yvar`` below ``min_noise_std²`` (standardized) is raised to it, with one
+    warning at construction, as GPyTorch raises a fixed noise below
+    ``settings.min_fixed_noise``."""
     X, Y = data()
-    with pytest.warns(NumericsWarning, match="min_noise_std"):
-        model = LaplaceBNN(X, Y, torch.zeros_like(Y), seed=0, **SMALL).fit()
+    with pytest.warns(InputDataWarning, match="min_noise_std") as record:
+        model = LaplaceBNN(X, Y, torch.zeros_like(Y), seed=0, **SMALL)
+    assert sum("min_noise_std" in str(w.message) for w in record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputDataWarning)  # the fits do not repeat it
+        model.fit()
     assert torch.allclose(model._training_data()[2], torch.full_like(Y, 1e-6))
     std = Y.std(0)  # Standardize: the floor in the data's units is 1e-6 · var(Y) per output
     post = model.posterior(X, observation_noise=True)
