@@ -73,20 +73,21 @@ def _check_prior(prior: Tensor, n_params: int, ref: Tensor) -> Tensor:
     return prior
 
 
-def _jittered_cholesky(A: Tensor, eye: Tensor,
-                       where: str = " (the capacitance Cholesky failed)") -> Tensor:
-    """Lower Cholesky factor of ``I + A`` ``(*b, M, M)`` (``A`` positive semi-definite
-    up to rounding) with a jitter of ``ε·mean(diag A)`` for the first ``ε`` of
-    ``CAPACITANCE_JITTERS`` at which it exists, and a ``RuntimeWarning``;
+def _unit_plus_psd_cholesky(M: Tensor,
+                            where: str = " (the capacitance Cholesky failed)") -> Tensor:
+    """Lower Cholesky factor of ``M = I + A`` ``(*b, n, n)``, ``A`` positive semi-definite
+    up to rounding; if rounding breaks it, of ``M + ε·mean(diag A)·I`` for the first ``ε``
+    of ``CAPACITANCE_JITTERS`` at which it exists, with a ``RuntimeWarning``;
     ``NotPositiveDefiniteError`` if none (non-finite entries)."""
-    scale = A.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1.0)[..., None, None]
-    factor = jittered_cholesky(A + eye, CAPACITANCE_JITTERS, scale)
+    scale = (M.diagonal(dim1=-2, dim2=-1) - 1).mean(-1).clamp_min(1.0)[..., None, None]
+    factor = jittered_cholesky(M, CAPACITANCE_JITTERS, scale)
     if factor is None:
         raise NotPositiveDefiniteError(not_pd_message("sample-space", where))
-    warnings.warn(f"A sample-space Cholesky factorisation failed to rounding{where}; it "
-                  f"succeeded with a jitter of {factor[1]:g} times the mean diagonal (as an "
-                  "observation noise variance of that fraction of the prior function "
-                  "variance).", RuntimeWarning, stacklevel=4)
+    if factor[1] > 0:
+        warnings.warn(f"A sample-space Cholesky factorisation failed to rounding{where}; "
+                      f"it succeeded with a jitter of {factor[1]:g} times the mean diagonal "
+                      "(as an observation noise variance of that fraction of the prior "
+                      "function variance).", RuntimeWarning, stacklevel=4)
     return factor[0]
 
 
@@ -250,11 +251,8 @@ class WoodburyPrecision(PrecisionMatrix):
     def _capacitance_cholesky(self) -> Tensor:
         """Lower ``L`` with ``L Lᵀ = I + W D⁻¹ Wᵀ`` ``(*b, M, M)``."""
         C = self._cross(self.rows) * self.scale.sqrt()
-        eye = torch.eye(self.n_rows, dtype=C.dtype, device=C.device)
-        L, info = torch.linalg.cholesky_ex(C + eye)
-        if bool((info != 0).any()):  # C is positive definite: rounding (CAPACITANCE_JITTERS)
-            L = _jittered_cholesky(C, eye)
-        return L
+        return _unit_plus_psd_cholesky(C + torch.eye(self.n_rows, dtype=C.dtype,
+                                                     device=C.device))
 
     def _whitened_cross(self, X: Tensor) -> Tensor:
         """``L⁻¹ X`` for ``X`` ``(*b, *lead, M, q)``."""
@@ -440,11 +438,8 @@ class WoodburyPrecision(PrecisionMatrix):
         Y = Wn @ (Wn / self.D).mT + torch.eye(k, dtype=J.dtype, device=J.device)
         L = self._capacitance_cholesky
         Z = torch.linalg.solve_triangular(L, X, upper=False)
-        eye = torch.eye(k, dtype=J.dtype, device=J.device)
-        schur = Y - Z.mT @ Z  # I + (a positive semi-definite part)
-        L22, info = torch.linalg.cholesky_ex(schur)
-        if bool((info != 0).any()):
-            L22 = _jittered_cholesky(schur - eye, eye, " (the conditioning update failed)")
+        # the Schur complement: I plus a positive semi-definite part
+        L22 = _unit_plus_psd_cholesky(Y - Z.mT @ Z, " (the conditioning update failed)")
         batch = torch.broadcast_shapes(self.batch_shape, Wn.shape[:-2], Z.shape[:-2])
         L = L.expand(*batch, *L.shape[-2:])
         top = torch.cat([L, L.new_zeros(*batch, self.n_rows, k)], -1)
