@@ -78,11 +78,20 @@ def _unit_plus_psd_cholesky(M: Tensor,
     """Lower Cholesky factor of ``M = I + A`` ``(*b, n, n)``, ``A`` positive semi-definite
     up to rounding; if rounding breaks it, of ``M + ε·mean(diag A)·I`` for the first ``ε``
     of ``CAPACITANCE_JITTERS`` at which it exists, with a ``RuntimeWarning``;
-    ``NotPositiveDefiniteError`` if none (non-finite entries)."""
+    ``NotPositiveDefiniteError`` if none (non-finite entries, or a curvature-to-prior
+    ratio beyond the dtype's precision: the message says which and what to change)."""
     scale = (M.diagonal(dim1=-2, dim2=-1) - 1).mean(-1).clamp_min(1.0)[..., None, None]
     factor = jittered_cholesky(M, CAPACITANCE_JITTERS, scale)
     if factor is None:
-        raise NotPositiveDefiniteError(not_pd_message("sample-space", where))
+        if not bool(torch.isfinite(M).all()):
+            raise NotPositiveDefiniteError(not_pd_message("sample-space", where))
+        raise NotPositiveDefiniteError(
+            f"The sample-space posterior precision is not positive definite in floating "
+            f"point{where}, even with a jitter of {CAPACITANCE_JITTERS[-1]:g} times the "
+            f"mean diagonal ({float(scale.max()):.3g}, the curvature over the prior "
+            f"precision, s·RRᵀ/δ): that ratio is beyond {M.dtype}'s precision. Raise "
+            "sigma_noise (or the temperature) or the prior precision, or compute in "
+            "float64.")
     if factor[1] > 0:
         warnings.warn(f"A sample-space Cholesky factorisation failed to rounding{where}; "
                       f"it succeeded with a jitter of {factor[1]:g} times the mean diagonal "

@@ -297,3 +297,13 @@ def test_capacitance_with_non_finite_curvature_still_raises():
     prec.__dict__.pop("_DinvW", None)
     with pytest.raises(NotPositiveDefiniteError, match="not positive definite"):
         prec.logdet()
+
+
+def test_a_ratio_beyond_the_dtype_names_the_remedy():
+    """float32 rows at ``s = 10¹²``: no jitter up to 10⁻⁶ of the mean diagonal helps, and
+    the error says what to change instead of blaming an indefinite Hessian."""
+    g = _gen(12)
+    R = (torch.randn(300, 5, generator=g) @ torch.randn(5, 400, generator=g))
+    prec = WoodburyPrecision(R, 1e12, torch.ones(1))
+    with pytest.raises(NotPositiveDefiniteError, match="Raise sigma_noise .* float64"):
+        prec.logdet()
