@@ -247,7 +247,7 @@ class FunctionalLaplace(BaseLaplace):
         A = (A + A.mT) / 2
         rounding = len(A) * torch.finfo(A.dtype).eps  # one retry at the rounding scale
         factor = jittered_cholesky(A, (rounding,) if bool(torch.isfinite(A).all()) else (),
-                                   float(A.diagonal().abs().max()))
+                                   float(A.detach().diagonal().abs().max()))
         chol = None if factor is None else factor[0]
         if chol is None or not bool(torch.isfinite(chol).all()):
             noise = (f", sigma_noise {float(self.sigma_noise):.3g}"

@@ -42,6 +42,12 @@ from laplace.utils.cholesky import jittered_cholesky
 #: variance, as GPyTorch's ``psd_safe_cholesky`` adds 10⁻⁸ and more to a kernel matrix.
 CAPACITANCE_JITTERS = (1e-10, 1e-8, 1e-6)
 
+#: A diagonal entry of ``J Σ Jᵀ = J D⁻¹ Jᵀ − VᵀV`` at most this many machine epsilons
+#: of ``J D⁻¹ Jᵀ`` has lost its digits to the subtraction (a posterior variance that far
+#: below the prior's, e.g. ``σ = 10⁻²`` in float32); ``inv_square_form`` recomputes
+#: those points in a form that is non-negative by construction.
+CANCELLATION_EPS = 100.0
+
 
 def _check_rows(rows: Tensor, name: str = "rows") -> Tensor:
     if not isinstance(rows, Tensor) or not rows.is_floating_point():
@@ -296,7 +302,47 @@ class WoodburyPrecision(PrecisionMatrix):
         else:
             base = (Js / self.D) @ Js.mT
         V = self._project(Js)
-        return base - V.mT @ V
+        return self._guard_cancellation(Js, base, base - V.mT @ V)
+
+    def _guard_cancellation(self, Js: Tensor, base: Tensor, out: Tensor) -> Tensor:
+        """``out`` ``(*b, n, K, K)`` with the blocks of points whose variance lost its
+        digits to the subtraction (``CANCELLATION_EPS``) recomputed as ``(uT)(uT)ᵀ``
+        (``_symmetric_root_rows``), with a ``RuntimeWarning``; unchanged otherwise."""
+        tol = CANCELLATION_EPS * torch.finfo(out.dtype).eps
+        prior_var = base.diagonal(dim1=-2, dim2=-1)
+        bad = ((out.diagonal(dim1=-2, dim2=-1) <= tol * prior_var)
+               & (prior_var > 0)).any(-1)  # (*b, n); a zero Jacobian row is exact
+        if not bool(bad.any()):
+            return out
+        warnings.warn(
+            f"The posterior variance of {int(bad.sum())} of {bad.numel()} points is below "
+            f"{tol:.1g} of their prior variance, beyond {out.dtype}'s precision for the "
+            "Woodbury subtraction; recomputed in a form that cannot be negative (its "
+            "leading digits only: for accurate values compute in float64, or raise "
+            "sigma_noise or the prior precision).", RuntimeWarning, stacklevel=3)
+        root = self._symmetric_root_rows(Js)
+        return torch.where(bad[..., None, None], root @ root.mT, out)
+
+    @cached_property
+    def _gram_eigh(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``V = W D^{-1/2}`` ``(*b, M, P)`` and the eigenpairs ``(μ, E)`` of ``V Vᵀ``."""
+        V = self._W * self.D.rsqrt()
+        mu, E = torch.linalg.eigh(V @ V.mT)
+        return V, mu.clamp(min=0), E
+
+    def _symmetric_root_rows(self, Js: Tensor) -> Tensor:
+        """``u T`` ``(*b, *lead, K, P)`` for ``Js`` ``(*lead, K, P)``, ``u = J D^{-1/2}``, with
+        ``T`` the symmetric root of ``(I + VᵀV)⁻¹`` (``sample``): ``J Σ Jᵀ = (uT)(uT)ᵀ``,
+        positive semi-definite whatever the rounding."""
+        V, mu, E = self._gram_eigh
+        a = (1 + mu).sqrt()
+        g = 1 / (a * (1 + a))
+        n_lead = Js.ndim - 2
+        V = _lift(V, len(self.batch_shape), n_lead)
+        E = _lift(E, len(self.batch_shape), n_lead)
+        g = g.reshape(*self.batch_shape, *(1,) * n_lead, 1, -1)
+        u = Js * self.D.rsqrt()
+        return u - (((u @ V.mT) @ E) * g) @ E.mT @ V
 
     def joint_inv_square_form(self, Js: Tensor) -> Tensor:
         """``J Σ Jᵀ`` over all points: ``(*b, n·K, n·K)``, row ``point·K + k``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -307,3 +308,61 @@ def test_a_ratio_beyond_the_dtype_names_the_remedy():
     prec = WoodburyPrecision(R, 1e12, torch.ones(1))
     with pytest.raises(NotPositiveDefiniteError, match="Raise sigma_noise .* float64"):
         prec.logdet()
+
+
+def _cancelling(dtype=torch.float32):
+    """Rows at ``s/δ = 10⁵``: at the rows' own points the posterior variance is ``1/s``,
+    about 10⁻⁷ of the prior's, which float32's Woodbury subtraction cannot resolve."""
+    R = torch.randn(40, 60, generator=_gen(30), dtype=dtype)
+    fresh = torch.randn(10, 60, generator=_gen(31), dtype=dtype)
+    wb = WoodburyPrecision(R, torch.tensor(1e5, dtype=dtype), torch.tensor([1.0], dtype=dtype))
+    dense = DensePrecision(R.double().T @ R.double(), torch.tensor(1e5, dtype=DT),
+                           torch.tensor([1.0], dtype=DT))
+    return wb, dense, torch.cat([R[:20], fresh])
+
+
+def test_cancellation_in_float32_is_recomputed_non_negative():
+    wb, dense, J = _cancelling()
+    Js = torch.stack([J, 0.5 * J + 0.1 * J.flip(-1)], dim=1)  # two outputs: (30, 2, P)
+    V = wb._project(Js)
+    plain = (Js @ Js.mT) - V.mT @ V  # the unguarded subtraction (δ = 1)
+    var_plain = plain.diagonal(dim1=-2, dim2=-1)
+    ref = dense.inv_square_form(Js.double())
+    assert bool((var_plain[:20] <= 0).any())  # the defect being guarded against
+    with pytest.warns(RuntimeWarning, match="20 of 30 points.*float64"):
+        out = wb.inv_square_form(Js)
+    var = out.diagonal(dim1=-2, dim2=-1)
+    assert bool((var > 0).all())
+    rel = ((var.double() - ref.diagonal(dim1=-2, dim2=-1)) / ref.diagonal(dim1=-2, dim2=-1))
+    assert float(rel[:20].abs().max()) < 0.02  # the plain subtraction is off by > 100 %
+    assert torch.equal(out[20:], plain[20:])  # points that kept their digits: untouched
+    torch.testing.assert_close(out[:20], out[:20].mT)
+    # The joint covariance goes through the same guard.
+    with pytest.warns(RuntimeWarning):
+        joint = wb.joint_inv_square_form(Js[:3])
+    assert bool((joint.diagonal() > 0).all())
+    assert bool((torch.linalg.eigvalsh(joint.double()) > -1e-9).all())
+
+
+def test_cancellation_guard_is_silent_where_digits_remain():
+    wb, dense, J = _cancelling(torch.float64)
+    Js = torch.cat([J, torch.zeros(1, J.shape[-1], dtype=DT)]).unsqueeze(1)  # a zero row
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = wb.inv_square_form(Js)
+    torch.testing.assert_close(out[:-1], dense.inv_square_form(Js[:-1]), rtol=1e-6, atol=0)
+    assert float(out[-1].abs().max()) == 0.0  # exact zero, not a cancellation
+
+
+def test_cancellation_guard_with_batched_rows():
+    wb, _, J = _cancelling()
+    extra = torch.randn(3, 2, J.shape[-1], generator=_gen(32))
+    batch = wb.condition(extra, 1e-3)
+    Js = J[:5].unsqueeze(1)
+    with pytest.warns(RuntimeWarning):
+        out = batch.inv_square_form(Js)
+    assert out.shape == (3, 5, 1, 1) and bool((out > 0).all())
+    for f in range(3):
+        one = wb.condition(extra[f], 1e-3)
+        with pytest.warns(RuntimeWarning):
+            torch.testing.assert_close(out[f], one.inv_square_form(Js), rtol=0.02, atol=0)
