@@ -35,6 +35,8 @@ from torch.utils.data import DataLoader, Subset
 from laplace.posterior import arguments
 from laplace.posterior.base import BaseLaplace
 from laplace.posterior.lastlayer import LastLayerMixin
+from laplace.precision.cancellation import guard_subtraction, wide_dtype
+from laplace.precision.woodbury import WoodburyPrecision
 from laplace.predictive import links
 from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
@@ -328,7 +330,7 @@ class FunctionalLaplace(BaseLaplace):
         if self.independent_outputs:
             K_ss = K_ss * torch.eye(C, dtype=K_ss.dtype, device=K_ss.device)
         Wn = self._explained(Js_star).T.reshape(n, C, -1)
-        f_var = K_ss - Wn @ Wn.transpose(-1, -2)
+        f_var = self._guard(K_ss, K_ss - Wn @ Wn.transpose(-1, -2), Js_star)
         if self.diagonal_kernel:
             f_var = torch.diag_embed(f_var.diagonal(dim1=-2, dim2=-1))
         return f_var
@@ -340,7 +342,28 @@ class FunctionalLaplace(BaseLaplace):
         n, C, _ = Js_star.shape
         K_ss = self._kernel(Js_star, Js_star).reshape(n * C, n * C) * self._prior_var()
         W = self._explained(Js_star)
-        return K_ss - W.T @ W
+        joint = Js_star.reshape(1, n * C, -1)
+        return self._guard(K_ss[None], K_ss[None] - (W.T @ W)[None], joint)[0]
+
+    def _guard(self, K_ss: Tensor, f_cov: Tensor, Js_star: Tensor) -> Tensor:
+        """``f_cov = K** − WᵀW`` ``(n, C, C)``, with the points whose variance the
+        subtraction cannot resolve recomputed (``guard_subtraction``) from the
+        weight-space form of the same GP (prior ``N(0, v·I)``, rows ``Λ^{1/2} J_M``), in
+        float64. Not for independent outputs, whose kernel has no weight-space form: their
+        variances are returned as computed."""
+        if self.independent_outputs:
+            return f_cov
+        return guard_subtraction(K_ss, f_cov, lambda: self._root_rows(Js_star), stacklevel=6)
+
+    def _root_rows(self, Js_star: Tensor) -> Tensor:
+        """``(n, C, P)`` rows whose Gram is the posterior covariance at ``Js_star``,
+        through ``WoodburyPrecision`` over the subset's Jacobians (``M·C × P``, formed only
+        here)."""
+        wide = wide_dtype(Js_star)
+        J_M = torch.cat([self._jacobians(X)[0] for X in self._X_M]).to(wide)
+        rows = self._L_sqrt().to(wide) @ J_M.reshape(-1, J_M.shape[-1])
+        prior = self._prior_var().to(wide).reciprocal().reshape(1)
+        return WoodburyPrecision(rows, 1.0, prior)._symmetric_root_rows(Js_star)
 
     def predictive_moments(self, X: Inputs, joint: bool = False) -> tuple[Tensor, Tensor]:
         """GP mean ``(n, C)`` and covariance ``(n, C, C)`` (``(nC, nC)`` if ``joint``)."""

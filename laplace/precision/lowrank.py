@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from laplace.precision.base import NotPositiveDefiniteError, PrecisionMatrix, not_pd_message
+from laplace.precision.cancellation import guard_narrow, guard_subtraction, wide_dtype
 
 
 class LowRankPrecision(PrecisionMatrix):
@@ -61,14 +62,32 @@ class LowRankPrecision(PrecisionMatrix):
     def inv_square_form(self, Js: Tensor) -> Tensor:
         base = torch.einsum("...kp,p,...lp->...kl", Js, self.D.reciprocal(), Js)
         V = self._project(Js)
-        return base - V @ V.transpose(-1, -2)
+        return guard_subtraction(base, base - V @ V.transpose(-1, -2),
+                                 lambda: self._symmetric_root_rows(Js))
+
+    @cached_property
+    def _root_factors(self) -> tuple[Tensor, Tensor]:
+        """``Q`` ``(P, k)`` and ``1 − (1 + S²)^{-1/2}`` ``(k,)`` from the thin SVD
+        ``D^{-1/2} W = Q S Rᵀ``: ``(I + VVᵀ)^{-1/2} = I − Q diag(shrink) Qᵀ``."""
+        Q, S, _ = torch.linalg.svd(self.W / self.D.sqrt().unsqueeze(-1), full_matrices=False)
+        return Q, 1 - (1 + S.square()).rsqrt()
+
+    def _symmetric_root_rows(self, Js: Tensor) -> Tensor:
+        """``u (I + VVᵀ)^{-1/2}`` for ``u = J D^{-1/2}``, ``Js`` ``(..., K, P)``:
+        ``J Σ Jᵀ = (uT)(uT)ᵀ``, non-negative whatever the rounding; in float64
+        (``wide_dtype``) from the factors and ``Js`` as given."""
+        wide = wide_dtype(Js)
+        root_D = self.D.to(wide).sqrt()
+        Q, S, _ = torch.linalg.svd(self.W.to(wide) / root_D.unsqueeze(-1), full_matrices=False)
+        shrink = 1 - (1 + S.square()).rsqrt()
+        u = Js.to(wide) / root_D
+        return u - ((u @ Q) * shrink) @ Q.T
 
     def sample(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """``D^{-1/2}(I + VVᵀ)^{-1/2} ε`` with ``V = D^{-1/2} W`` (thin SVD of ``V``)."""
         eps = torch.randn(n_samples, self.n_params, generator=generator, dtype=self.W.dtype,
                           device=self.W.device)
-        Q, S, _ = torch.linalg.svd(self.W / self.D.sqrt().unsqueeze(-1), full_matrices=False)
-        shrink = 1 - (1 + S.square()).rsqrt()
+        Q, shrink = self._root_factors
         eps = eps - ((eps @ Q) * shrink) @ Q.T
         return eps / self.D.sqrt()
 
@@ -80,7 +99,17 @@ class LowRankPrecision(PrecisionMatrix):
 
     def covariance_diag(self) -> Tensor:
         V = torch.linalg.solve_triangular(self._capacitance_cholesky, self._DinvW.T, upper=False)
-        return self.D.reciprocal() - V.square().sum(0)
+        out = self.D.reciprocal() - V.square().sum(0)
+        return guard_narrow(out, self.D.reciprocal(), out,
+                            lambda: self._float64().covariance_diag(), "weights")
+
+    def _float64(self) -> LowRankPrecision:
+        """The same precision in ``wide_dtype`` (a copy of ``W``)."""
+        wide = wide_dtype(self.W)
+        out = LowRankPrecision.__new__(LowRankPrecision)
+        out.U, out.n_params = self.U.to(wide), self.n_params
+        out.D, out.W = self.D.to(wide), self.W.to(wide)
+        return out
 
     def last_layer_variance(self, phi, n_outputs, bias, joint=False, diagonal=False):
         raise NotImplementedError("Low-rank Laplace is not offered for the last layer.")

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from laplace.precision import lastlayer
 from laplace.precision.base import NotPositiveDefiniteError, PrecisionMatrix, not_pd_message
+from laplace.precision.cancellation import guard_narrow, guard_subtraction, wide_dtype
 from laplace.utils import checks
 from laplace.utils.cholesky import jittered_cholesky
 
@@ -41,12 +42,6 @@ from laplace.utils.cholesky import jittered_cholesky
 #: diagonal acts as an observation noise variance of ``ε`` times the prior's function
 #: variance, as GPyTorch's ``psd_safe_cholesky`` adds 10⁻⁸ and more to a kernel matrix.
 CAPACITANCE_JITTERS = (1e-10, 1e-8, 1e-6)
-
-#: A diagonal entry of ``J Σ Jᵀ = J D⁻¹ Jᵀ − VᵀV`` at most this many machine epsilons
-#: of ``J D⁻¹ Jᵀ`` has lost its digits to the subtraction (a posterior variance that far
-#: below the prior's, e.g. ``σ = 10⁻²`` in float32); ``inv_square_form`` recomputes
-#: those points in a form that is non-negative by construction.
-CANCELLATION_EPS = 100.0
 
 
 def _check_rows(rows: Tensor, name: str = "rows") -> Tensor:
@@ -302,26 +297,8 @@ class WoodburyPrecision(PrecisionMatrix):
         else:
             base = (Js / self.D) @ Js.mT
         V = self._project(Js)
-        return self._guard_cancellation(Js, base, base - V.mT @ V)
-
-    def _guard_cancellation(self, Js: Tensor, base: Tensor, out: Tensor) -> Tensor:
-        """``out`` ``(*b, n, K, K)`` with the blocks of points whose variance lost its
-        digits to the subtraction (``CANCELLATION_EPS``) recomputed as ``(uT)(uT)ᵀ``
-        (``_symmetric_root_rows``), with a ``RuntimeWarning``; unchanged otherwise."""
-        tol = CANCELLATION_EPS * torch.finfo(out.dtype).eps
-        prior_var = base.diagonal(dim1=-2, dim2=-1)
-        bad = ((out.diagonal(dim1=-2, dim2=-1) <= tol * prior_var)
-               & (prior_var > 0)).any(-1)  # (*b, n); a zero Jacobian row is exact
-        if not bool(bad.any()):
-            return out
-        warnings.warn(
-            f"The posterior variance of {int(bad.sum())} of {bad.numel()} points is below "
-            f"{tol:.1g} of their prior variance, beyond {out.dtype}'s precision for the "
-            "Woodbury subtraction; recomputed in a form that cannot be negative (its "
-            "leading digits only: for accurate values compute in float64, or raise "
-            "sigma_noise or the prior precision).", RuntimeWarning, stacklevel=3)
-        root = self._symmetric_root_rows(Js)
-        return torch.where(bad[..., None, None], root @ root.mT, out)
+        return guard_subtraction(base, base - V.mT @ V,
+                                 lambda: self._symmetric_root_rows(Js))
 
     @cached_property
     def _gram_eigh(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -333,15 +310,20 @@ class WoodburyPrecision(PrecisionMatrix):
     def _symmetric_root_rows(self, Js: Tensor) -> Tensor:
         """``u T`` ``(*b, *lead, K, P)`` for ``Js`` ``(*lead, K, P)``, ``u = J D^{-1/2}``, with
         ``T`` the symmetric root of ``(I + VᵀV)⁻¹`` (``sample``): ``J Σ Jᵀ = (uT)(uT)ᵀ``,
-        positive semi-definite whatever the rounding."""
-        V, mu, E = self._gram_eigh
-        a = (1 + mu).sqrt()
+        positive semi-definite whatever the rounding. In float64 (``wide_dtype``) from the
+        rows and ``Js`` as given: a float32 eigendecomposition cannot resolve the
+        directions the cancellation is about."""
+        wide = wide_dtype(Js)
+        root_D = self.D.to(wide).rsqrt()
+        V = self._W.to(wide) * root_D
+        mu, E = torch.linalg.eigh(V @ V.mT)
+        a = (1 + mu.clamp(min=0)).sqrt()
         g = 1 / (a * (1 + a))
         n_lead = Js.ndim - 2
         V = _lift(V, len(self.batch_shape), n_lead)
         E = _lift(E, len(self.batch_shape), n_lead)
         g = g.reshape(*self.batch_shape, *(1,) * n_lead, 1, -1)
-        u = Js * self.D.rsqrt()
+        u = Js.to(wide) * root_D
         return u - (((u @ V.mT) @ E) * g) @ E.mT @ V
 
     def joint_inv_square_form(self, Js: Tensor) -> Tensor:
@@ -361,9 +343,8 @@ class WoodburyPrecision(PrecisionMatrix):
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive int, got {n_samples!r}.")
         root = self.D.rsqrt()
-        V = self._W * root
-        mu, E = torch.linalg.eigh(V @ V.mT)
-        a = (1 + mu.clamp(min=0)).sqrt()
+        V, mu, E = self._gram_eigh
+        a = (1 + mu).sqrt()
         g = 1 / (a * (1 + a))
         eps = torch.randn(n_samples, *self.batch_shape, self.n_params, generator=generator,
                           dtype=self.rows.dtype, device=self.rows.device)
@@ -393,13 +374,24 @@ class WoodburyPrecision(PrecisionMatrix):
         return self._whitened_cross(self._DinvW)
 
     def covariance(self) -> Tensor:
-        """Dense ``Σ = D⁻¹ − BᵀB`` (``covariance_factor``): ``(*b, P, P)`` (on request)."""
+        """Dense ``Σ = D⁻¹ − BᵀB`` (``covariance_factor``): ``(*b, P, P)`` (on request;
+        in float64 where the subtraction cannot resolve it, ``guard_narrow``)."""
         V = self.covariance_factor()
-        return torch.diag_embed(self.D.reciprocal()) - V.mT @ V
+        out = torch.diag_embed(self.D.reciprocal()) - V.mT @ V
+        return guard_narrow(out.diagonal(dim1=-2, dim2=-1), self.D.reciprocal(), out,
+                            lambda: self._float64().covariance(), "weights")
 
     def covariance_diag(self) -> Tensor:
-        """``diag(Σ) = 1/δ − colsum(B²)`` (``covariance_factor``): ``(*b, P)``."""
-        return self.D.reciprocal() - self.covariance_factor().square().sum(-2)
+        """``diag(Σ) = 1/δ − colsum(B²)`` (``covariance_factor``): ``(*b, P)`` (in float64
+        where the subtraction cannot resolve it, ``guard_narrow``)."""
+        out = self.D.reciprocal() - self.covariance_factor().square().sum(-2)
+        return guard_narrow(out, self.D.reciprocal(), out,
+                            lambda: self._float64().covariance_diag(), "weights")
+
+    def _float64(self) -> WoodburyPrecision:
+        """The same precision in ``wide_dtype`` (a copy of the rows)."""
+        wide = wide_dtype(self.rows)
+        return WoodburyPrecision(self.rows.to(wide), self.scale.to(wide), self.prior.to(wide))
 
     def last_layer_variance(self, phi, n_outputs, bias, joint=False, diagonal=False):
         """``J Σ Jᵀ`` for ``J = [I_K ⊗ φᵀ, I_K]`` without building ``J`` (see base)."""
@@ -418,11 +410,16 @@ class WoodburyPrecision(PrecisionMatrix):
             G = G + A[..., K * width:].unsqueeze(-2)
         U = self._whitened_cross(G.flatten(-2))  # (*b, M, n·K)
         if joint:
-            return base - U.mT @ U
-        U = U.unflatten(-1, (n, K))
-        if diagonal:
-            return base - U.square().sum(-3)
-        return base - torch.einsum("...mnk,...mnl->...nkl", U, U)
+            out = base - U.mT @ U
+        elif diagonal:
+            out = base - U.unflatten(-1, (n, K)).square().sum(-3)
+        else:
+            U = U.unflatten(-1, (n, K))
+            out = base - torch.einsum("...mnk,...mnl->...nkl", U, U)
+        var, prior_var = ((out, base) if diagonal else
+                          (out.diagonal(dim1=-2, dim2=-1), base.diagonal(dim1=-2, dim2=-1)))
+        return guard_narrow(var, prior_var, out, lambda: self._float64().last_layer_variance(
+            phi.to(wide_dtype(phi)), n_outputs, bias, joint, diagonal), "points")
 
     def capacitance_inv_square_form(self, e: Tensor) -> Tensor:
         """``eᵀ C⁻¹ e`` with the capacitance ``C = I + s·R D⁻¹ Rᵀ`` for ``e`` ``(*b, M)``:

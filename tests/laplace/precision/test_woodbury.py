@@ -334,8 +334,7 @@ def test_cancellation_in_float32_is_recomputed_non_negative():
     var = out.diagonal(dim1=-2, dim2=-1)
     assert bool((var > 0).all())
     rel = ((var.double() - ref.diagonal(dim1=-2, dim2=-1)) / ref.diagonal(dim1=-2, dim2=-1))
-    assert float(rel[:20].abs().max()) < 0.02  # the plain subtraction is off by > 100 %
-    assert torch.equal(out[20:], plain[20:])  # points that kept their digits: untouched
+    assert float(rel.abs().max()) < 1e-5  # the plain subtraction is off by > 100 %
     torch.testing.assert_close(out[:20], out[:20].mT)
     # The joint covariance goes through the same guard.
     with pytest.warns(RuntimeWarning):
@@ -365,4 +364,4 @@ def test_cancellation_guard_with_batched_rows():
     for f in range(3):
         one = wb.condition(extra[f], 1e-3)
         with pytest.warns(RuntimeWarning):
-            torch.testing.assert_close(out[f], one.inv_square_form(Js), rtol=0.02, atol=0)
+            torch.testing.assert_close(out[f], one.inv_square_form(Js), rtol=1e-4, atol=0)
