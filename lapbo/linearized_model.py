@@ -185,7 +185,8 @@ class _LinearizedModel(Model, FantasizeMixin):
         outcome-transformed space, with the observation noise that ``posterior`` adds."""
         q, k = X.shape[-2], len(idx)
         J, f = self._features(self.transform_inputs(X), idx)
-        mean, cov = self._gaussian().predict(J, f)
+        gaussian = self._gaussian()
+        mean, cov = gaussian.predict(J.to(gaussian.dtype), f.to(gaussian.dtype))
         if observation_noise is True:
             cov = cov + torch.diag_embed(self._noise_var[idx].repeat(q).to(cov))
         elif isinstance(observation_noise, Tensor):
@@ -236,7 +237,8 @@ class _LinearizedModel(Model, FantasizeMixin):
             Y, _ = ot(Y, X=X_tf)
         targets = self._targets_after(Y)
         J, f = self._features(X_tf, idx)
-        dtype = self._compute_dtype
+        dtype = self._gaussian().dtype  # float64 for a full GGN whatever compute_dtype
+        J, f = J.to(dtype), f.to(dtype)
         y = Y.to(dtype).reshape(*Y.shape[:-2], n_new * k)
         if noise is None:
             noise_var = self._noise_var[idx].to(dtype).repeat(n_new)

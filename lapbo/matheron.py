@@ -85,6 +85,7 @@ def _paths(model: _LinearizedModel, sample_shape: Size) -> LinearizedSamplePath:
     """One model's paths: ``sample_shape`` draws of its weight posterior."""
     n = sample_shape.numel()
     offsets = model._gaussian().sample_offsets(n)  # (n, *batch, P), global RNG as BoTorch
+    offsets = offsets.to(model._compute_dtype)
     return LinearizedSamplePath(model, offsets.reshape(*sample_shape, *offsets.shape[1:]),
                                 sample_shape)
 

@@ -173,8 +173,9 @@ class LaplaceBNN(_LinearizedModel):
         min_noise_std: lower bound of ``σ`` and of known noise SDs (standardized units).
         marglik_every, marglik_steps, final_marglik_steps, marglik_lr: see
             ``lapbo.training.TrainingOptions``.
-        compute_dtype: dtype of the network and all linear algebra (posteriors are
-            returned in the dtype of the query ``X``, promoted to ``train_Y``'s by an
+        compute_dtype: dtype of the network, its training and Jacobians (the Gaussian
+            of the full GGN is float64 whatever it is; posteriors are returned in the
+            dtype of the query ``X``, promoted to ``train_Y``'s by an
             outcome transform's buffers, e.g. ``Standardize``); ``model.to(dtype)`` (which
             BoTorch's analytic acquisitions call with the query) keeps it and moves
             devices only. ``input_transform`` may not be one that BoTorch applies at
@@ -747,14 +748,18 @@ class LaplaceBNN(_LinearizedModel):
             prior = training.expand_prior(prior, [p.numel() for p in self.net.parameters()])
         Js, f = network_jacobians(self.net, X, self._param_names,
                                   independent_samples=networks.rows_independent(self.net))
-        rows = Js.reshape(-1, Js.shape[-1])
+        # in float64 whatever compute_dtype: at σ = 1e-3 a float32 capacitance fails
+        wide = torch.float64
+        rows, f, prior = (t.to(wide) for t in (Js.reshape(-1, Js.shape[-1]), f, prior))
+        Y = Y.to(wide)
         if Yvar is None:
             noise = self.sigma_noise.square().to(rows).expand(rows.shape[0])
         else:
-            noise = Yvar.reshape(-1).clamp_min(1e-12)
+            noise = Yvar.reshape(-1).to(wide).clamp_min(1e-12)
         posterior = LinearizedPosterior.from_rows(rows, noise, prior)
         if self.mean_kind == "linearized":  # −∇ of the MAP loss at θ*
-            v = rows.mT @ ((Y - f).reshape(-1) / noise) - prior * self._weight_offset()
+            v = (rows.mT @ ((Y - f).reshape(-1) / noise)
+                 - prior * self._weight_offset().to(wide))
             posterior = posterior.with_mean_step(v)
         return posterior
 

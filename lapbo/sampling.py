@@ -101,5 +101,5 @@ def draw_pathwise_samples(
         return MixturePathwiseSamples([
             draw_pathwise_samples(c, n, generator)
             for (_, c), n in zip(model._mixture, counts) if n > 0])
-    offsets = model._gaussian().sample_offsets(n_samples, generator)
+    offsets = model._gaussian().sample_offsets(n_samples, generator).to(model._compute_dtype)
     return PathwiseSamples(model, offsets)

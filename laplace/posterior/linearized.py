@@ -165,6 +165,13 @@ class LinearizedPosterior:
             U = U - s.W @ (J @ s.W).mT
         return U
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the base precision, in which ``predict`` and ``condition`` take
+        their arguments."""
+        base = self.base
+        return base.rows.dtype if isinstance(base, WoodburyPrecision) else base.H.dtype
+
     def predict(self, J: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
         """Mean ``(*b, k)`` and covariance ``(*b, k, k)`` of ``f_lin`` at ``J`` ``(*bx, k, P)``
         with ``f = f(x; θ*)`` ``(*bx, k)``; ``*b`` broadcasts ``*bx`` with ``batch_shape``.

@@ -322,6 +322,30 @@ def test_float32_model() -> None:
     assert torch.isfinite(post32.mean).all()
 
 
+def test_float32_network_keeps_a_float64_gaussian() -> None:
+    """``compute_dtype=torch.float32`` for the MLP at the noise floor (σ = 10⁻³, a
+    noiseless function, 100 rows): in float32 the sample-space capacitance
+    ``I + s·R D⁻¹ Rᵀ`` could not be factorised (``NotPositiveDefiniteError`` in
+    ``posterior``) and at 30 rows the variances came back negative (GPyTorch clamped
+    them); the network trains in float32 and the Gaussian's linear algebra is float64."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(100, 2, generator=g, dtype=torch.float64)
+    Y = (3 * X).sin().sum(-1, keepdim=True)
+    model = LaplaceBNN(X, Y, seed=1, width=40, compute_dtype=torch.float32).fit()
+    assert next(model.net.parameters()).dtype == torch.float32
+    assert model._gaussian().dtype == torch.float64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no negative-variance clamping
+        post = model.posterior(torch.cat([X[:20], torch.rand(5, 2, generator=g,
+                                                             dtype=torch.float64)]))
+    assert post.mean.dtype == torch.float64
+    assert bool((post.variance > 0).all()) and bool(torch.isfinite(post.variance).all())
+    fantasy = model.fantasize(X[:3].unsqueeze(0) + 0.01, SobolQMCNormalSampler(torch.Size([2])))
+    assert bool((fantasy.posterior(X[:4]).variance > 0).all())
+    paths = draw_pathwise_samples(model, 3)
+    assert torch.isfinite(paths(X[:4])).all()
+
+
 def test_train_yvar() -> None:
     X, Y = data()
     Yvar = torch.full_like(Y, 1e-4)
