@@ -37,42 +37,48 @@ def lost_digits(var: Tensor, prior_var: Tensor) -> Tensor:
 
 
 def recompute_if_lost(bad: Tensor, out: Tensor, recompute: Callable[[], Tensor], what: str,
-                      stacklevel: int = 4) -> Tensor:
-    """``out`` if no entry of ``bad`` is set, else ``recompute()`` (the same quantity in
-    float64, called only then) in ``out``'s dtype, with a ``RuntimeWarning`` that counts
-    the ``what`` (``"points"``, ``"weights"``) of ``bad``."""
-    if not bool(bad.any()):
+                      jittered: bool = False, stacklevel: int = 4) -> Tensor:
+    """``out`` if no entry of ``bad`` is set and not ``jittered``, else ``recompute()``
+    (the same quantity in float64, called only then) in ``out``'s dtype, with a
+    ``RuntimeWarning`` that counts the ``what`` (``"points"``, ``"weights"``) of ``bad``
+    or says that the factorisation needed a jitter in ``out``'s dtype."""
+    if not jittered and not bool(bad.any()):
         return out
     tol = CANCELLATION_EPS * torch.finfo(out.dtype).eps
+    why = (f"The posterior's sample-space factorisation needed a jitter in {out.dtype}"
+           if jittered and not bool(bad.any()) else
+           f"The posterior variance of {int(bad.sum())} of {bad.numel()} {what} is below "
+           f"{tol:.1g} of their prior variance, beyond {out.dtype}'s precision for the "
+           "Woodbury subtraction")
     warnings.warn(
-        f"The posterior variance of {int(bad.sum())} of {bad.numel()} {what} is below "
-        f"{tol:.1g} of their prior variance, beyond {out.dtype}'s precision for the "
-        "Woodbury subtraction; all recomputed in float64 (slower; the curvature as given "
-        "still limits the accuracy: compute in float64, or raise sigma_noise or the prior "
-        "precision).", RuntimeWarning, stacklevel=stacklevel)
+        f"{why}; all recomputed in float64 (slower; the curvature as given still limits "
+        "the accuracy: compute in float64, or raise sigma_noise or the prior precision).",
+        RuntimeWarning, stacklevel=stacklevel)
     return recompute().to(out.dtype).expand_as(out).clone()
 
 
 def guard_subtraction(base: Tensor, out: Tensor, root_rows: Callable[[], Tensor],
-                      stacklevel: int = 5) -> Tensor:
+                      jittered: bool = False, stacklevel: int = 5) -> Tensor:
     """``out = base − VᵀV`` ``(*b, n, K, K)`` (``base`` ``(*b or 1, n, K, K)`` is
     ``J D⁻¹ Jᵀ``), or ``R Rᵀ`` for ``R = root_rows()`` ``(*b, n, K, P)`` in float64
-    (``J Σ Jᵀ = R Rᵀ``) when the variance of any point lost its digits (``lost_digits``).
+    (``J Σ Jᵀ = R Rᵀ``) when the variance of any point lost its digits (``lost_digits``)
+    or the factorisation behind ``out`` needed a jitter in a narrow dtype (``jittered``).
     Every point is recomputed then: the subtraction's error spoils the others too (a
     float32 variance at 10⁻² of its prior's was 30 % off in the tests)."""
     bad = lost_digits(out.diagonal(dim1=-2, dim2=-1), base.diagonal(dim1=-2, dim2=-1))
     return recompute_if_lost(bad.any(-1), out, lambda: _gram(root_rows()), "points",
-                             stacklevel)
+                             jittered, stacklevel)
 
 
 def guard_narrow(var: Tensor, prior_var: Tensor, out: Tensor,
-                 recompute: Callable[[], Tensor], what: str) -> Tensor:
+                 recompute: Callable[[], Tensor], what: str, jittered: bool = False) -> Tensor:
     """``out`` (whose variances are ``var``, prior variances ``prior_var``), or
-    ``recompute()`` when a variance lost its digits in a dtype narrower than float64; in
-    float64 ``out`` as computed (there is no wider dtype to recompute in)."""
+    ``recompute()`` when a variance lost its digits, or the factorisation behind ``out``
+    needed a jitter (``jittered``), in a dtype narrower than float64; in float64 ``out``
+    as computed (there is no wider dtype to recompute in)."""
     if out.dtype == wide_dtype(out):
         return out
-    return recompute_if_lost(lost_digits(var, prior_var), out, recompute, what)
+    return recompute_if_lost(lost_digits(var, prior_var), out, recompute, what, jittered)
 
 
 def _gram(R: Tensor) -> Tensor:

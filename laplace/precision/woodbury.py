@@ -74,11 +74,12 @@ def _check_prior(prior: Tensor, n_params: int, ref: Tensor) -> Tensor:
     return prior
 
 
-def _unit_plus_psd_cholesky(M: Tensor,
-                            where: str = " (the capacitance Cholesky failed)") -> Tensor:
+def _unit_plus_psd_cholesky(M: Tensor, where: str = " (the capacitance Cholesky failed)"
+                            ) -> tuple[Tensor, float]:
     """Lower Cholesky factor of ``M = I + A`` ``(*b, n, n)``, ``A`` positive semi-definite
-    up to rounding; if rounding breaks it, of ``M + ε·mean(diag A)·I`` for the first ``ε``
-    of ``CAPACITANCE_JITTERS`` at which it exists, with a ``RuntimeWarning``;
+    up to rounding, and the jitter used (0.0): if rounding breaks it, of
+    ``M + ε·mean(diag A)·I`` for the first ``ε`` of ``CAPACITANCE_JITTERS`` at which it
+    exists, with a ``RuntimeWarning``;
     ``NotPositiveDefiniteError`` if none (non-finite entries, or a curvature-to-prior
     ratio beyond the dtype's precision: the message says which and what to change)."""
     scale = (M.diagonal(dim1=-2, dim2=-1) - 1).mean(-1).clamp_min(1.0)[..., None, None]
@@ -98,7 +99,7 @@ def _unit_plus_psd_cholesky(M: Tensor,
                       f"it succeeded with a jitter of {factor[1]:g} times the mean diagonal "
                       "(as an observation noise variance of that fraction of the prior "
                       "function variance).", RuntimeWarning, stacklevel=4)
-    return factor[0]
+    return factor[0], factor[1]
 
 
 def _lift(T: Tensor, batch_ndim: int, n_lead: int) -> Tensor:
@@ -203,6 +204,9 @@ class WoodburyPrecision(PrecisionMatrix):
             ``logdet`` then comes from it (float64, no factorization per setting).
     """
 
+    #: whether the capacitance factor needed a jitter (set when it is computed)
+    _jittered = False
+
     def __init__(
         self, rows: Tensor, scale: Tensor | float, prior: Tensor | float,
         spectrum: GramSpectrum | None = None,
@@ -261,8 +265,10 @@ class WoodburyPrecision(PrecisionMatrix):
     def _capacitance_cholesky(self) -> Tensor:
         """Lower ``L`` with ``L Lᵀ = I + W D⁻¹ Wᵀ`` ``(*b, M, M)``."""
         C = self._cross(self.rows) * self.scale.sqrt()
-        return _unit_plus_psd_cholesky(C + torch.eye(self.n_rows, dtype=C.dtype,
-                                                     device=C.device))
+        L, jitter = _unit_plus_psd_cholesky(C + torch.eye(self.n_rows, dtype=C.dtype,
+                                                          device=C.device))
+        self._jittered = jitter > 0
+        return L
 
     def _whitened_cross(self, X: Tensor) -> Tensor:
         """``L⁻¹ X`` for ``X`` ``(*b, *lead, M, q)``."""
@@ -298,7 +304,7 @@ class WoodburyPrecision(PrecisionMatrix):
             base = (Js / self.D) @ Js.mT
         V = self._project(Js)
         return guard_subtraction(base, base - V.mT @ V,
-                                 lambda: self._symmetric_root_rows(Js))
+                                 lambda: self._symmetric_root_rows(Js), self._narrow_jitter())
 
     @cached_property
     def _gram_eigh(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -379,14 +385,21 @@ class WoodburyPrecision(PrecisionMatrix):
         V = self.covariance_factor()
         out = torch.diag_embed(self.D.reciprocal()) - V.mT @ V
         return guard_narrow(out.diagonal(dim1=-2, dim2=-1), self.D.reciprocal(), out,
-                            lambda: self._float64().covariance(), "weights")
+                            lambda: self._float64().covariance(), "weights",
+                            self._narrow_jitter())
 
     def covariance_diag(self) -> Tensor:
         """``diag(Σ) = 1/δ − colsum(B²)`` (``covariance_factor``): ``(*b, P)`` (in float64
         where the subtraction cannot resolve it, ``guard_narrow``)."""
         out = self.D.reciprocal() - self.covariance_factor().square().sum(-2)
         return guard_narrow(out, self.D.reciprocal(), out,
-                            lambda: self._float64().covariance_diag(), "weights")
+                            lambda: self._float64().covariance_diag(), "weights",
+                            self._narrow_jitter())
+
+    def _narrow_jitter(self) -> bool:
+        """Whether the capacitance (computed before) needed a jitter in a dtype narrower
+        than float64: its results are then recomputed in float64 (``cancellation``)."""
+        return bool(self._jittered) and self.rows.dtype != wide_dtype(self.rows)
 
     def _float64(self) -> WoodburyPrecision:
         """The same precision in ``wide_dtype`` (a copy of the rows)."""
@@ -419,7 +432,8 @@ class WoodburyPrecision(PrecisionMatrix):
         var, prior_var = ((out, base) if diagonal else
                           (out.diagonal(dim1=-2, dim2=-1), base.diagonal(dim1=-2, dim2=-1)))
         return guard_narrow(var, prior_var, out, lambda: self._float64().last_layer_variance(
-            phi.to(wide_dtype(phi)), n_outputs, bias, joint, diagonal), "points")
+            phi.to(wide_dtype(phi)), n_outputs, bias, joint, diagonal), "points",
+            self._narrow_jitter())
 
     def capacitance_inv_square_form(self, e: Tensor) -> Tensor:
         """``eᵀ C⁻¹ e`` with the capacitance ``C = I + s·R D⁻¹ Rᵀ`` for ``e`` ``(*b, M)``:
@@ -491,7 +505,7 @@ class WoodburyPrecision(PrecisionMatrix):
         L = self._capacitance_cholesky
         Z = torch.linalg.solve_triangular(L, X, upper=False)
         # the Schur complement: I plus a positive semi-definite part
-        L22 = _unit_plus_psd_cholesky(Y - Z.mT @ Z, " (the conditioning update failed)")
+        L22, jitter = _unit_plus_psd_cholesky(Y - Z.mT @ Z, " (the conditioning update failed)")
         batch = torch.broadcast_shapes(self.batch_shape, Wn.shape[:-2], Z.shape[:-2])
         L = L.expand(*batch, *L.shape[-2:])
         top = torch.cat([L, L.new_zeros(*batch, self.n_rows, k)], -1)
@@ -500,6 +514,7 @@ class WoodburyPrecision(PrecisionMatrix):
                               (Wn / self.scale.sqrt()).expand(*batch, k, self.n_params)], -2)
         out = WoodburyPrecision(new_rows, self.scale, self.prior)
         out._capacitance_cholesky = torch.cat([top, bottom], -2)
+        out._jittered = self._jittered or jitter > 0
         return out
 
     def mean_shift(self, rows: Tensor, residual: Tensor, noise_var: Tensor | float) -> Tensor:
