@@ -27,16 +27,18 @@ def _setup():
 
 
 def _variance(structure: str, dtype: torch.dtype, subset: str = "all", n: int = 40,
+              match: str = "Woodbury", sigma_noise: float = 1e-3,
               **kwargs) -> tuple[torch.Tensor, list]:
     net, X, y, X_test = _setup()
     X, y = X[:n], y[:n]
     la = Laplace(copy.deepcopy(net).to(dtype), "regression", subset_of_weights=subset,
-                 hessian_structure=structure, sigma_noise=1e-3, prior_precision=1.0, **kwargs)
+                 hessian_structure=structure, sigma_noise=sigma_noise, prior_precision=1.0,
+                 **kwargs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         la.fit(DataLoader(TensorDataset(X.to(dtype), y.to(dtype)), batch_size=20))
         _, f_var = la(X_test.to(dtype))
-    return f_var.reshape(-1).double(), [w for w in caught if "Woodbury" in str(w.message)]
+    return f_var.reshape(-1).double(), [w for w in caught if match in str(w.message)]
 
 
 @pytest.mark.parametrize("structure,kwargs", [

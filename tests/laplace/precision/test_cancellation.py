@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from laplace.precision import DensePrecision, WoodburyPrecision
+from laplace.precision import DensePrecision, NotPositiveDefiniteError, WoodburyPrecision
 from laplace.precision.cancellation import CANCELLATION_EPS, guard_subtraction
 from laplace.precision.lowrank import LowRankPrecision
 
@@ -105,3 +105,34 @@ def test_weight_variances_in_float32_are_recomputed_in_float64():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         WoodburyPrecision(R, s, d).covariance_diag()
+
+
+@pytest.mark.parametrize("scale", [1e3, 1e4])
+def test_ill_conditioned_float32_dense_precision_is_factorised_in_float64(scale):
+    """``s·H + I`` from a float32 ``H`` of rank 40 over 80 weights (condition about
+    ``s·600``): too ill-conditioned for a float32 factor, so factorised in float64 (the
+    same ``H``), with a warning. (At ``s = 10⁶`` the rounding of the float32 ``H`` itself
+    exceeds ``δ``: no factor exists, and the error says to compute in float64.)"""
+    g = torch.Generator().manual_seed(2)
+    R = torch.randn(40, P + 20, generator=g)
+    H = R.T @ R
+    d = torch.tensor([1.0])
+    dense32 = DensePrecision(H, torch.tensor(scale), d)
+    ref = DensePrecision(H.double(), torch.tensor(scale, dtype=torch.float64), d.double())
+    J = torch.cat([R[:5], torch.randn(3, P + 20, generator=g)]).unsqueeze(1)
+    with pytest.warns(RuntimeWarning, match="ill-conditioned for torch.float32"):
+        var = dense32.inv_square_form(J)
+    assert var.dtype == torch.float32
+    torch.testing.assert_close(var.double(), ref.inv_square_form(J.double()), rtol=1e-4,
+                               atol=0)
+    torch.testing.assert_close(dense32.logdet().double(), ref.logdet(), rtol=1e-6, atol=0)
+    assert dense32.sample(4).dtype == torch.float32
+    torch.testing.assert_close(dense32.covariance_diag().double(), ref.covariance_diag(),
+                               rtol=1e-4, atol=0)
+    # a well-conditioned float32 precision keeps its float32 factor, silently
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert DensePrecision(H, torch.tensor(1.0), d).cholesky.dtype == torch.float32
+
+    with pytest.raises(NotPositiveDefiniteError, match="float64"):
+        DensePrecision(H, torch.tensor(1e6), d).logdet()
