@@ -65,7 +65,6 @@ class LowRankPrecision(PrecisionMatrix):
         return guard_subtraction(base, base - V @ V.transpose(-1, -2),
                                  lambda: self._symmetric_root_rows(Js))
 
-    @cached_property
     def _root_factors(self) -> tuple[Tensor, Tensor]:
         """``Q`` ``(P, k)`` and ``1 − (1 + S²)^{-1/2}`` ``(k,)`` from the thin SVD
         ``D^{-1/2} W = Q S Rᵀ``: ``(I + VVᵀ)^{-1/2} = I − Q diag(shrink) Qᵀ``."""
@@ -76,18 +75,16 @@ class LowRankPrecision(PrecisionMatrix):
         """``u (I + VVᵀ)^{-1/2}`` for ``u = J D^{-1/2}``, ``Js`` ``(..., K, P)``:
         ``J Σ Jᵀ = (uT)(uT)ᵀ``, non-negative whatever the rounding; in float64
         (``wide_dtype``) from the factors and ``Js`` as given."""
-        wide = wide_dtype(Js)
-        root_D = self.D.to(wide).sqrt()
-        Q, S, _ = torch.linalg.svd(self.W.to(wide) / root_D.unsqueeze(-1), full_matrices=False)
-        shrink = 1 - (1 + S.square()).rsqrt()
-        u = Js.to(wide) / root_D
+        wide = self._float64()
+        Q, shrink = wide._root_factors()
+        u = Js.to(Q.dtype) / wide.D.sqrt()
         return u - ((u @ Q) * shrink) @ Q.T
 
     def sample(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """``D^{-1/2}(I + VVᵀ)^{-1/2} ε`` with ``V = D^{-1/2} W`` (thin SVD of ``V``)."""
         eps = torch.randn(n_samples, self.n_params, generator=generator, dtype=self.W.dtype,
                           device=self.W.device)
-        Q, shrink = self._root_factors
+        Q, shrink = self._root_factors()
         eps = eps - ((eps @ Q) * shrink) @ Q.T
         return eps / self.D.sqrt()
 

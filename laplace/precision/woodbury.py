@@ -306,30 +306,27 @@ class WoodburyPrecision(PrecisionMatrix):
         return guard_subtraction(base, base - V.mT @ V,
                                  lambda: self._symmetric_root_rows(Js), self._narrow_jitter())
 
-    @cached_property
-    def _gram_eigh(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``V = W D^{-1/2}`` ``(*b, M, P)`` and the eigenpairs ``(μ, E)`` of ``V Vᵀ``."""
+    def _root_terms(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``V = W D^{-1/2}`` ``(*b, M, P)``, the eigenvectors ``E`` of ``V Vᵀ`` and
+        ``g = 1/(a(1 + a))``, ``a = √(1 + μ)`` ``(*b, M)``: ``T = I − Vᵀ E diag(g) Eᵀ V``
+        is the symmetric root of ``(I + VᵀV)⁻¹`` (``sample``)."""
         V = self._W * self.D.rsqrt()
         mu, E = torch.linalg.eigh(V @ V.mT)
-        return V, mu.clamp(min=0), E
+        a = (1 + mu.clamp(min=0)).sqrt()
+        return V, E, 1 / (a * (1 + a))
 
     def _symmetric_root_rows(self, Js: Tensor) -> Tensor:
-        """``u T`` ``(*b, *lead, K, P)`` for ``Js`` ``(*lead, K, P)``, ``u = J D^{-1/2}``, with
-        ``T`` the symmetric root of ``(I + VᵀV)⁻¹`` (``sample``): ``J Σ Jᵀ = (uT)(uT)ᵀ``,
-        positive semi-definite whatever the rounding. In float64 (``wide_dtype``) from the
-        rows and ``Js`` as given: a float32 eigendecomposition cannot resolve the
-        directions the cancellation is about."""
-        wide = wide_dtype(Js)
-        root_D = self.D.to(wide).rsqrt()
-        V = self._W.to(wide) * root_D
-        mu, E = torch.linalg.eigh(V @ V.mT)
-        a = (1 + mu.clamp(min=0)).sqrt()
-        g = 1 / (a * (1 + a))
+        """``u T`` ``(*b, *lead, K, P)`` for ``Js`` ``(*lead, K, P)``, ``u = J D^{-1/2}``
+        (``_root_terms``): ``J Σ Jᵀ = (uT)(uT)ᵀ``, positive semi-definite whatever the
+        rounding. In float64 (``_float64``) from the rows and ``Js`` as given: a float32
+        eigendecomposition cannot resolve the directions the cancellation is about."""
+        wide = self._float64()
+        V, E, g = wide._root_terms()
         n_lead = Js.ndim - 2
         V = _lift(V, len(self.batch_shape), n_lead)
         E = _lift(E, len(self.batch_shape), n_lead)
         g = g.reshape(*self.batch_shape, *(1,) * n_lead, 1, -1)
-        u = Js.to(wide) * root_D
+        u = Js.to(V.dtype) * wide.D.rsqrt()
         return u - (((u @ V.mT) @ E) * g) @ E.mT @ V
 
     def joint_inv_square_form(self, Js: Tensor) -> Tensor:
@@ -349,9 +346,7 @@ class WoodburyPrecision(PrecisionMatrix):
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive int, got {n_samples!r}.")
         root = self.D.rsqrt()
-        V, mu, E = self._gram_eigh
-        a = (1 + mu).sqrt()
-        g = 1 / (a * (1 + a))
+        V, E, g = self._root_terms()
         eps = torch.randn(n_samples, *self.batch_shape, self.n_params, generator=generator,
                           dtype=self.rows.dtype, device=self.rows.device)
         proj = (eps.unsqueeze(-2) @ V.mT @ E) * g.unsqueeze(-2)  # (S, *b, 1, M)
