@@ -311,72 +311,16 @@ class LaplaceBNN(_LinearizedModel):
         init_options = {k: v for k, v in locals().items()  # the candidates' base options
                         if k not in ("self", "train_X", "train_Y", "train_Yvar", "__class__")}
         super().__init__()
-        if likelihood != "regression":
-            raise UnsupportedError("LaplaceBNN supports likelihood='regression' only.")
-        if subset_of_weights not in ("all", "last_layer"):
-            raise UnsupportedError(
-                f"Unsupported subset_of_weights {subset_of_weights!r}: use 'all' or 'last_layer'."
-            )
-        if hessian_structure not in ("full", "kron", "diag"):
-            raise UnsupportedError(f"Unsupported hessian_structure {hessian_structure!r}.")
+        normalised = validation.check_model_options(init_options)
+        lengthscale_prior = normalised["lengthscale_prior"]
+        outputscale_prior = normalised["outputscale_prior"]
+        prior_precision_reference = normalised["prior_precision_reference"]
         if train_X.ndim != 2:
             raise UnsupportedError("LaplaceBNN takes unbatched (n, d) training inputs.")
         validation.check_training_data(train_X, train_Y, train_Yvar)
         GPyTorchModel._validate_tensor_args(X=train_X, Y=train_Y, Yvar=train_Yvar)
-        for name, value in (("prior_precision", prior_precision), ("sigma_noise", sigma_noise),
-                            ("min_noise_std", min_noise_std), ("lr", lr),
-                            ("trend_scale", trend_scale),
-                            ("marglik_lr", marglik_lr)):
-            validation.check_positive(name, value)
-        if prior_precision_prior is not None:
-            validation.check_positive("prior_precision_prior", prior_precision_prior)
-        if prior_precision_reference is not None and \
-                isinstance(prior_precision_reference, (list, tuple)):
-            prior_precision_reference = tuple(prior_precision_reference)
-            for value in prior_precision_reference:
-                validation.check_positive("prior_precision_reference", value)
-        elif prior_precision_reference is not None:
-            validation.check_positive("prior_precision_reference", prior_precision_reference)
-        if reference_dim is not None:
-            validation.check_positive("reference_dim", reference_dim)
-        for name, value in (("keep_best", keep_best), ("model_averaging", model_averaging),
-                            ("tune_noise", tune_noise)):
-            validation.check_bool(name, value)
-        validation.check_seed(seed)
-        validation.check_network_options(init_scale, random_feature_lengthscale,
-                               random_feature_variance, activation)
-        if compute_dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, not "
-                             f"{compute_dtype!r}.")
-        for name, value in (("n_epochs", n_epochs), ("n_epochs_warm_start", n_epochs_warm_start),
-                            ("width", width), ("depth", depth)):
-            validation.check_positive(name, value, integer=True)
-        for name, value in (("marglik_every", marglik_every), ("marglik_steps", marglik_steps),
-                            ("final_marglik_steps", final_marglik_steps),
-                            ("random_features", random_features)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, not {value!r}.")
-        if optimizer not in ("lbfgs", "adam"):
-            raise ValueError(f"optimizer must be 'lbfgs' or 'adam', not {optimizer!r}.")
-        validation.check_noise_prior(noise_prior)
-        lengthscale_prior = validation.check_hyperprior("lengthscale_prior", lengthscale_prior,
-                                                        ("gamma", "lognormal"))
-        outputscale_prior = validation.check_hyperprior("outputscale_prior", outputscale_prior,
-                                                        ("gamma",))
         if warm_start is not None:
             _check_warm_start(warm_start, train_X.shape[-1], train_Y.shape[-1])
-        if isinstance(net, str) and net != "random_features":
-            raise ValueError(f"net must be an nn.Module, a factory, None or "
-                             f"'random_features', not {net!r}.")
-        if random_feature_kernel not in networks.RANDOM_FEATURE_KERNELS:
-            raise ValueError(f"random_feature_kernel must be one of "
-                             f"{list(networks.RANDOM_FEATURE_KERNELS)}, not "
-                             f"{random_feature_kernel!r}.")
-        if trend not in (None, "quadratic"):
-            raise ValueError(f"trend must be None or 'quadratic', not {trend!r}.")
-        if net == "random_features" and (random_features == 0 or random_features % 2):
-            raise ValueError("net='random_features' needs an even random_features > 0 (cosine "
-                             f"and sine pairs), not {random_features!r}.")
         m = train_Y.shape[-1]
         if outcome_transform is DEFAULT:
             outcome_transform = Standardize(m=m)
@@ -402,8 +346,6 @@ class LaplaceBNN(_LinearizedModel):
         self._num_net_outputs = m
         self.hessian_structure, self.backend = hessian_structure, backend
         self.subset_of_weights = subset_of_weights
-        if mean not in ("map", "linearized"):
-            raise ValueError(f"mean must be 'map' or 'linearized', not {mean!r}.")
         if mean == "linearized" and (hessian_structure != "full" or backend is not None):
             raise UnsupportedError("mean='linearized' needs the full GGN (native backend).")
         self.mean_kind = mean
@@ -450,10 +392,6 @@ class LaplaceBNN(_LinearizedModel):
         self._net_options = net_options if net is None or isinstance(net, str) else None
         self._param_names = training.posterior_parameter_names(self.net, subset_of_weights)
         dtype = self._compute_dtype
-        if prior_structure not in ("scalar", "layerwise"):
-            raise ValueError(
-                f"prior_structure must be 'scalar' or 'layerwise', not {prior_structure!r}."
-            )
         if prior_structure == "layerwise" and (
             subset_of_weights != "all" or hessian_structure != "full" or backend is not None
         ):
@@ -474,8 +412,6 @@ class LaplaceBNN(_LinearizedModel):
         self.register_buffer("sigma_noise", torch.tensor(sigma_noise, dtype=dtype, device=device))
         self.register_buffer("prior_precision", prior)
         self.register_buffer("is_fitted", torch.tensor(False, device=device))
-        if prior_mean not in ("zero", "init"):
-            raise ValueError(f"prior_mean must be 'zero' or 'init', not {prior_mean!r}.")
         self.prior_mean_kind = prior_mean
         if prior_mean == "init":
             if warm_start is not None and warm_start.prior_mean_kind == "init":

@@ -9,8 +9,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from botorch.exceptions.errors import UnsupportedError
 from botorch.exceptions.warnings import InputDataWarning
 from torch import Tensor, nn
+
+from lapbo import networks
 
 if TYPE_CHECKING:
     from lapbo.training import TrainingOptions
@@ -310,3 +313,78 @@ def warn_small_known_noise(Yvar: Tensor | None, min_noise_std: float) -> None:
                       "standardized units); the model raises them to it, as GPyTorch "
                       "raises a fixed noise below settings.min_fixed_noise.",
                       InputDataWarning, stacklevel=3)
+
+
+def check_model_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``LaplaceBNN``'s keyword options (name → value, as passed) checked by name; returns
+    the ones a check normalises (``lengthscale_prior``, ``outputscale_prior``,
+    ``prior_precision_reference``). ``UnsupportedError`` for a likelihood, weight subset or
+    Hessian structure it does not offer, ``ValueError`` otherwise."""
+    if options["likelihood"] != "regression":
+        raise UnsupportedError("LaplaceBNN supports likelihood='regression' only.")
+    if options["subset_of_weights"] not in ("all", "last_layer"):
+        raise UnsupportedError(f"Unsupported subset_of_weights {options['subset_of_weights']!r}"
+                               ": use 'all' or 'last_layer'.")
+    if options["hessian_structure"] not in ("full", "kron", "diag"):
+        raise UnsupportedError(
+            f"Unsupported hessian_structure {options['hessian_structure']!r}.")
+    for name in ("prior_precision", "sigma_noise", "min_noise_std", "lr", "trend_scale",
+                 "marglik_lr"):
+        check_positive(name, options[name])
+    if options["prior_precision_prior"] is not None:
+        check_positive("prior_precision_prior", options["prior_precision_prior"])
+    reference = options["prior_precision_reference"]
+    if isinstance(reference, (list, tuple)):
+        reference = tuple(reference)
+        for value in reference:
+            check_positive("prior_precision_reference", value)
+    elif reference is not None:
+        check_positive("prior_precision_reference", reference)
+    if options["reference_dim"] is not None:
+        check_positive("reference_dim", options["reference_dim"])
+    for name in ("keep_best", "model_averaging", "tune_noise"):
+        check_bool(name, options[name])
+    check_seed(options["seed"])
+    check_network_options(options["init_scale"], options["random_feature_lengthscale"],
+                          options["random_feature_variance"], options["activation"])
+    if options["compute_dtype"] not in (torch.float32, torch.float64):
+        raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, not "
+                         f"{options['compute_dtype']!r}.")
+    for name in ("n_epochs", "n_epochs_warm_start", "width", "depth"):
+        check_positive(name, options[name], integer=True)
+    for name in ("marglik_every", "marglik_steps", "final_marglik_steps", "random_features"):
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, not {value!r}.")
+    if options["optimizer"] not in ("lbfgs", "adam"):
+        raise ValueError(f"optimizer must be 'lbfgs' or 'adam', not {options['optimizer']!r}.")
+    check_noise_prior(options["noise_prior"])
+    normalised = {
+        "lengthscale_prior": check_hyperprior("lengthscale_prior",
+                                              options["lengthscale_prior"],
+                                              ("gamma", "lognormal")),
+        "outputscale_prior": check_hyperprior("outputscale_prior",
+                                              options["outputscale_prior"], ("gamma",)),
+        "prior_precision_reference": reference,
+    }
+    net = options["net"]
+    if isinstance(net, str) and net != "random_features":
+        raise ValueError(f"net must be an nn.Module, a factory, None or "
+                         f"'random_features', not {net!r}.")
+    if options["random_feature_kernel"] not in networks.RANDOM_FEATURE_KERNELS:
+        raise ValueError(f"random_feature_kernel must be one of "
+                         f"{list(networks.RANDOM_FEATURE_KERNELS)}, not "
+                         f"{options['random_feature_kernel']!r}.")
+    if options["trend"] not in (None, "quadratic"):
+        raise ValueError(f"trend must be None or 'quadratic', not {options['trend']!r}.")
+    features = options["random_features"]
+    if net == "random_features" and (features == 0 or features % 2):
+        raise ValueError("net='random_features' needs an even random_features > 0 (cosine "
+                         f"and sine pairs), not {features!r}.")
+    for name, allowed in (("mean", ("map", "linearized")),
+                          ("prior_structure", ("scalar", "layerwise")),
+                          ("prior_mean", ("zero", "init"))):
+        if options[name] not in allowed:
+            raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, not "
+                             f"{options[name]!r}.")
+    return normalised
