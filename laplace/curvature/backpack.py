@@ -88,6 +88,14 @@ class BackPackInterface(CurvatureInterface):
     """
 
     # --------------------------------------------------------------- the graph
+    def _check_tensor_inputs(self, x: Inputs) -> None:
+        """``ValueError`` for a dict-like batch, which BackPACK cannot take."""
+        if isinstance(x, Mapping):
+            raise ValueError(
+                f"{type(self).__name__}: BackPACK does not support dict-like inputs; "
+                "use a TorchFunc or Curvlinops backend."
+            )
+
     def _network(self, x: Inputs) -> tuple[nn.Module, Tensor]:
         """The module BackPACK runs on and its input.
 
@@ -95,11 +103,7 @@ class BackPackInterface(CurvatureInterface):
         model's output is that layer's output; the whole model otherwise, on the
         detached inputs.
         """
-        if isinstance(x, Mapping):
-            raise ValueError(
-                f"{type(self).__name__}: BackPACK does not support dict-like inputs; "
-                "use a TorchFunc or Curvlinops backend."
-            )
+        self._check_tensor_inputs(x)
         if self.last_layer:
             with torch.no_grad():
                 phi, f = features_and_outputs(self.model, x)
@@ -268,6 +272,7 @@ class BackPackEF(BackPackInterface, EFInterface):
 
     def kron(self, x: Inputs, y: Tensor, N: int, **kwargs: Any) -> tuple[Tensor, Kron]:
         curvature_options(self, kwargs)
+        self._check_tensor_inputs(x)  # the input error first, as laplace-torch
         raise NotImplementedError(
             "BackPackEF: BackPACK has no Kronecker-factored empirical Fisher; use "
             "CurvlinopsEF, AsdlEF or TorchFuncEF for 'kron', or 'full'/'diag' with BackPackEF."

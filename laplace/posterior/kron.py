@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from laplace.posterior import arguments
 from laplace.posterior.parametric import ParametricLaplace
-from laplace.precision import KronPrecision, NotFittedError, PrecisionMatrix
+from laplace.precision import DiagPrecision, KronPrecision, NotFittedError, PrecisionMatrix
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs
 from laplace.utils.matrix import Kron, KronDecomposed
@@ -24,8 +24,10 @@ class KronLaplace(ParametricLaplace):
 
     Before ``fit``, ``H`` is an all-zero ``Kron`` shaped for the parameters and
     ``H_facs`` is ``None``; asking for the posterior raises ``NotFittedError`` (as
-    laplace-torch). After ``fit``, ``H_facs`` holds the raw factors summed over batches
-    (a ``Kron``) and ``H`` their eigendecomposition (a ``KronDecomposed``). The prior
+    laplace-torch), except for its density (``log_prob``, ``square_norm``,
+    ``log_det_posterior_precision``), which is the prior's then, laplace-torch's
+    fallback. After ``fit``, ``H_facs`` holds the raw factors summed over batches (a
+    ``Kron``) and ``H`` their eigendecomposition (a ``KronDecomposed``). The prior
     precision must be scalar or layerwise.
 
     ``fit(override=False)`` adds data exactly as one fit on all the data seen would:
@@ -57,6 +59,15 @@ class KronLaplace(ParametricLaplace):
                 f"{type(self).__name__} is not fitted: call fit(train_loader) (a Kronecker "
                 "posterior has no prior-only form before fit)."
             )
+
+    def _density_precision(self) -> PrecisionMatrix:
+        """Before ``fit``, the prior's diagonal precision: ``square_norm``, ``log_prob``
+        and ``log_det_posterior_precision`` (hence the evidence) use the prior there, as
+        laplace-torch's fallback; every other posterior quantity raises."""
+        if isinstance(self.H, KronDecomposed) or self._posterior_dim is None:
+            return self._precision()  # fitted, or NotFittedError (a last layer not yet found)
+        prior = self.prior_precision_diag
+        return DiagPrecision(torch.zeros_like(prior), self._H_factor, prior)
 
     def _curv_closure(self, X: Inputs, y: Tensor, N: int) -> tuple[Tensor, Any]:
         return self.backend.kron(X, y, N=N, **self.asdl_fisher_kwargs)

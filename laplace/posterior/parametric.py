@@ -211,9 +211,15 @@ class ParametricLaplace(BaseLaplace):
         self._cached = ((scale.clone(), prior.clone()), precision)
         return precision
 
+    def _density_precision(self) -> PrecisionMatrix:
+        """The precision of ``square_norm``, ``log_prob`` and
+        ``log_det_posterior_precision``: the posterior's (``KronLaplace`` falls back to
+        the prior's before ``fit``, as laplace-torch)."""
+        return self._precision()
+
     @property
     def log_det_posterior_precision(self) -> Tensor:
-        return self._precision().logdet()
+        return self._density_precision().logdet()
 
     @property
     def posterior_precision(self) -> Any:
@@ -254,12 +260,13 @@ class ParametricLaplace(BaseLaplace):
         Returns:
             ``()`` or ``(...)``.
         """
+        precision = self._density_precision()  # NotFittedError before the dimension is known
         P = self._posterior_dim
         if not isinstance(value, Tensor) or value.ndim == 0 or value.shape[-1] != P:
             shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise ValueError(f"value of shape {shape} must be a tensor (..., {P}).")
         delta = value.to(device=self._device, dtype=self._dtype) - self._posterior_mean
-        return self._precision().square_form(delta)
+        return precision.square_form(delta)
 
     def log_prob(self, value: Tensor, normalized: bool = True) -> Tensor:
         """Log density of ``value`` ``(..., P)`` under ``N(mean, Σ)``: ``()`` or ``(...)``.

@@ -9,7 +9,9 @@
 * ``KronLaplace.H`` is an all-zero ``Kron`` with the parameters' factor shapes.
 * Full and diagonal structures predict with the prior before ``fit``: the GLM
   predictive covariance is ``J diag(1/δ) Jᵀ``; Kronecker and low-rank posteriors raise
-  ``NotFittedError`` (an ``AttributeError``, laplace-torch's type).
+  ``NotFittedError`` (an ``AttributeError``, laplace-torch's type), except that a
+  Kronecker posterior's density (``log_prob``, ``square_norm``,
+  ``log_det_posterior_precision``) is the prior's, laplace-torch's fallback.
 * ``LowRankLaplace.V`` and ``.Kinv`` give the Woodbury form of the covariance.
 """
 
@@ -169,6 +171,25 @@ def test_kron_and_lowrank_raise_before_fit(subset, structure):
         with pytest.raises(AttributeError, match=rf"{name} is not fitted: call fit"):
             call()
     assert issubclass(NotFittedError, ValueError)
+
+
+@pytest.mark.parametrize("subset,dim", [("all", 26), ("last_layer", 10)])
+@pytest.mark.parametrize("layerwise", [False, True])
+def test_kron_density_is_the_prior_before_fit(subset, dim, layerwise):
+    """laplace-torch's fallback: ``log_prob``, ``square_norm`` and
+    ``log_det_posterior_precision`` of an unfitted Kronecker posterior are the prior's,
+    ``N(mean, diag(1/δ))`` (everything else raises, above)."""
+    prior = torch.tensor([0.5, 2.0, 0.7, 1.5], dtype=DT)[-2 if subset == "last_layer" else 0:]
+    la = make(subset, "kron", prior_precision=prior if layerwise else 0.24)
+    delta = la.prior_precision_diag
+    assert delta.shape == (dim,)
+    theta = torch.randn(3, dim, generator=torch.Generator().manual_seed(1), dtype=DT)
+    reference = torch.distributions.Normal(la.mean, delta.rsqrt()).log_prob(theta).sum(-1)
+    assert torch.allclose(la.log_prob(theta), reference, rtol=1e-12)
+    assert torch.allclose(la.square_norm(theta), ((theta - la.mean) ** 2 * delta).sum(-1),
+                          rtol=1e-12)
+    assert torch.allclose(la.log_det_posterior_precision, delta.log().sum(), rtol=1e-12)
+    assert la.log_prob(theta, normalized=False).shape == (3,)
 
 
 def test_lowrank_V_and_Kinv():

@@ -373,6 +373,9 @@ def test_backpack_dict_inputs_and_sequence_outputs():
     model = small(nn.Linear(3, 2))
     with pytest.raises(ValueError, match="BackPackGGN: BackPACK does not support dict-like"):
         BackPackGGN(model, "regression").diag({"input_ids": X3}, Y2, N=6)
+    for method in ("diag", "kron"):  # the input error before kron's "no Kronecker EF"
+        with pytest.raises(ValueError, match="BackPackEF: BackPACK does not support dict"):
+            getattr(BackPackEF(model, "regression"), method)({"input_ids": X3}, Y2, N=6)
     seq = torch.randn(6, 4, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="BackPackGGN: .*outputs of shape \\(n, K\\)"):
         BackPackGGN(model, "regression").diag(seq, torch.randn(6, 4, 2).double(), N=6)
