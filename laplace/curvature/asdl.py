@@ -360,6 +360,14 @@ class AsdlEF(AsdlInterface, EFInterface):
 
     _fisher_type = FISHER_EMP
 
+    def __init__(self, model: nn.Module, likelihood: str, last_layer: bool = False,
+                 dict_key_x: str = "input_ids", dict_key_y: str = "labels", *,
+                 subnetwork_indices: Tensor | None = None) -> None:
+        """laplace-torch's positional order, which has no subnetwork here;
+        ``subnetwork_indices`` by keyword (as the subnetwork LAs pass it)."""
+        super().__init__(model, likelihood, last_layer, subnetwork_indices, dict_key_x,
+                         dict_key_y)
+
     def gradients(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample gradients of ``lossfunc`` from ASDL's ``batch_grads`` operation."""
         net, inp = self._network(x)
@@ -392,6 +400,14 @@ class AsdlEF(AsdlInterface, EFInterface):
 class AsdlHessian(AsdlInterface):
     """Exact Hessian of ``factor·lossfunc`` from ASDL's ``HessianMaker`` (``full``,
     ``diag``); may be indefinite (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, likelihood: str, last_layer: bool = False,
+                 dict_key_x: str = "input_ids", dict_key_y: str = "labels", *,
+                 subnetwork_indices: Tensor | None = None) -> None:
+        """laplace-torch's positional order, which has no subnetwork here;
+        ``subnetwork_indices`` by keyword (as the subnetwork LAs pass it)."""
+        super().__init__(model, likelihood, last_layer, subnetwork_indices, dict_key_x,
+                         dict_key_y)
 
     def _hessian(
         self, x: Inputs, y: Tensor, shape: str

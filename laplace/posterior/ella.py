@@ -272,21 +272,21 @@ class ELLA(FunctionalLaplace):
         scale = (self._H_factor * self._G_vals + self._delta()).rsqrt()
         return (Js @ self._Psi @ self._G_vecs) * scale
 
-    def functional_variance(self, Js: Tensor) -> Tensor:
+    def functional_variance(self, jacobians: Tensor) -> Tensor:
         """``φ Σ_K φᵀ`` per point: ``(n, C, C)`` for Jacobians ``(n, C, P)``."""
-        U = self._covariance_root(Js)
+        U = self._covariance_root(jacobians)
         return U @ U.transpose(-1, -2)
 
-    def functional_covariance(self, Js: Tensor) -> Tensor:
+    def functional_covariance(self, jacobians: Tensor) -> Tensor:
         """``φ Σ_K φᵀ`` over all points: ``(n·C, n·C)``, row ``point·C + output``."""
-        U = self._covariance_root(Js)
+        U = self._covariance_root(jacobians)
         U = U.reshape(-1, U.shape[-1])
         return U @ U.T
 
-    def predictive_moments(self, X: Inputs, joint: bool = False) -> tuple[Tensor, Tensor]:
+    def predictive_moments(self, x: Inputs, *, joint: bool = False) -> tuple[Tensor, Tensor]:
         """``f(x; θ*)`` ``(n, C)`` and ``φ Σ_K φᵀ`` ``(n, C, C)`` (``(nC, nC)`` if ``joint``)."""
         self._require_fit()
-        J, f_mu = self._jacobians(self._prediction_inputs(X), self.enable_backprop)
+        J, f_mu = self._jacobians(self._prediction_inputs(x), self.enable_backprop)
         if joint:
             return f_mu.reshape(-1), self.functional_covariance(J)
         return f_mu, self.functional_variance(J)
@@ -296,13 +296,13 @@ class ELLA(FunctionalLaplace):
         return {**self._common_state(), "n_eigenvalues": self.n_eigenvalues,
                 "eigenvalues": self.eigenvalues, "Psi": self._Psi, "G": self.G}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._load_common_state(state)
-        if state["Psi"].shape[0] != self.n_params:
-            raise ValueError(f"The state's features are over {state['Psi'].shape[0]} "
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._load_common_state(state_dict)
+        if state_dict["Psi"].shape[0] != self.n_params:
+            raise ValueError(f"The state's features are over {state_dict['Psi'].shape[0]} "
                              f"parameters, the model has {self.n_params}.")
         device = self._device
-        self.n_eigenvalues = int(state["n_eigenvalues"])
-        self.eigenvalues = state["eigenvalues"].to(device)
-        self._Psi, self.G = state["Psi"].to(device), state["G"].to(device)
+        self.n_eigenvalues = int(state_dict["n_eigenvalues"])
+        self.eigenvalues = state_dict["eigenvalues"].to(device)
+        self._Psi, self.G = state_dict["Psi"].to(device), state_dict["G"].to(device)
         self._decompose()

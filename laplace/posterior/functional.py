@@ -365,10 +365,10 @@ class FunctionalLaplace(BaseLaplace):
         prior = self._prior_var().to(wide).reciprocal().reshape(1)
         return WoodburyPrecision(rows, 1.0, prior)._symmetric_root_rows(Js_star)
 
-    def predictive_moments(self, X: Inputs, joint: bool = False) -> tuple[Tensor, Tensor]:
+    def predictive_moments(self, x: Inputs, *, joint: bool = False) -> tuple[Tensor, Tensor]:
         """GP mean ``(n, C)`` and covariance ``(n, C, C)`` (``(nC, nC)`` if ``joint``)."""
         self._require_fit()
-        J, f_mu = self._jacobians(self._prediction_inputs(X), self.enable_backprop)
+        J, f_mu = self._jacobians(self._prediction_inputs(x), self.enable_backprop)
         checks.finite_outputs(f_mu)
         if joint:
             return self._detached(f_mu.reshape(-1), self.functional_covariance(J))
@@ -429,6 +429,23 @@ class FunctionalLaplace(BaseLaplace):
             f_var = f_var * (outputs[:, None] == outputs[None, :])
         draws = links.gaussian_samples(f_mu[None], f_var[None], n_samples, generator)
         return draws.reshape(n_samples, -1, C)
+
+    def predictive_samples(
+        self, x: Inputs, pred_type: str = "glm", n_samples: int = 100,
+        diagonal_output: bool = False, generator: torch.Generator | None = None,
+        fitting: bool = False, joint: bool = False,
+    ) -> Tensor:
+        """Draws ``(n_samples, n, C)`` of the predictive (laplace-torch's signature):
+        ``functional_samples`` through the softmax for classification, and for reward
+        modeling with ``fitting=True`` (the pairs' preference probabilities); latent
+        values otherwise. ``joint=True`` keeps the covariance between the inputs."""
+        fitting = checks.flag(fitting, "fitting")
+        f = self.functional_samples(x, pred_type, n_samples, diagonal_output, generator,
+                                    joint=checks.flag(joint, "joint"))
+        if self.likelihood == Likelihood.CLASSIFICATION or (
+                self.likelihood == Likelihood.REWARD_MODELING and fitting):
+            return torch.softmax(f, dim=-1)
+        return f
 
     # --------------------------------------------------------- serialization
     _STATE_KEYS = ("X_M", "mu", "Lambda", "K_MM")  # this class's own, beside the common ones
@@ -508,14 +525,14 @@ class FunctionalLaplace(BaseLaplace):
         X_M = [dict(X) if isinstance(X, Mapping) else X for X in self._X_M]
         return {**common, "X_M": X_M, "mu": self.mu, "Lambda": self._Lambda, "K_MM": self.K_MM}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._check_common_state(state)
-        _check_kernel_state(state, self.dict_key_x)
-        self._load_common_state(state)
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._check_common_state(state_dict)
+        _check_kernel_state(state_dict, self.dict_key_x)
+        self._load_common_state(state_dict)
         device = self._device
-        self._X_M = [inputs_to(X, device) for X in state["X_M"]]
-        self.mu = state["mu"].to(device)
-        self._Lambda, self.K_MM = state["Lambda"].to(device), state["K_MM"].to(device)
+        self._X_M = [inputs_to(X, device) for X in state_dict["X_M"]]
+        self.mu = state_dict["mu"].to(device)
+        self._Lambda, self.K_MM = state_dict["Lambda"].to(device), state_dict["K_MM"].to(device)
         self.L = self._Lambda.diagonal(dim1=-2, dim2=-1).reshape(-1)
 
 
@@ -548,9 +565,9 @@ class FunctionalLLLaplace(LastLayerMixin, FunctionalLaplace):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "last_layer_name": self.model.last_layer_name}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._set_layer_from_state(state.get("last_layer_name"))
-        super().load_state_dict(state)
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._set_layer_from_state(state_dict.get("last_layer_name"))
+        super().load_state_dict(state_dict)
 
 
 def _check_kernel_state(state: Mapping[str, Any], dict_key_x: str) -> None:

@@ -334,20 +334,20 @@ class VaLLA(FunctionalLaplace):
         scale = self._delta().rsqrt()
         return (J - A @ self._V.T) * scale, (A @ L) * scale
 
-    def functional_variance(self, Js: Tensor) -> Tensor:
+    def functional_variance(self, jacobians: Tensor) -> Tensor:
         """Posterior covariance per point: ``(n, C, C)`` for Jacobians ``(n, C, P)``."""
-        E, AL = self._covariance_roots(Js)
+        E, AL = self._covariance_roots(jacobians)
         return E @ E.mT + AL @ AL.mT
 
-    def functional_covariance(self, Js: Tensor) -> Tensor:
+    def functional_covariance(self, jacobians: Tensor) -> Tensor:
         """Posterior covariance over all points: ``(n·C, n·C)``, row ``point·C + output``."""
-        E, AL = (R.reshape(-1, R.shape[-1]) for R in self._covariance_roots(Js))
+        E, AL = (R.reshape(-1, R.shape[-1]) for R in self._covariance_roots(jacobians))
         return E @ E.T + AL @ AL.T
 
-    def predictive_moments(self, X: Inputs, joint: bool = False) -> tuple[Tensor, Tensor]:
+    def predictive_moments(self, x: Inputs, *, joint: bool = False) -> tuple[Tensor, Tensor]:
         """Mean ``(n, C)`` and covariance ``(n, C, C)`` (``(nC, nC)`` if ``joint``)."""
         self._require_fit()
-        J, f = self._jacobians(self._prediction_inputs(X), self.enable_backprop)
+        J, f = self._jacobians(self._prediction_inputs(x), self.enable_backprop)
         m_w, _ = self.whitened_variational()
         f_mu = f + (J @ self._V @ m_w) * self._delta().rsqrt()
         if joint:
@@ -369,18 +369,18 @@ class VaLLA(FunctionalLaplace):
                 state[name] = value
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._load_common_state(state)
-        if state["V"].shape[0] != self.n_params:
-            raise ValueError(f"The state's inducing basis is over {state['V'].shape[0]} "
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._load_common_state(state_dict)
+        if state_dict["V"].shape[0] != self.n_params:
+            raise ValueError(f"The state's inducing basis is over {state_dict['V'].shape[0]} "
                              f"parameters, the model has {self.n_params}.")
         device = self._device
-        self._V, self._sv, self._U = (state[k].to(device) for k in ("V", "sv", "U"))
-        self.W = state["W"].to(device)
+        self._V, self._sv, self._U = (state_dict[k].to(device) for k in ("V", "sv", "U"))
+        self.W = state_dict["W"].to(device)
         self._decompose()
         names = _REGRESSION_STATE if self._regression else _CLASSIFICATION_STATE
         for name in names:
-            value = state[name]
+            value = state_dict[name]
             if name == "n_obs":
                 value = int(value)
             elif name == "elbo_history":

@@ -150,3 +150,47 @@ def test_a_loader_over_part_of_the_data_set_is_refused():
     la = Laplace(model, "regression", hessian_structure="gp", n_subset=M)
     with pytest.raises(ValueError, match=f"the loader yields {N // 2} of its {N} points"):
         la.fit(partial)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_predictive_samples_takes_fitting_and_joint(variant):
+    """laplace-torch 0.3's function-space ``predictive_samples(x, pred_type, n_samples,
+    diagonal_output, generator, fitting, joint)``: the functional draws (joint ones with
+    ``joint=True``), through the softmax for classification and for reward modeling with
+    ``fitting=True`` only."""
+    la, X = fitted(variant)
+    x = X[:4]
+
+    def draws(method, **kwargs):
+        return getattr(la, method)(x, "glm", 5, False, torch.Generator().manual_seed(2),
+                                   **kwargs)
+
+    assert torch.equal(draws("predictive_samples"), draws("functional_samples"))
+    joint = draws("predictive_samples", joint=True)
+    assert joint.shape == (5, 4, 2)
+    assert torch.equal(joint, draws("functional_samples", joint=True))
+    assert torch.equal(draws("predictive_samples", fitting=True),
+                       draws("functional_samples"))  # regression: latent values
+    # the GP variants' draws do not depend on the likelihood, only the link does (VaLLA's
+    # variational posterior does: its link is the same code)
+    for likelihood in ("classification", "reward_modeling") if variant != "valla" else ():
+        la.likelihood = likelihood
+        latent = draws("functional_samples")
+        linked = draws("predictive_samples", fitting=True)
+        assert torch.equal(linked, torch.softmax(latent, -1))
+        unlinked = draws("predictive_samples")
+        assert torch.equal(unlinked, torch.softmax(latent, -1) if likelihood ==
+                           "classification" else latent)
+    with pytest.raises(ValueError, match="fitting"):
+        la.predictive_samples(x, fitting="yes")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_laplace_torch_keyword_names(variant):
+    """``predictive_moments(x=..., joint=...)`` and ``load_state_dict(state_dict=...)``
+    take laplace-torch's keyword names."""
+    la, X = fitted(variant)
+    mean, var = la.predictive_moments(x=X[:3], joint=True)
+    assert mean.shape == (6,) and var.shape == (6, 6)
+    la.load_state_dict(state_dict=la.state_dict())
+    assert torch.equal(la.predictive_moments(x=X[:3])[0], mean.reshape(3, 2))

@@ -241,3 +241,18 @@ def test_backpack_with_inputs_that_require_grad(backend, structure, subset):
     (grad,) = torch.autograd.grad(var.sum() + mu.sum(), Xq)
     (grad_ref,) = torch.autograd.grad(var_ref.sum() + mu_ref.sum(), Xq)
     assert rel(grad, grad_ref) < 1e-10
+
+
+@pytest.mark.parametrize("backend", [AsdlEF, AsdlHessian])
+def test_asdl_ef_and_hessian_take_laplace_torchs_positional_order(backend):
+    """laplace-torch 0.3's ``AsdlEF``/``AsdlHessian(model, likelihood, last_layer,
+    dict_key_x, dict_key_y)`` (no subnetwork there): a fourth positional argument is the
+    input key; ``subnetwork_indices`` is keyword-only and still reaches the curvature."""
+    model = nn.Sequential(nn.Linear(3, 2)).double()
+    b = backend(model, "regression", False, "features", "targets")
+    assert (b.dict_key_x, b.dict_key_y, b.subnetwork_indices) == ("features", "targets", None)
+    X, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    indices = torch.tensor([0, 4, 7])
+    full = backend(model, "regression").full(X, y, N=5)[1]
+    sub = backend(model, "regression", subnetwork_indices=indices).full(X, y, N=5)[1]
+    torch.testing.assert_close(sub, full[indices][:, indices], rtol=1e-12, atol=1e-14)
