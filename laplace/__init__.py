@@ -5,6 +5,7 @@
 __version__ = "0.1.0"
 
 from laplace.baselaplace import (
+    BaseFunctionalLaplace,
     BaseLaplace,
     DiagLaplace,
     FullLaplace,
@@ -43,6 +44,7 @@ from laplace.utils.enums import (
 )
 
 __all__ = [
+    "BaseFunctionalLaplace",
     "ELLA",
     "VaLLA",
     "DiagLLLaplace",

@@ -33,4 +33,6 @@ __getattr__ = reexports(__name__, (
     "PredType", "PriorStructure", "TuningMethod", "AsdlGGN", "AsdlInterface", "BackPackGGN",
     "BackPackInterface", "CurvatureInterface", "CurvlinopsEF", "CurvlinopsGGN",
     "AsdfghjklHessian", "AsdfghjklInterface", "fix_prior_prec_structure", "invsqrt_precision",
-    "normal_samples", "validate"))
+    "normal_samples", "validate", "classification_targets", "concatenate_rows",
+    "draw_gaussian", "preserve_model_gradients", "regression_targets", "same_configuration",
+    "select_rows", "split_batch", "subset_loader", "to_device", "training_indices"))

@@ -11,6 +11,20 @@ from laplace.utils.enums import (
     TuningMethod,
 )
 from laplace.utils.feature_extractor import FeatureExtractor, FeatureReduction
+from laplace.utils.functional_utils import (
+    batch_size,
+    classification_targets,
+    concatenate_rows,
+    draw_gaussian,
+    preserve_model_gradients,
+    regression_targets,
+    same_configuration,
+    select_rows,
+    split_batch,
+    subset_loader,
+    to_device,
+    training_indices,
+)
 from laplace.utils.matrix import Kron, KronDecomposed
 from laplace.utils.metrics import RunningNLLMetric, get_nll, validate
 from laplace.utils.parameters import (
@@ -41,6 +55,18 @@ from laplace.utils.utils import (
 )
 
 __all__ = [
+    "batch_size",
+    "classification_targets",
+    "concatenate_rows",
+    "draw_gaussian",
+    "preserve_model_gradients",
+    "regression_targets",
+    "same_configuration",
+    "select_rows",
+    "split_batch",
+    "subset_loader",
+    "to_device",
+    "training_indices",
     "FeatureExtractor",
     "FeatureReduction",
     "LargestMagnitudeSubnetMask",
