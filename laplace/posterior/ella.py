@@ -36,6 +36,7 @@ variance is ELLA's plus ``δ⁻¹ ‖(I − ΨΨᵀ) J(x)ᵀ‖²``: they agree 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from laplace.curvature.curvature import output_hessian_sqrt
-from laplace.posterior import arguments
+from laplace.posterior import arguments, validation_search
 from laplace.posterior.functional import FunctionalLaplace
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs, inputs_to, split_batch
@@ -175,6 +176,11 @@ class ELLA(FunctionalLaplace):
                              f"size)={self.n_subset}, the size of the subset's kernel K_MM.")
         self._Psi: Tensor | None = None
         self.G: Tensor | None = None
+        #: laplace-torch's record: examples processed by ``fit`` and the grid points of
+        #: ``optimize_hyperparameters`` (``val_nll`` stays empty: ``fit`` has no
+        #: ``val_loader`` here)
+        self.fit_history_: dict[str, list[Any]] = {
+            "processed_examples": [], "val_nll": [], "tuning": []}
 
     # ----------------------------------------------------------------- fit
     def fit(self, train_loader: Any, progress_bar: bool = False,
@@ -209,6 +215,19 @@ class ELLA(FunctionalLaplace):
         self.G = (G + G.T) / 2
         self.loss, self.n_data = loss, N
         self._decompose()
+        self.fit_history_ = {"processed_examples": [float(N)], "val_nll": [], "tuning": []}
+
+    def optimize_hyperparameters(self, val_loader: Any, grid: Iterable[Any]) -> None:
+        """laplace-torch's validation search: the prior precision (or, for regression,
+        the ``(prior_precision, sigma_noise)`` pair) of ``grid`` whose predictive has the
+        lowest mean validation NLL (Gaussian with the noise for regression, probit
+        probabilities otherwise); each point is recorded in ``fit_history_["tuning"]``.
+
+        Raises:
+            ValueError: an empty grid, or no finite score (nothing is changed then).
+        """
+        self._require_fit()
+        self.fit_history_["tuning"].extend(validation_search.search(self, val_loader, grid))
 
     def _draw_subset(self, N: int) -> np.ndarray:
         """laplace-torch's draw: the first ``M`` of a seeded random permutation."""

@@ -438,3 +438,53 @@ def test_ella_gives_laplace_torchs_numbers(likelihood):
     f_mu, f_var = la.predictive_moments(case["Xt"])
     close(f_mu, case["f_mu"])
     close(f_var, case["f_var"], rtol=1e-8, atol=1e-12)
+
+
+def _gaussian_nll(la, X, y):
+    """Mean NLL per example of ``N(f, f_var + σ²)``, summed over the outputs."""
+    f_mu, f_var = la.predictive_moments(X)
+    var = f_var.diagonal(dim1=-2, dim2=-1) + la.sigma_noise ** 2
+    return float((0.5 * ((y - f_mu) ** 2 / var + var.log() + math.log(2 * math.pi))).sum()
+                 / len(X))
+
+
+def test_ella_optimize_hyperparameters_picks_the_lowest_validation_nll():
+    """laplace-torch 0.3's ``ELLA.optimize_hyperparameters(val_loader, grid)``."""
+    model, loader, X, X_test = wide_problem(n=12)
+    la = ella(model, loader, K=8)
+    y_val = torch.randn(7, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    val = DataLoader(TensorDataset(X_test, y_val), batch_size=3)
+    assert la.fit_history_["processed_examples"] == [12.0]
+    grid = [0.1, 1.0, 10.0, (1.0, 0.5), (1.0, 2.0)]
+    expected = []
+    for point in grid:
+        la.prior_precision, la.sigma_noise = (point if isinstance(point, tuple)
+                                              else (point, SIGMA))
+        expected.append(_gaussian_nll(la, X_test, y_val))
+    la.prior_precision, la.sigma_noise = DELTA, SIGMA
+    la.optimize_hyperparameters(val, grid)
+    best = grid[min(range(len(grid)), key=expected.__getitem__)]
+    prior, sigma = best if isinstance(best, tuple) else (best, SIGMA)
+    assert float(la.prior_precision) == prior and float(la.sigma_noise) == sigma
+    scores = [r["val_nll"] for r in la.fit_history_["tuning"]]
+    assert scores[:3] == pytest.approx(expected[:3], rel=1e-12)  # the scalar points keep σ
+    assert scores[3:] == pytest.approx(expected[3:], rel=1e-12)
+    with pytest.raises(ValueError, match="grid is empty"):
+        la.optimize_hyperparameters(val, [])
+    assert float(la.prior_precision) == prior and float(la.sigma_noise) == sigma
+
+
+def test_ella_optimize_hyperparameters_for_classification():
+    model, loader, X, X_test = wide_problem(n=12, classes=3)
+    la = ella(model, loader, K=8, likelihood="classification")
+    labels = torch.tensor([0, 2, 1, 1, 0, 2, 1])
+    val = DataLoader(TensorDataset(X_test, labels), batch_size=4)
+    expected = []
+    for prior in (0.01, 1.0, 100.0):
+        la.prior_precision = prior
+        probs = la(X_test, link_approx="probit")
+        expected.append(float(-probs[torch.arange(7), labels].log().mean()))
+    la.optimize_hyperparameters(val, [0.01, 1.0, 100.0])
+    assert float(la.prior_precision) == [0.01, 1.0, 100.0][expected.index(min(expected))]
+    assert [r["val_nll"] for r in la.fit_history_["tuning"]] == pytest.approx(expected,
+                                                                              rel=1e-12)
