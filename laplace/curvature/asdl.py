@@ -355,18 +355,22 @@ class AsdlGGN(AsdlInterface, GGNInterface):
         return None if self.stochastic else super().sqrt_rows
 
 
-class AsdlEF(AsdlInterface, EFInterface):
-    """Empirical Fisher from ASDL's ``fisher_emp`` and per-sample ``batch_grads``."""
-
-    _fisher_type = FISHER_EMP
+class _KeywordSubnetwork(AsdlInterface):
+    """``(model, likelihood, last_layer, dict_key_x, dict_key_y)`` positionally, as
+    laplace-torch's ``AsdlEF`` and ``AsdlHessian`` (which have no subnetwork);
+    ``subnetwork_indices`` by keyword (as the subnetwork LAs pass it)."""
 
     def __init__(self, model: nn.Module, likelihood: str, last_layer: bool = False,
                  dict_key_x: str = "input_ids", dict_key_y: str = "labels", *,
                  subnetwork_indices: Tensor | None = None) -> None:
-        """laplace-torch's positional order, which has no subnetwork here;
-        ``subnetwork_indices`` by keyword (as the subnetwork LAs pass it)."""
         super().__init__(model, likelihood, last_layer, subnetwork_indices, dict_key_x,
                          dict_key_y)
+
+
+class AsdlEF(_KeywordSubnetwork, EFInterface):
+    """Empirical Fisher from ASDL's ``fisher_emp`` and per-sample ``batch_grads``."""
+
+    _fisher_type = FISHER_EMP
 
     def gradients(self, x: Inputs, y: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample gradients of ``lossfunc`` from ASDL's ``batch_grads`` operation."""
@@ -397,17 +401,9 @@ class AsdlEF(AsdlInterface, EFInterface):
         return Gs.detach(), loss.detach()
 
 
-class AsdlHessian(AsdlInterface):
+class AsdlHessian(_KeywordSubnetwork):
     """Exact Hessian of ``factor·lossfunc`` from ASDL's ``HessianMaker`` (``full``,
     ``diag``); may be indefinite (see the module docstring)."""
-
-    def __init__(self, model: nn.Module, likelihood: str, last_layer: bool = False,
-                 dict_key_x: str = "input_ids", dict_key_y: str = "labels", *,
-                 subnetwork_indices: Tensor | None = None) -> None:
-        """laplace-torch's positional order, which has no subnetwork here;
-        ``subnetwork_indices`` by keyword (as the subnetwork LAs pass it)."""
-        super().__init__(model, likelihood, last_layer, subnetwork_indices, dict_key_x,
-                         dict_key_y)
 
     def _hessian(
         self, x: Inputs, y: Tensor, shape: str
