@@ -65,6 +65,8 @@ def search(la: Any, val_loader: Any, grid: Iterable[Any]) -> list[dict[str, floa
         ValueError: an empty grid, or no finite score (the hyperparameters are then
             restored to what they were).
     """
+    if val_loader is None:
+        raise ValueError("optimize_hyperparameters needs a val_loader.")
     initial = (la.prior_precision.detach().clone(), la.sigma_noise.detach().clone())
     history: list[dict[str, float]] = []
     best, best_score = None, math.inf

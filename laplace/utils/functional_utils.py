@@ -22,7 +22,7 @@ from torch.utils.data import (
     SubsetRandomSampler,
 )
 
-from laplace.utils import data
+from laplace.utils import checks, data
 
 __all__ = [
     "batch_size",
@@ -120,6 +120,11 @@ def draw_gaussian(mean: Tensor, covariance: Tensor, n_samples: int,
         ``(n_samples, B, C)`` or ``(n_samples, B·C)``; differentiable in ``mean`` and
         ``covariance``.
     """
+    n_samples = checks.positive_int(n_samples, "n_samples")
+    expected = (mean.shape[0], mean.shape[0]) if mean.ndim == 1 else (*mean.shape, mean.shape[-1])
+    if mean.ndim not in (1, 2) or tuple(covariance.shape) != expected:
+        raise ValueError(f"draw_gaussian: covariance of shape {tuple(covariance.shape)} does "
+                         f"not match mean of shape {tuple(mean.shape)} (expected {expected}).")
     root = _psd_root((covariance + covariance.mT) / 2)
     noise = torch.randn(n_samples, *mean.shape, generator=generator, device=mean.device,
                         dtype=mean.dtype)

@@ -471,6 +471,8 @@ def test_ella_optimize_hyperparameters_picks_the_lowest_validation_nll():
     assert scores[3:] == pytest.approx(expected[3:], rel=1e-12)
     with pytest.raises(ValueError, match="grid is empty"):
         la.optimize_hyperparameters(val, [])
+    with pytest.raises(ValueError, match="needs a val_loader"):
+        la.optimize_hyperparameters(None, grid)
     assert float(la.prior_precision) == prior and float(la.sigma_noise) == sigma
 
 

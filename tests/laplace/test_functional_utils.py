@@ -82,6 +82,15 @@ def test_draw_gaussian_joint_and_singular():
     assert residual.abs().max() < 1e-6  # square roots of rounding-size eigenvalues
 
 
+def test_draw_gaussian_checks_its_arguments():
+    mean, cov = torch.zeros(3, 2, dtype=DT), covariances()[0]
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="n_samples"):
+            draw_gaussian(mean, cov, bad, None)
+    with pytest.raises(ValueError, match=r"covariance of shape \(3, 2, 2\) does not match"):
+        draw_gaussian(torch.zeros(6, dtype=DT), cov, 2, None)
+
+
 def test_draw_gaussian_refuses_an_indefinite_covariance():
     cov = torch.tensor([[1.0, 0.0], [0.0, -0.5]], dtype=DT)
     with pytest.raises(torch.linalg.LinAlgError, match="not positive semi-definite"):
