@@ -49,10 +49,9 @@ from laplace.curvature.curvature import (
     GGNInterface,
     _targets,
     curvature_options,
-    features_and_outputs,
-    find_last_layer,
 )
 from laplace.curvature.layers import unsupported_layer
+from laplace.curvature.outputs import last_layer_alone
 from laplace.utils.data import Inputs
 from laplace.utils.enums import Likelihood
 from laplace.utils.matrix import Kron
@@ -105,15 +104,8 @@ class AsdlInterface(CurvatureInterface):
     def _network(self, x: Inputs) -> tuple[nn.Module, Any]:
         """The module ASDL runs on and its input: the last layer alone on detached
         features when ``last_layer=True`` and the output is that layer's output."""
-        if self.last_layer:
-            with torch.no_grad():
-                phi, f = features_and_outputs(self.model, x)
-                layer = getattr(self.model, "last_layer", None)  # a FeatureExtractor's
-                if not isinstance(layer, nn.Linear):
-                    _, layer = find_last_layer(self.model)
-                out = layer(phi)
-            if out.shape == f.shape and torch.equal(out, f):
-                return layer, phi.detach()
+        if self.last_layer and (alone := last_layer_alone(self.model, x)) is not None:
+            return alone
         return self.model, x
 
     def _layout(self, net: nn.Module, kron: bool = False) -> tuple[list[nn.Parameter], list]:

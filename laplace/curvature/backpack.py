@@ -70,10 +70,9 @@ from laplace.curvature.curvature import (
     GGNInterface,
     _targets,
     curvature_options,
-    features_and_outputs,
-    find_last_layer,
 )
 from laplace.curvature.layers import unsupported_layer
+from laplace.curvature.outputs import last_layer_alone
 from laplace.utils.data import Inputs
 from laplace.utils.feature_extractor import FeatureExtractor
 from laplace.utils.matrix import Kron
@@ -104,15 +103,8 @@ class BackPackInterface(CurvatureInterface):
         detached inputs.
         """
         self._check_tensor_inputs(x)
-        if self.last_layer:
-            with torch.no_grad():
-                phi, f = features_and_outputs(self.model, x)
-                layer = getattr(self.model, "last_layer", None)  # a FeatureExtractor's
-                if not isinstance(layer, nn.Linear):
-                    _, layer = find_last_layer(self.model)
-                out = layer(phi)
-            if out.shape == f.shape and torch.equal(out, f):
-                return layer, phi.detach()
+        if self.last_layer and (alone := last_layer_alone(self.model, x)) is not None:
+            return alone
         # Curvature carries no graph to the inputs. Inputs that require grad (the
         # BoTorch case, enable_backprop=True) would make BackPACK's full backward hook
         # on the first layer wait for an input gradient that is never computed.

@@ -103,3 +103,16 @@ def features_and_outputs(model: nn.Module, x: Inputs) -> tuple[Tensor, Tensor]:
     finally:
         handle.remove()
     return store["phi"], f
+
+
+def last_layer_alone(model: nn.Module, x: Inputs) -> tuple[nn.Linear, Tensor] | None:
+    """The last ``nn.Linear`` and its detached input features ``(n, F)``, for backends
+    that run on that layer alone; ``None`` when the model's output is not that layer's
+    output (a head after it), so the whole model must run."""
+    with torch.no_grad():
+        phi, f = features_and_outputs(model, x)
+        layer = model_last_layer(model)
+        out = layer(phi)
+    if out.shape == f.shape and torch.equal(out, f):
+        return layer, phi.detach()
+    return None

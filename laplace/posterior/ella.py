@@ -250,11 +250,6 @@ class ELLA(FunctionalLaplace):
         return J @ self._Psi, f
 
     # ---------------------------------------------------- hyperparameters
-    def _delta(self) -> Tensor:
-        if self.prior_precision.numel() != 1:
-            raise ValueError(f"{type(self).__name__} supports a scalar prior precision only.")
-        return self.prior_precision[0]
-
     @property
     def prior_factor_sod(self) -> float:
         return 1.0  # G sums over all N training points: no subset-of-data rescaling

@@ -213,11 +213,15 @@ class FunctionalLaplace(BaseLaplace):
                                                        replace=False)
 
     # ---------------------------------------------------- shared algebra
+    def _delta(self) -> Tensor:
+        """The scalar prior precision ``δ`` (0-d); the function-space variants have no other."""
+        if self.prior_precision.numel() != 1:
+            raise ValueError(f"{type(self).__name__} supports a scalar prior precision only.")
+        return self.prior_precision[0]
+
     def _prior_var(self) -> Tensor:
         """``v = (M/N) / δ``: the kernel's scale under the scalar prior."""
-        if self.prior_precision.numel() != 1:
-            raise ValueError("Function-space Laplace supports a scalar prior precision only.")
-        return self.prior_factor_sod / self.prior_precision[0]
+        return self.prior_factor_sod / self._delta()
 
     @property
     def gp_kernel_prior_variance(self) -> Tensor:

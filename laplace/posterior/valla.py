@@ -200,11 +200,6 @@ class VaLLA(FunctionalLaplace):
         self._W_vals = w.clamp(min=0)
 
     # ---------------------------------------------------- hyperparameters
-    def _delta(self) -> Tensor:
-        if self.prior_precision.numel() != 1:
-            raise ValueError(f"{type(self).__name__} supports a scalar prior precision only.")
-        return self.prior_precision[0]
-
     @property
     def prior_factor_sod(self) -> float:
         return 1.0
