@@ -27,6 +27,13 @@ test NLL and mean ``|z|`` of its predictive, uniformly and near the incumbent
     .venv/bin/python benchmarks/large_n.py --replay \\
         benchmarks/results/large_n_trajectory.laplace.pt --at 1130 1500 1900 \\
         --methods laplace gp --output benchmarks/results/large_n_replay
+
+``--seed-table STEM …`` tabulates runs of several seeds (one ``--output`` stem each):
+every seed at the ``N`` all its methods reached, then medians over seeds and the seeds
+where each method's regret is at most the exact GP's.
+
+    .venv/bin/python benchmarks/large_n.py --seed-table runs/seed100 runs/seed101 \\
+        --output benchmarks/results/large_n_seeds
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import resource  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -278,6 +286,61 @@ def progress_table(paths: list[str], design_regret: float) -> tuple[str, dict[st
                                       "methods": table}
 
 
+def design_regret(seed: int, n_init: int) -> float:
+    """log10 regret of the best point of the seed's ``n_init``-point Sobol design."""
+    problem = Ackley(dim=20, negate=True)
+    lo, hi = problem.bounds.to(DTYPE)
+    X = lo + (hi - lo) * SobolEngine(20, scramble=True, seed=seed).draw(n_init).to(DTYPE)
+    return math.log10(float(problem.optimal_value) - float(problem(X).max()))
+
+
+def seed_table(stems: list[str], n_init: int) -> tuple[str, dict[str, Any]]:
+    """Runs of several seeds (``<stem>.json`` for the seed, ``<stem>.<method>.progress``
+    for the rounds, finished or not): per seed, each method's log10 regret at the ``N``
+    every method of that seed reached and its mean CPU per round up to there; then the
+    median over seeds and, for each method, the seeds where it is at most ``gp``'s."""
+    per_seed = []
+    for stem in stems:
+        seed = json.loads(Path(stem).with_suffix(".json").read_text())["meta"]["seed"]
+        runs = {}
+        for method in METHODS:
+            path = Path(f"{stem}.{method}.progress")
+            if path.exists():
+                rows = [json.loads(x) for x in path.read_text().splitlines() if x.startswith("{")]
+                if rows:
+                    runs[method] = rows
+        common = min(r[-1]["n"] for r in runs.values())
+        cells = {}
+        for method, rows in runs.items():
+            upto = [x for x in rows if x["n"] <= common]
+            cells[method] = {
+                "regret": next(x["log10_regret"] for x in rows if x["n"] == common),
+                "cpu_s_per_round": sum(x["fit_cpu_s"] + x["acq_cpu_s"] for x in upto)
+                / len(upto)}
+        per_seed.append({"seed": seed, "n": common, "design": design_regret(seed, n_init),
+                         "methods": cells})
+    methods = [m for m in METHODS if any(m in s["methods"] for s in per_seed)]
+    lines = ["| seed | N | design | " + " | ".join(f"{m} regret (CPU s/round)" for m in methods)
+             + " |", "|---:|---:|---:|" + "---:|" * len(methods)]
+    for s in per_seed:
+        lines.append(f"| {s['seed']} | {s['n']} | {s['design']:.3f} | " + " | ".join(
+            f"{s['methods'][m]['regret']:.3f} ({s['methods'][m]['cpu_s_per_round']:.1f})"
+            if m in s["methods"] else "" for m in methods) + " |")
+    summary: dict[str, Any] = {}
+    for m in methods:
+        vals = [s["methods"][m]["regret"] for s in per_seed if m in s["methods"]]
+        paired = [s for s in per_seed if m in s["methods"] and "gp" in s["methods"]]
+        summary[m] = {"median_regret": statistics.median(vals), "seeds": len(vals),
+                      "at_most_gp": sum(s["methods"][m]["regret"] <= s["methods"]["gp"]["regret"]
+                                        for s in paired), "paired_with_gp": len(paired)}
+    lines.append("| median | | " + f"{statistics.median(s['design'] for s in per_seed):.3f} | "
+                 + " | ".join(f"{summary[m]['median_regret']:.3f}" for m in methods) + " |")
+    lines += ["", "Seeds where the method's regret is at most the exact GP's: " + ", ".join(
+        f"{m} {summary[m]['at_most_gp']} of {summary[m]['paired_with_gp']}"
+        for m in methods if m != "gp") + "."]
+    return "\n".join(lines) + "\n", {"stems": stems, "seeds": per_seed, "summary": summary}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-init", type=int, default=1000)
@@ -294,6 +357,10 @@ def main() -> None:
     parser.add_argument("--progress", nargs="+", default=None, metavar="FILE",
                         help="tabulate <output>.<method>.progress files (runs finished or "
                         "not) at the N all of them reached")
+    parser.add_argument("--seed-table", nargs="+", default=None, metavar="STEM",
+                        help="one run per seed (the --output stems of runs with --seed): "
+                        "each method's regret at the N all its methods reached, per seed, "
+                        "with medians and paired wins; running nothing")
     parser.add_argument("--save-data", action="store_true",
                         help="also write each method's run so far (X, Y, CPU, regret) to "
                         "<output>.<method>.pt after every round")
@@ -307,13 +374,16 @@ def main() -> None:
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    if args.seed_table:
+        text, table = seed_table(args.seed_table, args.n_init)
+        print(text)
+        if args.output is not None:
+            out = Path(args.output)
+            out.with_suffix(".json").write_text(json.dumps(table, indent=1))
+            out.with_suffix(".md").write_text(text)
+        return
     if args.progress:
-        problem = Ackley(dim=20, negate=True)
-        lo, hi = problem.bounds.to(DTYPE)
-        X = lo + (hi - lo) * SobolEngine(20, scramble=True, seed=args.seed).draw(
-            args.n_init).to(DTYPE)
-        design = math.log10(float(problem.optimal_value) - float(problem(X).max()))
-        text, table = progress_table(args.progress, design)
+        text, table = progress_table(args.progress, design_regret(args.seed, args.n_init))
         print(text)
         if args.output is not None:  # never over the committed results unless asked
             out = Path(args.output)
