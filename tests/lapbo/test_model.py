@@ -458,3 +458,27 @@ def test_few_points_keep_the_prior_variance(n: int) -> None:
     no_hyperprior = LaplaceBNN(X, Y, seed=0, n_epochs=100, prior_precision_prior=None).fit()
     if n == 1:  # the evidence alone sends δ towards its bound
         assert float(no_hyperprior.prior_precision) > 10 * float(model.prior_precision)
+
+
+@pytest.mark.parametrize("batch", [(7,), (2, 5)])
+def test_posterior_without_gradients_in_pieces_equals_the_whole_batch(monkeypatch, batch) -> None:
+    """Under ``torch.no_grad`` a large batch of queries is evaluated in pieces of at most
+    ``PREDICT_CHUNK_BYTES`` of Jacobians (here one query each): same moments, same shapes,
+    for two outputs and a subset of them."""
+    from lapbo import linearized_model
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.rand(15, 2, generator=g, dtype=torch.float64)
+    Y = torch.stack([torch.sin(5 * X[:, 0]), X.sum(-1)], -1)
+    model = LaplaceBNN(X, Y, seed=0, width=10, n_epochs=50).fit()
+    Xq = torch.rand(*batch, 3, 2, generator=g, dtype=torch.float64)
+    for indices in (None, [1]):
+        with torch.no_grad():
+            whole = model.posterior(Xq, output_indices=indices)
+            monkeypatch.setattr(linearized_model, "PREDICT_CHUNK_BYTES", 1)
+            pieces = model.posterior(Xq, output_indices=indices)
+            monkeypatch.undo()
+        assert pieces.mean.shape == whole.mean.shape
+        assert torch.allclose(pieces.mean, whole.mean, rtol=0, atol=1e-12)
+        assert torch.allclose(pieces.mvn.covariance_matrix, whole.mvn.covariance_matrix,
+                              rtol=0, atol=1e-12)

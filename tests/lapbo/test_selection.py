@@ -501,3 +501,19 @@ def test_from_mid_dimensional_inputs_on_every_round_refits_from_the_initial_valu
     warm_given = LaplaceBNN(X, Y, seed=0, candidates=given, warm_start=old_given).fit()
     assert [s.log_marginal_likelihood for s in warm_given.selection] != [
         s.log_marginal_likelihood for s in cold.selection]
+
+
+def test_candidates_kept_for_warm_starts_drop_their_caches() -> None:
+    """After a fit, the candidates that only warm-start the next round hold no evidence or
+    posterior caches (their ``(n, P)`` rows); asked again, they give the same evidence."""
+    X = inputs(20)
+    model = LaplaceBNN(X, torch.sin(6 * X), seed=0, candidates=[LONG, SHORT], **FAST).fit()
+    for score, child in zip(model.selection, model._candidate_models):
+        assert child._evidence is None and child._post is None and child._la is None
+        assert float(child.log_marginal_likelihood()) == pytest.approx(
+            score.log_marginal_likelihood, rel=1e-10)
+    assert model._evidence is not None  # the chosen candidate's caches live on in the model
+    averaged = LaplaceBNN(X, torch.sin(6 * X), seed=0, model_averaging=True, **FAST,
+                          candidates=[{"init_scale": 0.5}, {"init_scale": 1.0}]).fit()
+    assert len(averaged._mixture) == 2  # both weights positive (0.975 and 0.025)
+    assert all(c._evidence is not None for _, c in averaged._mixture)  # they predict: kept
