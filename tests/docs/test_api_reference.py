@@ -155,7 +155,8 @@ def test_a_name_missing_from_the_pages_is_reported(tmp_path: Path) -> None:
     ]
     page.write_text("::: lapbo.model.LaplaceBNN\n")
     assert missing_names([page], ["lapbo.model", "lapbo.linearized_model"]) == [
-        "lapbo.linearized_model.ConditionedLaplaceBNN"
+        "lapbo.linearized_model.PREDICT_CHUNK_BYTES",
+        "lapbo.linearized_model.ConditionedLaplaceBNN",
     ]
 
 
