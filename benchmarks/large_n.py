@@ -255,14 +255,16 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_progress(path: str | Path) -> list[dict[str, Any]]:
+    """The rounds of a ``.progress`` file (its JSON lines; warnings in between skipped)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines()
+            if line.startswith("{")]
+
+
 def progress_table(paths: list[str], design_regret: float) -> tuple[str, dict[str, Any]]:
     """Runs read from ``<output>.<method>.progress`` files, finished or not, side by side
     at the ``N`` that all of them reached: log10 regret and mean CPU per round up to it."""
-    runs = {}
-    for path in paths:
-        lines = Path(path).read_text().splitlines()
-        runs[Path(path).name.removesuffix(".progress")] = [
-            json.loads(line) for line in lines if line.startswith("{")]
+    runs = {Path(path).name.removesuffix(".progress"): read_progress(path) for path in paths}
     common = min(r[-1]["n"] for r in runs.values())
     marks = sorted({n for n in (1010, 1050, 1100, 1200, 1500, 2000, common)
                     if n <= common and all(any(x["n"] == n for x in r) for r in runs.values())})
@@ -305,10 +307,8 @@ def seed_table(stems: list[str], n_init: int) -> tuple[str, dict[str, Any]]:
         runs = {}
         for method in METHODS:
             path = Path(f"{stem}.{method}.progress")
-            if path.exists():
-                rows = [json.loads(x) for x in path.read_text().splitlines() if x.startswith("{")]
-                if rows:
-                    runs[method] = rows
+            if path.exists() and (rows := read_progress(path)):
+                runs[method] = rows
         common = min(r[-1]["n"] for r in runs.values())
         cells = {}
         for method, rows in runs.items():
