@@ -472,12 +472,23 @@ def test_posterior_without_gradients_in_pieces_equals_the_whole_batch(monkeypatc
     Y = torch.stack([torch.sin(5 * X[:, 0]), X.sum(-1)], -1)
     model = LaplaceBNN(X, Y, seed=0, width=10, n_epochs=50).fit()
     Xq = torch.rand(*batch, 3, 2, generator=g, dtype=torch.float64)
+    calls: list[int] = []
+    features = model._features
+
+    def counted(X_tf: torch.Tensor, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(1)
+        return features(X_tf, idx)
+
+    model._features = counted  # type: ignore[method-assign]
     for indices in (None, [1]):
         with torch.no_grad():
+            calls.clear()
             whole = model.posterior(Xq, output_indices=indices)
+            assert len(calls) == 1
             monkeypatch.setattr(linearized_model, "PREDICT_CHUNK_BYTES", 1)
             pieces = model.posterior(Xq, output_indices=indices)
             monkeypatch.undo()
+            assert len(calls) == 1 + Xq.shape[:-2].numel()  # one query per piece
         assert pieces.mean.shape == whole.mean.shape
         assert torch.allclose(pieces.mean, whole.mean, rtol=0, atol=1e-12)
         assert torch.allclose(pieces.mvn.covariance_matrix, whole.mvn.covariance_matrix,
