@@ -1,6 +1,7 @@
 """Where an exact GP breaks: many observations and batch rounds (issue 13).
 
-Protocol: Ackley-20 (negated), a ``--n-init``-point scrambled Sobol design, then
+Protocol: Ackley-20 (negated; ``--problem`` names another of ``PROBLEMS`` for checks on
+functions the defaults were not developed on), a ``--n-init``-point scrambled Sobol design, then
 ``--rounds`` rounds of ``q = 10`` with ``qLogNoisyExpectedImprovement``
 (``prune_baseline=True``, 128 QMC samples, ``optimize_acqf(num_restarts=2,
 raw_samples=256)``). Compared: ``LaplaceBNN`` (defaults, warm-started every round),
@@ -29,8 +30,8 @@ test NLL and mean ``|z|`` of its predictive, uniformly and near the incumbent
         --methods laplace gp --output benchmarks/results/large_n_replay
 
 ``--seed-table STEM …`` tabulates runs of several seeds (one ``--output`` stem each):
-every seed at the ``N`` all its methods reached, then medians over seeds and the seeds
-where each method's regret is at most the exact GP's.
+every seed at the ``N`` all its methods reached (or ``--at N``), then medians over seeds
+and the seeds where each method's regret is at most the exact GP's.
 
     .venv/bin/python benchmarks/large_n.py --seed-table runs/seed100 runs/seed101 \\
         --output benchmarks/results/large_n_seeds
@@ -51,6 +52,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -63,7 +65,8 @@ from botorch.models.transforms.input import Normalize  # noqa: E402
 from botorch.models.transforms.outcome import Standardize  # noqa: E402
 from botorch.optim import optimize_acqf  # noqa: E402
 from botorch.sampling import SobolQMCNormalSampler  # noqa: E402
-from botorch.test_functions import Ackley  # noqa: E402
+from botorch.test_functions import Ackley, Griewank, Levy, Rosenbrock, StyblinskiTang  # noqa: E402
+from botorch.test_functions.synthetic import SyntheticTestFunction  # noqa: E402
 from gpytorch.mlls import ExactMarginalLogLikelihood, VariationalELBO  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torch.quasirandom import SobolEngine  # noqa: E402
@@ -74,6 +77,24 @@ from lapbo import LaplaceBNN  # noqa: E402
 torch.set_num_threads(1)
 DTYPE = torch.float64
 METHODS = ("laplace", "laplace_rf", "gp", "svgp")
+
+#: Twenty-input problems (maximised): the benchmark's Ackley-20, and four that no large-N
+#: choice used, for checks that its defaults carry over (development seeds only).
+PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
+    "ackley20": lambda: Ackley(dim=20, negate=True),
+    "levy20": lambda: Levy(dim=20, negate=True),
+    "griewank20": lambda: Griewank(dim=20, negate=True),
+    "styblinski_tang20": lambda: StyblinskiTang(dim=20, negate=True),
+    "rosenbrock20": lambda: Rosenbrock(dim=20, negate=True),
+}
+DEFAULT_PROBLEM = "ackley20"
+
+
+def sobol_design(problem: SyntheticTestFunction, n_init: int, seed: int) -> Tensor:
+    """The seed's ``(n_init, d)`` scrambled Sobol design in the problem's box."""
+    lo, hi = problem.bounds.to(DTYPE)
+    return lo + (hi - lo) * SobolEngine(problem.dim, scramble=True, seed=seed).draw(
+        n_init).to(DTYPE)
 
 
 def fit(method: str, X: Tensor, Y: Tensor, bounds: Tensor, previous: Any) -> Any:
@@ -100,7 +121,8 @@ def fit(method: str, X: Tensor, Y: Tensor, bounds: Tensor, previous: Any) -> Any
 
 
 def run(method: str, n_init: int, rounds: int, q: int, seed: int,
-        save_data: str | None = None, resume: bool = False) -> dict[str, Any]:
+        save_data: str | None = None, resume: bool = False,
+        problem_name: str = DEFAULT_PROBLEM) -> dict[str, Any]:
     """One BO run of ``method``; returns per-round CPU and the regret trace.
 
     With ``save_data`` the run's state (data, per-round CPU, regret trace, random state)
@@ -109,10 +131,9 @@ def run(method: str, n_init: int, rounds: int, q: int, seed: int,
     resumed round from scratch: the warm start is not saved).
     """
     torch.manual_seed(seed)
-    problem = Ackley(dim=20, negate=True)
+    problem = PROBLEMS[problem_name]()
     bounds = problem.bounds.to(DTYPE)
-    lo, hi = bounds
-    X = lo + (hi - lo) * SobolEngine(20, scramble=True, seed=seed).draw(n_init).to(DTYPE)
+    X = sobol_design(problem, n_init, seed)
     Y = problem(X).unsqueeze(-1)
     f_star = float(problem.optimal_value)
     regret = [math.log10(f_star - float(Y.max()))]
@@ -146,14 +167,15 @@ def run(method: str, n_init: int, rounds: int, q: int, seed: int,
             torch.save({"X": X, "Y": Y, "fit_cpu_s": fit_s, "acq_cpu_s": acq_s,
                         "log10_regret": regret, "rng": torch.get_rng_state()}, partial)
             os.replace(partial, state_path)
-    return {"method": method, "n_init": n_init, "rounds": rounds, "q": q, "seed": seed,
-            "fit_cpu_s": fit_s, "acq_cpu_s": acq_s,
+    return {"method": method, "problem": problem_name, "n_init": n_init, "rounds": rounds,
+            "q": q, "seed": seed, "fit_cpu_s": fit_s, "acq_cpu_s": acq_s,
             "mean_round_cpu_s": (sum(fit_s) + sum(acq_s)) / rounds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "log10_regret": regret}
 
 
-def replay_round(method: str, data: str, n: int, q: int, seed: int) -> dict[str, Any]:
+def replay_round(method: str, data: str, n: int, q: int, seed: int,
+                 problem_name: str = DEFAULT_PROBLEM) -> dict[str, Any]:
     """One round of ``method`` on the first ``n`` rows of a saved trajectory (``data``, as
     written by ``--save-data``): the fit and the acquisition of ``q`` points, timed. Every
     method sees the same data; ``LaplaceBNN`` is first fitted, untimed, on the first
@@ -163,7 +185,8 @@ def replay_round(method: str, data: str, n: int, q: int, seed: int) -> dict[str,
         raise ValueError(f"--at must be more than --q ({q}) and at most the {len(state['X'])} "
                          f"rows saved in {data}, not {n}.")
     X, Y = state["X"][:n], state["Y"][:n]
-    bounds = Ackley(dim=20).bounds.to(DTYPE)
+    problem = PROBLEMS[problem_name]()
+    bounds = problem.bounds.to(DTYPE)
     previous = None
     if method.startswith("laplace"):
         previous = fit(method, X[:-q], Y[:-q], bounds, None)
@@ -178,7 +201,7 @@ def replay_round(method: str, data: str, n: int, q: int, seed: int) -> dict[str,
     best = int(Y.argmax())
     with torch.no_grad():
         post = model.posterior(X[best:best + 1])
-        batch = Ackley(dim=20, negate=True)(x_new.detach())
+        batch = problem(x_new.detach())
     return {"method": method, "data": data, "n": n, "fit_cpu_s": t1 - t0,
             "acq_cpu_s": t2 - t1, "round_cpu_s": t2 - t0,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -186,22 +209,26 @@ def replay_round(method: str, data: str, n: int, q: int, seed: int) -> dict[str,
             # model's posterior at the incumbent (mean, SD) against its observed value
             "incumbent": float(Y[best]), "batch_best": float(batch.max()),
             "incumbent_mean": float(post.mean), "incumbent_sd": float(post.variance.sqrt()),
-            **predictive_calibration(model, X, Y, bounds)}
+            **predictive_calibration(model, X, Y, bounds, problem)}
 
 
 #: Test points of ``predictive_calibration``: uniform in the box, and around the incumbent
-#: (each coordinate within ``NEAR_INCUMBENT`` of it, clipped to the box: about a tenth of
-#: the range, where the later rounds of a trajectory concentrate their rows).
+#: (each coordinate within ``NEAR_INCUMBENT`` of it in the problem's units, clipped to the
+#: box: about a tenth of Ackley's half-range, where the later rounds of its trajectories
+#: concentrate their rows).
 UNIFORM_TEST_POINTS, NEAR_TEST_POINTS, NEAR_INCUMBENT = 500, 300, 3.0
 
 
 def predictive_calibration(model: Any, X: Tensor, Y: Tensor, bounds: Tensor,
-                     seed: int = 12345) -> dict[str, float]:
+                           problem: SyntheticTestFunction | None = None,
+                           seed: int = 12345) -> dict[str, float]:
     """Gaussian test NLL (per point, in units of the SD of ``Y``) and mean ``|z|`` of the
     posterior predictive with observation noise, on fresh points uniform in ``bounds``
     (``(2, d)``) and near the incumbent of ``X`` ``(n, d)``, ``Y`` ``(n, 1)``: how well a
-    model fitted to a trajectory's clustered rows predicts where the next rounds look."""
-    problem = Ackley(dim=X.shape[-1], negate=True)
+    model fitted to a trajectory's clustered rows predicts where the next rounds look
+    (``problem``: the maximised function, Ackley by default)."""
+    if problem is None:
+        problem = Ackley(dim=X.shape[-1], negate=True)
     g = torch.Generator().manual_seed(seed)
     lo, hi = bounds
     uniform = lo + (hi - lo) * torch.rand(UNIFORM_TEST_POINTS, len(lo), generator=g,
@@ -222,8 +249,9 @@ def predictive_calibration(model: Any, X: Tensor, Y: Tensor, bounds: Tensor,
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     gp = next((r for r in rows if r["method"] == "gp"), None)
-    lines = [f"# Large N: Ackley-20, {meta['n_init']} Sobol points, {meta['rounds']} rounds "
-             f"of q = {meta['q']}", "", f"`{meta['command']}` at commit {meta['commit']}, "
+    lines = [f"# Large N: {meta.get('problem', DEFAULT_PROBLEM)}, {meta['n_init']} Sobol "
+             f"points, {meta['rounds']} rounds of q = {meta['q']}", "",
+             f"`{meta['command']}` at commit {meta['commit']}, "
              f"seed {meta['seed']}; {torch.get_num_threads()} thread(s).", "",
              "The first round fits on the design alone (from scratch for every method); "
              "later rounds refit (`LaplaceBNN` warm-started from the previous round, the "
@@ -288,28 +316,35 @@ def progress_table(paths: list[str], design_regret: float) -> tuple[str, dict[st
                                       "methods": table}
 
 
-def design_regret(seed: int, n_init: int) -> float:
+def design_regret(seed: int, n_init: int, problem_name: str = DEFAULT_PROBLEM) -> float:
     """log10 regret of the best point of the seed's ``n_init``-point Sobol design."""
-    problem = Ackley(dim=20, negate=True)
-    lo, hi = problem.bounds.to(DTYPE)
-    X = lo + (hi - lo) * SobolEngine(20, scramble=True, seed=seed).draw(n_init).to(DTYPE)
+    problem = PROBLEMS[problem_name]()
+    X = sobol_design(problem, n_init, seed)
     return math.log10(float(problem.optimal_value) - float(problem(X).max()))
 
 
-def seed_table(stems: list[str], n_init: int) -> tuple[str, dict[str, Any]]:
-    """Runs of several seeds (``<stem>.json`` for the seed, ``<stem>.<method>.progress``
-    for the rounds, finished or not): per seed, each method's log10 regret at the ``N``
-    every method of that seed reached and its mean CPU per round up to there; then the
-    median over seeds and, for each method, the seeds where it is at most ``gp``'s."""
+def seed_table(stems: list[str], n_init: int,
+               at: int | None = None) -> tuple[str, dict[str, Any]]:
+    """Runs of several seeds (``<stem>.json`` for the seed and problem,
+    ``<stem>.<method>.progress`` for the rounds, finished or not): per seed, each method's
+    log10 regret at the ``N`` every method of that seed reached (or at ``at``, at most
+    that) and its mean CPU per round up to there; then the median over seeds and, for each
+    method, the seeds where it is at most ``gp``'s. A row names its problem where it is
+    not the benchmark's Ackley-20."""
     per_seed = []
     for stem in stems:
-        seed = json.loads(Path(stem).with_suffix(".json").read_text())["meta"]["seed"]
+        meta = json.loads(Path(stem).with_suffix(".json").read_text())["meta"]
+        seed, problem_name = meta["seed"], meta.get("problem", DEFAULT_PROBLEM)
         runs = {}
         for method in METHODS:
             path = Path(f"{stem}.{method}.progress")
             if path.exists() and (rows := read_progress(path)):
                 runs[method] = rows
         common = min(r[-1]["n"] for r in runs.values())
+        if at is not None:
+            if at > common:
+                raise ValueError(f"--at {at}: the runs of {stem} reached only N = {common}.")
+            common = at
         cells = {}
         for method, rows in runs.items():
             upto = [x for x in rows if x["n"] <= common]
@@ -317,13 +352,16 @@ def seed_table(stems: list[str], n_init: int) -> tuple[str, dict[str, Any]]:
                 "regret": next(x["log10_regret"] for x in rows if x["n"] == common),
                 "cpu_s_per_round": sum(x["fit_cpu_s"] + x["acq_cpu_s"] for x in upto)
                 / len(upto)}
-        per_seed.append({"seed": seed, "n": common, "design": design_regret(seed, n_init),
+        per_seed.append({"seed": seed, "problem": problem_name, "n": common,
+                         "design": design_regret(seed, n_init, problem_name),
                          "methods": cells})
     methods = [m for m in METHODS if any(m in s["methods"] for s in per_seed)]
     lines = ["| seed | N | design | " + " | ".join(f"{m} regret (CPU s/round)" for m in methods)
              + " |", "|---:|---:|---:|" + "---:|" * len(methods)]
     for s in per_seed:
-        lines.append(f"| {s['seed']} | {s['n']} | {s['design']:.3f} | " + " | ".join(
+        label = (str(s["seed"]) if s["problem"] == DEFAULT_PROBLEM
+                 else f"{s['problem']}, {s['seed']}")
+        lines.append(f"| {label} | {s['n']} | {s['design']:.3f} | " + " | ".join(
             f"{s['methods'][m]['regret']:.3f} ({s['methods'][m]['cpu_s_per_round']:.1f})"
             if m in s["methods"] else "" for m in methods) + " |")
     summary: dict[str, Any] = {}
@@ -347,6 +385,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--q", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--problem", choices=list(PROBLEMS), default=DEFAULT_PROBLEM,
+                        help="the maximised 20-input function (default: the benchmark's "
+                        "Ackley-20; the others for checks on development seeds)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--output", default=None,
                         help="stem of the result files (default benchmarks/results/large_n; "
@@ -370,12 +411,14 @@ def main() -> None:
                         help="time one round of each method on the first --at rows of the "
                         "trajectory saved in DATA (by --save-data), all on the same data")
     parser.add_argument("--at", type=int, nargs="+", default=None,
-                        help="rows of --replay's data (several: one round at each)")
+                        help="rows of --replay's data (several: one round at each); with "
+                        "--seed-table, the N at which the runs are compared")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if args.seed_table:
-        text, table = seed_table(args.seed_table, args.n_init)
+        at = None if args.at is None else args.at[0]
+        text, table = seed_table(args.seed_table, args.n_init, at)
         print(text)
         if args.output is not None:
             out = Path(args.output)
@@ -383,7 +426,8 @@ def main() -> None:
             out.with_suffix(".md").write_text(text)
         return
     if args.progress:
-        text, table = progress_table(args.progress, design_regret(args.seed, args.n_init))
+        text, table = progress_table(args.progress, design_regret(args.seed, args.n_init,
+                                                                  args.problem))
         print(text)
         if args.output is not None:  # never over the committed results unless asked
             out = Path(args.output)
@@ -400,8 +444,8 @@ def main() -> None:
         return
     if args._one and args.replay:
         for n in args.at:
-            print(json.dumps(replay_round(args._one, args.replay, n, args.q, args.seed)),
-                  flush=True)
+            print(json.dumps(replay_round(args._one, args.replay, n, args.q, args.seed,
+                                          args.problem)), flush=True)
         return
     if args.replay:
         replay_all(args)
@@ -409,7 +453,7 @@ def main() -> None:
     if args._one:
         print(json.dumps(run(args._one, args.n_init, args.rounds, args.q, args.seed,
                              args.output if args.save_data or args.resume else None,
-                             args.resume)))
+                             args.resume, args.problem)))
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
@@ -417,7 +461,8 @@ def main() -> None:
     for method in args.methods:
         cmd = [sys.executable, __file__, "--_one", method, "--n-init", str(args.n_init),
                "--rounds", str(args.rounds), "--q", str(args.q), "--seed", str(args.seed),
-               "--output", args.output, *(["--save-data"] if args.save_data else []),
+               "--problem", args.problem, "--output", args.output,
+               *(["--save-data"] if args.save_data else []),
                *(["--resume"] if args.resume else [])]
         progress = Path(args.output).with_suffix(f".{method}.progress")
         progress.parent.mkdir(parents=True, exist_ok=True)
@@ -431,7 +476,8 @@ def main() -> None:
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     meta = {"command": "benchmarks/large_n.py " + " ".join(sys.argv[1:]), "commit": commit,
-            "n_init": args.n_init, "rounds": args.rounds, "q": args.q, "seed": args.seed}
+            "problem": args.problem, "n_init": args.n_init, "rounds": args.rounds,
+            "q": args.q, "seed": args.seed}
     write(Path(args.output), meta, rows)
 
 
@@ -445,7 +491,8 @@ def replay_all(args: argparse.Namespace) -> None:
     rows = []
     for method in args.methods:
         cmd = [sys.executable, __file__, "--_one", method, "--replay", args.replay,
-               "--at", *map(str, args.at), "--q", str(args.q), "--seed", str(args.seed)]
+               "--at", *map(str, args.at), "--q", str(args.q), "--seed", str(args.seed),
+               "--problem", args.problem]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             print(res.stderr[-3000:], file=sys.stderr)

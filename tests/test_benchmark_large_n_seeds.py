@@ -5,6 +5,7 @@ seeds where a method is at most the exact GP's regret."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -14,9 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import large_n as bench  # noqa: E402
 
 
-def _write_run(stem: Path, seed: int, runs: dict[str, list[tuple[int, float, float]]]) -> None:
+def _write_run(stem: Path, seed: int, runs: dict[str, list[tuple[int, float, float]]],
+               **meta: str) -> None:
     """``runs``: method -> rounds of (N, CPU s of the round, log10 regret after it)."""
-    stem.with_suffix(".json").write_text(json.dumps({"meta": {"seed": seed}, "runs": []}))
+    stem.with_suffix(".json").write_text(json.dumps({"meta": {"seed": seed, **meta},
+                                                     "runs": []}))
     for method, rounds in runs.items():
         lines = ["a warning line the table skips"] + [
             json.dumps({"n": n, "fit_cpu_s": cpu - 1.0, "acq_cpu_s": 1.0, "log10_regret": r})
@@ -25,7 +28,7 @@ def _write_run(stem: Path, seed: int, runs: dict[str, list[tuple[int, float, flo
 
 
 def test_seeds_compared_where_all_methods_are(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(bench, "design_regret", lambda seed, n_init: 1.0 + seed / 1000)
+    monkeypatch.setattr(bench, "design_regret", lambda seed, n_init, problem: 1.0 + seed / 1000)
     _write_run(tmp_path / "s100", 100, {
         "laplace": [(1010, 4.0, 0.9), (1020, 2.0, 0.6), (1030, 2.0, 0.5)],
         "gp": [(1010, 10.0, 0.8), (1020, 30.0, 0.7)]})  # the GP stopped at N = 1,020
@@ -47,3 +50,42 @@ def test_seeds_compared_where_all_methods_are(tmp_path, monkeypatch) -> None:
     assert "| 100 | 1020 | 1.100 | 0.600 (3.0) | 0.700 (20.0) |" in text
     assert "| median | | 1.101 | 0.700 | 0.700 |" in text
     assert "laplace 2 of 3" in text
+
+
+def test_each_seed_is_compared_on_its_own_problem(tmp_path, monkeypatch) -> None:
+    asked = []
+    monkeypatch.setattr(bench, "design_regret",
+                        lambda seed, n_init, problem: asked.append((seed, problem)) or 1.0)
+    _write_run(tmp_path / "old", 0, {"laplace": [(1010, 3.0, 0.7)]})  # before --problem
+    _write_run(tmp_path / "levy", 3, {"laplace": [(1010, 3.0, 0.7)]}, problem="levy20")
+    text, _ = bench.seed_table([str(tmp_path / "old"), str(tmp_path / "levy")], 1000)
+    assert asked == [(0, "ackley20"), (3, "levy20")]
+    assert "| 0 | 1010 |" in text and "| levy20, 3 | 1010 |" in text
+
+
+def test_seeds_compared_at_a_given_n(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(bench, "design_regret", lambda seed, n_init, problem: 1.0)
+    _write_run(tmp_path / "s", 5, {"laplace": [(1010, 4.0, 0.9), (1020, 2.0, 0.6)],
+                                    "gp": [(1010, 10.0, 0.8), (1020, 30.0, 0.5)]})
+    _, table = bench.seed_table([str(tmp_path / "s")], 1000, at=1010)
+    cells = table["seeds"][0]["methods"]
+    assert table["seeds"][0]["n"] == 1010
+    assert (cells["laplace"]["regret"], cells["gp"]["regret"]) == (0.9, 0.8)
+    assert cells["gp"]["cpu_s_per_round"] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="reached only N = 1020"):
+        bench.seed_table([str(tmp_path / "s")], 1000, at=1030)
+
+
+@pytest.mark.parametrize("name", list(bench.PROBLEMS))
+def test_design_lies_in_the_problem_box(name) -> None:
+    problem = bench.PROBLEMS[name]()
+    X = bench.sobol_design(problem, 64, seed=3)
+    lo, hi = problem.bounds.to(X)
+    assert X.shape == (64, 20) and bool(((X >= lo) & (X <= hi)).all())
+    assert bench.design_regret(3, 64, name) == pytest.approx(
+        math.log10(float(problem.optimal_value) - float(problem(X).max())))
+
+
+def test_the_benchmark_design_is_the_one_of_the_stored_tables() -> None:
+    # Ackley-20, seed 0, 1,000 points: log10 regret 1.296 in every large-N table
+    assert bench.design_regret(0, 1000) == pytest.approx(1.2960, abs=1e-4)
