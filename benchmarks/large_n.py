@@ -283,6 +283,10 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Rounds over which ``progress_table`` reports the CPU per round at the ``N`` compared.
+LAST_ROUNDS = 10
+
+
 def read_progress(path: str | Path) -> list[dict[str, Any]]:
     """The rounds of a ``.progress`` file (its JSON lines; warnings in between skipped)."""
     return [json.loads(line) for line in Path(path).read_text().splitlines()
@@ -291,26 +295,32 @@ def read_progress(path: str | Path) -> list[dict[str, Any]]:
 
 def progress_table(paths: list[str], design_regret: float) -> tuple[str, dict[str, Any]]:
     """Runs read from ``<output>.<method>.progress`` files, finished or not, side by side
-    at the ``N`` that all of them reached: log10 regret and mean CPU per round up to it."""
+    at the ``N`` that all of them reached: log10 regret, mean CPU per round up to it, and
+    mean CPU per round over the ``LAST_ROUNDS`` rounds that end there (the cost at that
+    ``N``)."""
     runs = {Path(path).name.removesuffix(".progress"): read_progress(path) for path in paths}
     common = min(r[-1]["n"] for r in runs.values())
     marks = sorted({n for n in (1010, 1050, 1100, 1200, 1500, 2000, common)
                     if n <= common and all(any(x["n"] == n for x in r) for r in runs.values())})
     head = " | ".join(f"regret at N = {n}" for n in marks)
     lines = [f"| run | rounds run | N reached | {head}"
-             + f" | fit CPU s/round to N = {common} | acq CPU s/round | total s/round |",
-             "|---|---:|---:|" + "---:|" * (len(marks) + 3)]
+             + f" | fit CPU s/round to N = {common} | acq CPU s/round | total s/round"
+             + f" | last {LAST_ROUNDS} rounds s/round |",
+             "|---|---:|---:|" + "---:|" * (len(marks) + 4)]
     table = {}
     for method, r in runs.items():
         upto = [x for x in r if x["n"] <= common]
         fit = sum(x["fit_cpu_s"] for x in upto) / len(upto)
         acq = sum(x["acq_cpu_s"] for x in upto) / len(upto)
+        last = sum(x["fit_cpu_s"] + x["acq_cpu_s"] for x in upto[-LAST_ROUNDS:]) / len(
+            upto[-LAST_ROUNDS:])
         regret = {n: next(x["log10_regret"] for x in r if x["n"] == n) for n in marks}
         table[method] = {"rounds": len(r), "n_reached": r[-1]["n"], "regret": regret,
-                         "fit_cpu_s": fit, "acq_cpu_s": acq, "rounds_compared": len(upto)}
+                         "fit_cpu_s": fit, "acq_cpu_s": acq, "rounds_compared": len(upto),
+                         "last_rounds_cpu_s": last}
         lines.append(f"| {method} | {len(r)} | {r[-1]['n']} | "
                      + " | ".join(f"{regret[n]:.3f}" for n in marks)
-                     + f" | {fit:.1f} | {acq:.1f} | {fit + acq:.1f} |")
+                     + f" | {fit:.1f} | {acq:.1f} | {fit + acq:.1f} | {last:.1f} |")
     lines += ["", f"log10 regret of the design: {design_regret:.3f}."]
     return "\n".join(lines) + "\n", {"common_n": common, "design_regret": design_regret,
                                       "methods": table}

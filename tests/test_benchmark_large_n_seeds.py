@@ -89,3 +89,18 @@ def test_design_lies_in_the_problem_box(name) -> None:
 def test_the_benchmark_design_is_the_one_of_the_stored_tables() -> None:
     # Ackley-20, seed 0, 1,000 points: log10 regret 1.296 in every large-N table
     assert bench.design_regret(0, 1000) == pytest.approx(1.2960, abs=1e-4)
+
+
+def test_progress_table_reports_the_cost_at_the_n_compared(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(bench, "LAST_ROUNDS", 2)
+    _write_run(tmp_path / "r", 0, {
+        "laplace": [(1010, 40.0, 0.9), (1020, 2.0, 0.6), (1030, 4.0, 0.5), (1040, 1.0, 0.5)],
+        "gp": [(1010, 10.0, 0.8), (1020, 20.0, 0.7), (1030, 60.0, 0.7)]})
+    _, table = bench.progress_table([f"{tmp_path / 'r'}.laplace.progress",
+                                     f"{tmp_path / 'r'}.gp.progress"], 1.0)
+    lap, gp = table["methods"]["r.laplace"], table["methods"]["r.gp"]
+    assert table["common_n"] == 1030 and lap["rounds_compared"] == 3
+    # all rounds to N = 1,030, and the last two of them
+    assert lap["fit_cpu_s"] + lap["acq_cpu_s"] == pytest.approx(46.0 / 3)
+    assert (lap["last_rounds_cpu_s"], gp["last_rounds_cpu_s"]) == (3.0, 40.0)
+    assert lap["regret"][1030] == 0.5 and gp["regret"][1030] == 0.7
