@@ -366,7 +366,10 @@ def seed_table(stems: list[str], n_init: int,
                          "design": design_regret(seed, n_init, problem_name),
                          "methods": cells})
     methods = [m for m in METHODS if any(m in s["methods"] for s in per_seed)]
-    lines = ["| seed | N | design | " + " | ".join(f"{m} regret (CPU s/round)" for m in methods)
+    first = ("seed" if all(s["problem"] == DEFAULT_PROBLEM for s in per_seed)
+             else "problem, seed")
+    lines = [f"| {first} | N | design | "
+             + " | ".join(f"{m} regret (CPU s/round)" for m in methods)
              + " |", "|---:|---:|---:|" + "---:|" * len(methods)]
     for s in per_seed:
         label = (str(s["seed"]) if s["problem"] == DEFAULT_PROBLEM
@@ -383,7 +386,7 @@ def seed_table(stems: list[str], n_init: int,
                                         for s in paired), "paired_with_gp": len(paired)}
     lines.append("| median | | " + f"{statistics.median(s['design'] for s in per_seed):.3f} | "
                  + " | ".join(f"{summary[m]['median_regret']:.3f}" for m in methods) + " |")
-    lines += ["", "Seeds where the method's regret is at most the exact GP's: " + ", ".join(
+    lines += ["", "Runs where the method's regret is at most the exact GP's: " + ", ".join(
         f"{m} {summary[m]['at_most_gp']} of {summary[m]['paired_with_gp']}"
         for m in methods if m != "gp") + "."]
     return "\n".join(lines) + "\n", {"stems": stems, "seeds": per_seed, "summary": summary}
