@@ -65,28 +65,27 @@ from botorch.models.transforms.input import Normalize  # noqa: E402
 from botorch.models.transforms.outcome import Standardize  # noqa: E402
 from botorch.optim import optimize_acqf  # noqa: E402
 from botorch.sampling import SobolQMCNormalSampler  # noqa: E402
-from botorch.test_functions import Ackley, Griewank, Levy, Rosenbrock, StyblinskiTang  # noqa: E402
+from botorch.test_functions import Ackley  # noqa: E402
 from botorch.test_functions.synthetic import SyntheticTestFunction  # noqa: E402
 from gpytorch.mlls import ExactMarginalLogLikelihood, VariationalELBO  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torch.quasirandom import SobolEngine  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.problems import DEVELOPMENT_PROBLEMS  # noqa: E402
+from benchmarks.problems import PROBLEMS as TEN_PROBLEMS  # noqa: E402
 from lapbo import LaplaceBNN  # noqa: E402
 
 torch.set_num_threads(1)
 DTYPE = torch.float64
 METHODS = ("laplace", "laplace_rf", "gp", "svgp")
 
-#: Twenty-input problems (maximised): the benchmark's Ackley-20, and four that no large-N
-#: choice used, for checks that its defaults carry over (development seeds only).
+#: Twenty-input problems (maximised; factories of ``benchmarks.problems``): the
+#: benchmark's Ackley-20, and four that no large-N choice used, for checks that its
+#: defaults carry over (development seeds only).
 PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
-    "ackley20": lambda: Ackley(dim=20, negate=True),
-    "levy20": lambda: Levy(dim=20, negate=True),
-    "griewank20": lambda: Griewank(dim=20, negate=True),
-    "styblinski_tang20": lambda: StyblinskiTang(dim=20, negate=True),
-    "rosenbrock20": lambda: Rosenbrock(dim=20, negate=True),
-}
+    name: {**TEN_PROBLEMS, **DEVELOPMENT_PROBLEMS}[name]
+    for name in ("ackley20", "levy20", "griewank20", "styblinski_tang20", "rosenbrock20")}
 DEFAULT_PROBLEM = "ackley20"
 
 
@@ -358,8 +357,12 @@ def seed_table(stems: list[str], n_init: int,
         cells = {}
         for method, rows in runs.items():
             upto = [x for x in rows if x["n"] <= common]
+            if not upto or upto[-1]["n"] != common:
+                ends = ", ".join(str(x["n"]) for x in rows[:3])
+                raise ValueError(f"--at {common}: no round of {stem}'s {method} run ends "
+                                 f"there (its rounds end at N = {ends}, ...).")
             cells[method] = {
-                "regret": next(x["log10_regret"] for x in rows if x["n"] == common),
+                "regret": upto[-1]["log10_regret"],
                 "cpu_s_per_round": sum(x["fit_cpu_s"] + x["acq_cpu_s"] for x in upto)
                 / len(upto)}
         per_seed.append({"seed": seed, "problem": problem_name, "n": common,

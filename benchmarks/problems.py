@@ -1,5 +1,5 @@
 """The benchmark problems of issue 13: ten ``botorch.test_functions`` spanning d = 2…20
-(``PROBLEMS``), and twenty-six more for development checks of how a change generalises
+(``PROBLEMS``), and twenty-eight more for development checks of how a change generalises
 (``DEVELOPMENT_PROBLEMS``; six of them observe noise).
 
 Two of the ten observe noise (``levy5_noisy``, ``cosine8_noisy``). All are maximised (the
@@ -51,12 +51,13 @@ PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
 }
 
 
-#: Twenty-six further ``botorch.test_functions`` problems (d = 2…20, seven of them with ten
-#: or more inputs) for development checks of generalisation: twelve from session 17 of
+#: Twenty-eight further ``botorch.test_functions`` problems (d = 2…20, nine of them with
+#: ten or more inputs) for development checks of generalisation: twelve from session 17 of
 #: issue 13, four that observe noise of a few percent of the function's range (session
-#: 18), and ten that no choice had seen when they joined (session 19: five rugged
+#: 18), ten that no choice had seen when they joined (session 19: five rugged
 #: two-input functions, Shekel with five maxima, Ackley-5 and Levy-8 with noise,
-#: Rosenbrock-8, Michalewicz-10).
+#: Rosenbrock-8, Michalewicz-10), and Styblinski–Tang-20 and Rosenbrock-20 for the large-N
+#: checks of session 35 (``benchmarks/large_n.py --problem``).
 DEVELOPMENT_PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
     "three_hump_camel": lambda: ThreeHumpCamel(negate=True),
     "shekel4": lambda: Shekel(m=10, negate=True),
@@ -84,6 +85,8 @@ DEVELOPMENT_PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
     "rosenbrock8": lambda: Rosenbrock(dim=8, negate=True),
     "levy8_noisy": lambda: Levy(dim=8, noise_std=1.0, negate=True),
     "michalewicz10": lambda: Michalewicz(dim=10, negate=True),
+    "styblinski_tang20": lambda: StyblinskiTang(dim=20, negate=True),
+    "rosenbrock20": lambda: Rosenbrock(dim=20, negate=True),
 }
 
 

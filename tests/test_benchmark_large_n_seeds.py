@@ -75,6 +75,9 @@ def test_seeds_compared_at_a_given_n(tmp_path, monkeypatch) -> None:
     assert cells["gp"]["cpu_s_per_round"] == pytest.approx(10.0)
     with pytest.raises(ValueError, match="reached only N = 1020"):
         bench.seed_table([str(tmp_path / "s")], 1000, at=1030)
+    for between in (1015, 900):  # no round ends there
+        with pytest.raises(ValueError, match=f"--at {between}: no round"):
+            bench.seed_table([str(tmp_path / "s")], 1000, at=between)
 
 
 @pytest.mark.parametrize("name", list(bench.PROBLEMS))
