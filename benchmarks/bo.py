@@ -54,7 +54,6 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -82,7 +81,7 @@ from torch import Tensor  # noqa: E402
 from torch.quasirandom import SobolEngine  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.output import package_versions  # noqa: E402
+from benchmarks.output import cpu_description, package_versions  # noqa: E402
 from benchmarks.problems import DEVELOPMENT_PROBLEMS  # noqa: E402
 from benchmarks.problems import PROBLEMS as TEN_PROBLEMS  # noqa: E402
 from lapbo import LaplaceBNN  # noqa: E402
@@ -526,8 +525,8 @@ def main() -> None:
         "methods": {m: methods.get(m, {}) for m in args.methods},
         "command": "python benchmarks/bo.py " + " ".join(sys.argv[1:]),
         "commit": commit,
-        "machine": f"{platform.processor() or platform.machine()}, torch "
-                   f"{torch.__version__}, {torch.get_num_threads()} thread(s)",
+        "machine": f"{cpu_description()}, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} thread(s)",
         "load_average": os.getloadavg(), "total_wall_s": time.perf_counter() - t_start,
         "packages": package_versions(),
     }

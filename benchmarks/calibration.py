@@ -43,7 +43,7 @@ from gpytorch.mlls import ExactMarginalLogLikelihood  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.output import package_versions  # noqa: E402
+from benchmarks.output import cpu_description, package_versions  # noqa: E402
 from benchmarks.problems import DEVELOPMENT_PROBLEMS, PROBLEMS, make_problem  # noqa: E402
 from lapbo import LaplaceBNN  # noqa: E402
 
@@ -214,7 +214,7 @@ def main() -> None:
     table = summarize(rows)
     meta = {"command": " ".join(["benchmarks/calibration.py", *sys.argv[1:]]),
             "seeds": args.seeds, "commit": commit, "options": options,
-            "packages": package_versions()}
+            "packages": package_versions(), "cpu": cpu_description()}
     text = markdown(table, meta)
     print(text)
     out = Path(args.output)

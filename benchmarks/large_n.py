@@ -72,6 +72,7 @@ from torch import Tensor  # noqa: E402
 from torch.quasirandom import SobolEngine  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.output import cpu_description, package_versions  # noqa: E402
 from benchmarks.problems import DEVELOPMENT_PROBLEMS  # noqa: E402
 from benchmarks.problems import PROBLEMS as TEN_PROBLEMS  # noqa: E402
 from lapbo import LaplaceBNN  # noqa: E402
@@ -251,7 +252,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [f"# Large N: {meta.get('problem', DEFAULT_PROBLEM)}, {meta['n_init']} Sobol "
              f"points, {meta['rounds']} rounds of q = {meta['q']}", "",
              f"`{meta['command']}` at commit {meta['commit']}, "
-             f"seed {meta['seed']}; {torch.get_num_threads()} thread(s).", "",
+             f"seed {meta['seed']}; {torch.get_num_threads()} thread(s)"
+             f"{'; ' + meta['cpu'] if 'cpu' in meta else ''}.", "",
              "The first round fits on the design alone (from scratch for every method); "
              "later rounds refit (`LaplaceBNN` warm-started from the previous round, the "
              "GPs from scratch). A run to N = 2,000 in rounds of 10 has 100 rounds, so "
@@ -493,7 +495,8 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     meta = {"command": "benchmarks/large_n.py " + " ".join(sys.argv[1:]), "commit": commit,
             "problem": args.problem, "n_init": args.n_init, "rounds": args.rounds,
-            "q": args.q, "seed": args.seed}
+            "q": args.q, "seed": args.seed, "cpu": cpu_description(),
+            "packages": package_versions()}
     write(Path(args.output), meta, rows)
 
 
