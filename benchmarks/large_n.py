@@ -138,6 +138,7 @@ def run(method: str, n_init: int, rounds: int, q: int, seed: int,
     f_star = float(problem.optimal_value)
     regret = [math.log10(f_star - float(Y.max()))]
     fit_s, acq_s, model = [], [], None
+    cpu = cpu_description()  # in every round's line: a run resumed elsewhere mixes CPUs
     state_path = None if save_data is None else f"{save_data}.{method}.pt"
     if resume:
         if state_path is None or not Path(state_path).exists():
@@ -161,7 +162,8 @@ def run(method: str, n_init: int, rounds: int, q: int, seed: int,
         Y = torch.cat([Y, problem(x_new.detach()).unsqueeze(-1)])
         regret.append(math.log10(f_star - float(Y.max())))
         print(json.dumps({"n": X.shape[0], "fit_cpu_s": fit_s[-1], "acq_cpu_s": acq_s[-1],
-                          "log10_regret": regret[-1]}), file=sys.stderr, flush=True)
+                          "log10_regret": regret[-1], "cpu": cpu}), file=sys.stderr,
+              flush=True)
         if state_path is not None:  # the trajectory so far: to profile it, or resume
             partial = f"{state_path}.partial"  # replaced in one step: a kill leaves either
             torch.save({"X": X, "Y": Y, "fit_cpu_s": fit_s, "acq_cpu_s": acq_s,
@@ -323,8 +325,12 @@ def progress_table(paths: list[str], design_regret: float) -> tuple[str, dict[st
                      + " | ".join(f"{regret[n]:.3f}" for n in marks)
                      + f" | {fit:.1f} | {acq:.1f} | {fit + acq:.1f} | {last:.1f} |")
     lines += ["", f"log10 regret of the design: {design_regret:.3f}."]
+    cpus = {method: sorted({x["cpu"] for x in r if "cpu" in x}) for method, r in runs.items()}
+    if any(cpus.values()):  # rounds before session 39 did not record it
+        lines += ["", "CPUs the rounds ran on: " + "; ".join(
+            f"{method}: {', '.join(c) or 'not recorded'}" for method, c in cpus.items()) + "."]
     return "\n".join(lines) + "\n", {"common_n": common, "design_regret": design_regret,
-                                      "methods": table}
+                                      "methods": table, "cpus": cpus}
 
 
 def design_regret(seed: int, n_init: int, problem_name: str = DEFAULT_PROBLEM) -> float:

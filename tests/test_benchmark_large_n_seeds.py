@@ -108,3 +108,18 @@ def test_progress_table_reports_the_cost_at_the_n_compared(tmp_path, monkeypatch
     assert lap["fit_cpu_s"] + lap["acq_cpu_s"] == pytest.approx(46.0 / 3)
     assert (lap["last_rounds_cpu_s"], gp["last_rounds_cpu_s"]) == (3.0, 40.0)
     assert lap["regret"][1030] == 0.5 and gp["regret"][1030] == 0.7
+
+
+def test_progress_table_lists_the_cpus_a_resumed_run_ran_on(tmp_path) -> None:
+    stem = tmp_path / "r"
+    rounds = [{"n": 1010, "fit_cpu_s": 1.0, "acq_cpu_s": 1.0, "log10_regret": 0.9},
+              {"n": 1020, "fit_cpu_s": 1.0, "acq_cpu_s": 1.0, "log10_regret": 0.8,
+               "cpu": "CPU B"},
+              {"n": 1030, "fit_cpu_s": 1.0, "acq_cpu_s": 1.0, "log10_regret": 0.8,
+               "cpu": "CPU A"}]
+    Path(f"{stem}.gp.progress").write_text("\n".join(map(json.dumps, rounds)) + "\n")
+    Path(f"{stem}.laplace.progress").write_text(json.dumps(rounds[0]) + "\n")
+    text, table = bench.progress_table([f"{stem}.gp.progress", f"{stem}.laplace.progress"],
+                                       1.0)
+    assert table["cpus"] == {"r.gp": ["CPU A", "CPU B"], "r.laplace": []}
+    assert "r.gp: CPU A, CPU B; r.laplace: not recorded" in text
