@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from botorch.acquisition.objective import PosteriorTransform
+from botorch.exceptions.errors import UnsupportedError
 from botorch.models.model import FantasizeMixin, Model
 from botorch.models.transforms.outcome import OutcomeTransform
 from botorch.posteriors.gpytorch import GPyTorchPosterior
@@ -186,6 +187,29 @@ class _LinearizedModel(Model, FantasizeMixin):
         if posterior_transform is not None:
             posterior = posterior_transform(posterior)
         return posterior
+
+    def forward(self, X: Tensor) -> MultivariateNormal:
+        """``model(X)``: the latent (noise-free) joint Gaussian at ``X`` ``(*batch, q, d)``.
+
+        For BoTorch code that calls a model as GPyTorch models are called, e.g. GIBBON
+        (``qLowerBoundMaxValueEntropy``) with pending points, which combines the
+        cross-covariances of ``model(X)`` with ``posterior``'s covariances. Unlike a
+        GPyTorch model in eval mode (transformed inputs in, standardized outcomes out),
+        this takes ``X`` as ``posterior`` does and returns ``posterior(X).distribution``,
+        in the original outcome units, so the two can be combined: with a
+        ``SingleTaskGP`` and outcome/input transforms they cannot.
+
+        Returns:
+            ``MultivariateNormal`` (mean ``(*b, q)``) for one output, interleaved
+            ``MultitaskMultivariateNormal`` (mean ``(*b, q, m)``) for several.
+        """
+        posterior = self.posterior(X)
+        if not isinstance(posterior, GPyTorchPosterior):
+            raise UnsupportedError(
+                f"model(X) returns a Gaussian, but this model's posterior is a "
+                f"{type(posterior).__name__} (a non-affine outcome transform such as Log "
+                "makes it non-Gaussian); use model.posterior(X) instead.")
+        return posterior.distribution
 
     def _moments(self, X: Tensor, idx: list[int], observation_noise: bool | Tensor
                  ) -> tuple[Tensor, Tensor]:

@@ -13,6 +13,7 @@ from botorch.acquisition import (
     qKnowledgeGradient,
     qLogExpectedImprovement,
     qLogNoisyExpectedImprovement,
+    qLowerBoundMaxValueEntropy,
     qMaxValueEntropy,
     qUpperConfidenceBound,
 )
@@ -21,6 +22,8 @@ from botorch.acquisition.multi_objective.logei import (
     qLogNoisyExpectedHypervolumeImprovement,
 )
 from botorch.acquisition.objective import GenericMCObjective, ScalarizedPosteriorTransform
+from botorch.exceptions.errors import UnsupportedError
+from botorch.models.transforms.outcome import Log
 from botorch.optim import optimize_acqf
 from botorch.sampling import SobolQMCNormalSampler
 from torch import Tensor
@@ -163,3 +166,58 @@ def test_thompson_sampling_paths(model1: LaplaceBNN) -> None:
     assert values.shape == (3, 64, 1, 1)
     values[0].sum().backward()
     assert torch.isfinite(X.grad).all()
+
+
+def test_calling_the_model_gives_the_latent_posterior(model1: LaplaceBNN,
+                                                      model2: LaplaceBNN) -> None:
+    """``model(X)`` as BoTorch calls GPyTorch models: ``posterior(X)``'s Gaussian, batched,
+    one output or several, differentiable in ``X``."""
+    X = torch.rand(3, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    for model in (model1, model2):
+        mvn, post = model(X), model.posterior(X)
+        assert mvn.mean.shape == post.distribution.mean.shape
+        torch.testing.assert_close(mvn.mean, post.distribution.mean, rtol=0, atol=0)
+        torch.testing.assert_close(mvn.covariance_matrix, post.distribution.covariance_matrix,
+                                   rtol=0, atol=0)
+    x = torch.rand(1, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(model1(x).mean.sum(), x)
+    for j in range(2):
+        step = torch.zeros_like(x)
+        step[0, j] = 1e-6
+        with torch.no_grad():
+            fd = (model1(x + step).mean - model1(x - step).mean).sum() / 2e-6
+        assert float(grad[0, j]) == pytest.approx(float(fd), rel=1e-5, abs=1e-7)
+
+
+def test_gibbon_with_pending_points(model1: LaplaceBNN) -> None:
+    """GIBBON's repulsion term (``q > 1``) calls ``model(X)``: its value is the ``q = 1``
+    value plus ``½ log(1 − aᵀ B⁻¹ a / v)`` from the joint posterior of the candidate and
+    the pending point (``a`` latent cross-covariance, ``B``, ``v`` with noise)."""
+    candidate_set = torch.rand(64, 2, dtype=torch.float64,
+                               generator=torch.Generator().manual_seed(3))
+    acqf = qLowerBoundMaxValueEntropy(model1, candidate_set, num_mv_samples=8)
+    X = torch.rand(3, 1, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    alone = acqf(X)
+    X_pending = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    acqf.set_X_pending(X_pending)
+    with_pending = acqf(X)
+    joint = model1.posterior(torch.cat([X, X_pending.expand(3, 1, 2)], dim=-2))
+    a = joint.distribution.covariance_matrix[:, 0, 1]
+    B = model1.posterior(X_pending, observation_noise=True).variance.squeeze()
+    v = model1.posterior(X, observation_noise=True).variance.squeeze()
+    expected = alone + 0.5 * torch.log(1 - a.square() / B / v)
+    torch.testing.assert_close(with_pending, expected, rtol=1e-8, atol=1e-10)
+    assert bool((with_pending < alone).all())  # near a pending point is worth less
+    candidates, _ = optimize_acqf(qLowerBoundMaxValueEntropy(model1, candidate_set), BOUNDS,
+                                  q=2, sequential=True, **OPT)
+    assert candidates.shape == (2, 2) and torch.isfinite(candidates).all()
+    assert not torch.allclose(candidates[0], candidates[1])
+
+
+def test_calling_a_model_with_a_non_gaussian_posterior_is_an_error(
+        train: tuple[Tensor, Tensor]) -> None:
+    X, Y = train
+    model = LaplaceBNN(X, Y[:, :1].exp(), outcome_transform=Log(), seed=0, **SMALL).fit()
+    with pytest.raises(UnsupportedError, match="TransformedPosterior.*model.posterior"):
+        model(X[:2])
