@@ -357,14 +357,11 @@ def run_in_subprocess(spec: dict[str, Any], python: Path | str) -> dict[str, Any
 # --------------------------------------------------------------------------- report
 def machine_info() -> dict[str, Any]:
     """Torch version, threads and CPU of this machine."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    if str(REPO_ROOT) not in sys.path:  # run as a script: the repository's packages
+        sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks.output import cpu_model
+
+    cpu = cpu_model()
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -193,15 +193,12 @@ def run_subprocess(args: list[str]) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+    """CPU, core count, torch and Python versions, threads and the load at the start."""
+    if str(REPO_ROOT) not in sys.path:  # run as a script: the repository's packages
+        sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks.output import cpu_model
+
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(), "threads": THREADS,
             "loadavg_start": os.getloadavg()[0]}
 

@@ -40,22 +40,25 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def cpu_description() -> str:
     """The CPU's model name, its architecture and the kernels torch picked for it (e.g.
     ``AMD EPYC, x86_64, AVX512 kernels, mkl``). A BO trajectory depends on it as on the
     package versions: the same code, packages and seed take other points on another CPU
     (session 39: runs recorded on one machine differed from the first rounds on another),
     because the BLAS and vectorized kernels round differently."""
-    name = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     blas = "mkl" if torch.backends.mkl.is_available() else "no mkl"
-    return (f"{name or 'unknown CPU'}, {platform.machine()}, "
+    return (f"{cpu_model()}, {platform.machine()}, "
             f"{torch.backends.cpu.get_cpu_capability()} kernels, {blas}")
 
 
