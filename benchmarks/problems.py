@@ -1,6 +1,6 @@
 """The benchmark problems of issue 13: ten ``botorch.test_functions`` spanning d = 2…20
-(``PROBLEMS``), and twenty-eight more for development checks of how a change generalises
-(``DEVELOPMENT_PROBLEMS``; six of them observe noise).
+(``PROBLEMS``), and forty more for development checks of how a change generalises
+(``DEVELOPMENT_PROBLEMS``; seven of them observe noise).
 
 Two of the ten observe noise (``levy5_noisy``, ``cosine8_noisy``). All are maximised (the
 minimisation problems negated; Cosine-8 is a maximisation problem already), so the simple
@@ -51,13 +51,15 @@ PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
 }
 
 
-#: Twenty-eight further ``botorch.test_functions`` problems (d = 2…20, nine of them with
+#: Forty further ``botorch.test_functions`` problems (d = 2…20, twelve of them with
 #: ten or more inputs) for development checks of generalisation: twelve from session 17 of
 #: issue 13, four that observe noise of a few percent of the function's range (session
 #: 18), ten that no choice had seen when they joined (session 19: five rugged
 #: two-input functions, Shekel with five maxima, Ackley-5 and Levy-8 with noise,
 #: Rosenbrock-8, Michalewicz-10), and Styblinski–Tang-20 and Rosenbrock-20 for the large-N
-#: checks of session 35 (``benchmarks/large_n.py --problem``).
+#: checks of session 35 (``benchmarks/large_n.py --problem``); then the six of session 30's
+#: held-out check and the six of session 40's (a check each, no choice made on them; the
+#: second covers d = 15–16, a band no other problem has).
 DEVELOPMENT_PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
     "three_hump_camel": lambda: ThreeHumpCamel(negate=True),
     "shekel4": lambda: Shekel(m=10, negate=True),
@@ -87,6 +89,18 @@ DEVELOPMENT_PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
     "michalewicz10": lambda: Michalewicz(dim=10, negate=True),
     "styblinski_tang20": lambda: StyblinskiTang(dim=20, negate=True),
     "rosenbrock20": lambda: Rosenbrock(dim=20, negate=True),
+    "ackley6": lambda: Ackley(dim=6, negate=True),
+    "griewank6": lambda: Griewank(dim=6, negate=True),
+    "powell8": lambda: Powell(dim=8, negate=True),
+    "levy7": lambda: Levy(dim=7, negate=True),
+    "rastrigin4": lambda: Rastrigin(dim=4, negate=True),
+    "dixon_price5": lambda: DixonPrice(dim=5, negate=True),
+    "dixon_price3": lambda: DixonPrice(dim=3, negate=True),
+    "shekel7": lambda: Shekel(m=7, negate=True),
+    "michalewicz2": lambda: Michalewicz(dim=2, negate=True),
+    "ackley15": lambda: Ackley(dim=15, negate=True),
+    "powell16": lambda: Powell(dim=16, negate=True),
+    "styblinski_tang15_noisy": lambda: StyblinskiTang(dim=15, noise_std=5.0, negate=True),
 }
 
 
