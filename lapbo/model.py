@@ -470,6 +470,40 @@ class LaplaceBNN(_LinearizedModel):
             raise ValueError(f"model_averaging must be True or False, not {value!r}.")
         self._model_averaging = value
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """``model.sigma_noise = σ`` and ``model.prior_precision = δ`` (standardized
+        units; ``δ`` one value or one per parameter tensor for ``prior_structure=
+        "layerwise"``) are checked as the constructor checks them and take effect: before
+        ``fit`` they are its starting values; after it the posterior, the evidence and a
+        random-feature network's weights (its posterior mean) follow them, without
+        retraining, as ``laplace``'s setters do. Other attributes are set as usual."""
+        if name in ("sigma_noise", "prior_precision") and name in self.__dict__.get(
+                "_buffers", {}):
+            self._set_hyperparameter(name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _set_hyperparameter(self, name: str, value: Any) -> None:
+        """Validate ``value`` for the buffer ``name``, copy it in, and bring the fitted
+        state in line (weights of a random-feature network, cached posterior)."""
+        current, o = self._buffers[name], self.options
+        low, high = ((0.0, o.max_noise_std) if name == "sigma_noise"
+                     else (o.min_prior_precision, o.max_prior_precision))
+        value = validation.check_hyperparameter(name, value, current.shape, low, high)
+        if self._mixture:
+            raise ValueError(f"{name} cannot be set on a model that predicts with the "
+                             "evidence-weighted mixture of its candidates (model_averaging="
+                             "True): each candidate has its own. Refit without averaging.")
+        if name == "sigma_noise" and self._train_Yvar is not None:
+            raise ValueError("sigma_noise is not used by this model: it was given train_Yvar "
+                             "(known observation noise variances).")
+        with torch.no_grad():
+            current.copy_(value)
+        if bool(self.is_fitted) and networks.random_feature_layer(self.net) is not None:
+            lengthscales.condition_weights(self.net, *self._training_data(), self.sigma_noise,
+                                           self.prior_precision, self._prior_mean_list())
+        self._invalidate()
+
     @staticmethod
     def _make_net(
         net: Any, warm_start: LaplaceBNN | None, d: int, m: int, options: dict[str, Any],

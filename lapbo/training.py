@@ -62,9 +62,12 @@ def posterior_parameter_names(net: nn.Module, subset_of_weights: str) -> list[st
     return [n for n, p in net.named_parameters() if n.startswith(prefix) and p.requires_grad]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingOptions:
-    """Optimisation settings of ``LaplaceBNN.fit`` (see the module docstring).
+    """Optimisation settings of ``LaplaceBNN.fit`` (see the module docstring). Frozen:
+    they are set, and checked, through ``LaplaceBNN``'s keyword arguments (an assignment
+    such as ``model.options.n_epochs = -3`` raises ``FrozenInstanceError`` instead of
+    bypassing the checks); ``dataclasses.replace`` makes a changed copy.
 
     Attributes:
         n_epochs: full-batch optimiser iterations of MAP training from scratch.

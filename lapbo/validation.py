@@ -219,6 +219,29 @@ def check_in_range(name: str, value: float, low: float, high: float) -> None:
                          f"not {value!r}.")
 
 
+def check_hyperparameter(name: str, value: Any, shape: torch.Size, low: float,
+                         high: float) -> Tensor:
+    """A value assigned to ``LaplaceBNN.sigma_noise`` or ``prior_precision``: a real number
+    or a tensor of ``shape`` (one value stands for all), finite, positive and within
+    ``[low, high]`` (the bounds of its fit). Returned as a float64 tensor of ``shape``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+        raise ValueError(f"{name} must be a positive number or tensor, not {value!r}.")
+    t = value.detach() if isinstance(value, Tensor) else torch.tensor(float(value),
+                                                                   dtype=torch.float64)
+    if t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must be real, not of dtype {t.dtype}.")
+    t = t.to(torch.float64)
+    if t.numel() != 1 and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must be one value or a tensor of shape {tuple(shape)}, "
+                         f"not one of shape {tuple(t.shape)}.")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite, not {value!r}.")
+    if float(t.min()) <= 0 or float(t.min()) < low or float(t.max()) > high:
+        raise ValueError(f"{name} must be positive and lie in [{low:g}, {high:g}] (the "
+                         f"bounds of its fit), not {value!r}.")
+    return t.reshape(()).expand(shape).clone() if t.numel() == 1 else t.clone()
+
+
 def check_output_indices(name: str, indices: Any, m: int) -> list[int]:
     """``indices``: a non-empty sequence of distinct output indices in ``[0, m)``."""
     try:
