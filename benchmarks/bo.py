@@ -378,6 +378,8 @@ def combine(paths: list[str], out: Path, name: str) -> None:
     runs = [r for part in parts for r in part["runs"]]
     meta = dict(parts[0]["meta"])
     meta["command"] = " + ".join(part["meta"]["command"] for part in parts)
+    commits = list(dict.fromkeys(str(part["meta"].get("commit", "?")) for part in parts))
+    meta["commit"] = " + ".join(commits)  # each part's, in order, once
     meta["seeds"] = sorted({r["seed"] for r in runs})
     meta["load_average"] = [part["meta"].get("load_average") for part in parts]
     table = summarize(runs)
@@ -388,7 +390,17 @@ def combine(paths: list[str], out: Path, name: str) -> None:
     (out / f"{name}.json").write_text(json.dumps(
         {"meta": meta, "table": table, "targets": checks, "posterior": [], "runs": runs},
         indent=1))
-    (out / f"{name}.md").write_text(md)
+    write_markdown(out / f"{name}.md", md)
+
+
+def write_markdown(path: Path, md: str) -> None:
+    """Write the generated report ``md`` to ``path``, keeping the hand-written notes that
+    an earlier version of the file has below ``NOTES_MARKER``."""
+    if path.exists():
+        old = path.read_text()
+        if NOTES_MARKER in old:
+            md += "\n" + old[old.index(NOTES_MARKER):]
+    path.write_text(md)
 
 
 def markdown(table: list[dict[str, Any]], checks: list[dict[str, Any]],
@@ -537,12 +549,7 @@ def main() -> None:
     (out / f"{args.name}.json").write_text(json.dumps(
         {"meta": meta, "table": table, "targets": checks, "posterior": post, "runs": runs},
         indent=1))
-    md_path = out / f"{args.name}.md"
-    if md_path.exists():  # keep the hand-written notes below the marker
-        old = md_path.read_text()
-        if NOTES_MARKER in old:
-            md += "\n" + old[old.index(NOTES_MARKER):]
-    md_path.write_text(md)
+    write_markdown(out / f"{args.name}.md", md)
     print(f"wrote {out / (args.name + '.json')} and {out / (args.name + '.md')}")
 
 
