@@ -744,6 +744,7 @@ class LaplaceBNN(_LinearizedModel):
         selected) first rebuilds this model's network to match. The state holds the
         chosen candidate only: a model loaded from it predicts with that candidate, not
         with the evidence-weighted mixture (``model_averaging``) it was saved from."""
+        saved_state.check_inputs(self, state_dict)
         saved_state.match_network(self, state_dict)
         saved_state.match_prior_structure(self, state_dict)
         out = super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -48,6 +48,22 @@ def match_prior_structure(model: LaplaceBNN, state_dict: Mapping[str, Tensor]) -
                               torch.empty_like(saved).to(model.sigma_noise))
 
 
+def check_inputs(model: LaplaceBNN, state_dict: Mapping[str, Tensor]) -> None:
+    """A default-family state (random features or the default MLP) was saved from a model
+    with as many inputs as this one has (after its input transform), else a ``ValueError``
+    that says so, instead of ``load_state_dict``'s size mismatch of an inner tensor."""
+    if "net.0.omega" in state_dict:
+        saved = state_dict["net.0.omega"].shape[0]
+    elif "net.features.0.weight" in state_dict:
+        saved = state_dict["net.features.0.weight"].shape[-1]
+    else:
+        return
+    d = model._train_X.shape[-1]
+    if saved != d and isinstance(model.net, torch.nn.Module) and model._net_options is not None:
+        raise ValueError(f"The saved state is of a LaplaceBNN with {saved} inputs; this model "
+                         f"has {d}: load states between models of the same inputs.")
+
+
 def match_network(model: LaplaceBNN, state_dict: Mapping[str, Tensor]) -> None:
     """Rebuild ``model.net`` (and the shapes of its prior buffers) when ``state_dict``
     holds another default-family architecture (a random-feature network with or

@@ -292,6 +292,19 @@ def test_a_random_feature_state_is_conditioned_on_the_loading_models_data() -> N
     assert float(left_out.abs()) > 1e-3  # no longer the value that saw the point
 
 
+@pytest.mark.parametrize("net", ["random_features", None])
+def test_a_state_of_other_inputs_is_refused_by_name(net: str | None) -> None:
+    g = torch.Generator().manual_seed(1)
+    X3, Y = torch.rand(10, 3, dtype=torch.float64, generator=g), torch.randn(10, 1, generator=g,
+                                                                             dtype=torch.float64)
+    options = {"net": net, "candidates": None, "seed": 0,
+               **({"random_features": 32} if net else SMALL)}
+    saved = LaplaceBNN(X3, Y, **options).fit().state_dict()
+    other = LaplaceBNN(X3[:, :2], Y, **options)
+    with pytest.raises(ValueError, match="3 inputs; this model has 2"):
+        other.load_state_dict(saved)
+
+
 def test_warm_start_and_helpers(model1: LaplaceBNN) -> None:
     X, Y = data(n=16)
     warm = LaplaceBNN(X, Y[:, :1], warm_start=model1, **SMALL)
