@@ -91,6 +91,21 @@ class _LinearizedModel(Model, FantasizeMixin):
     def _set_transformed_inputs(self) -> None:
         """No-op: the network transforms inputs on every call."""
 
+    def _transform_observed(self, X: Tensor) -> Tensor:
+        """Observed inputs ``(*b, n, d)`` (training data, conditioning points) as BoTorch's
+        models cache theirs: the input transform's ``preprocess_transform``, which leaves
+        out the parts applied only at evaluation (``InputPerturbation``: an observation
+        is at its input, a query is perturbed)."""
+        transform = getattr(self, "input_transform", None)
+        return X if transform is None else transform.preprocess_transform(X)
+
+    def _transform_query(self, X: Tensor) -> Tensor:
+        """Query inputs ``(*b, q, d)`` → ``(*b, q', d)`` through the input transform as
+        BoTorch applies it at evaluation (``q' = q·n_w`` under ``InputPerturbation``)."""
+        X_tf = self.transform_inputs(X)
+        validation.check_transformed_query(X, X_tf, self._train_X.shape[-1])
+        return X_tf
+
     def _revert_to_original_inputs(self) -> None:
         """No-op: the network transforms inputs on every call."""
 
@@ -167,8 +182,8 @@ class _LinearizedModel(Model, FantasizeMixin):
             return averaging.MixturePosterior(
                 [c.posterior(X, output_indices, observation_noise, posterior_transform)
                  for _, c in self._mixture], [w for w, _ in self._mixture])
-        q = X.shape[-2]
         mean, cov = self._moments(X, idx, observation_noise)
+        q = mean.shape[-1] // k  # the transformed query's points (``_transform_query``)
         jitter = 1e-10 * cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-6)
         cov = cov + jitter[..., None, None] * torch.eye(q * k, dtype=cov.dtype, device=cov.device)
         mean, cov = mean.to(X.dtype), cov.to(X.dtype)
@@ -216,8 +231,9 @@ class _LinearizedModel(Model, FantasizeMixin):
         """Mean ``(*b, q·k)`` and covariance ``(*b, q·k, q·k)`` of this model's own
         linearized predictive at ``X`` ``(*b, q, d)`` for network outputs ``idx``, in the
         outcome-transformed space, with the observation noise that ``posterior`` adds."""
-        q, k = X.shape[-2], len(idx)
-        mean, cov = self._predict(self.transform_inputs(X), idx)
+        X_tf = self._transform_query(X)
+        q, k = X_tf.shape[-2], len(idx)
+        mean, cov = self._predict(X_tf, idx)
         if observation_noise is True:
             cov = cov + torch.diag_embed(self._noise_var[idx].repeat(q).to(cov))
         elif isinstance(observation_noise, Tensor):
@@ -281,7 +297,7 @@ class _LinearizedModel(Model, FantasizeMixin):
             return out
         idx = self._outputs
         k, n_new = len(idx), X.shape[-2]
-        X_tf = self.transform_inputs(X)
+        X_tf = self._transform_observed(X)
         ot = self._outcome_transform_for(idx)
         if ot is not None:
             Y, _ = ot(Y, X=X_tf)

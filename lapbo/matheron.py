@@ -58,13 +58,15 @@ class LinearizedSamplePath(SamplePath):
         model = self.model
         model.eval()
         idx = model._outputs
-        k, q = len(idx), X.shape[-2]
+        k = len(idx)
         if k > 1 and (X.ndim < 3 or X.shape[-3] not in (1, k)):
             raise ValueError(f"A path of a model with {k} outputs takes X of shape "
                              f"(*batch, 1 or {k}, q, d), the outputs on the last batch "
                              f"dimension (as BoTorch's MatheronPathModel passes it); got "
                              f"{tuple(X.shape)}.")
-        J, f = model._features(model.transform_inputs(X), idx)  # (*bx, q·k, P), (*bx, q·k)
+        X_tf = model._transform_query(X)  # q points → q' (``InputPerturbation``: q·n_w)
+        q = X_tf.shape[-2]
+        J, f = model._features(X_tf, idx)  # (*bx, q·k, P), (*bx, q·k)
         # the sample and model batch dimensions, aligned left of X's batch (and, for k
         # outputs, of the output dimension X carries at -3)
         delta = self.offsets.reshape(*self.offsets.shape[:-1], *([1] * (k > 1)),

@@ -178,8 +178,10 @@ class LaplaceBNN(_LinearizedModel):
             dtype of the query ``X``, promoted to ``train_Y``'s by an
             outcome transform's buffers, e.g. ``Standardize``); ``model.to(dtype)`` (which
             BoTorch's analytic acquisitions call with the query) keeps it and moves
-            devices only. ``input_transform`` may not be one that BoTorch applies at
-            evaluation only (``InputPerturbation``, ``AppendFeatures``).
+            devices only. Training and conditioning inputs go through the input
+            transform's ``preprocess_transform``, queries through the transform as BoTorch
+            evaluates it: ``InputPerturbation`` (robust BO) turns ``q`` query points into
+            ``q·n_w``; ``AppendFeatures`` (inputs added at evaluation) is refused.
         seed: seed of the network initialisation.
         input_map: a fixed map of the unit box in front of the default network
             (``"box"``: none; ``"centered"``, ``"circle"``, ``"sphere"``: see
@@ -563,7 +565,7 @@ class LaplaceBNN(_LinearizedModel):
         self.eval()
         dtype, device = self._compute_dtype, self.sigma_noise.device
         with torch.no_grad():
-            X = self.transform_inputs(self._train_X.to(device))
+            X = self._transform_observed(self._train_X.to(device))
             Y, Yvar = self._train_Y.to(device), self._train_Yvar
             Yvar = Yvar.to(device) if Yvar is not None else None
             ot = getattr(self, "outcome_transform", None)

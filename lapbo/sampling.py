@@ -41,8 +41,9 @@ class PathwiseSamples(nn.Module):
         model = self.model
         model.eval()
         idx = model._outputs
-        q, k = X.shape[-2], len(idx)
-        J, f = model._features(model.transform_inputs(X), idx)  # (*bx, q·k, P), (*bx, q·k)
+        X_tf = model._transform_query(X)  # q points → q' (``InputPerturbation``: q·n_w)
+        q, k = X_tf.shape[-2], len(idx)
+        J, f = model._features(X_tf, idx)  # (*bx, q·k, P), (*bx, q·k)
         model_batch = self.offsets.shape[1:-1]
         batch = torch.broadcast_shapes(J.shape[:-2], model_batch)
         pad = len(batch) - len(model_batch)

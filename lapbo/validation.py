@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from botorch.exceptions.errors import UnsupportedError
 from botorch.exceptions.warnings import InputDataWarning
+from botorch.models.transforms.input import AppendFeatures
 from torch import Tensor, nn
 
 from lapbo import networks
@@ -173,10 +174,11 @@ def check_hyperprior(name: str, value: Any, families: Sequence[str]) -> tuple[An
 
 
 def check_input_transform(transform: Any) -> None:
-    """``LaplaceBNN`` applies its input transform to training and query inputs alike:
-    a transform (or a part of a chain) that BoTorch applies only at evaluation
-    (``transform_on_train=False``: ``InputPerturbation``, ``AppendFeatures``, which
-    change the number of points) is refused here instead of failing in ``fit``."""
+    """``LaplaceBNN`` transforms training inputs with ``preprocess_transform`` and queries
+    as BoTorch's models do at evaluation, so a transform applied only at evaluation that
+    keeps the inputs' width (``InputPerturbation``: ``q`` points become ``q·n_w``) works;
+    one that adds inputs at evaluation (``AppendFeatures``: the model would be trained on
+    more inputs than it is queried with) is refused here, as are learnable parameters."""
     if transform is None:
         return
     parts = list(transform.values()) if hasattr(transform, "values") and callable(
@@ -190,12 +192,19 @@ def check_input_transform(transform: Any) -> None:
                 f"{learnable}, which LaplaceBNN would leave at their initial values (it fits "
                 "the network and its Laplace hyperparameters, not the transform's): fix them "
                 "(requires_grad_(False)) or use a transform without parameters.")
-        if getattr(part, "transform_on_train", True) is False and getattr(
-                part, "transform_on_eval", False):
+        if isinstance(part, AppendFeatures) and part.transform_on_eval:
             raise ValueError(
-                f"input_transform {type(part).__name__} applies only at evaluation "
-                "(transform_on_train=False) and changes the points a model sees; "
-                "LaplaceBNN transforms training and query inputs alike and cannot use it.")
+                "input_transform AppendFeatures adds inputs at evaluation only "
+                "(transform_on_train=False): LaplaceBNN's network takes the inputs of "
+                "train_X at every query, so append the features to the queries yourself.")
+
+
+def check_transformed_query(X: Tensor, X_tf: Tensor, d: int) -> None:
+    """The input transform maps a query ``X`` ``(*b, q, d)`` to ``(*b, q', d)`` points."""
+    if X_tf.ndim < 2 or X_tf.shape[-1] != d or X_tf.shape[:-2] != X.shape[:-2]:
+        raise ValueError(f"The input transform maps X {tuple(X.shape)} to "
+                         f"{tuple(X_tf.shape)}; LaplaceBNN needs (*batch, q', {d}) with the "
+                         "batch shape of X.")
 
 
 def check_candidate_features(candidates: list[dict[str, Any]], net: Any,

@@ -61,3 +61,14 @@ def test_ax_client_runs_sobol_then_laplace() -> None:
     values = [ns["branin"](torch.tensor([[t.arm.parameters["x0"], t.arm.parameters["x1"]]],
                                         dtype=torch.float64)).item() for t in trials.values()]
     assert ns["best_index"] == min(range(7), key=values.__getitem__)
+
+
+def test_robust_bo_optimises_a_risk_measure_of_perturbed_points() -> None:
+    ns = run_snippet("lapbo_robust")
+    assert ns["posterior"].mean.shape == (3 * ns["n_w"], 1)
+    for x in (ns["candidate"], ns["robust_choice"]):
+        assert x.shape == (1, 2) and in_box(x, ns["bounds"])
+    assert torch.isfinite(ns["value"])
+    # the CVaR of the posterior mean at the robust choice is at least the data's best
+    mean = ns["model"].posterior(ns["robust_choice"]).mean
+    assert float(ns["cvar"](mean)) >= ns["best_f"] - 1e-6
