@@ -103,7 +103,7 @@ class _LinearizedModel(Model, FantasizeMixin):
         """Query inputs ``(*b, q, d)`` → ``(*b, q', d)`` through the input transform as
         BoTorch applies it at evaluation (``q' = q·n_w`` under ``InputPerturbation``)."""
         X_tf = self.transform_inputs(X)
-        validation.check_transformed_query(X, X_tf, self._train_X.shape[-1])
+        validation.check_transformed_query(X, X_tf)
         return X_tf
 
     def _revert_to_original_inputs(self) -> None:

@@ -329,6 +329,7 @@ class LaplaceBNN(_LinearizedModel):
         validation.check_input_transform(input_transform)
         with torch.no_grad():
             X_tf = self.transform_inputs(train_X, input_transform=input_transform)
+        validation.check_finite("input_transform(train_X)", X_tf)  # e.g. Log10 at 0
         if settings.validate_input_scaling.on():  # as BoTorch's GPs: warn outside [0, 1]^d
             check_min_max_scaling(X_tf)
         Yvar_tf = train_Yvar

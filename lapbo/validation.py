@@ -199,12 +199,18 @@ def check_input_transform(transform: Any) -> None:
                 "train_X at every query, so append the features to the queries yourself.")
 
 
-def check_transformed_query(X: Tensor, X_tf: Tensor, d: int) -> None:
-    """The input transform maps a query ``X`` ``(*b, q, d)`` to ``(*b, q', d)`` points."""
-    if X_tf.ndim < 2 or X_tf.shape[-1] != d or X_tf.shape[:-2] != X.shape[:-2]:
+def check_transformed_query(X: Tensor, X_tf: Tensor) -> None:
+    """The input transform maps a query ``X`` ``(*b, q, d)`` to ``(*b, q', d')`` points
+    (``d'`` is the width it gives the training inputs too: ``check_input_transform``)."""
+    if X_tf.ndim != X.ndim or X_tf.shape[:-2] != X.shape[:-2]:
         raise ValueError(f"The input transform maps X {tuple(X.shape)} to "
-                         f"{tuple(X_tf.shape)}; LaplaceBNN needs (*batch, q', {d}) with the "
-                         "batch shape of X.")
+                         f"{tuple(X_tf.shape)}; LaplaceBNN needs points with the batch "
+                         "shape of X, (*batch, q', d').")
+    bad = ~torch.isfinite(X_tf)
+    if bool(bad.any()):
+        raise ValueError(f"The input transform maps X to {int(bad.sum())} NaN or infinite "
+                         "value(s) (e.g. Log10 at inputs <= 0): query X within the "
+                         "transform's domain.")
 
 
 def check_candidate_features(candidates: list[dict[str, Any]], net: Any,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from botorch.acquisition import LogExpectedImprovement
-from botorch.models.transforms.input import AppendFeatures
+from botorch.models.transforms.input import AppendFeatures, FilterFeatures, Log10
 from botorch.sampling import SobolQMCNormalSampler
 
 from lapbo import LaplaceBNN
@@ -97,3 +97,23 @@ def test_noise_of_the_wrong_shape_is_named():
     scale = model.outcome_transform.stdvs.squeeze() ** 2  # noise is in the transformed space
     torch.testing.assert_close(noisy - plain, torch.full_like(plain, 0.1) * scale,
                                rtol=1e-6, atol=1e-9)
+
+
+def test_a_transform_that_drops_inputs_everywhere_works():
+    # FilterFeatures keeps inputs 0 of 2 for training and queries alike: the same fit as
+    # a model of the first input alone
+    X, Y = data()
+    filtered = LaplaceBNN(X, Y, input_transform=FilterFeatures(torch.tensor([0])), seed=0).fit()
+    alone = LaplaceBNN(X[:, :1], Y, seed=0).fit()
+    Xq = torch.rand(4, 2, generator=torch.Generator().manual_seed(5), dtype=DT)
+    torch.testing.assert_close(filtered.posterior(Xq).mean, alone.posterior(Xq[:, :1]).mean)
+
+
+def test_inputs_the_transform_maps_outside_its_domain_are_named():
+    X, Y = data()
+    with pytest.raises(ValueError, match=r"input_transform\(train_X\) contains 1 NaN"):
+        LaplaceBNN(X.index_fill(0, torch.tensor([0]), 0.0), Y,
+                   input_transform=Log10(indices=[0]))
+    model = LaplaceBNN(X + 1, Y, input_transform=Log10(indices=[0]), seed=0).fit()
+    with pytest.raises(ValueError, match="maps X to 1 NaN or infinite"):
+        model.posterior(torch.tensor([[0.0, 0.5], [1.5, 1.5]], dtype=DT))
