@@ -432,7 +432,8 @@ class LaplaceBNN(_LinearizedModel):
         self._init_options = init_options
         cold = False  # the default family refits from its initial values (refits_cold)
         if candidates is DEFAULT:
-            configured, d = _configured(init_options), train_X.shape[-1]
+            # the network's inputs: a transform may drop some (FilterFeatures)
+            configured, d = _configured(init_options), X_tf.shape[-1]
             candidates = (selection.default_family(configured, d, len(train_X))
                           if net is None else None)
             cold = net is None and selection.refits_cold(configured, d, len(train_X))

@@ -117,3 +117,13 @@ def test_inputs_the_transform_maps_outside_its_domain_are_named():
     model = LaplaceBNN(X + 1, Y, input_transform=Log10(indices=[0]), seed=0).fit()
     with pytest.raises(ValueError, match="maps X to 1 NaN or infinite"):
         model.posterior(torch.tensor([[0.0, 0.5], [1.5, 1.5]], dtype=DT))
+
+
+def test_the_default_family_is_that_of_the_inputs_the_network_sees():
+    # ten inputs of which FilterFeatures keeps two: the family of two inputs, not of ten
+    g = torch.Generator().manual_seed(7)
+    X = torch.rand(12, 10, generator=g, dtype=DT)
+    Y = torch.sin(6 * X[:, :1]) + X[:, 1:2]
+    filtered = LaplaceBNN(X, Y, input_transform=FilterFeatures(torch.tensor([0, 1])))
+    assert filtered.candidates == list(LaplaceBNN(X[:, :2], Y).candidates)
+    assert filtered.candidates != list(LaplaceBNN(X, Y).candidates)
