@@ -81,12 +81,14 @@ torch.set_num_threads(1)
 DTYPE = torch.float64
 METHODS = ("laplace", "laplace_rf", "gp", "svgp")
 
-#: Twenty-input problems (maximised; factories of ``benchmarks.problems``): the
-#: benchmark's Ackley-20, and four that no large-N choice used, for checks that its
-#: defaults carry over (development seeds only).
+#: Problems (maximised; factories of ``benchmarks.problems``): the benchmark's Ackley-20,
+#: four twenty-input ones that no large-N choice used, and three from six to eight inputs
+#: (the family of four to nine inputs), for checks that the defaults carry over
+#: (development seeds only).
 PROBLEMS: dict[str, Callable[[], SyntheticTestFunction]] = {
     name: {**TEN_PROBLEMS, **DEVELOPMENT_PROBLEMS}[name]
-    for name in ("ackley20", "levy20", "griewank20", "styblinski_tang20", "rosenbrock20")}
+    for name in ("ackley20", "levy20", "griewank20", "styblinski_tang20", "rosenbrock20",
+                 "ackley6", "levy7", "powell8")}
 DEFAULT_PROBLEM = "ackley20"
 
 
