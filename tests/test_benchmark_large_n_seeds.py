@@ -85,7 +85,7 @@ def test_design_lies_in_the_problem_box(name) -> None:
     problem = bench.PROBLEMS[name]()
     X = bench.sobol_design(problem, 64, seed=3)
     lo, hi = problem.bounds.to(X)
-    assert X.shape == (64, 20) and bool(((X >= lo) & (X <= hi)).all())
+    assert X.shape == (64, problem.dim) and bool(((X >= lo) & (X <= hi)).all())
     assert bench.design_regret(3, 64, name) == pytest.approx(
         math.log10(float(problem.optimal_value) - float(problem(X).max())))
 
