@@ -5,7 +5,9 @@ functions the defaults were not developed on), a ``--n-init``-point scrambled So
 ``--rounds`` rounds of ``q = 10`` with ``qLogNoisyExpectedImprovement``
 (``prune_baseline=True``, 128 QMC samples, ``optimize_acqf(num_restarts=2,
 raw_samples=256)``). Compared: ``LaplaceBNN`` (defaults, warm-started every round),
-``LaplaceBNN(net="random_features", random_features=4096)`` alone (``laplace_rf``: its
+the default family without its quadratic-trend networks (``laplace_notrend``, a
+development variant), ``LaplaceBNN(net="random_features", random_features=4096)`` alone
+(``laplace_rf``:
 its first ``lengthscales.FIT_FEATURES`` features above ``lengthscales.EXACT_FIT_ROWS`` rows),
 ``SingleTaskGP`` (exact, refit every round) and ``SingleTaskVariationalGP`` (256 learned
 inducing points, refit by the ELBO every round). Each method runs in its own subprocess,
@@ -75,11 +77,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.output import cpu_description, package_versions  # noqa: E402
 from benchmarks.problems import DEVELOPMENT_PROBLEMS  # noqa: E402
 from benchmarks.problems import PROBLEMS as TEN_PROBLEMS  # noqa: E402
-from lapbo import LaplaceBNN  # noqa: E402
+from lapbo import LaplaceBNN, selection  # noqa: E402
 
 torch.set_num_threads(1)
 DTYPE = torch.float64
-METHODS = ("laplace", "laplace_rf", "gp", "svgp")
+METHODS = ("laplace", "laplace_notrend", "laplace_rf", "gp", "svgp")
 
 #: Problems (maximised; factories of ``benchmarks.problems``): the benchmark's Ackley-20,
 #: four twenty-input ones that no large-N choice used, and three from six to eight inputs
@@ -99,12 +101,22 @@ def sobol_design(problem: SyntheticTestFunction, n_init: int, seed: int) -> Tens
         n_init).to(DTYPE)
 
 
+def notrend_family(d: int, n: int) -> list[dict[str, Any]]:
+    """``laplace_notrend``'s candidates: ``LaplaceBNN``'s default family of ``d`` inputs and
+    ``n`` observations without its quadratic-trend networks (a development variant)."""
+    return [c for c in selection.default_family([], d, n) if c.get("trend") is None]
+
+
 def fit(method: str, X: Tensor, Y: Tensor, bounds: Tensor, previous: Any) -> Any:
     """A model of ``method`` fitted on ``X (n, d)``, ``Y (n, 1)``."""
     d = X.shape[-1]
     if method == "laplace":
         return LaplaceBNN(X, Y, input_transform=Normalize(d=d, bounds=bounds),
                           warm_start=previous, seed=0).fit()
+    if method == "laplace_notrend":
+        return LaplaceBNN(X, Y, input_transform=Normalize(d=d, bounds=bounds),
+                          warm_start=previous, seed=0,
+                          candidates=notrend_family(d, X.shape[0])).fit()
     if method == "laplace_rf":  # the random-feature network alone (no candidate family)
         return LaplaceBNN(X, Y, input_transform=Normalize(d=d, bounds=bounds),
                           warm_start=previous, seed=0, net="random_features",

@@ -123,3 +123,13 @@ def test_progress_table_lists_the_cpus_a_resumed_run_ran_on(tmp_path) -> None:
                                        1.0)
     assert table["cpus"] == {"r.gp": ["CPU A", "CPU B"], "r.laplace": []}
     assert "r.gp: CPU A, CPU B; r.laplace: not recorded" in text
+
+
+@pytest.mark.parametrize("d, n, kept", [(6, 600, 2), (20, 600, 2), (2, 600, 2)])
+def test_notrend_variant_is_the_default_family_less_its_trend_networks(d, n, kept) -> None:
+    from lapbo import selection
+    family = bench.notrend_family(d, n)
+    default = selection.default_family([], d, n)
+    assert len(family) == kept and all(c.get("trend") is None for c in family)
+    assert all(c in default for c in family)
+    assert len(default) - len(family) == sum(c.get("trend") == "quadratic" for c in default)
