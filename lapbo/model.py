@@ -448,9 +448,8 @@ class LaplaceBNN(_LinearizedModel):
         if self.candidates and isinstance(net, nn.Module):
             raise ValueError("candidates need net=None or a network factory, not one module "
                              "instance that every candidate would share.")
-        previous = None if cold else getattr(warm_start, "_candidate_models", None)
-        self._warm_candidates = (previous if previous is not None
-                                 and len(previous) == len(self.candidates) else None)
+        self._warm_candidates = None if cold else selection.warm_candidates(
+            self.candidates, warm_start)
         self._candidate_models: list[LaplaceBNN] | None = None
         self._model_averaging = model_averaging
         # (observations, scores) of the last fit that refit every candidate

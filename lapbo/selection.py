@@ -307,6 +307,19 @@ def fit_by_evidence(model: LaplaceBNN) -> LaplaceBNN:
     return model
 
 
+def warm_candidates(candidates: Sequence[Mapping[str, Any]],
+                    warm_start: LaplaceBNN | None) -> list[LaplaceBNN] | None:
+    """The candidate models of ``warm_start``'s last fit to warm-start ``candidates`` from,
+    one per candidate, or ``None`` (every candidate starts from its initial values) when
+    there are none or ``warm_start`` fitted another family: its models are then those of
+    other options (the default family changes with the number of observations,
+    ``default_family``), and a model is warm-started only from its own previous round."""
+    previous = getattr(warm_start, "_candidate_models", None)
+    if previous is None or list(getattr(warm_start, "candidates", [])) != list(candidates):
+        return None
+    return previous
+
+
 def _release_caches(models: list[LaplaceBNN | None],
                     keep: list[tuple[float, LaplaceBNN]] | None) -> None:
     """Drop the evidence and posterior caches of candidate models that are kept only to
@@ -334,7 +347,7 @@ def _incumbent(model: LaplaceBNN, n: int) -> int | None:
     if model._warm_candidates is None or last is None or n <= lengthscales.EXACT_FIT_ROWS:
         return None
     rows, scores = last
-    if n >= lengthscales.RECHECK_GROWTH * rows or len(scores) != len(model.candidates):
+    if n >= lengthscales.RECHECK_GROWTH * rows or [s.options for s in scores] != model.candidates:
         return None
     return next((i for i, s in enumerate(scores) if s.chosen), None)
 

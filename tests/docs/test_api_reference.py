@@ -132,7 +132,7 @@ def test_public_names_include_the_non_all_modules() -> None:
         "MID_DIMENSIONAL_LARGE_DATA_CANDIDATE", "MLP_CANDIDATES", "RANDOM_FEATURE_CANDIDATE",
         "MLP_OPTIONS", "default_family", "refits_cold", "INCOMPARABLE", "CandidateScore",
         "check_candidates",
-        "fit_by_evidence", "selection_table",
+        "fit_by_evidence", "warm_candidates", "selection_table",
     ]
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from lapbo import LaplaceBNN
+from lapbo import LaplaceBNN, selection
 from lapbo.selection import selection_table
 
 FAST = {"width": 20, "n_epochs": 150, "n_epochs_warm_start": 30, "subset_of_weights": "all"}
@@ -76,6 +76,26 @@ def test_every_round_refits_each_candidate_from_its_own_previous_model() -> None
         assert torch.equal(new.prior_mean, old.prior_mean)
         assert not torch.equal(new.prior_precision, old.prior_precision)  # refit this round
     assert len(second.selection) == 2
+
+
+def test_a_warm_start_from_another_family_starts_every_candidate_afresh() -> None:
+    """Warm candidates are matched by their options, not their position: a family of the
+    same size but other options (the default family changes with ``n``) warm-starts
+    nothing, and an above-exact-rows round then refits every candidate, not the index of
+    the previous incumbent."""
+    X = inputs(20)
+    first = LaplaceBNN(X, torch.sin(6 * X), seed=0, candidates=[LONG, SHORT], **FAST).fit()
+    first._last_selection = (590, first.selection)  # as if all were refit at 590 rows
+    third = {"init_scale": 1.0, "random_feature_lengthscale": (0.2, 1.0)}
+    for family in ([SHORT, LONG], [LONG, third]):
+        other = LaplaceBNN(X, torch.sin(6 * X), warm_start=first, candidates=family, **FAST)
+        assert other._warm_candidates is None
+        other._warm_candidates = first._candidate_models  # even then: not the incumbent's
+        assert selection._incumbent(other, 600) is None
+    same = LaplaceBNN(X, torch.sin(6 * X), warm_start=first, candidates=[LONG, SHORT], **FAST)
+    assert same._warm_candidates == first._candidate_models
+    assert selection._incumbent(same, 600) == next(
+        i for i, s in enumerate(first.selection) if s.chosen)
 
 
 @pytest.mark.parametrize(
