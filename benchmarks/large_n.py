@@ -397,8 +397,7 @@ def seed_table(stems: list[str], n_init: int,
              + " | ".join(f"{m} regret (CPU s/round)" for m in methods)
              + " |", "|---:|---:|---:|" + "---:|" * len(methods)]
     for s in per_seed:
-        label = (str(s["seed"]) if s["problem"] == DEFAULT_PROBLEM
-                 else f"{s['problem']}, {s['seed']}")
+        label = str(s["seed"]) if first == "seed" else f"{s['problem']}, {s['seed']}"
         lines.append(f"| {label} | {s['n']} | {s['design']:.3f} | " + " | ".join(
             f"{s['methods'][m]['regret']:.3f} ({s['methods'][m]['cpu_s_per_round']:.1f})"
             if m in s["methods"] else "" for m in methods) + " |")
@@ -414,7 +413,32 @@ def seed_table(stems: list[str], n_init: int,
     lines += ["", "Runs where the method's regret is at most the exact GP's: " + ", ".join(
         f"{m} {summary[m]['at_most_gp']} of {summary[m]['paired_with_gp']}"
         for m in methods if m != "gp") + "."]
+    problems = list(dict.fromkeys(s["problem"] for s in per_seed))
+    if len(problems) > 1:
+        lines += ["", *problem_medians(per_seed, problems, methods)]
     return "\n".join(lines) + "\n", {"stems": stems, "seeds": per_seed, "summary": summary}
+
+
+def problem_medians(per_seed: list[dict[str, Any]], problems: list[str],
+                    methods: list[str]) -> list[str]:
+    """Markdown lines: each problem's median regret per method over its seeds, then the
+    number of problems where each method's median is at most ``gp``'s."""
+    lines = ["| problem | seeds | " + " | ".join(f"{m} median" for m in methods) + " |",
+             "|---|---:|" + "---:|" * len(methods)]
+    at_most_gp = dict.fromkeys(methods, 0)
+    for problem in problems:
+        rows = [s for s in per_seed if s["problem"] == problem]
+        med = {m: statistics.median(s["methods"][m]["regret"] for s in rows
+                                    if m in s["methods"])
+               for m in methods if any(m in s["methods"] for s in rows)}
+        for m in med:
+            at_most_gp[m] += "gp" in med and med[m] <= med["gp"]
+        lines.append(f"| {problem} | {len(rows)} | " + " | ".join(
+            f"{med[m]:.3f}" if m in med else "" for m in methods) + " |")
+    if "gp" in methods:
+        lines += ["", "Problems where the method's median is at most the exact GP's: " + ", ".join(
+            f"{m} {at_most_gp[m]} of {len(problems)}" for m in methods if m != "gp") + "."]
+    return lines
 
 
 def main() -> None:

@@ -60,8 +60,25 @@ def test_each_seed_is_compared_on_its_own_problem(tmp_path, monkeypatch) -> None
     _write_run(tmp_path / "levy", 3, {"laplace": [(1010, 3.0, 0.7)]}, problem="levy20")
     text, _ = bench.seed_table([str(tmp_path / "old"), str(tmp_path / "levy")], 1000)
     assert asked == [(0, "ackley20"), (3, "levy20")]
-    assert "| 0 | 1010 |" in text and "| levy20, 3 | 1010 |" in text
+    assert "| ackley20, 0 | 1010 |" in text and "| levy20, 3 | 1010 |" in text
     assert text.startswith("| problem, seed | N |")
+
+
+def test_several_problems_get_their_medians(tmp_path, monkeypatch) -> None:
+    """With more than one problem: each problem's median per method over its seeds, and
+    the problems where a method's median is at most the GP's (a tie counts)."""
+    monkeypatch.setattr(bench, "design_regret", lambda seed, n_init, problem: 1.0)
+    runs = {("levy20", 1): (0.1, 0.3), ("levy20", 2): (0.5, 0.4), ("levy20", 3): (0.9, 0.2),
+            ("powell8", 1): (2.0, 1.0), ("powell8", 2): (1.5, 1.5)}
+    for (problem, seed), (la, gp) in runs.items():
+        _write_run(tmp_path / f"{problem}{seed}", seed,
+                   {"laplace": [(1010, 3.0, la)], "gp": [(1010, 5.0, gp)]}, problem=problem)
+    text, _ = bench.seed_table([str(tmp_path / f"{p}{s}") for p, s in runs], 1000)
+    assert "| levy20 | 3 | 0.500 | 0.300 |" in text  # medians 0.5 (laplace), 0.3 (gp)
+    assert "| powell8 | 2 | 1.750 | 1.250 |" in text
+    assert "median is at most the exact GP's: laplace 0 of 2." in text
+    single, _ = bench.seed_table([str(tmp_path / "levy201")], 1000)
+    assert "median is at most" not in single
 
 
 def test_seeds_compared_at_a_given_n(tmp_path, monkeypatch) -> None:
