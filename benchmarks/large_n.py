@@ -12,7 +12,8 @@ its first ``lengthscales.FIT_FEATURES`` features above ``lengthscales.EXACT_FIT_
 ``SingleTaskGP`` (exact, refit every round) and ``SingleTaskVariationalGP`` (256 learned
 inducing points, refit by the ELBO every round). Each method runs in its own subprocess,
 so its peak resident memory (``ru_maxrss``) is its own; each writes one JSON line per
-round, as the round ends, to ``<output>.<method>.progress``. Reported per method: CPU seconds
+round, as the round ends, to ``<output>.<method>.progress`` (for ``LaplaceBNN`` with the
+candidate the evidence chose and every candidate's evidence). Reported per method: CPU seconds
 per round (fit and acquisition; ``time.process_time``), peak memory, and the log10
 regret after the design and after the last round.
 
@@ -176,8 +177,8 @@ def run(method: str, n_init: int, rounds: int, q: int, seed: int,
         Y = torch.cat([Y, problem(x_new.detach()).unsqueeze(-1)])
         regret.append(math.log10(f_star - float(Y.max())))
         print(json.dumps({"n": X.shape[0], "fit_cpu_s": fit_s[-1], "acq_cpu_s": acq_s[-1],
-                          "log10_regret": regret[-1], "cpu": cpu}), file=sys.stderr,
-              flush=True)
+                          "log10_regret": regret[-1], "cpu": cpu, **chosen_candidate(model)}),
+              file=sys.stderr, flush=True)
         if state_path is not None:  # the trajectory so far: to profile it, or resume
             partial = f"{state_path}.partial"  # replaced in one step: a kill leaves either
             torch.save({"X": X, "Y": Y, "fit_cpu_s": fit_s, "acq_cpu_s": acq_s,
@@ -188,6 +189,19 @@ def run(method: str, n_init: int, rounds: int, q: int, seed: int,
             "mean_round_cpu_s": (sum(fit_s) + sum(acq_s)) / rounds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "log10_regret": regret}
+
+
+def chosen_candidate(model: Any) -> dict[str, Any]:
+    """For a progress line: the index of the candidate ``model`` (a ``LaplaceBNN`` with a
+    family) chose this round, its trend and kernel, and every candidate's evidence, so that
+    a run shows which network made each batch; nothing for other models."""
+    scores = getattr(model, "selection", None)
+    if not scores:
+        return {}
+    i = next(j for j, score in enumerate(scores) if score.chosen)
+    return {"chosen": i, "chosen_trend": scores[i].options.get("trend"),
+            "chosen_kernel": scores[i].options.get("random_feature_kernel", "rbf"),
+            "log_evidences": [round(score.log_marginal_likelihood, 3) for score in scores]}
 
 
 def replay_round(method: str, data: str, n: int, q: int, seed: int,

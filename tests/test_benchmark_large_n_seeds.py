@@ -150,3 +150,23 @@ def test_notrend_variant_is_the_default_family_less_its_trend_networks(d, n, kep
     assert len(family) == kept and all(c.get("trend") is None for c in family)
     assert all(c in default for c in family)
     assert len(default) - len(family) == sum(c.get("trend") == "quadratic" for c in default)
+
+
+def test_progress_lines_name_the_chosen_candidate() -> None:
+    """A ``LaplaceBNN`` round's progress line names the network the evidence chose (index,
+    trend, kernel) and every candidate's evidence; other models add nothing."""
+    from types import SimpleNamespace
+
+    from lapbo.selection import CandidateScore
+
+    scores = [CandidateScore(options={"trend": None}, log_marginal_likelihood=-10.0,
+                             prior_precision=1.0, sigma_noise=0.1, n_observations=5,
+                             n_weights=3),
+              CandidateScore(options={"trend": "quadratic", "random_feature_kernel": "matern52"},
+                             log_marginal_likelihood=-2.12345, prior_precision=1.0,
+                             sigma_noise=0.1, n_observations=5, n_weights=3, chosen=True)]
+    assert bench.chosen_candidate(SimpleNamespace(selection=scores)) == {
+        "chosen": 1, "chosen_trend": "quadratic", "chosen_kernel": "matern52",
+        "log_evidences": [-10.0, -2.123]}
+    assert bench.chosen_candidate(SimpleNamespace(selection=[])) == {}
+    assert bench.chosen_candidate(object()) == {}
