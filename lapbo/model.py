@@ -324,6 +324,7 @@ class LaplaceBNN(_LinearizedModel):
         if warm_start is not None:
             _check_warm_start(warm_start, train_X.shape[-1], train_Y.shape[-1])
         m = train_Y.shape[-1]
+        validation.check_outcome_transform(outcome_transform)
         if outcome_transform is DEFAULT:
             outcome_transform = Standardize(m=m)
         validation.check_input_transform(input_transform)
@@ -460,6 +461,9 @@ class LaplaceBNN(_LinearizedModel):
         self._evidence: SampleSpaceEvidence | None = None
         self._post: LinearizedPosterior | None = None
         self._noise_cache: Tensor | None = None
+        # constructor options that are not attributes: setting one later would do nothing
+        self._construction_only = frozenset(
+            name for name in init_options if not hasattr(self, name))
 
     @property
     def model_averaging(self) -> bool:
@@ -479,10 +483,17 @@ class LaplaceBNN(_LinearizedModel):
         "layerwise"``) are checked as the constructor checks them and take effect: before
         ``fit`` they are its starting values; after it the posterior, the evidence and a
         random-feature network's weights (its posterior mean) follow them, without
-        retraining, as ``laplace``'s setters do. Other attributes are set as usual."""
+        retraining, as ``laplace``'s setters do. A constructor option that is not an
+        attribute (``min_noise_std``, ``n_epochs``, ...) cannot be set afterwards: it raises,
+        where it would otherwise be stored and ignored. Other attributes are set as usual."""
         if name in ("sigma_noise", "prior_precision") and name in self.__dict__.get(
                 "_buffers", {}):
             self._set_hyperparameter(name, value)
+        elif name in self.__dict__.get("_construction_only", ()):
+            raise AttributeError(
+                f"{name} is a LaplaceBNN constructor option, fixed when the model is built: "
+                f"build a new LaplaceBNN(..., {name}=...) (warm_start=model keeps its "
+                "network) and fit it.")
         else:
             super().__setattr__(name, value)
 

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from botorch.exceptions.errors import UnsupportedError
 from botorch.exceptions.warnings import InputDataWarning
-from botorch.models.transforms.input import AppendFeatures
+from botorch.models.transforms.input import AppendFeatures, InputTransform
+from botorch.models.transforms.outcome import OutcomeTransform
+from botorch.utils.types import DEFAULT
 from torch import Tensor, nn
 
 from lapbo import networks
@@ -173,6 +175,14 @@ def check_hyperprior(name: str, value: Any, families: Sequence[str]) -> tuple[An
     return (value[0], float(value[1]), float(value[2]))
 
 
+def check_outcome_transform(transform: Any) -> None:
+    """``outcome_transform``: a BoTorch ``OutcomeTransform``, ``None`` or the default."""
+    if transform is not None and transform is not DEFAULT and not isinstance(
+            transform, OutcomeTransform):
+        raise ValueError("outcome_transform must be a BoTorch OutcomeTransform or None, not "
+                         f"{type(transform).__name__}.")
+
+
 def check_input_transform(transform: Any) -> None:
     """``LaplaceBNN`` transforms training inputs with ``preprocess_transform`` and queries
     as BoTorch's models do at evaluation, so a transform applied only at evaluation that
@@ -181,6 +191,9 @@ def check_input_transform(transform: Any) -> None:
     more inputs than it is queried with) is refused here, as are learnable parameters."""
     if transform is None:
         return
+    if not isinstance(transform, InputTransform):
+        raise ValueError("input_transform must be a BoTorch InputTransform or None, not "
+                         f"{type(transform).__name__}.")
     parts = list(transform.values()) if hasattr(transform, "values") and callable(
         transform.values) else [transform]
     for part in parts:

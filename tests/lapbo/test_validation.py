@@ -92,6 +92,9 @@ CONSTRUCTOR_CASES = [
     ({"prior_precision": "1"}, "prior_precision must be a positive number, not the string"),
     ({"train_X": X0.half(), "train_Y": Y0.half()}, "train_X is torch.float16"),
     ({"train_Y": Y0.bfloat16()}, "train_Y is torch.bfloat16"),
+    ({"input_transform": 3}, "input_transform must be a BoTorch InputTransform or None"),
+    ({"input_transform": "normalize"}, "input_transform must be a BoTorch InputTransform"),
+    ({"outcome_transform": 3}, "outcome_transform must be a BoTorch OutcomeTransform or None"),
     ({"net": lambda: None}, None),  # TypeError: a factory must return a module
 ]
 
@@ -171,6 +174,25 @@ def test_warm_start_of_another_shape_is_rejected(fitted: LaplaceBNN) -> None:
         LaplaceBNN(X, Y2, warm_start=fitted, **SMALL)
     with pytest.raises(ValueError, match="warm_start must be a LaplaceBNN"):
         LaplaceBNN(X0, Y0, warm_start="model", **SMALL)
+
+
+@pytest.mark.parametrize("name", ["min_noise_std", "n_epochs", "keep_best", "trend",
+                                  "input_transform"])
+def test_a_constructor_option_set_after_construction_raises(fitted: LaplaceBNN,
+                                                            name: str) -> None:
+    # stored and ignored otherwise: the fitted model would not change
+    with pytest.raises(AttributeError, match=f"{name} is a LaplaceBNN constructor option"):
+        setattr(fitted, name, 1)
+    assert name not in vars(fitted)
+
+
+def test_attributes_that_are_options_stay_settable(fitted: LaplaceBNN) -> None:
+    model = LaplaceBNN(*data(), seed=0, **SMALL)
+    model.model_averaging = True  # a checked property
+    model.prior_precision = 2.0  # a checked buffer
+    assert model.model_averaging and float(model.prior_precision) == 2.0
+    model.my_note = "anything else"  # not an option: set as usual
+    assert model.my_note == "anything else"
 
 
 def test_query_checks(fitted: LaplaceBNN) -> None:
