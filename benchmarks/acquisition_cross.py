@@ -39,9 +39,10 @@ DEFAULT_METHODS = ("laplace", "laplace_notrend", "gp")
 
 
 def first_round(method: str, problem_name: str, n: int, q: int,
-                seed: int) -> tuple[Any, qLogNoisyExpectedImprovement, Tensor, float]:
-    """``method``'s model, acquisition, batch ``(q, d)`` and acquisition CPU seconds in the
-    first round on the seed's ``n``-point design, as ``large_n.run`` makes them."""
+                seed: int) -> tuple[Any, qLogNoisyExpectedImprovement, Tensor, float, int]:
+    """``method``'s model, acquisition, batch ``(q, d)``, acquisition CPU seconds and number
+    of acquisition calls in the first round on the seed's ``n``-point design, as
+    ``large_n.run`` makes them."""
     torch.manual_seed(seed)
     problem = large_n.PROBLEMS[problem_name]()
     bounds = problem.bounds.to(large_n.DTYPE)
@@ -50,9 +51,18 @@ def first_round(method: str, problem_name: str, n: int, q: int,
     model = large_n.fit(method, X, Y, bounds, None)
     acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=True,
                                         sampler=SobolQMCNormalSampler(torch.Size([128])))
+    calls, forward = [0], acqf.forward
+
+    def counted(x: Tensor) -> Tensor:
+        calls[0] += 1
+        return forward(x)
+
+    acqf.forward = counted  # the instance's own: counts the optimiser's calls only
     t0 = time.process_time()
     batch, _ = optimize_acqf(acqf, bounds=bounds, q=q, num_restarts=2, raw_samples=256)
-    return model, acqf, batch.detach(), time.process_time() - t0
+    seconds = time.process_time() - t0
+    acqf.forward = forward
+    return model, acqf, batch.detach(), seconds, calls[0]
 
 
 def cross_table(problem_name: str, n: int, q: int, seed: int,
@@ -67,11 +77,12 @@ def cross_table(problem_name: str, n: int, q: int, seed: int,
     x_star = problem.optimizers[0].to(large_n.DTYPE).unsqueeze(0)
     rounds = {m: first_round(m, problem_name, n, q, seed) for m in methods}
     rows = []
-    for method, (model, acqf, batch, acq_s) in rounds.items():
+    for method, (model, acqf, batch, acq_s, acq_calls) in rounds.items():
         with torch.no_grad():
             at_star, at_incumbent = model.posterior(x_star), model.posterior(incumbent)
             row = {
-                "method": method, "acq_cpu_s": acq_s,
+                "method": method, "acq_cpu_s": acq_s, "acq_calls": acq_calls,
+                "baseline_points": int(acqf.X_baseline.shape[-2]),
                 "acquisition_at": {b: float(acqf(other[2].unsqueeze(0)))
                                    for b, other in rounds.items()},
                 "mean_at_optimum": float(at_star.mean), "sd_at_optimum":
@@ -98,15 +109,16 @@ def markdown(rows: list[dict[str, Any]], problem_name: str, n: int, seed: int,
              "whose own batch is not its highest value is an optimiser failure.", "",
              "| method | chosen trend | " + " | ".join(f"acq at {b}'s batch" for b in names)
              + " | posterior at optimum | posterior at incumbent | batch's best value "
-             "| batch to optimum | acq CPU s |",
-             "|---|---|" + "---:|" * len(names) + "---|---|---:|---:|---:|"]
+             "| batch to optimum | acq CPU s | acq calls | baseline points |",
+             "|---|---|" + "---:|" * len(names) + "---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         acq = " | ".join(f"{r['acquisition_at'][b]:.3f}" for b in names)
         lines.append(
             f"| {r['method']} | {r.get('chosen_trend', '')} | {acq} | "
             f"{r['mean_at_optimum']:.4g} ± {r['sd_at_optimum']:.3g} | "
             f"{r['mean_at_incumbent']:.4g} ± {r['sd_at_incumbent']:.3g} | "
-            f"{r['batch_best']:.4g} | {r['batch_to_optimum']:.2f} | {r['acq_cpu_s']:.1f} |")
+            f"{r['batch_best']:.4g} | {r['batch_to_optimum']:.2f} | {r['acq_cpu_s']:.1f} | "
+            f"{r['acq_calls']} | {r['baseline_points']} |")
     return "\n".join(lines) + "\n"
 
 

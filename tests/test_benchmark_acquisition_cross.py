@@ -35,6 +35,7 @@ def test_every_acquisition_is_read_at_every_batch(rows) -> None:
         assert all(math.isfinite(v) for v in row["acquisition_at"].values())
         assert row["sd_at_optimum"] > 0 and row["sd_at_incumbent"] > 0
         assert row["batch_best"] <= float(problem.optimal_value)
+        assert row["acq_calls"] > 1 and 1 <= row["baseline_points"] <= 30
     assert rows[0]["chosen_trend"] in (None, "quadratic") and "chosen_trend" not in rows[1]
     text = cross.markdown(rows, "ackley6", 30, 7, "cmd", "abc")
     assert "| laplace |" in text and "| gp |" in text and "acq at gp's batch" in text
