@@ -462,8 +462,10 @@ class LaplaceBNN(_LinearizedModel):
         self._post: LinearizedPosterior | None = None
         self._noise_cache: Tensor | None = None
         # constructor options that are not attributes: setting one later would do nothing
+        # (a subclass with its own constructor may give them a meaning: not checked there)
         self._construction_only = frozenset(
-            name for name in init_options if not hasattr(self, name))
+            name for name in init_options if not hasattr(self, name)
+        ) if type(self).__init__ is LaplaceBNN.__init__ else frozenset()
 
     @property
     def model_averaging(self) -> bool:

@@ -186,6 +186,15 @@ def test_a_constructor_option_set_after_construction_raises(fitted: LaplaceBNN,
     assert name not in vars(fitted)
 
 
+def test_a_subclass_with_its_own_constructor_may_use_option_names() -> None:
+    class Wider(LaplaceBNN):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.width = 2 * kwargs.get("width", 50)  # its own meaning
+
+    assert Wider(*data(), seed=0, **SMALL).width == 2 * SMALL.get("width", 50)
+
+
 def test_attributes_that_are_options_stay_settable(fitted: LaplaceBNN) -> None:
     model = LaplaceBNN(*data(), seed=0, **SMALL)
     model.model_averaging = True  # a checked property
