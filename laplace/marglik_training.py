@@ -141,6 +141,7 @@ def marglik_training(
             "prior_structure='scalar' or 'layerwise' with hessian_structure='kron', or a "
             "'full'/'diag' hessian_structure."
         )
+    checks.torch_module(model)
     _check_counts(0, n_epochs=n_epochs, n_epochs_burnin=n_epochs_burnin)
     _check_counts(1, n_hypersteps=n_hypersteps, marglik_frequency=marglik_frequency)
     lr_hyp, prior_prec_init, sigma_noise_init, temperature = (

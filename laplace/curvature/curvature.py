@@ -34,8 +34,9 @@ from laplace.curvature.outputs import (
     sampled_output_grads,
 )
 from laplace.curvature.samplewise import per_sample
+from laplace.utils import checks
 from laplace.utils.data import Inputs
-from laplace.utils.enums import Likelihood
+from laplace.utils.enums import Likelihood, parse_option
 from laplace.utils.matrix import Kron
 
 __all__ = [
@@ -75,12 +76,13 @@ class CurvatureInterface:
         dict_key_x: str = "input_ids",
         dict_key_y: str = "labels",
     ) -> None:
-        self.likelihood = Likelihood(likelihood)
+        self.likelihood = parse_option(Likelihood, likelihood, "likelihood")
+        checks.torch_module(model)
         self.model = model
-        self.last_layer = last_layer
+        self.last_layer = checks.flag(last_layer, "last_layer")
         self.subnetwork_indices = subnetwork_indices
-        self.dict_key_x = dict_key_x
-        self.dict_key_y = dict_key_y
+        self.dict_key_x = checks.dict_key(dict_key_x, "dict_key_x")
+        self.dict_key_y = checks.dict_key(dict_key_y, "dict_key_y")
         if self.likelihood == Likelihood.REGRESSION:
             self.lossfunc: nn.Module = nn.MSELoss(reduction="sum")
             self.factor = 0.5
@@ -294,10 +296,8 @@ class GGNInterface(CurvatureInterface):
         ``mc_samples`` per call)."""
         super().__init__(model, likelihood, last_layer, subnetwork_indices, dict_key_x,
                          dict_key_y)
-        if num_samples < 1:
-            raise ValueError(f"{type(self).__name__}: num_samples must be >= 1.")
-        self.stochastic = stochastic
-        self.num_samples = num_samples
+        self.num_samples = checks.positive_int(num_samples, "num_samples")
+        self.stochastic = checks.flag(stochastic, "stochastic")
 
     def _sqrt_ggn_rows(
         self, x: Inputs, y: Tensor, mc_samples: int | None = None

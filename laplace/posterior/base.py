@@ -84,14 +84,16 @@ class BaseLaplace(metaclass=arguments.PositionalArguments):
         asdl_fisher_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.likelihood = parse_option(Likelihood, likelihood, "likelihood")
+        checks.torch_module(model)
         self.model = unwrap_parallel(model)  # a DDP / DataParallel model's inner module
         self._distributed = False  # whether the last fit summed over processes
         self.enable_backprop = enable_backprop
-        self.dict_key_x = dict_key_x
-        self.dict_key_y = dict_key_y
-        self.backend_kwargs = dict(backend_kwargs or {})
-        self.asdl_fisher_kwargs = dict(asdl_fisher_kwargs or {})
-        if backend is not None and not isinstance(backend, type):
+        self.dict_key_x = checks.dict_key(dict_key_x, "dict_key_x")
+        self.dict_key_y = checks.dict_key(dict_key_y, "dict_key_y")
+        self.backend_kwargs = checks.keyword_dict(backend_kwargs, "backend_kwargs")
+        self.asdl_fisher_kwargs = checks.keyword_dict(asdl_fisher_kwargs, "asdl_fisher_kwargs")
+        if backend is not None and not (isinstance(backend, type)
+                                        and issubclass(backend, CurvatureInterface)):
             raise ValueError(f"backend must be a curvature class (a CurvatureInterface "
                              f"subclass such as laplace.curvature.AsdlGGN), not {backend!r}.")
         self._backend_cls = backend or self._default_backend()
@@ -110,6 +112,15 @@ class BaseLaplace(metaclass=arguments.PositionalArguments):
         from laplace.curvature.torchfunc import TorchFuncGGN
 
         return TorchFuncGGN
+
+    @property
+    def enable_backprop(self) -> bool:
+        """Whether predictions keep the autograd graph (to ``x`` and the weights)."""
+        return self._enable_backprop
+
+    @enable_backprop.setter
+    def enable_backprop(self, value: bool) -> None:
+        self._enable_backprop = checks.flag(value, "enable_backprop")
 
     @property
     def _params(self) -> list[nn.Parameter]:
@@ -363,6 +374,8 @@ class BaseLaplace(metaclass=arguments.PositionalArguments):
         pred_type = parse_option(PredType, pred_type, "pred_type")
         method = parse_option(TuningMethod, method, "method")
         structure = parse_option(PriorStructure, prior_structure or "scalar", "prior_structure")
+        verbose, progress_bar = checks.flag(verbose, "verbose"), checks.flag(progress_bar,
+                                                                               "progress_bar")
         if self.likelihood != Likelihood.REGRESSION:
             warnings.warn(
                 "By default `link_approx` is `probit`. Make sure to set it equals to the way "

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from laplace.curvature.curvature import output_hessian_sqrt
 from laplace.posterior import arguments, validation_search
 from laplace.posterior.functional import FunctionalLaplace
+from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs, inputs_to, split_batch
 from laplace.utils.enums import Likelihood
@@ -187,6 +188,7 @@ class ELLA(FunctionalLaplace):
             distributed: bool | None = None) -> None:
         """Features from the subset, then ``G`` and the loss over all training data."""
         distributed_fit.require_local(distributed, type(self).__name__)
+        checks.flag(progress_bar, "progress_bar")
         N = self._begin_fit(train_loader)
         J_M = subset_jacobians(self, train_loader, self.sod_indices)  # (M, C, P)
         if self.all_outputs:

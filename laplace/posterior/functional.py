@@ -119,6 +119,7 @@ class FunctionalLaplace(BaseLaplace):
 
         ``distributed`` must resolve to ``False``: see ``require_local``."""
         distributed_fit.require_local(distributed, type(self).__name__)
+        progress_bar = checks.flag(progress_bar, "progress_bar")
         N = self._begin_fit(train_loader)
         self.loss, self.n_data = 0.0, N
         for i, batch in enumerate(train_loader):
@@ -554,6 +555,7 @@ class FunctionalLLLaplace(LastLayerMixin, FunctionalLaplace):
     def __init__(self, model: nn.Module, likelihood: str, n_subset: int, *args: Any,
                  last_layer_name: str | None = None, feature_reduction: str | None = None,
                  **kwargs: Any) -> None:
+        checks.torch_module(model)
         model = distributed_fit.unwrap_parallel(model)
         extractor = FeatureExtractor(model, last_layer_name, kwargs.get("enable_backprop", False),
                                      feature_reduction)
@@ -562,6 +564,7 @@ class FunctionalLLLaplace(LastLayerMixin, FunctionalLaplace):
     def fit(self, train_loader: Any, progress_bar: bool = False,
             distributed: bool | None = None) -> None:
         distributed_fit.require_local(distributed, type(self).__name__)
+        checks.flag(progress_bar, "progress_bar")
         X = self._prepare_last_layer(train_loader)
         self._check_output_is_last_layer(X)
         super().fit(train_loader, progress_bar=progress_bar, distributed=False)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from laplace.posterior import arguments
 from laplace.posterior.parametric import ParametricLaplace
 from laplace.precision import DiagPrecision, KronPrecision, NotFittedError, PrecisionMatrix
+from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs
 from laplace.utils.matrix import Kron, KronDecomposed
@@ -42,7 +43,7 @@ class KronLaplace(ParametricLaplace):
 
     def __init__(self, model: nn.Module, likelihood: str, *args: Any, damping: bool = False,
                  **kwargs: Any) -> None:
-        self.damping = damping
+        self.damping = checks.flag(damping, "damping")
         self._previous_fit: tuple[Kron, int] | None = None
         self.H_facs: Kron | None = None  # also for last-layer variants, whose H waits
         super().__init__(model, likelihood, *args, **kwargs)
@@ -76,6 +77,7 @@ class KronLaplace(ParametricLaplace):
             distributed: bool | None = None) -> None:
         """As ``ParametricLaplace.fit``; with ``override=False`` the factors of the
         previous fits are combined exactly with the new ones (see the class docstring)."""
+        override, progress_bar = checks.fit_flags(override, progress_bar)
         self._previous_fit = None
         if not override and self.H_facs is not None:
             previous = (self.H_facs, self.n_data)

@@ -188,7 +188,8 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
         feature_reduction: str | None = None,
         **kwargs: Any,
     ) -> None:
-        enable_backprop = kwargs.get("enable_backprop", False)
+        enable_backprop = checks.flag(kwargs.get("enable_backprop", False), "enable_backprop")
+        checks.torch_module(model)
         model = distributed_fit.unwrap_parallel(model)
         extractor = FeatureExtractor(model, last_layer_name, enable_backprop, feature_reduction)
         self._constructing = True
@@ -265,6 +266,7 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
     def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False,
             distributed: bool | None = None) -> None:
         """Find the last layer on the first batch (unless named), then fit."""
+        override, progress_bar = checks.fit_flags(override, progress_bar)
         dist = distributed_fit.resolve(distributed)
         with distributed_fit.collective_errors(dist, "finding the last layer", self._device):
             X = self._prepare_last_layer(train_loader)

@@ -61,6 +61,7 @@ class LowRankLaplace(ParametricLaplace):
         processes *before* its eigendecomposition: every curvature-vector product (or
         the dense curvature, for a large rank) is all-reduced, so each rank runs the
         same eigensolver iterations on the curvature of all the data."""
+        override, progress_bar = checks.fit_flags(override, progress_bar)
         if not override:
             raise ValueError("LowRankLaplace cannot add to a previous fit (override=False).")
         self._distributed = dist = distributed_fit.resolve(distributed)

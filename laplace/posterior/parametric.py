@@ -128,6 +128,7 @@ class ParametricLaplace(BaseLaplace):
                 on every rank, with the posterior of one fit on all shards (see
                 ``laplace.utils.distributed``).
         """
+        override, progress_bar = checks.fit_flags(override, progress_bar)
         self._distributed = dist = distributed_fit.resolve(distributed)
         N = distributed_fit.data_count(train_loader, dist, self._device, dataset_size)
         if dist and not override and self.n_data > 0:
@@ -273,6 +274,7 @@ class ParametricLaplace(BaseLaplace):
 
         ``normalized=False`` gives only the term that depends on ``value``, ``−Δᵀ Σ⁻¹ Δ / 2``.
         """
+        normalized = checks.flag(normalized, "normalized")
         log_prob = -self.square_norm(value) / 2
         if not normalized:
             return log_prob

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from laplace.utils.errors import MissingKeyError
 
@@ -133,6 +133,33 @@ def flag(value: Any, name: str) -> bool:
                                                 and int(value) in (0, 1)):
         return bool(value)
     raise ValueError(f"{name} must be a bool, got {value!r}.")
+
+
+def fit_flags(override: Any, progress_bar: Any) -> tuple[bool, bool]:
+    """``fit``'s ``override`` and ``progress_bar``, each a bool (``flag``)."""
+    return flag(override, "override"), flag(progress_bar, "progress_bar")
+
+
+def torch_module(model: Any, name: str = "model") -> None:
+    """Refuse a ``model`` that is not an ``nn.Module`` (before its methods are used)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}.")
+
+
+def dict_key(key: Any, name: str) -> str:
+    """A key of dict-like (Hugging Face) batches: a string."""
+    if not isinstance(key, str):
+        raise ValueError(f"{name} must be a string (a key of dict-like batches), got {key!r}.")
+    return key
+
+
+def keyword_dict(value: Any, name: str) -> dict[str, Any]:
+    """A copy of keyword arguments passed on (``None``: none)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be a dict of keyword arguments, got {value!r}.")
+    return dict(value)
 
 
 def ignored_keywords(kwargs: dict[str, Any], where: str) -> None:

@@ -28,8 +28,12 @@ def split_batch(batch: Any, dict_key_x: str, dict_key_y: str) -> tuple[Inputs, T
                 f"(keys: {sorted(batch.keys())}); pass dict_key_y=... to Laplace."
             )
         return batch, batch[dict_key_y]
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
+    if isinstance(batch, (tuple, list)):
+        raise ValueError(
+            f"Each batch must be an (X, y) pair; got {len(batch)} elements (as in "
+            "laplace-torch, extra elements such as sample weights are not supported).")
     raise ValueError(
         "Each batch must be an (X, y) pair or a dict-like object with keys "
         f"{dict_key_x!r} and {dict_key_y!r}; got {type(batch).__name__}."
@@ -54,6 +58,9 @@ def inputs_to(X: Inputs, device: torch.device, name: str = "x") -> Inputs:
     Raises:
         ValueError: a floating input holds NaN or inf (the error names ``name``).
     """
+    if not isinstance(X, (Tensor, Mapping)):
+        raise TypeError(f"{name} must be a tensor or a dict-like batch, got "
+                        f"{type(X).__name__}.")
     finite_inputs(X, name)
     if isinstance(X, Mapping):
         return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in X.items()}

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from laplace.utils import checks
 from laplace.utils.data import Inputs
 from laplace.utils.enums import _StrEnum, parse_option
 from laplace.utils.errors import MissingKeyError
@@ -61,6 +62,7 @@ class FeatureExtractor(nn.Module):
         feature_reduction: FeatureReduction | str | None = None,
     ) -> None:
         super().__init__()
+        checks.torch_module(model)
         self.model = model
         self.enable_backprop = enable_backprop
         if feature_reduction is not None:

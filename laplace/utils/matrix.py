@@ -29,6 +29,14 @@ class Kron:
     """
 
     def __init__(self, kfacs: list[list[Tensor]]) -> None:
+        for i, F in enumerate(kfacs):
+            if not 1 <= len(F) <= 2 or any(
+                not isinstance(f, Tensor) or not (f.ndim == 1 or (f.ndim == 2
+                                                               and f.shape[0] == f.shape[1]))
+                for f in F
+            ):
+                raise ValueError(f"Kronecker factors of parameter tensor {i} must be one or two "
+                                 "square matrices (or vectors: diagonal factors).")
         self.kfacs = kfacs
 
     @classmethod

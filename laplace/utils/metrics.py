@@ -76,6 +76,8 @@ class RunningNLLMetric:
     _sum_states = ("nll_sum", "n_valid_labels")  # summed over processes' shards
 
     def __init__(self, ignore_index: int = -100) -> None:
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise ValueError(f"ignore_index must be an integer label, got {ignore_index!r}.")
         self.ignore_index = ignore_index
         self.reset()
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn import CrossEntropyLoss, MSELoss
 from torch.nn.utils import parameters_to_vector
 
+from laplace.utils import checks
 from laplace.utils.data import inputs_to
 from laplace.utils.enums import Likelihood, parse_option
 from laplace.utils.feature_extractor import FeatureExtractor
@@ -62,6 +63,7 @@ class SubnetMask:
     """
 
     def __init__(self, model: nn.Module) -> None:
+        checks.torch_module(model)
         self.model = model
         self._n_params = sum(p.numel() for p in model.parameters())
         self._indices: Tensor | None = None

@@ -211,3 +211,130 @@ def test_marglik_training_names_lr_hyp_when_the_hyperparameters_diverge():
     with pytest.raises(RuntimeError, match=r"diverged at epoch 2.*Lower lr_hyp \(now 100000\)"):
         marglik_training(net, loader, likelihood="regression", n_epochs=6, n_epochs_burnin=2,
                          marglik_frequency=2, lr_hyp=1e5)
+
+
+# ------------------------------------------------------------ types at construction
+@pytest.mark.parametrize(("subset", "structure"), [
+    ("last_layer", "kron"), ("all", "full"), ("all", "gp"), ("last_layer", "gp")])
+def test_a_model_that_is_no_module_is_refused(subset, structure):
+    extra = {"n_subset": 4} if structure == "gp" else {}
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        Laplace("net", "regression", subset, structure, **extra)
+
+
+@pytest.mark.parametrize("subset", ["last_layer", "all"])
+def test_enable_backprop_is_a_bool_in_the_constructor_and_the_setter(subset):
+    with pytest.raises(ValueError, match="enable_backprop must be a bool, got 'yes'"):
+        Laplace(mlp(), "regression", subset, "full", enable_backprop="yes")
+    la = Laplace(mlp(), "regression", subset, "full")
+    with pytest.raises(ValueError, match="enable_backprop must be a bool, got 'no'"):
+        la.enable_backprop = "no"
+    la.enable_backprop = True
+    la.fit(reg_loader())
+    x = X(4).requires_grad_(True)
+    mean, var = la(x)
+    (mean.sum() + var.sum()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("key", ["dict_key_x", "dict_key_y"])
+def test_dict_keys_are_strings(key):
+    with pytest.raises(ValueError, match=f"{key} must be a string"):
+        Laplace(mlp(), "regression", "all", "full", **{key: 3})
+
+
+_PARAMETRIC = [("all", "full"), ("all", "kron"), ("last_layer", "kron"), ("all", "lowrank")]
+_FUNCTION_SPACE = [("all", "gp"), ("last_layer", "gp")]
+
+
+@pytest.mark.parametrize(("subset", "structure", "flag"), [
+    *[(s, h, f) for s, h in _PARAMETRIC for f in ("override", "progress_bar")],
+    *[(s, h, "progress_bar") for s, h in _FUNCTION_SPACE]])  # gp: no override (laplace-torch)
+def test_fit_flags_are_bools(subset, structure, flag):
+    extra = {"n_subset": 4} if structure == "gp" else {}
+    la = Laplace(mlp(), "regression", subset, structure, **extra)
+    with pytest.raises(ValueError, match=f"{flag} must be a bool, got 'no'"):
+        la.fit(reg_loader(), **{flag: "no"})
+
+
+@pytest.mark.parametrize("name", ["backend_kwargs", "asdl_fisher_kwargs"])
+def test_keyword_dicts_must_be_dicts(name):
+    with pytest.raises(ValueError, match=f"{name} must be a dict of keyword arguments"):
+        Laplace(mlp(), "regression", "all", "kron", **{name: "x"})
+
+
+@pytest.mark.parametrize("flag", ["verbose", "progress_bar"])
+def test_tuning_flags_are_bools(fitted_full, flag):
+    before = fitted_full.prior_precision.clone()
+    with pytest.raises(ValueError, match=f"{flag} must be a bool, got 'x'"):
+        fitted_full.optimize_prior_precision(n_steps=2, **{flag: "x"})
+    assert torch.equal(fitted_full.prior_precision, before)
+
+
+def test_log_prob_normalized_and_kron_damping_are_bools(fitted_full):
+    with pytest.raises(ValueError, match="normalized must be a bool, got 'no'"):
+        fitted_full.log_prob(fitted_full.mean, normalized="no")
+    with pytest.raises(ValueError, match="damping must be a bool, got 'x'"):
+        Laplace(mlp(), "regression", "all", "kron", damping="x")
+
+
+def test_a_subnetwork_mask_of_no_module_is_refused():
+    from laplace.utils import RandomSubnetMask
+
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        RandomSubnetMask("net", n_params_subnet=3)
+
+
+def test_a_backend_that_is_no_curvature_class_is_refused():
+    with pytest.raises(ValueError, match="backend must be a curvature class"):
+        Laplace(mlp(), "regression", "all", "full", backend=nn.Linear)
+
+
+def test_utilities_name_what_they_refuse():
+    from laplace.utils import FeatureExtractor, Kron
+    from laplace.utils.metrics import RunningNLLMetric
+
+    with pytest.raises(ValueError, match="factors of parameter tensor 0 must be one or two square"):
+        Kron([[torch.randn(2, 3)]])
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        FeatureExtractor("net")
+    with pytest.raises(ValueError, match="ignore_index must be an integer label, got 'a'"):
+        RunningNLLMetric(ignore_index="a")
+
+
+def test_batches_of_more_than_a_pair_are_refused():
+    x = X()
+    la = Laplace(mlp(), "regression", "all", "full")
+    weighted = DataLoader(TensorDataset(x, x[:, :2], torch.ones(20, dtype=DT)), batch_size=10)
+    with pytest.raises(ValueError, match="must be an \\(X, y\\) pair; got 3 elements"):
+        la.fit(weighted)
+
+
+def test_inputs_that_are_neither_tensors_nor_dicts_are_refused(fitted_full):
+    with pytest.raises(TypeError, match="x must be a tensor or a dict-like batch, got list"):
+        fitted_full([[0.0, 1.0, 2.0]])
+
+
+def test_marglik_training_refuses_a_model_that_is_no_module():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        marglik_training("net", reg_loader(), likelihood="regression", n_epochs=1)
+
+
+@pytest.mark.parametrize("backend", ["TorchFuncGGN", "BackPackGGN", "CurvlinopsGGN", "AsdlGGN"])
+def test_curvature_backends_check_their_own_arguments(backend):
+    import laplace.curvature as curvature
+
+    cls = getattr(curvature, backend)
+    with pytest.raises(ValueError, match="Unknown likelihood 'regresion'"):
+        cls(mlp(), "regresion")
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        cls("net", "regression")
+    with pytest.raises(ValueError, match="last_layer must be a bool, got 'yes'"):
+        cls(mlp(), "regression", last_layer="yes")
+    with pytest.raises(ValueError, match="dict_key_y must be a string"):
+        cls(mlp(), "regression", dict_key_y=1)
+    if backend != "TorchFuncGGN":
+        with pytest.raises(ValueError, match="stochastic must be a bool, got 'yes'"):
+            cls(mlp(), "regression", stochastic="yes")
+        with pytest.raises(ValueError, match="num_samples must be a positive integer, got 0"):
+            cls(mlp(), "regression", num_samples=0)
