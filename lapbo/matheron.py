@@ -31,6 +31,7 @@ from botorch.sampling.pathwise.paths import SamplePath
 from botorch.sampling.pathwise.posterior_samplers import DrawMatheronPaths
 from torch import Size, Tensor
 
+from lapbo import validation
 from lapbo.linearized_model import _LinearizedModel
 
 
@@ -57,6 +58,7 @@ class LinearizedSamplePath(SamplePath):
         for one output, ``(*b, k, q)`` for ``k`` (see the module's docstring)."""
         model = self.model
         model.eval()
+        validation.check_query("X", X, model._train_X.shape[-1])
         idx = model._outputs
         k = len(idx)
         if k > 1 and (X.ndim < 3 or X.shape[-3] not in (1, k)):

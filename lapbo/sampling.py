@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lapbo import averaging
+from lapbo import averaging, validation
 from lapbo.linearized_model import _LinearizedModel
 
 
@@ -40,6 +40,7 @@ class PathwiseSamples(nn.Module):
         broadcasts ``*batch`` with the model batch shape (original outcome scale)."""
         model = self.model
         model.eval()
+        validation.check_query("X", X, model._train_X.shape[-1])
         idx = model._outputs
         X_tf = model._transform_query(X)  # q points → q' (``InputPerturbation``: q·n_w)
         q, k = X_tf.shape[-2], len(idx)
@@ -97,6 +98,10 @@ def draw_pathwise_samples(
         model that averages candidates, each component's share of the paths (the paths
         of one component are consecutive).
     """
+    if not isinstance(model, _LinearizedModel):
+        raise TypeError("model must be a fitted LaplaceBNN (or a model derived from one), "
+                        f"not {type(model).__name__}.")
+    validation.check_generator("generator", generator, model._train_X.device)
     if model._mixture:
         counts = averaging.allocate_samples([w for w, _ in model._mixture], n_samples)
         return MixturePathwiseSamples([

@@ -534,4 +534,8 @@ def fit_laplace_bnn(model: LaplaceBNN, **kwargs: Any) -> LaplaceBNN:
     Keyword arguments are ignored (accepted so that ``fit_botorch_model``-style
     dispatchers can pass their options).
     """
+    # ``isinstance(model, LaplaceBNN)`` without importing lapbo.model (which imports this)
+    if not any(c.__module__ == "lapbo.model" and c.__name__ == "LaplaceBNN"
+               for c in type(model).__mro__):
+        raise TypeError(f"model must be a LaplaceBNN, not {type(model).__name__}.")
     return model.fit()

@@ -123,6 +123,14 @@ def check_bool(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be True or False, not {value!r}.")
 
 
+def check_generator(name: str, generator: Any, device: torch.device) -> None:
+    """``None`` or a ``torch.Generator`` on ``device``'s type."""
+    if generator is not None and not (isinstance(generator, torch.Generator)
+                                      and generator.device.type == device.type):
+        raise ValueError(f"{name} must be None or a torch.Generator on {device.type}, "
+                         f"not {generator!r}.")
+
+
 def check_seed(value: Any) -> None:
     """``seed`` is ``None`` or an integer that ``torch.manual_seed`` accepts."""
     if value is None:

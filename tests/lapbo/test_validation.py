@@ -249,3 +249,26 @@ def test_conditioning_checks(fitted: LaplaceBNN) -> None:
     cond = fitted.condition_on_observations(X, Y, noise=torch.zeros_like(Y))
     mean = cond.posterior(X).mean
     assert torch.allclose(mean, Y, atol=1e-4)
+
+
+def test_sample_paths_check_their_arguments_and_queries(fitted: LaplaceBNN) -> None:
+    from botorch.sampling.pathwise import draw_matheron_paths
+
+    from lapbo import draw_pathwise_samples, fit_laplace_bnn
+
+    with pytest.raises(TypeError, match="model must be a fitted LaplaceBNN .* not str"):
+        draw_pathwise_samples("model", 3)
+    with pytest.raises(ValueError, match="generator must be None or a torch.Generator on cpu"):
+        draw_pathwise_samples(fitted, 3, generator="seed")
+    with pytest.raises(TypeError, match="model must be a LaplaceBNN, not str"):
+        fit_laplace_bnn("model")
+    paths = draw_pathwise_samples(fitted, 3, generator=torch.Generator().manual_seed(0))
+    matheron = draw_matheron_paths(fitted, sample_shape=torch.Size([3]))
+    for path in (paths, matheron):
+        for X, message in [
+            (torch.rand(4, 3, dtype=torch.float64), r"\(\*batch, q, 2\); got \(4, 3\)"),
+            (torch.rand(2, dtype=torch.float64), r"\(\*batch, q, 2\); got \(2,\)"),
+            (torch.full((4, 2), math.nan, dtype=torch.float64), "X contains 8 NaN"),
+        ]:
+            with pytest.raises(ValueError, match=message):
+                path(X)
