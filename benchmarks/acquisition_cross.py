@@ -7,7 +7,8 @@ fitted, its ``qLogNoisyExpectedImprovement`` batch of ``q`` points found, and th
 method's acquisition is evaluated at every method's batch. A method whose acquisition is
 higher at another method's batch than at its own has an optimiser failure; otherwise the
 batches differ because the models do, and each model's posterior at the problem's
-optimiser and at the incumbent shows how::
+optimiser and at the incumbent shows how; its predictive at its own batch, against the
+batch's true values, shows whether it was surprised there::
 
     .venv/bin/python benchmarks/acquisition_cross.py --problem levy7 --seed 4 \\
         --output benchmarks/results/acquisition_cross_levy7_seed4
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -65,11 +67,26 @@ def first_round(method: str, problem_name: str, n: int, q: int,
     return model, acqf, batch.detach(), seconds, calls[0]
 
 
+def batch_prediction(model: Any, batch: Tensor, values: Tensor, outcome_sd: float
+                     ) -> dict[str, float]:
+    """How well ``model`` predicted the batch it chose, before seeing it (the one-step-ahead,
+    prequential check): mean ``|z|`` of the true ``values`` ``(q,)`` under its predictive
+    with observation noise at ``batch`` ``(q, d)``, and their mean log predictive density
+    in units of ``outcome_sd`` (the design's outcome standard deviation)."""
+    with torch.no_grad():
+        post = model.posterior(batch, observation_noise=True)
+        mean, sd = post.mean.reshape(-1), post.variance.clamp_min(0).sqrt().reshape(-1)
+    z = (values - mean) / sd
+    density = torch.distributions.Normal(mean, sd).log_prob(values) + math.log(outcome_sd)
+    return {"batch_mean_abs_z": float(z.abs().mean()), "batch_lpd": float(density.mean())}
+
+
 def cross_table(problem_name: str, n: int, q: int, seed: int,
                 methods: tuple[str, ...] = DEFAULT_METHODS) -> list[dict[str, Any]]:
     """One row per method: its acquisition at every method's batch, its posterior (mean,
     SD) at the problem's first optimiser and at the incumbent, and what its own batch
-    achieves (the best true value, the distance of its nearest point to the optimiser)."""
+    achieves (the best true value, the distance of its nearest point to the optimiser) and
+    how well it predicted that batch (``batch_prediction``)."""
     problem = large_n.PROBLEMS[problem_name]()
     X = large_n.sobol_design(problem, n, seed)
     Y = problem(X).unsqueeze(-1)
@@ -90,6 +107,7 @@ def cross_table(problem_name: str, n: int, q: int, seed: int,
                 "mean_at_incumbent": float(at_incumbent.mean),
                 "sd_at_incumbent": float(at_incumbent.variance.sqrt()),
                 "batch_best": float(problem(batch).max()),
+                **batch_prediction(model, batch, problem(batch), float(Y.std())),
                 "batch_to_optimum": float((batch - x_star).norm(dim=-1).min())}
         row.update(large_n.chosen_candidate(model))
         rows.append(row)
@@ -109,15 +127,17 @@ def markdown(rows: list[dict[str, Any]], problem_name: str, n: int, seed: int,
              "whose own batch is not its highest value is an optimiser failure.", "",
              "| method | chosen trend | " + " | ".join(f"acq at {b}'s batch" for b in names)
              + " | posterior at optimum | posterior at incumbent | batch's best value "
-             "| batch to optimum | acq CPU s | acq calls | baseline points |",
-             "|---|---|" + "---:|" * len(names) + "---|---|---:|---:|---:|---:|---:|"]
+             "| batch to optimum | batch mean \\|z\\| | batch log density | acq CPU s "
+             "| acq calls | baseline points |",
+             "|---|---|" + "---:|" * len(names) + "---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         acq = " | ".join(f"{r['acquisition_at'][b]:.3f}" for b in names)
         lines.append(
             f"| {r['method']} | {r.get('chosen_trend', '')} | {acq} | "
             f"{r['mean_at_optimum']:.4g} ± {r['sd_at_optimum']:.3g} | "
             f"{r['mean_at_incumbent']:.4g} ± {r['sd_at_incumbent']:.3g} | "
-            f"{r['batch_best']:.4g} | {r['batch_to_optimum']:.2f} | {r['acq_cpu_s']:.1f} | "
+            f"{r['batch_best']:.4g} | {r['batch_to_optimum']:.2f} | "
+            f"{r['batch_mean_abs_z']:.2f} | {r['batch_lpd']:.2f} | {r['acq_cpu_s']:.1f} | "
             f"{r['acq_calls']} | {r['baseline_points']} |")
     return "\n".join(lines) + "\n"
 
