@@ -59,6 +59,11 @@ def fit_diagonal_swag_var(
         ``parameters_to_vector(model.parameters())`` (frozen parameters, which SGD
         does not move, get ``min_var``).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    if not callable(criterion):
+        raise TypeError(f"criterion must be a callable loss such as nn.MSELoss(), got "
+                        f"{criterion!r}.")
     _check_positive_int(n_snapshots_total, "n_snapshots_total")
     _check_positive_int(snapshot_freq, "snapshot_freq")
     if lr < 0:

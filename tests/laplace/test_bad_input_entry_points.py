@@ -338,3 +338,12 @@ def test_curvature_backends_check_their_own_arguments(backend):
             cls(mlp(), "regression", stochastic="yes")
         with pytest.raises(ValueError, match="num_samples must be a positive integer, got 0"):
             cls(mlp(), "regression", num_samples=0)
+
+
+def test_swag_names_a_criterion_or_model_of_the_wrong_kind():
+    from laplace.utils import fit_diagonal_swag_var
+
+    with pytest.raises(TypeError, match="criterion must be a callable loss"):
+        fit_diagonal_swag_var(mlp(), reg_loader(), "mse")
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        fit_diagonal_swag_var("net", reg_loader(), nn.MSELoss())
