@@ -1,0 +1,214 @@
+"""The same calls to this package's ``laplace`` and to laplace-torch 0.3: where they differ.
+
+A behaviour probe (``probe``) fits every weight subset (all, last layer) and Hessian
+structure (full, Kronecker, diagonal) of a small float64 network on regression and
+classification data and records what a user reads: defaults, the evidence terms, the
+log marginal likelihood with and without arguments, the GLM predictive (joint, every
+link approximation), sample and predictive-sample shapes, the functional variance, the
+state's keys, and marginal-likelihood tuning (scalar and layerwise). It runs once in this
+project's environment and once in the cached laplace-torch environment
+(``laplace_torch_env.py``); entries whose values differ by more than ``--rtol`` (or whose
+shapes, dtypes, types or errors differ) are listed::
+
+    .venv/bin/python benchmarks/laplace_torch_diff.py
+
+prints the table and writes ``benchmarks/results/laplace_torch_diff.{md,json}``. Every
+listed difference should be one that ``docs/differences.md`` explains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _record(value: Any) -> Any:
+    """A JSON-able summary: tensors as shape, dtype and their first six values."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        return {"shape": list(value.shape), "dtype": str(value.dtype),
+                "values": [float(v) for v in value.flatten()[:6]]}
+    if isinstance(value, (tuple, list)):
+        return [_record(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return type(value).__name__
+
+
+def _before_fit(la: Any) -> dict[str, Callable[[], Any]]:
+    """The reads of an LA before ``fit``."""
+    return {"class": lambda: type(la).__name__,
+            "prior_precision before fit": lambda: la.prior_precision,
+            "sigma_noise before fit": lambda: la.sigma_noise}
+
+
+def _cases(la: Any, X: Any, classification: bool, all_weights: bool
+           ) -> dict[str, Callable[[], Any]]:
+    """The reads of one fitted LA (``X`` ``(n, 3)``), in the order they run."""
+    import torch
+
+    dt = X.dtype
+    cases: dict[str, Callable[[], Any]] = {
+        "n_params": lambda: la.n_params, "n_layers": lambda: la.n_layers,
+        "loss": lambda: la.loss, "n_data": lambda: la.n_data,
+        "log_likelihood": lambda: la.log_likelihood, "scatter": lambda: la.scatter,
+        "log_det_prior_precision": lambda: la.log_det_prior_precision,
+        "log_det_posterior_precision": lambda: la.log_det_posterior_precision,
+        "log_marginal_likelihood()": lambda: la.log_marginal_likelihood(),
+        "log_marginal_likelihood(0.5, σ)": lambda: la.log_marginal_likelihood(
+            torch.tensor(0.5, dtype=dt), None if classification else torch.tensor(0.7, dtype=dt)),
+        "prior_precision_diag": lambda: la.prior_precision_diag,
+        "la(x)": lambda: la(X[:3]),
+        "la(x, joint=True)": lambda: la(X[:3], joint=True),
+        "sample(4).shape": lambda: list(la.sample(4).shape),
+        "predictive_samples(x, 4).shape": lambda: list(la.predictive_samples(
+            X[:3], n_samples=4).shape),
+        "predictive_samples(x, nn, 4).shape": lambda: list(la.predictive_samples(
+            X[:3], pred_type="nn", n_samples=4).shape),
+        "type(posterior_precision)": lambda: type(la.posterior_precision).__name__,
+        "sorted(state_dict())": lambda: sorted(la.state_dict()),
+    }
+    if classification:
+        for link in ("probit", "bridge", "bridge_norm"):
+            cases[f"la(x, link_approx={link!r})"] = (
+                lambda link=link: la(X[:3], link_approx=link))
+    if all_weights:
+        cases["functional_variance(J)"] = lambda: la.functional_variance(
+            la.backend.jacobians(X[:2])[0])
+
+    def tuned(structure: str) -> Any:
+        la.optimize_prior_precision(n_steps=20, prior_structure=structure)
+        return la.prior_precision
+
+    cases["optimize_prior_precision(scalar)"] = lambda: tuned("scalar")
+    cases["optimize_prior_precision(layerwise)"] = lambda: tuned("layerwise")
+    return cases
+
+
+def probe() -> dict[str, Any]:
+    """``{"likelihood/subset/structure read": summary or "error: Type"}`` for whichever
+    ``laplace`` is importable."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from laplace import Laplace
+
+    out: dict[str, Any] = {}
+
+    def read(key: str, fn: Callable[[], Any]) -> None:
+        try:
+            out[key] = _record(fn())
+        except Exception as e:  # noqa: BLE001 (the error's type is the observation)
+            out[key] = f"error: {type(e).__name__}"
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(24, 3, generator=g, dtype=torch.float64)
+    for likelihood in ("regression", "classification"):
+        k = 1 if likelihood == "regression" else 2
+        y = X.sin().sum(-1, keepdim=True) if k == 1 else (X[:, 0] > 0).long()
+        for subset in ("all", "last_layer"):
+            for structure in ("full", "kron", "diag"):
+                tag = f"{likelihood}/{subset}/{structure} "
+                torch.manual_seed(1)
+                model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, k)).double()
+                la = Laplace(model, likelihood, subset_of_weights=subset,
+                             hessian_structure=structure)
+                for name, fn in _before_fit(la).items():
+                    read(tag + name, fn)
+                la.fit(DataLoader(TensorDataset(X, y), batch_size=8))
+                for name, fn in _cases(la, X, k == 2, subset == "all").items():
+                    read(tag + name, fn)
+    return out
+
+
+def _same(a: Any, b: Any, rtol: float) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return (a["shape"] == b["shape"] and a["dtype"] == b["dtype"]
+                and all(abs(x - y) <= rtol * max(1.0, abs(y))
+                        for x, y in zip(a["values"], b["values"])))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y, rtol) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= rtol * max(1.0, abs(b))
+    return a == b
+
+
+def compare(ours: dict[str, Any], theirs: dict[str, Any], rtol: float = 1e-3
+            ) -> list[dict[str, Any]]:
+    """The entries (in either probe) whose summaries differ, ``{"key", "ours", "theirs"}``."""
+    return [{"key": key, "ours": ours.get(key), "theirs": theirs.get(key)}
+            for key in sorted(set(ours) | set(theirs))
+            if not _same(ours.get(key), theirs.get(key), rtol)]
+
+
+def _run_probe(python: str | Path) -> dict[str, Any]:
+    """``probe()`` in another interpreter, from a temporary folder (so that its own
+    installed ``laplace`` is imported, not this repository's)."""
+    with tempfile.TemporaryDirectory() as cwd:
+        done = subprocess.run([str(python), str(Path(__file__).resolve()), "--probe"],
+                              cwd=cwd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def markdown(differences: list[dict[str, Any]], n_entries: int, versions: dict[str, str],
+             rtol: float, commit: str = "") -> str:
+    def cell(v: Any) -> str:
+        text = json.dumps(v)
+        return (text if len(text) <= 90 else text[:87] + "...").replace("|", "\\|")
+
+    lines = [f"# `laplace` next to laplace-torch {versions.get('laplace-torch', '?')}", "",
+             f"`benchmarks/laplace_torch_diff.py` at commit {commit or '?'}: {n_entries} "
+             "reads of the same calls, "
+             f"{len(differences)} differ (relative tolerance {rtol:g}); laplace-torch's "
+             f"environment: {json.dumps(versions)}.", "",
+             "| read | this package | laplace-torch |", "|---|---|---|"]
+    for d in differences:
+        ours, theirs = d["ours"], d["theirs"]
+        if all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+               for v in (ours, theirs)):  # key lists: what each has that the other lacks
+            ours, theirs = ({"only here": sorted(set(ours) - set(theirs))},
+                            {"only there": sorted(set(theirs) - set(ours))})
+        lines.append(f"| {d['key']} | {cell(ours)} | {cell(theirs)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rtol", type=float, default=1e-3)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    if args.probe:
+        print(json.dumps(probe()))
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.laplace_torch_env import ensure_laplace_torch_env
+
+    lt_python, versions = ensure_laplace_torch_env()
+    ours, theirs = _run_probe(sys.executable), _run_probe(lt_python)
+    differences = compare(ours, theirs, args.rtol)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
+    text = markdown(differences, len(theirs), versions, args.rtol, commit)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "laplace_torch_diff.md").write_text(text)
+    (RESULTS / "laplace_torch_diff.json").write_text(json.dumps(
+        {"commit": commit, "versions": versions, "rtol": args.rtol, "differences": differences,
+         "ours": ours, "laplace_torch": theirs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

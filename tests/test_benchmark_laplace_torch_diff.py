@@ -1,0 +1,40 @@
+"""``benchmarks/laplace_torch_diff.py``: the probe reads every variant, and ``compare``
+lists exactly the entries that differ (laplace-torch itself is not needed here)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import laplace_torch_diff as diff  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ours() -> dict:
+    return diff.probe()
+
+
+def test_the_probe_reads_every_variant_without_errors_here(ours) -> None:
+    variants = {key.split(" ")[0] for key in ours}
+    assert len(variants) == 2 * 2 * 3  # likelihoods × subsets × structures
+    errors = {k: v for k, v in ours.items() if isinstance(v, str) and v.startswith("error")}
+    assert errors == {}
+    lml = ours["regression/all/full log_marginal_likelihood()"]
+    assert lml["shape"] == [] and lml["dtype"] == "torch.float64"
+
+
+def test_compare_lists_only_what_differs(ours) -> None:
+    assert diff.compare(ours, ours) == []
+    theirs = dict(ours)
+    key = "regression/all/full log_marginal_likelihood()"
+    value = dict(theirs[key])
+    value["values"] = [v * (1 + 1e-5) for v in value["values"]]  # within rtol
+    theirs[key] = value
+    theirs["classification/all/kron n_params"] = "error: ValueError"
+    found = diff.compare(ours, theirs, rtol=1e-3)
+    assert [d["key"] for d in found] == ["classification/all/kron n_params"]
+    text = diff.markdown(found, len(theirs), {"laplace-torch": "0.3"}, 1e-3)
+    assert "1 differ" in text and "error: ValueError" in text
