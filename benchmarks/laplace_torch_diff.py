@@ -130,7 +130,65 @@ def probe() -> dict[str, Any]:
                 la.fit(DataLoader(TensorDataset(X, y), batch_size=8))
                 for name, fn in _cases(la, X, k == 2, subset == "all").items():
                     read(tag + name, fn)
+    for name, fn in _other_variants(X).items():
+        try:
+            reads = fn()
+        except Exception as e:  # noqa: BLE001
+            out[name] = f"error: {type(e).__name__}"
+            continue
+        out.update(reads if isinstance(reads, dict) else {name: _record(reads)})
     return out
+
+
+def _other_variants(X: Any) -> dict[str, Callable[[], Any]]:
+    """Reads of the low-rank, function-space and subnetwork LAs, grid-search tuning and
+    ``marglik_training`` (regression, the same network and data)."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from laplace import Laplace, marglik_training
+
+    y = X.sin().sum(-1, keepdim=True)
+
+    def loader() -> DataLoader:
+        return DataLoader(TensorDataset(X, y), batch_size=8)
+
+    def fitted(subset: str, structure: str, **kwargs: Any) -> Any:
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1)).double()
+        la = Laplace(model, "regression", subset_of_weights=subset,
+                     hessian_structure=structure, **kwargs)
+        la.fit(loader())
+        return la
+
+    def reads(la: Any, name: str) -> dict[str, Any]:
+        return {f"{name} log_marginal_likelihood()": _record(la.log_marginal_likelihood()),
+                f"{name} la(x)": _record(la(X[:3])),
+                f"{name} la(x, joint=True)": _record(la(X[:3], joint=True))}
+
+    def gridsearch() -> Any:
+        la = fitted("all", "kron")
+        la.optimize_prior_precision(method="gridsearch", val_loader=loader(), grid_size=9)
+        return la.prior_precision
+
+    def trained() -> Any:
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1)).double()
+        la, _, margliks, _ = marglik_training(model, loader(), likelihood="regression",
+                                              n_epochs=4, n_hypersteps=5)
+        return [la.prior_precision, la.sigma_noise, margliks[-1]]
+
+    return {
+        "regression/all/lowrank": lambda: reads(fitted("all", "lowrank"), "lowrank"),
+        "regression/all/gp": lambda: reads(fitted("all", "gp", n_subset=8), "gp"),
+        "regression/last_layer/gp": lambda: reads(fitted("last_layer", "gp", n_subset=8),
+                                                  "gp(last layer)"),
+        "regression/subnetwork/full": lambda: reads(fitted(
+            "subnetwork", "full", subnetwork_indices=torch.arange(0, 26, 3)), "subnetwork"),
+        "regression/all/kron gridsearch": gridsearch,
+        "marglik_training(4 epochs)": trained,
+    }
 
 
 def _same(a: Any, b: Any, rtol: float) -> bool:
