@@ -179,7 +179,40 @@ def _other_variants(X: Any) -> dict[str, Callable[[], Any]]:
                                               n_epochs=4, n_hypersteps=5)
         return [la.prior_precision, la.sigma_noise, margliks[-1]]
 
+    def options() -> dict[str, Any]:
+        """Non-default constructor options, a two-output network and posterior reads."""
+        out: dict[str, Any] = {}
+        for name, kwargs in [("prior_mean=0.3", {"prior_mean": 0.3}),
+                             ("temperature=0.5", {"temperature": 0.5}),
+                             ("sigma_noise=0.3", {"sigma_noise": 0.3}),
+                             ("layerwise prior", {"prior_precision": torch.tensor(
+                                 [0.5, 1.0, 2.0, 4.0], dtype=X.dtype)})]:
+            for structure in ("full", "diag"):
+                la = fitted("all", structure, **kwargs)
+                out[f"{structure} {name} log_marginal_likelihood()"] = _record(
+                    la.log_marginal_likelihood())
+                out[f"{structure} {name} la(x)"] = _record(la(X[:3]))
+        la = fitted("all", "kron", damping=True)
+        out["kron damping=True log_marginal_likelihood()"] = _record(
+            la.log_marginal_likelihood())
+        la = fitted("all", "full")
+        out["full posterior_covariance"] = _record(la.posterior_covariance)
+        out["full log_prob(mean)"] = _record(la.log_prob(la.mean))
+        out["full log_prob(mean + 0.1, normalized=False)"] = _record(
+            la.log_prob(la.mean + 0.1, normalized=False))
+        out["full square_norm(mean + 0.1)"] = _record(la.square_norm(la.mean + 0.1))
+        out["diag posterior_variance"] = _record(fitted("all", "diag").posterior_variance)
+        torch.manual_seed(1)
+        two = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+        la = Laplace(two, "regression", subset_of_weights="all", hessian_structure="kron")
+        la.fit(DataLoader(TensorDataset(X, torch.cat([y, X[:, :1]], -1)), batch_size=8))
+        out["two outputs kron log_marginal_likelihood()"] = _record(la.log_marginal_likelihood())
+        out["two outputs kron la(x)"] = _record(la(X[:3]))
+        out["two outputs kron la(x, joint=True)"] = _record(la(X[:3], joint=True))
+        return out
+
     return {
+        "options": options,
         "regression/all/lowrank": lambda: reads(fitted("all", "lowrank"), "lowrank"),
         "regression/all/gp": lambda: reads(fitted("all", "gp", n_subset=8), "gp"),
         "regression/last_layer/gp": lambda: reads(fitted("last_layer", "gp", n_subset=8),
