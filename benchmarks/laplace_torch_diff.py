@@ -211,7 +211,56 @@ def _other_variants(X: Any) -> dict[str, Callable[[], Any]]:
         out["two outputs kron la(x, joint=True)"] = _record(la(X[:3], joint=True))
         return out
 
+    def classification() -> dict[str, Any]:
+        """Function-space classification, sampled predictives' shapes, grid search with
+        probit and a per-weight prior."""
+        c = (X[:, 0] > 0).long()
+        out: dict[str, Any] = {}
+
+        def classifier(subset: str, structure: str, **kwargs: Any) -> Any:
+            torch.manual_seed(1)
+            model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+            la = Laplace(model, "classification", subset_of_weights=subset,
+                         hessian_structure=structure, **kwargs)
+            la.fit(DataLoader(TensorDataset(X, c), batch_size=8))
+            return la
+
+        la = classifier("all", "gp", n_subset=8)
+        out["classification gp la(x)"] = _record(la(X[:3]))
+        out["classification gp log_marginal_likelihood()"] = _record(
+            la.log_marginal_likelihood())
+        la = classifier("all", "kron")
+        out["classification kron la(x, mc).shape"] = list(
+            la(X[:3], link_approx="mc", n_samples=5).shape)
+        out["classification kron la(x, nn, mc).shape"] = list(
+            la(X[:3], pred_type="nn", link_approx="mc", n_samples=5).shape)
+        out["classification kron predictive_samples(x, 5).shape"] = list(
+            la.predictive_samples(X[:3], n_samples=5).shape)
+        la.optimize_prior_precision(method="gridsearch", grid_size=9, val_loader=DataLoader(
+            TensorDataset(X, c), batch_size=8))
+        out["classification kron gridsearch(probit)"] = _record(la.prior_precision)
+        la = classifier("all", "diag", prior_precision=torch.linspace(
+            0.5, 2.0, 32, dtype=X.dtype))  # 3·5 + 5 + 5·2 + 2 weights
+        out["classification diag per-weight prior log_marginal_likelihood()"] = _record(
+            la.log_marginal_likelihood())
+        return out
+
+    def reward_modeling() -> dict[str, Any]:
+        torch.manual_seed(1)
+        reward = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1),
+                               nn.Flatten(1)).double()  # (n, 2, 3) pairs -> (n, 2) rewards
+        la = Laplace(reward, "reward_modeling", subset_of_weights="all",
+                     hessian_structure="full")
+        pairs = torch.stack([X, X.flip(0)], 1)  # which item of each pair wins
+        la.fit(DataLoader(TensorDataset(pairs, (X[:, 0] > X.flip(0)[:, 0]).long()),
+                          batch_size=8))
+        return {"reward_modeling full log_marginal_likelihood()": _record(
+                    la.log_marginal_likelihood()),
+                "reward_modeling full la(x)": _record(la(X[:3]))}
+
     return {
+        "classification": classification,
+        "reward_modeling": reward_modeling,
         "options": options,
         "regression/all/lowrank": lambda: reads(fitted("all", "lowrank"), "lowrank"),
         "regression/all/gp": lambda: reads(fitted("all", "gp", n_subset=8), "gp"),
