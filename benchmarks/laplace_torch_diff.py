@@ -258,7 +258,33 @@ def _other_variants(X: Any) -> dict[str, Callable[[], Any]]:
                     la.log_marginal_likelihood()),
                 "reward_modeling full la(x)": _record(la(X[:3]))}
 
+    def backends() -> dict[str, Any]:
+        """The curvature backends called directly (laplace-torch's backend API)."""
+        import laplace.curvature as curvature
+
+        out: dict[str, Any] = {}
+        for name in ("BackPackGGN", "CurvlinopsGGN", "AsdlGGN", "BackPackEF", "CurvlinopsEF",
+                     "AsdlEF"):
+            for call, fn in [
+                ("full", lambda b: b.full(X[:8], y[:8])),
+                ("diag", lambda b: b.diag(X[:8], y[:8])),
+                ("kron factors", lambda b: b.kron(X[:8], y[:8], N=24)[1].kfacs[0]),
+                ("kron loss", lambda b: b.kron(X[:8], y[:8], N=24)[0]),
+                ("jacobians", lambda b: b.jacobians(X[:4])),
+                ("gradients", lambda b: b.gradients(X[:4], y[:4])),
+            ]:
+                torch.manual_seed(1)  # a fresh backend per call (laplace-torch's keep state)
+                model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1)).double()
+                model.output_size = 1  # laplace-torch's backends read it (its fit sets it)
+                try:
+                    out[f"{name}.{call}"] = _record(fn(getattr(curvature, name)(model,
+                                                                                "regression")))
+                except Exception as e:  # noqa: BLE001
+                    out[f"{name}.{call}"] = f"error: {type(e).__name__}"
+        return out
+
     return {
+        "backends": backends,
         "classification": classification,
         "reward_modeling": reward_modeling,
         "options": options,
