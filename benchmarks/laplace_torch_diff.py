@@ -283,7 +283,65 @@ def _other_variants(X: Any) -> dict[str, Callable[[], Any]]:
                     out[f"{name}.{call}"] = f"error: {type(e).__name__}"
         return out
 
+    def models() -> dict[str, Any]:
+        """Subnetwork masks, frozen weights, three classes, a named last layer before
+        ``fit`` and a sequence model read at its last position."""
+        from laplace.utils import LargestMagnitudeSubnetMask, ModuleNameSubnetMask
+
+        out: dict[str, Any] = {}
+
+        def put(key: str, fn: Callable[[], Any]) -> None:
+            try:
+                out[key] = _record(fn())
+            except Exception as e:  # noqa: BLE001
+                out[key] = f"error: {type(e).__name__}"
+
+        def net(k: int = 1) -> nn.Module:
+            torch.manual_seed(1)
+            return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, k)).double()
+
+        put("subnet mask LargestMagnitude(7)",
+            lambda: LargestMagnitudeSubnetMask(net(), 7).select())
+        put("subnet mask ModuleName(['2'])", lambda: ModuleNameSubnetMask(net(), ["2"]).select())
+
+        def fitted(model: nn.Module, likelihood: str, targets: Any, **kwargs: Any) -> Any:
+            la = Laplace(model, likelihood, hessian_structure="full", **kwargs)
+            la.fit(DataLoader(TensorDataset(X if X.shape[0] == len(targets) else
+                                            X.reshape(6, 4, 3), targets), batch_size=8))
+            return la
+
+        frozen = net()
+        frozen[0].weight.requires_grad_(False)
+        la = fitted(frozen, "regression", y, subset_of_weights="all")
+        put("frozen first weight n_params", lambda: la.n_params)
+        put("frozen first weight log_marginal_likelihood()", la.log_marginal_likelihood)
+        put("frozen first weight la(x)", lambda: la(X[:3]))
+        three = fitted(net(3), "classification", (X[:, 0] > 0).long() + (X[:, 1] > 0).long(),
+                       subset_of_weights="all")
+        put("three classes log_marginal_likelihood()", three.log_marginal_likelihood)
+        put("three classes la(x)", lambda: three(X[:3]))
+        named = Laplace(net(), "regression", subset_of_weights="last_layer",
+                        hessian_structure="full", last_layer_name="2")
+        put("named last layer before fit n_params", lambda: named.n_params)
+        put("named last layer before fit la(x)", lambda: named(X[:3]))
+
+        class LastPosition(nn.Module):  # (n, 4, 3) sequences; the head at every position
+            def __init__(self) -> None:
+                super().__init__()
+                torch.manual_seed(1)
+                self.body, self.head = nn.Linear(3, 5).double(), nn.Linear(5, 1).double()
+
+            def forward(self, x: Any) -> Any:
+                return self.head(torch.tanh(self.body(x)))[:, -1]  # (n, 1)
+
+        seq_y = X.reshape(6, 4, 3).sum((1, 2))[:, None]
+        put("feature_reduction=pick_last log_marginal_likelihood()",
+            lambda: fitted(LastPosition(), "regression", seq_y, subset_of_weights="last_layer",
+                           feature_reduction="pick_last").log_marginal_likelihood())
+        return out
+
     return {
+        "models": models,
         "backends": backends,
         "classification": classification,
         "reward_modeling": reward_modeling,
