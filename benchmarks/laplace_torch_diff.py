@@ -340,7 +340,58 @@ def _other_variants(X: Any) -> dict[str, Callable[[], Any]]:
                            feature_reduction="pick_last").log_marginal_likelihood())
         return out
 
+    def more() -> dict[str, Any]:
+        """A joint classification predictive, dict (Hugging Face-style) batches, a dropout
+        network and a classification ``marglik_training`` with a diagonal Hessian."""
+        out: dict[str, Any] = {}
+
+        def put(key: str, fn: Callable[[], Any]) -> None:
+            try:
+                out[key] = _record(fn())
+            except Exception as e:  # noqa: BLE001
+                out[key] = f"error: {type(e).__name__}"
+
+        c = (X[:, 0] > 0).long()
+
+        def net(k: int, *middle: nn.Module) -> nn.Module:
+            torch.manual_seed(1)
+            return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), *middle, nn.Linear(5, k)).double()
+
+        la = Laplace(net(2), "classification", subset_of_weights="all", hessian_structure="kron")
+        la.fit(DataLoader(TensorDataset(X, c), batch_size=8))
+        put("classification kron la(x, joint=True)", lambda: la(X[:3], joint=True))
+
+        class DictModel(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net(1)
+
+            def forward(self, batch: Any) -> Any:
+                return self.net(batch["input_ids"])
+
+        rows = [{"input_ids": X[i], "labels": y[i]} for i in range(len(X))]
+        dict_la = Laplace(DictModel(), "regression", subset_of_weights="all",
+                          hessian_structure="full")
+        put("dict batches fit", lambda: dict_la.fit(DataLoader(rows, batch_size=8)))
+        put("dict batches log_marginal_likelihood()", dict_la.log_marginal_likelihood)
+        put("dict batches la(x)", lambda: dict_la({"input_ids": X[:3]}))
+        dropout = Laplace(net(1, nn.Dropout(0.3)), "regression", subset_of_weights="all",
+                          hessian_structure="full")
+        put("dropout network fit", lambda: dropout.fit(loader()))
+        put("dropout network log_marginal_likelihood()", dropout.log_marginal_likelihood)
+
+        def trained() -> Any:
+            lap, _, margliks, losses = marglik_training(
+                net(2), DataLoader(TensorDataset(X, c), batch_size=8),
+                likelihood="classification", hessian_structure="diag",
+                prior_structure="scalar", n_epochs=4, n_hypersteps=5)
+            return [lap.prior_precision, margliks[-1], losses[-1]]
+
+        put("marglik_training classification diag scalar (4 epochs)", trained)
+        return out
+
     return {
+        "more": more,
         "models": models,
         "backends": backends,
         "classification": classification,
