@@ -1,14 +1,14 @@
 """The same calls to this package's ``laplace`` and to laplace-torch 0.3: where they differ.
 
-A behaviour probe (``probe``) fits every weight subset (all, last layer) and Hessian
-structure (full, Kronecker, diagonal) of a small float64 network on regression and
-classification data and records what a user reads: defaults, the evidence terms, the
-log marginal likelihood with and without arguments, the GLM predictive (joint, every
-link approximation), sample and predictive-sample shapes, the functional variance, the
-state's keys, and marginal-likelihood tuning (scalar and layerwise). It runs once in this
-project's environment and once in the cached laplace-torch environment
-(``laplace_torch_env.py``); entries whose values differ by more than ``--rtol`` (or whose
-shapes, dtypes, types or errors differ) are listed::
+A behaviour probe (``laplace_torch_probe.py``) fits every weight subset (all, last layer)
+and Hessian structure (full, Kronecker, diagonal) of a small float64 network on regression
+and classification data, and many further variants, and records what a user reads:
+defaults, the evidence terms, the log marginal likelihood with and without arguments, the
+predictives, sample shapes, the state's keys, tuning, ``marglik_training`` and the
+curvature backends called directly. It runs once in this project's environment and once in
+the cached laplace-torch environment (``laplace_torch_env.py``); entries whose values
+differ by more than ``--rtol`` (or whose shapes, dtypes, types or errors differ) are
+listed::
 
     .venv/bin/python benchmarks/laplace_torch_diff.py
 
@@ -24,388 +24,11 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _record(value: Any) -> Any:
-    """A JSON-able summary: tensors as shape, dtype and their first six values."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        value = value.detach()
-        return {"shape": list(value.shape), "dtype": str(value.dtype),
-                "values": [float(v) for v in value.flatten()[:6]]}
-    if isinstance(value, (tuple, list)):
-        return [_record(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return type(value).__name__
-
-
-def _before_fit(la: Any) -> dict[str, Callable[[], Any]]:
-    """The reads of an LA before ``fit``."""
-    return {"class": lambda: type(la).__name__,
-            "prior_precision before fit": lambda: la.prior_precision,
-            "sigma_noise before fit": lambda: la.sigma_noise}
-
-
-def _cases(la: Any, X: Any, classification: bool, all_weights: bool
-           ) -> dict[str, Callable[[], Any]]:
-    """The reads of one fitted LA (``X`` ``(n, 3)``), in the order they run."""
-    import torch
-
-    dt = X.dtype
-    cases: dict[str, Callable[[], Any]] = {
-        "n_params": lambda: la.n_params, "n_layers": lambda: la.n_layers,
-        "loss": lambda: la.loss, "n_data": lambda: la.n_data,
-        "log_likelihood": lambda: la.log_likelihood, "scatter": lambda: la.scatter,
-        "log_det_prior_precision": lambda: la.log_det_prior_precision,
-        "log_det_posterior_precision": lambda: la.log_det_posterior_precision,
-        "log_marginal_likelihood()": lambda: la.log_marginal_likelihood(),
-        "log_marginal_likelihood(0.5, σ)": lambda: la.log_marginal_likelihood(
-            torch.tensor(0.5, dtype=dt), None if classification else torch.tensor(0.7, dtype=dt)),
-        "prior_precision_diag": lambda: la.prior_precision_diag,
-        "la(x)": lambda: la(X[:3]),
-        "la(x, joint=True)": lambda: la(X[:3], joint=True),
-        "sample(4).shape": lambda: list(la.sample(4).shape),
-        "predictive_samples(x, 4).shape": lambda: list(la.predictive_samples(
-            X[:3], n_samples=4).shape),
-        "predictive_samples(x, nn, 4).shape": lambda: list(la.predictive_samples(
-            X[:3], pred_type="nn", n_samples=4).shape),
-        "type(posterior_precision)": lambda: type(la.posterior_precision).__name__,
-        "sorted(state_dict())": lambda: sorted(la.state_dict()),
-    }
-    if classification:
-        for link in ("probit", "bridge", "bridge_norm"):
-            cases[f"la(x, link_approx={link!r})"] = (
-                lambda link=link: la(X[:3], link_approx=link))
-    if all_weights:
-        cases["functional_variance(J)"] = lambda: la.functional_variance(
-            la.backend.jacobians(X[:2])[0])
-
-    def tuned(structure: str) -> Any:
-        la.optimize_prior_precision(n_steps=20, prior_structure=structure)
-        return la.prior_precision
-
-    cases["optimize_prior_precision(scalar)"] = lambda: tuned("scalar")
-    cases["optimize_prior_precision(layerwise)"] = lambda: tuned("layerwise")
-    return cases
-
-
-def probe() -> dict[str, Any]:
-    """``{"likelihood/subset/structure read": summary or "error: Type"}`` for whichever
-    ``laplace`` is importable."""
-    import torch
-    from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from laplace import Laplace
-
-    out: dict[str, Any] = {}
-
-    def read(key: str, fn: Callable[[], Any]) -> None:
-        try:
-            out[key] = _record(fn())
-        except Exception as e:  # noqa: BLE001 (the error's type is the observation)
-            out[key] = f"error: {type(e).__name__}"
-
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(24, 3, generator=g, dtype=torch.float64)
-    for likelihood in ("regression", "classification"):
-        k = 1 if likelihood == "regression" else 2
-        y = X.sin().sum(-1, keepdim=True) if k == 1 else (X[:, 0] > 0).long()
-        for subset in ("all", "last_layer"):
-            for structure in ("full", "kron", "diag"):
-                tag = f"{likelihood}/{subset}/{structure} "
-                torch.manual_seed(1)
-                model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, k)).double()
-                la = Laplace(model, likelihood, subset_of_weights=subset,
-                             hessian_structure=structure)
-                for name, fn in _before_fit(la).items():
-                    read(tag + name, fn)
-                la.fit(DataLoader(TensorDataset(X, y), batch_size=8))
-                for name, fn in _cases(la, X, k == 2, subset == "all").items():
-                    read(tag + name, fn)
-    for name, fn in _other_variants(X).items():
-        try:
-            reads = fn()
-        except Exception as e:  # noqa: BLE001
-            out[name] = f"error: {type(e).__name__}"
-            continue
-        out.update(reads if isinstance(reads, dict) else {name: _record(reads)})
-    return out
-
-
-def _other_variants(X: Any) -> dict[str, Callable[[], Any]]:
-    """Reads of the low-rank, function-space and subnetwork LAs, grid-search tuning and
-    ``marglik_training`` (regression, the same network and data)."""
-    import torch
-    from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from laplace import Laplace, marglik_training
-
-    y = X.sin().sum(-1, keepdim=True)
-
-    def loader() -> DataLoader:
-        return DataLoader(TensorDataset(X, y), batch_size=8)
-
-    def fitted(subset: str, structure: str, **kwargs: Any) -> Any:
-        torch.manual_seed(1)
-        model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1)).double()
-        la = Laplace(model, "regression", subset_of_weights=subset,
-                     hessian_structure=structure, **kwargs)
-        la.fit(loader())
-        return la
-
-    def reads(la: Any, name: str) -> dict[str, Any]:
-        return {f"{name} log_marginal_likelihood()": _record(la.log_marginal_likelihood()),
-                f"{name} la(x)": _record(la(X[:3])),
-                f"{name} la(x, joint=True)": _record(la(X[:3], joint=True))}
-
-    def gridsearch() -> Any:
-        la = fitted("all", "kron")
-        la.optimize_prior_precision(method="gridsearch", val_loader=loader(), grid_size=9)
-        return la.prior_precision
-
-    def trained() -> Any:
-        torch.manual_seed(1)
-        model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1)).double()
-        la, _, margliks, _ = marglik_training(model, loader(), likelihood="regression",
-                                              n_epochs=4, n_hypersteps=5)
-        return [la.prior_precision, la.sigma_noise, margliks[-1]]
-
-    def options() -> dict[str, Any]:
-        """Non-default constructor options, a two-output network and posterior reads."""
-        out: dict[str, Any] = {}
-        for name, kwargs in [("prior_mean=0.3", {"prior_mean": 0.3}),
-                             ("temperature=0.5", {"temperature": 0.5}),
-                             ("sigma_noise=0.3", {"sigma_noise": 0.3}),
-                             ("layerwise prior", {"prior_precision": torch.tensor(
-                                 [0.5, 1.0, 2.0, 4.0], dtype=X.dtype)})]:
-            for structure in ("full", "diag"):
-                la = fitted("all", structure, **kwargs)
-                out[f"{structure} {name} log_marginal_likelihood()"] = _record(
-                    la.log_marginal_likelihood())
-                out[f"{structure} {name} la(x)"] = _record(la(X[:3]))
-        la = fitted("all", "kron", damping=True)
-        out["kron damping=True log_marginal_likelihood()"] = _record(
-            la.log_marginal_likelihood())
-        la = fitted("all", "full")
-        out["full posterior_covariance"] = _record(la.posterior_covariance)
-        out["full log_prob(mean)"] = _record(la.log_prob(la.mean))
-        out["full log_prob(mean + 0.1, normalized=False)"] = _record(
-            la.log_prob(la.mean + 0.1, normalized=False))
-        out["full square_norm(mean + 0.1)"] = _record(la.square_norm(la.mean + 0.1))
-        out["diag posterior_variance"] = _record(fitted("all", "diag").posterior_variance)
-        torch.manual_seed(1)
-        two = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
-        la = Laplace(two, "regression", subset_of_weights="all", hessian_structure="kron")
-        la.fit(DataLoader(TensorDataset(X, torch.cat([y, X[:, :1]], -1)), batch_size=8))
-        out["two outputs kron log_marginal_likelihood()"] = _record(la.log_marginal_likelihood())
-        out["two outputs kron la(x)"] = _record(la(X[:3]))
-        out["two outputs kron la(x, joint=True)"] = _record(la(X[:3], joint=True))
-        return out
-
-    def classification() -> dict[str, Any]:
-        """Function-space classification, sampled predictives' shapes, grid search with
-        probit and a per-weight prior."""
-        c = (X[:, 0] > 0).long()
-        out: dict[str, Any] = {}
-
-        def classifier(subset: str, structure: str, **kwargs: Any) -> Any:
-            torch.manual_seed(1)
-            model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
-            la = Laplace(model, "classification", subset_of_weights=subset,
-                         hessian_structure=structure, **kwargs)
-            la.fit(DataLoader(TensorDataset(X, c), batch_size=8))
-            return la
-
-        la = classifier("all", "gp", n_subset=8)
-        out["classification gp la(x)"] = _record(la(X[:3]))
-        out["classification gp log_marginal_likelihood()"] = _record(
-            la.log_marginal_likelihood())
-        la = classifier("all", "kron")
-        out["classification kron la(x, mc).shape"] = list(
-            la(X[:3], link_approx="mc", n_samples=5).shape)
-        out["classification kron la(x, nn, mc).shape"] = list(
-            la(X[:3], pred_type="nn", link_approx="mc", n_samples=5).shape)
-        out["classification kron predictive_samples(x, 5).shape"] = list(
-            la.predictive_samples(X[:3], n_samples=5).shape)
-        la.optimize_prior_precision(method="gridsearch", grid_size=9, val_loader=DataLoader(
-            TensorDataset(X, c), batch_size=8))
-        out["classification kron gridsearch(probit)"] = _record(la.prior_precision)
-        la = classifier("all", "diag", prior_precision=torch.linspace(
-            0.5, 2.0, 32, dtype=X.dtype))  # 3·5 + 5 + 5·2 + 2 weights
-        out["classification diag per-weight prior log_marginal_likelihood()"] = _record(
-            la.log_marginal_likelihood())
-        return out
-
-    def reward_modeling() -> dict[str, Any]:
-        torch.manual_seed(1)
-        reward = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1),
-                               nn.Flatten(1)).double()  # (n, 2, 3) pairs -> (n, 2) rewards
-        la = Laplace(reward, "reward_modeling", subset_of_weights="all",
-                     hessian_structure="full")
-        pairs = torch.stack([X, X.flip(0)], 1)  # which item of each pair wins
-        la.fit(DataLoader(TensorDataset(pairs, (X[:, 0] > X.flip(0)[:, 0]).long()),
-                          batch_size=8))
-        return {"reward_modeling full log_marginal_likelihood()": _record(
-                    la.log_marginal_likelihood()),
-                "reward_modeling full la(x)": _record(la(X[:3]))}
-
-    def backends() -> dict[str, Any]:
-        """The curvature backends called directly (laplace-torch's backend API)."""
-        import laplace.curvature as curvature
-
-        out: dict[str, Any] = {}
-        for name in ("BackPackGGN", "CurvlinopsGGN", "AsdlGGN", "BackPackEF", "CurvlinopsEF",
-                     "AsdlEF"):
-            for call, fn in [
-                ("full", lambda b: b.full(X[:8], y[:8])),
-                ("diag", lambda b: b.diag(X[:8], y[:8])),
-                ("kron factors", lambda b: b.kron(X[:8], y[:8], N=24)[1].kfacs[0]),
-                ("kron loss", lambda b: b.kron(X[:8], y[:8], N=24)[0]),
-                ("jacobians", lambda b: b.jacobians(X[:4])),
-                ("gradients", lambda b: b.gradients(X[:4], y[:4])),
-            ]:
-                torch.manual_seed(1)  # a fresh backend per call (laplace-torch's keep state)
-                model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1)).double()
-                model.output_size = 1  # laplace-torch's backends read it (its fit sets it)
-                try:
-                    out[f"{name}.{call}"] = _record(fn(getattr(curvature, name)(model,
-                                                                                "regression")))
-                except Exception as e:  # noqa: BLE001
-                    out[f"{name}.{call}"] = f"error: {type(e).__name__}"
-        return out
-
-    def models() -> dict[str, Any]:
-        """Subnetwork masks, frozen weights, three classes, a named last layer before
-        ``fit`` and a sequence model read at its last position."""
-        from laplace.utils import LargestMagnitudeSubnetMask, ModuleNameSubnetMask
-
-        out: dict[str, Any] = {}
-
-        def put(key: str, fn: Callable[[], Any]) -> None:
-            try:
-                out[key] = _record(fn())
-            except Exception as e:  # noqa: BLE001
-                out[key] = f"error: {type(e).__name__}"
-
-        def net(k: int = 1) -> nn.Module:
-            torch.manual_seed(1)
-            return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, k)).double()
-
-        put("subnet mask LargestMagnitude(7)",
-            lambda: LargestMagnitudeSubnetMask(net(), 7).select())
-        put("subnet mask ModuleName(['2'])", lambda: ModuleNameSubnetMask(net(), ["2"]).select())
-
-        def fitted(model: nn.Module, likelihood: str, targets: Any, **kwargs: Any) -> Any:
-            la = Laplace(model, likelihood, hessian_structure="full", **kwargs)
-            la.fit(DataLoader(TensorDataset(X if X.shape[0] == len(targets) else
-                                            X.reshape(6, 4, 3), targets), batch_size=8))
-            return la
-
-        frozen = net()
-        frozen[0].weight.requires_grad_(False)
-        la = fitted(frozen, "regression", y, subset_of_weights="all")
-        put("frozen first weight n_params", lambda: la.n_params)
-        put("frozen first weight log_marginal_likelihood()", la.log_marginal_likelihood)
-        put("frozen first weight la(x)", lambda: la(X[:3]))
-        three = fitted(net(3), "classification", (X[:, 0] > 0).long() + (X[:, 1] > 0).long(),
-                       subset_of_weights="all")
-        put("three classes log_marginal_likelihood()", three.log_marginal_likelihood)
-        put("three classes la(x)", lambda: three(X[:3]))
-        named = Laplace(net(), "regression", subset_of_weights="last_layer",
-                        hessian_structure="full", last_layer_name="2")
-        put("named last layer before fit n_params", lambda: named.n_params)
-        put("named last layer before fit la(x)", lambda: named(X[:3]))
-
-        class LastPosition(nn.Module):  # (n, 4, 3) sequences; the head at every position
-            def __init__(self) -> None:
-                super().__init__()
-                torch.manual_seed(1)
-                self.body, self.head = nn.Linear(3, 5).double(), nn.Linear(5, 1).double()
-
-            def forward(self, x: Any) -> Any:
-                return self.head(torch.tanh(self.body(x)))[:, -1]  # (n, 1)
-
-        seq_y = X.reshape(6, 4, 3).sum((1, 2))[:, None]
-        put("feature_reduction=pick_last log_marginal_likelihood()",
-            lambda: fitted(LastPosition(), "regression", seq_y, subset_of_weights="last_layer",
-                           feature_reduction="pick_last").log_marginal_likelihood())
-        return out
-
-    def more() -> dict[str, Any]:
-        """A joint classification predictive, dict (Hugging Face-style) batches, a dropout
-        network and a classification ``marglik_training`` with a diagonal Hessian."""
-        out: dict[str, Any] = {}
-
-        def put(key: str, fn: Callable[[], Any]) -> None:
-            try:
-                out[key] = _record(fn())
-            except Exception as e:  # noqa: BLE001
-                out[key] = f"error: {type(e).__name__}"
-
-        c = (X[:, 0] > 0).long()
-
-        def net(k: int, *middle: nn.Module) -> nn.Module:
-            torch.manual_seed(1)
-            return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), *middle, nn.Linear(5, k)).double()
-
-        la = Laplace(net(2), "classification", subset_of_weights="all", hessian_structure="kron")
-        la.fit(DataLoader(TensorDataset(X, c), batch_size=8))
-        put("classification kron la(x, joint=True)", lambda: la(X[:3], joint=True))
-
-        class DictModel(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.net = net(1)
-
-            def forward(self, batch: Any) -> Any:
-                return self.net(batch["input_ids"])
-
-        rows = [{"input_ids": X[i], "labels": y[i]} for i in range(len(X))]
-        dict_la = Laplace(DictModel(), "regression", subset_of_weights="all",
-                          hessian_structure="full")
-        put("dict batches fit", lambda: dict_la.fit(DataLoader(rows, batch_size=8)))
-        put("dict batches log_marginal_likelihood()", dict_la.log_marginal_likelihood)
-        put("dict batches la(x)", lambda: dict_la({"input_ids": X[:3]}))
-        dropout = Laplace(net(1, nn.Dropout(0.3)), "regression", subset_of_weights="all",
-                          hessian_structure="full")
-        put("dropout network fit", lambda: dropout.fit(loader()))
-        put("dropout network log_marginal_likelihood()", dropout.log_marginal_likelihood)
-
-        def trained() -> Any:
-            lap, _, margliks, losses = marglik_training(
-                net(2), DataLoader(TensorDataset(X, c), batch_size=8),
-                likelihood="classification", hessian_structure="diag",
-                prior_structure="scalar", n_epochs=4, n_hypersteps=5)
-            return [lap.prior_precision, margliks[-1], losses[-1]]
-
-        put("marglik_training classification diag scalar (4 epochs)", trained)
-        return out
-
-    return {
-        "more": more,
-        "models": models,
-        "backends": backends,
-        "classification": classification,
-        "reward_modeling": reward_modeling,
-        "options": options,
-        "regression/all/lowrank": lambda: reads(fitted("all", "lowrank"), "lowrank"),
-        "regression/all/gp": lambda: reads(fitted("all", "gp", n_subset=8), "gp"),
-        "regression/last_layer/gp": lambda: reads(fitted("last_layer", "gp", n_subset=8),
-                                                  "gp(last layer)"),
-        "regression/subnetwork/full": lambda: reads(fitted(
-            "subnetwork", "full", subnetwork_indices=torch.arange(0, 26, 3)), "subnetwork"),
-        "regression/all/kron gridsearch": gridsearch,
-        "marglik_training(4 epochs)": trained,
-    }
+PROBE = Path(__file__).resolve().parent / "laplace_torch_probe.py"
 
 
 def _same(a: Any, b: Any, rtol: float) -> bool:
@@ -429,10 +52,10 @@ def compare(ours: dict[str, Any], theirs: dict[str, Any], rtol: float = 1e-3
 
 
 def _run_probe(python: str | Path) -> dict[str, Any]:
-    """``probe()`` in another interpreter, from a temporary folder (so that its own
-    installed ``laplace`` is imported, not this repository's)."""
+    """``laplace_torch_probe.probe()`` under ``python``, from a temporary folder (so that
+    its own installed ``laplace`` is imported, not this repository's)."""
     with tempfile.TemporaryDirectory() as cwd:
-        done = subprocess.run([str(python), str(Path(__file__).resolve()), "--probe"],
+        done = subprocess.run([str(python), str(PROBE)],
                               cwd=cwd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -461,13 +84,9 @@ def markdown(differences: list[dict[str, Any]], n_entries: int, versions: dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rtol", type=float, default=1e-3)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    if args.probe:
-        print(json.dumps(probe()))
-        return
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks.laplace_torch_env import ensure_laplace_torch_env
 

@@ -1,5 +1,6 @@
-"""``benchmarks/laplace_torch_diff.py``: the probe reads every variant, and ``compare``
-lists exactly the entries that differ (laplace-torch itself is not needed here)."""
+"""``benchmarks/laplace_torch_diff.py``: its probe (``laplace_torch_probe.py``) reads every
+variant, and ``compare`` lists exactly the entries that differ (laplace-torch itself is not
+needed here)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import laplace_torch_diff as diff  # noqa: E402
+from benchmarks import laplace_torch_probe  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ours() -> dict:
-    return diff.probe()
+    return laplace_torch_probe.probe()
 
 
 def test_the_probe_reads_every_variant_without_errors_here(ours) -> None:
