@@ -34,6 +34,20 @@ def _record(value: Any) -> Any:
     return type(value).__name__
 
 
+def _read_into(out: dict[str, Any], key: str, fn: Callable[[], Any]) -> None:
+    """``out[key]``: the summary of ``fn()``, or ``"error: Type"`` where it raises."""
+    try:
+        out[key] = _record(fn())
+    except Exception as e:  # noqa: BLE001 (the error's type is the observation)
+        out[key] = f"error: {type(e).__name__}"
+
+
+def _net(k: int = 1, *middle: nn.Module) -> nn.Module:
+    """The probe's 3-5-k tanh network (seed 1, float64), ``middle`` modules before its head."""
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), *middle, nn.Linear(5, k)).double()
+
+
 def _before_fit(la: Any) -> dict[str, Callable[[], Any]]:
     """The reads of an LA before ``fit``."""
     return {"class": lambda: type(la).__name__,
@@ -88,10 +102,7 @@ def probe() -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     def read(key: str, fn: Callable[[], Any]) -> None:
-        try:
-            out[key] = _record(fn())
-        except Exception as e:  # noqa: BLE001 (the error's type is the observation)
-            out[key] = f"error: {type(e).__name__}"
+        _read_into(out, key, fn)
 
     g = torch.Generator().manual_seed(0)
     X = torch.randn(24, 3, generator=g, dtype=torch.float64)
@@ -101,8 +112,7 @@ def probe() -> dict[str, Any]:
         for subset in ("all", "last_layer"):
             for structure in ("full", "kron", "diag"):
                 tag = f"{likelihood}/{subset}/{structure} "
-                torch.manual_seed(1)
-                model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, k)).double()
+                model = _net(k)
                 la = Laplace(model, likelihood, subset_of_weights=subset,
                              hessian_structure=structure)
                 for name, fn in _before_fit(la).items():
@@ -154,8 +164,7 @@ class _Problem:
 
     def fitted(self, subset: str, structure: str, **kwargs: Any) -> Any:
         """A regression LA of the 3-5-1 tanh network (seed 1), fitted."""
-        torch.manual_seed(1)
-        model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1)).double()
+        model = _net(1)
         la = Laplace(model, "regression", subset_of_weights=subset,
                      hessian_structure=structure, **kwargs)
         la.fit(self.loader())
@@ -177,8 +186,7 @@ def _gridsearch(p: _Problem) -> Any:
 
 def _trained(p: _Problem) -> Any:
     loader = p.loader
-    torch.manual_seed(1)
-    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1)).double()
+    model = _net(1)
     la, _, margliks, _ = marglik_training(model, loader(), likelihood="regression",
                                           n_epochs=4, n_hypersteps=5)
     return [la.prior_precision, la.sigma_noise, margliks[-1]]
@@ -208,8 +216,7 @@ def _options(p: _Problem) -> dict[str, Any]:
         la.log_prob(la.mean + 0.1, normalized=False))
     out["full square_norm(mean + 0.1)"] = _record(la.square_norm(la.mean + 0.1))
     out["diag posterior_variance"] = _record(fitted("all", "diag").posterior_variance)
-    torch.manual_seed(1)
-    two = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    two = _net(2)
     la = Laplace(two, "regression", subset_of_weights="all", hessian_structure="kron")
     la.fit(DataLoader(TensorDataset(X, torch.cat([y, X[:, :1]], -1)), batch_size=8))
     out["two outputs kron log_marginal_likelihood()"] = _record(la.log_marginal_likelihood())
@@ -226,8 +233,7 @@ def _classification(p: _Problem) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     def classifier(subset: str, structure: str, **kwargs: Any) -> Any:
-        torch.manual_seed(1)
-        model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+        model = _net(2)
         la = Laplace(model, "classification", subset_of_weights=subset,
                      hessian_structure=structure, **kwargs)
         la.fit(DataLoader(TensorDataset(X, c), batch_size=8))
@@ -285,34 +291,27 @@ def _backends(p: _Problem) -> dict[str, Any]:
             ("jacobians", lambda b: b.jacobians(X[:4])),
             ("gradients", lambda b: b.gradients(X[:4], y[:4])),
         ]:
-            torch.manual_seed(1)  # a fresh backend per call (laplace-torch's keep state)
-            model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1)).double()
+            model = _net(1)  # a fresh backend per call: laplace-torch's keep state
             model.output_size = 1  # laplace-torch's backends read it (its fit sets it)
-            try:
-                out[f"{name}.{call}"] = _record(fn(getattr(curvature, name)(model,
-                                                                            "regression")))
-            except Exception as e:  # noqa: BLE001
-                out[f"{name}.{call}"] = f"error: {type(e).__name__}"
+            _read_into(out, f"{name}.{call}",
+                       lambda fn=fn, model=model, name=name: fn(
+                           getattr(curvature, name)(model, "regression")))
     return out
 
 
 def _models(p: _Problem) -> dict[str, Any]:
     """Subnetwork masks, frozen weights, three classes, a named last layer before
     ``fit`` and a sequence model read at its last position."""
-    X, y = p.X, p.y
     from laplace.utils import LargestMagnitudeSubnetMask, ModuleNameSubnetMask
+
+    X, y = p.X, p.y
 
     out: dict[str, Any] = {}
 
     def put(key: str, fn: Callable[[], Any]) -> None:
-        try:
-            out[key] = _record(fn())
-        except Exception as e:  # noqa: BLE001
-            out[key] = f"error: {type(e).__name__}"
+        _read_into(out, key, fn)
 
-    def net(k: int = 1) -> nn.Module:
-        torch.manual_seed(1)
-        return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, k)).double()
+    net = _net
 
     put("subnet mask LargestMagnitude(7)",
         lambda: LargestMagnitudeSubnetMask(net(), 7).select())
@@ -362,16 +361,11 @@ def _more(p: _Problem) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     def put(key: str, fn: Callable[[], Any]) -> None:
-        try:
-            out[key] = _record(fn())
-        except Exception as e:  # noqa: BLE001
-            out[key] = f"error: {type(e).__name__}"
+        _read_into(out, key, fn)
 
     c = (X[:, 0] > 0).long()
 
-    def net(k: int, *middle: nn.Module) -> nn.Module:
-        torch.manual_seed(1)
-        return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), *middle, nn.Linear(5, k)).double()
+    net = _net
 
     la = Laplace(net(2), "classification", subset_of_weights="all", hessian_structure="kron")
     la.fit(DataLoader(TensorDataset(X, c), batch_size=8))
