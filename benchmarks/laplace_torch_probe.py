@@ -130,12 +130,34 @@ def probe() -> dict[str, Any]:
     return out
 
 
+def _gradients(p: _Problem) -> dict[str, Any]:
+    """Gradients of the GLM predictive w.r.t. the inputs (``enable_backprop=True``) and
+    functional-sample shapes."""
+    out: dict[str, Any] = {}
+    for subset, structure in [("all", "full"), ("all", "kron"), ("all", "diag"),
+                              ("last_layer", "kron"), ("last_layer", "full")]:
+        la = p.fitted(subset, structure, enable_backprop=True)
+        tag = f"enable_backprop {subset}/{structure}"
+
+        def gradient(la: Any = la) -> Any:
+            x = p.X[:3].clone().requires_grad_(True)
+            mean, var = la(x)
+            (mean.sum() + var.sum()).backward()
+            return x.grad
+
+        _read_into(out, f"{tag} d(mean + var)/dx", gradient)
+        _read_into(out, f"{tag} functional_samples(x, glm, 5).shape",
+                   lambda la=la: list(la.functional_samples(p.X[:3], "glm", n_samples=5).shape))
+    return out
+
+
 def _other_variants(X: Any) -> dict[str, Callable[[], Any]]:
     """Reads beyond the main grid: the low-rank, function-space and subnetwork LAs, tuning,
     ``marglik_training``, options, classification, reward modeling, the backends and more
     models, each group run (and failing) on its own."""
     p = _Problem(X)
     return {
+        "gradients": lambda: _gradients(p),
         "more": lambda: _more(p),
         "models": lambda: _models(p),
         "backends": lambda: _backends(p),
