@@ -151,12 +151,28 @@ def _gradients(p: _Problem) -> dict[str, Any]:
     return out
 
 
+def _float32(p: _Problem) -> dict[str, Any]:
+    """A float32 network and data: evidence, predictive and their dtypes."""
+    out: dict[str, Any] = {}
+    X, y = p.X.float(), p.y.float()
+    for subset, structure in [("all", "full"), ("all", "kron"), ("all", "diag"),
+                              ("last_layer", "kron")]:
+        la = Laplace(_net(1).float(), "regression", subset_of_weights=subset,
+                     hessian_structure=structure)
+        la.fit(DataLoader(TensorDataset(X, y), batch_size=8))
+        tag = f"float32 {subset}/{structure}"
+        _read_into(out, f"{tag} log_marginal_likelihood()", la.log_marginal_likelihood)
+        _read_into(out, f"{tag} la(x)", lambda la=la: la(X[:3]))
+    return out
+
+
 def _other_variants(X: Any) -> dict[str, Callable[[], Any]]:
     """Reads beyond the main grid: the low-rank, function-space and subnetwork LAs, tuning,
     ``marglik_training``, options, classification, reward modeling, the backends and more
     models, each group run (and failing) on its own."""
     p = _Problem(X)
     return {
+        "float32": lambda: _float32(p),
         "gradients": lambda: _gradients(p),
         "more": lambda: _more(p),
         "models": lambda: _models(p),
