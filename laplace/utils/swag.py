@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector
 
+from laplace.utils import checks
 from laplace.utils.data import inputs_to, split_batch
 
 
@@ -59,8 +60,7 @@ def fit_diagonal_swag_var(
         ``parameters_to_vector(model.parameters())`` (frozen parameters, which SGD
         does not move, get ``min_var``).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    checks.torch_module(model)
     if not callable(criterion):
         raise TypeError(f"criterion must be a callable loss such as nn.MSELoss(), got "
                         f"{criterion!r}.")
