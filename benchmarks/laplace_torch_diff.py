@@ -29,6 +29,7 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROBE = Path(__file__).resolve().parent / "laplace_torch_probe.py"
+STATES = Path(__file__).resolve().parent / "laplace_torch_states.py"
 
 
 def _same(a: Any, b: Any, rtol: float) -> bool:
@@ -58,6 +59,43 @@ def _run_probe(python: str | Path) -> dict[str, Any]:
         done = subprocess.run([str(python), str(PROBE)],
                               cwd=cwd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cross_load(python_a: str | Path, python_b: str | Path) -> dict[str, Any]:
+    """Each package's states loaded by the other (``laplace_torch_states.py``):
+    ``{"a states in b": {variant: read}, "b states in a": ...}``."""
+    with tempfile.TemporaryDirectory() as cwd:
+        for name, python in (("a", python_a), ("b", python_b)):
+            (Path(cwd) / name).mkdir()
+            subprocess.run([str(python), str(STATES), "save", name], cwd=cwd, check=True,
+                           capture_output=True)
+        return {f"{saver} states in {loader}": json.loads(subprocess.run(
+            [str(python), str(STATES), "load", saver], cwd=cwd, check=True,
+            capture_output=True, text=True).stdout.strip().splitlines()[-1])
+            for saver, loader, python in (("a", "b", python_b), ("b", "a", python_a))}
+
+
+def states_markdown(loads: dict[str, dict[str, Any]], rtol: float) -> str:
+    """A table: per variant and direction, loaded (evidence and predictive equal to the
+    saver's within ``rtol``), or the error."""
+    def cell(read: Any) -> str:
+        if isinstance(read, str):
+            return read
+        same = (abs(read["lml"] - read["lml_saved"]) <= rtol * abs(read["lml_saved"])
+                and read["predictive_max_abs_diff"] <= rtol)
+        return ("same" if same else "differs") + (
+            f" (evidence {read['lml']:.6g}, predictive ±{read['predictive_max_abs_diff']:.1e})")
+
+    directions = list(loads)
+    lines = ["## States across packages", "",
+             "Each package's `state_dict()` of every weight-space variant loaded by the other "
+             "(`laplace_torch_states.py`; a = this package, b = laplace-torch): the loaded LA's "
+             "evidence and GLM predictive against the saver's.", "",
+             "| variant | " + " | ".join(directions) + " |", "|---|" + "---|" * len(directions)]
+    for variant in loads[directions[0]]:
+        lines.append(f"| {variant} | " + " | ".join(cell(loads[d].get(variant))
+                                                    for d in directions) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(differences: list[dict[str, Any]], n_entries: int, versions: dict[str, str],
@@ -93,14 +131,17 @@ def main() -> None:
     lt_python, versions = ensure_laplace_torch_env()
     ours, theirs = _run_probe(sys.executable), _run_probe(lt_python)
     differences = compare(ours, theirs, args.rtol)
+    loads = cross_load(sys.executable, lt_python)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
-    text = markdown(differences, len(theirs), versions, args.rtol, commit)
+    text = (markdown(differences, len(theirs), versions, args.rtol, commit) + "\n"
+            + states_markdown(loads, args.rtol))
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "laplace_torch_diff.md").write_text(text)
     (RESULTS / "laplace_torch_diff.json").write_text(json.dumps(
         {"commit": commit, "versions": versions, "rtol": args.rtol, "differences": differences,
+         "states_across_packages": loads,
          "ours": ours, "laplace_torch": theirs}, indent=1))
 
 

@@ -46,3 +46,27 @@ def test_compare_lists_only_what_differs(ours) -> None:
     assert [d["key"] for d in found] == ["classification/all/kron n_params"]
     text = diff.markdown(found, len(theirs), {"laplace-torch": "0.3"}, 1e-3)
     assert "1 differ" in text and "error: ValueError" in text
+
+
+def test_states_round_trip_here_and_the_table_says_so(tmp_path) -> None:
+    """``laplace_torch_states``: this package's saved states of every weight-space variant
+    load here with the saver's evidence and predictive, and the table marks a read that
+    is off (or an error) as such."""
+    from benchmarks import laplace_torch_states as states
+
+    states.save(tmp_path)
+    loaded = states.load(tmp_path)
+    assert sorted(loaded) == sorted("/".join(v) for v in states.VARIANTS)
+    for read in loaded.values():
+        assert read["lml"] == pytest.approx(read["lml_saved"], rel=1e-12)
+        assert read["predictive_max_abs_diff"] <= 1e-12
+    kron = loaded["regression/all/kron"]
+    off = dict(loaded, **{"regression/all/full": "error: RuntimeError",
+                          "regression/all/kron": dict(kron, lml=kron["lml"] + 1)})
+    text = diff.states_markdown({"a states in b": off, "b states in a": loaded}, 1e-3)
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()
+            if line.startswith("| regression/") or line.startswith("| classification/")}
+    assert len(rows) == 12
+    assert "error: RuntimeError" in rows["regression/all/full"]
+    assert "| differs" in rows["regression/all/kron"]
+    assert rows["regression/all/diag"].count("same") == 2

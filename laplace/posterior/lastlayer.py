@@ -110,6 +110,7 @@ class LastLayerMixin:
         """Find the last layer on the first batch (if not known), check the deferred
         priors against it; returns that batch's inputs."""
         X = _first_inputs(train_loader, self)
+        self._layer_probe = _first_row(X)
         if self.model.last_layer is None:
             self.model.find_last_layer(X)
         deferred = self.__dict__.pop("_deferred_priors", {})
@@ -192,6 +193,8 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
         checks.torch_module(model)
         model = distributed_fit.unwrap_parallel(model)
         extractor = FeatureExtractor(model, last_layer_name, enable_backprop, feature_reduction)
+        self._last_layer_name = last_layer_name  # the argument, as laplace-torch keeps it
+        self._layer_probe: Inputs | None = None  # one input row the layer is found on
         self._constructing = True
         try:
             super().__init__(extractor, likelihood, *args, **kwargs)
@@ -325,8 +328,13 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
         return out
 
     def state_dict(self) -> dict[str, Any]:
+        """The parametric state plus the layer's name, and the two keys laplace-torch 0.3
+        loads a last-layer state by: ``_last_layer_name`` (the constructor's argument) and
+        ``data``, an input batch the layer is found on (here one row, ``(X[:1], None)``)."""
         state = super().state_dict()
         state["last_layer_name"] = self.model.last_layer_name
+        state["_last_layer_name"] = self._last_layer_name
+        state["data"] = None if self._layer_probe is None else (self._layer_probe, None)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -335,12 +343,21 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
         checks.state_keys(state_dict, ("cls_name",), type(self).__name__)
         name = state_dict.get("last_layer_name")
         data = state_dict.get("data")
-        if name is None and self.model.last_layer is None and data is not None:
-            X = data[0] if isinstance(data, (list, tuple)) else data
+        X = data[0] if isinstance(data, (list, tuple)) else data
+        if name is None and self.model.last_layer is None and X is not None:
             self.model.find_last_layer(inputs_to(X, self._device))
             name = self.model.last_layer_name
         self._set_layer_from_state(name)
         super().load_state_dict(state_dict)
+        self._layer_probe = None if X is None else _first_row(inputs_to(X, self._device))
+
+
+def _first_row(X: Inputs) -> Inputs:
+    """A detached copy of the first row of ``X`` (a tensor or a dict of them), which does
+    not keep the batch alive."""
+    if isinstance(X, Tensor):
+        return X[:1].detach().clone()
+    return {k: v[:1].detach().clone() if isinstance(v, Tensor) else v for k, v in X.items()}
 
 
 def _first_inputs(loader: Any, la: Any) -> Inputs:

@@ -53,3 +53,53 @@ def test_a_laplace_torch_function_space_state_is_named():
     la = FunctionalLaplace(model, "regression", n_subset=30)
     with pytest.raises(ValueError, match="function-space state saved by laplace-torch"):
         la.load_state_dict(state)
+
+
+@pytest.mark.parametrize("structure", ("full", "kron", "diag"))
+def test_a_last_layer_state_carries_what_laplace_torch_loads_it_by(structure):
+    """laplace-torch 0.3 loads a last-layer state by ``_last_layer_name`` (the constructor's
+    argument, compared with its own) and ``data`` (a batch whose ``data[0][:1]`` finds the
+    layer). Ours carries both: ``data`` is one input row, a copy that does not keep the
+    batch alive, and a loader that knows only ``data`` (laplace-torch's rule: the name
+    removed) finds the same layer and gives the same predictive."""
+    torch.manual_seed(0)
+    X, y = torch.randn(20, 2, dtype=torch.float64), torch.randn(20, 2, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2)).double()
+    la = Laplace(model, "regression", "last_layer", structure)
+    la.fit(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=8))
+    state = la.state_dict()
+    assert state["_last_layer_name"] is None
+    probe, labels = state["data"]
+    assert labels is None
+    torch.testing.assert_close(probe, X[:1], rtol=0, atol=0)
+    assert probe.untyped_storage().data_ptr() != X.untyped_storage().data_ptr()
+    del state["last_layer_name"]  # what laplace-torch's loader reads: data and the rest
+    fresh = Laplace(model, "regression", "last_layer", structure)
+    fresh.load_state_dict(state)
+    assert fresh.model.last_layer_name == "2"
+    for a, b in zip(fresh(X[:4]), la(X[:4])):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    again = fresh.state_dict()  # the loaded LA saves the same row again
+    torch.testing.assert_close(again["data"][0], X[:1], rtol=0, atol=0)
+
+
+def test_a_named_last_layer_state_keeps_the_argument_and_a_dict_row():
+    """With ``last_layer_name`` given, ``_last_layer_name`` is that argument (laplace-torch
+    compares it with its own LA's); with dict batches ``data`` is a dict of one row."""
+
+    class DictModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+
+        def forward(self, batch):
+            return self.net(batch["input_ids"])
+
+    torch.manual_seed(0)
+    X, y = torch.randn(12, 2, dtype=torch.float64), torch.randn(12, 1, dtype=torch.float64)
+    rows = [{"input_ids": X[i], "labels": y[i]} for i in range(12)]
+    la = Laplace(DictModel(), "regression", "last_layer", "diag", last_layer_name="net.2")
+    la.fit(torch.utils.data.DataLoader(rows, batch_size=4))
+    state = la.state_dict()
+    assert state["_last_layer_name"] == "net.2"
+    torch.testing.assert_close(state["data"][0]["input_ids"], X[:1], rtol=0, atol=0)
