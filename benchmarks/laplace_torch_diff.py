@@ -5,10 +5,11 @@ and Hessian structure (full, Kronecker, diagonal) of a small float64 network on 
 and classification data, and many further variants, and records what a user reads:
 defaults, the evidence terms, the log marginal likelihood with and without arguments, the
 predictives, sample shapes, the state's keys, tuning, ``marglik_training`` and the
-curvature backends called directly. It runs once in this project's environment and once in
-the cached laplace-torch environment (``laplace_torch_env.py``); entries whose values
-differ by more than ``--rtol`` (or whose shapes, dtypes, types or errors differ) are
-listed::
+curvature backends, called directly and named in ``Laplace``. It runs once in this
+project's environment and once in the cached laplace-torch environment
+(``laplace_torch_env.py``); entries whose values differ by more than ``--rtol`` (or whose
+shapes, dtypes, types or errors differ) are listed, and a second table loads each package's
+saved states into the other (``laplace_torch_states.py``)::
 
     .venv/bin/python benchmarks/laplace_torch_diff.py
 

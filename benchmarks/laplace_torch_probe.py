@@ -180,6 +180,9 @@ def _other_variants(X: Any) -> dict[str, Callable[[], Any]]:
         "classification": lambda: _classification(p),
         "reward_modeling": lambda: _reward_modeling(p),
         "options": lambda: _options(p),
+        "fit backends": lambda: _fit_backends(p),
+        "marglik_training options": lambda: _marglik_options(p),
+        "tuning options": lambda: _tuning_options(p),
         "regression/all/lowrank": lambda: p.reads(p.fitted("all", "lowrank"), "lowrank"),
         "regression/all/gp": lambda: p.reads(p.fitted("all", "gp", n_subset=8), "gp"),
         "regression/last_layer/gp": lambda: p.reads(
@@ -334,6 +337,75 @@ def _backends(p: _Problem) -> dict[str, Any]:
             _read_into(out, f"{name}.{call}",
                        lambda fn=fn, model=model, name=name: fn(
                            getattr(curvature, name)(model, "regression")))
+    return out
+
+
+def _fit_backends(p: _Problem) -> dict[str, Any]:
+    """Each curvature backend named in ``Laplace(..., backend=...)``: the evidence of the
+    fitted LA for regression and classification, every structure over all weights and a
+    full last layer."""
+    import laplace.curvature as curvature
+
+    X, out = p.X, {}
+    for likelihood, targets, k in (("regression", p.y, 1),
+                                   ("classification", (X[:, 0] > 0).long(), 2)):
+        for name in ("BackPackGGN", "BackPackEF", "CurvlinopsGGN", "CurvlinopsEF",
+                     "CurvlinopsHessian", "AsdlGGN", "AsdlEF", "AsdlHessian"):
+            for subset, structure in (("all", "full"), ("all", "kron"), ("all", "diag"),
+                                      ("last_layer", "full")):
+                def evidence(name: str = name, subset: str = subset,
+                             structure: str = structure, likelihood: str = likelihood,
+                             targets: Any = targets, k: int = k) -> Any:
+                    la = Laplace(_net(k), likelihood, subset_of_weights=subset,
+                                 hessian_structure=structure,
+                                 backend=getattr(curvature, name))
+                    la.fit(DataLoader(TensorDataset(X, targets), batch_size=8))
+                    return la.log_marginal_likelihood()
+
+                _read_into(out, f"backend={name} {likelihood}/{subset}/{structure} "
+                                "log_marginal_likelihood()", evidence)
+    return out
+
+
+def _marglik_options(p: _Problem) -> dict[str, Any]:
+    """``marglik_training`` with layerwise and diagonal priors over three structures, a
+    fixed noise and a temperature (3 epochs each)."""
+    out: dict[str, Any] = {}
+    for prior, structure, extra in (("layerwise", "kron", {}), ("layerwise", "diag", {}),
+                                    ("diag", "full", {}), ("diag", "diag", {}),
+                                    ("scalar", "full", {"fix_sigma_noise": True}),
+                                    ("scalar", "diag", {"temperature": 0.5})):
+        def trained(prior: str = prior, structure: str = structure,
+                    extra: dict[str, Any] = extra) -> Any:
+            la, _, margliks, losses = marglik_training(
+                _net(1), p.loader(), likelihood="regression", hessian_structure=structure,
+                prior_structure=prior, n_epochs=3, n_hypersteps=5, **extra)
+            return [la.prior_precision, la.sigma_noise, margliks[-1], losses[-1]]
+
+        _read_into(out, f"marglik_training {prior} prior, {structure}, {sorted(extra)}",
+                   trained)
+    return out
+
+
+def _tuning_options(p: _Problem) -> dict[str, Any]:
+    """``optimize_prior_precision``: a per-weight (diag) prior by the evidence, its initial
+    value and learning rate, and grid search by a given loss and grid."""
+    out: dict[str, Any] = {}
+
+    def tuned(structure: str, **kwargs: Any) -> Any:
+        la = p.fitted("all", structure)
+        la.optimize_prior_precision(**kwargs)
+        return la.prior_precision
+
+    for structure in ("full", "diag"):
+        _read_into(out, f"{structure} optimize_prior_precision(diag, 20 steps)",
+                   lambda s=structure: tuned(s, prior_structure="diag", n_steps=20))
+    _read_into(out, "full optimize_prior_precision(init 3.0, lr 0.5, 15 steps)",
+               lambda: tuned("full", init_prior_prec=3.0, lr=0.5, n_steps=15))
+    _read_into(out, "kron gridsearch(loss=MSE-like, log_prior_prec 5 points)", lambda: tuned(
+        "kron", method="gridsearch", val_loader=p.loader(),
+        log_prior_prec_min=-2, log_prior_prec_max=2, grid_size=5,
+        loss=lambda f, y: ((f - y) ** 2).mean()))
     return out
 
 

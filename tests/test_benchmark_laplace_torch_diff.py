@@ -27,9 +27,32 @@ def test_the_probe_reads_every_variant_without_errors_here(ours) -> None:
         assert f"{other} log_marginal_likelihood()" in ours
     assert "marglik_training(4 epochs)" in ours
     errors = {k: v for k, v in ours.items() if isinstance(v, str) and v.startswith("error")}
-    # BackPACK has no Kronecker-factored empirical Fisher (laplace-torch raises the same)
+    # BackPACK has no Kronecker-factored empirical Fisher (laplace-torch raises the same);
+    # the loss Hessian over all weights of the probe's regression network is indefinite,
+    # so its evidence is refused by name (laplace-torch's is meaningless)
+    indefinite = {f"backend={b} regression/all/{s} log_marginal_likelihood()":
+                  "error: NotPositiveDefiniteError"
+                  for b, s in (("CurvlinopsHessian", "full"), ("AsdlHessian", "full"),
+                               ("AsdlHessian", "diag"))}
+    hessian_classification = {
+        f"backend={b} classification/all/full log_marginal_likelihood()":
+        "error: NotPositiveDefiniteError" for b in ("CurvlinopsHessian", "AsdlHessian")}
+    # structures that neither package's backend implements (laplace-torch raises the same)
+    missing = {f"backend={b} {lik}/all/{s} log_marginal_likelihood()":
+               "error: NotImplementedError"
+               for lik in ("regression", "classification")
+               for b, s in (("BackPackEF", "kron"), ("CurvlinopsHessian", "kron"),
+                            ("CurvlinopsHessian", "diag"), ("AsdlHessian", "kron"))}
     assert errors == {"BackPackEF.kron factors": "error: NotImplementedError",
-                      "BackPackEF.kron loss": "error: NotImplementedError"}
+                      "BackPackEF.kron loss": "error: NotImplementedError",
+                      **indefinite, **hessian_classification, **missing}
+    backends = {k: v for k, v in ours.items() if k.startswith("backend=")}
+    assert len(backends) == 2 * 8 * 4  # likelihoods × backends × (subset, structure)
+    ggn = backends["backend=BackPackGGN regression/last_layer/full log_marginal_likelihood()"]
+    for name in ("CurvlinopsGGN", "AsdlGGN", "CurvlinopsHessian", "AsdlHessian"):
+        # the last layer enters linearly: its loss Hessian is the GGN in every backend
+        other = backends[f"backend={name} regression/last_layer/full log_marginal_likelihood()"]
+        assert other["values"] == pytest.approx(ggn["values"], rel=1e-10)
     lml = ours["regression/all/full log_marginal_likelihood()"]
     assert lml["shape"] == [] and lml["dtype"] == "torch.float64"
 
