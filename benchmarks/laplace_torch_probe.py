@@ -183,6 +183,7 @@ def _other_variants(X: Any) -> dict[str, Callable[[], Any]]:
         "fit backends": lambda: _fit_backends(p),
         "marglik_training options": lambda: _marglik_options(p),
         "tuning options": lambda: _tuning_options(p),
+        "predictive options": lambda: _predictive_options(p),
         "regression/all/lowrank": lambda: p.reads(p.fitted("all", "lowrank"), "lowrank"),
         "regression/all/gp": lambda: p.reads(p.fitted("all", "gp", n_subset=8), "gp"),
         "regression/last_layer/gp": lambda: p.reads(
@@ -406,6 +407,49 @@ def _tuning_options(p: _Problem) -> dict[str, Any]:
         "kron", method="gridsearch", val_loader=p.loader(),
         log_prior_prec_min=-2, log_prior_prec_max=2, grid_size=5,
         loss=lambda f, y: ((f - y) ** 2).mean()))
+    return out
+
+
+def _predictive_options(p: _Problem) -> dict[str, Any]:
+    """The predictive's options on a two-output regression (``diagonal_output``,
+    ``fitting``, NN sampling with a generator, sample shapes), a classifier's Monte Carlo
+    link with a generator, and the function-space LA's output and kernel options."""
+    X, y = p.X, p.y
+    two = torch.cat([y, X[:, :1]], -1)
+    out: dict[str, Any] = {}
+
+    def put(key: str, fn: Callable[[], Any]) -> None:
+        _read_into(out, key, fn)
+
+    for structure in ("full", "kron", "diag"):
+        la = Laplace(_net(2), "regression", subset_of_weights="all", hessian_structure=structure)
+        la.fit(DataLoader(TensorDataset(X, two), batch_size=8))
+        tag = f"two outputs {structure} "
+        put(tag + "la(x, diagonal_output=True)", lambda la=la: la(X[:3], diagonal_output=True))
+        put(tag + "la(x, fitting=True)", lambda la=la: la(X[:3], fitting=True))
+        put(tag + "la(x, nn, 7 samples).shape", lambda la=la: [list(t.shape) for t in la(
+            X[:3], pred_type="nn", link_approx="mc", n_samples=7,
+            generator=torch.Generator().manual_seed(0))])
+        put(tag + "predictive_samples(x, 5, diagonal_output=True).shape",
+            lambda la=la: list(la.predictive_samples(X[:3], n_samples=5,
+                                                     diagonal_output=True).shape))
+    c = (X[:, 0] > 0).long()
+    la = Laplace(_net(2), "classification", subset_of_weights="all", hessian_structure="full")
+    la.fit(DataLoader(TensorDataset(X, c), batch_size=8))
+    put("classification full la(x, mc, 9 samples, generator).shape", lambda: list(la(
+        X[:3], link_approx="mc", n_samples=9, generator=torch.Generator().manual_seed(0)).shape))
+    put("classification full la(x, fitting=True)", lambda: la(X[:3], fitting=True))
+    put("classification full la(x, diagonal_output=True)", lambda: la(X[:3],
+                                                                      diagonal_output=True))
+    for name, kwargs in (("independent_outputs", {"independent_outputs": True}),
+                         ("diagonal_kernel", {"diagonal_kernel": True})):
+        def functional(kwargs: dict[str, Any] = kwargs) -> Any:
+            fla = Laplace(_net(2), "regression", subset_of_weights="all",
+                          hessian_structure="gp", n_subset=8, **kwargs)
+            fla.fit(DataLoader(TensorDataset(X, two), batch_size=8))
+            return [*fla(X[:3]), fla.log_marginal_likelihood()]
+
+        put(f"two outputs gp {name} la(x), log_marginal_likelihood()", functional)
     return out
 
 
