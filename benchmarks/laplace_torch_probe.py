@@ -184,6 +184,7 @@ def _other_variants(X: Any) -> dict[str, Callable[[], Any]]:
         "marglik_training options": lambda: _marglik_options(p),
         "tuning options": lambda: _tuning_options(p),
         "predictive options": lambda: _predictive_options(p),
+        "fits and posteriors": lambda: _fits_and_posteriors(p),
         "regression/all/lowrank": lambda: p.reads(p.fitted("all", "lowrank"), "lowrank"),
         "regression/all/gp": lambda: p.reads(p.fitted("all", "gp", n_subset=8), "gp"),
         "regression/last_layer/gp": lambda: p.reads(
@@ -372,10 +373,20 @@ def _marglik_options(p: _Problem) -> dict[str, Any]:
     """``marglik_training`` with layerwise and diagonal priors over three structures, a
     fixed noise and a temperature (3 epochs each)."""
     out: dict[str, Any] = {}
-    for prior, structure, extra in (("layerwise", "kron", {}), ("layerwise", "diag", {}),
-                                    ("diag", "full", {}), ("diag", "diag", {}),
-                                    ("scalar", "full", {"fix_sigma_noise": True}),
-                                    ("scalar", "diag", {"temperature": 0.5})):
+    import laplace.curvature as curvature
+
+    for prior, structure, extra in (
+            ("layerwise", "kron", {}), ("layerwise", "diag", {}), ("diag", "full", {}),
+            ("diag", "diag", {}), ("scalar", "full", {"fix_sigma_noise": True}),
+            ("scalar", "diag", {"temperature": 0.5}),
+            ("scalar", "full", {"n_epochs_burnin": 1, "marglik_frequency": 2}),
+            ("scalar", "full", {"prior_prec_init": 3.0, "sigma_noise_init": 0.5}),
+            ("layerwise", "full", {"backend": curvature.BackPackGGN}),
+            ("layerwise", "diag", {"backend": curvature.CurvlinopsGGN}),
+            ("scalar", "full", {"optimizer_cls": torch.optim.SGD,
+                                "optimizer_kwargs": {"lr": 0.05}}),
+            ("scalar", "full", {"scheduler_cls": torch.optim.lr_scheduler.StepLR,
+                                "scheduler_kwargs": {"step_size": 1, "gamma": 0.5}})):
         def trained(prior: str = prior, structure: str = structure,
                     extra: dict[str, Any] = extra) -> Any:
             la, _, margliks, losses = marglik_training(
@@ -450,6 +461,58 @@ def _predictive_options(p: _Problem) -> dict[str, Any]:
             return [*fla(X[:3]), fla.log_marginal_likelihood()]
 
         put(f"two outputs gp {name} la(x), log_marginal_likelihood()", functional)
+    return out
+
+
+def _fits_and_posteriors(p: _Problem) -> dict[str, Any]:
+    """A second ``fit(override=False)`` on the same data, the posterior's matrices of the
+    Kronecker and diagonal LAs, a layerwise Kronecker prior, a diagonal subnetwork and the
+    last layer read at the first or the average position of a sequence."""
+    X = p.X
+    out: dict[str, Any] = {}
+
+    def put(key: str, fn: Callable[[], Any]) -> None:
+        _read_into(out, key, fn)
+
+    for structure in ("full", "kron", "diag"):
+        def twice(structure: str = structure) -> Any:
+            la = p.fitted("all", structure)
+            la.fit(p.loader(), override=False)
+            return [la.n_data, la.log_marginal_likelihood(), la(X[:3])]
+
+        put(f"{structure} fit twice (override=False)", twice)
+    kron = p.fitted("all", "kron", prior_precision=torch.tensor([0.5, 1.0, 2.0, 4.0],
+                                                                 dtype=X.dtype))
+    put("kron layerwise prior prior_precision_diag", lambda: kron.prior_precision_diag)
+    put("kron layerwise prior log_det_ratio", lambda: kron.log_det_ratio)
+    put("kron layerwise prior posterior_precision.to_matrix()",
+        lambda: kron.posterior_precision.to_matrix())
+    put("kron layerwise prior la(x)", lambda: kron(X[:3]))
+    diag = p.fitted("all", "diag")
+    put("diag posterior_precision", lambda: diag.posterior_precision)
+    put("diag posterior_scale", lambda: diag.posterior_scale)
+    put("subnetwork diag log_marginal_likelihood()", lambda: p.fitted(
+        "subnetwork", "diag", subnetwork_indices=torch.arange(0, 26, 3)
+    ).log_marginal_likelihood())
+
+    class Positions(nn.Module):  # (n, 4, 3) sequences; the head at every position
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(1)
+            self.body, self.head = nn.Linear(3, 5).double(), nn.Linear(5, 1).double()
+
+        def forward(self, x: Any) -> Any:
+            return self.head(torch.tanh(self.body(x))).mean(1)  # (n, 1)
+
+    seqs = X.reshape(6, 4, 3)
+    for reduction in ("pick_first", "average"):
+        def reduced(reduction: str = reduction) -> Any:
+            la = Laplace(Positions(), "regression", subset_of_weights="last_layer",
+                         hessian_structure="full", feature_reduction=reduction)
+            la.fit(DataLoader(TensorDataset(seqs, seqs.sum((1, 2))[:, None]), batch_size=3))
+            return [la.log_marginal_likelihood(), la(seqs[:2])]
+
+        put(f"feature_reduction={reduction} log_marginal_likelihood(), la(x)", reduced)
     return out
 
 
