@@ -48,6 +48,20 @@ def _net(k: int = 1, *middle: nn.Module) -> nn.Module:
     return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), *middle, nn.Linear(5, k)).double()
 
 
+class _Positions(nn.Module):
+    """A sequence model: ``(n, 4, 3)`` inputs, the 3-5-1 head at every position (seed 1),
+    its outputs read at the last position or averaged over them: ``(n, 1)``."""
+
+    def __init__(self, pool: str) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.body, self.head, self.pool = nn.Linear(3, 5).double(), nn.Linear(5, 1).double(), pool
+
+    def forward(self, x: Any) -> Any:
+        out = self.head(torch.tanh(self.body(x)))
+        return out[:, -1] if self.pool == "last" else out.mean(1)
+
+
 def _before_fit(la: Any) -> dict[str, Callable[[], Any]]:
     """The reads of an LA before ``fit``."""
     return {"class": lambda: type(la).__name__,
@@ -495,19 +509,10 @@ def _fits_and_posteriors(p: _Problem) -> dict[str, Any]:
         "subnetwork", "diag", subnetwork_indices=torch.arange(0, 26, 3)
     ).log_marginal_likelihood())
 
-    class Positions(nn.Module):  # (n, 4, 3) sequences; the head at every position
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(1)
-            self.body, self.head = nn.Linear(3, 5).double(), nn.Linear(5, 1).double()
-
-        def forward(self, x: Any) -> Any:
-            return self.head(torch.tanh(self.body(x))).mean(1)  # (n, 1)
-
     seqs = X.reshape(6, 4, 3)
     for reduction in ("pick_first", "average"):
         def reduced(reduction: str = reduction) -> Any:
-            la = Laplace(Positions(), "regression", subset_of_weights="last_layer",
+            la = Laplace(_Positions("average"), "regression", subset_of_weights="last_layer",
                          hessian_structure="full", feature_reduction=reduction)
             la.fit(DataLoader(TensorDataset(seqs, seqs.sum((1, 2))[:, None]), batch_size=3))
             return [la.log_marginal_likelihood(), la(seqs[:2])]
@@ -555,18 +560,9 @@ def _models(p: _Problem) -> dict[str, Any]:
     put("named last layer before fit n_params", lambda: named.n_params)
     put("named last layer before fit la(x)", lambda: named(X[:3]))
 
-    class LastPosition(nn.Module):  # (n, 4, 3) sequences; the head at every position
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(1)
-            self.body, self.head = nn.Linear(3, 5).double(), nn.Linear(5, 1).double()
-
-        def forward(self, x: Any) -> Any:
-            return self.head(torch.tanh(self.body(x)))[:, -1]  # (n, 1)
-
     seq_y = X.reshape(6, 4, 3).sum((1, 2))[:, None]
     put("feature_reduction=pick_last log_marginal_likelihood()",
-        lambda: fitted(LastPosition(), "regression", seq_y, subset_of_weights="last_layer",
+        lambda: fitted(_Positions("last"), "regression", seq_y, subset_of_weights="last_layer",
                        feature_reduction="pick_last").log_marginal_likelihood())
     return out
 
