@@ -283,8 +283,9 @@ class _LinearizedModel(Model, FantasizeMixin):
         validation.check_finite("Y", Y)
         validation.check_non_negative("noise", noise)
         if Y.ndim < 2 or Y.shape[-2] != X.shape[-2] or Y.shape[-1] != self.num_outputs:
-            raise ValueError(f"Y must have shape (*batch, {X.shape[-2]}, {self.num_outputs}) to "
-                             f"match X {tuple(X.shape)}; got {tuple(Y.shape)}.")
+            raise validation.TensorShapeError(
+                f"Y must have shape (*batch, {X.shape[-2]}, {self.num_outputs}) to match X "
+                f"{tuple(X.shape)}; got {tuple(Y.shape)}.")
         train_X = self._train_X
         if X.ndim == 2:
             train_X = torch.cat([train_X, X.to(train_X)], dim=0)

@@ -19,7 +19,8 @@ broadcast with the batch dimensions of ``X`` ``(*batch, q, d)``, aligned on the 
 (``PathwiseThompsonSampling`` gives each of ``q`` points its own sample this way); a
 path returns ``(*b, q)`` for one output and, for ``k`` outputs, ``(*b, k, q)`` with the
 outputs on the last batch dimension, which must be 1 or ``k`` in ``X`` (BoTorch's
-``MatheronPathModel`` inserts it), as for a batched multi-output GP.
+``MatheronPathModel`` inserts it; a ``(q, d)`` ``X`` is read as ``(1, q, d)``), as for a
+batched multi-output GP.
 """
 
 from __future__ import annotations
@@ -61,9 +62,11 @@ class LinearizedSamplePath(SamplePath):
         validation.check_query("X", X, model._train_X.shape[-1])
         idx = model._outputs
         k = len(idx)
-        if k > 1 and (X.ndim < 3 or X.shape[-3] not in (1, k)):
+        if k > 1 and X.ndim == 2:  # one set of q points for every output, as a GP's path
+            X = X.unsqueeze(-3)
+        if k > 1 and X.shape[-3] not in (1, k):
             raise ValueError(f"A path of a model with {k} outputs takes X of shape "
-                             f"(*batch, 1 or {k}, q, d), the outputs on the last batch "
+                             f"(q, d) or (*batch, 1 or {k}, q, d), the outputs on the last batch "
                              f"dimension (as BoTorch's MatheronPathModel passes it); got "
                              f"{tuple(X.shape)}.")
         X_tf = model._transform_query(X)  # q points → q' (``InputPerturbation``: q·n_w)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from botorch.exceptions.errors import UnsupportedError
+from botorch.exceptions.errors import BotorchTensorDimensionError, UnsupportedError
 from botorch.exceptions.warnings import InputDataWarning
 from botorch.models.transforms.input import AppendFeatures, InputTransform
 from botorch.models.transforms.outcome import OutcomeTransform
@@ -89,10 +89,16 @@ def check_training_data(train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | N
     check_non_negative("train_Yvar", train_Yvar)
 
 
+class TensorShapeError(BotorchTensorDimensionError, ValueError):
+    """A tensor of the wrong shape: BoTorch's ``BotorchTensorDimensionError`` (which its
+    models raise for such inputs) and a ``ValueError`` (which this package raised before)."""
+
+
 def check_query(name: str, X: Tensor, d: int) -> None:
     """A query ``(*b, q, d)``: at least one point, ``d`` features, finite."""
     if X.ndim < 2 or X.shape[-1] != d:
-        raise ValueError(f"{name} must have shape (*batch, q, {d}); got {tuple(X.shape)}.")
+        raise TensorShapeError(f"{name} must have shape (*batch, q, {d}); got "
+                               f"{tuple(X.shape)}.")
     if X.shape[-2] == 0:
         raise ValueError(f"{name} has no points (q = 0): shape {tuple(X.shape)}.")
     if X.numel() == 0:

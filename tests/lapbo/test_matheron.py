@@ -91,6 +91,19 @@ def test_multi_output_path_model(model2: LaplaceBNN) -> None:
         path_model._path(points(4, 6, 2))
 
 
+def test_a_multi_output_path_takes_q_points_as_a_gps_path_does(model2: LaplaceBNN) -> None:
+    """A ``(q, d)`` X is one set of points for every output: ``(samples, k, q)``, as a
+    batched multi-output ``SingleTaskGP``'s path returns, equal to the path at X expanded
+    over the outputs."""
+    torch.manual_seed(0)
+    paths = draw_matheron_paths(model2, sample_shape=torch.Size([4]))
+    X = points(3, 2)
+    values = paths(X)
+    assert values.shape == (4, 2, 3)
+    torch.testing.assert_close(values, paths(X.expand(2, 3, 2)), rtol=0, atol=1e-12)
+    torch.testing.assert_close(values, paths(X.unsqueeze(0)), rtol=0, atol=0)
+
+
 def test_thompson_sampling_and_optimal_samples(model1: LaplaceBNN) -> None:
     torch.manual_seed(0)
     ts = PathwiseThompsonSampling(model1)

@@ -1,0 +1,227 @@
+"""The same BoTorch calls to ``LaplaceBNN`` and to ``SingleTaskGP``: where their contracts
+differ.
+
+An experienced BoTorch user expects a surrogate to behave as ``SingleTaskGP`` does wherever
+BoTorch code touches it: posterior shapes for every batch layout, observation noise,
+output indices, posterior transforms, conditioning (batched too), fantasies, output
+subsets, pathwise samples, input gradients, and the errors raised on bad queries. For
+four set-ups (one and two outputs, known noise, an input transform), each read is made on
+both models and summarised by type, shape and dtype (or the error's type); reads whose
+summaries differ are listed::
+
+    .venv/bin/python benchmarks/botorch_contract_diff.py
+
+prints the table and writes ``benchmarks/results/botorch_contract_diff.{md,json}``. Every
+listed difference should be one that ``docs/differences.md`` explains (its section on
+``LaplaceBNN`` and BoTorch).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from botorch.acquisition.objective import ScalarizedPosteriorTransform
+from botorch.models import SingleTaskGP
+from botorch.models.transforms.input import Normalize
+from botorch.sampling import SobolQMCNormalSampler
+from botorch.sampling.pathwise import draw_matheron_paths
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lapbo import LaplaceBNN  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+D, N = 2, 8
+#: The set-ups: outputs, known noise, an input transform over a box other than [0, 1]².
+SETUPS: dict[str, dict[str, Any]] = {
+    "one output": {"m": 1},
+    "two outputs": {"m": 2},
+    "known noise": {"m": 1, "yvar": True},
+    "Normalize": {"m": 1, "normalize": True},
+}
+
+
+def summary(value: Any) -> Any:
+    """A JSON-able summary: tensors by shape and dtype, models and posteriors by type,
+    batch shape and outputs, sequences element-wise."""
+    if isinstance(value, Tensor):
+        return {"shape": list(value.shape), "dtype": str(value.dtype)}
+    if isinstance(value, torch.Size):
+        return list(value)
+    if isinstance(value, (tuple, list)):
+        return [summary(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "num_outputs") and hasattr(value, "batch_shape"):
+        return {"model": True, "batch_shape": list(value.batch_shape),
+                "num_outputs": value.num_outputs}
+    return type(value).__name__
+
+
+def _read_into(out: dict[str, Any], key: str, fn: Callable[[], Any]) -> None:
+    try:
+        out[key] = summary(fn())
+    except Exception as e:  # noqa: BLE001 (the error's type is the observation)
+        out[key] = f"error: {type(e).__name__}"
+
+
+def data(setup: dict[str, Any]) -> dict[str, Any]:
+    """The set-up's training data (seed 0) and constructor options."""
+    g = torch.Generator().manual_seed(0)
+    lo, hi = (-1.0, 2.0) if setup.get("normalize") else (0.0, 1.0)
+    X = lo + (hi - lo) * torch.rand(N, D, generator=g, dtype=torch.float64)
+    Y = torch.stack([torch.sin(3 * X).sum(-1), X.prod(-1)], -1)[:, : setup["m"]]
+    kwargs: dict[str, Any] = {}
+    if setup.get("yvar"):
+        kwargs["train_Yvar"] = torch.full_like(Y, 1e-3)
+    if setup.get("normalize"):
+        kwargs["input_transform"] = Normalize(d=D, bounds=torch.tensor(
+            [[lo] * D, [hi] * D], dtype=torch.float64))
+    return {"X": X, "Y": Y, "kwargs": kwargs, "lo": lo, "hi": hi}
+
+
+def models(setup: dict[str, Any]) -> dict[str, Any]:
+    """``SingleTaskGP`` (its default hyperparameters: shapes do not depend on a fit) and a
+    fitted ``LaplaceBNN`` on the set-up's data."""
+    d = data(setup)
+    gp = SingleTaskGP(d["X"], d["Y"], **d["kwargs"])
+    gp.eval()
+    bnn = LaplaceBNN(d["X"], d["Y"], seed=0, **d["kwargs"]).fit()
+    return {"gp": gp, "laplace": bnn}
+
+
+def reads(model: Any, setup: dict[str, Any]) -> dict[str, Any]:
+    """Every read of one model (``{read: summary}``), in a fixed order and seed."""
+    d = data(setup)
+    m, lo, hi = setup["m"], d["lo"], d["hi"]
+    g = torch.Generator().manual_seed(1)
+
+    def x(*shape: int) -> Tensor:
+        return lo + (hi - lo) * torch.rand(*shape, D, generator=g, dtype=torch.float64)
+
+    out: dict[str, Any] = {}
+
+    def put(key: str, fn: Callable[[], Any]) -> None:
+        _read_into(out, key, fn)
+
+    put("num_outputs", lambda: model.num_outputs)
+    put("batch_shape", lambda: model.batch_shape)
+    put("training after construction/fit", lambda: model.training)
+    for shape in ((3,), (4, 3), (2, 4, 3)):
+        X = x(*shape)
+        tag = f"posterior(X {list(X.shape)}) "
+        put(tag + "type", lambda X=X: model.posterior(X))
+        put(tag + "distribution", lambda X=X: model.posterior(X).distribution)
+        put(tag + "mean", lambda X=X: model.posterior(X).mean)
+        put(tag + "variance", lambda X=X: model.posterior(X).variance)
+        put(tag + "covariance_matrix", lambda X=X: model.posterior(
+            X).distribution.covariance_matrix)
+        put(tag + "rsample([5])", lambda X=X: model.posterior(X).rsample(torch.Size([5])))
+        put(tag + "base_sample_shape", lambda X=X: model.posterior(X).base_sample_shape)
+        put(tag + "batch_range", lambda X=X: model.posterior(X).batch_range)
+    X = x(3)
+    put("observation_noise=True variance", lambda: model.posterior(
+        X, observation_noise=True).variance)
+    put("observation_noise=True adds noise", lambda: bool((model.posterior(
+        X, observation_noise=True).variance > model.posterior(X).variance).all()))
+    put("observation_noise=Tensor(3, m) variance", lambda: model.posterior(
+        X, observation_noise=torch.full((3, m), 0.1, dtype=X.dtype)).variance)
+    put("output_indices=[0] mean", lambda: model.posterior(X, output_indices=[0]).mean)
+    put("ScalarizedPosteriorTransform mean", lambda: model.posterior(
+        X, posterior_transform=ScalarizedPosteriorTransform(
+            torch.ones(m, dtype=X.dtype))).mean)
+    Xn = x(2)
+    Yn = torch.zeros(2, m, dtype=X.dtype)
+    noise = {"noise": torch.full_like(Yn, 1e-3)} if setup.get("yvar") else {}
+    put("condition_on_observations", lambda: model.condition_on_observations(Xn, Yn, **noise))
+    put("condition_on_observations posterior mean", lambda: model.condition_on_observations(
+        Xn, Yn, **noise).posterior(X).mean)
+    put("condition_on_observations without noise", lambda: model.condition_on_observations(
+        Xn, Yn))
+    Xb, Yb = x(4, 2), torch.zeros(4, 2, m, dtype=X.dtype)
+    noise_b = {"noise": torch.full_like(Yb, 1e-3)} if setup.get("yvar") else {}
+    put("batched condition_on_observations", lambda: model.condition_on_observations(
+        Xb, Yb, **noise_b))
+    put("batched condition_on_observations posterior mean",
+        lambda: model.condition_on_observations(Xb, Yb, **noise_b).posterior(X).mean)
+    sampler = SobolQMCNormalSampler(torch.Size([4]), seed=0)
+    put("fantasize(X (3, d), 4 samples)", lambda: model.fantasize(X, sampler))
+    put("fantasize posterior(X (5, d)) mean", lambda: model.fantasize(
+        X, SobolQMCNormalSampler(torch.Size([4]), seed=0)).posterior(x(5)).mean)
+    put("fantasize(X (2, 3, d))", lambda: model.fantasize(
+        x(2, 3), SobolQMCNormalSampler(torch.Size([4]), seed=0)))
+    put("subset_output([0])", lambda: model.subset_output([0]))
+    put("subset_output([0]) posterior mean", lambda: model.subset_output([0]).posterior(X).mean)
+    put("draw_matheron_paths([4])(X (3, d))", lambda: draw_matheron_paths(
+        model, sample_shape=torch.Size([4]))(X))
+    Xg = x(3).requires_grad_(True)
+    put("mean gradient", lambda: torch.autograd.grad(
+        model.posterior(Xg).mean.sum(), Xg)[0])
+    put("variance gradient", lambda: torch.autograd.grad(
+        model.posterior(Xg).variance.sum(), Xg)[0])
+    put("posterior(X (3, d + 1))", lambda: model.posterior(
+        torch.rand(3, D + 1, dtype=torch.float64)))
+    put("posterior(X (d,))", lambda: model.posterior(x(1)[0]))
+    put("posterior(float32 X)", lambda: model.posterior(x(3).float()).mean)
+    put("posterior(X with NaN)", lambda: model.posterior(
+        torch.full((3, D), float("nan"), dtype=torch.float64)).mean)
+    put("condition_on_observations(Y of m + 1 outputs)", lambda: model.condition_on_observations(
+        Xn, torch.zeros(2, m + 1, dtype=X.dtype), **({} if not setup.get("yvar") else {
+            "noise": torch.full((2, m + 1), 1e-3, dtype=X.dtype)})))
+    return out
+
+
+def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reads (in either) whose summaries differ: ``{"key", "laplace", "gp"}``."""
+    return [{"key": k, "laplace": ours.get(k), "gp": theirs.get(k)}
+            for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+
+
+def markdown(differences: list[dict[str, Any]], n_reads: int, commit: str) -> str:
+    def cell(v: Any) -> str:
+        text = json.dumps(v)
+        return (text if len(text) <= 80 else text[:77] + "...").replace("|", "\\|")
+
+    lines = ["# `LaplaceBNN` next to `SingleTaskGP`: BoTorch's calls", "",
+             f"`benchmarks/botorch_contract_diff.py` at commit {commit or '?'}: {n_reads} "
+             f"reads over {len(SETUPS)} set-ups ({', '.join(SETUPS)}), {len(differences)} "
+             "differ (type, shape, dtype or error).", "",
+             "| set-up: read | `LaplaceBNN` | `SingleTaskGP` |", "|---|---|---|"]
+    lines += [f"| {d['key']} | {cell(d['laplace'])} | {cell(d['gp'])} |" for d in differences]
+    return "\n".join(lines) + "\n"
+
+
+def run() -> dict[str, Any]:
+    """Both models' reads over every set-up: ``{"laplace": {...}, "gp": {...}}`` with keys
+    ``"<set-up>: <read>"``."""
+    out: dict[str, dict[str, Any]] = {"laplace": {}, "gp": {}}
+    for name, setup in SETUPS.items():
+        for which, model in models(setup).items():
+            out[which].update({f"{name}: {k}": v for k, v in reads(model, setup).items()})
+    return out
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    both = run()
+    differences = compare(both["laplace"], both["gp"])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
+    text = markdown(differences, len(both["gp"]), commit)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "botorch_contract_diff.md").write_text(text)
+    (RESULTS / "botorch_contract_diff.json").write_text(json.dumps(
+        {"commit": commit, "differences": differences, **both}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
