@@ -27,8 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from botorch.acquisition.analytic import UpperConfidenceBound
+from botorch.acquisition.multi_objective.predictive_entropy_search import (
+    qMultiObjectivePredictiveEntropySearch,
+)
+from botorch.acquisition.multi_objective.utils import (
+    random_search_optimizer,
+    sample_optimal_points,
+)
 from botorch.acquisition.objective import ScalarizedPosteriorTransform
-from botorch.models import SingleTaskGP
+from botorch.acquisition.proximal import ProximalAcquisitionFunction
+from botorch.models import ModelListGP, SingleTaskGP
 from botorch.models.transforms.input import Normalize
 from botorch.sampling import SobolQMCNormalSampler
 from botorch.sampling.pathwise import draw_matheron_paths
@@ -157,6 +166,27 @@ def reads(model: Any, setup: dict[str, Any]) -> dict[str, Any]:
         X, SobolQMCNormalSampler(torch.Size([4]), seed=0)).posterior(x(5)).mean)
     put("fantasize(X (2, 3, d))", lambda: model.fantasize(
         x(2, 3), SobolQMCNormalSampler(torch.Size([4]), seed=0)))
+    put("fantasize(observation_noise=Tensor)", lambda: model.fantasize(
+        X, SobolQMCNormalSampler(torch.Size([4]), seed=0),
+        observation_noise=torch.full((3, m), 1e-3, dtype=X.dtype)))
+    put("condition_on_observations then fantasize", lambda: model.condition_on_observations(
+        Xn, Yn, **noise).fantasize(X, SobolQMCNormalSampler(torch.Size([4]), seed=0)))
+    put("model(X (4, 3, d)) (forward)", lambda: [model(x(4, 3)).mean, model(x(4, 3)).variance])
+    put("train_inputs", lambda: [t for t in model.train_inputs])
+    put("train_targets", lambda: model.train_targets)
+    put("ModelListGP of two posterior mean", lambda: ModelListGP(model, model).posterior(
+        X).mean)
+    put("rsample_from_base_samples", lambda: model.posterior(X).rsample_from_base_samples(
+        torch.Size([5]), torch.zeros(5, *model.posterior(X).base_sample_shape,
+                                     dtype=X.dtype)))
+    put("posterior quantile(0.5)", lambda: model.posterior(X).quantile(
+        torch.tensor([0.5], dtype=X.dtype)))
+    put("ProximalAcquisitionFunction(UCB)", lambda: ProximalAcquisitionFunction(
+        UpperConfidenceBound(model, 2.0, posterior_transform=ScalarizedPosteriorTransform(
+            torch.ones(m, dtype=X.dtype)) if m > 1 else None),
+        proximal_weights=torch.ones(D, dtype=X.dtype), beta=1.0)(x(5, 1)))
+    if m > 1:
+        put("qMultiObjectivePredictiveEntropySearch", lambda: _pes(model, lo, hi)(x(5, 1)))
     put("subset_output([0])", lambda: model.subset_output([0]))
     put("subset_output([0]) posterior mean", lambda: model.subset_output([0]).posterior(X).mean)
     put("draw_matheron_paths([4])(X (3, d))", lambda: draw_matheron_paths(
@@ -176,6 +206,16 @@ def reads(model: Any, setup: dict[str, Any]) -> dict[str, Any]:
         Xn, torch.zeros(2, m + 1, dtype=X.dtype), **({} if not setup.get("yvar") else {
             "noise": torch.full((2, m + 1), 1e-3, dtype=X.dtype)})))
     return out
+
+
+def _pes(model: Any, lo: float, hi: float) -> Any:
+    """Multi-objective predictive entropy search on three sampled Pareto sets (seed 0)."""
+    torch.manual_seed(0)
+    bounds = torch.tensor([[lo] * D, [hi] * D], dtype=torch.float64)
+    pareto_sets, _ = sample_optimal_points(
+        model=model, bounds=bounds, num_samples=3, num_points=4,
+        optimizer=random_search_optimizer, optimizer_kwargs={"pop_size": 500, "max_tries": 5})
+    return qMultiObjectivePredictiveEntropySearch(model=model, pareto_sets=pareto_sets)
 
 
 def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> list[dict[str, Any]]:

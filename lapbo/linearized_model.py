@@ -85,8 +85,30 @@ class _LinearizedModel(Model, FantasizeMixin):
 
     @property
     def train_inputs(self) -> tuple[Tensor]:
-        """Original (untransformed) training inputs ``((n, d),)``; used by qMES."""
-        return (self._train_X,)
+        """The training inputs as a BoTorch GP holds them: input-transformed
+        (``preprocess_transform``) in eval mode, original in train mode; ``((n, d),)`` for
+        one output and ``((k, n, d),)`` for ``k`` (an expanded view, the layout of
+        ``train_targets``, as a multi-output ``SingleTaskGP`` has them)."""
+        X = self._train_X if not self._has_transformed_inputs else self._transform_observed(
+            self._train_X)
+        return (self._output_layout(X),)
+
+    @property
+    def _has_transformed_inputs(self) -> bool:
+        """Whether ``train_inputs`` are input-transformed (BoTorch's flag): in eval mode,
+        with an input transform."""
+        return not self.training and getattr(self, "input_transform", None) is not None
+
+    @property
+    def _original_train_inputs(self) -> Tensor | None:
+        """The original training inputs while ``train_inputs`` are transformed (BoTorch's
+        attribute, read by ``get_train_inputs`` and ``get_X_baseline``), else ``None``."""
+        return self._output_layout(self._train_X) if self._has_transformed_inputs else None
+
+    def _output_layout(self, X: Tensor) -> Tensor:
+        """``X (n, d)``, expanded to ``(k, n, d)`` for ``k > 1`` outputs."""
+        k = len(self._outputs)
+        return X if k == 1 else X.expand(k, *X.shape)
 
     def _set_transformed_inputs(self) -> None:
         """No-op: the network transforms inputs on every call."""

@@ -18,7 +18,9 @@ BAD_QUERIES = ("condition_on_observations(Y of m + 1 outputs)", "posterior(X (3,
                "posterior(X (d,))", "posterior(X with NaN)")
 EXPECTED = ({f"{setup}: {read}" for setup in contract.SETUPS for read in BAD_QUERIES}
             | {"known noise: condition_on_observations without noise",
-               "two outputs: output_indices=[0] mean"})
+               "two outputs: output_indices=[0] mean",
+               "two outputs: model(X (4, 3, d)) (forward)",
+               "two outputs: ProximalAcquisitionFunction(UCB)"})
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def both() -> dict:
 def test_only_the_documented_reads_differ(both) -> None:
     differences = contract.compare(both["laplace"], both["gp"])
     assert {d["key"] for d in differences} == EXPECTED
-    assert len(both["gp"]) == len(both["laplace"]) == 200
+    assert len(both["gp"]) == len(both["laplace"]) == 237
 
 
 def test_the_shapes_agree_where_botorch_reads_them(both) -> None:
@@ -42,6 +44,8 @@ def test_the_shapes_agree_where_botorch_reads_them(both) -> None:
     for setup in contract.SETUPS:
         assert ours[f"{setup}: posterior(X (3, d + 1))"] == "error: TensorShapeError"
         assert ours[f"{setup}: observation_noise=True adds noise"] is True
+    assert ours["two outputs: train_inputs"] == [{"shape": [2, 8, 2], "dtype": "torch.float64"}]
+    assert ours["two outputs: qMultiObjectivePredictiveEntropySearch"]["shape"] == [5]
 
 
 def test_a_shape_error_is_botorchs_and_a_value_error() -> None:
