@@ -27,7 +27,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from botorch.acquisition import (
+    LogExpectedImprovement,
+    PosteriorMean,
+    qKnowledgeGradient,
+    qLogNoisyExpectedImprovement,
+    qLowerBoundMaxValueEntropy,
+    qMaxValueEntropy,
+    qNegIntegratedPosteriorVariance,
+    qSimpleRegret,
+    qUpperConfidenceBound,
+)
 from botorch.acquisition.analytic import UpperConfidenceBound
+from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
 from botorch.acquisition.multi_objective.predictive_entropy_search import (
     qMultiObjectivePredictiveEntropySearch,
 )
@@ -48,12 +60,17 @@ from lapbo import LaplaceBNN  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 D, N = 2, 8
-#: The set-ups: outputs, known noise, an input transform over a box other than [0, 1]².
+#: The set-ups: outputs, known noise, an input transform over a box other than [0, 1]²,
+#: float32 data, no outcome transform, and ``LaplaceBNN``'s evidence-weighted mixture.
 SETUPS: dict[str, dict[str, Any]] = {
     "one output": {"m": 1},
     "two outputs": {"m": 2},
     "known noise": {"m": 1, "yvar": True},
     "Normalize": {"m": 1, "normalize": True},
+    "three outputs": {"m": 3},
+    "float32": {"m": 1, "dtype": torch.float32},
+    "no outcome transform": {"m": 1, "outcome_transform": None},
+    "model averaging": {"m": 1, "laplace": {"model_averaging": True}},
 }
 
 
@@ -85,14 +102,17 @@ def data(setup: dict[str, Any]) -> dict[str, Any]:
     """The set-up's training data (seed 0) and constructor options."""
     g = torch.Generator().manual_seed(0)
     lo, hi = (-1.0, 2.0) if setup.get("normalize") else (0.0, 1.0)
-    X = lo + (hi - lo) * torch.rand(N, D, generator=g, dtype=torch.float64)
-    Y = torch.stack([torch.sin(3 * X).sum(-1), X.prod(-1)], -1)[:, : setup["m"]]
+    dtype = setup.get("dtype", torch.float64)
+    X = lo + (hi - lo) * torch.rand(N, D, generator=g, dtype=dtype)
+    Y = torch.stack([torch.sin(3 * X).sum(-1), X.prod(-1), X.sum(-1)], -1)[:, : setup["m"]]
     kwargs: dict[str, Any] = {}
+    if "outcome_transform" in setup:
+        kwargs["outcome_transform"] = setup["outcome_transform"]
     if setup.get("yvar"):
         kwargs["train_Yvar"] = torch.full_like(Y, 1e-3)
     if setup.get("normalize"):
         kwargs["input_transform"] = Normalize(d=D, bounds=torch.tensor(
-            [[lo] * D, [hi] * D], dtype=torch.float64))
+            [[lo] * D, [hi] * D], dtype=dtype))
     return {"X": X, "Y": Y, "kwargs": kwargs, "lo": lo, "hi": hi}
 
 
@@ -102,110 +122,173 @@ def models(setup: dict[str, Any]) -> dict[str, Any]:
     d = data(setup)
     gp = SingleTaskGP(d["X"], d["Y"], **d["kwargs"])
     gp.eval()
-    bnn = LaplaceBNN(d["X"], d["Y"], seed=0, **d["kwargs"]).fit()
+    bnn = LaplaceBNN(d["X"], d["Y"], seed=0, **d["kwargs"], **setup.get("laplace", {})).fit()
     return {"gp": gp, "laplace": bnn}
+
+
+class _Reader:
+    """One model's reads for one set-up: ``put`` records a summary under a key, ``x``
+    draws query points in the set-up's box from a fixed generator."""
+
+    def __init__(self, model: Any, setup: dict[str, Any]) -> None:
+        d = data(setup)
+        self.model, self.setup, self.m = model, setup, setup["m"]
+        self.lo, self.hi, self.dtype = d["lo"], d["hi"], d["X"].dtype
+        self.g = torch.Generator().manual_seed(1)
+        self.out: dict[str, Any] = {}
+
+    def x(self, *shape: int) -> Tensor:
+        return self.lo + (self.hi - self.lo) * torch.rand(*shape, D, generator=self.g,
+                                                          dtype=self.dtype)
+
+    def put(self, key: str, fn: Callable[[], Any]) -> None:
+        _read_into(self.out, key, fn)
+
+    def noise(self, *shape: int) -> dict[str, Tensor]:
+        """``noise=`` for conditioning a known-noise model, else nothing."""
+        if not self.setup.get("yvar"):
+            return {}
+        return {"noise": torch.full(shape, 1e-3, dtype=self.dtype)}
+
+
+def _posterior_reads(r: _Reader) -> None:
+    model = r.model
+    r.put("num_outputs", lambda: model.num_outputs)
+    r.put("batch_shape", lambda: model.batch_shape)
+    r.put("training after construction/fit", lambda: model.training)
+    for shape in ((3,), (4, 3), (2, 4, 3)):
+        X = r.x(*shape)
+        tag = f"posterior(X {list(X.shape)}) "
+        r.put(tag + "type", lambda X=X: model.posterior(X))
+        r.put(tag + "distribution", lambda X=X: model.posterior(X).distribution)
+        r.put(tag + "mean", lambda X=X: model.posterior(X).mean)
+        r.put(tag + "variance", lambda X=X: model.posterior(X).variance)
+        r.put(tag + "covariance_matrix", lambda X=X: model.posterior(
+            X).distribution.covariance_matrix)
+        r.put(tag + "rsample([5])", lambda X=X: model.posterior(X).rsample(torch.Size([5])))
+        r.put(tag + "base_sample_shape", lambda X=X: model.posterior(X).base_sample_shape)
+        r.put(tag + "batch_range", lambda X=X: model.posterior(X).batch_range)
+    X, m = r.x(3), r.m
+    r.put("observation_noise=True variance", lambda: model.posterior(
+        X, observation_noise=True).variance)
+    r.put("observation_noise=True adds noise", lambda: bool((model.posterior(
+        X, observation_noise=True).variance > model.posterior(X).variance).all()))
+    r.put("observation_noise=Tensor(3, m) variance", lambda: model.posterior(
+        X, observation_noise=torch.full((3, m), 0.1, dtype=X.dtype)).variance)
+    r.put("output_indices=[0] mean", lambda: model.posterior(X, output_indices=[0]).mean)
+    r.put("ScalarizedPosteriorTransform mean", lambda: model.posterior(
+        X, posterior_transform=ScalarizedPosteriorTransform(
+            torch.ones(m, dtype=X.dtype))).mean)
+    r.put("rsample_from_base_samples", lambda: model.posterior(X).rsample_from_base_samples(
+        torch.Size([5]), torch.zeros(5, *model.posterior(X).base_sample_shape,
+                                     dtype=X.dtype)))
+    r.put("posterior quantile(0.5)", lambda: model.posterior(X).quantile(
+        torch.tensor([0.5], dtype=X.dtype)))
+    r.put("model(X (4, 3, d)) (forward)", lambda: [model(r.x(4, 3)).mean,
+                                                   model(r.x(4, 3)).variance])
+    r.put("train_inputs", lambda: [t for t in model.train_inputs])
+    r.put("train_targets", lambda: model.train_targets)
+    Xg = r.x(3).requires_grad_(True)
+    r.put("mean gradient", lambda: torch.autograd.grad(model.posterior(Xg).mean.sum(), Xg)[0])
+    r.put("variance gradient", lambda: torch.autograd.grad(
+        model.posterior(Xg).variance.sum(), Xg)[0])
+
+
+def _conditioning_reads(r: _Reader) -> None:
+    model, m, X = r.model, r.m, r.x(3)
+    Xn, Yn = r.x(2), torch.zeros(2, m, dtype=r.dtype)
+    r.put("condition_on_observations", lambda: model.condition_on_observations(
+        Xn, Yn, **r.noise(2, m)))
+    r.put("condition_on_observations posterior mean", lambda: model.condition_on_observations(
+        Xn, Yn, **r.noise(2, m)).posterior(X).mean)
+    r.put("condition_on_observations without noise", lambda: model.condition_on_observations(
+        Xn, Yn))
+    Xb, Yb = r.x(4, 2), torch.zeros(4, 2, m, dtype=r.dtype)
+    r.put("batched condition_on_observations", lambda: model.condition_on_observations(
+        Xb, Yb, **r.noise(4, 2, m)))
+    r.put("batched condition_on_observations posterior mean",
+          lambda: model.condition_on_observations(Xb, Yb, **r.noise(4, 2, m)).posterior(X).mean)
+
+    def sampler() -> SobolQMCNormalSampler:
+        return SobolQMCNormalSampler(torch.Size([4]), seed=0)
+
+    r.put("fantasize(X (3, d), 4 samples)", lambda: model.fantasize(X, sampler()))
+    r.put("fantasize posterior(X (5, d)) mean", lambda: model.fantasize(
+        X, sampler()).posterior(r.x(5)).mean)
+    r.put("fantasize(X (2, 3, d))", lambda: model.fantasize(r.x(2, 3), sampler()))
+    r.put("fantasize(observation_noise=Tensor)", lambda: model.fantasize(
+        X, sampler(), observation_noise=torch.full((3, m), 1e-3, dtype=X.dtype)))
+    r.put("condition_on_observations then fantasize", lambda: model.condition_on_observations(
+        Xn, Yn, **r.noise(2, m)).fantasize(X, sampler()))
+    r.put("subset_output([0])", lambda: model.subset_output([0]))
+    r.put("subset_output([0]) posterior mean",
+          lambda: model.subset_output([0]).posterior(X).mean)
+    r.put("ModelListGP of two posterior mean", lambda: ModelListGP(model, model).posterior(
+        X).mean)
+    r.put("draw_matheron_paths([4])(X (3, d))", lambda: draw_matheron_paths(
+        model, sample_shape=torch.Size([4]))(X))
+
+
+def _acquisition_reads(r: _Reader) -> None:
+    model, m = r.model, r.m
+    transform = (ScalarizedPosteriorTransform(torch.ones(m, dtype=r.dtype))
+                 if m > 1 else None)
+    r.put("ProximalAcquisitionFunction(UCB)", lambda: ProximalAcquisitionFunction(
+        UpperConfidenceBound(model, 2.0, posterior_transform=transform),
+        proximal_weights=torch.ones(D, dtype=r.dtype), beta=1.0)(r.x(5, 1)))
+    if m > 1:
+        r.put("qMultiObjectivePredictiveEntropySearch",
+              lambda: _pes(model, r.lo, r.hi)(r.x(5, 1)))
+    baseline = data(r.setup)["X"]
+    sampler = SobolQMCNormalSampler(torch.Size([16]), seed=0)
+    single = {"posterior_transform": transform}
+    acquisitions: dict[str, Callable[[], Any]] = {
+        "qLogNoisyExpectedImprovement": lambda: qLogNoisyExpectedImprovement(
+            model, baseline, sampler=sampler, **single),
+        "qKnowledgeGradient(4 fantasies)": lambda: qKnowledgeGradient(
+            model, num_fantasies=4, **single),
+        "qNegIntegratedPosteriorVariance": lambda: qNegIntegratedPosteriorVariance(
+            model, mc_points=r.x(16), **single),
+        "qSimpleRegret": lambda: qSimpleRegret(model, sampler=sampler, **single),
+        "qUpperConfidenceBound": lambda: qUpperConfidenceBound(model, 2.0, sampler=sampler,
+                                                               **single),
+        "PosteriorMean": lambda: PosteriorMean(model, **single),
+        "LogExpectedImprovement": lambda: LogExpectedImprovement(model, 0.5, **single),
+    }
+    if m == 1:
+        acquisitions["qMaxValueEntropy"] = lambda: qMaxValueEntropy(model, r.x(50))
+        acquisitions["qLowerBoundMaxValueEntropy"] = lambda: qLowerBoundMaxValueEntropy(
+            model, r.x(50))
+    else:
+        acquisitions["qLogNoisyExpectedHypervolumeImprovement"] = (
+            lambda: qLogNoisyExpectedHypervolumeImprovement(
+                model, ref_point=[-1.0] * m, X_baseline=baseline, sampler=sampler))
+    for name, build in acquisitions.items():
+        q = 2 if name.startswith("q") and "Entropy" not in name else 1
+        r.put(f"{name}(X (4, {q}, d))", lambda build=build, q=q: build()(r.x(4, q)))
+
+
+def _error_reads(r: _Reader) -> None:
+    model, m = r.model, r.m
+    r.put("posterior(X (3, d + 1))", lambda: model.posterior(
+        torch.rand(3, D + 1, dtype=r.dtype)))
+    r.put("posterior(X (d,))", lambda: model.posterior(r.x(1)[0]))
+    other = torch.float32 if r.dtype == torch.float64 else torch.float64
+    r.put("posterior(X of the other float dtype)", lambda: model.posterior(
+        r.x(3).to(other)).mean)
+    r.put("posterior(X with NaN)", lambda: model.posterior(
+        torch.full((3, D), float("nan"), dtype=r.dtype)).mean)
+    r.put("condition_on_observations(Y of m + 1 outputs)",
+          lambda: model.condition_on_observations(
+              r.x(2), torch.zeros(2, m + 1, dtype=r.dtype), **r.noise(2, m + 1)))
 
 
 def reads(model: Any, setup: dict[str, Any]) -> dict[str, Any]:
     """Every read of one model (``{read: summary}``), in a fixed order and seed."""
-    d = data(setup)
-    m, lo, hi = setup["m"], d["lo"], d["hi"]
-    g = torch.Generator().manual_seed(1)
-
-    def x(*shape: int) -> Tensor:
-        return lo + (hi - lo) * torch.rand(*shape, D, generator=g, dtype=torch.float64)
-
-    out: dict[str, Any] = {}
-
-    def put(key: str, fn: Callable[[], Any]) -> None:
-        _read_into(out, key, fn)
-
-    put("num_outputs", lambda: model.num_outputs)
-    put("batch_shape", lambda: model.batch_shape)
-    put("training after construction/fit", lambda: model.training)
-    for shape in ((3,), (4, 3), (2, 4, 3)):
-        X = x(*shape)
-        tag = f"posterior(X {list(X.shape)}) "
-        put(tag + "type", lambda X=X: model.posterior(X))
-        put(tag + "distribution", lambda X=X: model.posterior(X).distribution)
-        put(tag + "mean", lambda X=X: model.posterior(X).mean)
-        put(tag + "variance", lambda X=X: model.posterior(X).variance)
-        put(tag + "covariance_matrix", lambda X=X: model.posterior(
-            X).distribution.covariance_matrix)
-        put(tag + "rsample([5])", lambda X=X: model.posterior(X).rsample(torch.Size([5])))
-        put(tag + "base_sample_shape", lambda X=X: model.posterior(X).base_sample_shape)
-        put(tag + "batch_range", lambda X=X: model.posterior(X).batch_range)
-    X = x(3)
-    put("observation_noise=True variance", lambda: model.posterior(
-        X, observation_noise=True).variance)
-    put("observation_noise=True adds noise", lambda: bool((model.posterior(
-        X, observation_noise=True).variance > model.posterior(X).variance).all()))
-    put("observation_noise=Tensor(3, m) variance", lambda: model.posterior(
-        X, observation_noise=torch.full((3, m), 0.1, dtype=X.dtype)).variance)
-    put("output_indices=[0] mean", lambda: model.posterior(X, output_indices=[0]).mean)
-    put("ScalarizedPosteriorTransform mean", lambda: model.posterior(
-        X, posterior_transform=ScalarizedPosteriorTransform(
-            torch.ones(m, dtype=X.dtype))).mean)
-    Xn = x(2)
-    Yn = torch.zeros(2, m, dtype=X.dtype)
-    noise = {"noise": torch.full_like(Yn, 1e-3)} if setup.get("yvar") else {}
-    put("condition_on_observations", lambda: model.condition_on_observations(Xn, Yn, **noise))
-    put("condition_on_observations posterior mean", lambda: model.condition_on_observations(
-        Xn, Yn, **noise).posterior(X).mean)
-    put("condition_on_observations without noise", lambda: model.condition_on_observations(
-        Xn, Yn))
-    Xb, Yb = x(4, 2), torch.zeros(4, 2, m, dtype=X.dtype)
-    noise_b = {"noise": torch.full_like(Yb, 1e-3)} if setup.get("yvar") else {}
-    put("batched condition_on_observations", lambda: model.condition_on_observations(
-        Xb, Yb, **noise_b))
-    put("batched condition_on_observations posterior mean",
-        lambda: model.condition_on_observations(Xb, Yb, **noise_b).posterior(X).mean)
-    sampler = SobolQMCNormalSampler(torch.Size([4]), seed=0)
-    put("fantasize(X (3, d), 4 samples)", lambda: model.fantasize(X, sampler))
-    put("fantasize posterior(X (5, d)) mean", lambda: model.fantasize(
-        X, SobolQMCNormalSampler(torch.Size([4]), seed=0)).posterior(x(5)).mean)
-    put("fantasize(X (2, 3, d))", lambda: model.fantasize(
-        x(2, 3), SobolQMCNormalSampler(torch.Size([4]), seed=0)))
-    put("fantasize(observation_noise=Tensor)", lambda: model.fantasize(
-        X, SobolQMCNormalSampler(torch.Size([4]), seed=0),
-        observation_noise=torch.full((3, m), 1e-3, dtype=X.dtype)))
-    put("condition_on_observations then fantasize", lambda: model.condition_on_observations(
-        Xn, Yn, **noise).fantasize(X, SobolQMCNormalSampler(torch.Size([4]), seed=0)))
-    put("model(X (4, 3, d)) (forward)", lambda: [model(x(4, 3)).mean, model(x(4, 3)).variance])
-    put("train_inputs", lambda: [t for t in model.train_inputs])
-    put("train_targets", lambda: model.train_targets)
-    put("ModelListGP of two posterior mean", lambda: ModelListGP(model, model).posterior(
-        X).mean)
-    put("rsample_from_base_samples", lambda: model.posterior(X).rsample_from_base_samples(
-        torch.Size([5]), torch.zeros(5, *model.posterior(X).base_sample_shape,
-                                     dtype=X.dtype)))
-    put("posterior quantile(0.5)", lambda: model.posterior(X).quantile(
-        torch.tensor([0.5], dtype=X.dtype)))
-    put("ProximalAcquisitionFunction(UCB)", lambda: ProximalAcquisitionFunction(
-        UpperConfidenceBound(model, 2.0, posterior_transform=ScalarizedPosteriorTransform(
-            torch.ones(m, dtype=X.dtype)) if m > 1 else None),
-        proximal_weights=torch.ones(D, dtype=X.dtype), beta=1.0)(x(5, 1)))
-    if m > 1:
-        put("qMultiObjectivePredictiveEntropySearch", lambda: _pes(model, lo, hi)(x(5, 1)))
-    put("subset_output([0])", lambda: model.subset_output([0]))
-    put("subset_output([0]) posterior mean", lambda: model.subset_output([0]).posterior(X).mean)
-    put("draw_matheron_paths([4])(X (3, d))", lambda: draw_matheron_paths(
-        model, sample_shape=torch.Size([4]))(X))
-    Xg = x(3).requires_grad_(True)
-    put("mean gradient", lambda: torch.autograd.grad(
-        model.posterior(Xg).mean.sum(), Xg)[0])
-    put("variance gradient", lambda: torch.autograd.grad(
-        model.posterior(Xg).variance.sum(), Xg)[0])
-    put("posterior(X (3, d + 1))", lambda: model.posterior(
-        torch.rand(3, D + 1, dtype=torch.float64)))
-    put("posterior(X (d,))", lambda: model.posterior(x(1)[0]))
-    put("posterior(float32 X)", lambda: model.posterior(x(3).float()).mean)
-    put("posterior(X with NaN)", lambda: model.posterior(
-        torch.full((3, D), float("nan"), dtype=torch.float64)).mean)
-    put("condition_on_observations(Y of m + 1 outputs)", lambda: model.condition_on_observations(
-        Xn, torch.zeros(2, m + 1, dtype=X.dtype), **({} if not setup.get("yvar") else {
-            "noise": torch.full((2, m + 1), 1e-3, dtype=X.dtype)})))
-    return out
+    r = _Reader(model, setup)
+    for group in (_posterior_reads, _conditioning_reads, _acquisition_reads, _error_reads):
+        group(r)
+    return r.out
 
 
 def _pes(model: Any, lo: float, hi: float) -> Any:

@@ -135,13 +135,21 @@ class _LinearizedModel(Model, FantasizeMixin):
     def _compute_dtype(self) -> torch.dtype:
         return next(self.net.parameters()).dtype
 
+    def _output_dtype(self, X: Tensor) -> torch.dtype:
+        """The dtype of predictions at ``X``: the query's and the training data's, promoted
+        (as a ``SingleTaskGP``'s; the outcome transform, fitted on the data, promotes the
+        same way), so a float32 query of a float64 model is answered in float64 with or
+        without an outcome transform."""
+        return torch.promote_types(X.dtype, self._train_X.dtype)
+
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> _LinearizedModel:
         """``.to``, ``.cuda``, ``.float()``… move the model between devices but keep its
         dtypes: the network computes in its ``compute_dtype`` and posteriors come back in
-        the query's dtype. (BoTorch's analytic acquisitions call ``model.to(X)`` on every
-        evaluation: a float32 ``X`` used to cast the network, shared with the models
-        derived from it, to float32 — wrong signs in the covariance of a random-feature
-        posterior, and dtype errors in the parent after a fantasy model was cast.)"""
+        the query's dtype promoted with the data's (``_output_dtype``). (BoTorch's analytic
+        acquisitions call ``model.to(X)`` on every evaluation: a float32 ``X`` used to cast
+        the network, shared with the models derived from it, to float32 — wrong signs in
+        the covariance of a random-feature posterior, and dtype errors in the parent after a
+        fantasy model was cast.)"""
         return super()._apply(_device_only(fn), *args, **kwargs)
 
     def _outcome_transform_for(self, idx: list[int]) -> OutcomeTransform | None:
@@ -208,7 +216,7 @@ class _LinearizedModel(Model, FantasizeMixin):
         q = mean.shape[-1] // k  # the transformed query's points (``_transform_query``)
         jitter = 1e-10 * cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-6)
         cov = cov + jitter[..., None, None] * torch.eye(q * k, dtype=cov.dtype, device=cov.device)
-        mean, cov = mean.to(X.dtype), cov.to(X.dtype)
+        mean, cov = mean.to(self._output_dtype(X)), cov.to(self._output_dtype(X))
         batch = torch.broadcast_shapes(mean.shape[:-1], cov.shape[:-2])
         mean, cov = mean.expand(*batch, q * k), cov.expand(*batch, q * k, q * k)
         if k == 1:

@@ -77,7 +77,7 @@ class LinearizedSamplePath(SamplePath):
         delta = self.offsets.reshape(*self.offsets.shape[:-1], *([1] * (k > 1)),
                                      self.offsets.shape[-1], 1)
         values = (f.unsqueeze(-1) + J @ delta).squeeze(-1)  # (*b, q·k)
-        values = values.reshape(*values.shape[:-1], q, k).to(X.dtype)
+        values = values.reshape(*values.shape[:-1], q, k).to(model._output_dtype(X))
         ot = model._outcome_transform_for(idx)
         if ot is not None:
             values, _ = ot.untransform(values)

@@ -52,7 +52,7 @@ class PathwiseSamples(nn.Module):
             self.n_samples, *([1] * pad), *model_batch, self.offsets.shape[-1], 1
         )
         values = f + (J @ delta).squeeze(-1)  # (S, *b, q·k)
-        values = values.reshape(self.n_samples, *batch, q, k).to(X.dtype)
+        values = values.reshape(self.n_samples, *batch, q, k).to(model._output_dtype(X))
         ot = model._outcome_transform_for(idx)
         if ot is not None:
             values, _ = ot.untransform(values)

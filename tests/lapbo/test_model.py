@@ -335,6 +335,25 @@ def test_float32_model() -> None:
     assert torch.isfinite(post32.mean).all()
 
 
+@pytest.mark.parametrize("outcome_transform", ["default", None])
+def test_a_float32_query_of_a_float64_model_is_answered_in_float64(outcome_transform) -> None:
+    """The query's dtype promoted with the data's, as a ``SingleTaskGP`` answers, with or
+    without the outcome transform (which alone used to promote), and the paths too."""
+    from botorch.sampling.pathwise import draw_matheron_paths
+
+    from lapbo import draw_pathwise_samples
+
+    X, Y = data()
+    kwargs = {} if outcome_transform == "default" else {"outcome_transform": None}
+    model = LaplaceBNN(X, Y[:, :1], seed=0, **SMALL, **kwargs).fit()
+    Xq = torch.rand(3, 2, dtype=torch.float64)
+    post32, post64 = model.posterior(Xq.float()), model.posterior(Xq)
+    assert post32.mean.dtype == post32.variance.dtype == torch.float64
+    torch.testing.assert_close(post32.mean, post64.mean, rtol=1e-6, atol=1e-6)
+    assert draw_matheron_paths(model, torch.Size([2]))(Xq.float()).dtype == torch.float64
+    assert draw_pathwise_samples(model, 2)(Xq.float()).dtype == torch.float64
+
+
 def test_float32_network_keeps_a_float64_gaussian() -> None:
     """``compute_dtype=torch.float32`` for the MLP at the noise floor (σ = 10⁻³, a
     noiseless function, 100 rows): in float32 the sample-space capacitance
