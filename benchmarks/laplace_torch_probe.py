@@ -199,6 +199,7 @@ def _other_variants(X: Any) -> dict[str, Callable[[], Any]]:
         "tuning options": lambda: _tuning_options(p),
         "predictive options": lambda: _predictive_options(p),
         "fits and posteriors": lambda: _fits_and_posteriors(p),
+        "utilities": lambda: _utilities(p),
         "regression/all/lowrank": lambda: p.reads(p.fitted("all", "lowrank"), "lowrank"),
         "regression/all/gp": lambda: p.reads(p.fitted("all", "gp", n_subset=8), "gp"),
         "regression/last_layer/gp": lambda: p.reads(
@@ -518,6 +519,79 @@ def _fits_and_posteriors(p: _Problem) -> dict[str, Any]:
             return [la.log_marginal_likelihood(), la(seqs[:2])]
 
         put(f"feature_reduction={reduction} log_marginal_likelihood(), la(x)", reduced)
+    return out
+
+
+def _utilities(p: _Problem) -> dict[str, Any]:
+    """The public helpers of ``laplace.utils`` on fixed inputs: matrix and prior helpers,
+    Kronecker factors, the NLL metrics, subnetwork masks and the feature extractor."""
+    from laplace import utils
+
+    X = p.X
+    out: dict[str, Any] = {}
+
+    def put(key: str, fn: Callable[[], Any]) -> None:
+        _read_into(out, key, fn)
+
+    A = X[:5].T @ X[:5] + torch.eye(3, dtype=X.dtype)  # 3 × 3, positive definite
+    B = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=X.dtype)
+    net = _net(2)
+    put("parameters_per_layer", lambda: utils.parameters_per_layer(net))
+    put("invsqrt_precision", lambda: utils.invsqrt_precision(A))
+    put("symeig eigenvalues", lambda: utils.symeig(A)[0])
+    put("block_diag", lambda: utils.block_diag([A, B]))
+    put("diagonal_add_scalar", lambda: utils.diagonal_add_scalar(A, torch.tensor(0.5)))
+    put("expand_prior_precision(layerwise)", lambda: utils.expand_prior_precision(
+        torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=X.dtype), net))
+    for structure in ("scalar", "layerwise", "diag"):
+        put(f"fix_prior_prec_structure({structure})", lambda s=structure: (
+            utils.fix_prior_prec_structure(torch.tensor(2.0, dtype=X.dtype), s, 4, 32,
+                                           torch.device("cpu"), X.dtype)))
+    put("normal_samples(seeded)", lambda: utils.normal_samples(
+        X[:3, :2], X[:3, :2].abs() + 0.1, 4, torch.Generator().manual_seed(0)))
+    probs = torch.softmax(X[:6, :2], -1)
+    labels = (X[:6, 0] > 0).long()
+    put("get_nll", lambda: utils.get_nll(probs, labels))
+
+    def running_nll() -> Any:
+        metric = utils.RunningNLLMetric()
+        metric.update(probs[:3], labels[:3])
+        metric.update(probs[3:], labels[3:])
+        return metric.compute()
+
+    put("RunningNLLMetric over two batches", running_nll)
+    kron = utils.Kron([[A, B], [B]])  # a layer with two factors (weight), one with one
+
+    def decomposed() -> Any:
+        return utils.Kron([[A, B], [B]]).decompose()
+
+    put("Kron.to_matrix", lambda: kron.to_matrix())
+    put("Kron.diag", lambda: kron.diag())
+    put("Kron.logdet", lambda: kron.logdet())
+    put("KronDecomposed.logdet", lambda: decomposed().logdet())
+    put("KronDecomposed.to_matrix(exponent=-1)", lambda: decomposed().to_matrix(exponent=-1))
+    put("(KronDecomposed + 0.5).logdet", lambda: (decomposed() + 0.5).logdet())
+    put("(KronDecomposed * 2).to_matrix", lambda: (decomposed() * 2).to_matrix())
+    put("KronDecomposed.bmm(W (2, 8), exponent=-1)", lambda: decomposed().bmm(
+        torch.cat([X[:2], X[2:4], X[4:6, :2]], -1), exponent=-1))
+    put("KronDecomposed.inv_square_form(W (2, 3, 8))", lambda: decomposed().inv_square_form(
+        torch.cat([X[:6], X[6:12], X[12:18, :2]], -1).reshape(2, 3, 8)))
+    put("Kron.init_from_model shapes", lambda: [[list(f.shape) for f in fs] for fs in
+                                                utils.Kron.init_from_model(
+                                                    net, torch.device("cpu"), X.dtype).kfacs])
+    put("ParamNameSubnetMask(['0.weight'])",
+        lambda: utils.ParamNameSubnetMask(net, ["0.weight"]).select())
+    put("LastLayerSubnetMask", lambda: utils.LastLayerSubnetMask(_net(1)).select(p.loader()))
+
+    def largest_variance() -> Any:
+        model = _net(1)
+        diag = Laplace(model, "regression", subset_of_weights="all", hessian_structure="diag")
+        diag.fit(p.loader())
+        return utils.LargestVarianceDiagLaplaceSubnetMask(model, 7, diag).select(p.loader())
+
+    put("LargestVarianceDiagLaplaceSubnetMask(7)", largest_variance)
+    put("FeatureExtractor.forward_with_features", lambda: utils.FeatureExtractor(
+        _net(2)).forward_with_features(X[:3]))
     return out
 
 
