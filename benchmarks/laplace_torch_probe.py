@@ -200,6 +200,7 @@ def _other_variants(X: Any) -> dict[str, Callable[[], Any]]:
         "predictive options": lambda: _predictive_options(p),
         "fits and posteriors": lambda: _fits_and_posteriors(p),
         "utilities": lambda: _utilities(p),
+        "ELLA": lambda: _ella(p),
         "regression/all/lowrank": lambda: p.reads(p.fitted("all", "lowrank"), "lowrank"),
         "regression/all/gp": lambda: p.reads(p.fitted("all", "gp", n_subset=8), "gp"),
         "regression/last_layer/gp": lambda: p.reads(
@@ -590,8 +591,36 @@ def _utilities(p: _Problem) -> dict[str, Any]:
         return utils.LargestVarianceDiagLaplaceSubnetMask(model, 7, diag).select(p.loader())
 
     put("LargestVarianceDiagLaplaceSubnetMask(7)", largest_variance)
+
+    def seeded(mask: Callable[[], Any]) -> Any:
+        torch.manual_seed(0)
+        return mask().select(p.loader())
+
+    put("RandomSubnetMask(7) (torch seed 0)",
+        lambda: seeded(lambda: utils.RandomSubnetMask(_net(1), 7)))
+    put("LargestVarianceSWAGSubnetMask(7) (torch seed 0)", lambda: seeded(
+        lambda: utils.LargestVarianceSWAGSubnetMask(_net(1), 7, likelihood="regression",
+                                                    swag_n_snapshots=4)))
     put("FeatureExtractor.forward_with_features", lambda: utils.FeatureExtractor(
         _net(2)).forward_with_features(X[:3]))
+    return out
+
+
+def _ella(p: _Problem) -> dict[str, Any]:
+    """``ELLA`` (its default seed) for regression and classification: the predictive."""
+    from laplace import ELLA
+
+    out: dict[str, Any] = {}
+    X = p.X
+    for likelihood, targets, k in (("regression", p.y, 1),
+                                   ("classification", (X[:, 0] > 0).long(), 2)):
+        def predictive(likelihood: str = likelihood, targets: Any = targets,
+                       k: int = k) -> Any:
+            la = ELLA(_net(k), likelihood, subsample_size=10, n_eigenvalues=6)
+            la.fit(DataLoader(TensorDataset(X, targets), batch_size=8))
+            return la(X[:3])
+
+        _read_into(out, f"ELLA {likelihood} la(x)", predictive)
     return out
 
 
