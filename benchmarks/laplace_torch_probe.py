@@ -425,6 +425,20 @@ def _tuning_options(p: _Problem) -> dict[str, Any]:
         la.optimize_prior_precision(**kwargs)
         return la.prior_precision
 
+    def tuned_other(subset: str, structure: str, **kwargs: Any) -> Any:
+        extra = ({"n_subset": 8} if structure == "gp" else
+                 {"subnetwork_indices": torch.arange(0, 26, 3)} if subset == "subnetwork"
+                 else {})
+        la = p.fitted(subset, structure, **extra)
+        la.optimize_prior_precision(**kwargs)
+        return [la.prior_precision, la(p.X[:2])]
+
+    for subset, structure in (("all", "gp"), ("last_layer", "gp"), ("subnetwork", "full")):
+        _read_into(out, f"{subset}/{structure} optimize_prior_precision(marglik, 20 steps)",
+                   lambda s=subset, h=structure: tuned_other(s, h, n_steps=20))
+        _read_into(out, f"{subset}/{structure} optimize_prior_precision(gridsearch, 5)",
+                   lambda s=subset, h=structure: tuned_other(
+                       s, h, method="gridsearch", val_loader=p.loader(), grid_size=5))
     for structure in ("full", "diag"):
         _read_into(out, f"{structure} optimize_prior_precision(diag, 20 steps)",
                    lambda s=structure: tuned(s, prior_structure="diag", n_steps=20))
