@@ -80,6 +80,8 @@ def states_markdown(loads: dict[str, dict[str, Any]], rtol: float) -> str:
     """A table: per variant and direction, loaded (evidence and predictive equal to the
     saver's within ``rtol``), or the error."""
     def cell(read: Any) -> str:
+        if read is None:
+            return "—"
         if isinstance(read, str):
             return read
         same = (abs(read["lml"] - read["lml_saved"]) <= rtol * abs(read["lml_saved"])

@@ -3,11 +3,12 @@ loaded by the other.
 
 ``python benchmarks/laplace_torch_states.py save DIR`` fits every weight subset (all, last
 layer) × structure (full, Kronecker, diagonal) × likelihood on the probe's data and writes
-``DIR/states.pt`` (each LA's ``state_dict()``, its network's weights, evidence and
-predictive); ``... load DIR`` loads those states into fresh LAs of whichever ``laplace`` is
-importable and prints, as one JSON line, each variant's evidence and largest predictive
-difference from the saving package's, or ``"error: Type"``. Like the probe it imports
-nothing from this repository.
+``DIR/states.pt``: each LA's ``state_dict()`` (and this package's full LAs'
+``state_dict(dense=True)`` too), its network's weights, evidence and predictive.
+``... load DIR`` loads those states into fresh LAs of whichever ``laplace`` is importable
+and prints, as one JSON line, each variant's evidence and largest predictive difference
+from the saving package's, or ``"error: Type"``. Like the probe it imports nothing from
+this repository.
 """
 
 from __future__ import annotations
@@ -56,14 +57,26 @@ def save(folder: Path) -> None:
         la = Laplace(net, likelihood, subset_of_weights=subset, hessian_structure=structure)
         la.fit(DataLoader(TensorDataset(X, y), batch_size=8))
         la.prior_precision = 0.7
-        saved["/".join((likelihood, subset, structure))] = {
-            "state": la.state_dict(), "net": net.state_dict(),
-            "lml": float(la.log_marginal_likelihood()), "predictive": _predictive(la, X)}
+        common = {"variant": (likelihood, subset, structure), "net": net.state_dict(),
+                  "lml": float(la.log_marginal_likelihood()), "predictive": _predictive(la, X)}
+        key = "/".join((likelihood, subset, structure))
+        saved[key] = {"state": la.state_dict(), **common}
+        if structure == "full" and _takes_dense(la):  # this package: H (P, P) on request
+            saved[key + " (dense=True)"] = {"state": la.state_dict(dense=True), **common}
     torch.save(saved, folder / "states.pt")
 
 
-def _load_one(likelihood: str, subset: str, structure: str, entry: dict[str, Any]
-              ) -> dict[str, float]:
+def _takes_dense(la: Any) -> bool:
+    """Whether ``la.state_dict`` has this package's ``dense`` option (laplace-torch's has
+    none)."""
+    import inspect
+
+    return "dense" in inspect.signature(la.state_dict).parameters or "kwargs" in (
+        inspect.signature(la.state_dict).parameters)
+
+
+def _load_one(entry: dict[str, Any]) -> dict[str, float]:
+    likelihood, subset, structure = entry["variant"]
     X, _ = _data(likelihood)
     net = _net(likelihood)
     net.load_state_dict(entry["net"])
@@ -79,7 +92,7 @@ def load(folder: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, entry in saved.items():
         try:
-            out[key] = _load_one(*key.split("/"), entry)
+            out[key] = _load_one(entry)
         except Exception as e:  # noqa: BLE001 (the error's type is the observation)
             out[key] = f"error: {type(e).__name__}"
     return out

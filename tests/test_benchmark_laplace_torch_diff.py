@@ -79,7 +79,9 @@ def test_states_round_trip_here_and_the_table_says_so(tmp_path) -> None:
 
     states.save(tmp_path)
     loaded = states.load(tmp_path)
-    assert sorted(loaded) == sorted("/".join(v) for v in states.VARIANTS)
+    plain = ["/".join(v) for v in states.VARIANTS]
+    dense = [f"{k} (dense=True)" for k in plain if k.endswith("/full")]
+    assert sorted(loaded) == sorted(plain + dense)
     for read in loaded.values():
         assert read["lml"] == pytest.approx(read["lml_saved"], rel=1e-12)
         assert read["predictive_max_abs_diff"] <= 1e-12
@@ -89,7 +91,7 @@ def test_states_round_trip_here_and_the_table_says_so(tmp_path) -> None:
     text = diff.states_markdown({"a states in b": off, "b states in a": loaded}, 1e-3)
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()
             if line.startswith("| regression/") or line.startswith("| classification/")}
-    assert len(rows) == 12
+    assert len(rows) == 16  # 12 variants and the full ones' dense=True states
     assert "error: RuntimeError" in rows["regression/all/full"]
     assert "| differs" in rows["regression/all/kron"]
     assert rows["regression/all/diag"].count("same") == 2

@@ -191,11 +191,20 @@ class FullLaplace(ConditioningMixin, ParametricLaplace):
     def _H_state(self) -> Tensor:
         return self._row_matrix() if self.uses_sample_space else self.__dict__["_H"]
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, *, dense: bool = False) -> dict[str, Any]:
         """As ``ParametricLaplace``'s, plus ``"precision_form"`` (``"dense"`` or
-        ``"sample"``: whether ``"H"`` holds ``H`` ``(P, P)`` or the rows ``R`` ``(M, P)``)."""
+        ``"sample"``: whether ``"H"`` holds ``H`` ``(P, P)`` or the rows ``R`` ``(M, P)``).
+
+        Args:
+            dense: store ``H`` ``(P, P)`` even when the posterior keeps its rows (fewer
+                rows than parameters): the form laplace-torch 0.3 loads, ``P / M`` times
+                larger than the rows.
+        """
+        dense = checks.flag(dense, "dense")
         state = super().state_dict()
-        state["precision_form"] = "sample" if self.uses_sample_space else "dense"
+        if dense and self.uses_sample_space:
+            state["H"] = self.H
+        state["precision_form"] = "sample" if self.uses_sample_space and not dense else "dense"
         if self._glm_offset is not None:
             state["glm_offset"] = self._glm_offset
         return state

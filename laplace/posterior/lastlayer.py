@@ -327,11 +327,12 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
             out = out + deltas[:, K * D :].unsqueeze(1)
         return out
 
-    def state_dict(self) -> dict[str, Any]:
-        """The parametric state plus the layer's name, and the two keys laplace-torch 0.3
-        loads a last-layer state by: ``_last_layer_name`` (the constructor's argument) and
-        ``data``, an input batch the layer is found on (here one row, ``(X[:1], None)``)."""
-        state = super().state_dict()
+    def state_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """The parametric state (``kwargs``: a full LA's ``dense``) plus the layer's name,
+        and the two keys laplace-torch 0.3 loads a last-layer state by: ``_last_layer_name``
+        (the constructor's argument) and ``data``, an input batch the layer is found on
+        (here one row, ``(X[:1], None)``)."""
+        state = super().state_dict(**kwargs)
         state["last_layer_name"] = self.model.last_layer_name
         state["_last_layer_name"] = self._last_layer_name
         state["data"] = None if self._layer_probe is None else (self._layer_probe, None)

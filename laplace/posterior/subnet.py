@@ -136,8 +136,9 @@ class SubnetLaplace(ParametricLaplace):
             )
         return self._backend
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
+    def state_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """The parametric state (``kwargs``: a full LA's ``dense``) and the indices."""
+        state = super().state_dict(**kwargs)
         state["subnetwork_indices"] = self.subnetwork_indices
         return state
 

@@ -103,3 +103,33 @@ def test_a_named_last_layer_state_keeps_the_argument_and_a_dict_row():
     state = la.state_dict()
     assert state["_last_layer_name"] == "net.2"
     torch.testing.assert_close(state["data"][0]["input_ids"], X[:1], rtol=0, atol=0)
+
+
+def test_a_sample_form_state_can_be_saved_dense_for_laplace_torch():
+    """A full LA on fewer curvature rows than weights keeps its rows ``(M, P)``;
+    ``state_dict(dense=True)`` stores ``H`` ``(P, P)`` (the form laplace-torch 0.3 loads),
+    which loads here with the same evidence and predictive; the option is a checked bool
+    of full LAs only."""
+    torch.manual_seed(0)
+    X, y = torch.randn(10, 2, dtype=torch.float64), torch.randn(10, 1, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()  # P = 13
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=5)
+    la = Laplace(model, "regression", "all", "full")
+    la.fit(loader)
+    assert la.uses_sample_space
+    rows, dense = la.state_dict(), la.state_dict(dense=True)
+    assert rows["precision_form"] == "sample" and rows["H"].shape == (10, 13)
+    assert dense["precision_form"] == "dense" and dense["H"].shape == (13, 13)
+    torch.testing.assert_close(dense["H"], rows["H"].T @ rows["H"])
+    fresh = Laplace(model, "regression", "all", "full")
+    fresh.load_state_dict(dense)
+    assert float(fresh.log_marginal_likelihood()) == pytest.approx(
+        float(la.log_marginal_likelihood()), rel=1e-10)
+    for a, b in zip(fresh(X[:3]), la(X[:3])):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="dense"):
+        la.state_dict(dense="yes")
+    kron = Laplace(model, "regression", "all", "kron")
+    kron.fit(loader)
+    with pytest.raises(TypeError):
+        kron.state_dict(dense=True)
