@@ -213,6 +213,13 @@ def _conditioning_reads(r: _Reader) -> None:
         return SobolQMCNormalSampler(torch.Size([4]), seed=0)
 
     r.put("fantasize(X (3, d), 4 samples)", lambda: model.fantasize(X, sampler()))
+    r.put("fantasize train_inputs, train_targets", lambda: [
+        *model.fantasize(X, sampler()).train_inputs, model.fantasize(X, sampler()).train_targets])
+    r.put("batched condition_on_observations train_inputs, train_targets", lambda: [
+        *model.condition_on_observations(Xb, Yb, **r.noise(4, 2, m)).train_inputs,
+        model.condition_on_observations(Xb, Yb, **r.noise(4, 2, m)).train_targets])
+    r.put("condition_on_observations train_inputs", lambda: model.condition_on_observations(
+        Xn, Yn, **r.noise(2, m)).train_inputs)
     r.put("fantasize posterior(X (5, d)) mean", lambda: model.fantasize(
         X, sampler()).posterior(r.x(5)).mean)
     r.put("fantasize(X (2, 3, d))", lambda: model.fantasize(r.x(2, 3), sampler()))

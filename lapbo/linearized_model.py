@@ -86,11 +86,13 @@ class _LinearizedModel(Model, FantasizeMixin):
     @property
     def train_inputs(self) -> tuple[Tensor]:
         """The training inputs as a BoTorch GP holds them: input-transformed
-        (``preprocess_transform``) in eval mode, original in train mode; ``((n, d),)`` for
-        one output and ``((k, n, d),)`` for ``k`` (an expanded view, the layout of
-        ``train_targets``, as a multi-output ``SingleTaskGP`` has them)."""
-        X = self._train_X if not self._has_transformed_inputs else self._transform_observed(
-            self._train_X)
+        (``preprocess_transform``) in eval mode, original in train mode; ``((*b, n, d),)``
+        for one output and ``((*b, k, n, d),)`` for ``k`` (the layout of ``train_targets``,
+        as a multi-output ``SingleTaskGP`` has them), ``*b`` the batch of a conditioned
+        (fantasy) model's observations."""
+        X = self._observed_inputs()
+        if self._has_transformed_inputs:
+            X = self._transform_observed(X)
         return (self._output_layout(X),)
 
     @property
@@ -103,12 +105,22 @@ class _LinearizedModel(Model, FantasizeMixin):
     def _original_train_inputs(self) -> Tensor | None:
         """The original training inputs while ``train_inputs`` are transformed (BoTorch's
         attribute, read by ``get_train_inputs`` and ``get_X_baseline``), else ``None``."""
-        return self._output_layout(self._train_X) if self._has_transformed_inputs else None
+        if not self._has_transformed_inputs:
+            return None
+        return self._output_layout(self._observed_inputs())
+
+    def _input_pieces(self) -> list[Tensor]:
+        """The observed inputs as conditioning appended them, ``[(*b_i, n_i, d), ...]``."""
+        return [self._train_X]
+
+    def _observed_inputs(self) -> Tensor:
+        """All observed inputs ``(*b, n, d)`` (original scale)."""
+        return self._train_X
 
     def _output_layout(self, X: Tensor) -> Tensor:
-        """``X (n, d)``, expanded to ``(k, n, d)`` for ``k > 1`` outputs."""
+        """``X (*b, n, d)``, expanded to ``(*b, k, n, d)`` for ``k > 1`` outputs."""
         k = len(self._outputs)
-        return X if k == 1 else X.expand(k, *X.shape)
+        return X if k == 1 else X.unsqueeze(-3).expand(*X.shape[:-2], k, *X.shape[-2:])
 
     def _set_transformed_inputs(self) -> None:
         """No-op: the network transforms inputs on every call."""
@@ -319,11 +331,12 @@ class _LinearizedModel(Model, FantasizeMixin):
         train_X = self._train_X
         if X.ndim == 2:
             train_X = torch.cat([train_X, X.to(train_X)], dim=0)
+        pieces = [*self._input_pieces(), X.detach().to(self._train_X)]
         if self._mixture:  # each component conditioned; the first one's posterior for shapes
             parts = [(w, c.condition_on_observations(X, Y, noise, **kwargs))
                      for w, c in self._mixture]
             out = ConditionedLaplaceBNN(self, parts[0][1]._gaussian(), train_X,
-                                        targets=parts[0][1]._targets)
+                                        targets=parts[0][1]._targets, pieces=pieces)
             out._mixture = parts
             return out
         idx = self._outputs
@@ -344,7 +357,7 @@ class _LinearizedModel(Model, FantasizeMixin):
             noise = noise.to(dtype).expand(*noise.shape[:-2], n_new, k)
             noise_var = noise.reshape(*noise.shape[:-2], n_new * k)
         gaussian = self._gaussian().condition(J, y - f, noise_var.clamp_min(1e-12))
-        return ConditionedLaplaceBNN(self, gaussian, train_X, targets=targets)
+        return ConditionedLaplaceBNN(self, gaussian, train_X, targets=targets, pieces=pieces)
 
     def _targets_after(self, Y_tf: Tensor) -> Tensor:
         """``train_targets`` with the outcome-transformed observations ``Y_tf``
@@ -365,7 +378,7 @@ class _LinearizedModel(Model, FantasizeMixin):
             targets = targets.squeeze(-2) if len(idcs) == 1 else targets
         out = ConditionedLaplaceBNN(
             self, self._gaussian(), self._train_X, outputs=[self._outputs[i] for i in idcs],
-            targets=targets)
+            targets=targets, pieces=self._input_pieces())
         if self._mixture:
             out._mixture = [(w, c.subset_output(idcs)) for w, c in self._mixture]
         return out
@@ -377,17 +390,21 @@ class ConditionedLaplaceBNN(_LinearizedModel):
     Args:
         parent: the model it derives from (network and transforms are shared).
         gaussian: its (possibly batched) weight posterior.
-        train_X: ``(n, d)`` original inputs reported as ``train_inputs``.
+        train_X: ``(n, d)`` original inputs: the parent's and unbatched conditioning points.
         outputs: network output indices (default: the parent's).
         targets: its ``train_targets`` (GPyTorch's layout, outcome-transformed).
+        pieces: every observed input, ``[(*b_i, n_i, d), ...]`` (default ``[train_X]``),
+            broadcast and joined into ``train_inputs`` only when they are read.
     """
 
     def __init__(
         self, parent: _LinearizedModel, gaussian: LinearizedPosterior, train_X: Tensor,
         outputs: list[int] | None = None, targets: Tensor | None = None,
+        pieces: list[Tensor] | None = None,
     ) -> None:
         super().__init__()
         self._targets = targets
+        self._pieces = [train_X] if pieces is None else pieces
         self.net = parent.net
         for name in ("input_transform", "outcome_transform"):
             if getattr(parent, name, None) is not None:
@@ -402,6 +419,19 @@ class ConditionedLaplaceBNN(_LinearizedModel):
 
     def _gaussian(self) -> LinearizedPosterior:
         return self._post
+
+    def _input_pieces(self) -> list[Tensor]:
+        return list(self._pieces)
+
+    def _observed_inputs(self) -> Tensor:
+        """The pieces broadcast to the batch of ``train_targets`` and joined along the
+        points: ``(*b, n + n', d)``, as a conditioned GP's."""
+        targets = self._targets
+        batch = torch.Size() if targets is None else targets.shape[
+            : -1 if len(self._outputs) == 1 else -2]
+        batch = torch.broadcast_shapes(batch, *(piece.shape[:-2] for piece in self._pieces))
+        return torch.cat([piece.expand(*batch, *piece.shape[-2:]) for piece in self._pieces],
+                         dim=-2)
 
     @property
     def train_targets(self) -> Tensor:

@@ -35,7 +35,7 @@ def both() -> dict:
 def test_only_the_documented_reads_differ(both) -> None:
     differences = contract.compare(both["laplace"], both["gp"])
     assert {d["key"] for d in differences} == EXPECTED
-    assert len(both["gp"]) == len(both["laplace"]) == 544
+    assert len(both["gp"]) == len(both["laplace"]) == 568
 
 
 def test_the_shapes_agree_where_botorch_reads_them(both) -> None:
@@ -50,6 +50,9 @@ def test_the_shapes_agree_where_botorch_reads_them(both) -> None:
         assert ours[f"{setup}: observation_noise=True adds noise"] is True
     assert ours["two outputs: train_inputs"] == [{"shape": [2, 8, 2], "dtype": "torch.float64"}]
     assert ours["two outputs: qMultiObjectivePredictiveEntropySearch"]["shape"] == [5]
+    assert ours["two outputs: fantasize train_inputs, train_targets"] == [
+        {"shape": [4, 2, 11, 2], "dtype": "torch.float64"},
+        {"shape": [4, 2, 11], "dtype": "torch.float64"}]
 
 
 def test_a_shape_error_is_botorchs_and_a_value_error() -> None:

@@ -87,3 +87,27 @@ def test_multi_output_train_inputs_and_predictive_entropy_search() -> None:
     pes = qMultiObjectivePredictiveEntropySearch(model=model, pareto_sets=pareto_sets)
     values = pes(BOX[0] + (BOX[1] - BOX[0]) * torch.rand(4, 1, 2, dtype=torch.float64))
     assert values.shape == (4,) and bool(torch.isfinite(values).all())
+
+
+def test_a_conditioned_models_train_inputs_follow_its_targets() -> None:
+    """As a conditioned GP's: the observed inputs broadcast to the batch of the targets
+    (fantasies, batched conditioning) and joined along the points, the conditioning points
+    last, built only when read."""
+    X, Y = _data()
+    model = LaplaceBNN(X, Y[:, :1], seed=0, **SMALL).fit()
+    Xq = torch.rand(3, 2, dtype=torch.float64)
+    from botorch.sampling import SobolQMCNormalSampler
+
+    fantasy = model.fantasize(Xq, SobolQMCNormalSampler(torch.Size([4]), seed=0))
+    (inputs,) = fantasy.train_inputs
+    assert inputs.shape == (4, 13, 2) and fantasy.train_targets.shape == (4, 13)
+    torch.testing.assert_close(inputs[2, :10], X)
+    torch.testing.assert_close(inputs[2, 10:], Xq)
+    Xb = torch.rand(5, 2, 2, dtype=torch.float64)
+    batched = model.condition_on_observations(Xb, torch.zeros(5, 2, 1, dtype=torch.float64))
+    (inputs,) = batched.train_inputs
+    assert inputs.shape == (5, 12, 2)
+    torch.testing.assert_close(inputs[3, 10:], Xb[3])
+    again = batched.condition_on_observations(Xq[:1], torch.zeros(1, 1, dtype=torch.float64))
+    assert again.train_inputs[0].shape == (5, 13, 2)
+    torch.testing.assert_close(again.train_inputs[0][:, -1], Xq[:1].expand(5, 2))
