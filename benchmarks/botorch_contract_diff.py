@@ -18,7 +18,9 @@ listed difference should be one that ``docs/differences.md`` explains (its secti
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 import subprocess
 import sys
 import warnings
@@ -236,6 +238,45 @@ def _conditioning_reads(r: _Reader) -> None:
         model, sample_shape=torch.Size([4]))(X))
 
 
+def _module_reads(r: _Reader) -> None:
+    """What a model is as a ``torch.nn.Module``: copies, pickling, train mode, casts and
+    ``state_dict`` into a fresh model on the same data."""
+    model, X = r.model, r.x(3)
+    r.put("deepcopy posterior mean", lambda: copy.deepcopy(model).posterior(X).mean)
+    r.put("pickle round trip posterior mean", lambda: pickle.loads(pickle.dumps(
+        model)).posterior(X).mean)
+
+    def in_train_mode() -> Any:
+        model.train()
+        try:
+            return model.posterior(X).mean
+        finally:
+            model.eval()
+
+    r.put("posterior in train mode", in_train_mode)
+    r.put("eval() returns", lambda: model.eval())
+    r.put("fantasy posterior(observation_noise=True)", lambda: model.fantasize(
+        X, SobolQMCNormalSampler(torch.Size([4]), seed=0)).posterior(
+            r.x(2), observation_noise=True).variance)
+
+    def fresh_from_state() -> Any:
+        d = data(r.setup)
+        fresh = (SingleTaskGP(d["X"], d["Y"], **d["kwargs"]) if isinstance(model, SingleTaskGP)
+                 else LaplaceBNN(d["X"], d["Y"], seed=0, **d["kwargs"],
+                                 **r.setup.get("laplace", {})))
+        fresh.load_state_dict(copy.deepcopy(model.state_dict()))
+        fresh.eval()
+        return fresh.posterior(X).mean
+
+    r.put("load_state_dict into a fresh model, posterior mean", fresh_from_state)
+
+    def cast() -> Any:
+        other = copy.deepcopy(model).to(torch.float32)
+        return other.posterior(X.float()).mean
+
+    r.put("to(float32) copy, posterior(float32 X) mean", cast)
+
+
 def _acquisition_reads(r: _Reader) -> None:
     model, m = r.model, r.m
     transform = (ScalarizedPosteriorTransform(torch.ones(m, dtype=r.dtype))
@@ -293,7 +334,8 @@ def _error_reads(r: _Reader) -> None:
 def reads(model: Any, setup: dict[str, Any]) -> dict[str, Any]:
     """Every read of one model (``{read: summary}``), in a fixed order and seed."""
     r = _Reader(model, setup)
-    for group in (_posterior_reads, _conditioning_reads, _acquisition_reads, _error_reads):
+    for group in (_posterior_reads, _conditioning_reads, _module_reads, _acquisition_reads,
+                  _error_reads):
         group(r)
     return r.out
 
