@@ -83,21 +83,13 @@ def summary(value: Any) -> Any:
         return {"shape": list(value.shape), "dtype": str(value.dtype)}
     if isinstance(value, torch.Size):
         return list(value)
-    if isinstance(value, (tuple, list)):
-        return [summary(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
     if hasattr(value, "num_outputs") and hasattr(value, "batch_shape"):
         return {"model": True, "batch_shape": list(value.batch_shape),
                 "num_outputs": value.num_outputs}
-    return type(value).__name__
-
-
-def _read_into(out: dict[str, Any], key: str, fn: Callable[[], Any]) -> None:
-    try:
-        out[key] = summary(fn())
-    except Exception as e:  # noqa: BLE001 (the error's type is the observation)
-        out[key] = f"error: {type(e).__name__}"
+    if isinstance(value, (tuple, list)):
+        return [summary(v) for v in value]
+    return value if value is None or isinstance(value, (bool, int, float, str)) else type(
+        value).__name__
 
 
 def data(setup: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +136,13 @@ class _Reader:
                                                           dtype=self.dtype)
 
     def put(self, key: str, fn: Callable[[], Any]) -> None:
-        _read_into(self.out, key, fn)
+        """``out[key]``: the summary of ``fn()``, or ``"error: Type"`` where it raises."""
+        try:
+            value = fn()
+        except Exception as e:  # noqa: BLE001 (the error's type is the observation)
+            self.out[key] = f"error: {type(e).__name__}"
+        else:
+            self.out[key] = summary(value)
 
     def noise(self, *shape: int) -> dict[str, Tensor]:
         """``noise=`` for conditioning a known-noise model, else nothing."""
