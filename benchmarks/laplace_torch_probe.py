@@ -320,18 +320,36 @@ def _classification(p: _Problem) -> dict[str, Any]:
 
 
 def _reward_modeling(p: _Problem) -> dict[str, Any]:
+    """Reward modeling (pairs ``(n, 2, 3)``, which item wins) for every structure over all
+    weights (the network's last ``Linear`` is followed by a ``Flatten``, so both packages
+    refuse its last-layer LA): the evidence, the reward predictive and the pair predictive
+    of ``fitting``."""
     X = p.X
-    torch.manual_seed(1)
-    reward = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1),
-                           nn.Flatten(1)).double()  # (n, 2, 3) pairs -> (n, 2) rewards
-    la = Laplace(reward, "reward_modeling", subset_of_weights="all",
-                 hessian_structure="full")
-    pairs = torch.stack([X, X.flip(0)], 1)  # which item of each pair wins
-    la.fit(DataLoader(TensorDataset(pairs, (X[:, 0] > X.flip(0)[:, 0]).long()),
-                      batch_size=8))
-    return {"reward_modeling full log_marginal_likelihood()": _record(
-                la.log_marginal_likelihood()),
-            "reward_modeling full la(x)": _record(la(X[:3]))}
+    pairs = torch.stack([X, X.flip(0)], 1)
+    wins = (X[:, 0] > X.flip(0)[:, 0]).long()
+    out: dict[str, Any] = {}
+    for subset in ("all",):
+        for structure in ("full", "kron", "diag"):
+            def fitted(subset: str = subset, structure: str = structure) -> Any:
+                torch.manual_seed(1)
+                reward = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1),
+                                       nn.Flatten(1)).double()  # (n, 2, 3) -> (n, 2)
+                la = Laplace(reward, "reward_modeling", subset_of_weights=subset,
+                             hessian_structure=structure)
+                la.fit(DataLoader(TensorDataset(pairs, wins), batch_size=8))
+                return la
+
+            tag = "reward_modeling" if (subset, structure) == ("all", "full") else (
+                f"reward_modeling {subset}/{structure}")
+            _read_into(out, f"{tag} log_marginal_likelihood()",
+                       lambda f=fitted: f().log_marginal_likelihood())
+            _read_into(out, f"{tag} la(x)" if subset != "all" or structure != "full" else
+                       "reward_modeling full la(x)", lambda f=fitted: f()(X[:3]))
+            _read_into(out, f"{tag} la(pairs, fitting=True)",
+                       lambda f=fitted: f()(pairs[:3], fitting=True))
+    out["reward_modeling full log_marginal_likelihood()"] = out.pop(
+        "reward_modeling log_marginal_likelihood()")
+    return out
 
 
 def _backends(p: _Problem) -> dict[str, Any]:
