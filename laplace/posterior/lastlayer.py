@@ -334,8 +334,9 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
         (here one row, ``(X[:1], None)``)."""
         state = super().state_dict(**kwargs)
         state["last_layer_name"] = self.model.last_layer_name
-        state["_last_layer_name"] = self._last_layer_name
-        state["data"] = None if self._layer_probe is None else (self._layer_probe, None)
+        state["_last_layer_name"] = getattr(self, "_last_layer_name", None)  # older pickles
+        probe = getattr(self, "_layer_probe", None)
+        state["data"] = None if probe is None else (probe, None)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
