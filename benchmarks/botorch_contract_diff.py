@@ -63,7 +63,8 @@ from lapbo import LaplaceBNN  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 D, N = 2, 8
 #: The set-ups: outputs, known noise, an input transform over a box other than [0, 1]²,
-#: float32 data, no outcome transform, and ``LaplaceBNN``'s evidence-weighted mixture.
+#: float32 data, no outcome transform, ``LaplaceBNN``'s evidence-weighted mixture, and its
+#: MLP family (two outputs), over all weights and over the last layer.
 SETUPS: dict[str, dict[str, Any]] = {
     "one output": {"m": 1},
     "two outputs": {"m": 2},
@@ -73,6 +74,9 @@ SETUPS: dict[str, dict[str, Any]] = {
     "float32": {"m": 1, "dtype": torch.float32},
     "no outcome transform": {"m": 1, "outcome_transform": None},
     "model averaging": {"m": 1, "laplace": {"model_averaging": True}},
+    "MLP": {"m": 2, "laplace": {"width": 16, "n_epochs": 100}},
+    "MLP last layer": {"m": 1, "laplace": {"width": 16, "n_epochs": 100,
+                                           "subset_of_weights": "last_layer"}},
 }
 
 
