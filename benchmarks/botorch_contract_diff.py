@@ -52,7 +52,7 @@ from botorch.acquisition.multi_objective.utils import (
 from botorch.acquisition.objective import ScalarizedPosteriorTransform
 from botorch.acquisition.proximal import ProximalAcquisitionFunction
 from botorch.models import ModelListGP, SingleTaskGP
-from botorch.models.transforms.input import Normalize
+from botorch.models.transforms.input import InputPerturbation, Normalize
 from botorch.sampling import SobolQMCNormalSampler
 from botorch.sampling.pathwise import draw_matheron_paths
 from torch import Tensor
@@ -75,6 +75,7 @@ SETUPS: dict[str, dict[str, Any]] = {
     "no outcome transform": {"m": 1, "outcome_transform": None},
     "model averaging": {"m": 1, "laplace": {"model_averaging": True}},
     "MLP": {"m": 2, "laplace": {"width": 16, "n_epochs": 100}},
+    "InputPerturbation": {"m": 1, "perturb": True},
     "MLP last layer": {"m": 1, "laplace": {"width": 16, "n_epochs": 100,
                                            "subset_of_weights": "last_layer"}},
 }
@@ -108,6 +109,10 @@ def data(setup: dict[str, Any]) -> dict[str, Any]:
         kwargs["outcome_transform"] = setup["outcome_transform"]
     if setup.get("yvar"):
         kwargs["train_Yvar"] = torch.full_like(Y, 1e-3)
+    if setup.get("perturb"):
+        kwargs["input_transform"] = InputPerturbation(
+            perturbation_set=0.01 * torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]],
+                                                 dtype=dtype))
     if setup.get("normalize"):
         kwargs["input_transform"] = Normalize(d=D, bounds=torch.tensor(
             [[lo] * D, [hi] * D], dtype=dtype))
