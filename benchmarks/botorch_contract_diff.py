@@ -52,7 +52,7 @@ from botorch.acquisition.multi_objective.utils import (
 from botorch.acquisition.objective import ScalarizedPosteriorTransform
 from botorch.acquisition.proximal import ProximalAcquisitionFunction
 from botorch.models import ModelListGP, SingleTaskGP
-from botorch.models.transforms.input import InputPerturbation, Normalize
+from botorch.models.transforms.input import AppendFeatures, InputPerturbation, Normalize
 from botorch.sampling import SobolQMCNormalSampler
 from botorch.sampling.pathwise import draw_matheron_paths
 from torch import Tensor
@@ -64,7 +64,9 @@ RESULTS = Path(__file__).parent / "results"
 D, N = 2, 8
 #: The set-ups: outputs, known noise, an input transform over a box other than [0, 1]²,
 #: float32 data, no outcome transform, ``LaplaceBNN``'s evidence-weighted mixture, and its
-#: MLP family (two outputs), over all weights and over the last layer.
+#: MLP family (two outputs), over all weights and over the last layer; robust BO's input
+#: perturbations, and an environmental variable (``AppendFeatures``: the last of the ``D``
+#: observed inputs, which queries leave out).
 SETUPS: dict[str, dict[str, Any]] = {
     "one output": {"m": 1},
     "two outputs": {"m": 2},
@@ -78,6 +80,7 @@ SETUPS: dict[str, dict[str, Any]] = {
     "InputPerturbation": {"m": 1, "perturb": True},
     "MLP last layer": {"m": 1, "laplace": {"width": 16, "n_epochs": 100,
                                            "subset_of_weights": "last_layer"}},
+    "AppendFeatures": {"m": 1, "append": True},
 }
 
 
@@ -113,6 +116,9 @@ def data(setup: dict[str, Any]) -> dict[str, Any]:
         kwargs["input_transform"] = InputPerturbation(
             perturbation_set=0.01 * torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]],
                                                  dtype=dtype))
+    if setup.get("append"):
+        kwargs["input_transform"] = AppendFeatures(feature_set=torch.tensor(
+            [[0.2], [0.5], [0.9]], dtype=dtype))
     if setup.get("normalize"):
         kwargs["input_transform"] = Normalize(d=D, bounds=torch.tensor(
             [[lo] * D, [hi] * D], dtype=dtype))
@@ -131,16 +137,22 @@ def models(setup: dict[str, Any]) -> dict[str, Any]:
 
 class _Reader:
     """One model's reads for one set-up: ``put`` records a summary under a key, ``x``
-    draws query points in the set-up's box from a fixed generator."""
+    draws query points in the set-up's box from a fixed generator (``d`` inputs), ``obs``
+    observed points (``D`` inputs: ``d`` but for an appended environmental variable)."""
 
     def __init__(self, model: Any, setup: dict[str, Any]) -> None:
         d = data(setup)
         self.model, self.setup, self.m = model, setup, setup["m"]
         self.lo, self.hi, self.dtype = d["lo"], d["hi"], d["X"].dtype
+        self.d = D - 1 if setup.get("append") else D
         self.g = torch.Generator().manual_seed(1)
         self.out: dict[str, Any] = {}
 
     def x(self, *shape: int) -> Tensor:
+        return self.lo + (self.hi - self.lo) * torch.rand(*shape, self.d, generator=self.g,
+                                                          dtype=self.dtype)
+
+    def obs(self, *shape: int) -> Tensor:
         return self.lo + (self.hi - self.lo) * torch.rand(*shape, D, generator=self.g,
                                                           dtype=self.dtype)
 
@@ -204,19 +216,20 @@ def _posterior_reads(r: _Reader) -> None:
 
 
 def _conditioning_reads(r: _Reader) -> None:
-    model, m, X = r.model, r.m, r.x(3)
-    Xn, Yn = r.x(2), torch.zeros(2, m, dtype=r.dtype)
+    model, m, X = r.model, r.m, r.obs(3)  # fantasy points are observed points too
+    Xn, Yn = r.obs(2), torch.zeros(2, m, dtype=r.dtype)
     r.put("condition_on_observations", lambda: model.condition_on_observations(
         Xn, Yn, **r.noise(2, m)))
     r.put("condition_on_observations posterior mean", lambda: model.condition_on_observations(
-        Xn, Yn, **r.noise(2, m)).posterior(X).mean)
+        Xn, Yn, **r.noise(2, m)).posterior(X[..., :r.d]).mean)
     r.put("condition_on_observations without noise", lambda: model.condition_on_observations(
         Xn, Yn))
-    Xb, Yb = r.x(4, 2), torch.zeros(4, 2, m, dtype=r.dtype)
+    Xb, Yb = r.obs(4, 2), torch.zeros(4, 2, m, dtype=r.dtype)
     r.put("batched condition_on_observations", lambda: model.condition_on_observations(
         Xb, Yb, **r.noise(4, 2, m)))
     r.put("batched condition_on_observations posterior mean",
-          lambda: model.condition_on_observations(Xb, Yb, **r.noise(4, 2, m)).posterior(X).mean)
+          lambda: model.condition_on_observations(Xb, Yb, **r.noise(4, 2, m)).posterior(
+              X[..., :r.d]).mean)
 
     def sampler() -> SobolQMCNormalSampler:
         return SobolQMCNormalSampler(torch.Size([4]), seed=0)
@@ -231,18 +244,18 @@ def _conditioning_reads(r: _Reader) -> None:
         Xn, Yn, **r.noise(2, m)).train_inputs)
     r.put("fantasize posterior(X (5, d)) mean", lambda: model.fantasize(
         X, sampler()).posterior(r.x(5)).mean)
-    r.put("fantasize(X (2, 3, d))", lambda: model.fantasize(r.x(2, 3), sampler()))
+    r.put("fantasize(X (2, 3, d))", lambda: model.fantasize(r.obs(2, 3), sampler()))
     r.put("fantasize(observation_noise=Tensor)", lambda: model.fantasize(
         X, sampler(), observation_noise=torch.full((3, m), 1e-3, dtype=X.dtype)))
     r.put("condition_on_observations then fantasize", lambda: model.condition_on_observations(
         Xn, Yn, **r.noise(2, m)).fantasize(X, sampler()))
     r.put("subset_output([0])", lambda: model.subset_output([0]))
     r.put("subset_output([0]) posterior mean",
-          lambda: model.subset_output([0]).posterior(X).mean)
+          lambda: model.subset_output([0]).posterior(X[..., :r.d]).mean)
     r.put("ModelListGP of two posterior mean", lambda: ModelListGP(model, model).posterior(
-        X).mean)
+        X[..., :r.d]).mean)
     r.put("draw_matheron_paths([4])(X (3, d))", lambda: draw_matheron_paths(
-        model, sample_shape=torch.Size([4]))(X))
+        model, sample_shape=torch.Size([4]))(X[..., :r.d]))
 
 
 def _module_reads(r: _Reader) -> None:
@@ -263,7 +276,7 @@ def _module_reads(r: _Reader) -> None:
     r.put("posterior in train mode", in_train_mode)
     r.put("eval() returns", lambda: model.eval())
     r.put("fantasy posterior(observation_noise=True)", lambda: model.fantasize(
-        X, SobolQMCNormalSampler(torch.Size([4]), seed=0)).posterior(
+        r.obs(3), SobolQMCNormalSampler(torch.Size([4]), seed=0)).posterior(
             r.x(2), observation_noise=True).variance)
 
     def fresh_from_state() -> Any:
@@ -294,7 +307,7 @@ def _acquisition_reads(r: _Reader) -> None:
     if m > 1:
         r.put("qMultiObjectivePredictiveEntropySearch",
               lambda: _pes(model, r.lo, r.hi)(r.x(5, 1)))
-    baseline = data(r.setup)["X"]
+    baseline = data(r.setup)["X"][..., :r.d]  # without an appended environmental variable
     sampler = SobolQMCNormalSampler(torch.Size([16]), seed=0)
     single = {"posterior_transform": transform}
     acquisitions: dict[str, Callable[[], Any]] = {
@@ -326,16 +339,16 @@ def _acquisition_reads(r: _Reader) -> None:
 def _error_reads(r: _Reader) -> None:
     model, m = r.model, r.m
     r.put("posterior(X (3, d + 1))", lambda: model.posterior(
-        torch.rand(3, D + 1, dtype=r.dtype)))
+        torch.rand(3, r.d + 1, dtype=r.dtype)))
     r.put("posterior(X (d,))", lambda: model.posterior(r.x(1)[0]))
     other = torch.float32 if r.dtype == torch.float64 else torch.float64
     r.put("posterior(X of the other float dtype)", lambda: model.posterior(
         r.x(3).to(other)).mean)
     r.put("posterior(X with NaN)", lambda: model.posterior(
-        torch.full((3, D), float("nan"), dtype=r.dtype)).mean)
+        torch.full((3, r.d), float("nan"), dtype=r.dtype)).mean)
     r.put("condition_on_observations(Y of m + 1 outputs)",
           lambda: model.condition_on_observations(
-              r.x(2), torch.zeros(2, m + 1, dtype=r.dtype), **r.noise(2, m + 1)))
+              r.obs(2), torch.zeros(2, m + 1, dtype=r.dtype), **r.noise(2, m + 1)))
 
 
 def reads(model: Any, setup: dict[str, Any]) -> dict[str, Any]:

@@ -133,11 +133,22 @@ class _LinearizedModel(Model, FantasizeMixin):
         transform = getattr(self, "input_transform", None)
         return X if transform is None else transform.preprocess_transform(X)
 
+    def _check_query(self, X: Tensor) -> None:
+        """A query ``(*b, q, d)`` with ``train_X``'s width ``d``, or any width when the input
+        transform appends features at evaluation only (``train_X`` has them, a query does
+        not); ``_transform_query`` checks the transformed width in every case."""
+        transform = getattr(self, "input_transform", None)
+        width = (None if validation.appends_features_at_evaluation(transform)
+                 else self._train_X.shape[-1])
+        validation.check_query("X", X, width)
+
     def _transform_query(self, X: Tensor) -> Tensor:
-        """Query inputs ``(*b, q, d)`` → ``(*b, q', d)`` through the input transform as
-        BoTorch applies it at evaluation (``q' = q·n_w`` under ``InputPerturbation``)."""
+        """Query inputs ``(*b, q, d)`` → ``(*b, q', d')`` through the input transform as
+        BoTorch applies it at evaluation (``q' = q·n_w`` under ``InputPerturbation``,
+        ``q·n_f`` under ``AppendFeatures``), ``d'`` the network's inputs."""
         X_tf = self.transform_inputs(X)
-        validation.check_transformed_query(X, X_tf)
+        width = self._transform_observed(self._train_X[..., :1, :]).shape[-1]
+        validation.check_transformed_query(X, X_tf, width)
         return X_tf
 
     def _revert_to_original_inputs(self) -> None:
@@ -203,7 +214,7 @@ class _LinearizedModel(Model, FantasizeMixin):
             candidates, their ``averaging.MixturePosterior``.
         """
         self.eval()
-        validation.check_query("X", X, self._train_X.shape[-1])
+        self._check_query(X)
         try:
             torch.broadcast_shapes(X.shape[:-2], self.batch_shape)
         except RuntimeError:

@@ -32,7 +32,6 @@ from botorch.sampling.pathwise.paths import SamplePath
 from botorch.sampling.pathwise.posterior_samplers import DrawMatheronPaths
 from torch import Size, Tensor
 
-from lapbo import validation
 from lapbo.linearized_model import _LinearizedModel
 
 
@@ -59,7 +58,7 @@ class LinearizedSamplePath(SamplePath):
         for one output, ``(*b, k, q)`` for ``k`` (see the module's docstring)."""
         model = self.model
         model.eval()
-        validation.check_query("X", X, model._train_X.shape[-1])
+        model._check_query(X)
         idx = model._outputs
         k = len(idx)
         if k > 1 and X.ndim == 2:  # one set of q points for every output, as a GP's path

@@ -328,6 +328,8 @@ class LaplaceBNN(_LinearizedModel):
         if outcome_transform is DEFAULT:
             outcome_transform = Standardize(m=m)
         validation.check_input_transform(input_transform)
+        if input_transform is not None:  # training inputs as in train mode, whatever its
+            input_transform.train()  # mode (e.g. a transform shared with an evaluated GP)
         with torch.no_grad():
             X_tf = self.transform_inputs(train_X, input_transform=input_transform)
         validation.check_finite("input_transform(train_X)", X_tf)  # e.g. Log10 at 0

@@ -40,7 +40,7 @@ class PathwiseSamples(nn.Module):
         broadcasts ``*batch`` with the model batch shape (original outcome scale)."""
         model = self.model
         model.eval()
-        validation.check_query("X", X, model._train_X.shape[-1])
+        model._check_query(X)
         idx = model._outputs
         X_tf = model._transform_query(X)  # q points → q' (``InputPerturbation``: q·n_w)
         q, k = X_tf.shape[-2], len(idx)

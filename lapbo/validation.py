@@ -94,11 +94,12 @@ class TensorShapeError(BotorchTensorDimensionError, ValueError):
     models raise for such inputs) and a ``ValueError`` (which this package raised before)."""
 
 
-def check_query(name: str, X: Tensor, d: int) -> None:
-    """A query ``(*b, q, d)``: at least one point, ``d`` features, finite."""
-    if X.ndim < 2 or X.shape[-1] != d:
-        raise TensorShapeError(f"{name} must have shape (*batch, q, {d}); got "
-                               f"{tuple(X.shape)}.")
+def check_query(name: str, X: Tensor, d: int | None) -> None:
+    """A query ``(*b, q, d)``: at least one point, ``d`` features (any number for
+    ``d=None``: the width is checked after the input transform), finite."""
+    if X.ndim < 2 or (d is not None and X.shape[-1] != d):
+        raise TensorShapeError(f"{name} must have shape (*batch, q, {'d' if d is None else d});"
+                               f" got {tuple(X.shape)}.")
     if X.shape[-2] == 0:
         raise ValueError(f"{name} has no points (q = 0): shape {tuple(X.shape)}.")
     if X.numel() == 0:
@@ -197,20 +198,25 @@ def check_outcome_transform(transform: Any) -> None:
                          f"{type(transform).__name__}.")
 
 
+def _transform_parts(transform: InputTransform) -> list[InputTransform]:
+    """The transforms of a ``ChainedInputTransform``, or ``[transform]``."""
+    return list(transform.values()) if hasattr(transform, "values") and callable(
+        transform.values) else [transform]
+
+
 def check_input_transform(transform: Any) -> None:
     """``LaplaceBNN`` transforms training inputs with ``preprocess_transform`` and queries
-    as BoTorch's models do at evaluation, so a transform applied only at evaluation that
-    keeps the inputs' width (``InputPerturbation``: ``q`` points become ``q·n_w``) works;
-    one that adds inputs at evaluation (``AppendFeatures``: the model would be trained on
-    more inputs than it is queried with) is refused here, as are learnable parameters."""
+    as BoTorch's models do at evaluation, so transforms applied only at evaluation work:
+    ``InputPerturbation`` (``q`` points become ``q·n_w``) and ``AppendFeatures`` (``q``
+    points become ``q·n_f``, each with the feature set appended; with
+    ``transform_on_train=False`` ``train_X`` carries those features already and a query
+    does not: ``appends_features_at_evaluation``). Learnable parameters are refused."""
     if transform is None:
         return
     if not isinstance(transform, InputTransform):
         raise ValueError("input_transform must be a BoTorch InputTransform or None, not "
                          f"{type(transform).__name__}.")
-    parts = list(transform.values()) if hasattr(transform, "values") and callable(
-        transform.values) else [transform]
-    for part in parts:
+    for part in _transform_parts(transform):
         learnable = [n for n, p in part.named_parameters() if p.requires_grad] \
             if isinstance(part, nn.Module) else []
         if learnable:
@@ -219,20 +225,29 @@ def check_input_transform(transform: Any) -> None:
                 f"{learnable}, which LaplaceBNN would leave at their initial values (it fits "
                 "the network and its Laplace hyperparameters, not the transform's): fix them "
                 "(requires_grad_(False)) or use a transform without parameters.")
-        if isinstance(part, AppendFeatures) and part.transform_on_eval:
-            raise ValueError(
-                "input_transform AppendFeatures adds inputs at evaluation only "
-                "(transform_on_train=False): LaplaceBNN's network takes the inputs of "
-                "train_X at every query, so append the features to the queries yourself.")
 
 
-def check_transformed_query(X: Tensor, X_tf: Tensor) -> None:
-    """The input transform maps a query ``X`` ``(*b, q, d)`` to ``(*b, q', d')`` points
-    (``d'`` is the width it gives the training inputs too: ``check_input_transform``)."""
+def appends_features_at_evaluation(transform: InputTransform | None) -> bool:
+    """Whether ``transform`` widens queries but not the training inputs
+    (``AppendFeatures(transform_on_train=False)``: ``train_X`` holds the appended columns,
+    e.g. environmental variables, and a query ``(*b, q, d)`` has only the others)."""
+    return transform is not None and any(
+        isinstance(part, AppendFeatures) and part.transform_on_eval
+        and not part.transform_on_train for part in _transform_parts(transform))
+
+
+def check_transformed_query(X: Tensor, X_tf: Tensor, width: int) -> None:
+    """The input transform maps a query ``X`` ``(*b, q, d)`` to ``(*b, q', width)`` points
+    (``width``: the network's inputs, the transformed training inputs' width)."""
     if X_tf.ndim != X.ndim or X_tf.shape[:-2] != X.shape[:-2]:
         raise ValueError(f"The input transform maps X {tuple(X.shape)} to "
                          f"{tuple(X_tf.shape)}; LaplaceBNN needs points with the batch "
                          "shape of X, (*batch, q', d').")
+    if X_tf.shape[-1] != width:
+        raise TensorShapeError(
+            f"The input transform maps X {tuple(X.shape)} to {tuple(X_tf.shape)}, but the "
+            f"network takes {width} inputs (the width of the transformed training inputs): "
+            "query X with as many features as that needs.")
     bad = ~torch.isfinite(X_tf)
     if bool(bad.any()):
         raise ValueError(f"The input transform maps X to {int(bad.sum())} NaN or infinite "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from botorch.acquisition import LogExpectedImprovement
-from botorch.models.transforms.input import AppendFeatures, FilterFeatures, Log10
+from botorch.models.transforms.input import FilterFeatures, Log10
 from botorch.sampling import SobolQMCNormalSampler
 
 from lapbo import LaplaceBNN
@@ -73,13 +73,6 @@ def test_conditioned_models_carry_train_targets():
     assert fantasy.train_targets.shape == (4, n + 1)
     torch.testing.assert_close(fantasy.train_targets[:, :n],
                                model.train_targets[0].expand(4, n), rtol=0, atol=0)
-
-
-def test_an_input_transform_that_adds_inputs_at_evaluation_is_refused():
-    # (InputPerturbation, which keeps the width, works: tests/lapbo/test_input_perturbation.py)
-    with pytest.raises(ValueError, match="AppendFeatures adds inputs at evaluation"):
-        LaplaceBNN(*data(), input_transform=AppendFeatures(
-            feature_set=torch.rand(2, 1, dtype=DT)))
 
 
 def test_noise_of_the_wrong_shape_is_named():
