@@ -130,14 +130,21 @@ def _feature_gram(log_ls: Tensor, X: Tensor, omega: Tensor) -> tuple[Tensor, Ten
 def _lengthscale_gradient(grad: Tensor, log_ls: Tensor, X: Tensor, omega: Tensor,
                           cos: Tensor, sin: Tensor) -> Tensor:
     """``∂/∂log ℓ`` ``(d,)`` of a function whose gradient in ``Ψ Ψᵀ`` is ``grad`` ``(n, n)``."""
+    return -(X * _z_gradient(grad, omega, cos, sin)).sum(0) / log_ls.exp()
+
+
+def _z_gradient(grad: Tensor, omega: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """``∂/∂z Ωᵀ`` ``(n, d)``, ``z = (X/ℓ)Ω``, of a function whose gradient in ``Ψ Ψᵀ`` is
+    ``grad`` ``(n, n)``; divided by ``ℓ`` it is the gradient in ``X``."""
     H = grad + grad.mT
     d_z = (cos * (H @ sin) - sin * (H @ cos)) / omega.shape[-1]
-    return -(X * (d_z @ omega.mT)).sum(0) / log_ls.exp()
+    return d_z @ omega.mT
 
 
 class _FeatureGram(torch.autograd.Function):
     """``Ψ Ψᵀ`` ``(n, n)`` of the random features at ``log ℓ``, with the closed-form
-    backward above."""
+    backward above (in ``log ℓ`` and in the inputs ``X``, which a learned input warp
+    moves: ``lapbo.warping``)."""
 
     @staticmethod
     def forward(ctx, log_ls: Tensor, X: Tensor, omega: Tensor) -> Tensor:  # noqa: ANN001
@@ -148,4 +155,6 @@ class _FeatureGram(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
         log_ls, X, omega, cos, sin = ctx.saved_tensors
-        return _lengthscale_gradient(grad, log_ls, X, omega, cos, sin), None, None
+        d_zw = _z_gradient(grad, omega, cos, sin)
+        return (-(X * d_zw).sum(0) / log_ls.exp() if ctx.needs_input_grad[0] else None,
+                d_zw / log_ls.exp() if ctx.needs_input_grad[1] else None, None)

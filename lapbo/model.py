@@ -30,7 +30,7 @@ from botorch.utils.datasets import SupervisedDataset
 from botorch.utils.types import DEFAULT, _DefaultType
 from torch import Tensor, nn
 
-from lapbo import lengthscales, networks, saved_state, selection, training, validation
+from lapbo import lengthscales, networks, saved_state, selection, training, validation, warping
 from lapbo.linearized_model import _device_only, _LinearizedModel
 from laplace import LinearizedPosterior, SampleSpaceEvidence
 from laplace.baselaplace import ParametricLaplace
@@ -330,6 +330,9 @@ class LaplaceBNN(_LinearizedModel):
         validation.check_input_transform(input_transform)
         if input_transform is not None:  # training inputs as in train mode, whatever its
             input_transform.train()  # mode (e.g. a transform shared with an evaluated GP)
+            if warm_start is not None:  # a learned Warp starts from the last round's
+                warping.copy_concentrations(getattr(warm_start, "input_transform", None),
+                                            input_transform)
         with torch.no_grad():
             X_tf = self.transform_inputs(train_X, input_transform=input_transform)
         validation.check_finite("input_transform(train_X)", X_tf)  # e.g. Log10 at 0
@@ -443,6 +446,7 @@ class LaplaceBNN(_LinearizedModel):
         self.candidates = selection.check_candidates(
             candidates, inspect.signature(LaplaceBNN.__init__).parameters)
         validation.check_candidate_features(self.candidates, net, random_features)
+        warping.check_warp_support(input_transform, self.candidates, net)
         if isinstance(prior_precision_reference, tuple) and not self.candidates \
                 and len(prior_precision_reference) != shape[0]:  # candidates check their own
             raise ValueError(
@@ -608,6 +612,8 @@ class LaplaceBNN(_LinearizedModel):
             return selection.fit_by_evidence(self)
         X, Y, Yvar = self._training_data()
         if networks.random_feature_layer(self.net) is not None:
+            if warping.learnable_warps(getattr(self, "input_transform", None)):
+                X, Y, Yvar = warping.fit_with_warps(self, X, Y, Yvar)
             return self._fit_random_feature_network(X, Y, Yvar)
         n_epochs = self.options.n_epochs_warm_start if self._warm else self.options.n_epochs
         la, sigma, prior, evidence = training.fit_network_and_laplace(
@@ -660,6 +666,8 @@ class LaplaceBNN(_LinearizedModel):
         self._invalidate()
         self._la, self._evidence = child._la, child._evidence
         self._mode_check = child._mode_check
+        warping.copy_concentrations(getattr(child, "input_transform", None),
+                                    getattr(self, "input_transform", None))
         self.eval()
 
     def log_marginal_likelihood(self) -> Tensor:

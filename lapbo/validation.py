@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from botorch.exceptions.errors import BotorchTensorDimensionError, UnsupportedError
 from botorch.exceptions.warnings import InputDataWarning
-from botorch.models.transforms.input import AppendFeatures, InputTransform
+from botorch.models.transforms.input import AppendFeatures, InputTransform, Warp
 from botorch.models.transforms.outcome import OutcomeTransform
 from botorch.utils.types import DEFAULT
 from torch import Tensor, nn
@@ -198,7 +198,7 @@ def check_outcome_transform(transform: Any) -> None:
                          f"{type(transform).__name__}.")
 
 
-def _transform_parts(transform: InputTransform) -> list[InputTransform]:
+def transform_parts(transform: InputTransform) -> list[InputTransform]:
     """The transforms of a ``ChainedInputTransform``, or ``[transform]``."""
     return list(transform.values()) if hasattr(transform, "values") and callable(
         transform.values) else [transform]
@@ -210,21 +210,28 @@ def check_input_transform(transform: Any) -> None:
     ``InputPerturbation`` (``q`` points become ``q·n_w``) and ``AppendFeatures`` (``q``
     points become ``q·n_f``, each with the feature set appended; with
     ``transform_on_train=False`` ``train_X`` carries those features already and a query
-    does not: ``appends_features_at_evaluation``). Learnable parameters are refused."""
+    does not: ``appends_features_at_evaluation``). Learnable parameters are refused but
+    for a ``Warp``'s concentrations, which ``lapbo.warping`` fits."""
     if transform is None:
         return
     if not isinstance(transform, InputTransform):
         raise ValueError("input_transform must be a BoTorch InputTransform or None, not "
                          f"{type(transform).__name__}.")
-    for part in _transform_parts(transform):
+    for part in transform_parts(transform):
         learnable = [n for n, p in part.named_parameters() if p.requires_grad] \
             if isinstance(part, nn.Module) else []
-        if learnable:
+        if learnable and isinstance(part, Warp):
+            if len(part.batch_shape) or part.reverse:
+                raise ValueError(
+                    "input_transform Warp with a batch_shape or reverse=True: LaplaceBNN "
+                    "learns one forward warp of its inputs (lapbo.warping).")
+        elif learnable:
             raise ValueError(
                 f"input_transform {type(part).__name__} has learnable parameters "
                 f"{learnable}, which LaplaceBNN would leave at their initial values (it fits "
-                "the network and its Laplace hyperparameters, not the transform's): fix them "
-                "(requires_grad_(False)) or use a transform without parameters.")
+                "the network, its Laplace hyperparameters and a Warp's concentrations, not "
+                "this transform's): fix them (requires_grad_(False)) or use a transform "
+                "without parameters.")
 
 
 def appends_features_at_evaluation(transform: InputTransform | None) -> bool:
@@ -233,7 +240,7 @@ def appends_features_at_evaluation(transform: InputTransform | None) -> bool:
     e.g. environmental variables, and a query ``(*b, q, d)`` has only the others)."""
     return transform is not None and any(
         isinstance(part, AppendFeatures) and part.transform_on_eval
-        and not part.transform_on_train for part in _transform_parts(transform))
+        and not part.transform_on_train for part in transform_parts(transform))
 
 
 def check_transformed_query(X: Tensor, X_tf: Tensor, width: int) -> None:

@@ -72,3 +72,16 @@ def test_robust_bo_optimises_a_risk_measure_of_perturbed_points() -> None:
     # the CVaR of the posterior mean at the robust choice is at least the data's best
     mean = ns["model"].posterior(ns["robust_choice"]).mean
     assert float(ns["cvar"](mean)) >= ns["best_f"] - 1e-6
+
+
+def test_the_warp_snippet_learns_a_warp_and_optimises_through_it() -> None:
+    ns = run_snippet("lapbo_warp")
+    warp = ns["warp"]
+    # the steep input is warped (concentration1 > 1 stretches the top of its range), and
+    # its evidence is above that of the same family without the warp
+    assert float(warp.concentration1[0].detach()) > 1.5
+    plain = type(ns["model"])(ns["X"], ns["Y"], seed=0).fit()
+    assert float(ns["model"].log_marginal_likelihood()) > float(
+        plain.log_marginal_likelihood()) + 5
+    assert ns["candidate"].shape == (2, 2) and in_box(ns["candidate"], ns["bounds"])
+    assert torch.isfinite(ns["value"])

@@ -64,6 +64,20 @@ def test_gradient_matches_finite_differences():
                                     atol=1e-6)
 
 
+def test_the_input_gradient_equals_autograd_through_the_design():
+    """The evidence's gradient in the inputs (which a learned ``Warp`` moves)."""
+    layer, X, Y = problem(n=12, d=3, C=2, trend=True)
+    log_ls, prior = torch.tensor([-0.3, 0.2, -1.0], dtype=DT), torch.tensor([0.7, 0.05], dtype=DT)
+    noise = torch.full((12,), 0.02, dtype=DT)
+    a, b = X.clone().requires_grad_(True), X.clone().requires_grad_(True)
+    u = 2 * a - 1
+    fused = random_feature_evidence(a, layer.omega, layer.trend_scale * torch.cat(
+        [u, u.square()], -1), Y, log_ls, prior, noise)
+    reference = autograd_evidence(layer, b, Y, log_ls, prior, noise)
+    torch.testing.assert_close(torch.autograd.grad(fused, a)[0],
+                               torch.autograd.grad(reference, b)[0], rtol=1e-9, atol=1e-9)
+
+
 def test_the_fit_finds_what_the_autograd_objective_finds(monkeypatch):
     layer_net = networks.random_feature_network(2, 1, 512, trend="quadratic").to(DT)
     g = torch.Generator().manual_seed(3)

@@ -133,12 +133,32 @@ def test_random_features_zero_is_named_for_the_random_feature_family() -> None:
 
 
 def test_learnable_input_transforms_are_refused() -> None:
-    from botorch.models.transforms.input import ChainedInputTransform, Normalize, Warp
+    from botorch.models.transforms.input import (
+        ChainedInputTransform,
+        InputTransform,
+        Normalize,
+        Warp,
+    )
 
-    with pytest.raises(ValueError, match=r"Warp has learnable parameters \['concentration0'"):
+    class Shift(InputTransform, torch.nn.Module):
+        """A transform with a learnable shift, which no fit would learn."""
+
+        transform_on_train = transform_on_eval = transform_on_fantasize = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.shift = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+
+        def transform(self, X: torch.Tensor) -> torch.Tensor:
+            return X + self.shift
+
+    with pytest.raises(ValueError, match=r"Shift has learnable parameters \['shift'\]"):
+        LaplaceBNN(X0, Y0, input_transform=Shift(), **SMALL)
+    # a Warp's concentrations are learned, but by the random-feature networks only
+    with pytest.raises(ValueError, match="Warp with learnable concentrations"):
         LaplaceBNN(X0, Y0, input_transform=Warp(d=2, indices=[0, 1]), **SMALL)
     chain = ChainedInputTransform(n=Normalize(d=2), w=Warp(d=2, indices=[0]))
-    with pytest.raises(ValueError, match="Warp has learnable parameters"):
+    with pytest.raises(ValueError, match="Warp with learnable concentrations"):
         LaplaceBNN(X0, Y0, input_transform=chain, **SMALL)
     fixed = Warp(d=2, indices=[0, 1]).requires_grad_(False)  # a fixed warp is a transform
     LaplaceBNN(X0, Y0, input_transform=fixed, **SMALL)
