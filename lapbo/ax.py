@@ -51,8 +51,10 @@ from ax.generators.torch.botorch_modular.utils import ModelConfig, fit_botorch_m
 from ax.storage.botorch_modular_registry import register_model
 from botorch.acquisition.acquisition import AcquisitionFunction
 from botorch.exceptions.errors import UnsupportedError
+from botorch.models.transforms.input import InputTransform
 from botorch.optim import optimize_acqf
 from botorch.utils.datasets import MultiTaskDataset, SupervisedDataset
+from botorch.utils.types import DEFAULT, _DefaultType
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
 from lapbo import training
@@ -166,12 +168,27 @@ def _finite(value: Any) -> bool:
     return not (isinstance(value, float) and not math.isfinite(value))
 
 
-def laplace_model_config(name: str = "LaplaceBNN", **model_options: Any) -> ModelConfig:
+def laplace_model_config(
+    name: str = "LaplaceBNN", *,
+    input_transform_classes: list[type[InputTransform]] | _DefaultType | None = DEFAULT,
+    input_transform_options: dict[str, dict[str, Any]] | None = None, **model_options: Any,
+) -> ModelConfig:
     """``ModelConfig(botorch_model_class=LaplaceBNN, model_options=...)`` with checked
-    options (see ``LAPLACE_MODEL_OPTIONS``)."""
+    options (see ``LAPLACE_MODEL_OPTIONS``). ``input_transform_classes`` and
+    ``input_transform_options`` are ``ModelConfig``'s (Ax's default: ``Normalize`` where
+    the search space is not the unit box); e.g. ``[Warp]`` learns an input warp by the
+    evidence (``lapbo.warping``), with the search space's bounds."""
+    if input_transform_classes is not DEFAULT and input_transform_classes is not None and (
+        not isinstance(input_transform_classes, list) or not all(
+            isinstance(c, type) and issubclass(c, InputTransform)
+            for c in input_transform_classes)):
+        raise ValueError("input_transform_classes must be a list of BoTorch InputTransform "
+                         f"classes, DEFAULT or None, not {input_transform_classes!r}.")
     return ModelConfig(
         botorch_model_class=LaplaceBNN,
         model_options=validate_model_options(model_options),
+        input_transform_classes=input_transform_classes,
+        input_transform_options=input_transform_options or {},
         name=name,
     )
 
@@ -180,7 +197,8 @@ def laplace_generation_strategy(
     n_sobol: int = 5, *, sobol_seed: int | None = None,
     botorch_acqf_class: type[AcquisitionFunction] | None = None,
     optimizer_options: dict[str, Any] | None = None, refit_on_cv: bool = False,
-    **model_options: Any,
+    input_transform_classes: list[type[InputTransform]] | _DefaultType | None = DEFAULT,
+    input_transform_options: dict[str, dict[str, Any]] | None = None, **model_options: Any,
 ) -> GenerationStrategy:
     """Sobol initialisation, then ``BOTORCH_MODULAR`` with a ``LaplaceBNN`` surrogate.
 
@@ -208,6 +226,8 @@ def laplace_generation_strategy(
             overstate the fit (leave-one-out rank correlation 0.7-0.8 on pure noise):
             set ``True`` for MLPs, at one warm refit per fold and metric each time Ax
             cross-validates.
+        input_transform_classes, input_transform_options: the model's input transforms,
+            as in ``laplace_model_config`` (e.g. ``[Warp]``).
         **model_options: ``LaplaceBNN`` keyword options (``n_epochs``, ``width``,
             ``depth``, ``hessian_structure``, ``seed``, ...; see
             ``LAPLACE_MODEL_OPTIONS``).
@@ -219,7 +239,9 @@ def laplace_generation_strategy(
         initialization_random_seed=sobol_seed, initialize_with_center=False,
     )
     gs = choose_generation_strategy(
-        struct, model_config=laplace_model_config(**model_options),
+        struct, model_config=laplace_model_config(
+            input_transform_classes=input_transform_classes,
+            input_transform_options=input_transform_options, **model_options),
         botorch_acqf_class=botorch_acqf_class,
     )
     for node in gs.nodes_by_name.values():

@@ -461,3 +461,23 @@ def test_ten_inputs_use_the_high_dimensional_family() -> None:
     assert len(model.selection) == 3
     params, prediction, index, _ = client.get_best_parameterization()
     assert len(params) == 10 and math.isfinite(prediction["loss"][0]) and 0 <= index < 14
+
+
+def test_a_warp_in_the_model_config_is_learned_by_the_evidence() -> None:
+    from botorch.models.transforms.input import Warp
+
+    client = Client(random_seed=0)
+    client.configure_experiment(parameters=BRANIN_PARAMS)
+    client.configure_optimization(objective="-branin")
+    client.set_generation_strategy(lax.laplace_generation_strategy(
+        n_sobol=5, sobol_seed=0, optimizer_options=CHEAP_ACQF, seed=0,
+        input_transform_classes=[Warp]))
+    run(client, lambda p: {"branin": branin(p)}, 7)
+    assert node_names(client) == ["Sobol"] * 5 + ["MBM"] * 2
+    model = surrogate_model(client)
+    warp = model.input_transform
+    assert isinstance(warp, Warp) and not warp._normalize.learn_bounds  # Ax's bounds
+    concentrations = torch.cat([warp.concentration0, warp.concentration1]).detach()
+    assert not torch.allclose(concentrations, torch.ones_like(concentrations))
+    with pytest.raises(ValueError, match="input_transform_classes must be a list"):
+        lax.laplace_model_config(input_transform_classes=Warp)
