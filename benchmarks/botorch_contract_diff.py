@@ -52,7 +52,7 @@ from botorch.acquisition.multi_objective.utils import (
 from botorch.acquisition.objective import ScalarizedPosteriorTransform
 from botorch.acquisition.proximal import ProximalAcquisitionFunction
 from botorch.models import ModelListGP, SingleTaskGP
-from botorch.models.transforms.input import AppendFeatures, InputPerturbation, Normalize
+from botorch.models.transforms.input import AppendFeatures, InputPerturbation, Normalize, Warp
 from botorch.sampling import SobolQMCNormalSampler
 from botorch.sampling.pathwise import draw_matheron_paths
 from torch import Tensor
@@ -65,8 +65,8 @@ D, N = 2, 8
 #: The set-ups: outputs, known noise, an input transform over a box other than [0, 1]²,
 #: float32 data, no outcome transform, ``LaplaceBNN``'s evidence-weighted mixture, and its
 #: MLP family (two outputs), over all weights and over the last layer; robust BO's input
-#: perturbations, and an environmental variable (``AppendFeatures``: the last of the ``D``
-#: observed inputs, which queries leave out).
+#: perturbations, an environmental variable (``AppendFeatures``: the last of the ``D``
+#: observed inputs, which queries leave out), and a learned input warp (``Warp``).
 SETUPS: dict[str, dict[str, Any]] = {
     "one output": {"m": 1},
     "two outputs": {"m": 2},
@@ -81,6 +81,7 @@ SETUPS: dict[str, dict[str, Any]] = {
     "MLP last layer": {"m": 1, "laplace": {"width": 16, "n_epochs": 100,
                                            "subset_of_weights": "last_layer"}},
     "AppendFeatures": {"m": 1, "append": True},
+    "Warp": {"m": 1, "warp": True},
 }
 
 
@@ -119,6 +120,9 @@ def data(setup: dict[str, Any]) -> dict[str, Any]:
     if setup.get("append"):
         kwargs["input_transform"] = AppendFeatures(feature_set=torch.tensor(
             [[0.2], [0.5], [0.9]], dtype=dtype))
+    if setup.get("warp"):
+        kwargs["input_transform"] = Warp(d=D, indices=list(range(D)), bounds=torch.tensor(
+            [[lo] * D, [hi] * D], dtype=dtype))
     if setup.get("normalize"):
         kwargs["input_transform"] = Normalize(d=D, bounds=torch.tensor(
             [[lo] * D, [hi] * D], dtype=dtype))
@@ -128,10 +132,11 @@ def data(setup: dict[str, Any]) -> dict[str, Any]:
 def models(setup: dict[str, Any]) -> dict[str, Any]:
     """``SingleTaskGP`` (its default hyperparameters: shapes do not depend on a fit) and a
     fitted ``LaplaceBNN`` on the set-up's data."""
-    d = data(setup)
+    d, own = data(setup), data(setup)  # each model its own transforms
     gp = SingleTaskGP(d["X"], d["Y"], **d["kwargs"])
     gp.eval()
-    bnn = LaplaceBNN(d["X"], d["Y"], seed=0, **d["kwargs"], **setup.get("laplace", {})).fit()
+    bnn = LaplaceBNN(own["X"], own["Y"], seed=0, **own["kwargs"],
+                     **setup.get("laplace", {})).fit()
     return {"gp": gp, "laplace": bnn}
 
 

@@ -131,7 +131,8 @@ class _LinearizedModel(Model, FantasizeMixin):
         out the parts applied only at evaluation (``InputPerturbation``: an observation
         is at its input, a query is perturbed)."""
         transform = getattr(self, "input_transform", None)
-        return X if transform is None else transform.preprocess_transform(X)
+        return X if transform is None else transform.preprocess_transform(
+            X.to(self._output_dtype(X)))
 
     def _check_query(self, X: Tensor) -> None:
         """A query ``(*b, q, d)`` with ``train_X``'s width ``d``, or any width when the input
@@ -145,8 +146,10 @@ class _LinearizedModel(Model, FantasizeMixin):
     def _transform_query(self, X: Tensor) -> Tensor:
         """Query inputs ``(*b, q, d)`` → ``(*b, q', d')`` through the input transform as
         BoTorch applies it at evaluation (``q' = q·n_w`` under ``InputPerturbation``,
-        ``q·n_f`` under ``AppendFeatures``), ``d'`` the network's inputs."""
-        X_tf = self.transform_inputs(X)
+        ``q·n_f`` under ``AppendFeatures``), ``d'`` the network's inputs. The query enters
+        the transform in the dtype of the predictions (``_output_dtype``), which is that of
+        the transform's parameters and buffers (a float64 model keeps them in float64)."""
+        X_tf = self.transform_inputs(X.to(self._output_dtype(X)))
         width = self._transform_observed(self._train_X[..., :1, :]).shape[-1]
         validation.check_transformed_query(X, X_tf, width)
         return X_tf

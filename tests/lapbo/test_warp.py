@@ -121,3 +121,17 @@ def test_unsupported_warps_are_named():
         LaplaceBNN(X, Y, input_transform=Warp(d=1, indices=[0], bounds=UNIT, reverse=True))
     with pytest.warns(InputDataWarning, match="Warp has no bounds"):
         LaplaceBNN(X, Y, input_transform=Warp(d=1, indices=[0]))
+
+
+def test_a_float32_query_enters_the_float64_warp_in_float64():
+    """A query enters the transform in the promoted dtype: a float32 query of a float64
+    model with a warp (whose parameters stay float64, also after ``.to(torch.float32)``)
+    is answered in float64, as without the warp."""
+    X, Y = _warped_data(2.0, 0.5)
+    model = _fit(X, Y, _warp())
+    Xq = torch.tensor([[0.3], [0.71]])
+    want = model.posterior(Xq.double()).mean
+    for m in (model, model.to(torch.float32)):
+        got = m.posterior(Xq).mean
+        assert got.dtype == DT
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
