@@ -41,7 +41,9 @@ linearized predictive must hold (the whitened Jacobians ``b·4 × P`` in float64
 
 A variant's JSON holds ``LaplaceBNN`` keyword options, plus ``"warm": false`` (no warm
 starts) or ``"warp": "bilog"`` (``Bilog`` then ``Standardize`` as the outcome transform;
-it makes the posterior non-Gaussian, so only sample-based acquisitions work).
+it makes the posterior non-Gaussian, so only sample-based acquisitions work), and
+``"input_warp": true`` (BoTorch's ``Warp`` on every input after the ``Normalize``, its
+concentrations learned: ``lapbo.warping``), which a ``SingleTaskGP`` variant takes too.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ import torch  # noqa: E402
 from botorch.acquisition import qLogExpectedImprovement  # noqa: E402
 from botorch.fit import fit_gpytorch_mll  # noqa: E402
 from botorch.models import SingleTaskGP  # noqa: E402
-from botorch.models.transforms.input import Normalize  # noqa: E402
+from botorch.models.transforms.input import ChainedInputTransform, Normalize, Warp  # noqa: E402
 from botorch.models.transforms.outcome import (  # noqa: E402
     Bilog,
     ChainedOutcomeTransform,
@@ -138,7 +140,7 @@ def fit_model(method: str, options: dict[str, Any], X: Tensor, Y: Tensor, proble
     bounds = problem.bounds.to(DTYPE)
     d = problem.dim
     if method == "gp" or options.get("model") == "gp":
-        model = SingleTaskGP(X, Y, input_transform=Normalize(d=d, bounds=bounds),
+        model = SingleTaskGP(X, Y, input_transform=input_transform(d, bounds, options),
                              outcome_transform=Standardize(m=1))
         fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
         return model
@@ -149,9 +151,20 @@ def fit_model(method: str, options: dict[str, Any], X: Tensor, Y: Tensor, proble
         kwargs["outcome_transform"] = ChainedOutcomeTransform(bilog=Bilog(),
                                                               standardize=Standardize(m=1))
     warm = kwargs.pop("warm", True)
-    model = LaplaceBNN(X, Y, input_transform=Normalize(d=d, bounds=bounds),
+    kwargs.pop("input_warp", None)
+    model = LaplaceBNN(X, Y, input_transform=input_transform(d, bounds, options),
                        warm_start=previous if warm else None, **kwargs)
     return model.fit()
+
+
+def input_transform(d: int, bounds: Tensor, options: dict[str, Any]) -> Any:
+    """``Normalize`` to the unit box, then with ``"input_warp"`` a learned ``Warp``."""
+    normalize = Normalize(d=d, bounds=bounds)
+    if not options.get("input_warp"):
+        return normalize
+    unit = torch.stack([torch.zeros(d), torch.ones(d)]).to(bounds)
+    return ChainedInputTransform(normalize=normalize,
+                                 warp=Warp(d=d, indices=list(range(d)), bounds=unit))
 
 
 def check_variant_options(options: dict[str, Any]) -> None:
@@ -161,7 +174,7 @@ def check_variant_options(options: dict[str, Any]) -> None:
     if "model" in options and options["model"] != "gp":
         raise ValueError(f"variant option 'model' must be 'gp', not {options['model']!r}.")
     if options.get("model") == "gp":
-        extra = sorted(set(options) - {"model", "acquisition_seed"})
+        extra = sorted(set(options) - {"model", "acquisition_seed", "input_warp"})
         if extra:
             raise ValueError(f"a SingleTaskGP variant takes no LaplaceBNN options: {extra}.")
     seed = options.get("acquisition_seed", 0)

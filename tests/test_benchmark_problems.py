@@ -91,3 +91,24 @@ def test_malformed_variant_options_are_named(options: dict, match: str) -> None:
 
     with pytest.raises(ValueError, match=match):
         run_bo("branin", "v", options, seed=0, iterations=1)
+
+
+def test_the_input_warp_variant_learns_a_warp_after_the_normalize() -> None:
+    from botorch.models.transforms.input import Warp
+
+    from benchmarks.bo import PROBLEMS, fit_model, input_transform
+
+    problem = PROBLEMS["branin"]()
+    bounds = problem.bounds.to(torch.float64)
+    chain = input_transform(2, bounds, {"input_warp": True})
+    assert isinstance(chain["warp"], Warp) and not chain["warp"]._normalize.learn_bounds
+    X = bounds[0] + (bounds[1] - bounds[0]) * torch.rand(
+        8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    Y = problem(X).unsqueeze(-1)
+    for method, options in (("laplace", {"input_warp": True, "candidates": None,
+                                         "net": "random_features"}),
+                            ("gp", {"model": "gp", "input_warp": True})):
+        model = fit_model(method, options, X, Y, problem, None, seed=0)
+        warp = model.input_transform["warp"]
+        assert not torch.equal(warp.concentration0.detach(),
+                               torch.ones_like(warp.concentration0))
