@@ -127,7 +127,7 @@ def fit_warp(transform: InputTransform, train_X: Tensor, Y: Tensor, Yvar: Tensor
     delta = prior_precision.detach().reshape(-1).to(dtype)
     noise = (sigma.detach().to(dtype).square().expand(len(X)) if Yvar is None
              else Yvar.clamp_min(1e-12))
-    W0, b0 = ((None, torch.zeros(Y.shape[-1], dtype=dtype)) if prior_mean is None
+    W0, b0 = ((None, Y.new_zeros(Y.shape[-1])) if prior_mean is None
               else (prior_mean[0].detach().to(dtype), prior_mean[1].detach().to(dtype)))
     priors = [getattr(w, f"concentration{i}_prior", None) for w in warps for i in (0, 1)]
 
@@ -151,9 +151,9 @@ def fit_warp(transform: InputTransform, train_X: Tensor, Y: Tensor, Yvar: Tensor
                 value = value + prior.log_prob(ci).sum()
         return -value
 
-    start = torch.cat([torch.cat([p.detach().reshape(-1).to(dtype) for p in params]).clamp(
+    start = torch.cat([torch.cat([p.detach().reshape(-1).to(X) for p in params]).clamp(
         *CONCENTRATION_BOUNDS).log(), log_ls.clamp(*map(math.log, LENGTHSCALE_BOUNDS))])
-    log_bounds = tuple(torch.cat([torch.full((k,), math.log(c), dtype=dtype),
+    log_bounds = tuple(torch.cat([log_ls.new_full((k,), math.log(c)),
                                   torch.full_like(log_ls, math.log(b))])
                        for c, b in zip(CONCENTRATION_BOUNDS, LENGTHSCALE_BOUNDS))
     u, value = _minimize(objective, start, log_bounds, max_iter)
