@@ -135,3 +135,16 @@ def test_a_float32_query_enters_the_float64_warp_in_float64():
         got = m.posterior(Xq).mean
         assert got.dtype == DT
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_the_learned_warp_is_state():
+    """``state_dict`` carries the concentrations: a fresh model loads the fitted one."""
+    X, Y = _warped_data(2.0, 0.5)
+    model = _fit(X, Y, _warp())
+    fresh = LaplaceBNN(X, Y, input_transform=_warp(), net="random_features", seed=0)
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh.input_transform.concentration1,
+                               model.input_transform.concentration1, rtol=0, atol=0)
+    Xq = torch.tensor([[0.3], [0.71]], dtype=DT)
+    torch.testing.assert_close(fresh.posterior(Xq).mean, model.posterior(Xq).mean,
+                               rtol=0, atol=0)
