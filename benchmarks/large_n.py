@@ -137,13 +137,17 @@ def fit(method: str, X: Tensor, Y: Tensor, bounds: Tensor, previous: Any) -> Any
 
 def run(method: str, n_init: int, rounds: int, q: int, seed: int,
         save_data: str | None = None, resume: bool = False,
-        problem_name: str = DEFAULT_PROBLEM) -> dict[str, Any]:
+        problem_name: str = DEFAULT_PROBLEM, progress_file: str | None = None
+        ) -> dict[str, Any]:
     """One BO run of ``method``; returns per-round CPU and the regret trace.
 
     With ``save_data`` the run's state (data, per-round CPU, regret trace, random state)
     is written to ``<save_data>.<method>.pt`` after every round; ``resume`` continues
     from that file to ``rounds`` rounds in all (``LaplaceBNN`` then refits its first
-    resumed round from scratch: the warm start is not saved).
+    resumed round from scratch: the warm start is not saved). Each round's progress line
+    is appended to ``progress_file``, opened by path for each line (a file replaced while
+    the run goes on, e.g. by a ``git checkout``, then still receives the later rounds), or
+    printed to stderr (``None``).
     """
     torch.manual_seed(seed)
     problem = PROBLEMS[problem_name]()
@@ -176,9 +180,13 @@ def run(method: str, n_init: int, rounds: int, q: int, seed: int,
         X = torch.cat([X, x_new.detach()])
         Y = torch.cat([Y, problem(x_new.detach()).unsqueeze(-1)])
         regret.append(math.log10(f_star - float(Y.max())))
-        print(json.dumps({"n": X.shape[0], "fit_cpu_s": fit_s[-1], "acq_cpu_s": acq_s[-1],
-                          "log10_regret": regret[-1], "cpu": cpu, **chosen_candidate(model)}),
-              file=sys.stderr, flush=True)
+        line = json.dumps({"n": X.shape[0], "fit_cpu_s": fit_s[-1], "acq_cpu_s": acq_s[-1],
+                           "log10_regret": regret[-1], "cpu": cpu, **chosen_candidate(model)})
+        if progress_file is None:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            with open(progress_file, "a") as log:
+                log.write(line + "\n")
         if state_path is not None:  # the trajectory so far: to profile it, or resume
             partial = f"{state_path}.partial"  # replaced in one step: a kill leaves either
             torch.save({"X": X, "Y": Y, "fit_cpu_s": fit_s, "acq_cpu_s": acq_s,
@@ -490,6 +498,7 @@ def main() -> None:
                         help="rows of --replay's data (several: one round at each); with "
                         "--seed-table, the N at which the runs are compared")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--progress-file", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if args.seed_table:
@@ -529,7 +538,7 @@ def main() -> None:
     if args._one:
         print(json.dumps(run(args._one, args.n_init, args.rounds, args.q, args.seed,
                              args.output if args.save_data or args.resume else None,
-                             args.resume, args.problem)))
+                             args.resume, args.problem, args.progress_file)))
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
@@ -542,8 +551,11 @@ def main() -> None:
                *(["--resume"] if args.resume else [])]
         progress = Path(args.output).with_suffix(f".{method}.progress")
         progress.parent.mkdir(parents=True, exist_ok=True)
-        # one JSON line per round, written as it ends (appended to when resuming)
-        with progress.open("a" if args.resume else "w") as log:
+        if not args.resume:
+            progress.write_text("")
+        # one JSON line per round, appended by the run as it ends; warnings in between
+        cmd += ["--progress-file", str(progress)]
+        with progress.open("a") as log:
             res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
                                  check=False)
         if res.returncode != 0:
