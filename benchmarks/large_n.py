@@ -563,6 +563,14 @@ def main() -> None:
             continue
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
+    if not rows:  # every run stopped early (killed to be resumed): keep the file as it is
+        print(f"no run finished; {args.output}.json left as it was", file=sys.stderr)
+        return
+    earlier = Path(args.output).with_suffix(".json")
+    if earlier.exists():  # the runs of the methods not run now stay in the file
+        done = {row["method"] for row in rows}
+        rows = [row for row in json.loads(earlier.read_text()).get("runs", [])
+                if row.get("method") not in done] + rows
     meta = {"command": "benchmarks/large_n.py " + " ".join(sys.argv[1:]), "commit": commit,
             "problem": args.problem, "n_init": args.n_init, "rounds": args.rounds,
             "q": args.q, "seed": args.seed, "cpu": cpu_description(),
