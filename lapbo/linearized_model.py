@@ -150,9 +150,18 @@ class _LinearizedModel(Model, FantasizeMixin):
         the transform in the dtype of the predictions (``_output_dtype``), which is that of
         the transform's parameters and buffers (a float64 model keeps them in float64)."""
         X_tf = self.transform_inputs(X.to(self._output_dtype(X)))
-        width = self._transform_observed(self._train_X[..., :1, :]).shape[-1]
-        validation.check_transformed_query(X, X_tf, width)
+        validation.check_transformed_query(X, X_tf, self._network_width)
         return X_tf
+
+    @property
+    def _network_width(self) -> int:
+        """The network's inputs: the transformed training inputs' width (computed once,
+        not on every query of an acquisition's optimisation)."""
+        width = self.__dict__.get("_network_width_cache")
+        if width is None:
+            width = self._transform_observed(self._train_X[..., :1, :]).shape[-1]
+            self.__dict__["_network_width_cache"] = width
+        return width
 
     def _revert_to_original_inputs(self) -> None:
         """No-op: the network transforms inputs on every call."""
