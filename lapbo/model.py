@@ -66,22 +66,6 @@ def _random_feature_network(d: int, m: int, options: dict[str, Any]) -> nn.Modul
         lengthscale=networks.lengthscale_start(d, options.get("lengthscale_prior")))
 
 
-def _truncated_head_vector(theta: Tensor, columns: Tensor, m: int) -> Tensor:
-    """``[vec W (m, P_old), b (m,)]`` restricted to the head ``columns`` of
-    ``networks.truncate_random_features`` (a random-feature network has no other weights)."""
-    W, b = theta[:-m].reshape(m, -1), theta[-m:]
-    return torch.cat([W[:, columns].reshape(-1), b])
-
-
-def _grown_head_vector(theta: Tensor, columns: Tensor, m: int, width: int) -> Tensor:
-    """``[vec W (m, P_old), b (m,)]`` placed at the head ``columns`` of
-    ``networks.extend_random_features`` in a head of ``width`` inputs, zero elsewhere."""
-    W, b = theta[:-m].reshape(m, -1), theta[-m:]
-    grown = W.new_zeros(m, width)
-    grown[:, columns] = W
-    return torch.cat([grown.reshape(-1), b])
-
-
 class LaplaceBNN(_LinearizedModel):
     r"""A neural network surrogate with a linearized Laplace posterior.
 
@@ -152,7 +136,8 @@ class LaplaceBNN(_LinearizedModel):
         hessian_structure: ``"full"`` (default: exact GGN, low-rank Woodbury form),
             ``"kron"`` or ``"diag"`` (dense Cholesky of the Laplace precision).
         backend: curvature backend class for the Laplace object (default native GGN).
-        input_transform: a BoTorch input transform (learned on ``train_X``); the default
+        input_transform: a BoTorch input transform (learned on ``train_X``; a learnable
+            ``Warp``'s concentrations by the evidence, ``lapbo.warping``); the default
             network expects inputs in the unit box.
         outcome_transform: default ``Standardize(m)``; ``None`` for none.
         n_epochs: full-batch iterations of MAP training from scratch.
@@ -181,7 +166,8 @@ class LaplaceBNN(_LinearizedModel):
             devices only. Training and conditioning inputs go through the input
             transform's ``preprocess_transform``, queries through the transform as BoTorch
             evaluates it: ``InputPerturbation`` (robust BO) turns ``q`` query points into
-            ``q·n_w``; ``AppendFeatures`` (inputs added at evaluation) is refused.
+            ``q·n_w``, ``AppendFeatures`` into ``q·n_f`` with the feature set appended
+            (``train_X`` carries those columns; ``validation.check_input_transform``).
         seed: seed of the network initialisation.
         input_map: a fixed map of the unit box in front of the default network
             (``"box"``: none; ``"centered"``, ``"circle"``, ``"sphere"``: see
@@ -426,9 +412,10 @@ class LaplaceBNN(_LinearizedModel):
             if warm_start is not None and warm_start.prior_mean_kind == "init":
                 theta0 = warm_start.prior_mean.detach().clone().to(dtype=dtype, device=device)
                 if kept is not None:  # the same entries of the truncated head
-                    theta0 = _truncated_head_vector(theta0, kept, m)
+                    theta0 = networks.resized_head_vector(theta0, m, kept)
                 if grown is not None:  # the same entries of the grown head, zero elsewhere
-                    theta0 = _grown_head_vector(theta0, grown, m, self.net[1].in_features)
+                    theta0 = networks.resized_head_vector(theta0, m, grown,
+                                                          self.net[1].in_features)
             else:
                 theta0 = torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
             self.register_buffer("prior_mean", theta0)

@@ -358,6 +358,21 @@ def truncate_random_features(net: nn.Sequential, n_features: int) -> Tensor | No
     return columns
 
 
+def resized_head_vector(theta: Tensor, m: int, columns: Tensor, width: int | None = None
+                        ) -> Tensor:
+    """A vector ``[vec W (m, P_old), b (m,)]`` over the head of a ``random_feature_network``
+    (which has no other weights), carried to the head after a resize: the entries at
+    ``columns`` (``truncate_random_features``' return; ``width=None``), or placed at
+    ``columns`` of a head of ``width`` inputs with zeros elsewhere
+    (``extend_random_features``' return)."""
+    W, b = theta[:-m].reshape(m, -1), theta[-m:]
+    if width is None:
+        return torch.cat([W[:, columns].reshape(-1), b])
+    grown = W.new_zeros(m, width)
+    grown[:, columns] = W
+    return torch.cat([grown.reshape(-1), b])
+
+
 def _resizable_layer(net: nn.Module, n_features: int, caller: str
                      ) -> tuple[ScaledRandomFeatures, int]:
     """``(the network's ScaledRandomFeatures, n_features / 2)``, with the arguments checked."""

@@ -229,9 +229,14 @@ def test_extending_continues_the_sobol_sequence_and_truncating_undoes_it(kernel)
     direct = networks.random_feature_network(2, 2, 64, kernel=kernel, trend="quadratic")
     assert torch.equal(net[0].omega, direct[0].omega)
     assert networks.extend_random_features(net, 64) is None  # as many already
-    networks.truncate_random_features(net, 16)
+    # a vector over the head (a warm start's prior mean) follows the resize
+    theta = torch.cat([before[1].reshape(-1), before[2]])
+    grown = networks.resized_head_vector(theta, 2, columns, net[1].in_features)
+    assert torch.equal(grown, torch.cat([net[1].weight.reshape(-1), net[1].bias]))
+    kept = networks.truncate_random_features(net, 16)
     for now, then in zip((net[0].omega, net[1].weight, net[1].bias), before):
         assert torch.equal(now, then)
+    assert torch.equal(networks.resized_head_vector(grown, 2, kept), theta)
 
 
 def test_a_loaded_frequency_set_is_not_extended_and_bad_counts_are_named() -> None:
