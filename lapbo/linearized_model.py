@@ -23,7 +23,8 @@ from linear_operator.operators import DenseLinearOperator
 from torch import Tensor, nn
 
 from lapbo import averaging, networks, validation
-from laplace import LinearizedPosterior
+from lapbo.shared_points import SharedPointsCache, shared_points
+from laplace import LinearizedPosterior, SharedRows
 from laplace.curvature import network_jacobians
 
 
@@ -71,6 +72,8 @@ class _LinearizedModel(Model, FantasizeMixin):
     #: ``[(weight, component)]`` of an evidence-weighted mixture (``lapbo.averaging``),
     #: whose moments ``posterior`` returns instead of this model's own; ``None``: none.
     _mixture: list[tuple[float, _LinearizedModel]] | None = None
+    #: The shared leading points of the last query and their rows (``_predict``).
+    _shared_cache: SharedPointsCache | None = None
 
     def _gaussian(self) -> LinearizedPosterior:
         raise NotImplementedError
@@ -310,12 +313,20 @@ class _LinearizedModel(Model, FantasizeMixin):
     def _predict(self, X_tf: Tensor, idx: list[int]) -> tuple[Tensor, Tensor]:
         """``LinearizedPosterior.predict`` at ``X_tf`` ``(*b, q, d)``: mean ``(*b, q·k)`` and
         covariance ``(*b, q·k, q·k)``; without gradients and above ``PREDICT_CHUNK_BYTES``
-        of Jacobians, in pieces of the flattened batch."""
+        of Jacobians, in pieces of the flattened batch. Leading points shared by the whole
+        batch (a noisy acquisition's baseline, ``lapbo.shared_points``) are computed once
+        and kept for the next call."""
         gaussian = self._gaussian()
+        shared = self._shared_rows(X_tf, idx, gaussian)
+        if shared is not None:
+            X_tf = X_tf[..., shared[0]:, :]
 
         def whole(Xb: Tensor) -> tuple[Tensor, Tensor]:
             J, f = self._features(Xb, idx)
-            return gaussian.predict(J.to(gaussian.dtype), f.to(gaussian.dtype))
+            J, f = J.to(gaussian.dtype), f.to(gaussian.dtype)
+            if shared is None:
+                return gaussian.predict(J, f)
+            return gaussian.predict_with_shared(shared[1], J, f)
 
         batch, q, d = X_tf.shape[:-2], X_tf.shape[-2], X_tf.shape[-1]
         per_query = q * len(idx) * gaussian.n_params * torch.finfo(gaussian.dtype).bits // 8
@@ -325,6 +336,24 @@ class _LinearizedModel(Model, FantasizeMixin):
         pieces = [whole(part) for part in X_tf.reshape(-1, q, d).split(size)]
         mean, cov = torch.cat([m for m, _ in pieces]), torch.cat([c for _, c in pieces])
         return mean.reshape(*batch, *mean.shape[1:]), cov.reshape(*batch, *cov.shape[1:])
+
+    def _shared_rows(self, X_tf: Tensor, idx: list[int], gaussian: LinearizedPosterior
+                     ) -> tuple[int, SharedRows] | None:
+        """``(k_s, rows)`` of the leading ``k_s`` points of ``X_tf`` that every batch element
+        shares (``shared_points``), from the last call's cache or computed and cached."""
+        if gaussian.batch_shape:  # a fantasy model: Σ Jᵀ would be one (P, k_s) per fantasy
+            return None
+        count = shared_points(X_tf, self._shared_cache, gaussian, tuple(idx))
+        if not count:
+            return None
+        cache = self._shared_cache
+        if cache is None or cache.points.shape[0] != count or cache.gaussian is not gaussian:
+            points = X_tf[(0,) * (X_tf.ndim - 2)][:count].detach()
+            J, f = self._features(points, idx)
+            rows = gaussian.shared_rows(J.to(gaussian.dtype), f.to(gaussian.dtype))
+            cache = SharedPointsCache(points, gaussian, tuple(idx), rows)
+            self._shared_cache = cache
+        return count, cache.rows
 
     def condition_on_observations(
         self, X: Tensor, Y: Tensor, noise: Tensor | None = None, **kwargs: Any

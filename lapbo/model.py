@@ -638,6 +638,7 @@ class LaplaceBNN(_LinearizedModel):
 
     def _invalidate(self) -> None:
         self._la, self._post, self._noise_cache = None, None, None
+        self._shared_cache = None
         self._evidence = None  # of the current weights and data, evaluated at any (δ, σ)
 
     def _adopt(self, child: LaplaceBNN) -> None:

@@ -25,7 +25,7 @@ from laplace.posterior.linear_gaussian import (
     linear_gaussian_evidence,
     linear_gaussian_posterior_mean,
 )
-from laplace.posterior.linearized import LinearizedPosterior
+from laplace.posterior.linearized import LinearizedPosterior, SharedRows
 from laplace.posterior.lowrank import LowRankLaplace
 from laplace.posterior.marglik import log_normal_density
 from laplace.posterior.marglik import maximize as maximize_marginal_likelihood
@@ -76,6 +76,7 @@ __all__ = [
     # beyond laplace-torch: the sample-space pieces the BoTorch adapter (lapbo) uses
     "GramSpectrum",
     "LinearizedPosterior",
+    "SharedRows",
     "SampleSpaceEvidence",
     "gram_evidence",
     "gram_evidence_gradients",

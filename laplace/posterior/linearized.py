@@ -32,7 +32,7 @@ with noise 10⁻², 240 % off elsewhere) and a conditioning step at noise 10⁻�
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -61,6 +61,16 @@ def _widened(base: PrecisionMatrix) -> PrecisionMatrix:
         return base._float64()
     return DensePrecision(base.H.to(wide), base.scale.to(wide), base.prior.to(wide),
                           None if base.spectrum is None else base.spectrum.to(wide))
+
+
+class SharedRows(NamedTuple):
+    """Rows shared by every query of a batch (``LinearizedPosterior.shared_rows``), in the
+    posterior's wide dtype: mean ``(*b, k_s)``, ``Σ Jᵀ`` ``(*b, P, k_s)``, covariance
+    ``(*b, k_s, k_s)``."""
+
+    mean: Tensor
+    cov_times: Tensor
+    cov: Tensor
 
 
 class _Step:
@@ -208,16 +218,50 @@ class LinearizedPosterior:
         """Mean ``(*b, k)`` and covariance ``(*b, k, k)`` of ``f_lin`` at ``J`` ``(*bx, k, P)``
         with ``f = f(x; θ*)`` ``(*bx, k)``; ``*b`` broadcasts ``*bx`` with ``batch_shape``.
         Differentiable in ``J`` and ``f``."""
-        J, f = self._in(J), self._in(f)
+        mean, cov = self._moments(self._in(J), self._in(f))
+        k = f.shape[-1]
+        batch = torch.broadcast_shapes(mean.shape[:-1], cov.shape[:-2])
+        return self._out(mean.expand(*batch, k)), self._out(cov.expand(*batch, k, k))
+
+    def _moments(self, J: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
+        """``predict``'s mean and covariance in the wide dtype, not yet broadcast."""
         mean = f if self.shift is None else f + (J @ self.shift.unsqueeze(-1)).squeeze(-1)
         cov = self._base_inv_square_form(J)
         for s in self.steps:
             U = J @ s.W
             cov = cov - U @ U.mT
-        cov = 0.5 * (cov + cov.mT)
-        k = f.shape[-1]
-        batch = torch.broadcast_shapes(mean.shape[:-1], cov.shape[:-2])
-        return self._out(mean.expand(*batch, k)), self._out(cov.expand(*batch, k, k))
+        return mean, 0.5 * (cov + cov.mT)
+
+    def shared_rows(self, J: Tensor, f: Tensor) -> SharedRows:
+        """What ``predict_with_shared`` reuses for rows ``J`` ``(k_s, P)`` (values ``f``
+        ``(k_s,)``) that lead every query of a batch, such as the baseline points of an
+        acquisition function that evaluates ``[baseline; candidates]``: ``Σ Jᵀ`` and the
+        rows' own moments, computed once (not differentiable)."""
+        J, f = self._in(J.detach()), self._in(f.detach())
+        cov_times = self._cov_times(J)  # (*b, P, k_s)
+        mean = f if self.shift is None else f + (J @ self.shift.unsqueeze(-1)).squeeze(-1)
+        cov = J @ cov_times
+        return SharedRows(mean, cov_times, 0.5 * (cov + cov.mT))
+
+    def predict_with_shared(self, shared: SharedRows, J: Tensor, f: Tensor
+                            ) -> tuple[Tensor, Tensor]:
+        """``predict`` at the rows ``[shared rows; J]``: mean ``(*b, k_s + k)`` and covariance
+        ``(*b, k_s + k, k_s + k)`` for ``J`` ``(*bx, k, P)``, ``f`` ``(*bx, k)``. Equal to
+        ``predict`` of the joined rows up to rounding; the shared rows cost nothing more
+        here, and each query row ``O(P·k_s)`` more than its own moments. Differentiable in
+        ``J`` and ``f`` (not in the shared rows)."""
+        J, f = self._in(J), self._in(f)
+        mean, cov = self._moments(J, f)
+        cross = J @ shared.cov_times  # (*b, k, k_s)
+        k, k_s = f.shape[-1], shared.mean.shape[-1]
+        batch = torch.broadcast_shapes(mean.shape[:-1], cov.shape[:-2], cross.shape[:-2],
+                                       shared.mean.shape[:-1], shared.cov.shape[:-2])
+        mean = torch.cat([shared.mean.expand(*batch, k_s), mean.expand(*batch, k)], dim=-1)
+        cross = cross.expand(*batch, k, k_s)
+        cov = torch.cat([
+            torch.cat([shared.cov.expand(*batch, k_s, k_s), cross.mT], dim=-1),
+            torch.cat([cross, cov.expand(*batch, k, k)], dim=-1)], dim=-2)
+        return self._out(mean), self._out(cov)
 
     def with_mean_step(self, v: Tensor) -> LinearizedPosterior:
         """The posterior moved by ``Σ v`` for ``v`` ``(P,)`` (a Gauss–Newton step

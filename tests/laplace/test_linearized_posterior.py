@@ -193,3 +193,30 @@ def test_float32_base_computes_in_float64(M: int) -> None:
     J32 = J[:2].float().requires_grad_()
     posts[torch.float32].predict(J32, f[:2].float())[1].sum().backward()
     assert J32.grad.dtype == torch.float32 and bool(torch.isfinite(J32.grad).all())
+
+
+@pytest.mark.parametrize("base", ["rows", "dense"])
+@pytest.mark.parametrize("fantasies", [False, True])
+def test_shared_rows_give_the_joint_moments(case: dict[str, Tensor], base: str,
+                                            fantasies: bool) -> None:
+    """``predict_with_shared`` at ``[shared rows; J]`` equals ``predict`` of the joined rows,
+    for a batch of queries and a conditioned (optionally fantasy-batched) posterior."""
+    rows, prior = case["rows_few"], torch.tensor(2.0, dtype=torch.float64)
+    noise = torch.full((rows.shape[0],), 0.3, dtype=torch.float64)
+    gauss = LinearizedPosterior.from_rows(rows, noise, prior)
+    if base == "dense":
+        gauss = LinearizedPosterior.from_precision_matrix(
+            torch.linalg.inv(dense_posterior(rows, noise, prior)))
+    y = case["y_new"].expand(4, 2) if fantasies else case["y_new"]
+    gauss = gauss.condition(case["J_new"], y, torch.full((2,), 0.05, dtype=torch.float64))
+    g = torch.Generator().manual_seed(1)
+    own = (5, 1) if fantasies else (5,)  # broadcast with the fantasy batch (4,)
+    J_own = torch.randn(*own, 2, P, generator=g, dtype=torch.float64)
+    f_own = torch.randn(*own, 2, generator=g, dtype=torch.float64)
+    J_s, f_s = case["J"], case["f"]
+    mean, cov = gauss.predict_with_shared(gauss.shared_rows(J_s, f_s), J_own, f_own)
+    want_mean, want_cov = gauss.predict(torch.cat([J_s.expand(*own, 3, P), J_own], dim=-2),
+                                        torch.cat([f_s.expand(*own, 3), f_own], dim=-1))
+    assert mean.shape == ((5, 4, 5) if fantasies else (5, 5)) == want_mean.shape
+    torch.testing.assert_close(mean, want_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cov, want_cov, rtol=1e-10, atol=1e-12)
