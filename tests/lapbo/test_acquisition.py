@@ -18,13 +18,25 @@ from botorch.acquisition import (
     qUpperConfidenceBound,
 )
 from botorch.acquisition.acquisition import AcquisitionFunction
+from botorch.acquisition.analytic import LogConstrainedExpectedImprovement
+from botorch.acquisition.cost_aware import InverseCostWeightedUtility
+from botorch.acquisition.knowledge_gradient import qMultiFidelityKnowledgeGradient
+from botorch.acquisition.max_value_entropy_search import qMultiFidelityMaxValueEntropy
+from botorch.acquisition.multi_objective.hypervolume_knowledge_gradient import (
+    qHypervolumeKnowledgeGradient,
+)
 from botorch.acquisition.multi_objective.logei import (
     qLogNoisyExpectedHypervolumeImprovement,
 )
+from botorch.acquisition.multi_objective.parego import qLogNParEGO
 from botorch.acquisition.objective import GenericMCObjective, ScalarizedPosteriorTransform
+from botorch.acquisition.predictive_entropy_search import qPredictiveEntropySearch
+from botorch.acquisition.utils import get_optimal_samples, project_to_target_fidelity
 from botorch.exceptions.errors import UnsupportedError
+from botorch.models.cost import AffineFidelityCostModel
+from botorch.models.model import ModelList
 from botorch.models.transforms.outcome import Log
-from botorch.optim import optimize_acqf
+from botorch.optim import optimize_acqf, optimize_acqf_discrete, optimize_acqf_mixed
 from botorch.sampling import SobolQMCNormalSampler
 from torch import Tensor
 
@@ -221,3 +233,54 @@ def test_calling_a_model_with_a_non_gaussian_posterior_is_an_error(
     model = LaplaceBNN(X, Y[:, :1].exp(), outcome_transform=Log(), seed=0, **SMALL).fit()
     with pytest.raises(UnsupportedError, match="TransformedPosterior.*model.posterior"):
         model(X[:2])
+
+
+def test_multi_fidelity_knowledge_gradient_and_max_value_entropy(model1: LaplaceBNN) -> None:
+    """The last input as a fidelity (target 1), a cost-aware utility and a projection."""
+    cost = InverseCostWeightedUtility(AffineFidelityCostModel({1: 1.0}, fixed_cost=0.5))
+
+    def project(X: Tensor) -> Tensor:
+        return project_to_target_fidelity(X, {1: 1.0}, d=2)
+
+    kg = qMultiFidelityKnowledgeGradient(model1, num_fantasies=4, current_value=torch.tensor(0.0),
+                                         cost_aware_utility=cost, project=project)
+    check(kg, compare_raw=False)
+    candidate_set = torch.rand(64, 2, dtype=torch.float64,
+                               generator=torch.Generator().manual_seed(2))
+    mes = qMultiFidelityMaxValueEntropy(model1, candidate_set, num_fantasies=4,
+                                        cost_aware_utility=cost, project=project)
+    check(mes)
+
+
+def test_predictive_entropy_search_and_constrained_analytic_ei(
+        model1: LaplaceBNN, model2: LaplaceBNN, train: tuple[Tensor, Tensor]) -> None:
+    torch.manual_seed(0)
+    optimal_inputs, _ = get_optimal_samples(model1, BOUNDS, num_optima=4)
+    check(qPredictiveEntropySearch(model1, optimal_inputs=optimal_inputs), compare_raw=False)
+    acqf = LogConstrainedExpectedImprovement(model2, best_f=train[1][:, 0].max(),
+                                             objective_index=0, constraints={1: (None, 0.0)})
+    check(acqf)
+
+
+def test_parego_and_hypervolume_knowledge_gradient(model1: LaplaceBNN, model2: LaplaceBNN,
+                                                   train: tuple[Tensor, Tensor]) -> None:
+    X, Y = train
+    sampler = SobolQMCNormalSampler(torch.Size([16]), seed=0)
+    check(qLogNParEGO(model2, X_baseline=X, sampler=sampler), q=2, compare_raw=False)
+    second = LaplaceBNN(X, Y[:, 1:], seed=0, **SMALL).fit()
+    ref_point = Y.min(0).values - 0.1
+    hvkg = qHypervolumeKnowledgeGradient(ModelList(model1, second), ref_point=ref_point,
+                                         num_fantasies=2, num_pareto=2)
+    check(hvkg, compare_raw=False)
+
+
+def test_discrete_and_mixed_optimisation(model1: LaplaceBNN, train: tuple[Tensor, Tensor]) -> None:
+    X = train[0]
+    acqf = qLogNoisyExpectedImprovement(model1, X_baseline=X,
+                                        sampler=SobolQMCNormalSampler(torch.Size([16]), seed=0))
+    choices = torch.rand(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    cand, _ = optimize_acqf_discrete(acqf, q=2, choices=choices)
+    assert all(bool((choices == c).all(-1).any()) for c in cand)
+    cand, value = optimize_acqf_mixed(acqf, BOUNDS, q=1, num_restarts=2, raw_samples=16,
+                                      fixed_features_list=[{0: 0.0}, {0: 1.0}])
+    assert float(cand[0, 0]) in (0.0, 1.0) and torch.isfinite(value).all()
