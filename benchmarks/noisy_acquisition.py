@@ -75,7 +75,7 @@ def _optimize(model: Any, X: torch.Tensor, bounds: torch.Tensor, q: int,
     model.posterior = counting
     switch = linearized_model.shared_points
     if not shared:
-        linearized_model.shared_points = lambda *args, **kwargs: 0
+        linearized_model.shared_points = lambda *args, **kwargs: (0, 0)
     try:
         torch.manual_seed(1)
         start = time.process_time()

@@ -313,20 +313,21 @@ class _LinearizedModel(Model, FantasizeMixin):
     def _predict(self, X_tf: Tensor, idx: list[int]) -> tuple[Tensor, Tensor]:
         """``LinearizedPosterior.predict`` at ``X_tf`` ``(*b, q, d)``: mean ``(*b, q·k)`` and
         covariance ``(*b, q·k, q·k)``; without gradients and above ``PREDICT_CHUNK_BYTES``
-        of Jacobians, in pieces of the flattened batch. Leading points shared by the whole
-        batch (a noisy acquisition's baseline, ``lapbo.shared_points``) are computed once
-        and kept for the next call."""
+        of Jacobians, in pieces of the flattened batch. Leading and trailing points shared by
+        the whole batch (a noisy acquisition's baseline, pending points;
+        ``lapbo.shared_points``) are computed once and kept for the next call."""
         gaussian = self._gaussian()
         shared = self._shared_rows(X_tf, idx, gaussian)
         if shared is not None:
-            X_tf = X_tf[..., shared[0]:, :]
+            lead, trail, rows = shared
+            X_tf = X_tf[..., lead:X_tf.shape[-2] - trail, :]
 
         def whole(Xb: Tensor) -> tuple[Tensor, Tensor]:
             J, f = self._features(Xb, idx)
             J, f = J.to(gaussian.dtype), f.to(gaussian.dtype)
             if shared is None:
                 return gaussian.predict(J, f)
-            return gaussian.predict_with_shared(shared[1], J, f)
+            return gaussian.predict_with_shared(rows, J, f, lead=lead * len(idx))
 
         batch, q, d = X_tf.shape[:-2], X_tf.shape[-2], X_tf.shape[-1]
         per_query = q * len(idx) * gaussian.n_params * torch.finfo(gaussian.dtype).bits // 8
@@ -338,22 +339,25 @@ class _LinearizedModel(Model, FantasizeMixin):
         return mean.reshape(*batch, *mean.shape[1:]), cov.reshape(*batch, *cov.shape[1:])
 
     def _shared_rows(self, X_tf: Tensor, idx: list[int], gaussian: LinearizedPosterior
-                     ) -> tuple[int, SharedRows] | None:
-        """``(k_s, rows)`` of the leading ``k_s`` points of ``X_tf`` that every batch element
-        shares (``shared_points``), from the last call's cache or computed and cached."""
+                     ) -> tuple[int, int, SharedRows] | None:
+        """``(lead, trail, rows)`` of the leading and trailing points of ``X_tf`` that every
+        batch element shares (``shared_points``), from the last call's cache or computed
+        and cached; ``None`` when none is shared."""
         if gaussian.batch_shape:  # a fantasy model: Σ Jᵀ would be one (P, k_s) per fantasy
             return None
-        count = shared_points(X_tf, self._shared_cache, gaussian, tuple(idx))
-        if not count:
+        lead, trail = shared_points(X_tf, self._shared_cache, gaussian, tuple(idx))
+        if not (lead or trail):
             return None
-        cache = self._shared_cache
-        if cache is None or cache.points.shape[0] != count or cache.gaussian is not gaussian:
-            points = X_tf[(0,) * (X_tf.ndim - 2)][:count].detach()
+        q, cache = X_tf.shape[-2], self._shared_cache
+        if cache is None or (cache.q, cache.lead, cache.trail) != (q, lead, trail) \
+                or cache.gaussian is not gaussian or cache.outputs != tuple(idx):
+            first = X_tf[(0,) * (X_tf.ndim - 2)].detach()
+            points = torch.cat([first[:lead], first[q - trail:]])
             J, f = self._features(points, idx)
             rows = gaussian.shared_rows(J.to(gaussian.dtype), f.to(gaussian.dtype))
-            cache = SharedPointsCache(points, gaussian, tuple(idx), rows)
+            cache = SharedPointsCache(q, lead, trail, points, gaussian, tuple(idx), rows)
             self._shared_cache = cache
-        return count, cache.rows
+        return lead, trail, cache.rows
 
     def condition_on_observations(
         self, X: Tensor, Y: Tensor, noise: Tensor | None = None, **kwargs: Any

@@ -10,8 +10,9 @@ each (``J Bᵀ`` of the sample-space covariance), so a call paid ``b·(n_b + q)`
 the rows and most of the acquisition's CPU (a GP caches its baseline the same way,
 through BoTorch's cached root decomposition).
 
-``shared_points`` finds those leading points: the same in every batch element (or those
-of the previous call, ``SharedPointsCache``) and carrying no gradient. Points that carry
+``shared_points`` finds those points, and the pending points that BoTorch appends last:
+leading and trailing points the same in every batch element (or those of the previous
+call, ``SharedPointsCache``) that carry no gradient. Points that carry
 one are never shared, so ``posterior`` stays differentiable in every point it is given:
 BoTorch's baseline is a buffer, while a batch of optimisation variables that happen to
 coincide (restarts from one initial condition) does carry gradients.
@@ -32,9 +33,13 @@ _PROBE_STEP = 0.6180339887498949
 
 
 class SharedPointsCache(NamedTuple):
-    """The shared points of the last query: transformed ``(k_s, d)``, for the Gaussian
-    and the outputs they were computed with, and their ``SharedRows``."""
+    """The shared points of the last query of ``q`` points: ``lead`` leading and ``trail``
+    trailing ones, transformed ``(lead + trail, d)``, for the Gaussian and the outputs they
+    were computed with, and their ``SharedRows``."""
 
+    q: int
+    lead: int
+    trail: int
     points: Tensor
     gaussian: Any
     outputs: tuple[int, ...]
@@ -42,32 +47,36 @@ class SharedPointsCache(NamedTuple):
 
 
 def shared_points(X_tf: Tensor, cache: SharedPointsCache | None, gaussian: Any,
-                  outputs: tuple[int, ...]) -> int:
-    """The number of leading points of ``X_tf`` ``(*b, q, d)`` that ``posterior`` may
-    compute once: those of ``cache`` when every batch element starts with them, else the
-    leading points equal in all ``b > 1`` elements; at most ``q − 1``, and none that
-    carries a gradient. 0: none."""
+                  outputs: tuple[int, ...]) -> tuple[int, int]:
+    """``(lead, trail)``: how many leading and trailing points of ``X_tf`` ``(*b, q, d)``
+    ``posterior`` may compute once — those of ``cache`` where every batch element has
+    them, else the leading and trailing runs of points equal in all ``b > 1`` elements
+    (BoTorch's baseline comes first, pending points last) — leaving at least one point
+    and none that carries a gradient. ``(0, 0)``: none."""
     q = X_tf.shape[-2]
     if q < 2 or _functorch_wrapped(X_tf):
-        return 0
-    count = _cached_count(X_tf, cache, gaussian, outputs)
-    if not count and X_tf.shape[:-2].numel() > 1:
+        return 0, 0
+    lead, trail = _cached_counts(X_tf, cache, gaussian, outputs)
+    if not (lead or trail) and X_tf.shape[:-2].numel() > 1:
         first = X_tf[(0,) * (X_tf.ndim - 2)]
-        equal = (X_tf == first).all(-1).reshape(-1, q).all(0)  # (q,) same in every element
-        count = int(equal.int().cumprod(0).sum())
-    count = min(count, q - 1)
-    return count if count and carries_no_gradient(X_tf[..., :count, :]) else 0
+        equal = (X_tf == first).all(-1).reshape(-1, q).all(0).int()  # (q,) same everywhere
+        lead = min(int(equal.cumprod(0).sum()), q - 1)
+        trail = min(int(equal.flip(0).cumprod(0).sum()), q - 1 - lead)
+    lead = lead if lead and carries_no_gradient(X_tf[..., :lead, :]) else 0
+    trail = trail if trail and carries_no_gradient(X_tf[..., q - trail:, :]) else 0
+    return lead, trail
 
 
-def _cached_count(X_tf: Tensor, cache: SharedPointsCache | None, gaussian: Any,
-                  outputs: tuple[int, ...]) -> int:
-    if cache is None or cache.gaussian is not gaussian or cache.outputs != outputs:
-        return 0
+def _cached_counts(X_tf: Tensor, cache: SharedPointsCache | None, gaussian: Any,
+                   outputs: tuple[int, ...]) -> tuple[int, int]:
+    if (cache is None or cache.gaussian is not gaussian or cache.outputs != outputs
+            or cache.q != X_tf.shape[-2]):
+        return 0, 0
     points = cache.points
-    k = points.shape[0]
-    if k >= X_tf.shape[-2] or points.device != X_tf.device or points.dtype != X_tf.dtype:
-        return 0
-    return k if bool((X_tf[..., :k, :] == points).all()) else 0
+    if points.device != X_tf.device or points.dtype != X_tf.dtype:
+        return 0, 0
+    rows = torch.cat([X_tf[..., :cache.lead, :], X_tf[..., cache.q - cache.trail:, :]], dim=-2)
+    return (cache.lead, cache.trail) if bool((rows == points).all()) else (0, 0)
 
 
 def carries_no_gradient(X: Tensor) -> bool:

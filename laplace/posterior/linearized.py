@@ -243,24 +243,29 @@ class LinearizedPosterior:
         cov = J @ cov_times
         return SharedRows(mean, cov_times, 0.5 * (cov + cov.mT))
 
-    def predict_with_shared(self, shared: SharedRows, J: Tensor, f: Tensor
-                            ) -> tuple[Tensor, Tensor]:
-        """``predict`` at the rows ``[shared rows; J]``: mean ``(*b, k_s + k)`` and covariance
-        ``(*b, k_s + k, k_s + k)`` for ``J`` ``(*bx, k, P)``, ``f`` ``(*bx, k)``. Equal to
-        ``predict`` of the joined rows up to rounding; the shared rows cost nothing more
+    def predict_with_shared(self, shared: SharedRows, J: Tensor, f: Tensor,
+                            lead: int | None = None) -> tuple[Tensor, Tensor]:
+        """``predict`` at the rows ``[shared rows[:lead]; J; shared rows[lead:]]``: mean
+        ``(*b, k_s + k)`` and covariance ``(*b, k_s + k, k_s + k)`` for ``J`` ``(*bx, k, P)``,
+        ``f`` ``(*bx, k)`` (``lead``: how many shared rows come first, default all). Equal
+        to ``predict`` of the joined rows up to rounding; the shared rows cost nothing more
         here, and each query row ``O(P·k_s)`` more than its own moments. Differentiable in
         ``J`` and ``f`` (not in the shared rows)."""
         J, f = self._in(J), self._in(f)
         mean, cov = self._moments(J, f)
         cross = J @ shared.cov_times  # (*b, k, k_s)
         k, k_s = f.shape[-1], shared.mean.shape[-1]
+        a = k_s if lead is None else lead
         batch = torch.broadcast_shapes(mean.shape[:-1], cov.shape[:-2], cross.shape[:-2],
                                        shared.mean.shape[:-1], shared.cov.shape[:-2])
-        mean = torch.cat([shared.mean.expand(*batch, k_s), mean.expand(*batch, k)], dim=-1)
+        m_s, c_s = shared.mean.expand(*batch, k_s), shared.cov.expand(*batch, k_s, k_s)
         cross = cross.expand(*batch, k, k_s)
+        mean = torch.cat([m_s[..., :a], mean.expand(*batch, k), m_s[..., a:]], dim=-1)
         cov = torch.cat([
-            torch.cat([shared.cov.expand(*batch, k_s, k_s), cross.mT], dim=-1),
-            torch.cat([cross, cov.expand(*batch, k, k)], dim=-1)], dim=-2)
+            torch.cat([c_s[..., :a, :a], cross[..., :a].mT, c_s[..., :a, a:]], dim=-1),
+            torch.cat([cross[..., :a], cov.expand(*batch, k, k), cross[..., a:]], dim=-1),
+            torch.cat([c_s[..., a:, :a], cross[..., a:].mT, c_s[..., a:, a:]], dim=-1),
+        ], dim=-2)
         return self._out(mean), self._out(cov)
 
     def with_mean_step(self, v: Tensor) -> LinearizedPosterior:

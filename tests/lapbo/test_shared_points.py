@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from botorch.acquisition import qLogNoisyExpectedImprovement
+from botorch.acquisition import qLogExpectedImprovement, qLogNoisyExpectedImprovement
 from botorch.models.transforms import Normalize
 from botorch.sampling import SobolQMCNormalSampler
 
@@ -36,7 +36,7 @@ def unshared(monkeypatch):
     """Run a callable with sharing switched off (the computation before it existed)."""
     def run(fn):
         with monkeypatch.context() as patch:
-            patch.setattr(lm, "shared_points", lambda *args, **kwargs: 0)
+            patch.setattr(lm, "shared_points", lambda *args, **kwargs: (0, 0))
             return fn()
     return run
 
@@ -80,6 +80,51 @@ def test_qlognei_values_and_gradients_equal_the_unshared_ones(unshared):
     torch.testing.assert_close(got[0], want[0], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(got[1], want[1], rtol=1e-7, atol=1e-9)
     assert bool(got[1].abs().gt(0).any())
+
+
+@pytest.mark.parametrize("noisy", [False, True])
+def test_pending_points_are_shared_too(noisy, unshared):
+    """qLogEI appends ``X_pending`` after the candidates (``[X; pending]``: trailing shared
+    points); qLogNEI joins them to its baseline (leading)."""
+    model, X = _model()
+    g = torch.Generator().manual_seed(6)
+    cand = torch.rand(4, 2, 3, generator=g, dtype=DT) * 4 - 2
+    pending = torch.rand(3, 3, generator=g, dtype=DT) * 4 - 2
+    sampler = SobolQMCNormalSampler(torch.Size([32]), seed=2)
+
+    def value_and_grad():
+        if noisy:
+            acqf = qLogNoisyExpectedImprovement(model, X_baseline=X[:10], prune_baseline=False,
+                                                X_pending=pending, sampler=sampler)
+        else:
+            acqf = qLogExpectedImprovement(model, best_f=1.0, X_pending=pending,
+                                           sampler=sampler)
+        Xc = cand.clone().requires_grad_(True)
+        value = acqf(Xc)
+        return value.detach(), torch.autograd.grad(value.sum(), Xc)[0]
+
+    model._shared_cache = None
+    got = value_and_grad()
+    cache = model._shared_cache
+    assert (cache.q, cache.lead, cache.trail) == ((15, 13, 0) if noisy else (5, 0, 3))
+    want = unshared(value_and_grad)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-7, atol=1e-9)
+
+
+def test_leading_and_trailing_points_together(unshared):
+    model, X = _model(2)
+    g = torch.Generator().manual_seed(7)
+    own = torch.rand(3, 2, 3, generator=g, dtype=DT) * 4 - 2
+    Xq = torch.cat([X[:4].expand(3, 4, 3), own, X[20:23].expand(3, 3, 3)], dim=-2)
+    model._shared_cache = None
+    got = model.posterior(Xq, observation_noise=True)
+    cache = model._shared_cache
+    assert (cache.q, cache.lead, cache.trail) == (9, 4, 3)
+    want = unshared(lambda: model.posterior(Xq, observation_noise=True))
+    torch.testing.assert_close(got.mean, want.mean, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got.distribution.covariance_matrix,
+                               want.distribution.covariance_matrix, rtol=1e-9, atol=1e-11)
 
 
 def test_a_later_query_reuses_the_cached_points(monkeypatch):
