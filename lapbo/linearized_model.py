@@ -349,10 +349,11 @@ class _LinearizedModel(Model, FantasizeMixin):
         if not (lead or trail):
             return None
         q, cache = X_tf.shape[-2], self._shared_cache
+        first = X_tf[(0,) * (X_tf.ndim - 2)].detach()
+        points = torch.cat([first[:lead], first[q - trail:]])
         if cache is None or (cache.q, cache.lead, cache.trail) != (q, lead, trail) \
-                or cache.gaussian is not gaussian or cache.outputs != tuple(idx):
-            first = X_tf[(0,) * (X_tf.ndim - 2)].detach()
-            points = torch.cat([first[:lead], first[q - trail:]])
+                or cache.gaussian is not gaussian or cache.outputs != tuple(idx) \
+                or not torch.equal(cache.points, points):
             J, f = self._features(points, idx)
             rows = gaussian.shared_rows(J.to(gaussian.dtype), f.to(gaussian.dtype))
             cache = SharedPointsCache(q, lead, trail, points, gaussian, tuple(idx), rows)

@@ -146,6 +146,17 @@ def test_a_later_query_reuses_the_cached_points(monkeypatch):
     assert rows[-1] == 8
 
 
+def test_another_baseline_of_the_same_size_is_not_read_from_the_cache(unshared):
+    model, X = _model()
+    model.posterior(_queries(X))  # caches X[:12]
+    other = _queries(X[20:])  # twelve other leading points, three own
+    got = model.posterior(other)
+    assert torch.equal(model._shared_cache.points, model._transform_query(X[20:32]))
+    want = unshared(lambda: model.posterior(other))
+    torch.testing.assert_close(got.mean, want.mean, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got.variance, want.variance, rtol=1e-8, atol=1e-12)
+
+
 def test_points_that_carry_gradients_are_not_shared(unshared):
     """Restarts that start at one point share values, not gradients."""
     model, X = _model()
