@@ -30,6 +30,7 @@ from lapbo.feature_evidence import (
     random_feature_evidence,
     random_feature_evidence_gradients,
 )
+from lapbo.lbfgs import lbfgs
 from lapbo.networks import lengthscale_hyperprior, random_feature_layer
 from lapbo.training import TrainingOptions, gamma_prior, hyperpriors
 from laplace import (
@@ -492,10 +493,9 @@ def _minimize(objective: Callable[[Tensor], Tensor], start: Tensor,
             if i > 0 and torch.equal(inside, u):
                 break
             u.copy_(inside)
-        optimizer = torch.optim.LBFGS([u], lr=1.0, max_iter=max_iter,
-                                      line_search_fn="strong_wolfe",
-                                      tolerance_grad=GRAD_TOLERANCE,
-                                      tolerance_change=RELATIVE_TOLERANCE * scale)
+        optimizer = lbfgs([u], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
+                          tolerance_grad=GRAD_TOLERANCE,
+                          tolerance_change=RELATIVE_TOLERANCE * scale)
         with torch.enable_grad():
             optimizer.step(seen.closure)
     u = u.detach()

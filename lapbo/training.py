@@ -30,6 +30,7 @@ from botorch.exceptions.errors import UnsupportedError
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lapbo.lbfgs import lbfgs
 from lapbo.networks import last_layer_name, rows_independent
 from laplace import (
     Laplace,
@@ -368,7 +369,7 @@ def train_map(
     net.train()
     if optimizer == "lbfgs":
         snapshot = [p.detach().clone() for p in net.parameters()]
-        opt = torch.optim.LBFGS(
+        opt = lbfgs(
             net.parameters(), lr=1.0, max_iter=n_epochs, history_size=50,
             line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12,
         )
