@@ -14,7 +14,8 @@ cell here is a new Python process (`subprocess`, one thread) that imports BoTorc
 (`time.process_time`) of each iteration's fit and acquisition, after the imports, and
 whether `torch._dynamo` was imported by then (constructing any `torch.optim` optimizer
 imports it: 1.7 s of CPU on this machine; `LaplaceBNN`'s fits use `torch.optim.LBFGS`,
-the GP's fit scipy's L-BFGS-B). Median over three processes.
+constructed without that import since session 47, `lapbo.lbfgs`; the GP's fit uses
+scipy's L-BFGS-B). Median over three processes.
 """
 
 from __future__ import annotations
