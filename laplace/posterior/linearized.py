@@ -251,11 +251,17 @@ class LinearizedPosterior:
         to ``predict`` of the joined rows up to rounding; the shared rows cost nothing more
         here, and each query row ``O(P·k_s)`` more than its own moments. Differentiable in
         ``J`` and ``f`` (not in the shared rows)."""
+        if not isinstance(shared, SharedRows):
+            raise ValueError(f"shared must be the SharedRows of shared_rows, not "
+                             f"{type(shared).__name__}.")
+        k_s = shared.mean.shape[-1]
+        a = k_s if lead is None else lead
+        if isinstance(a, bool) or not isinstance(a, int) or not 0 <= a <= k_s:
+            raise ValueError(f"lead must be an int from 0 to the {k_s} shared rows, not {a!r}.")
         J, f = self._in(J), self._in(f)
         mean, cov = self._moments(J, f)
         cross = J @ shared.cov_times  # (*b, k, k_s)
-        k, k_s = f.shape[-1], shared.mean.shape[-1]
-        a = k_s if lead is None else lead
+        k = f.shape[-1]
         batch = torch.broadcast_shapes(mean.shape[:-1], cov.shape[:-2], cross.shape[:-2],
                                        shared.mean.shape[:-1], shared.cov.shape[:-2])
         m_s, c_s = shared.mean.expand(*batch, k_s), shared.cov.expand(*batch, k_s, k_s)

@@ -220,3 +220,14 @@ def test_shared_rows_give_the_joint_moments(case: dict[str, Tensor], base: str,
     assert mean.shape == ((5, 4, 5) if fantasies else (5, 5)) == want_mean.shape
     torch.testing.assert_close(mean, want_mean, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(cov, want_cov, rtol=1e-10, atol=1e-12)
+
+
+def test_shared_rows_arguments_are_validated(case: dict[str, Tensor]) -> None:
+    noise = torch.full((4,), 0.3, dtype=torch.float64)
+    gauss = LinearizedPosterior.from_rows(case["rows_few"], noise, torch.tensor(2.0))
+    shared = gauss.shared_rows(case["J"], case["f"])
+    for bad in (-1, 4, 1.5, True):
+        with pytest.raises(ValueError, match="lead must be an int from 0 to the 3 shared rows"):
+            gauss.predict_with_shared(shared, case["J_new"], case["y_new"], lead=bad)
+    with pytest.raises(ValueError, match="shared must be the SharedRows"):
+        gauss.predict_with_shared((shared.mean, shared.cov), case["J_new"], case["y_new"])
