@@ -72,7 +72,7 @@ class _LinearizedModel(Model, FantasizeMixin):
     #: ``[(weight, component)]`` of an evidence-weighted mixture (``lapbo.averaging``),
     #: whose moments ``posterior`` returns instead of this model's own; ``None``: none.
     _mixture: list[tuple[float, _LinearizedModel]] | None = None
-    #: The shared leading points of the last query and their rows (``_predict``).
+    #: The shared leading and trailing points of the last query and their rows (``_predict``).
     _shared_cache: SharedPointsCache | None = None
 
     def _gaussian(self) -> LinearizedPosterior:
