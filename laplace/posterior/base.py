@@ -262,6 +262,11 @@ class BaseLaplace(metaclass=arguments.PositionalArguments):
     def _invalidate(self) -> None:
         """Hook for subclasses caching factorizations that depend on hyperparameters."""
 
+    def _fit_inplace_state(self, override: bool) -> dict[str, Any]:
+        """Copies of the attributes that ``fit`` would change in place (none here), kept
+        so that a fit that raises can restore them (``transaction``)."""
+        return {}
+
     def _prepare_for_tuning(self) -> None:
         """Hook: precompute what repeated marginal-likelihood evaluations share."""
 

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from laplace.curvature.curvature import output_hessian_sqrt
 from laplace.posterior import arguments, validation_search
 from laplace.posterior.functional import FunctionalLaplace
+from laplace.posterior.transaction import restores_state_on_error
 from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs, inputs_to, split_batch
@@ -184,6 +185,7 @@ class ELLA(FunctionalLaplace):
             "processed_examples": [], "val_nll": [], "tuning": []}
 
     # ----------------------------------------------------------------- fit
+    @restores_state_on_error
     def fit(self, train_loader: Any, progress_bar: bool = False,
             distributed: bool | None = None) -> None:
         """Features from the subset, then ``G`` and the loss over all training data."""

@@ -179,6 +179,18 @@ class FullLaplace(ConditioningMixin, ParametricLaplace):
         self._cached = None
         return self._precision()
 
+    def _fit_inplace_state(self, override: bool) -> dict[str, Any]:
+        """``fit(override=False)`` adds to the stored ``H`` and rows in place: copy them.
+        (``override=True`` allocates new ones, so nothing needs copying.)"""
+        if override:
+            return {}
+        state: dict[str, Any] = {}
+        if isinstance(self.__dict__.get("_H"), Tensor):
+            state["_H"] = self.__dict__["_H"].clone()
+        if self.__dict__.get("_rows") is not None:
+            state["_rows"] = list(self._rows)
+        return state
+
     def _accumulate(self, H_batch: Tensor | None) -> None:
         if H_batch is not None:
             self.__dict__["_H"] += H_batch

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Subset
 from laplace.posterior import arguments
 from laplace.posterior.base import BaseLaplace
 from laplace.posterior.lastlayer import LastLayerMixin
+from laplace.posterior.transaction import restores_state_on_error
 from laplace.precision.cancellation import guard_subtraction, wide_dtype
 from laplace.precision.woodbury import WoodburyPrecision
 from laplace.predictive import links
@@ -113,6 +114,7 @@ class FunctionalLaplace(BaseLaplace):
         return self.n_subset / self.n_data
 
     # ----------------------------------------------------------------- fit
+    @restores_state_on_error
     def fit(self, train_loader: Any, progress_bar: bool = False,
             distributed: bool | None = None) -> None:
         """Loss over all data; ``K_MM``, ``L`` and ``μ`` on a subset of ``n_subset``.
@@ -561,6 +563,7 @@ class FunctionalLLLaplace(LastLayerMixin, FunctionalLaplace):
                                      feature_reduction)
         super().__init__(extractor, likelihood, n_subset, *args, **kwargs)
 
+    @restores_state_on_error
     def fit(self, train_loader: Any, progress_bar: bool = False,
             distributed: bool | None = None) -> None:
         distributed_fit.require_local(distributed, type(self).__name__)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from laplace.posterior import arguments
 from laplace.posterior.parametric import ParametricLaplace
+from laplace.posterior.transaction import restores_state_on_error
 from laplace.precision import DiagPrecision, KronPrecision, NotFittedError, PrecisionMatrix
 from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
@@ -73,6 +74,7 @@ class KronLaplace(ParametricLaplace):
     def _curv_closure(self, X: Inputs, y: Tensor, N: int) -> tuple[Tensor, Any]:
         return self.backend.kron(X, y, N=N, **self.asdl_fisher_kwargs)
 
+    @restores_state_on_error
     def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False,
             distributed: bool | None = None) -> None:
         """As ``ParametricLaplace.fit``; with ``override=False`` the factors of the

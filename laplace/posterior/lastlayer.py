@@ -26,6 +26,7 @@ from laplace.posterior.diag import DiagLaplace
 from laplace.posterior.full import FullLaplace
 from laplace.posterior.kron import KronLaplace
 from laplace.posterior.parametric import ParametricLaplace
+from laplace.posterior.transaction import restores_state_on_error
 from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs, inputs_to
@@ -266,6 +267,7 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
     def _has_bias(self) -> bool:
         return self.model.last_layer.bias is not None
 
+    @restores_state_on_error
     def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False,
             distributed: bool | None = None) -> None:
         """Find the last layer on the first batch (unless named), then fit."""

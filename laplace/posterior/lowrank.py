@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from laplace.curvature.lowrank import top_eigenpairs
 from laplace.posterior import arguments  # noqa: F401
 from laplace.posterior.parametric import ParametricLaplace
+from laplace.posterior.transaction import restores_state_on_error
 from laplace.precision import NotFittedError
 from laplace.precision.lowrank import LowRankPrecision
 from laplace.utils import checks
@@ -55,6 +56,7 @@ class LowRankLaplace(ParametricLaplace):
                 "posterior has no prior-only form before fit)."
             )
 
+    @restores_state_on_error
     def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False,
             distributed: bool | None = None) -> None:
         """As ``ParametricLaplace.fit``. Distributed, the curvature is summed over the
@@ -69,23 +71,29 @@ class LowRankLaplace(ParametricLaplace):
         self.model.eval()
         self.mean = self._posterior_vector()
         with distributed_fit.collective_errors(dist, "fitting", self._device):
-            self._check_first_batch(train_loader)
+            self._check_batches(train_loader)
         k = self.n_eigenvalues or min(100, self.n_params)
         U, lam, loss = top_eigenpairs(
             self.backend, train_loader, k, self._device, self._dtype, self.n_params,
             N=N, reduce=distributed_fit.all_reduce_nested if dist else None,
         )
+        checks.finite_loss(loss, None)
         self.H, self.loss, self.n_data = (U, lam), loss, N
         self._invalidate()
 
-    def _check_first_batch(self, train_loader: Any) -> None:
-        first = next(iter(train_loader), None)
-        if first is None:
+    def _check_batches(self, train_loader: Any) -> None:
+        """The number of outputs from the first batch, and every batch's targets (as the
+        other structures check them while they accumulate; the eigensolver sees all
+        batches at once, so a NaN target in a later one made a NaN loss and evidence)."""
+        index = -1
+        for index, batch in enumerate(train_loader):
+            X, y = split_batch(batch, self.dict_key_x, self.dict_key_y)
+            X = inputs_to(X, self._device)
+            if index == 0:
+                self._set_n_outputs(X)
+            self._check_targets(X, y.to(self._device), index)
+        if index < 0:
             raise ValueError("The data loader yielded no batches: nothing to fit on.")
-        X, y = split_batch(first, self.dict_key_x, self.dict_key_y)
-        X = inputs_to(X, self._device)
-        self._set_n_outputs(X)
-        self._check_targets(X, y.to(self._device), 0)
 
     def _make_precision(self, scale: Tensor, prior: Tensor) -> LowRankPrecision:
         U, lam = self.H

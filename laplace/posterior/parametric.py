@@ -16,6 +16,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from laplace.posterior.base import BaseLaplace
+from laplace.posterior.transaction import restores_state_on_error
 from laplace.precision import PrecisionMatrix
 from laplace.predictive import links
 from laplace.utils import checks
@@ -113,6 +114,7 @@ class ParametricLaplace(BaseLaplace):
         self.H = state
 
     # ------------------------------------------------------------------- fit
+    @restores_state_on_error
     def fit(self, train_loader: Any, override: bool = True, progress_bar: bool = False,
             distributed: bool | None = None) -> None:
         """Accumulate the curvature of the training data at the current weights.

@@ -80,6 +80,7 @@ from laplace.posterior.ella import (
     subset_jacobians,
 )
 from laplace.posterior.functional import FunctionalLaplace
+from laplace.posterior.transaction import restores_state_on_error
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs
 from laplace.utils.enums import Likelihood
@@ -147,6 +148,7 @@ class VaLLA(FunctionalLaplace):
         return self.likelihood == Likelihood.REGRESSION
 
     # ----------------------------------------------------------------- fit
+    @restores_state_on_error
     def fit(self, train_loader: Any, progress_bar: bool = False,
             distributed: bool | None = None) -> None:
         """Inducing basis from the subset, then one pass over all training data (and,

@@ -191,11 +191,12 @@ def finite_outputs(out: Tensor, what: str = "The model's output at x") -> None:
                          "entries) although the inputs are finite.")
 
 
-def finite_loss(loss: Tensor, index: int) -> None:
-    """Refuse a non-finite loss of fit batch ``index`` (the model's outputs are NaN/inf
-    at finite inputs): its curvature would be NaN too."""
+def finite_loss(loss: Tensor, index: int | None) -> None:
+    """Refuse a non-finite loss of fit batch ``index`` (``None``: of all batches) (the
+    model's outputs are NaN/inf at finite inputs): its curvature would be NaN too."""
     if not bool(torch.isfinite(torch.as_tensor(loss)).all()):
-        raise ValueError(f"Batch {index}: the loss is {float(loss)}: the model's outputs "
+        where = "The training" if index is None else f"Batch {index}: the"
+        raise ValueError(f"{where} loss is {float(loss)}: the model's outputs "
                          "contain NaN or inf at finite inputs.")
 
 
