@@ -314,6 +314,7 @@ class ELLA(FunctionalLaplace):
         return {**self._common_state(), "n_eigenvalues": self.n_eigenvalues,
                 "eigenvalues": self.eigenvalues, "Psi": self._Psi, "G": self.G}
 
+    @restores_state_on_error
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._load_common_state(state_dict)
         if state_dict["Psi"].shape[0] != self.n_params:

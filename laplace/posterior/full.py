@@ -23,6 +23,7 @@ from torch import Tensor
 
 from laplace.posterior.conditioning import ConditioningMixin
 from laplace.posterior.parametric import ParametricLaplace
+from laplace.posterior.transaction import restores_state_on_error
 from laplace.precision import DensePrecision, GramSpectrum, PrecisionMatrix, WoodburyPrecision
 from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
@@ -221,6 +222,7 @@ class FullLaplace(ConditioningMixin, ParametricLaplace):
             state["glm_offset"] = self._glm_offset
         return state
 
+    @restores_state_on_error
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         checks.state_keys(state_dict, ("cls_name",), type(self).__name__)
         form = state_dict.get("precision_form", "dense")

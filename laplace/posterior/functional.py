@@ -489,6 +489,7 @@ class FunctionalLaplace(BaseLaplace):
                 "inputs): it does not load here. Refit with fit(train_loader) on the same "
                 "data; laplace-torch's weight-space states do load.")
         checks.state_keys(state, (*self._COMMON_KEYS, *self._STATE_KEYS), type(self).__name__)
+        checks.state_fit_record(state, type(self).__name__)
         if state["likelihood"] != str(self.likelihood):
             raise ValueError(f"State of a {state['likelihood']} fit cannot be loaded into a "
                              f"{self.likelihood} Laplace.")
@@ -532,6 +533,7 @@ class FunctionalLaplace(BaseLaplace):
         X_M = [dict(X) if isinstance(X, Mapping) else X for X in self._X_M]
         return {**common, "X_M": X_M, "mu": self.mu, "Lambda": self._Lambda, "K_MM": self.K_MM}
 
+    @restores_state_on_error
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._check_common_state(state_dict)
         _check_kernel_state(state_dict, self.dict_key_x)
@@ -575,6 +577,7 @@ class FunctionalLLLaplace(LastLayerMixin, FunctionalLaplace):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "last_layer_name": self.model.last_layer_name}
 
+    @restores_state_on_error
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._set_layer_from_state(state_dict.get("last_layer_name"))
         super().load_state_dict(state_dict)

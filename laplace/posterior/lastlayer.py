@@ -341,6 +341,7 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
         state["data"] = None if probe is None else (probe, None)
         return state
 
+    @restores_state_on_error
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a state of ``state_dict``, or one saved by laplace-torch, which keeps a
         batch (``data``) instead of the layer's name: the layer is found on it."""

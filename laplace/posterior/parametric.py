@@ -429,6 +429,7 @@ class ParametricLaplace(BaseLaplace):
             "enable_backprop": self.enable_backprop,
         }
 
+    @restores_state_on_error
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a posterior saved by ``state_dict`` (the model is loaded separately)."""
         checks.state_keys(state_dict, ("cls_name", "likelihood", "mean", "H", "loss", "n_data",
@@ -455,6 +456,7 @@ class ParametricLaplace(BaseLaplace):
                 f"this model has {shapes}: a different architecture."
             )
         self._check_H_state(state_dict["H"])
+        checks.state_fit_record(state_dict, type(self).__name__)
         device = self._device
         self.mean = state_dict["mean"].to(device)
         self._load_H_state(_to_device(state_dict["H"], device))

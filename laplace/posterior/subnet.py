@@ -19,6 +19,7 @@ from laplace.curvature.curvature import EFInterface, GGNInterface
 from laplace.posterior.diag import DiagLaplace
 from laplace.posterior.full import FullLaplace
 from laplace.posterior.parametric import ParametricLaplace
+from laplace.posterior.transaction import restores_state_on_error
 from laplace.utils import checks
 from laplace.utils.errors import MissingArgumentError
 from laplace.utils.parameters import vector_of
@@ -142,6 +143,7 @@ class SubnetLaplace(ParametricLaplace):
         state["subnetwork_indices"] = self.subnetwork_indices
         return state
 
+    @restores_state_on_error
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         checks.state_keys(state_dict, ("cls_name",), type(self).__name__)
         if "subnetwork_indices" not in state_dict:

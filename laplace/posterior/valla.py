@@ -366,6 +366,7 @@ class VaLLA(FunctionalLaplace):
                 state[name] = value
         return state
 
+    @restores_state_on_error
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._load_common_state(state_dict)
         if state_dict["V"].shape[0] != self.n_params:

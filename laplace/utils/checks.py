@@ -327,6 +327,32 @@ def validation_targets(y: Tensor, prediction: Tensor, regression: bool, index: i
                          f"[0, {prediction.shape[-1] - 1}].")
 
 
+def state_fit_record(state: Mapping[str, Any], into: str) -> None:
+    """A saved state's record of its fit: a finite scalar ``loss``, a positive integer
+    ``n_data`` and ``n_outputs``, and an ``output_shape`` (where present) of positive
+    integers ending in ``n_outputs``; ``ValueError`` naming the entry otherwise (a wrong
+    count scales the prior and the evidence, a NaN loss makes the evidence NaN)."""
+    loss = state["loss"]
+    numeric = isinstance(loss, (Tensor, int, float)) and not isinstance(loss, bool)
+    if not numeric or torch.as_tensor(loss).numel() != 1 \
+            or not bool(torch.isfinite(torch.as_tensor(loss))):
+        raise ValueError(f"The state's loss must be a finite scalar, not {loss!r}: cannot be "
+                         f"loaded into {into}.")
+    for name in ("n_data", "n_outputs"):
+        value = state[name]
+        if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"The state's {name} must be a positive integer, not {value!r}: "
+                             f"cannot be loaded into {into}.")
+    shape = state.get("output_shape")
+    if shape is not None and (not isinstance(shape, (list, tuple)) or not shape
+                              or not all(isinstance(k, int) and k >= 1 for k in shape)
+                              or shape[-1] != int(state["n_outputs"])):
+        raise ValueError(f"The state's output_shape {shape!r} must be positive integers ending "
+                         f"in n_outputs = {state['n_outputs']}: cannot be loaded into {into}.")
+
+
 def state_keys(state: Any, keys: tuple[str, ...], into: str) -> None:
     """``state`` is a ``state_dict`` (a mapping) with ``keys``, to be loaded into ``into``."""
     if not isinstance(state, Mapping):

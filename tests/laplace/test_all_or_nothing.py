@@ -1,9 +1,11 @@
-"""A ``fit`` that raises leaves the Laplace approximation as it was before the call.
+"""``fit`` and ``load_state_dict`` that raise leave the Laplace approximation as it was.
 
-Before, an error in a later batch (here NaN targets in the second batch) left the number
-of outputs, part of the loss and part of the curvature behind: a first fit that failed
-gave an evidence and predictions from the batches before the error, and a refit that
-failed mixed two data sets. Both fail loudly now and leave the earlier state intact.
+Before, an error in a later fit batch (here NaN targets in the second batch) left the
+number of outputs, part of the loss and part of the curvature behind: a first fit that
+failed gave an evidence and predictions from the batches before the error, and a refit
+that failed mixed two data sets. A state with a refused entry left the entries before it
+loaded, and a NaN loss or a wrong count loaded silently. All fail loudly now and leave
+the earlier state intact.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from laplace import Laplace
+from laplace import ELLA, Laplace, VaLLA
 from laplace.curvature import AsdlHessian
 from laplace.utils.errors import NotFittedError
 
@@ -56,7 +58,7 @@ X_TEST = torch.randn(4, 3, generator=torch.Generator().manual_seed(9), dtype=DT)
 
 
 def summary(la) -> list[torch.Tensor]:
-    pred_type = "gp" if type(la).__name__.startswith("Functional") else "glm"
+    pred_type = "glm" if hasattr(la, "H") else "gp"
     mean, var = la(X_TEST, pred_type=pred_type)
     return [la.log_marginal_likelihood().detach(), mean, var,
             torch.as_tensor(float(la.n_data), dtype=DT)]
@@ -152,3 +154,64 @@ def test_low_rank_refuses_outputs_that_are_not_finite(n_eigenvalues):
     with pytest.raises(ValueError, match="loss is nan"):
         la.fit(data)
     assert la.n_outputs is None
+
+
+# ------------------------------------------------------------ load_state_dict
+BAD_ENTRIES = {
+    "loss": (torch.tensor(float("nan"), dtype=DT), "loss must be a finite scalar"),
+    "n_data": (0, "n_data must be a positive integer"),
+    "n_outputs": (-1, "n_outputs must be a positive integer"),
+    "prior_precision": (torch.tensor([float("nan")], dtype=DT), "prior_precision"),
+    "sigma_noise": (torch.tensor(-1.0, dtype=DT), "sigma_noise"),
+    "temperature": (-2.0, "temperature"),
+}
+
+
+@pytest.mark.parametrize("entry", list(BAD_ENTRIES))
+@pytest.mark.parametrize(("subset", "structure"), VARIANTS, ids=IDS)
+def test_a_refused_state_leaves_the_approximation_as_it_was(subset, structure, entry):
+    source = make(subset, structure)
+    source.fit(loader(1))
+    state = dict(source.state_dict())
+    value, message = BAD_ENTRIES[entry]
+    state[entry] = value
+    la = make(subset, structure)
+    la.fit(loader(2))
+    before = summary(la)
+    with pytest.raises(ValueError, match=message):
+        la.load_state_dict(state)
+    for a, b in zip(summary(la), before):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(("subset", "structure"), [v for v in VARIANTS if v[1] != "gp"],
+                         ids=[i for v, i in zip(VARIANTS, IDS) if v[1] != "gp"])
+def test_an_output_shape_that_disagrees_with_n_outputs_is_refused(subset, structure):
+    source = make(subset, structure)
+    source.fit(loader(1))
+    state = {**source.state_dict(), "output_shape": [2]}
+    la = make(subset, structure)
+    with pytest.raises(ValueError, match="output_shape"):
+        la.load_state_dict(state)
+    assert la.n_outputs is None
+
+
+@pytest.mark.parametrize("cls", [ELLA, VaLLA])
+def test_a_function_space_state_of_another_model_leaves_the_approximation_as_it_was(cls):
+    """ELLA and VaLLA check their feature basis after the common entries are set."""
+    def build(model):
+        kwargs = {"n_eigenvalues": 3} if cls is ELLA else {}
+        return cls(model, "regression", 10, prior_precision=0.5, **kwargs)
+
+    source = build(net())
+    source.fit(loader(1))
+    state = source.state_dict()
+    key = "Psi" if cls is ELLA else "V"
+    state = {**state, key: state[key][:-1]}
+    la = build(net())
+    la.fit(loader(2))
+    before = summary(la)
+    with pytest.raises(ValueError, match="parameters"):
+        la.load_state_dict(state)
+    for a, b in zip(summary(la), before):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
