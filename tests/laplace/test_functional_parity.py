@@ -113,3 +113,23 @@ def test_rejections(case):
         la(R.data(name)["X_test"], pred_type="glm")
     with pytest.raises(ValueError, match="scalar prior precision only"):
         la.optimize_prior_precision(method="marglik", prior_structure="layerwise")
+
+
+
+@pytest.mark.parametrize("subset", ["all", "last_layer"])
+def test_assigned_hyperparameters_equal_a_fresh_fit(subset):
+    """``sigma_noise`` and ``prior_precision`` assigned after ``fit`` act on the predictive
+    and the evidence as if the fit had used them (laplace-torch keeps the predictive
+    variance of the fit's σ: ``docs/differences.md``)."""
+    name, X = "reg1", R.data("reg1")["X_test"]
+    before = fitted(name, subset)(X, pred_type="gp")[1]
+    la = fitted(name, subset)
+    la.sigma_noise, la.prior_precision = 0.25, 3.0
+    fresh = Laplace(R.build_model(name), "regression", subset, "gp", prior_precision=3.0,
+                    sigma_noise=0.25, n_subset=len(R.data(name)["X_train"]),
+                    independent_outputs=False)
+    fresh.fit(R.loaders(name)[0])
+    for a, b in zip(la(X, pred_type="gp"), fresh(X, pred_type="gp")):
+        close(a, b)
+    close(la.log_marginal_likelihood(), fresh.log_marginal_likelihood())
+    assert (la(X, pred_type="gp")[1] - before).abs().max() > 1e-3  # the change is visible
