@@ -15,11 +15,17 @@ Jacobians for prediction are the native ``torch.func`` ones (faster than one
 
 Requirements, checked before BackPACK runs (``ValueError`` naming the module otherwise):
 
-* second-order quantities (every GGN structure) need an ``nn.Sequential`` model
-  (nested ``Sequential`` allowed) whose layers all have a BackPACK extension (no
-  ``LayerNorm``/``GroupNorm``, no ``BatchNorm`` for ``kron``, no custom modules), and
-  ``(n, K)`` outputs. First-order quantities (EF) accept any container, but every
-  module that owns trainable parameters must be supported by ``BatchGrad``.
+* second-order quantities (every GGN structure) need a chain of layers that all have
+  a BackPACK extension (no ``LayerNorm``/``GroupNorm``, no ``BatchNorm`` for ``kron``,
+  no custom layers), and ``(n, K)`` outputs: an ``nn.Sequential`` (nested ``Sequential``
+  allowed), or a custom container whose ``forward`` calls its layers one after the
+  other with nothing in between (checked on each batch: the model's output must equal
+  its layers applied in registration order; a residual connection or a functional
+  operation between layers is refused, as BackPACK would backpropagate through it
+  wrongly; the exact ``full``/``sqrt_rows`` of such a model are the native route's, with
+  a warning, as laplace-torch's Jacobian-based full GGN takes any container).
+  First-order quantities (EF) accept any container, but every module that owns
+  trainable parameters must be supported by ``BatchGrad``.
 * tensor inputs: dict-like (Hugging Face) batches are not supported by BackPACK.
 * With ``last_layer=True`` and a model whose output is the last ``nn.Linear``'s output,
   BackPACK runs on that layer alone, fed with the (detached) features.
@@ -125,6 +131,8 @@ class BackPackInterface(CurvatureInterface):
         net, inp = self._network(x)
         wanted = {id(p): p for p in self.params}
         leaves = _check_network(self, net, extension, second_order, wanted)
+        if second_order and not isinstance(net, nn.Sequential):
+            _check_chain(self, net, leaves, inp, extension)
         lossfunc = type(self.lossfunc)(reduction="sum")
         if second_order:
             leaves.append(lossfunc)
@@ -195,6 +203,15 @@ class BackPackGGN(BackPackInterface, GGNInterface):
         ext = SqrtGGNMC(mc_samples=mc) if self.stochastic else SqrtGGNExact()
         try:
             loss, sqrts = self._run(x, y, ext, second_order=True)
+        except NotAChainError as error:
+            # laplace-torch's full GGN comes from per-output Jacobians, so it takes any
+            # container: so do the exact rows here, by the native route (same GGN).
+            if self.stochastic:
+                raise
+            warnings.warn(f"{error.args[0].split(' Use ')[0]} The exact GGN rows are "
+                          "computed by the native torch.func route.", UserWarning,
+                          stacklevel=2)
+            return GGNInterface.sqrt_rows(self, x, y)
         except RuntimeError as error:
             # BackPACK's square root through nn.AvgPool2d builds float32 tensors: a float64
             # model fails inside it. The exact rows are the native route's.
@@ -307,12 +324,8 @@ def _check_network(
                          f"here: {problem}; use TorchFuncGGN or TorchFuncEF.")
     if second_order:
         leaves = _sequential_leaves(net)
-        if leaves is None:
-            raise ValueError(
-                f"{name}: BackPACK's second-order extension {ext_name} needs an "
-                f"nn.Sequential model (nested Sequential allowed); got "
-                f"{type(net).__name__}. Use TorchFuncGGN, CurvlinopsGGN or AsdlGGN."
-            )
+        if leaves is None:  # a custom container: its layers, to be checked as a chain
+            leaves = [m for m in net.modules() if not list(m.children())]
         for module in leaves:
             if type(module) not in supported:
                 raise ValueError(
@@ -332,6 +345,29 @@ def _check_network(
                 )
             leaves.append(module)
     return leaves
+
+
+class NotAChainError(ValueError):
+    """The model is not a chain of layers, which BackPACK's second order needs."""
+
+
+def _check_chain(iface: BackPackInterface, net: nn.Module, leaves: list[nn.Module],
+                 x: Tensor, extension: BackpropExtension) -> None:
+    """Refuse a custom container whose output is not its layers applied one after the
+    other (BackPACK's second-order backpropagation assumes that chain)."""
+    with torch.no_grad():
+        out, chain = net(x), x
+        for module in leaves:
+            chain = module(chain)
+    if chain.shape != out.shape or not torch.allclose(chain, out, rtol=1e-5, atol=1e-6):
+        raise NotAChainError(
+            f"{type(iface).__name__}: BackPACK's second-order extension "
+            f"{type(extension).__name__} needs a chain of layers: an nn.Sequential, or a "
+            f"module whose forward calls its layers one after the other with nothing in "
+            f"between; the output of {type(net).__name__} is not its layers applied in "
+            "order (a residual connection, a functional operation or a reused layer). "
+            "Use TorchFuncGGN, CurvlinopsGGN or AsdlGGN."
+        )
 
 
 @contextmanager

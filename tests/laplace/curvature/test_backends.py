@@ -344,10 +344,57 @@ X3 = torch.randn(6, 3, dtype=torch.float64)
 Y2 = torch.randn(6, 2, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("method", ["full", "diag", "kron"])
-def test_backpack_second_order_needs_sequential(method):
-    with pytest.raises(ValueError, match="BackPackGGN.*nn.Sequential"):
+@pytest.mark.parametrize("method", ["diag", "kron"])
+def test_backpack_second_order_needs_a_chain_of_layers(method):
+    with pytest.raises(ValueError, match="BackPackGGN.*chain of layers.*nn.Sequential"):
         getattr(BackPackGGN(Residual().double(), "regression"), method)(X3, Y2, N=6)
+
+
+@pytest.mark.parametrize("model", [Residual, "functional"])
+def test_backpack_full_ggn_of_any_container_is_the_native_one(model):
+    """laplace-torch's full GGN comes from Jacobians and takes any container; here the
+    exact rows of a model that is not a chain come from the native route, with a
+    warning; the Monte Carlo square root has no such route and is refused."""
+    net = Residual().double() if model is Residual else FunctionalBetween()
+    with pytest.warns(UserWarning, match="chain of layers.*native"):
+        ours = BackPackGGN(net, "regression").full(X3, Y2, N=6)
+    assert_same(ours, TorchFuncGGN(net, "regression").full(X3, Y2, N=6))
+    with pytest.raises(ValueError, match="chain of layers"):
+        BackPackGGN(net, "regression", stochastic=True).full(X3, Y2, N=6)
+
+
+class Chain(nn.Module):
+    """A custom container whose forward calls its layers one after the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
+        self.head = nn.Linear(4, 2)
+        self.double()
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class FunctionalBetween(Chain):
+    """The same layers with a functional operation between them: not a chain."""
+
+    def forward(self, x):
+        return self.head(torch.sin(self.body(x)))
+
+
+@pytest.mark.parametrize("method", ["full", "diag", "kron"])
+def test_backpack_second_order_takes_a_custom_chain(method):
+    """A custom module is accepted when its output is its layers applied in order, and
+    equals the native GGN (laplace-torch's BackPACK fails on the container for diag and
+    kron); one with a functional operation between its layers is refused."""
+    model = Chain()
+    assert_same(getattr(BackPackGGN(model, "regression"), method)(X3, Y2, N=6),
+                getattr(TorchFuncGGN(model, "regression"), method)(X3, Y2, N=6))
+    if method != "full":
+        with pytest.raises(ValueError, match="BackPackGGN.*chain of layers"):
+            getattr(BackPackGGN(FunctionalBetween(), "regression"), method)(X3, Y2, N=6)
 
 
 def test_backpack_ef_accepts_any_container():
