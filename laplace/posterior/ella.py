@@ -36,7 +36,7 @@ variance is ELLA's plus ``δ⁻¹ ‖(I − ΨΨᵀ) J(x)ᵀ‖²``: they agree 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -102,6 +102,30 @@ def subset_jacobians(la: FunctionalLaplace, loader: Any, indices: np.ndarray) ->
     subset = DataLoader(Subset(loader.dataset, indices.tolist()),
                         batch_size=loader.batch_size or len(indices), shuffle=False)
     return torch.cat([la._jacobians(X)[0] for X, _ in batches(la, subset)])
+
+
+def balanced_subset(dataset: Any, m: int, seed: int, dict_key_y: str) -> np.ndarray:
+    """laplace-torch's class-balanced draw of ``m`` dataset indices: each class's
+    indices in a random order (one generator seeded with ``seed``, classes in sorted
+    order), then one index per class in turn until ``m`` are drawn."""
+    labels = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        target = item[dict_key_y] if isinstance(item, Mapping) else item[1]
+        target = torch.as_tensor(target)
+        labels.append(int(target.argmax() if target.numel() > 1 else target))
+    labels_t = torch.tensor(labels)
+    generator = torch.Generator().manual_seed(seed)
+    queues = []
+    for label in labels_t.unique(sorted=True):
+        members = torch.where(labels_t == label)[0]
+        queues.append(members[torch.randperm(len(members), generator=generator)].tolist())
+    drawn: list[int] = []
+    for turn in range(max(len(q) for q in queues)):
+        drawn.extend(q[turn] for q in queues if turn < len(q))
+    if len(drawn) < m:
+        raise ValueError(f"balanced=True needs {m} training points, the data has {len(drawn)}.")
+    return np.asarray(drawn[:m])
 
 
 def row_basis(J: Tensor, n_keep: int | None = None) -> tuple[Tensor, Tensor]:
@@ -178,20 +202,40 @@ class ELLA(FunctionalLaplace):
                              f"size)={self.n_subset}, the size of the subset's kernel K_MM.")
         self._Psi: Tensor | None = None
         self.G: Tensor | None = None
-        #: laplace-torch's record: examples processed by ``fit`` and the grid points of
-        #: ``optimize_hyperparameters`` (``val_nll`` stays empty: ``fit`` has no
-        #: ``val_loader`` here)
+        #: laplace-torch's record: the examples processed after each batch of ``fit``,
+        #: the validation NLLs of ``fit(val_loader=..., val_steps=...)`` and the grid
+        #: points of ``optimize_hyperparameters``
         self.fit_history_: dict[str, list[Any]] = {
             "processed_examples": [], "val_nll": [], "tuning": []}
 
     # ----------------------------------------------------------------- fit
     @restores_state_on_error
     def fit(self, train_loader: Any, progress_bar: bool = False,
-            distributed: bool | None = None) -> None:
-        """Features from the subset, then ``G`` and the loss over all training data."""
+            distributed: bool | None = None, *, val_loader: Any = None,
+            val_steps: int | None = None, balanced: bool = False) -> None:
+        """Features from the subset, then ``G`` and the loss over all training data.
+
+        Args:
+            val_loader: validation data whose mean predictive NLL (Gaussian with the
+                noise for regression, probit otherwise) is recorded in
+                ``fit_history_["val_nll"]`` at the end of the fit, and every
+                ``val_steps`` batches when that is given (laplace-torch's keywords).
+            val_steps: a positive integer or ``None``.
+            balanced: draw the subset class by class in turn (classification only;
+                laplace-torch's round-robin over classes, each in a seeded random order).
+        """
         distributed_fit.require_local(distributed, type(self).__name__)
         checks.flag(progress_bar, "progress_bar")
+        balanced = checks.flag(balanced, "balanced")
+        if val_steps is not None and (not isinstance(val_steps, int)
+                                      or isinstance(val_steps, bool) or val_steps <= 0):
+            raise ValueError(f"val_steps must be a positive integer or None, not {val_steps!r}.")
+        if balanced and self.likelihood == Likelihood.REGRESSION:
+            raise ValueError("balanced=True draws the subset by class: classification only.")
         N = self._begin_fit(train_loader)
+        if balanced:
+            self.sod_indices = balanced_subset(train_loader.dataset, self.n_subset, self.seed,
+                                               self.dict_key_y)
         J_M = subset_jacobians(self, train_loader, self.sod_indices)  # (M, C, P)
         if self.all_outputs:
             J_M = J_M.reshape(-1, J_M.shape[-1])
@@ -207,19 +251,33 @@ class ELLA(FunctionalLaplace):
         del J_M
         K = self._Psi.shape[1]
         G = torch.zeros(K, K, dtype=self._dtype, device=self._device)
-        loss = 0.0
-        for i, (X, y) in enumerate(batches(self, train_loader, progress_bar)):
+        loss, seen, step = 0.0, 0, 0
+        history: dict[str, list[Any]] = {"processed_examples": [], "val_nll": [], "tuning": []}
+        for step, (X, y) in enumerate(batches(self, train_loader, progress_bar), start=1):
             J, f = self._jacobians(X)
-            if i == 0:
+            if step == 1:
                 self.n_outputs = f.shape[-1]
             batch_loss, _ = loss_and_target(self, f, y)
             loss = loss + batch_loss
             phi = output_hessian_sqrt(f, self.likelihood, self.backend.factor) @ (J @ self._Psi)
             G = G + torch.einsum("nck,ncl->kl", phi, phi)
+            seen += len(f)
+            history["processed_examples"].append(float(seen))
+            if val_loader is not None and val_steps and step % val_steps == 0:
+                history["val_nll"].append(self._partial_nll(G, loss, seen, val_loader))
         self.G = (G + G.T) / 2
         self.loss, self.n_data = loss, N
         self._decompose()
-        self.fit_history_ = {"processed_examples": [float(N)], "val_nll": [], "tuning": []}
+        if val_loader is not None and (not val_steps or step % val_steps):
+            history["val_nll"].append(validation_search.predictive_nll(self, val_loader))
+        self.fit_history_ = history
+
+    def _partial_nll(self, G: Tensor, loss: Any, seen: int, val_loader: Any) -> float:
+        """The validation NLL of the posterior of the batches so far (``fit``'s
+        ``val_steps``): ``G``, the loss and the count are those of the first ``seen``."""
+        self.G, self.loss, self.n_data = (G + G.T) / 2, loss, seen
+        self._decompose()
+        return validation_search.predictive_nll(self, val_loader)
 
     def optimize_hyperparameters(self, val_loader: Any, grid: Iterable[Any]) -> None:
         """laplace-torch's validation search: the prior precision (or, for regression,

@@ -454,7 +454,7 @@ def test_ella_optimize_hyperparameters_picks_the_lowest_validation_nll():
     la = ella(model, loader, K=8)
     y_val = torch.randn(7, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     val = DataLoader(TensorDataset(X_test, y_val), batch_size=3)
-    assert la.fit_history_["processed_examples"] == [12.0]
+    assert la.fit_history_["processed_examples"] == [4.0, 8.0, 12.0]  # after each batch
     grid = [0.1, 1.0, 10.0, (1.0, 0.5), (1.0, 2.0)]
     expected = []
     for point in grid:
