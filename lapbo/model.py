@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from lapbo import lengthscales, networks, saved_state, selection, training, validation, warping
 from lapbo.linearized_model import _device_only, _LinearizedModel
+from lapbo.rollback import restored_on_error
 from laplace import LinearizedPosterior, SampleSpaceEvidence
 from laplace.baselaplace import ParametricLaplace
 from laplace.curvature import network_jacobians
@@ -594,7 +595,12 @@ class LaplaceBNN(_LinearizedModel):
     # ------------------------------------------------------------------ fit
     def fit(self) -> LaplaceBNN:
         """Train the MAP network, fit the Laplace posterior, refit ``δ`` and ``σ``; with
-        ``candidates``, do so for each and keep the one of highest evidence."""
+        ``candidates``, do so for each and keep the one of highest evidence. A fit that
+        raises leaves the model as it was (``lapbo.rollback``)."""
+        with restored_on_error(self):
+            return self._fit()
+
+    def _fit(self) -> LaplaceBNN:
         if self.candidates:
             return selection.fit_by_evidence(self)
         X, Y, Yvar = self._training_data()
