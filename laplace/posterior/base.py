@@ -88,8 +88,7 @@ class BaseLaplace(metaclass=arguments.PositionalArguments):
         self.model = unwrap_parallel(model)  # a DDP / DataParallel model's inner module
         self._distributed = False  # whether the last fit summed over processes
         self.enable_backprop = enable_backprop
-        self.dict_key_x = checks.dict_key(dict_key_x, "dict_key_x")
-        self.dict_key_y = checks.dict_key(dict_key_y, "dict_key_y")
+        self.dict_key_x, self.dict_key_y = dict_key_x, dict_key_y
         self.backend_kwargs = checks.keyword_dict(backend_kwargs, "backend_kwargs")
         self.asdl_fisher_kwargs = checks.keyword_dict(asdl_fisher_kwargs, "asdl_fisher_kwargs")
         if backend is not None and not (isinstance(backend, type)
@@ -121,6 +120,26 @@ class BaseLaplace(metaclass=arguments.PositionalArguments):
     @enable_backprop.setter
     def enable_backprop(self, value: bool) -> None:
         self._enable_backprop = checks.flag(value, "enable_backprop")
+
+    @property
+    def dict_key_x(self) -> str:
+        """The key of the inputs in dict-like (Hugging Face) batches."""
+        return self._dict_key_x
+
+    @dict_key_x.setter
+    def dict_key_x(self, value: str) -> None:
+        self._dict_key_x = checks.dict_key(value, "dict_key_x")
+        self.__dict__["_backend"] = None  # the backend reads batches with the keys
+
+    @property
+    def dict_key_y(self) -> str:
+        """The key of the targets in dict-like (Hugging Face) batches."""
+        return self._dict_key_y
+
+    @dict_key_y.setter
+    def dict_key_y(self, value: str) -> None:
+        self._dict_key_y = checks.dict_key(value, "dict_key_y")
+        self.__dict__["_backend"] = None
 
     @property
     def _params(self) -> list[nn.Parameter]:

@@ -278,3 +278,16 @@ def test_bad_training_data(variant, case):
     la = build(variant, likelihood, **kwargs)
     with pytest.raises(error, match=pattern):
         la.fit(data_loader)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_dict_keys_assigned_after_construction_are_checked_and_used(variant):
+    """``dict_key_x``/``dict_key_y`` are checked when assigned, as at construction, and a
+    new key reaches the curvature backend (rebuilt with it)."""
+    la = fitted(variant)
+    for name in ("dict_key_x", "dict_key_y"):
+        with pytest.raises(ValueError, match=name):
+            setattr(la, name, 3)
+    assert (la.dict_key_x, la.dict_key_y) == ("input_ids", "labels")
+    la.dict_key_x, la.dict_key_y = "x", "y"
+    assert (la.backend.dict_key_x, la.backend.dict_key_y) == ("x", "y")
