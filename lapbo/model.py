@@ -37,6 +37,10 @@ from laplace import LinearizedPosterior, SampleSpaceEvidence
 from laplace.baselaplace import ParametricLaplace
 from laplace.curvature import network_jacobians
 
+#: constructor options kept as attributes that cannot be set after construction
+_FIXED = frozenset({"candidates", "subset_of_weights", "hessian_structure", "likelihood",
+                    "backend", "prior_structure"})
+
 
 def _check_warm_start(warm_start: Any, d: int, m: int) -> None:
     """``warm_start`` is a fitted ``LaplaceBNN`` on ``d`` inputs and ``m`` outputs."""
@@ -455,10 +459,12 @@ class LaplaceBNN(_LinearizedModel):
         self._evidence: SampleSpaceEvidence | None = None
         self._post: LinearizedPosterior | None = None
         self._noise_cache: Tensor | None = None
-        # constructor options that are not attributes: setting one later would do nothing
-        # (a subclass with its own constructor may give them a meaning: not checked there)
+        # constructor options that are not attributes (setting one later would do nothing),
+        # and those that are but that the candidates were built from (setting one later was
+        # unchecked, and ignored by the candidates); a subclass with its own constructor may
+        # give them a meaning: not checked there
         self._construction_only = frozenset(
-            name for name in init_options if not hasattr(self, name)
+            name for name in init_options if not hasattr(self, name) or name in _FIXED
         ) if type(self).__init__ is LaplaceBNN.__init__ else frozenset()
 
     @property
@@ -480,8 +486,10 @@ class LaplaceBNN(_LinearizedModel):
         ``fit`` they are its starting values; after it the posterior, the evidence and a
         random-feature network's weights (its posterior mean) follow them, without
         retraining, as ``laplace``'s setters do. A constructor option that is not an
-        attribute (``min_noise_std``, ``n_epochs``, ...) cannot be set afterwards: it raises,
-        where it would otherwise be stored and ignored. Other attributes are set as usual."""
+        attribute (``min_noise_std``, ``n_epochs``, ...), or one the candidates were built
+        from (``candidates``, ``subset_of_weights``, ``hessian_structure``, ...: ``_FIXED``),
+        cannot be set afterwards: it raises, where it would otherwise be stored unchecked
+        and ignored. Other attributes are set as usual."""
         if name in ("sigma_noise", "prior_precision") and name in self.__dict__.get(
                 "_buffers", {}):
             self._set_hyperparameter(name, value)
@@ -652,7 +660,7 @@ class LaplaceBNN(_LinearizedModel):
         self.net = child.net
         self._param_names = child._param_names
         self.options = child.options
-        self.prior_structure = child.prior_structure
+        self.__dict__["prior_structure"] = child.prior_structure  # a fixed option (_FIXED)
         for name in ("sigma_noise", "prior_precision", "is_fitted"):
             self.register_buffer(name, getattr(child, name).clone())
         if self.prior_mean_kind == "init":

@@ -42,7 +42,7 @@ def match_prior_structure(model: LaplaceBNN, state_dict: Mapping[str, Tensor]) -
             f"The saved state has one prior precision per weight tensor ({saved.numel()}); "
             "prior_structure='layerwise' needs as many weight tensors, "
             "subset_of_weights='all' and the full GGN (native backend).")
-    model.prior_structure = structure
+    model.__dict__["prior_structure"] = structure  # fixed for users (LaplaceBNN.__setattr__)
     if saved.shape != model.prior_precision.shape:
         model.register_buffer("prior_precision",
                               torch.empty_like(saved).to(model.sigma_noise))

@@ -206,6 +206,21 @@ def test_a_constructor_option_set_after_construction_raises(fitted: LaplaceBNN,
     assert name not in vars(fitted)
 
 
+@pytest.mark.parametrize(("name", "value"), [
+    ("candidates", None), ("candidates", "x"), ("subset_of_weights", "nope"),
+    ("hessian_structure", "kron"), ("prior_structure", "nope"), ("likelihood", "regression"),
+    ("backend", None)])
+def test_an_option_the_candidates_were_built_from_is_fixed(fitted: LaplaceBNN, name: str,
+                                                           value: object) -> None:
+    """Options kept as attributes were assigned unchecked ("nope" fitted silently) and a
+    new value was ignored by the candidates, which are built from the constructor's
+    options: they are fixed after construction, with the message of the others."""
+    before = getattr(fitted, name)
+    with pytest.raises(AttributeError, match=f"{name} is a LaplaceBNN constructor option"):
+        setattr(fitted, name, value)
+    assert getattr(fitted, name) == before
+
+
 def test_a_subclass_with_its_own_constructor_may_use_option_names() -> None:
     class Wider(LaplaceBNN):
         def __init__(self, *args, **kwargs) -> None:
