@@ -106,6 +106,11 @@ def run(cfg: dict[str, Any]) -> dict[str, tuple]:
             call(f"predictive {link}", lambda link=link: la(X_test, pred_type=pred_type,
                                                            link_approx=link))
     call("sample shape", lambda: tuple(la.sample(3).shape))
+    call("state_dict round trip", lambda: _round_trip(la, cfg, kwargs, X_test, pred_type))
+    if regression:
+        call("predictive after sigma_noise = 0.25", lambda: (
+            setattr(la, "sigma_noise", 0.25), la(X_test, pred_type=pred_type))[1])
+    call("fit(override=False) n_data", lambda: (la.fit(loader, override=False), la.n_data)[1])
     call("log_marginal_likelihood(0.7, σ)", lambda: la.log_marginal_likelihood(
         torch.tensor(0.7, dtype=dtype), torch.tensor(0.9, dtype=dtype) if regression else None))
     call("prior_precision after", lambda: la.prior_precision)
@@ -117,6 +122,17 @@ def run(cfg: dict[str, Any]) -> dict[str, tuple]:
         call("tuned prior_precision", lambda: la.prior_precision)
         call("tuned predictive", lambda: la(X_test, pred_type=pred_type))
     return out
+
+
+def _round_trip(la: Any, cfg: dict[str, Any], kwargs: dict[str, Any], X_test: torch.Tensor,
+                pred_type: str) -> list[Any]:
+    """The evidence and predictive of a fresh LA over the same network (rebuilt from the
+    same seed) loading ``la.state_dict()``."""
+    from laplace import Laplace
+
+    fresh = Laplace(build(cfg)[0], cfg["lik"], **kwargs)
+    fresh.load_state_dict(la.state_dict())
+    return [fresh.log_marginal_likelihood(), fresh(X_test, pred_type=pred_type)]
 
 
 def main() -> None:
