@@ -106,6 +106,14 @@ def run(cfg: dict[str, Any]) -> dict[str, tuple]:
             call(f"predictive {link}", lambda link=link: la(X_test, pred_type=pred_type,
                                                            link_approx=link))
     call("sample shape", lambda: tuple(la.sample(3).shape))
+    call("predictive nn (shapes)", lambda: [tuple(t.shape) for t in _as_tuple(
+        la(X_test, pred_type="nn", link_approx="mc", n_samples=4))])
+    call("predictive_samples shape", lambda: tuple(la.predictive_samples(
+        X_test, pred_type=pred_type, n_samples=4).shape))
+    if cfg["hs"] in ("full", "diag", "kron") and cfg["sw"] == "all":
+        call("log_prob(mean + 0.1)", lambda: la.log_prob(la.mean + 0.1))
+        call("functional_variance", lambda: la.functional_variance(
+            la.backend.jacobians(X_test)[0]))
     call("state_dict round trip", lambda: _round_trip(la, cfg, kwargs, X_test, pred_type))
     if regression:
         call("predictive after sigma_noise = 0.25", lambda: (
@@ -122,6 +130,10 @@ def run(cfg: dict[str, Any]) -> dict[str, tuple]:
         call("tuned prior_precision", lambda: la.prior_precision)
         call("tuned predictive", lambda: la(X_test, pred_type=pred_type))
     return out
+
+
+def _as_tuple(x: Any) -> tuple:
+    return x if isinstance(x, tuple) else (x,)
 
 
 def _round_trip(la: Any, cfg: dict[str, Any], kwargs: dict[str, Any], X_test: torch.Tensor,
