@@ -230,6 +230,10 @@ class ELLA(FunctionalLaplace):
         if val_steps is not None and (not isinstance(val_steps, int)
                                       or isinstance(val_steps, bool) or val_steps <= 0):
             raise ValueError(f"val_steps must be a positive integer or None, not {val_steps!r}.")
+        if val_loader is not None and (isinstance(val_loader, (Tensor, str, Mapping))
+                                       or not hasattr(val_loader, "__iter__")):
+            raise ValueError(f"val_loader must be a DataLoader (or another iterable of "
+                             f"batches) or None, not {type(val_loader).__name__}.")
         if balanced and self.likelihood == Likelihood.REGRESSION:
             raise ValueError("balanced=True draws the subset by class: classification only.")
         N = self._begin_fit(train_loader)

@@ -96,12 +96,14 @@ def test_balanced_subset_takes_the_classes_in_turn():
     ({"val_steps": 0}, "val_steps must be a positive integer"),
     ({"val_steps": True}, "val_steps must be a positive integer"),
     ({"balanced": "yes"}, "balanced"),
+    ({"val_loader": torch.zeros(3)}, "val_loader must be a DataLoader"),
+    ({"val_loader": 3}, "val_loader must be a DataLoader"),
 ])
 def test_fit_options_are_checked(kwargs, message):
     model, train, val = problem("classification")
     la = ella(model, "classification")
     with pytest.raises(ValueError, match=message):
-        la.fit(train, val_loader=val, **kwargs)
+        la.fit(train, **{"val_loader": val, **kwargs})
     assert la.n_outputs is None
 
 
