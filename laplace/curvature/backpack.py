@@ -131,7 +131,7 @@ class BackPackInterface(CurvatureInterface):
         net, inp = self._network(x)
         wanted = {id(p): p for p in self.params}
         leaves = _check_network(self, net, extension, second_order, wanted)
-        if second_order and not isinstance(net, nn.Sequential):
+        if second_order and _sequential_leaves(net) is None:  # custom containers inside
             _check_chain(self, net, leaves, inp, extension)
         lossfunc = type(self.lossfunc)(reduction="sum")
         if second_order:

@@ -350,12 +350,26 @@ def test_backpack_second_order_needs_a_chain_of_layers(method):
         getattr(BackPackGGN(Residual().double(), "regression"), method)(X3, Y2, N=6)
 
 
-@pytest.mark.parametrize("model", [Residual, "functional"])
+def nested_residual() -> nn.Module:
+    """A residual block inside an ``nn.Sequential``: the outer container is sequential,
+    the model is not a chain."""
+    torch.manual_seed(0)
+    return nn.Sequential(Residual(), nn.Tanh(), nn.Linear(2, 2)).double()
+
+
+@pytest.mark.parametrize("method", ["diag", "kron"])
+def test_backpack_checks_containers_nested_in_a_sequential(method):
+    with pytest.raises(ValueError, match="BackPackGGN.*chain of layers"):
+        getattr(BackPackGGN(nested_residual(), "regression"), method)(X3, Y2, N=6)
+
+
+@pytest.mark.parametrize("model", [Residual, "functional", "nested"])
 def test_backpack_full_ggn_of_any_container_is_the_native_one(model):
     """laplace-torch's full GGN comes from Jacobians and takes any container; here the
     exact rows of a model that is not a chain come from the native route, with a
     warning; the Monte Carlo square root has no such route and is refused."""
-    net = Residual().double() if model is Residual else FunctionalBetween()
+    net = {Residual: lambda: Residual().double(), "functional": FunctionalBetween,
+           "nested": nested_residual}[model]()
     with pytest.warns(UserWarning, match="chain of layers.*native"):
         ours = BackPackGGN(net, "regression").full(X3, Y2, N=6)
     assert_same(ours, TorchFuncGGN(net, "regression").full(X3, Y2, N=6))
