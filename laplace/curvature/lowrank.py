@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.func import functional_call, jvp, vjp
 
 from laplace.curvature.outputs import _targets
+from laplace.utils import checks
 from laplace.utils.data import dataset_size, inputs_to, split_batch
 from laplace.utils.enums import Likelihood
 
@@ -90,6 +91,7 @@ def top_eigenpairs(
             loss_b, H_b = iface.full(X, y, N=N)
             loss, H = loss + loss_b, H + H_b
         loss, H = reduce([torch.as_tensor(loss, device=device, dtype=dtype), H])
+        checks.finite_loss(loss, None)  # NaN outputs: say so, not LinAlgError
         lam, U = torch.linalg.eigh(H)
         return U[:, -k:].flip(-1), lam[-k:].flip(-1).clamp(min=0), torch.as_tensor(loss)
     loss = 0.0
@@ -99,6 +101,7 @@ def top_eigenpairs(
         f = f.reshape(-1, f.shape[-1])
         loss = loss + iface.factor * iface.lossfunc(f, _targets(y, f, iface.likelihood))
     loss = reduce(torch.as_tensor(loss, device=device, dtype=dtype))
+    checks.finite_loss(loss, None)  # NaN outputs: say so, not an ARPACK error
 
     def matvec(x: np.ndarray) -> np.ndarray:
         v = torch.as_tensor(np.asarray(x).reshape(-1), device=device, dtype=dtype)

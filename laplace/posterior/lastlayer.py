@@ -145,6 +145,10 @@ class LastLayerMixin:
             if self.likelihood == "reward_modeling" and self.model(X).shape != expected.shape:
                 # a pair's two rewards from one-output heads: not f = last_layer(φ) per row
                 f = self.model(X)
+        # NaN outputs (e.g. diverged weights) are not "an operation after the layer"
+        checks.finite_outputs(f, "The model's output on the first training batch")
+        checks.finite_outputs(expected, f"The last layer {self.model.last_layer_name!r}'s "
+                              "output on the first training batch")
         if f.shape == expected.shape and (
             self.model.feature_reduction is not None
             or torch.allclose(f, expected, rtol=1e-5, atol=1e-6)

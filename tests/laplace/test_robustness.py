@@ -291,3 +291,17 @@ def test_dict_keys_assigned_after_construction_are_checked_and_used(variant):
     assert (la.dict_key_x, la.dict_key_y) == ("input_ids", "labels")
     la.dict_key_x, la.dict_key_y = "x", "y"
     assert (la.backend.dict_key_x, la.backend.dict_key_y) == ("x", "y")
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_nan_weights_are_named_as_nan_outputs(variant):
+    """A network whose weights diverged to NaN gives NaN outputs at finite inputs: every
+    variant says so (the last-layer ones said "an operation follows" the layer, since NaN
+    outputs never equal ``last_layer(φ)``)."""
+    la = build(variant)
+    first = next(m for m in la.model.modules() if isinstance(m, nn.Linear))
+    with torch.no_grad():
+        first.weight.fill_(NAN)
+    with pytest.raises(ValueError, match=r"(output|loss).*(contains|contain) NaN or inf") as e:
+        la.fit(loader(*data("regression")))
+    assert "operation follows" not in str(e.value)
