@@ -26,7 +26,7 @@ from laplace.posterior.marglik import (
 )
 from laplace.posterior.tuning import gridsearch, marglik
 from laplace.utils import checks
-from laplace.utils.data import Inputs, batch_size, inputs_to
+from laplace.utils.data import Inputs, batch_size, inputs_to, state_to
 from laplace.utils.distributed import unwrap_parallel
 from laplace.utils.enums import (
     Likelihood,
@@ -168,6 +168,10 @@ class BaseLaplace(metaclass=arguments.PositionalArguments):
 
     def _as_tensor(self, value: float | Tensor) -> Tensor:
         return torch.as_tensor(value, device=self._device, dtype=self._dtype)
+
+    def _from_state(self, value: Any) -> Any:
+        """A saved state's tensors on this LA's device, floating ones in its dtype."""
+        return state_to(value, self._device, self._dtype)
 
     @property
     def n_params(self) -> int:

@@ -382,8 +382,7 @@ class ELLA(FunctionalLaplace):
         if state_dict["Psi"].shape[0] != self.n_params:
             raise ValueError(f"The state's features are over {state_dict['Psi'].shape[0]} "
                              f"parameters, the model has {self.n_params}.")
-        device = self._device
         self.n_eigenvalues = int(state_dict["n_eigenvalues"])
-        self.eigenvalues = state_dict["eigenvalues"].to(device)
-        self._Psi, self.G = state_dict["Psi"].to(device), state_dict["G"].to(device)
+        self.eigenvalues = self._from_state(state_dict["eigenvalues"])
+        self._Psi, self.G = self._from_state([state_dict["Psi"], state_dict["G"]])
         self._decompose()

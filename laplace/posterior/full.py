@@ -231,7 +231,7 @@ class FullLaplace(ConditioningMixin, ParametricLaplace):
         self._incoming_form = form
         super().load_state_dict(state_dict)
         offset = state_dict.get("glm_offset")
-        self._glm_offset = None if offset is None else offset.to(self._device)
+        self._glm_offset = None if offset is None else self._from_state(offset)
 
     def _check_H_state(self, state: Any) -> None:
         P = self._posterior_dim

@@ -514,13 +514,12 @@ class FunctionalLaplace(BaseLaplace):
 
     def _load_common_state(self, state: dict[str, Any]) -> None:
         self._check_common_state(state)
-        device = self._device
-        self.mean, self.loss = state["mean"].to(device), state["loss"].to(device)
+        self.mean, self.loss = self._from_state(state["mean"]), self._from_state(state["loss"])
         self.n_data, self.n_outputs = int(state["n_data"]), int(state["n_outputs"])
         self.temperature = state["temperature"]
-        self.prior_precision = state["prior_precision"].to(device)
-        self.prior_mean = state["prior_mean"].to(device)
-        self.sigma_noise = state["sigma_noise"].to(device)
+        self.prior_precision = self._from_state(state["prior_precision"])
+        self.prior_mean = self._from_state(state["prior_mean"])
+        self.sigma_noise = self._from_state(state["sigma_noise"])
         self.sod_indices = state["sod_indices"].cpu().numpy()
         self.n_subset = len(self.sod_indices)
         if "seed" in state:  # the seed of the saved draw, not this object's
@@ -538,10 +537,9 @@ class FunctionalLaplace(BaseLaplace):
         self._check_common_state(state_dict)
         _check_kernel_state(state_dict, self.dict_key_x)
         self._load_common_state(state_dict)
-        device = self._device
-        self._X_M = [inputs_to(X, device) for X in state_dict["X_M"]]
-        self.mu = state_dict["mu"].to(device)
-        self._Lambda, self.K_MM = state_dict["Lambda"].to(device), state_dict["K_MM"].to(device)
+        self._X_M = [inputs_to(self._from_state(X), self._device) for X in state_dict["X_M"]]
+        self.mu = self._from_state(state_dict["mu"])
+        self._Lambda, self.K_MM = self._from_state([state_dict["Lambda"], state_dict["K_MM"]])
         self.L = self._Lambda.diagonal(dim1=-2, dim2=-1).reshape(-1)
 
 

@@ -353,6 +353,7 @@ class LLLaplace(LastLayerMixin, ParametricLaplace):
         name = state_dict.get("last_layer_name")
         data = state_dict.get("data")
         X = data[0] if isinstance(data, (list, tuple)) else data
+        X = self._from_state(X)  # a float64 probe for a float32 model is cast
         if name is None and self.model.last_layer is None and X is not None:
             self.model.find_last_layer(inputs_to(X, self._device))
             name = self.model.last_layer_name

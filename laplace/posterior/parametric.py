@@ -457,19 +457,18 @@ class ParametricLaplace(BaseLaplace):
             )
         self._check_H_state(state_dict["H"])
         checks.state_fit_record(state_dict, type(self).__name__)
-        device = self._device
-        self.mean = state_dict["mean"].to(device)
-        self._load_H_state(_to_device(state_dict["H"], device))
-        self.loss = state_dict["loss"].to(device)
+        self.mean = self._from_state(state_dict["mean"])
+        self._load_H_state(self._from_state(state_dict["H"]))
+        self.loss = self._from_state(state_dict["loss"])
         self.n_data = int(state_dict["n_data"])
         self.n_outputs = int(state_dict["n_outputs"])
         # laplace-torch's states have no output shape: one output vector per input
         self._output_shape = tuple(state_dict.get("output_shape", (self.n_outputs,)))
         self.temperature = state_dict["temperature"]
         self.enable_backprop = state_dict["enable_backprop"]
-        self.sigma_noise = state_dict["sigma_noise"].to(device)
-        self.prior_mean = state_dict["prior_mean"].to(device)
-        self.prior_precision = state_dict["prior_precision"].to(device)
+        self.sigma_noise = self._from_state(state_dict["sigma_noise"])
+        self.prior_mean = self._from_state(state_dict["prior_mean"])
+        self.prior_precision = self._from_state(state_dict["prior_precision"])
         self.model.output_size = self.n_outputs
         self._invalidate()
 
@@ -496,12 +495,3 @@ def _shapes(state: Any) -> Any:
     if isinstance(state, (list, tuple)):
         return [_shapes(s) for s in state]
     return None
-
-
-def _to_device(state: Any, device: torch.device) -> Any:
-    if isinstance(state, Tensor):
-        return state.to(device)
-    if isinstance(state, (list, tuple)):
-        return [_to_device(s, device) for s in state]
-    return state
-

@@ -372,9 +372,8 @@ class VaLLA(FunctionalLaplace):
         if state_dict["V"].shape[0] != self.n_params:
             raise ValueError(f"The state's inducing basis is over {state_dict['V'].shape[0]} "
                              f"parameters, the model has {self.n_params}.")
-        device = self._device
-        self._V, self._sv, self._U = (state_dict[k].to(device) for k in ("V", "sv", "U"))
-        self.W = state_dict["W"].to(device)
+        self._V, self._sv, self._U = self._from_state([state_dict[k] for k in ("V", "sv", "U")])
+        self.W = self._from_state(state_dict["W"])
         self._decompose()
         names = _REGRESSION_STATE if self._regression else _CLASSIFICATION_STATE
         for name in names:
@@ -384,5 +383,5 @@ class VaLLA(FunctionalLaplace):
             elif name == "elbo_history":
                 value = value.tolist()
             else:
-                value = value.to(device)
+                value = self._from_state(value)
             setattr(self, name, value)

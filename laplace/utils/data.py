@@ -67,6 +67,19 @@ def inputs_to(X: Inputs, device: torch.device, name: str = "x") -> Inputs:
     return X.to(device)
 
 
+def state_to(state: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Move the tensors of a saved state (nested in lists, tuples and dicts) to ``device``,
+    casting floating ones to ``dtype``, as ``nn.Module.load_state_dict`` copies a float64
+    state into float32 parameters; integer tensors (indices, token ids) keep theirs."""
+    if isinstance(state, Tensor):
+        return state.to(device, dtype) if state.is_floating_point() else state.to(device)
+    if isinstance(state, Mapping):
+        return {k: state_to(v, device, dtype) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return [state_to(s, device, dtype) for s in state]
+    return state
+
+
 def dataset_size(loader: Any) -> int:
     """The number of data points an epoch of ``loader`` yields: ``len(loader.dataset)``,
     or fewer for a torch ``DataLoader`` whose sampler covers part of the data (a

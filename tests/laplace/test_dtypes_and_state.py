@@ -176,6 +176,44 @@ def test_state_dict_into_a_copy_of_the_model(structure):
     torch.testing.assert_close(fresh(X)[1], la(X)[1], rtol=1e-10, atol=1e-14)
 
 
+CROSS_DTYPE = [("all", s) for s in ("full", "kron", "diag", "lowrank", "gp")] + [
+    ("last_layer", s) for s in ("full", "kron", "diag", "gp")] + [
+    ("subnetwork", s) for s in ("full", "diag")]
+
+
+@pytest.mark.parametrize("likelihood", ["regression", "classification"])
+@pytest.mark.parametrize(("subset", "structure"), CROSS_DTYPE,
+                         ids=["-".join(c) for c in CROSS_DTYPE])
+@pytest.mark.parametrize("saved", [torch.float64, torch.float32])
+def test_state_dict_is_cast_to_the_model_dtype(subset, structure, likelihood, saved):
+    """A state saved in one dtype loads into a model of the other, as
+    ``nn.Module.load_state_dict`` casts (it loaded as-is and every prediction raised a
+    dtype mismatch), and gives the same predictive and evidence to that dtype's rounding."""
+    other = torch.float32 if saved == torch.float64 else torch.float64
+    n_out = 1 if likelihood == "regression" else 3
+    kwargs = {"subset_of_weights": subset, "hessian_structure": structure}
+    if subset == "subnetwork":
+        kwargs["subnetwork_indices"] = torch.tensor([0, 3, 7, 30])
+    if structure == "gp":
+        kwargs["n_subset"] = 12
+    if structure == "lowrank":
+        kwargs["n_eigenvalues"] = 6
+    make_loader = regression_loader if likelihood == "regression" else classification_loader
+    la = Laplace(mlp(saved, n_out), likelihood, **kwargs)
+    la.fit(make_loader(saved))
+    loaded = Laplace(mlp(other, n_out), likelihood, **kwargs)
+    loaded.load_state_dict(la.state_dict())
+    X = query(torch.float64)
+    out, ref = loaded(X.to(other)), la(X.to(saved))
+    out, ref = (out, ref) if likelihood == "classification" else (out[1], ref[1])
+    assert out.dtype == other
+    torch.testing.assert_close(out.double(), ref.double(), rtol=1e-4, atol=1e-6)
+    lml = loaded.log_marginal_likelihood()
+    assert lml.dtype == other
+    torch.testing.assert_close(lml.double(), la.log_marginal_likelihood().double(),
+                               rtol=1e-5, atol=1e-4)
+
+
 def test_state_dict_rejects_other_structure():
     state = fitted("full").state_dict()
     fresh = make_la("diag", mlp(torch.float64))
