@@ -349,6 +349,7 @@ class ELLA(FunctionalLaplace):
     def _covariance_root(self, Js: Tensor) -> Tensor:
         """``U`` ``(n, C, K)`` with ``U Uᵀ = φ Σ_K φᵀ`` for Jacobians ``Js`` ``(n, C, P)``."""
         self._require_fit()
+        checks.jacobians(Js, self._Psi.shape[0], self._dtype, "jacobians")
         scale = (self._H_factor * self._G_vals + self._delta()).rsqrt()
         return (Js @ self._Psi @ self._G_vecs) * scale
 

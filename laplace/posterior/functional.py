@@ -332,6 +332,7 @@ class FunctionalLaplace(BaseLaplace):
         """GP posterior covariance per test point,
         ``κ** − κ*M (K_MM + L⁻¹)⁻¹ κM*``: ``(n, C, C)`` for Jacobians ``(n, C, P)``."""
         self._require_fit()
+        checks.jacobians(Js_star, self.mean.numel(), self._dtype, "Js_star")
         n, C, _ = Js_star.shape
         K_ss = torch.einsum("ncp,ndp->ncd", Js_star, Js_star) * self._prior_var()
         if self.independent_outputs:
@@ -346,6 +347,7 @@ class FunctionalLaplace(BaseLaplace):
         """GP posterior covariance over all test points and outputs: ``(n·C, n·C)``,
         row ``point·C + output``, for Jacobians ``(n, C, P)``."""
         self._require_fit()
+        checks.jacobians(Js_star, self.mean.numel(), self._dtype, "Js_star")
         n, C, _ = Js_star.shape
         K_ss = self._kernel(Js_star, Js_star).reshape(n * C, n * C) * self._prior_var()
         W = self._explained(Js_star)

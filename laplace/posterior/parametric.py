@@ -235,11 +235,15 @@ class ParametricLaplace(BaseLaplace):
 
     def functional_variance(self, Js: Tensor) -> Tensor:
         """``Jₙ Σ Jₙᵀ`` for ``Js`` ``(n, K, P)``: ``(n, K, K)``."""
-        return self._precision().inv_square_form(Js)
+        precision = self._precision()  # NotFittedError before the dimension is known
+        checks.jacobians(Js, self._posterior_dim, self._dtype)
+        return precision.inv_square_form(Js)
 
     def functional_covariance(self, Js: Tensor) -> Tensor:
         """Joint ``J Σ Jᵀ`` ``(n·K, n·K)``, rows ordered ``point·K + output``."""
-        return self._precision().joint_inv_square_form(Js)
+        precision = self._precision()
+        checks.jacobians(Js, self._posterior_dim, self._dtype)
+        return precision.joint_inv_square_form(Js)
 
     def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
         """Weight samples ``θ ~ N(θ*, Σ)``: ``(n_samples, n_params)``."""

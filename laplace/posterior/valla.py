@@ -81,6 +81,7 @@ from laplace.posterior.ella import (
 )
 from laplace.posterior.functional import FunctionalLaplace
 from laplace.posterior.transaction import restores_state_on_error
+from laplace.utils import checks
 from laplace.utils import distributed as distributed_fit
 from laplace.utils.data import Inputs
 from laplace.utils.enums import Likelihood
@@ -326,6 +327,7 @@ class VaLLA(FunctionalLaplace):
         """``(E, AL)`` ``(n, C, ·)`` with covariance ``EEᵀ + AL(AL)ᵀ`` (prior-scaled) for
         Jacobians ``J`` ``(n, C, P)``."""
         self._require_fit()
+        checks.jacobians(J, self._V.shape[0], self._dtype, "jacobians")
         _, L = self.whitened_variational()
         A = J @ self._V
         scale = self._delta().rsqrt()

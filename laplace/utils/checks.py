@@ -231,6 +231,18 @@ def finite_inputs(X: Any, name: str = "x") -> None:
                 )
 
 
+def jacobians(Js: Any, n_params: int, dtype: torch.dtype, name: str = "Js") -> None:
+    """``functional_variance``/``functional_covariance`` take one ``(K, P)`` Jacobian per
+    point, ``(n, K, P)`` in the LA's dtype (a reshape or matmul error otherwise)."""
+    if not isinstance(Js, Tensor) or Js.ndim != 3 or Js.shape[-1] != n_params:
+        shape = tuple(Js.shape) if isinstance(Js, Tensor) else type(Js).__name__
+        raise ValueError(f"{name} of shape {shape} must be a tensor (n, K, {n_params}): one "
+                         f"(outputs, parameters) Jacobian per point.")
+    if Js.dtype != dtype:
+        raise ValueError(f"{name} is {Js.dtype}, the posterior {dtype}: pass Jacobians in "
+                         "the model's dtype.")
+
+
 def _leading_size(X: Any, dict_key_x: str) -> int | None:
     t = X.get(dict_key_x) if isinstance(X, Mapping) else X
     return t.shape[0] if isinstance(t, Tensor) and t.ndim > 0 else None

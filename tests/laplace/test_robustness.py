@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from laplace import Laplace
+from laplace import ELLA, Laplace, VaLLA
 from laplace.utils.errors import MissingKeyError
 
 torch.set_num_threads(1)
@@ -204,6 +204,18 @@ FITTED_CASES = [
      ValueError, r"value of shape \(2,\) must be a tensor \(\.\.\., \d+\)", PARAMETRIC),
     ("log-prob-length", "regression", lambda la: la.log_prob(torch.zeros(2, dtype=DT)),
      ValueError, r"value of shape \(2,\) must be a tensor", PARAMETRIC),
+    ("functional-variance-2d", "regression",
+     lambda la: la.functional_variance(torch.zeros(2, posterior_dim(la), dtype=DT)),
+     ValueError, r"Js(_star)? of shape \(2, \d+\) must be a tensor \(n, K, \d+\)", None),
+    ("functional-variance-width", "regression",
+     lambda la: la.functional_variance(torch.zeros(2, 1, 3, dtype=DT)), ValueError,
+     r"Js(_star)? of shape \(2, 1, 3\) must be a tensor \(n, K, \d+\)", None),
+    ("functional-covariance-width", "regression",
+     lambda la: la.functional_covariance(torch.zeros(2, 1, 3, dtype=DT)), ValueError,
+     r"Js(_star)? of shape \(2, 1, 3\) must be a tensor \(n, K, \d+\)", None),
+    ("functional-variance-dtype", "regression",
+     lambda la: la.functional_variance(torch.zeros(2, 1, posterior_dim(la))), ValueError,
+     r"Js(_star)? is torch.float32, the posterior torch.float64", None),
     ("tune-unknown-method", "regression",
      lambda la: la.optimize_prior_precision(method="bayes"), ValueError,
      r"Unknown method 'bayes'", None),
@@ -305,3 +317,21 @@ def test_nan_weights_are_named_as_nan_outputs(variant):
     with pytest.raises(ValueError, match=r"(output|loss).*(contains|contain) NaN or inf") as e:
         la.fit(loader(*data("regression")))
     assert "operation follows" not in str(e.value)
+
+
+@pytest.mark.parametrize("cls", [ELLA, VaLLA], ids=["ELLA", "VaLLA"])
+def test_ella_valla_check_jacobians(cls):
+    """ELLA's and VaLLA's ``functional_variance`` name a Jacobian of the wrong shape or dtype
+    (a matmul error before)."""
+    kwargs = {"subsample_size": 6, "n_eigenvalues": 3} if cls is ELLA else {"n_inducing": 4}
+    la = cls(Net(1), "regression", **kwargs)
+    la.fit(loader(*data("regression")))
+    P = sum(p.numel() for p in la.model.parameters())
+    torch.testing.assert_close(  # the check passes the right shape through
+        la.functional_variance(torch.zeros(2, 1, P, dtype=DT)), torch.zeros(2, 1, 1, dtype=DT))
+    with pytest.raises(ValueError, match=r"jacobians of shape \(2, 1, 3\) must be a tensor "
+                                         rf"\(n, K, {P}\)"):
+        la.functional_variance(torch.zeros(2, 1, 3, dtype=DT))
+    with pytest.raises(ValueError, match=r"jacobians is torch.float32, the posterior "
+                                         r"torch.float64"):
+        la.functional_covariance(torch.zeros(2, 1, P))
