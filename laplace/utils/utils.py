@@ -124,11 +124,20 @@ def block_diag(blocks: Sequence[Tensor]) -> Tensor:
 def gaussian_samples(
     f_mu: Tensor, f_var: Tensor, n_samples: int, generator: torch.Generator | None = None
 ) -> Tensor:
-    """Draws ``(n_samples, n, C)`` from ``N(f_mu, f_var)`` (PSD covariances welcome)."""
+    """Draws ``(n_samples, n, C)`` from ``N(f_mu, f_var)`` (PSD covariances welcome).
+
+    A covariance that Cholesky refuses is factored by its eigenvalues, with negative
+    rounding (up to ``1000·C·ε`` times the largest magnitude) set to zero; a clearly
+    negative eigenvalue is refused (it was set to zero too: samples from another
+    distribution)."""
     n_samples = positive_int(n_samples, "n_samples")
     L, info = torch.linalg.cholesky_ex(f_var)
     if bool((info != 0).any()):
         lam, Q = torch.linalg.eigh(f_var)
+        tol = 1000 * f_var.shape[-1] * torch.finfo(lam.dtype).eps * lam.abs().amax(-1)
+        if bool((lam.amin(-1) < -tol).any()):
+            raise ValueError(f"The covariance is not positive semi-definite (smallest "
+                             f"eigenvalue {float(lam.min()):.3g}).")
         L = Q * lam.clamp(min=0).sqrt().unsqueeze(-2)
     eps = torch.randn(n_samples, *f_mu.shape, generator=generator, device=f_mu.device,
                       dtype=f_mu.dtype)

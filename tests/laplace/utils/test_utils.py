@@ -209,6 +209,22 @@ def test_normal_samples_singular_covariance_and_bad_shapes():
         normal_samples(torch.zeros(3), torch.ones(3), 4)
 
 
+def test_normal_samples_refuses_an_indefinite_covariance():
+    """A full covariance with a clearly negative eigenvalue is refused (its eigen-factor
+    fallback set the eigenvalue to zero: samples of another distribution); negative
+    rounding of a singular one is still accepted."""
+    mean = torch.zeros(1, 2, dtype=DT)
+    indefinite = torch.tensor([[[1.0, 2.0], [2.0, 1.0]]], dtype=DT)  # eigenvalues 3, -1
+    with pytest.raises(ValueError, match=r"not positive semi-definite \(smallest eigenvalue -1"):
+        normal_samples(mean, indefinite, 3)
+    with pytest.raises(ValueError, match=r"not positive semi-definite"):
+        normal_samples(torch.zeros(1, 1), -torch.ones(1, 1, 1), 3)
+    v = torch.tensor([1.0, -2.0], dtype=DT)
+    rounded = torch.outer(v, v)[None] - 1e-15 * torch.eye(2, dtype=DT)  # λ = 5, −1e-15
+    s = normal_samples(mean, rounded, 100, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(s[:, 0, 1], -2 * s[:, 0, 0], rtol=1e-6, atol=1e-6)
+
+
 def test_normal_samples_refuses_what_would_give_nan_samples():
     mean = torch.zeros(2, 1, dtype=DT)
     with pytest.raises(ValueError, match="negative variances"):
