@@ -438,6 +438,7 @@ class LaplaceBNN(_LinearizedModel):
         self.candidates = selection.check_candidates(
             candidates, inspect.signature(LaplaceBNN.__init__).parameters)
         validation.check_candidate_features(self.candidates, net, random_features)
+        selection.check_candidate_values(self.candidates, init_options)
         warping.check_warp_support(input_transform, self.candidates, net)
         if isinstance(prior_precision_reference, tuple) and not self.candidates \
                 and len(prior_precision_reference) != shape[0]:  # candidates check their own

@@ -433,6 +433,19 @@ class AugmentedMLP(nn.Module):
         return self.head(torch.cat([self.features(x), *(b(x) for b in self.bases)], dim=-1))
 
 
+def hidden_activations(activation: str | Sequence[str], depth: int) -> list[str]:
+    """One activation name per hidden layer from one name or ``depth`` names;
+    ``ValueError`` for another count or a name not in ``_ACTIVATIONS``."""
+    acts = [activation] * depth if isinstance(activation, str) else list(activation)
+    if len(acts) != depth:
+        raise ValueError(f"activation must be one name or {depth} names (one per hidden "
+                         f"layer, depth={depth}), not {activation!r}.")
+    for act in acts:
+        if act not in _ACTIVATIONS:
+            raise ValueError(f"Unknown activation {act!r}; choose from {sorted(_ACTIVATIONS)}.")
+    return acts
+
+
 def default_network(
     d: int, m: int, width: int = 50, depth: int = 2, activation: str | Sequence[str] = "tanh",
     dtype: torch.dtype = torch.float64, device: torch.device | None = None,
@@ -475,12 +488,7 @@ def default_network(
         else:
             lo, hi = random_feature_lengthscale
             random_feature_lengthscale = (lo * factor, hi * factor)
-    acts = [activation] * depth if isinstance(activation, str) else list(activation)
-    if len(acts) != depth:
-        raise ValueError(f"Give one activation or {depth} (one per hidden layer), not {acts}.")
-    for act in acts:
-        if act not in _ACTIVATIONS:
-            raise ValueError(f"Unknown activation {act!r}; choose from {sorted(_ACTIVATIONS)}.")
+    acts = hidden_activations(activation, depth)
     if trend not in (None, "quadratic"):
         raise ValueError(f"Unknown trend {trend!r}; use None or 'quadratic'.")
     layers: list[nn.Module] = []

@@ -26,9 +26,10 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from botorch.exceptions.errors import UnsupportedError
 from botorch.exceptions.warnings import InputDataWarning
 
-from lapbo import averaging, lengthscales
+from lapbo import averaging, lengthscales, validation
 
 if TYPE_CHECKING:
     from lapbo.model import LaplaceBNN
@@ -233,7 +234,7 @@ def check_candidates(candidates: Sequence[Mapping[str, Any]] | None,
     """The candidates as a list of dicts; ``ValueError`` for an empty list, a non-dict, an
     option not in ``known`` (the names ``LaplaceBNN`` takes; ``None``: not checked) or
     one whose evidence would not be comparable (``INCOMPARABLE``). The values are checked
-    when each candidate is built, at ``fit``."""
+    by ``check_candidate_values``."""
     if candidates is None:
         return []
     if isinstance(candidates, Mapping) or not isinstance(candidates, Sequence):
@@ -256,6 +257,18 @@ def check_candidates(candidates: Sequence[Mapping[str, Any]] | None,
                              "options, or their evidences are not comparable.")
         out.append(dict(options))
     return out
+
+
+def check_candidate_values(candidates: Sequence[Mapping[str, Any]],
+                           base: Mapping[str, Any]) -> None:
+    """Each candidate's options merged into ``base`` (the model's own) pass
+    ``validation.check_model_options`` at construction, the error naming the candidate
+    (a ``width=-1`` candidate was refused only at ``fit``)."""
+    for i, options in enumerate(candidates):
+        try:
+            validation.check_model_options({**base, **options})
+        except (ValueError, UnsupportedError) as error:
+            raise type(error)(f"candidates[{i}]: {error}") from error
 
 
 def fit_by_evidence(model: LaplaceBNN) -> LaplaceBNN:

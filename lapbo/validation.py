@@ -439,6 +439,11 @@ def check_model_options(options: dict[str, Any]) -> dict[str, Any]:
                          f"{options['compute_dtype']!r}.")
     for name in ("n_epochs", "n_epochs_warm_start", "width", "depth"):
         check_positive(name, options[name], integer=True)
+    if options["net"] is None:  # the default network's architecture (built at fit)
+        networks.hidden_activations(options["activation"], options["depth"])
+        if options["input_map"] not in networks.InputMap.kinds:
+            raise ValueError(f"Unknown input map {options['input_map']!r}; choose from "
+                             f"{networks.InputMap.kinds}.")
     for name in ("marglik_every", "marglik_steps", "final_marglik_steps", "random_features"):
         value = options[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -96,6 +96,17 @@ CONSTRUCTOR_CASES = [
     ({"input_transform": "normalize"}, "input_transform must be a BoTorch InputTransform"),
     ({"outcome_transform": 3}, "outcome_transform must be a BoTorch OutcomeTransform or None"),
     ({"net": lambda: None}, None),  # TypeError: a factory must return a module
+    # the default network's architecture and each candidate's values, at construction
+    # (a candidate's were checked only when it was built at fit)
+    ({"activation": "swish"}, r"Unknown activation 'swish'"),
+    ({"depth": 3}, r"activation must be one name or 3 names \(one per hidden layer"),
+    ({"input_map": "torus"}, r"Unknown input map 'torus'"),
+    ({"candidates": [{"width": -1}]}, r"candidates\[0\]: width must be a positive integer"),
+    ({"candidates": [{}, {"lr": math.nan}]}, r"candidates\[1\]: lr must be a positive"),
+    ({"candidates": [{"activation": "swish"}]}, r"candidates\[0\]: Unknown activation"),
+    ({"candidates": [{"depth": 3}]}, r"candidates\[0\]: activation must be one name or 3"),
+    ({"candidates": [{"input_map": "torus"}]}, r"candidates\[0\]: Unknown input map"),
+    ({"candidates": [{"optimizer": "sgd"}]}, r"candidates\[0\]: optimizer must be"),
 ]
 
 
