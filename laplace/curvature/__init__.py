@@ -43,6 +43,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'laplace.curvature' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    """The lazily imported adapters too (``dir``, tab completion), as laplace-torch lists
+    them."""
+    return sorted({*globals(), *_ADAPTERS, *_ADAPTERS.values()})
+
+
 __all__ = [
     "CurvatureInterface",
     "EFInterface",

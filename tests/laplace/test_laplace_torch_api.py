@@ -177,6 +177,9 @@ def test_laplace_torch_import_paths():
     assert issubclass(ELLA, BaseFunctionalLaplace)
     with pytest.raises(ImportError):
         from laplace.baselaplace import NoSuchName  # noqa: F401
+    # dir() and tab completion list the lazily imported adapters, as laplace-torch's do
+    assert {"BackPackGGN", "CurvlinopsEF", "AsdlHessian", "backpack"} <= set(
+        dir(laplace.curvature))
 
 
 def test_log_likelihood_before_fit_is_zero_as_in_laplace_torch():
