@@ -334,6 +334,16 @@ class BaseLaplace(metaclass=arguments.PositionalArguments):
     def log_det_posterior_precision(self) -> Tensor:
         raise NotImplementedError
 
+    def fit(self, train_loader: Any) -> None:
+        """Fit the posterior on ``train_loader``: each variant implements it (laplace-torch's
+        abstract method, for subclasses written against it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement fit.")
+
+    def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
+        """Weight samples ``(n_samples, P)``: each variant with a weight posterior
+        implements it (laplace-torch's abstract method)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement sample.")
+
     @property
     def log_det_ratio(self) -> Tensor:
         return self.log_det_posterior_precision - self.log_det_prior_precision

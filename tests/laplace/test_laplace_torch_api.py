@@ -223,3 +223,18 @@ def test_verbose_tuning_prints_laplace_torchs_line(capsys):
     la.optimize_prior_precision(method="marglik", n_steps=5, verbose=True)
     out = capsys.readouterr().out
     assert out.strip() == f"Optimized prior precision is {la.prior_precision}."
+
+
+def test_base_laplace_declares_fit_and_sample_as_laplace_torch_does():
+    """A subclass written against laplace-torch's ``BaseLaplace`` that does not implement
+    ``fit``/``sample`` gets ``NotImplementedError``, not ``AttributeError``."""
+    from laplace import BaseLaplace
+
+    class Partial(BaseLaplace):
+        pass
+
+    la = Partial(nn.Sequential(nn.Linear(2, 1)), "regression")
+    with pytest.raises(NotImplementedError, match="Partial does not implement fit"):
+        la.fit([])
+    with pytest.raises(NotImplementedError, match="Partial does not implement sample"):
+        la.sample(3)
