@@ -30,7 +30,13 @@ def sampled_output_grads(f: Tensor, likelihood: Likelihood, mc_samples: int) -> 
 
 
 def _targets(y: Tensor, f: Tensor, likelihood: Likelihood) -> Tensor:
-    """Targets matching flattened outputs ``f`` ``(n·m, K)``."""
+    """Targets matching flattened outputs ``f`` ``(n·m, K)``; ``ValueError`` naming both
+    shapes when they cannot (a backend called directly with other targets)."""
+    expected = f.numel() if likelihood == Likelihood.REGRESSION else f.shape[0]
+    if y.numel() != expected:
+        what = "outputs" if likelihood == Likelihood.REGRESSION else "rows of logits"
+        raise ValueError(f"targets of shape {tuple(y.shape)} do not match the model's "
+                         f"{what} {tuple(f.shape)}.")
     if likelihood == Likelihood.REGRESSION:
         return y.reshape(f.shape)
     return y.reshape(-1)

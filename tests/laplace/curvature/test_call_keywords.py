@@ -256,3 +256,18 @@ def test_asdl_ef_and_hessian_take_laplace_torchs_positional_order(backend):
     full = backend(model, "regression").full(X, y, N=5)[1]
     sub = backend(model, "regression", subnetwork_indices=indices).full(X, y, N=5)[1]
     torch.testing.assert_close(sub, full[indices][:, indices], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend", GGNS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("structure", ["full", "diag"])
+def test_targets_of_another_shape_are_named(backend, structure):
+    """A backend called directly with targets that do not match the outputs names both
+    shapes (a reshape error before, in laplace-torch too)."""
+    model, X, y = problem()
+    with pytest.raises(ValueError, match=r"targets of shape \(10, 2\) do not match the "
+                                         r"model's rows of logits \(10, 3\)"):
+        getattr(backend(model, "classification"), structure)(X, y.reshape(5, 2).repeat(2, 1))
+    reg = nn.Sequential(nn.Linear(3, 2)).double()
+    with pytest.raises(ValueError, match=r"targets of shape \(10, 3\) do not match the "
+                                         r"model's outputs \(10, 2\)"):
+        getattr(backend(reg, "regression"), structure)(X, X)
