@@ -62,12 +62,13 @@ def configurations(seed: int, n: int) -> list[dict[str, Any]]:
     return out
 
 
-def run_probe(python: str | Path, configs: list[dict[str, Any]]) -> list[dict[str, tuple]]:
-    """The probe's results under ``python``, from a temporary folder (so that the
+def run_probe(python: str | Path, configs: list[dict[str, Any]],
+              probe: Path = PROBE) -> list[dict[str, tuple]]:
+    """The results of ``probe`` under ``python``, from a temporary folder (so that the
     interpreter's own ``laplace`` is imported, not this repository's)."""
     with tempfile.TemporaryDirectory() as cwd:
         (Path(cwd) / "configs.json").write_text(json.dumps(configs))
-        subprocess.run([str(python), str(PROBE), "configs.json", "results.pt"], cwd=cwd,
+        subprocess.run([str(python), str(probe), "configs.json", "results.pt"], cwd=cwd,
                        check=True, capture_output=True, text=True)
         return torch.load(Path(cwd) / "results.pt", weights_only=False)
 
@@ -120,9 +121,9 @@ def compare(configs: list[dict[str, Any]], ours: list[dict[str, tuple]],
 
 
 def markdown(rows: list[dict[str, Any]], configs: list[dict[str, Any]], seed: int,
-             commit: str) -> str:
+             commit: str, what: str = "`laplace`") -> str:
     counts = Counter((r["call"], r["kind"]) for r in rows)
-    lines = [f"# `laplace` and laplace-torch 0.3 on {len(configs)} random configurations "
+    lines = [f"# {what} and laplace-torch 0.3 on {len(configs)} random configurations "
              f"(seed {seed}, commit {commit})", "",
              f"{len({r['config'] for r in rows})} of {len(configs)} configurations differ "
              "somewhere; each difference should be one `docs/differences.md` explains.", "",
