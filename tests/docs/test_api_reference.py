@@ -131,7 +131,7 @@ def test_public_names_include_the_non_all_modules() -> None:
         "HIGH_DIMENSIONAL_CANDIDATES", "MID_DIMENSIONAL_CANDIDATES",
         "MID_DIMENSIONAL_LARGE_DATA_CANDIDATE", "MLP_CANDIDATES", "RANDOM_FEATURE_CANDIDATE",
         "MLP_OPTIONS", "default_family", "refits_cold", "INCOMPARABLE", "CandidateScore",
-        "check_candidates",
+        "check_candidates", "check_candidate_values",
         "fit_by_evidence", "warm_candidates", "selection_table",
     ]
 
