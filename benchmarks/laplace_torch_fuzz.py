@@ -135,30 +135,46 @@ def markdown(rows: list[dict[str, Any]], configs: list[dict[str, Any]], seed: in
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str, configs: int, rtol: float) -> argparse.Namespace:
+    """``--seed``, ``--configs``, ``--rtol`` and ``--rtol32`` of a side-by-side benchmark."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--configs", type=int, default=100)
-    parser.add_argument("--rtol", type=float, default=1e-4)
+    parser.add_argument("--configs", type=int, default=configs)
+    parser.add_argument("--rtol", type=float, default=rtol)
     parser.add_argument("--rtol32", type=float, default=2e-3)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def side_by_side(configs: list[dict[str, Any]], args: argparse.Namespace,
+                 probe: Path = PROBE) -> list[dict[str, Any]]:
+    """``probe`` on ``configs`` under this interpreter and laplace-torch's (its cached
+    environment is created on first use); the rows where they differ."""
     sys.path.insert(0, str(HERE.parent))
     from benchmarks.laplace_torch_env import ensure_laplace_torch_env
 
     lt_python, _ = ensure_laplace_torch_env()
+    ours, theirs = run_probe(sys.executable, configs, probe), run_probe(lt_python, configs, probe)
+    return compare(configs, ours, theirs, args.rtol, args.rtol32)
+
+
+def main() -> None:
+    args = arguments(__doc__, configs=100, rtol=1e-4)
     configs = configurations(args.seed, args.configs)
-    ours, theirs = run_probe(sys.executable, configs), run_probe(lt_python, configs)
-    rows = compare(configs, ours, theirs, args.rtol, args.rtol32)
+    write_report(side_by_side(configs, args), configs, args.seed, "laplace_torch_fuzz")
+
+
+def write_report(rows: list[dict[str, Any]], configs: list[dict[str, Any]], seed: int,
+                 name: str, what: str = "`laplace`") -> None:
+    """Print the report and write ``results/<name>_seed<seed>.{md,json}``."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=HERE).stdout.strip()
-    text = markdown(rows, configs, args.seed, commit)
+    text = markdown(rows, configs, seed, commit, what)
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"laplace_torch_fuzz_seed{args.seed}"
+    stem = RESULTS / f"{name}_seed{seed}"
     stem.with_suffix(".md").write_text(text)
     stem.with_suffix(".json").write_text(json.dumps(
-        {"commit": commit, "seed": args.seed, "configs": configs, "differences": rows},
-        indent=1))
+        {"commit": commit, "seed": seed, "configs": configs, "differences": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -147,11 +147,12 @@ def _round_trip(la: Any, cfg: dict[str, Any], kwargs: dict[str, Any], X_test: to
     return [fresh.log_marginal_likelihood(), fresh(X_test, pred_type=pred_type)]
 
 
-def main() -> None:
+def main(run_one: Callable[[dict[str, Any]], dict[str, tuple]] = run) -> None:
+    """``probe.py configs.json results.pt``: ``run_one`` on every configuration."""
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     configs = json.loads(open(sys.argv[1]).read())
-    torch.save([run(cfg) for cfg in configs], sys.argv[2])
+    torch.save([run_one(cfg) for cfg in configs], sys.argv[2])
 
 
 if __name__ == "__main__":

@@ -12,10 +12,7 @@ that ``docs/differences.md`` explains.
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,29 +38,10 @@ def configurations(seed: int, n: int) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--configs", type=int, default=60)
-    parser.add_argument("--rtol", type=float, default=1e-6)
-    parser.add_argument("--rtol32", type=float, default=2e-3)
-    args = parser.parse_args()
-    from benchmarks.laplace_torch_env import ensure_laplace_torch_env
-
-    lt_python, _ = ensure_laplace_torch_env()
+    args = fuzz.arguments(__doc__, configs=60, rtol=1e-6)
     configs = configurations(args.seed, args.configs)
-    ours = fuzz.run_probe(sys.executable, configs, PROBE)
-    theirs = fuzz.run_probe(lt_python, configs, PROBE)
-    rows = fuzz.compare(configs, ours, theirs, args.rtol, args.rtol32)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=HERE).stdout.strip()
-    text = fuzz.markdown(rows, configs, args.seed, commit, what="`marglik_training`")
-    print(text)
-    fuzz.RESULTS.mkdir(exist_ok=True)
-    stem = fuzz.RESULTS / f"marglik_training_fuzz_seed{args.seed}"
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps(
-        {"commit": commit, "seed": args.seed, "configs": configs, "differences": rows},
-        indent=1))
+    fuzz.write_report(fuzz.side_by_side(configs, args, PROBE), configs, args.seed,
+                      "marglik_training_fuzz", "`marglik_training`")
 
 
 if __name__ == "__main__":

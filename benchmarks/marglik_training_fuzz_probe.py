@@ -13,9 +13,6 @@ the dtype; results are recorded as in ``laplace_torch_fuzz_probe`` (``("T", tens
 
 from __future__ import annotations
 
-import json
-import sys
-import warnings
 from typing import Any
 
 import torch
@@ -68,12 +65,7 @@ def run(cfg: dict[str, Any]) -> dict[str, tuple]:
     }
 
 
-def main() -> None:
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)
-    configs = json.loads(open(sys.argv[1]).read())
-    torch.save([run(cfg) for cfg in configs], sys.argv[2])
-
-
 if __name__ == "__main__":
-    main()
+    from laplace_torch_fuzz_probe import main  # beside this file (run from a temp folder)
+
+    main(run)
